@@ -1,0 +1,130 @@
+"""Likeness: fast text-to-image and face-reference portraits on your own GPU.
+
+    python app.py                      launch the web UI on 127.0.0.1:7860
+    python app.py generate --prompt …  generate headless
+    python app.py models               list the models found
+    python app.py bench --suite core   run the benchmarks
+
+Builds settings -> the one pipeline manager -> the UI or a CLI command, and passes them down.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--models-dir", help="folder with your models (default: ./models, or $LIKENESS_MODELS_DIR)")
+    parent.add_argument("--outputs-dir", help="where images are saved (default: ./outputs, or $LIKENESS_OUTPUTS_DIR)")
+    parent.add_argument("--cache-dir", help="where the demo model and caches live (default: ./.cache)")
+    parent.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    parent.add_argument("--settings", type=Path, help="settings file (default: settings/user_settings.json)")
+    parent.add_argument("--verbose", action="store_true", help="debug logging")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.request import GenerationRequest
+    from pipelines.samplers import ALL_SAMPLER_NAMES
+
+    common = common_options()
+    parser = argparse.ArgumentParser(prog="app.py", description="Likeness", parents=[common])
+    parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 instead of 127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    commands = parser.add_subparsers(dest="command")
+
+    defaults = GenerationRequest(model="", prompt="")
+    gen = commands.add_parser("generate", parents=[common], help="generate images without the UI")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--model", help="model name as `app.py models` lists it (default: first real model, else the demo)")
+    gen.add_argument("--steps", type=int, default=defaults.steps)
+    gen.add_argument("--cfg-scale", "--cfg", type=float, default=defaults.cfg_scale)
+    gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
+    gen.add_argument("--width", type=int, default=None, help="default: the model family's size")
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
+    gen.add_argument("--batch-size", type=int, default=1)
+    gen.add_argument("--batch-count", type=int, default=1)
+    gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
+    gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
+
+    models = commands.add_parser("models", parents=[common], help="list the model catalog")
+    models.add_argument("--json", action="store_true")
+
+    bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
+    bench.add_argument("--suite", default="core", choices=["core"])
+    bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
+    return parser
+
+
+def build_manager(settings):
+    from pipelines.manager import ManagerConfig, PipelineManager
+
+    config = ManagerConfig(
+        models_dir=Path(settings.models_dir),
+        outputs_dir=Path(settings.outputs_dir),
+        cache_dir=Path(settings.cache_dir),
+        device=settings.device,
+        ram_cache_bytes=int(settings.ram_cache_gb * 2**30),
+        vram_reserve_bytes=int(settings.vram_reserve_gb * 2**30),
+        include_hf_cache=settings.include_hf_cache,
+        allow_pickle=settings.allow_pickle,
+        preview_every=settings.preview_every,
+    )
+    return PipelineManager(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
+    from pipelines.quiet import quiet_libraries
+    from settings import load_settings
+    from ui.cli import EXIT_BAD_INPUT, cmd_generate, cmd_models, run_guarded
+
+    quiet_libraries()
+    overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device}
+    settings, store = load_settings(args.settings, overrides)
+    for message in store.messages:
+        logging.getLogger("likeness").warning(message)
+    try:
+        manager = build_manager(settings)
+    except ValueError as error:  # e.g. --device cuda on a machine without CUDA
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    if args.command == "generate":
+        return run_guarded(lambda: cmd_generate(manager, fill_family_defaults(manager, args)))
+    if args.command == "models":
+        return run_guarded(lambda: cmd_models(manager, args))
+    if args.command == "bench":
+        from pipelines.bench import run_suite
+
+        return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick))
+    from ui.app import launch
+
+    return launch(manager, settings, store, listen=args.listen, port=args.port)
+
+
+def fill_family_defaults(manager, args):
+    """Size and sampler default to the chosen model's family (512 for SD 1.5, 1024 for SDXL/FLUX)."""
+    from pipelines.errors import ModelNotFound
+
+    try:
+        family = manager.entry(args.model or manager.default_model()).family
+    except ModelNotFound:
+        return args  # generate() reports the unknown name with the list of models
+    if family is not None:
+        spec = family.spec
+        args.width = args.width or spec.default_size[0]
+        args.height = args.height or spec.default_size[1]
+        args.sampler = args.sampler or spec.default_sampler
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

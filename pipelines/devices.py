@@ -1,0 +1,99 @@
+"""Device choice, dtypes per device, synchronization and memory readings.
+
+Kept in one small module so tests can fake a device property at this boundary only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+
+def pick_device(override: str | None = None) -> torch.device:
+    """cuda > mps > cpu, unless the user names one (`--device cuda:1`)."""
+    if override and override != "auto":
+        device = torch.device(override)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {override}: CUDA is not available on this machine (use cpu or auto)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {override}: Apple MPS is not available on this machine (use cpu or auto)")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def denoiser_dtype(device: torch.device, family_name: str) -> torch.dtype:
+    """The dtype the denoiser and text encoders run in.
+
+    FLUX was trained in bf16 and overflows in fp16; UNets are fine in fp16 on GPUs. On CPU, half
+    precision matmuls are slow or unsupported, so fp32.
+    """
+    if device.type == "cuda":
+        if family_name == "flux":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.float16
+    if device.type == "mps":
+        return torch.float16 if family_name != "flux" else torch.bfloat16
+    return torch.float32
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so a timer reading bills work to the stage that queued it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    process_rss_bytes: int
+    device_allocated_bytes: int | None = None
+    device_peak_bytes: int | None = None
+
+    def describe(self) -> str:
+        text = f"RSS {self.process_rss_bytes / 2**30:.2f} GiB"
+        if self.device_peak_bytes is not None:
+            text += f", GPU peak {self.device_peak_bytes / 2**30:.2f} GiB"
+        return text
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def read_memory(device: torch.device) -> MemoryReading:
+    rss = psutil.Process(os.getpid()).memory_info().rss
+    if device.type == "cuda":
+        return MemoryReading(rss, torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return MemoryReading(rss, torch.mps.current_allocated_memory(), None)
+    return MemoryReading(rss)
+
+
+def free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} (cuda, {props.total_memory / 2**30:.0f} GiB, compute {props.major}.{props.minor})"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def device_total_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return None

@@ -1,0 +1,227 @@
+"""One text-to-image generation on a loaded pipeline, split into honestly timed stages.
+
+Text encoding, denoising and VAE decoding are run as separate calls (the pipeline is asked for
+latents) so each stage has its own synchronized timer, and the per-step callback feeds the live
+readout, the preview and the stop button. Family differences live in the small adapters below.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines import devices
+from pipelines.errors import GenerationCancelled, OutputError
+from pipelines.families import Family
+from pipelines.infotext import build_infotext
+from pipelines.outputs import save_image
+from pipelines.request import GeneratedImage, ValidatedRequest
+from pipelines.samplers import find_sampler
+from pipelines.telemetry import EventBus, Notice, PreviewReady, StageClock, StepClock
+
+APP_VERSION = "Likeness 0.1.0"
+
+
+class CancelToken:
+    """Set from another thread (the Stop button); the denoise loop checks it every step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class LoadedModel:
+    """What a generation needs from the manager: the pipeline and facts about it."""
+
+    name: str
+    family: Family
+    pipe: object
+    base_scheduler_config: dict
+    dtype: torch.dtype
+    device: torch.device
+    model_hash: str | None = None
+
+
+# -- family adapters: prompt encoding and latent unpacking ------------------------------------------
+
+
+def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool) -> dict:
+    """Return the pipeline keyword arguments that carry the encoded prompt for `batch_size` images."""
+    pipe, device = model.pipe, model.device
+    with torch.no_grad():
+        if model.family is Family.SD15:
+            positive, negative_embeds = pipe.encode_prompt(prompt, device, batch_size, use_cfg, negative)
+            return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+        if model.family is Family.SDXL:
+            positive, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+                prompt, device=device, num_images_per_prompt=batch_size, do_classifier_free_guidance=use_cfg, negative_prompt=negative
+            )
+            return {
+                "prompt_embeds": positive, "negative_prompt_embeds": negative_embeds,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled,
+            }
+        positive, pooled, _text_ids = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=batch_size)
+        return {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
+
+
+def spatial_latents(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """FLUX keeps latents packed as 2x2 patches in a sequence; everything else is already (B,C,H,W)."""
+    if model.family is Family.FLUX:
+        return model.pipe._unpack_latents(latents, height, width, model.pipe.vae_scale_factor)
+    return latents
+
+
+def prompt_token_warnings(model: LoadedModel, prompt: str, negative: str) -> list[str]:
+    tokenizer = getattr(model.pipe, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    limit = tokenizer.model_max_length
+    warnings = []
+    for label, text in (("prompt", prompt), ("negative prompt", negative)):
+        count = len(tokenizer(text, truncation=False).input_ids) if text else 0
+        if count > limit:
+            warnings.append(f"The {label} is {count} tokens; the CLIP text encoder reads {limit} (incl. start/end), the rest is ignored.")
+    return warnings
+
+
+# -- preview and decode -----------------------------------------------------------------------------
+
+
+def latent_preview(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> Image.Image:
+    """A1111's "Approx cheap": a fixed linear map from latent channels to RGB, first image of the batch."""
+    spatial = spatial_latents(model, latents, height, width)[0].float().cpu()
+    weights = torch.tensor(model.family.spec.preview_rgb, dtype=torch.float32)
+    if spatial.shape[0] != weights.shape[0]:
+        weights = torch.zeros(spatial.shape[0], 3)
+    rgb = torch.einsum("chw,cr->hwr", spatial, weights)
+    array = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> tuple[list[Image.Image], torch.dtype]:
+    """Decode with the VAE; returns the images and the dtype the decode really ran in."""
+    pipe = model.pipe
+    vae = pipe.vae
+    spatial = spatial_latents(model, latents, height, width)
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)  # the SDXL VAE overflows in fp16; cast in place, no second copy
+    scaled = spatial / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):
+        scaled = scaled + vae.config.shift_factor
+    with torch.no_grad():
+        decoded = vae.decode(scaled.to(device=model.device, dtype=vae.dtype), return_dict=False)[0]
+    images = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+    return images, vae.dtype
+
+
+# -- the generation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    outputs_dir: str | None
+    preview_every: int = 0  # 0 = no preview
+    synchronize_steps: bool = True
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
+def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: StageClock, bus: EventBus, options: RunOptions):
+    """Encode once, then denoise + decode + save each batch; returns (images, step seconds, warnings, vae dtype)."""
+    request = validated.request
+    pipe = model.pipe
+    sampler = find_sampler(model.family, request.sampler)
+    pipe.scheduler = sampler.make(model.base_scheduler_config)
+    use_cfg = request.cfg_scale > 1 and model.family is not Family.FLUX
+    warnings = list(validated.warnings)
+    if model.family is Family.FLUX and request.negative_prompt:
+        warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
+
+    with clock.stage("text encode"):
+        warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
+        embeds = encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg)
+    for text in warnings:
+        bus.publish(Notice(text, "warning"))
+
+    images: list[GeneratedImage] = []
+    step_seconds: list[float] = []
+    vae_dtype = model.dtype
+    total_steps = request.steps * request.batch_count
+    steps = StepClock(bus, model.device, total_steps, synchronize=options.synchronize_steps)
+    for batch_index, seeds in enumerate(validated.seeds()):
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        offset = batch_index * request.steps
+
+        def on_step_end(pipeline, step_index, _timestep, tensors):
+            steps.step_done(offset + step_index + 1)
+            if options.preview_every and (step_index + 1) % options.preview_every == 0 and step_index + 1 < request.steps:
+                bus.publish(PreviewReady(offset + step_index + 1, latent_preview(model, tensors["latents"], request.height, request.width)))
+            if options.cancel.cancelled:
+                pipeline._interrupt = True  # diffusers skips the remaining steps
+            return tensors
+
+        with clock.stage("denoise"):
+            latents = pipe(
+                **embeds,
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg_scale,
+                height=request.height,
+                width=request.width,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+        if options.cancel.cancelled:
+            raise GenerationCancelled(partial=images)
+        with clock.stage("VAE decode") as info:
+            decoded, vae_dtype = decode_latents(model, latents, request.height, request.width)
+            info["detail"] = dtype_name(vae_dtype)
+        del latents
+        step_seconds = steps.step_seconds
+        for image, seed in zip(decoded, seeds):
+            infotext = build_infotext(request.prompt, request.negative_prompt, infotext_params(model, request, seed, vae_dtype, clock.seconds))
+            images.append(GeneratedImage(image, seed, infotext))
+        if request.save and options.outputs_dir:
+            with clock.stage("save"):
+                for item in images[-len(decoded):]:
+                    try:
+                        item.path = str(save_image(item.image, item.infotext, options.outputs_dir, item.seed))
+                    except OutputError as error:
+                        if str(error) not in warnings:
+                            warnings.append(str(error))
+                            bus.publish(Notice(str(error), "warning"))
+    return images, step_seconds, warnings, vae_dtype
+
+
+def infotext_params(model: LoadedModel, request, seed: int, vae_dtype: torch.dtype, stage_seconds: dict) -> dict:
+    sampler = find_sampler(model.family, request.sampler)
+    stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items() if name != "save")
+    return {
+        "Steps": request.steps,
+        "Sampler": sampler.infotext_sampler,
+        "Schedule type": sampler.infotext_schedule,
+        "CFG scale": f"{request.cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.model_hash,
+        "Model": model.name,
+        "Version": APP_VERSION,
+        "VAE dtype": dtype_name(vae_dtype),
+        "Denoiser dtype": dtype_name(model.dtype),
+        "Stage times": stages,
+    }

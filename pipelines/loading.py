@@ -1,0 +1,107 @@
+"""Loading one catalog entry into a diffusers pipeline on the CPU, offline.
+
+Every path uses diffusers' own loaders with `local_files_only=True`; single files get their
+component configs from `pipelines/model_configs/` (or a `<file>.config/` folder beside them) and
+their tokenizers from `pipelines.tokenizers`, so nothing is fetched from a hub.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipelines.catalog import ModelEntry
+from pipelines.errors import LikenessError, ModelLoadError
+from pipelines.families import Family
+
+
+def pipeline_class(family: Family):
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return {Family.SD15: StableDiffusionPipeline, Family.SDXL: StableDiffusionXLPipeline, Family.FLUX: FluxPipeline}[family]
+
+
+def _missing_tokenizers(family: Family, folder: Path) -> dict:
+    """Tokenizers a UNet folder lacks, built from the bundled CLIP vocabulary."""
+    from pipelines.tokenizers import build_clip_tokenizer
+
+    built = {}
+    if family in (Family.SD15, Family.SDXL) and not (folder / "tokenizer").is_dir():
+        built["tokenizer"] = build_clip_tokenizer()
+    if family is Family.SDXL and not (folder / "tokenizer_2").is_dir():
+        built["tokenizer_2"] = build_clip_tokenizer(pad_token="!")
+    if family is Family.FLUX:
+        _check_flux_parts(folder)
+    return built
+
+
+def _check_flux_parts(folder: Path) -> None:
+    """FLUX's T5 tokenizer and encoders cannot be built here: name the missing part and where it goes."""
+    for part in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler"):
+        if not (folder / part).is_dir():
+            raise ModelLoadError(f"The FLUX.1 folder {folder} has no {part}/ subfolder; copy it from the FLUX.1 diffusers repository into {folder / part}.")
+
+
+def _sd_extras(family: Family) -> dict:
+    # The SD 1.5 safety checker is a 1.2 GB CLIP model that is not part of the generation path.
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} if family is Family.SD15 else {}
+
+
+def single_file_config_dir(path: Path, family: Family) -> Path:
+    """A `<name>.config/` folder beside the file wins (unusual architectures); else the bundled one."""
+    sidecar = path.with_name(path.stem + ".config")
+    if (sidecar / "model_index.json").is_file():
+        return sidecar
+    from pipelines.model_configs import config_dir
+
+    return config_dir(family.value)
+
+
+def load_pipeline(entry: ModelEntry, dtype: torch.dtype):
+    """Load on the CPU in `dtype`. Raises ModelLoadError with a message the user can act on."""
+    if not entry.usable:
+        raise ModelLoadError(entry.problem)
+    if entry.family is None:
+        raise ModelLoadError(f"{entry.name}: unknown model family.")
+    try:
+        pipe = _load(entry, dtype)
+    except LikenessError:
+        raise
+    except Exception as error:  # diffusers/safetensors raise many types; the user needs one message
+        raise ModelLoadError(f"Could not load {entry.name} ({entry.path}): {error.__class__.__name__}: {str(error)[:400]}") from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load(entry: ModelEntry, dtype: torch.dtype):
+    family = entry.family
+    cls = pipeline_class(family)
+    common = {"dtype": dtype, "local_files_only": True}
+    if entry.format in ("diffusers", "hf-cache", "demo"):
+        return cls.from_pretrained(str(entry.path), **common, **_missing_tokenizers(family, entry.path), **_sd_extras(family))
+    if entry.format == "single-file":
+        from pipelines.tokenizers import build_clip_tokenizer
+
+        tokenizers = {"tokenizer": build_clip_tokenizer()}
+        if family is Family.SDXL:
+            tokenizers["tokenizer_2"] = build_clip_tokenizer(pad_token="!")
+        config = single_file_config_dir(entry.path, family)
+        return cls.from_single_file(str(entry.path), config=str(config), **common, **tokenizers, **_sd_extras(family))
+    if entry.format == "flux-transformer":
+        from diffusers import FluxTransformer2DModel
+
+        base = entry.base_path
+        _check_flux_parts(base)
+        transformer = FluxTransformer2DModel.from_single_file(str(entry.path), config=str(base), subfolder="transformer", **common)
+        return cls.from_pretrained(str(base), transformer=transformer, **common)
+    raise ModelLoadError(f"{entry.name}: unsupported format {entry.format}.")
+
+
+def pipeline_bytes(pipe) -> int:
+    """Bytes of all weights and buffers of the pipeline's torch modules."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total

@@ -1,0 +1,255 @@
+"""The one pipeline manager behind every tab, the CLI, the API and the benchmarks.
+
+It owns the model catalog, the two-level model cache (see `model_cache.py` for the policy), the
+device and dtype choice, and runs generations one at a time on the compute device.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from pipelines import devices
+from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
+from pipelines.demo_model import demo_model_dir, ensure_demo_model
+from pipelines.errors import LikenessError, ModelLoadError, ModelNotFound
+from pipelines.families import Family
+from pipelines.generate import CancelToken, LoadedModel, RunOptions, dtype_name, run_generation
+from pipelines.hashes import model_hash
+from pipelines.loading import load_pipeline, pipeline_bytes
+from pipelines.model_cache import ModelCache
+from pipelines.request import GenerationRequest, GenerationResult, validate_request
+from pipelines.telemetry import Event, EventBus, Notice, StageClock
+
+log = logging.getLogger("likeness")
+
+
+@dataclass
+class ManagerConfig:
+    models_dir: Path
+    outputs_dir: Path
+    cache_dir: Path
+    device: str = "auto"
+    ram_cache_bytes: int = 16 * 2**30
+    vram_budget_bytes: int | None = None  # None: total GPU memory minus the working reserve
+    vram_reserve_bytes: int = 3 * 2**30  # room for activations and the VAE decode
+    include_hf_cache: bool = True
+    hf_cache_dir: Path | None = None
+    allow_pickle: bool = False
+    preview_every: int = 5
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    name: str
+    source: str  # "disk", "RAM", or "already on device"
+    seconds: float
+    size_bytes: int
+    device: str
+
+    def describe(self) -> str:
+        if self.source == "already on device":
+            return f"{self.name} already on {self.device}"
+        return f"loaded {self.name} from {self.source} in {self.seconds:.1f} s ({self.size_bytes / 2**30:.2f} GiB, {self.device})"
+
+
+@dataclass
+class _ModelFacts:
+    base_scheduler_config: dict
+    dtype: torch.dtype
+    model_hash: str | None
+    last_load: LoadReport | None = None
+
+
+class PipelineManager:
+    def __init__(self, config: ManagerConfig, bus: EventBus | None = None):
+        self.config = config
+        self.bus = bus or EventBus()
+        self.device = devices.pick_device(config.device)
+        vram_budget = config.vram_budget_bytes
+        total = devices.device_total_memory(self.device)
+        if vram_budget is None and total is not None:
+            vram_budget = max(total - config.vram_reserve_bytes, 0)
+        self.cache = ModelCache(self.device, config.ram_cache_bytes, vram_budget, on_message=self._notice)
+        self._facts: dict[str, _ModelFacts] = {}
+        self._entries: dict[str, ModelEntry] = {}
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._state_lock = threading.Lock()
+        self._generation_lock = threading.Lock()  # one generation at a time on the compute device
+        self.refresh()
+
+    # -- catalog ----------------------------------------------------------------------------------
+
+    def refresh(self) -> list[ModelEntry]:
+        """Rescan the models folder (after the user drops new files in)."""
+        found = discover(self.config.models_dir, self.config.include_hf_cache, self.config.allow_pickle, self.config.hf_cache_dir)
+        demo_path = demo_model_dir(self.config.cache_dir)
+        demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0)
+        with self._state_lock:
+            self._entries = {e.name: e for e in found}
+            self._entries[demo.name] = demo
+        return self.models()
+
+    def models(self) -> list[ModelEntry]:
+        with self._state_lock:
+            return list(self._entries.values())
+
+    def has_real_models(self) -> bool:
+        return any(e.usable and e.format != "demo" for e in self.models())
+
+    def default_model(self) -> str:
+        """The first usable real model, else the demo."""
+        for entry in self.models():
+            if entry.usable and entry.format != "demo":
+                return entry.name
+        return DEMO_MODEL_NAME
+
+    def entry(self, name: str) -> ModelEntry:
+        with self._state_lock:
+            found = self._entries.get(name)
+        if found is None:
+            names = ", ".join(sorted(self._entries)) or "none"
+            raise ModelNotFound(f"No model named {name!r}. Available: {names}. Put models in {self.config.models_dir} and refresh.")
+        return found
+
+    def prepare_demo_model(self) -> Path:
+        """Build the demo model if missing (seconds, once; cached on disk)."""
+        return ensure_demo_model(self.config.cache_dir)
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def load(self, name: str) -> LoadReport:
+        """Make `name` ready on the compute device, loading from disk or RAM as needed; timed."""
+        entry = self.entry(name)
+        with self._state_lock:
+            load_lock = self._load_locks.setdefault(name, threading.Lock())
+        with load_lock:  # two tabs asking for the same model load it once
+            if name in self.cache:
+                on_device = any(r.name == name and r.level.startswith("VRAM") for r in self.cache.records())
+                if on_device or not self.cache.uses_gpu:
+                    report = LoadReport(name, "already on device" if on_device else "RAM", 0.0, self._size(name), str(self.device))
+                else:
+                    seconds = self.cache.move_to_device(name)
+                    report = LoadReport(name, "RAM", seconds, self._size(name), str(self.device))
+            else:
+                report = self._load_from_disk(entry)
+        self._facts[name].last_load = report
+        self._notice(report.describe())
+        return report
+
+    def _load_from_disk(self, entry: ModelEntry) -> LoadReport:
+        start = time.perf_counter()
+        if entry.format == "demo":
+            self.prepare_demo_model()
+        dtype = devices.denoiser_dtype(self.device, entry.family.value)
+        pipe = load_pipeline(entry, dtype)
+        size = pipeline_bytes(pipe)
+        digest = None
+        if entry.path.is_file():
+            digest = model_hash(entry.path, self.config.cache_dir / "hashes.json")
+        self._facts[entry.name] = _ModelFacts(dict(pipe.scheduler.config), dtype, digest)
+        self.cache.put(entry.name, pipe, size)
+        if self.cache.uses_gpu:
+            self.cache.move_to_device(entry.name)
+        devices.synchronize(self.device)
+        return LoadReport(entry.name, "disk", time.perf_counter() - start, size, str(self.device))
+
+    def _size(self, name: str) -> int:
+        return next((r.size_bytes for r in self.cache.records() if r.name == name), 0)
+
+    def unload(self, name: str) -> bool:
+        dropped = self.cache.drop(name)
+        if dropped:
+            self._notice(f"Unloaded {name}.")
+        return dropped
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[LoadedModel]:
+        """Load if needed and lock the model for the duration; always unlocks."""
+        if name not in self.cache:
+            self.load(name)
+        entry = self.entry(name)
+        facts = self._facts[name]
+        with self.cache.locked(name) as cached:
+            yield LoadedModel(name, entry.family, cached.pipe, facts.base_scheduler_config, facts.dtype, self.device, facts.model_hash)
+
+    def last_load(self, name: str) -> LoadReport | None:
+        facts = self._facts.get(name)
+        return facts.last_load if facts else None
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        listener: Callable[[Event], None] | None = None,
+        cancel: CancelToken | None = None,
+        telemetry: bool = True,
+    ) -> GenerationResult:
+        """Validate, load, lock, generate. Raises LikenessError subclasses with user-facing messages.
+
+        With `telemetry=False` no per-step device synchronization happens and no events are sent
+        (the benchmark compares both, to measure what the readout costs).
+        """
+        entry = self.entry(request.model)
+        if not entry.usable:
+            raise ModelLoadError(entry.problem)
+        validated = validate_request(request, entry.family)
+        bus = EventBus()
+        if telemetry:
+            if listener:
+                bus.subscribe(listener)
+            bus.subscribe(self.bus.publish)
+        options = RunOptions(
+            outputs_dir=str(self.config.outputs_dir) if request.save else None,
+            preview_every=self.config.preview_every if telemetry else 0,
+            synchronize_steps=telemetry,
+            cancel=cancel or CancelToken(),
+        )
+        with self._generation_lock:
+            start = time.perf_counter()
+            devices.reset_peak_memory(self.device)
+            clock = StageClock(bus, self.device)
+            if request.model not in self.cache:
+                with clock.stage("model load") as info:
+                    info["detail"] = self.load(request.model).describe()
+            with self.use(request.model) as model:
+                images, step_seconds, warnings, vae_dtype = run_generation(model, validated, clock, bus, options)
+            memory = devices.read_memory(self.device)
+            total = time.perf_counter() - start
+        peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
+        return GenerationResult(
+            images=images,
+            request=validated.request,
+            stage_seconds=dict(clock.seconds),
+            step_seconds=step_seconds,
+            total_seconds=total,
+            peak_memory_bytes=peak,
+            memory_kind="GPU allocator peak" if memory.device_peak_bytes is not None else "process RSS",
+            device=str(self.device),
+            denoiser_dtype=dtype_name(model.dtype),
+            vae_dtype=dtype_name(vae_dtype),
+            warnings=warnings,
+        )
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "device": devices.describe_device(self.device),
+            "models_dir": str(self.config.models_dir),
+            "loaded": [r.__dict__ for r in self.cache.records()],
+            "ram_cache_bytes": self.cache.ram_bytes(),
+            "vram_cache_bytes": self.cache.vram_bytes(),
+            "memory": devices.read_memory(self.device).describe(),
+        }
+
+    def _notice(self, text: str) -> None:
+        log.info(text)
+        self.bus.publish(Notice(text))

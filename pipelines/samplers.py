@@ -1,0 +1,65 @@
+"""Sampler names users know (A1111 spelling) mapped to diffusers schedulers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from pipelines.families import Family
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler_class: type
+    overrides: dict = field(default_factory=dict)
+    infotext_sampler: str = ""  # A1111 writes the sampler and the schedule type as two keys
+    infotext_schedule: str = ""
+
+    def make(self, base_config):
+        return self.scheduler_class.from_config(base_config, **self.overrides)
+
+
+UNET_SAMPLERS = [
+    Sampler("Euler", EulerDiscreteScheduler, {}, "Euler", "Automatic"),
+    Sampler("Euler a", EulerAncestralDiscreteScheduler, {}, "Euler a", "Automatic"),
+    Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {"use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
+    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    Sampler("DDIM", DDIMScheduler, {}, "DDIM", "Automatic"),
+    Sampler("UniPC", UniPCMultistepScheduler, {}, "UniPC", "Automatic"),
+]
+FLOW_SAMPLERS = [Sampler("Flow Euler", FlowMatchEulerDiscreteScheduler, {}, "Euler", "Simple")]
+
+
+def samplers_for(family: Family) -> list[Sampler]:
+    return FLOW_SAMPLERS if family is Family.FLUX else UNET_SAMPLERS
+
+
+def sampler_names(family: Family) -> list[str]:
+    return [s.name for s in samplers_for(family)]
+
+
+ALL_SAMPLER_NAMES = [s.name for s in UNET_SAMPLERS + FLOW_SAMPLERS]
+
+
+def find_sampler(family: Family, name: str) -> Sampler:
+    for sampler in samplers_for(family):
+        if sampler.name.lower() == name.lower():
+            return sampler
+    raise KeyError(name)
+
+
+def sampler_from_infotext(sampler: str, schedule: str | None) -> str:
+    """'DPM++ 2M' + 'Karras' -> 'DPM++ 2M Karras': the name our sampler list uses."""
+    if schedule and schedule.lower() == "karras" and f"{sampler} Karras" in ALL_SAMPLER_NAMES:
+        return f"{sampler} Karras"
+    if sampler == "Euler" and schedule and schedule.lower() == "simple":
+        return "Flow Euler"  # how Forge writes FLUX's flow-match Euler
+    return sampler

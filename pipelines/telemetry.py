@@ -1,0 +1,164 @@
+"""Telemetry as events.
+
+The engine publishes frozen event dataclasses; the UI, the CLI and the benchmarks subscribe to the
+same stream. Stage timers synchronize the device before reading the clock, so a stage is never
+billed for work another stage queued on the GPU.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Union
+
+import torch
+
+from pipelines import devices
+
+
+STAGES = ("model load", "text encode", "face embed", "denoise", "VAE decode", "save")
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    stage: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StageEnded:
+    stage: str
+    at: float
+    seconds: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StepDone:
+    index: int  # 1-based: "step 3/20" has index 3
+    total: int
+    step_seconds: float
+    elapsed_seconds: float  # since the denoise stage started
+
+    @property
+    def iterations_per_second(self) -> float:
+        return 1.0 / self.step_seconds if self.step_seconds > 0 else float("inf")
+
+    @property
+    def eta_seconds(self) -> float:
+        # Average over the steps done so far: the first step often carries warm-up, but a
+        # single-step estimate jumps around far more.
+        return (self.total - self.index) * (self.elapsed_seconds / self.index)
+
+
+@dataclass(frozen=True)
+class MemorySampled:
+    stage: str
+    reading: devices.MemoryReading
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line meant for the user: a warning, a fallback taken, a load report."""
+
+    text: str
+    level: str = "info"  # info | warning
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    index: int
+    image: object  # PIL.Image; kept untyped so this module does not import PIL
+
+
+Event = Union[StageStarted, StageEnded, StepDone, MemorySampled, Notice, PreviewReady]
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Delivers events to subscribers in order; `subscribe` returns the function that unsubscribes."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber(event)
+
+
+@dataclass
+class StageClock:
+    """Collects per-stage seconds for one generation while publishing the events."""
+
+    bus: EventBus
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict]:
+        """Time one stage. The yielded dict may receive a `detail` string for the end event."""
+        info: dict = {}
+        devices.synchronize(self.device)
+        start = time.perf_counter()
+        self.bus.publish(StageStarted(name, start))
+        try:
+            yield info
+        finally:
+            devices.synchronize(self.device)
+            end = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + (end - start)
+            self.bus.publish(StageEnded(name, end, end - start, info.get("detail", "")))
+            self.bus.publish(MemorySampled(name, devices.read_memory(self.device)))
+
+
+class StepClock:
+    """Turns the denoiser's per-step callback into StepDone events.
+
+    With `synchronize=True` each step waits for its kernels so the step time is real; the
+    benchmark measures what that costs (telemetry on vs off).
+    """
+
+    def __init__(self, bus: EventBus, device: torch.device, total: int, synchronize: bool = True):
+        self.bus = bus
+        self.device = device
+        self.total = total
+        self.synchronize = synchronize
+        self.step_seconds: list[float] = []
+        self._start = time.perf_counter()
+        self._last = self._start
+
+    def step_done(self, index: int) -> StepDone:
+        if self.synchronize:
+            devices.synchronize(self.device)
+        now = time.perf_counter()
+        event = StepDone(index=index, total=self.total, step_seconds=now - self._last, elapsed_seconds=now - self._start)
+        self._last = now
+        self.step_seconds.append(event.step_seconds)
+        self.bus.publish(event)
+        return event
+
+
+def format_step(event: StepDone) -> str:
+    return (
+        f"step {event.index}/{event.total} · {event.step_seconds:.2f} s/step · "
+        f"{event.iterations_per_second:.2f} it/s · ETA {event.eta_seconds:.1f} s"
+    )

@@ -1,0 +1,141 @@
+"""Application settings: typed fields with defaults, validated on load, saved atomically.
+
+Precedence: command-line flag > environment variable > settings file > default. A settings file
+that cannot be read is kept as a `.bak` copy and the defaults are used, with a message saying so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings" / "user_settings.json"
+ENVIRONMENT = {
+    "models_dir": "LIKENESS_MODELS_DIR",
+    "outputs_dir": "LIKENESS_OUTPUTS_DIR",
+    "cache_dir": "LIKENESS_CACHE_DIR",
+    "device": "LIKENESS_DEVICE",
+}
+
+
+@dataclass
+class AppSettings:
+    models_dir: str = str(PROJECT_ROOT / "models")
+    outputs_dir: str = str(PROJECT_ROOT / "outputs")
+    cache_dir: str = str(PROJECT_ROOT / ".cache")
+    device: str = "auto"
+    ram_cache_gb: float = 16.0
+    vram_reserve_gb: float = 3.0
+    include_hf_cache: bool = True
+    allow_pickle: bool = False
+    preview_every: int = 5
+    max_queue_size: int = 16
+    last_generation: dict = field(default_factory=dict)
+
+    def validate(self) -> dict[str, str]:
+        """Field name -> what is wrong with its value (empty when all is well)."""
+        checks = {
+            "ram_cache_gb": (self.ram_cache_gb > 0, "must be positive"),
+            "vram_reserve_gb": (self.vram_reserve_gb >= 0, "must not be negative"),
+            "preview_every": (self.preview_every >= 0, "must be 0 (off) or more"),
+            "max_queue_size": (self.max_queue_size >= 1, "must be at least 1"),
+            "device": (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "must be auto, cpu, cuda[:n] or mps"),
+        }
+        return {name: message for name, (ok, message) in checks.items() if not ok}
+
+
+def _coerce(field_type, value, default):
+    """Turn a JSON value into the field's type; raise ValueError if it cannot be."""
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true/false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {value!r}")
+        return value
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, got {value!r}")
+        return value
+    return value
+
+
+class SettingsStore:
+    """Reads and writes one settings file; remembers what went wrong when reading it."""
+
+    def __init__(self, path: Path = DEFAULT_SETTINGS_FILE):
+        self.path = Path(path)
+        self.messages: list[str] = []
+
+    def load(self) -> AppSettings:
+        self.messages = []
+        defaults = AppSettings()
+        if not self.path.exists():
+            return defaults
+        try:
+            raw = json.loads(self.path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("the file does not hold a JSON object")
+        except (OSError, ValueError) as error:
+            backup = self._keep_backup()
+            self.messages.append(f"The settings file {self.path} could not be read ({error}); it was kept as {backup.name} and the defaults are in use.")
+            return defaults
+        values = {}
+        for item in fields(AppSettings):
+            if item.name not in raw:
+                continue
+            default = getattr(defaults, item.name)
+            try:
+                values[item.name] = _coerce(item.type, raw[item.name], default)
+            except ValueError as error:
+                self.messages.append(f"Setting {item.name!r} ignored: {error}; using the default {default!r}.")
+        settings = dataclasses.replace(defaults, **values)
+        for name, problem in settings.validate().items():
+            self.messages.append(f"Setting {name!r} {problem}; using the default {getattr(defaults, name)!r}.")
+            setattr(settings, name, getattr(defaults, name))
+        return settings
+
+    def save(self, settings: AppSettings) -> None:
+        """Write to a temporary file, then rename over the old one: never a half-written file."""
+        problems = settings.validate()
+        if problems:
+            raise ValueError("; ".join(f"{name} {problem}" for name, problem in problems.items()))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True))
+        os.replace(temporary, self.path)
+
+    def _keep_backup(self) -> Path:
+        backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(self.path, backup)
+        except OSError:
+            pass
+        return backup
+
+
+def load_settings(path: Path | None = None, overrides: dict | None = None) -> tuple[AppSettings, SettingsStore]:
+    """Settings from the file, then environment variables, then non-None `overrides` (CLI flags)."""
+    store = SettingsStore(path or Path(os.environ.get("LIKENESS_SETTINGS", DEFAULT_SETTINGS_FILE)))
+    settings = store.load()
+    for name, variable in ENVIRONMENT.items():
+        if os.environ.get(variable):
+            setattr(settings, name, os.environ[variable])
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            setattr(settings, name, value)
+    return settings, store

@@ -1,0 +1,1 @@
+"""Presentation: the Gradio app (`ui.app`) and the command line (`ui.cli`). Only calls `pipelines`."""

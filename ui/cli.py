@@ -1,0 +1,103 @@
+"""The headless command line: `generate`, `models`, `bench`. Exit codes: 0 ok, 1 internal error,
+2 bad input (the message says which), 130 interrupted."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import traceback
+
+from pipelines.errors import GenerationCancelled, LikenessError
+from pipelines.generate import CancelToken
+from pipelines.manager import PipelineManager
+from pipelines.request import GenerationRequest
+from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("likeness")
+
+
+def _print_err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_guarded(action) -> int:
+    """Run a command; turn our errors into a one-line message and an exit code, never a traceback."""
+    try:
+        return action()
+    except GenerationCancelled as error:
+        _print_err(f"stopped: {error}")
+        return EXIT_INTERRUPTED
+    except LikenessError as error:
+        _print_err(f"error: {error}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _print_err("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # the last resort: say what happened, keep the details in the log
+        log.debug("internal error", exc_info=True)
+        _print_err(f"internal error: {error.__class__.__name__}: {error}")
+        _print_err("".join(traceback.format_exception_only(type(error), error)).strip() if log.isEnabledFor(logging.DEBUG) else "(run with --verbose for details)")
+        return EXIT_INTERNAL
+
+
+def cmd_generate(manager: PipelineManager, args) -> int:
+    model = args.model or manager.default_model()
+    if model == manager.default_model() and not manager.has_real_models():
+        _print_err(f"note: no models found in {manager.config.models_dir}; using the demo model (tiny, random weights: noise-like images).")
+    request = GenerationRequest(
+        model=model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
+        seed=args.seed, width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
+        batch_count=args.batch_count, save=not args.no_save,
+    )
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops at the next step
+
+    def show(event) -> None:
+        if args.json:
+            return
+        if isinstance(event, StepDone):
+            end = "\n" if event.index == event.total else ""
+            print(f"\r{format_step(event)}   ", end=end, file=sys.stderr, flush=True)
+        elif isinstance(event, StageEnded) and event.stage != "denoise":
+            _print_err(f"{event.stage}: {event.seconds:.2f} s" + (f" ({event.detail})" if event.detail else ""))
+        elif isinstance(event, Notice):
+            _print_err(("warning: " if event.level == "warning" else "") + event.text)
+
+    try:
+        result = manager.generate(request, listener=show, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(result.summary()))
+        return EXIT_OK
+    stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.stage_seconds.items())
+    print(f"stages: {stages}")
+    mean_step = sum(result.step_seconds) / max(len(result.step_seconds), 1)
+    print(f"steps: {len(result.step_seconds)} at {mean_step:.3f} s/step ({1 / mean_step if mean_step else 0:.2f} it/s); total {result.total_seconds:.2f} s")
+    print(f"device {result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype}; peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB")
+    for image in result.images:
+        print(f"seed {image.seed}: {image.path or '(not saved)'}")
+    return EXIT_OK
+
+
+def cmd_models(manager: PipelineManager, args) -> int:
+    entries = manager.models()
+    if args.json:
+        print(json.dumps([
+            {"name": e.name, "family": e.family.value if e.family else None, "format": e.format, "size_bytes": e.size_bytes,
+             "path": str(e.path), "problem": e.problem} for e in entries
+        ], indent=1))
+        return EXIT_OK
+    print(f"models folder: {manager.config.models_dir}")
+    rows = [(e.name, e.family.spec.label if e.family else "?", e.format, f"{e.size_bytes / 2**30:.2f} GiB" if e.size_bytes else "-", str(e.path)) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [("name", "family", "format", "size", "path")]) for i in range(5)]
+    for row in [("name", "family", "format", "size", "path")] + rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for entry in entries:
+        if entry.problem:
+            print(f"  ! {entry.name}: {entry.problem}")
+    if not manager.has_real_models():
+        print(f"No real models yet: only the demo model (tiny, random weights). Put SD 1.5 / SDXL / FLUX.1 weights in {manager.config.models_dir} (see README).")
+    return EXIT_OK
