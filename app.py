@@ -82,6 +82,8 @@ def build_manager(settings):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
     from ui.cli import EXIT_BAD_INPUT, cmd_generate, cmd_models, run_guarded

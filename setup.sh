@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Likeness set-up: install into .venv, then launch the app (default) or run the tests.
+#   bash setup.sh [launch] [app.py options]   install, then start the web UI (demo model if no models)
+#   bash setup.sh test [pytest options]       install with test tools and Chromium, then run the tests
+set -euo pipefail
+cd "$(dirname "$0")"
+mode=${1:-launch}
+[ $# -gt 0 ] && shift
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+
+# Reinstall only when a requirements file changed: a relaunch should not wait on pip.
+install_once() {
+  local stamp=".venv/.installed-$1" files=("${@:2}")
+  local digest
+  digest=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
+    "${pip[@]}" -r "${files[0]}"
+    echo "$digest" > "$stamp"
+  fi
+}
+install_once runtime requirements.txt
+if [ "$(cat .venv/.installed-vocab 2>/dev/null)" != "$(sha256sum < requirements-vocab.txt | cut -d' ' -f1)" ]; then
+  "${pip[@]}" --no-deps -r requirements-vocab.txt
+  sha256sum < requirements-vocab.txt | cut -d' ' -f1 > .venv/.installed-vocab
+fi
+
+case "$mode" in
+  launch)
+    exec .venv/bin/python app.py "$@"
+    ;;
+  test)
+    install_once dev requirements-dev.txt
+    if ! command -v chromium >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Debian's Chromium for the browser tests…"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+      else
+        echo "Chromium is not installed: the browser tests will be skipped (sudo apt-get install chromium)." >&2
+      fi
+    fi
+    exec .venv/bin/python -m pytest tests "$@"
+    ;;
+  *)
+    echo "usage: bash setup.sh [launch|test] [options]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,64 @@
+"""A live Likeness app on a free port, on the demo model, for browser and API tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_app(tmp_path_factory):
+    """Start the real app (settings -> manager -> UI), as app.py does, without blocking."""
+    from app import build_manager
+    from pipelines.quiet import quiet_libraries
+    from settings import load_settings
+    from ui.app import launch
+
+    quiet_libraries()
+    root = tmp_path_factory.mktemp("app")
+    settings, store = load_settings(root / "settings.json", {
+        "models_dir": str(root / "models"), "outputs_dir": str(root / "outputs"), "cache_dir": str(root / "cache"), "device": "cpu",
+    })
+    settings.preview_every = 2
+    manager = build_manager(settings)
+    port = free_port()
+    demo = launch(manager, settings, store, port=port, block=False)
+    yield {"url": f"http://127.0.0.1:{port}", "manager": manager, "settings": settings, "store": store, "root": root}
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed (bash setup.sh test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, live_app, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(live_app["url"])
+    page.wait_for_selector("#generate")
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()

@@ -1,0 +1,75 @@
+"""The Generate tab in a real browser, and the same endpoints through gradio_client."""
+from __future__ import annotations
+
+import re
+import time
+
+from PIL import Image
+
+from pipelines.infotext import parse_infotext
+
+STEP = re.compile(r"step (\d+)/(\d+)")
+
+
+def set_number(page, elem_id: str, value) -> None:
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def test_generate_on_demo_model_shows_live_steps_and_breakdown(page, live_app):
+    page.fill("#prompt textarea", "a lighthouse at dusk")
+    set_number(page, "steps", 40)
+    page.click("#generate")
+    seen = []
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        text = page.inner_text("#readout")
+        match = STEP.search(text)
+        if match:
+            seen.append(int(match.group(1)))
+            assert match.group(2) == "40"
+        if page.locator("#breakdown table").count():
+            break
+        time.sleep(0.15)
+    assert page.locator("#breakdown table").count(), "the run never finished"
+    distinct = sorted(set(seen))
+    assert len(distinct) >= 3, f"the readout did not advance step by step: {distinct}"
+    assert seen == sorted(seen), "step numbers went backwards"
+    breakdown = page.inner_text("#breakdown")
+    for stage in ("text encode", "denoise", "VAE decode", "save"):
+        assert stage in breakdown
+    assert page.locator("#gallery img").count() >= 1
+    saved = list((live_app["root"] / "outputs").rglob("*.png"))
+    assert saved, "the image was not saved"
+    parameters = parse_infotext(Image.open(saved[-1]).info["parameters"])
+    assert parameters["Prompt"] == "a lighthouse at dusk" and parameters["Steps"] == "40"
+
+
+def test_bad_number_gives_a_message_and_the_app_keeps_serving(page):
+    page.fill("#prompt textarea", "x")
+    set_number(page, "width", 100)  # not a multiple of 8
+    set_number(page, "steps", 2)
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#readout').innerText.includes('multiple of 8')", timeout=30000)
+    set_number(page, "width", 128)
+    set_number(page, "height", 128)
+    page.click("#generate")
+    page.wait_for_selector("#breakdown table", timeout=60000)
+
+
+def test_api_generate_and_cancel(live_app):
+    from gradio_client import Client
+
+    client = Client(live_app["url"], verbose=False)
+    result = client.predict(
+        "demo (tiny random weights)", "api prompt", "", 3, 7.0, 1234, 128, 128, "Euler", 1, 1, api_name="/generate"
+    )
+    readout, _preview, gallery, breakdown = result  # gr.State outputs are not part of the API
+    assert "done" in readout
+    assert "denoise" in breakdown
+    image_path = gallery[0]["image"] if isinstance(gallery[0], dict) else gallery[0][0]
+    image_path = image_path["path"] if isinstance(image_path, dict) else image_path
+    info = parse_infotext(Image.open(image_path).info["parameters"])
+    assert info["Seed"] == "1234" and info["Size"] == "128x128"
+    assert client.predict(api_name="/cancel") == "Nothing is running."

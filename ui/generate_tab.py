@@ -1,0 +1,166 @@
+"""The Generate tab: prompt and settings in, images and a live step/latency readout out."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+import gradio as gr
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.errors import LikenessError
+from pipelines.generate import CancelToken
+from pipelines.manager import PipelineManager
+from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
+from pipelines.samplers import sampler_names
+from ui.session import GenerationSession, Readout, latest_preview, result_markdown
+
+log = logging.getLogger("likeness")
+# The request fields the form edits, in the order of the handler's inputs.
+FORM_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count")
+DEMO_NOTE = (
+    "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
+    "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
+)
+
+
+def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
+    return [(e.name + (" — demo, not a real model" if e.format == "demo" else ""), e.name) for e in manager.models() if e.usable]
+
+
+class CancelRegistry:
+    """The Stop button's way to reach the generation of its own browser session."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, CancelToken] = {}
+        self._lock = threading.Lock()
+
+    def new(self, session: str) -> CancelToken:
+        with self._lock:
+            token = self._tokens[session] = CancelToken()
+            return token
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            token = self._tokens.get(session)
+        if token:
+            token.cancel()
+        return token is not None
+
+    def forget(self, session: str, token: CancelToken) -> None:
+        with self._lock:
+            if self._tokens.get(session) is token:
+                del self._tokens[session]
+
+
+def _coerce_form(values: dict) -> GenerationRequest:
+    """Gradio numbers arrive as floats (or None when the box is empty); the request wants ints."""
+    cleaned = dict(values)
+    for name in ("steps", "seed", "width", "height", "batch_size", "batch_count"):
+        value = cleaned.get(name)
+        if value is None:
+            raise LikenessError(f"{name.replace('_', ' ').capitalize()} is empty; enter a number.")
+        if isinstance(value, float) and value.is_integer():
+            cleaned[name] = int(value)
+    if cleaned.get("cfg_scale") is None:
+        raise LikenessError("CFG scale is empty; enter a number.")
+    return GenerationRequest(**cleaned)
+
+
+def build(manager: PipelineManager, settings, store) -> dict:
+    """Lay out the tab inside the current gr.Blocks; return its components for other tabs to use."""
+    last = settings.last_generation or {}
+    default_model = manager.default_model()
+    family = manager.entry(default_model).family
+    spec = family.spec
+    chosen_model = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else default_model
+    cancels = CancelRegistry()
+
+    with gr.Row():
+        model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model")
+    demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=chosen_model == DEMO_MODEL_NAME)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="prompt", placeholder="a portrait photo of …")
+            negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id="negative_prompt")
+            with gr.Row():
+                steps = gr.Slider(1, MAX_STEPS, value=last.get("steps", spec.default_steps), step=1, label="Steps", elem_id="steps")
+                cfg = gr.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id="cfg")
+            with gr.Row():
+                width = gr.Slider(64, 2048, value=last.get("width", spec.default_size[0]), step=8, label="Width", elem_id="width")
+                height = gr.Slider(64, 2048, value=last.get("height", spec.default_size[1]), step=8, label="Height", elem_id="height")
+            with gr.Row():
+                sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id="sampler")
+                seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id="seed")
+                random_seed = gr.Button("Random", elem_id="random_seed", min_width=60, scale=0, size="sm")
+                reuse_seed = gr.Button("Reuse last", elem_id="reuse_seed", min_width=60, scale=0, size="sm")
+            with gr.Row():
+                batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id="batch_size")
+                batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
+        with gr.Column(scale=2):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            readout = gr.Markdown("Ready.", elem_id="readout")
+            preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id="preview")
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, elem_id="gallery")
+            breakdown = gr.Markdown(elem_id="breakdown")
+    last_seed = gr.State(-1)
+    form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count)))
+
+    def on_model_change(name):
+        entry = manager.entry(name)
+        names = sampler_names(entry.family)
+        return gr.update(visible=entry.format == "demo"), gr.update(choices=names, value=entry.family.spec.default_sampler)
+
+    model.change(on_model_change, [model], [demo_note, sampler], api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private")
+    reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
+
+    def run(*values, request: gr.Request = None):
+        session = request.session_hash if request else "api"
+        values = dict(zip(FORM_FIELDS, values))
+        try:
+            generation_request = _coerce_form(values)
+        except (LikenessError, TypeError) as error:
+            yield f"⚠ {error}", None, gr.update(), "", -1
+            return
+        token = cancels.new(session)
+        readout_state = Readout()
+        job = GenerationSession(manager, generation_request, token).start()
+        preview_image = None
+        try:
+            for events in job.stream():
+                for event in events:
+                    readout_state.apply(event)
+                preview_image = latest_preview(events) or preview_image
+                yield readout_state.markdown(), preview_image, gr.update(), gr.update(), gr.update()
+        finally:
+            if job.result is None and job.error is None:
+                token.cancel()  # the browser went away mid-run: stop the engine, release the lock
+            cancels.forget(session, token)
+        message = job.error_message()
+        if message:
+            yield f"⚠ {message}", preview_image, gr.update(), "", gr.update()
+            return
+        result = job.result
+        settings.last_generation = dataclasses.asdict(generation_request)
+        try:
+            store.save(settings)
+        except OSError as error:
+            log.warning("could not save the last-used values: %s", error)
+        images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
+        readout_state.stage = "done"
+        yield readout_state.markdown(), None, images, result_markdown(result), result.seeds[0]
+
+    generate_event = generate.click(
+        run, list(form.values()), [readout, preview, gallery, breakdown, last_seed],
+        api_name="generate", concurrency_id="gpu", concurrency_limit=1,
+    )
+
+    def stop_generation(request: gr.Request = None):
+        found = cancels.cancel(request.session_hash if request else "api")
+        return "Stopping at the next step…" if found else "Nothing is running."
+
+    stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)
+    return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery}

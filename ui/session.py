@@ -1,0 +1,121 @@
+"""Running one generation for the UI: the engine works in a thread, the handler streams its events."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pipelines.errors import GenerationCancelled, LikenessError
+from pipelines.generate import CancelToken
+from pipelines.manager import PipelineManager
+from pipelines.request import GenerationRequest, GenerationResult
+from pipelines.telemetry import Event, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
+
+
+@dataclass
+class Readout:
+    """What the live readout shows; rebuilt from events, rendered as Markdown."""
+
+    stage: str = "waiting"
+    last_step: StepDone | None = None
+    started: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            self.stage = event.stage
+        elif isinstance(event, StageEnded):
+            self.stages[event.stage] = self.stages.get(event.stage, 0.0) + event.seconds
+        elif isinstance(event, StepDone):
+            self.last_step = event
+        elif isinstance(event, Notice):
+            self.notices.append(("⚠ " if event.level == "warning" else "") + event.text)
+
+    def markdown(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        lines = [f"**{self.stage}** · elapsed {elapsed:.1f} s"]
+        if self.last_step:
+            lines.append(format_step(self.last_step))
+        lines += self.notices[-4:]
+        return "  \n".join(lines)
+
+
+def result_markdown(result: GenerationResult) -> str:
+    """The after-run breakdown: per-stage seconds as bars, peak memory, total."""
+    longest = max(result.stage_seconds.values(), default=0) or 1
+    rows = ["| stage | seconds | |", "|---|---:|---|"]
+    for stage, seconds in result.stage_seconds.items():
+        rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} |")
+    steps = result.step_seconds
+    mean = sum(steps) / len(steps) if steps else 0
+    summary = (
+        f"**Done in {result.total_seconds:.2f} s** · {len(steps)} steps at {mean:.3f} s/step "
+        f"({(1 / mean) if mean else 0:.2f} it/s) · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
+        f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"
+    )
+    warnings = "".join(f"  \n⚠ {w}" for w in result.warnings)
+    return summary + warnings + "\n\n" + "\n".join(rows)
+
+
+_DONE = object()
+
+
+class GenerationSession:
+    """Runs `manager.generate` in a worker thread and hands its events to the caller as they come."""
+
+    def __init__(self, manager: PipelineManager, request: GenerationRequest, cancel: CancelToken):
+        self.manager = manager
+        self.request = request
+        self.cancel = cancel
+        self.events: "queue.Queue" = queue.Queue()
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="likeness-generate", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel)
+        except BaseException as error:  # handed to the UI thread, which turns it into a message
+            self.error = error
+        finally:
+            self.events.put(_DONE)
+
+    def start(self) -> "GenerationSession":
+        self._thread.start()
+        return self
+
+    def stream(self, poll_seconds: float = 0.1):
+        """Yield lists of events as they arrive, until the generation ends."""
+        while True:
+            batch = []
+            try:
+                item = self.events.get(timeout=poll_seconds)
+            except queue.Empty:
+                yield batch
+                continue
+            while True:
+                if item is _DONE:
+                    yield batch
+                    return
+                batch.append(item)
+                try:
+                    item = self.events.get_nowait()
+                except queue.Empty:
+                    break
+            yield batch
+
+    def error_message(self) -> str | None:
+        if self.error is None:
+            return None
+        if isinstance(self.error, GenerationCancelled):
+            return "Stopped."
+        if isinstance(self.error, LikenessError):
+            return str(self.error)
+        return f"Internal error: {self.error.__class__.__name__}: {self.error}. The app keeps running; see the console log."
+
+
+def latest_preview(events: list[Event]):
+    previews = [e for e in events if isinstance(e, PreviewReady)]
+    return previews[-1].image if previews else None
