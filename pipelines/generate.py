@@ -27,17 +27,35 @@ APP_VERSION = "Likeness 0.1.0"
 
 
 class CancelToken:
-    """Set from another thread (the Stop button); the denoise loop checks it every step."""
+    """Set from another thread (Stop / Skip buttons); the denoise loop checks it every step.
+
+    Stop ends the whole run; Skip ends the current batch only and goes on with the next one.
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._skip = threading.Event()
 
     def cancel(self) -> None:
-        self._event.set()
+        self._stop.set()
+
+    def skip(self) -> None:
+        self._skip.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._stop.is_set()
+
+    @property
+    def interrupt_requested(self) -> bool:
+        return self._stop.is_set() or self._skip.is_set()
+
+    def take_skip(self) -> bool:
+        """True once per Skip press: the batch that saw it is the one skipped."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
 
 
 @dataclass
@@ -158,7 +176,6 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
         bus.publish(Notice(text, "warning"))
 
     images: list[GeneratedImage] = []
-    step_seconds: list[float] = []
     vae_dtype = model.dtype
     total_steps = request.steps * request.batch_count
     steps = StepClock(bus, model.device, total_steps, synchronize=options.synchronize_steps)
@@ -170,7 +187,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             steps.step_done(offset + step_index + 1)
             if options.preview_every and (step_index + 1) % options.preview_every == 0 and step_index + 1 < request.steps:
                 bus.publish(PreviewReady(offset + step_index + 1, latent_preview(model, tensors["latents"], request.height, request.width)))
-            if options.cancel.cancelled:
+            if options.cancel.interrupt_requested:
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors
 
@@ -188,11 +205,13 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             ).images
         if options.cancel.cancelled:
             raise GenerationCancelled(partial=images)
+        if options.cancel.take_skip():
+            bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
+            continue
         with clock.stage("VAE decode") as info:
             decoded, vae_dtype = decode_latents(model, latents, request.height, request.width)
             info["detail"] = dtype_name(vae_dtype)
         del latents
-        step_seconds = steps.step_seconds
         for image, seed in zip(decoded, seeds):
             infotext = build_infotext(request.prompt, request.negative_prompt, infotext_params(model, request, seed, vae_dtype, clock.seconds))
             images.append(GeneratedImage(image, seed, infotext))
@@ -205,7 +224,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
                         if str(error) not in warnings:
                             warnings.append(str(error))
                             bus.publish(Notice(str(error), "warning"))
-    return images, step_seconds, warnings, vae_dtype
+    return images, steps.step_seconds, warnings, vae_dtype
 
 
 def infotext_params(model: LoadedModel, request, seed: int, vae_dtype: torch.dtype, stage_seconds: dict) -> dict:

@@ -82,6 +82,7 @@ class PipelineManager:
         self._load_locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
         self._generation_lock = threading.Lock()  # one generation at a time on the compute device
+        self.last_vae_dtype: str | None = None  # what the last decode really ran in, for the status bar
         self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ class PipelineManager:
                 images, step_seconds, warnings, vae_dtype = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
+        self.last_vae_dtype = dtype_name(vae_dtype)
         peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
         return GenerationResult(
             images=images,
@@ -245,6 +247,7 @@ class PipelineManager:
             "device": devices.describe_device(self.device),
             "models_dir": str(self.config.models_dir),
             "loaded": [r.__dict__ for r in self.cache.records()],
+            "vae_dtype": self.last_vae_dtype,
             "ram_cache_bytes": self.cache.ram_bytes(),
             "vram_cache_bytes": self.cache.vram_bytes(),
             "memory": devices.read_memory(self.device).describe(),

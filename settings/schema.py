@@ -48,7 +48,29 @@ class AppSettings:
         return {name: message for name, (ok, message) in checks.items() if not ok}
 
 
-def _coerce(field_type, value, default):
+@dataclass(frozen=True)
+class SettingInfo:
+    label: str
+    help: str
+    needs_restart: bool = False
+
+
+# What the Settings tab shows for each field (last_generation is internal and not shown).
+SETTING_INFO: dict[str, SettingInfo] = {
+    "models_dir": SettingInfo("Models folder", "Where your checkpoints and diffusers folders live."),
+    "outputs_dir": SettingInfo("Outputs folder", "Images are saved under <folder>/<date>/."),
+    "cache_dir": SettingInfo("Cache folder", "The demo model, model hashes and caches.", needs_restart=True),
+    "device": SettingInfo("Device", "auto, cpu, cuda, cuda:1, mps.", needs_restart=True),
+    "ram_cache_gb": SettingInfo("RAM cache (GiB)", "Loaded models kept in RAM for fast switching; least recently used leave first."),
+    "vram_reserve_gb": SettingInfo("VRAM reserve (GiB)", "GPU memory kept free for activations and the VAE decode.", needs_restart=True),
+    "include_hf_cache": SettingInfo("List the Hugging Face cache", "Also list pipelines in ~/.cache/huggingface (read-only, offline)."),
+    "allow_pickle": SettingInfo("Allow pickle checkpoints", "Load .ckpt/.pt/.bin files with torch.load(weights_only=True). Off: safetensors only."),
+    "preview_every": SettingInfo("Live preview every N steps", "0 turns the preview off."),
+    "max_queue_size": SettingInfo("Maximum queue size", "Requests waiting beyond this are refused.", needs_restart=True),
+}
+
+
+def coerce_setting(value, default):
     """Turn a JSON value into the field's type; raise ValueError if it cannot be."""
     kind = type(default)
     if kind is bool:
@@ -100,7 +122,7 @@ class SettingsStore:
                 continue
             default = getattr(defaults, item.name)
             try:
-                values[item.name] = _coerce(item.type, raw[item.name], default)
+                values[item.name] = coerce_setting(raw[item.name], default)
             except ValueError as error:
                 self.messages.append(f"Setting {item.name!r} ignored: {error}; using the default {default!r}.")
         settings = dataclasses.replace(defaults, **values)

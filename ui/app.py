@@ -1,4 +1,8 @@
-"""The Gradio app: tabs over the one pipeline manager created in app.py."""
+"""The Gradio app: tabs over the one pipeline manager created in app.py.
+
+Each tab is a module with a `build(...)` function; adding a tab (Face, Experiments) is one more
+`with gr.Tab(...)` block here.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,9 +11,10 @@ import gradio as gr
 
 from pipelines import devices
 from pipelines.manager import PipelineManager
-from ui import generate_tab
+from ui import generate_tab, models_tab, png_info_tab, settings_tab
 
 log = logging.getLogger("likeness")
+GENERATE_TAB_ID = "generate"
 # Ctrl+Enter generates from anywhere on the page, as in A1111.
 SHORTCUTS_JS = """
 () => {
@@ -26,20 +31,31 @@ SHORTCUTS_JS = """
 def status_line(manager: PipelineManager) -> str:
     status = manager.status()
     loaded = ", ".join(f"{r['name']} ({r['level']})" for r in status["loaded"]) or "none"
-    return f"**Device** {status['device']} · **Loaded** {loaded} · **Memory** {status['memory']}"
+    vae = status["vae_dtype"] or ("fp32" if manager.device.type == "cpu" else "per model")
+    return f"**Device** {status['device']} · **Loaded** {loaded} · **VAE** {vae} · **Memory** {status['memory']}"
 
 
 def build(manager: PipelineManager, settings, store) -> gr.Blocks:
     with gr.Blocks(title="Likeness") as demo:
-        gr.Markdown("## Likeness")
-        status = gr.Markdown(status_line(manager), elem_id="status")
+        with gr.Row():
+            gr.Markdown("## Likeness")
+            status = gr.Markdown(status_line(manager), elem_id="status")
         for message in store.messages:
-            gr.Markdown(f"⚠ {message}")
-        with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
+            gr.Markdown(f"⚠ {message}", elem_classes=["settings-warning"])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id=GENERATE_TAB_ID):
                 generate = generate_tab.build(manager, settings, store)
-        generate["generate_event"].then(lambda: status_line(manager), None, status, api_visibility="private")
-        demo.load(lambda: status_line(manager), None, status, api_visibility="private")
+            with gr.Tab("Models", id="models"):
+                models = models_tab.build(manager, [generate["form"]["model"]])
+            with gr.Tab("PNG Info", id="png_info"):
+                png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
+            with gr.Tab("Settings", id="settings"):
+                settings_tab.build(manager, settings, store)
+        refresh_status = lambda: status_line(manager)  # noqa: E731
+        generate["generate_event"].then(refresh_status, None, status, api_visibility="private")
+        timer = gr.Timer(5.0)  # memory and residency change outside this tab too (other sessions, loads)
+        timer.tick(refresh_status, None, status, api_visibility="private", queue=False)
+        demo.load(refresh_status, None, status, api_visibility="private")
     return demo
 
 
@@ -55,7 +71,12 @@ def launch(manager: PipelineManager, settings, store, listen: bool = False, port
         server_port=port,
         allowed_paths=[str(manager.config.outputs_dir)],
         js=SHORTCUTS_JS,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=False,
+        quiet=True,
     )
-    return demo if not block else 0
+    log.info("Likeness is running on http://%s:%d", "0.0.0.0" if listen else "127.0.0.1", port)
+    if block:
+        demo.block_thread()
+        return 0
+    return demo

@@ -40,10 +40,13 @@ class CancelRegistry:
             token = self._tokens[session] = CancelToken()
             return token
 
-    def cancel(self, session: str) -> bool:
+    def signal(self, session: str, skip: bool = False) -> bool:
+        """Stop (or skip the current batch of) this session's run; False when nothing runs."""
         with self._lock:
             token = self._tokens.get(session)
-        if token:
+        if token and skip:
+            token.skip()
+        elif token:
             token.cancel()
         return token is not None
 
@@ -100,6 +103,7 @@ def build(manager: PipelineManager, settings, store) -> dict:
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                skip = gr.Button("Skip", elem_id="skip", scale=0, min_width=70)
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             readout = gr.Markdown("Ready.", elem_id="readout")
             preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id="preview")
@@ -108,18 +112,24 @@ def build(manager: PipelineManager, settings, store) -> dict:
     last_seed = gr.State(-1)
     form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count)))
 
-    def on_model_change(name):
-        entry = manager.entry(name)
+    def on_model_change(name, current_sampler):
+        try:
+            entry = manager.entry(name)
+        except LikenessError:
+            return gr.update(), gr.update()
         names = sampler_names(entry.family)
-        return gr.update(visible=entry.format == "demo"), gr.update(choices=names, value=entry.family.spec.default_sampler)
+        keep = current_sampler if current_sampler in names else entry.family.spec.default_sampler
+        return gr.update(visible=entry.format == "demo"), gr.update(choices=names, value=keep)
 
-    model.change(on_model_change, [model], [demo_note, sampler], api_visibility="private")
+    model.change(on_model_change, [model, sampler], [demo_note, sampler], api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
 
-    def run(*values, request: gr.Request = None):
+    # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
+    def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count,
+            request: gr.Request = None):
         session = request.session_hash if request else "api"
-        values = dict(zip(FORM_FIELDS, values))
+        values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         try:
             generation_request = _coerce_form(values)
         except (LikenessError, TypeError) as error:
@@ -159,8 +169,14 @@ def build(manager: PipelineManager, settings, store) -> dict:
     )
 
     def stop_generation(request: gr.Request = None):
-        found = cancels.cancel(request.session_hash if request else "api")
+        found = cancels.signal(request.session_hash if request else "api")
         return "Stopping at the next step…" if found else "Nothing is running."
 
+    def skip_batch(request: gr.Request = None):
+        found = cancels.signal(request.session_hash if request else "api", skip=True)
+        return "Skipping the current batch…" if found else "Nothing is running."
+
+    # Not queued behind the GPU work they interrupt.
     stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)
+    skip.click(skip_batch, None, readout, api_name="skip", concurrency_limit=None)
     return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery}

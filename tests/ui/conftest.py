@@ -19,24 +19,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_app(tmp_path_factory):
-    """Start the real app (settings -> manager -> UI), as app.py does, without blocking."""
+def start_app(root: Path):
+    """Settings -> manager -> UI, as app.py does, without blocking. Returns (app info, the Blocks)."""
     from app import build_manager
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
     from ui.app import launch
 
     quiet_libraries()
-    root = tmp_path_factory.mktemp("app")
     settings, store = load_settings(root / "settings.json", {
         "models_dir": str(root / "models"), "outputs_dir": str(root / "outputs"), "cache_dir": str(root / "cache"), "device": "cpu",
     })
-    settings.preview_every = 2
     manager = build_manager(settings)
     port = free_port()
     demo = launch(manager, settings, store, port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}", "manager": manager, "settings": settings, "store": store, "root": root}
+    return {"url": f"http://127.0.0.1:{port}", "manager": manager, "settings": settings, "store": store, "root": root}, demo
+
+
+@pytest.fixture(scope="module")
+def live_app(tmp_path_factory):
+    info, demo = start_app(tmp_path_factory.mktemp("app"))
+    yield info
     demo.close()
 
 
@@ -52,13 +55,22 @@ def browser():
         instance.close()
 
 
-@pytest.fixture
-def page(browser, live_app, request):
+def open_page(browser, url: str):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.goto(live_app["url"])
+    page.goto(url)
     page.wait_for_selector("#generate")
-    yield page
+    return page
+
+
+def keep_screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def page(browser, live_app, request):
+    page = open_page(browser, live_app["url"])
+    yield page
+    keep_screenshot(page, request.node.name)
+    page.context.close()

@@ -1,0 +1,92 @@
+"""The Models tab: the catalog, what sits in VRAM and RAM, load/unload, refresh."""
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.errors import LikenessError
+from pipelines.manager import PipelineManager
+
+COLUMNS = ["name", "family", "format", "size (GiB)", "in memory", "last load", "path", "problem"]
+
+
+def catalog_rows(manager: PipelineManager) -> list[list]:
+    resident = {r.name: r for r in manager.cache.records()}
+    rows = []
+    for entry in manager.models():
+        record = resident.get(entry.name)
+        report = manager.last_load(entry.name)
+        size = (record.size_bytes if record else entry.size_bytes) / 2**30
+        rows.append([
+            entry.name,
+            entry.family.spec.label if entry.family else "?",
+            entry.format,
+            round(size, 2),
+            f"{record.level}{' (locked)' if record.locked else ''}" if record else "",
+            f"{report.source} {report.seconds:.2f} s" if report else "",
+            str(entry.path),
+            entry.problem or "",
+        ])
+    return rows
+
+
+def memory_summary(manager: PipelineManager) -> str:
+    status = manager.status()
+    return (
+        f"RAM cache {status['ram_cache_bytes'] / 2**30:.2f} GiB of {manager.cache.ram_budget_bytes / 2**30:.1f} GiB · "
+        f"VRAM {status['vram_cache_bytes'] / 2**30:.2f} GiB · {status['memory']}"
+    )
+
+
+def model_list(manager: PipelineManager) -> list[dict]:
+    """The `/list_models` API: one dict per catalog entry."""
+    resident = {r.name: r.level for r in manager.cache.records()}
+    return [
+        {"name": e.name, "family": e.family.value if e.family else None, "format": e.format, "size_bytes": e.size_bytes,
+         "path": str(e.path), "usable": e.usable, "problem": e.problem, "in_memory": resident.get(e.name)}
+        for e in manager.models()
+    ]
+
+
+def build(manager: PipelineManager, model_dropdowns: list) -> dict:
+    usable = [e.name for e in manager.models() if e.usable]
+    with gr.Row():
+        chosen = gr.Dropdown(usable, value=usable[0] if usable else None, label="Model", scale=3, elem_id="models_choice")
+        load = gr.Button("Load", elem_id="models_load", scale=0)
+        unload = gr.Button("Unload", elem_id="models_unload", scale=0)
+        refresh = gr.Button("Refresh", elem_id="models_refresh", scale=0)
+    message = gr.Markdown(elem_id="models_message")
+    memory = gr.Markdown(memory_summary(manager), elem_id="models_memory")
+    table = gr.Dataframe(catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
+
+    def on_load(name):
+        try:
+            text = manager.load(name).describe()
+        except LikenessError as error:
+            text = f"⚠ {error}"
+        return text, catalog_rows(manager), memory_summary(manager)
+
+    def on_unload(name):
+        try:
+            text = f"Unloaded {name}." if manager.unload(name) else f"{name} was not loaded."
+        except RuntimeError as error:  # locked: in use by a generation
+            text = f"⚠ {error}"
+        return text, catalog_rows(manager), memory_summary(manager)
+
+    def on_refresh():
+        manager.refresh()
+        names = [e.name for e in manager.models() if e.usable]
+        problems = sum(1 for e in manager.models() if not e.usable)
+        text = f"Found {len(names)} usable model(s)" + (f", {problems} with problems (see the table)." if problems else ".")
+        from ui.generate_tab import model_choices
+
+        updates = [gr.update(choices=model_choices(manager)) for _ in model_dropdowns]
+        return (text, catalog_rows(manager), memory_summary(manager), gr.update(choices=names), *updates)
+
+    load.click(on_load, chosen, [message, table, memory], api_name="load_model", concurrency_id="gpu", concurrency_limit=1)
+    unload.click(on_unload, chosen, [message, table, memory], api_name="unload_model", concurrency_id="gpu", concurrency_limit=1)
+    refresh.click(on_refresh, None, [message, table, memory, chosen, *model_dropdowns], api_visibility="private")
+    def list_models() -> list[dict]:
+        return model_list(manager)
+
+    gr.api(list_models, api_name="list_models")
+    return {"table": table, "memory": memory}

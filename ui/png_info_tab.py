@@ -1,0 +1,85 @@
+"""The PNG Info tab: read the generation parameters of an image and send them to Generate."""
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.infotext import parse_infotext
+from pipelines.manager import PipelineManager
+from pipelines.outputs import read_parameters
+from pipelines.samplers import sampler_from_infotext
+
+NO_PARAMETERS = "This image carries no generation parameters (no A1111 `parameters` text chunk or EXIF comment)."
+
+
+def read_image_parameters(path: str | None) -> tuple[str, list[list[str]], str]:
+    """(raw text, table rows, message) for an uploaded file; never raises for a bad file."""
+    if not path:
+        return "", [], ""
+    try:
+        with Image.open(path) as image:
+            text = read_parameters(image)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "", [], "⚠ This file is not an image Likeness can read (PNG, JPEG or WebP)."
+    if not text:
+        return "", [], f"⚠ {NO_PARAMETERS}"
+    parsed = parse_infotext(text)
+    rows = [[key, value] for key, value in parsed.items() if not key.endswith(("-1", "-2"))]
+    return text, rows, f"Read {len(rows)} parameters."
+
+
+def generate_form_values(text: str, manager: PipelineManager, current: dict) -> tuple[dict, list[str]]:
+    """Map parsed parameters onto Generate form fields; returns the values and what could not be used."""
+    parsed = parse_infotext(text)
+    values: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
+    notes = []
+
+    def number(key: str, cast):
+        try:
+            return cast(float(parsed[key])) if key in parsed else None
+        except ValueError:
+            notes.append(f"{key} {parsed[key]!r} is not a number; left as it was.")
+            return None
+
+    for field, key, cast in (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int),
+                             ("width", "Size-1", int), ("height", "Size-2", int)):
+        value = number(key, cast)
+        if value is not None:
+            values[field] = value
+    if "Sampler" in parsed:
+        values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
+    if "Model" in parsed:
+        names = {e.name for e in manager.models() if e.usable}
+        by_stem = {name.rsplit("/", 1)[-1]: name for name in names}
+        model = parsed["Model"] if parsed["Model"] in names else by_stem.get(parsed["Model"])
+        if model:
+            values["model"] = model
+        else:
+            notes.append(f"Model {parsed['Model']!r} is not installed; kept {current.get('model')!r}.")
+    return values, notes
+
+
+def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str) -> dict:
+    with gr.Row():
+        with gr.Column():
+            upload = gr.Image(type="filepath", label="Image", sources=["upload"], format="png", elem_id="png_upload")
+        with gr.Column():
+            message = gr.Markdown(elem_id="png_message")
+            table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id="png_table")
+            raw = gr.Textbox(label="Parameters text", lines=4, interactive=False, elem_id="png_raw")
+            send = gr.Button("Send to Generate", variant="primary", elem_id="png_send")
+
+    upload.change(read_image_parameters, upload, [raw, table, message], api_name="png_info")
+    fields = list(generate_form)
+
+    def send_to_generate(text, *current_values):
+        current = dict(zip(fields, current_values))
+        if not text:
+            return ("⚠ Nothing to send: drop an image with generation parameters first.", gr.update(), *[gr.update()] * len(fields))
+        values, notes = generate_form_values(text, manager, current)
+        message_text = "Sent to Generate." + "".join(f"  \n⚠ {n}" for n in notes)
+        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in fields]
+        return (message_text, gr.Tabs(selected=generate_tab_id), *updates)
+
+    send.click(send_to_generate, [raw, *generate_form.values()], [message, tabs, *generate_form.values()], api_visibility="private")
+    return {"upload": upload}
