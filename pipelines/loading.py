@@ -68,9 +68,26 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype):
     except LikenessError:
         raise
     except Exception as error:  # diffusers/safetensors raise many types; the user needs one message
+        if "meta tensor" in str(error):
+            raise ModelLoadError(_incomplete(entry, "some of its weights")) from error
         raise ModelLoadError(f"Could not load {entry.name} ({entry.path}): {error.__class__.__name__}: {str(error)[:400]}") from error
+    check_complete(pipe, entry)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _incomplete(entry: ModelEntry, what: str) -> str:
+    return (f"{entry.path.name} lacks {what} that the {entry.family.spec.label} architecture needs: "
+            f"the file is incomplete or of another architecture.")
+
+
+def check_complete(pipe, entry: ModelEntry) -> None:
+    """diffusers leaves a weight missing from a single file on the meta device without a word."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            missing = [key for key, tensor in component.named_parameters() if tensor.device.type == "meta"]
+            if missing:
+                raise ModelLoadError(_incomplete(entry, f"{len(missing)} {name} weights (e.g. {missing[0]})"))
 
 
 def _load(entry: ModelEntry, dtype: torch.dtype):

@@ -80,7 +80,7 @@ def build(manager: PipelineManager, settings, store) -> dict:
     cancels = CancelRegistry()
 
     with gr.Row():
-        model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model")
+        model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model", allow_custom_value=True)
     demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=chosen_model == DEMO_MODEL_NAME)
     with gr.Row():
         with gr.Column(scale=3):

@@ -38,11 +38,15 @@ def memory_summary(manager: PipelineManager) -> str:
 
 
 def model_list(manager: PipelineManager) -> list[dict]:
-    """The `/list_models` API: one dict per catalog entry."""
+    """The `/list_models` API: one dict per catalog entry.
+
+    The folder is under "location", not "path": gradio_client treats any dict with a "path" key
+    as a file to download.
+    """
     resident = {r.name: r.level for r in manager.cache.records()}
     return [
         {"name": e.name, "family": e.family.value if e.family else None, "format": e.format, "size_bytes": e.size_bytes,
-         "path": str(e.path), "usable": e.usable, "problem": e.problem, "in_memory": resident.get(e.name)}
+         "location": str(e.path), "usable": e.usable, "problem": e.problem, "in_memory": resident.get(e.name)}
         for e in manager.models()
     ]
 
@@ -50,7 +54,7 @@ def model_list(manager: PipelineManager) -> list[dict]:
 def build(manager: PipelineManager, model_dropdowns: list) -> dict:
     usable = [e.name for e in manager.models() if e.usable]
     with gr.Row():
-        chosen = gr.Dropdown(usable, value=usable[0] if usable else None, label="Model", scale=3, elem_id="models_choice")
+        chosen = gr.Dropdown(usable, value=usable[0] if usable else None, label="Model", scale=3, elem_id="models_choice", allow_custom_value=True)
         load = gr.Button("Load", elem_id="models_load", scale=0)
         unload = gr.Button("Unload", elem_id="models_unload", scale=0)
         refresh = gr.Button("Refresh", elem_id="models_refresh", scale=0)
