@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
+    gen.add_argument("--vae-dtype", choices=["auto", "bf16", "fp16", "fp32"], default=None,
+                     help="VAE decode precision (default: the vae_dtype setting, auto = bf16 on capable NVIDIA GPUs, else fp32)")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 
@@ -75,6 +77,10 @@ def build_manager(settings):
         include_hf_cache=settings.include_hf_cache,
         allow_pickle=settings.allow_pickle,
         preview_every=settings.preview_every,
+        vae_tiling=settings.vae_tiling,
+        vae_slicing=settings.vae_slicing,
+        vae_honour_force_upcast=settings.vae_honour_force_upcast,
+        vae_sticky_fallback=settings.vae_sticky_fallback,
     )
     return PipelineManager(config)
 
@@ -98,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # e.g. --device cuda on a machine without CUDA
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    logging.getLogger("likeness").info("VAE decode: %s", manager.vae_status())
 
     if args.command == "generate":
+        args.vae_dtype = args.vae_dtype or settings.vae_dtype
         return run_guarded(lambda: cmd_generate(manager, fill_family_defaults(manager, args)))
     if args.command == "models":
         return run_guarded(lambda: cmd_models(manager, args))

@@ -42,6 +42,17 @@ def denoiser_dtype(device: torch.device, family_name: str) -> torch.dtype:
     return torch.float32
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """Compute capability of a CUDA device, None for anything else (the VAE policy reads this)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def is_amd(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.version.hip is not None
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels so a timer reading bills work to the stage that queued it."""
     if device.type == "cuda":

@@ -22,6 +22,7 @@ from pipelines.outputs import save_image
 from pipelines.request import GeneratedImage, ValidatedRequest
 from pipelines.samplers import find_sampler
 from pipelines.telemetry import EventBus, Notice, PreviewReady, StageClock, StepClock
+from pipelines.vae import DecodeOutcome, VaeChoice, decode, resolve_vae_dtype
 
 APP_VERSION = "Likeness 0.1.0"
 
@@ -127,23 +128,43 @@ def latent_preview(model: LoadedModel, latents: torch.Tensor, height: int, width
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def decode_latents(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> tuple[list[Image.Image], torch.dtype]:
-    """Decode with the VAE; returns the images and the dtype the decode really ran in."""
-    pipe = model.pipe
-    vae = pipe.vae
-    spatial = spatial_latents(model, latents, height, width)
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        vae.to(torch.float32)  # the SDXL VAE overflows in fp16; cast in place, no second copy
-    scaled = spatial / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None):
-        scaled = scaled + vae.config.shift_factor
-    with torch.no_grad():
-        decoded = vae.decode(scaled.to(device=model.device, dtype=vae.dtype), return_dict=False)[0]
-    images = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
-    return images, vae.dtype
+def vae_input(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Denoiser latents -> what the VAE decoder takes (unpacked, unscaled, shifted)."""
+    config = model.pipe.vae.config
+    spatial = spatial_latents(model, latents, height, width) / config.scaling_factor
+    if getattr(config, "shift_factor", None):
+        spatial = spatial + config.shift_factor
+    return spatial
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor, height: int, width: int, vae: VaeSettings) -> tuple[list[Image.Image], DecodeOutcome]:
+    """Decode with the VAE under the dtype policy; the outcome says what really ran."""
+    autoencoder = model.pipe.vae
+    choice = vae.choose(model.device, autoencoder)
+    autoencoder.use_slicing = vae.slicing
+    outcome = decode(autoencoder, vae_input(model, latents, height, width), choice.dtype, model.device, tiled=vae.tiling)
+    images = model.pipe.image_processor.postprocess(outcome.images, output_type="pil")
+    return images, outcome
 
 
 # -- the generation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class VaeSettings:
+    """How to decode, for one generation: the requested dtype plus the session's VAE options."""
+
+    requested: str = "auto"  # auto | bf16 | fp16 | fp32
+    tiling: bool = False
+    slicing: bool = False
+    honour_force_upcast: bool = True
+    forced_fp32: bool = False  # a sticky NaN fallback happened earlier in this session
+
+    def choose(self, device: torch.device, autoencoder) -> VaeChoice:
+        if self.forced_fp32:
+            return VaeChoice(torch.float32, "fp32: kept after an earlier NaN fallback in this session")
+        force_upcast = bool(getattr(autoencoder.config, "force_upcast", False))
+        return resolve_vae_dtype(self.requested, device, force_upcast, self.honour_force_upcast)
 
 
 @dataclass
@@ -152,14 +173,25 @@ class RunOptions:
     preview_every: int = 0  # 0 = no preview
     synchronize_steps: bool = True
     cancel: CancelToken = field(default_factory=CancelToken)
+    vae: VaeSettings = field(default_factory=VaeSettings)
+
+
+@dataclass
+class RunOutput:
+    images: list[GeneratedImage]
+    step_seconds: list[float]
+    warnings: list[str]
+    vae_label: str  # e.g. "bf16", "fp32 (fallback from fp16)", "fp32, tiled"
+    fell_back: bool  # some sample needed the fp32 re-decode
+    last_latents: torch.Tensor | None  # the final latents of the last batch, on the CPU, for re-decoding
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
-def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: StageClock, bus: EventBus, options: RunOptions):
-    """Encode once, then denoise + decode + save each batch; returns (images, step seconds, warnings, vae dtype)."""
+def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: StageClock, bus: EventBus, options: RunOptions) -> RunOutput:
+    """Encode once, then denoise + decode + save each batch."""
     request = validated.request
     pipe = model.pipe
     sampler = find_sampler(model.family, request.sampler)
@@ -176,7 +208,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
         bus.publish(Notice(text, "warning"))
 
     images: list[GeneratedImage] = []
-    vae_dtype = model.dtype
+    vae_label, fell_back, last_latents = "", False, None
     total_steps = request.steps * request.batch_count
     steps = StepClock(bus, model.device, total_steps, synchronize=options.synchronize_steps)
     for batch_index, seeds in enumerate(validated.seeds()):
@@ -209,11 +241,18 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
             continue
         with clock.stage("VAE decode") as info:
-            decoded, vae_dtype = decode_latents(model, latents, request.height, request.width)
-            info["detail"] = dtype_name(vae_dtype)
+            decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
+            vae_label = outcome.label()
+            info["detail"] = vae_label
+        fell_back = fell_back or bool(outcome.fallback_samples)
+        for note in outcome.notes:
+            warnings.append(note)
+            bus.publish(Notice(note, "warning"))
+        last_latents = latents.detach().to("cpu")
         del latents
-        for image, seed in zip(decoded, seeds):
-            infotext = build_infotext(request.prompt, request.negative_prompt, infotext_params(model, request, seed, vae_dtype, clock.seconds))
+        for index, (image, seed) in enumerate(zip(decoded, seeds)):
+            params = infotext_params(model, request, seed, outcome.sample_label(index), clock.seconds)
+            infotext = build_infotext(request.prompt, request.negative_prompt, params)
             images.append(GeneratedImage(image, seed, infotext))
         if request.save and options.outputs_dir:
             with clock.stage("save"):
@@ -224,10 +263,10 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
                         if str(error) not in warnings:
                             warnings.append(str(error))
                             bus.publish(Notice(str(error), "warning"))
-    return images, steps.step_seconds, warnings, vae_dtype
+    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents)
 
 
-def infotext_params(model: LoadedModel, request, seed: int, vae_dtype: torch.dtype, stage_seconds: dict) -> dict:
+def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict) -> dict:
     sampler = find_sampler(model.family, request.sampler)
     stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items() if name != "save")
     return {
@@ -240,7 +279,7 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_dtype: torch.dty
         "Model hash": model.model_hash,
         "Model": model.name,
         "Version": APP_VERSION,
-        "VAE dtype": dtype_name(vae_dtype),
+        "VAE dtype": vae_label,
         "Denoiser dtype": dtype_name(model.dtype),
         "Stage times": stages,
     }

@@ -18,9 +18,11 @@ import torch
 from pipelines import devices
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
 from pipelines.demo_model import demo_model_dir, ensure_demo_model
-from pipelines.errors import LikenessError, ModelLoadError, ModelNotFound
+from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
-from pipelines.generate import CancelToken, LoadedModel, RunOptions, dtype_name, run_generation
+from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
+from pipelines.metrics import psnr
+from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
 from pipelines.model_cache import ModelCache
@@ -43,6 +45,10 @@ class ManagerConfig:
     hf_cache_dir: Path | None = None
     allow_pickle: bool = False
     preview_every: int = 5
+    vae_tiling: bool = False  # always decode in tiles (large images on small GPUs)
+    vae_slicing: bool = False  # decode a batch one image at a time
+    vae_honour_force_upcast: bool = True  # a VAE whose config says force_upcast never runs in fp16
+    vae_sticky_fallback: bool = True  # after a NaN fallback, decode in fp32 for the rest of the session (A1111)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,28 @@ class LoadReport:
         if self.source == "already on device":
             return f"{self.name} already on {self.device}"
         return f"loaded {self.name} from {self.source} in {self.seconds:.1f} s ({self.size_bytes / 2**30:.2f} GiB, {self.device})"
+
+
+@dataclass
+class KeptLatents:
+    """The last generation's final latents, kept so they can be decoded again with another dtype."""
+
+    model: str
+    latents: torch.Tensor  # CPU copy, as the denoiser left them
+    height: int
+    width: int
+    seeds: list[int]
+    images: list  # the PIL images first decoded from them, to compare a re-decode against
+    vae_label: str
+
+
+@dataclass(frozen=True)
+class Redecode:
+    images: list  # PIL images
+    vae_label: str
+    seconds: float
+    notes: list[str]
+    psnr_vs_first: list[float]  # dB against the images of the first decode
 
 
 @dataclass
@@ -83,6 +111,8 @@ class PipelineManager:
         self._state_lock = threading.Lock()
         self._generation_lock = threading.Lock()  # one generation at a time on the compute device
         self.last_vae_dtype: str | None = None  # what the last decode really ran in, for the status bar
+        self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
+        self.kept_latents: KeptLatents | None = None
         self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -212,6 +242,7 @@ class PipelineManager:
             preview_every=self.config.preview_every if telemetry else 0,
             synchronize_steps=telemetry,
             cancel=cancel or CancelToken(),
+            vae=self._vae_settings(request.vae_dtype),
         )
         with self._generation_lock:
             start = time.perf_counter()
@@ -221,24 +252,59 @@ class PipelineManager:
                 with clock.stage("model load") as info:
                     info["detail"] = self.load(request.model).describe()
             with self.use(request.model) as model:
-                images, step_seconds, warnings, vae_dtype = run_generation(model, validated, clock, bus, options)
+                output = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
-        self.last_vae_dtype = dtype_name(vae_dtype)
+            if output.last_latents is not None:
+                last = output.images[-output.last_latents.shape[0]:]
+                self.kept_latents = KeptLatents(
+                    request.model, output.last_latents, validated.request.height, validated.request.width,
+                    [img.seed for img in last], [img.image for img in last], output.vae_label,
+                )
+        self.last_vae_dtype = output.vae_label
+        if output.fell_back and self.config.vae_sticky_fallback and not self.vae_forced_fp32:
+            self.vae_forced_fp32 = True
+            self._notice("The VAE decodes in fp32 for the rest of this session after a NaN fallback (Settings: sticky fallback).")
         peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
         return GenerationResult(
-            images=images,
+            images=output.images,
             request=validated.request,
             stage_seconds=dict(clock.seconds),
-            step_seconds=step_seconds,
+            step_seconds=output.step_seconds,
             total_seconds=total,
             peak_memory_bytes=peak,
             memory_kind="GPU allocator peak" if memory.device_peak_bytes is not None else "process RSS",
             device=str(self.device),
             denoiser_dtype=dtype_name(model.dtype),
-            vae_dtype=dtype_name(vae_dtype),
-            warnings=warnings,
+            vae_dtype=output.vae_label,
+            warnings=output.warnings,
         )
+
+    def _vae_settings(self, requested: str) -> VaeSettings:
+        config = self.config
+        return VaeSettings(requested, config.vae_tiling, config.vae_slicing, config.vae_honour_force_upcast, self.vae_forced_fp32)
+
+    def vae_status(self) -> str:
+        """What 'auto' decodes in on this device and why; for the start-up log and the status bar."""
+        if self.vae_forced_fp32:
+            return "fp32 (kept after a NaN fallback this session)"
+        choice = resolve_vae_dtype("auto", self.device)
+        return f"{choice.name} ({choice.reason})"
+
+    def redecode(self, vae_dtype: str) -> Redecode:
+        """Decode the last generation's latents again in another dtype, without denoising again."""
+        kept = self.kept_latents
+        if kept is None:
+            raise InvalidRequest("Nothing to re-decode yet: generate an image first.")
+        if vae_dtype not in VAE_CHOICES:
+            raise InvalidRequest(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {vae_dtype!r}.")
+        with self._generation_lock, self.use(kept.model) as model:
+            devices.synchronize(self.device)
+            start = time.perf_counter()
+            images, outcome = decode_latents(model, kept.latents.to(self.device), kept.height, kept.width, self._vae_settings(vae_dtype))
+            devices.synchronize(self.device)
+            seconds = time.perf_counter() - start
+        return Redecode(images, outcome.label(), seconds, outcome.notes, [psnr(a, b) for a, b in zip(kept.images, images)])
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -248,6 +314,7 @@ class PipelineManager:
             "models_dir": str(self.config.models_dir),
             "loaded": [r.__dict__ for r in self.cache.records()],
             "vae_dtype": self.last_vae_dtype,
+            "vae_policy": self.vae_status(),
             "ram_cache_bytes": self.cache.ram_bytes(),
             "vram_cache_bytes": self.cache.vram_bytes(),
             "memory": devices.read_memory(self.device).describe(),

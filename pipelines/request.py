@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.samplers import find_sampler, sampler_names
+from pipelines.vae import VAE_CHOICES
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150  # A1111's slider limit
@@ -29,6 +30,7 @@ class GenerationRequest:
     sampler: str = "Euler a"
     batch_size: int = 1
     batch_count: int = 1
+    vae_dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     save: bool = True
 
     def to_dict(self) -> dict:
@@ -86,6 +88,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         find_sampler(family, str(request.sampler))
     except KeyError:
         problems.append(f"Sampler {request.sampler!r} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+    if request.vae_dtype not in VAE_CHOICES:
+        problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {request.vae_dtype!r}.")
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
         problems.append("Prompt and negative prompt must be text.")
     if problems:

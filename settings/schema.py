@@ -34,6 +34,11 @@ class AppSettings:
     allow_pickle: bool = False
     preview_every: int = 5
     max_queue_size: int = 16
+    vae_dtype: str = "auto"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    vae_honour_force_upcast: bool = True
+    vae_sticky_fallback: bool = True
     last_generation: dict = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -43,6 +48,7 @@ class AppSettings:
             "vram_reserve_gb": (self.vram_reserve_gb >= 0, "must not be negative"),
             "preview_every": (self.preview_every >= 0, "must be 0 (off) or more"),
             "max_queue_size": (self.max_queue_size >= 1, "must be at least 1"),
+            "vae_dtype": (self.vae_dtype in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
             "device": (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "must be auto, cpu, cuda[:n] or mps"),
         }
         return {name: message for name, (ok, message) in checks.items() if not ok}
@@ -67,6 +73,11 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "allow_pickle": SettingInfo("Allow pickle checkpoints", "Load .ckpt/.pt/.bin files with torch.load(weights_only=True). Off: safetensors only."),
     "preview_every": SettingInfo("Live preview every N steps", "0 turns the preview off."),
     "max_queue_size": SettingInfo("Maximum queue size", "Requests waiting beyond this are refused.", needs_restart=True),
+    "vae_dtype": SettingInfo("Default VAE precision", "auto (bf16 on NVIDIA GPUs of compute capability 8+, else fp32), bf16, fp16 or fp32."),
+    "vae_tiling": SettingInfo("Always decode in tiles", "Less memory for large images, slightly slower; tiling is also used automatically after an out-of-memory error."),
+    "vae_slicing": SettingInfo("Decode a batch one image at a time", "Less peak memory for large batches."),
+    "vae_honour_force_upcast": SettingInfo("Honour the VAE's force_upcast", "A VAE whose config says it overflows in fp16 (SDXL's) then decodes in fp32 when fp16 is asked."),
+    "vae_sticky_fallback": SettingInfo("Keep fp32 after a NaN fallback", "On: like A1111, the rest of the session decodes in fp32. Off: only the failing sample is re-decoded."),
 }
 
 

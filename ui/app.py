@@ -31,7 +31,7 @@ SHORTCUTS_JS = """
 def status_line(manager: PipelineManager) -> str:
     status = manager.status()
     loaded = ", ".join(f"{r['name']} ({r['level']})" for r in status["loaded"]) or "none"
-    vae = status["vae_dtype"] or ("fp32" if manager.device.type == "cpu" else "per model")
+    vae = "auto → " + status["vae_policy"].split(" (")[0] + (f", last run {status['vae_dtype']}" if status["vae_dtype"] else "")
     return f"**Device** {status['device']} · **Loaded** {loaded} · **VAE** {vae} · **Memory** {status['memory']}"
 
 

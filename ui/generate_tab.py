@@ -13,11 +13,14 @@ from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
 from pipelines.samplers import sampler_names
+from pipelines.vae import VAE_CHOICES
 from ui.session import GenerationSession, Readout, latest_preview, result_markdown
 
 log = logging.getLogger("likeness")
 # The request fields the form edits, in the order of the handler's inputs.
-FORM_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count")
+FORM_FIELDS = (
+    "model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count", "vae_dtype",
+)
 DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
     "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
@@ -100,6 +103,8 @@ def build(manager: PipelineManager, settings, store) -> dict:
             with gr.Row():
                 batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id="batch_size")
                 batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
+            vae_dtype = gr.Radio(list(VAE_CHOICES), value=last.get("vae_dtype", settings.vae_dtype), label="VAE precision",
+                                 info=f"auto here: {manager.vae_status()}", elem_id="vae_dtype")
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -109,8 +114,14 @@ def build(manager: PipelineManager, settings, store) -> dict:
             preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id="preview")
             gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, elem_id="gallery")
             breakdown = gr.Markdown(elem_id="breakdown")
+            with gr.Accordion("Re-decode the last latents", open=False):
+                with gr.Row():
+                    redecode_dtype = gr.Radio(list(VAE_CHOICES), value="fp32", label="Decode again in", elem_id="redecode_dtype")
+                    redecode = gr.Button("Re-decode", elem_id="redecode", scale=0)
+                redecode_info = gr.Markdown(elem_id="redecode_info")
+                redecode_gallery = gr.Gallery(label="Re-decoded", format="png", columns=2, height=300, elem_id="redecode_gallery")
     last_seed = gr.State(-1)
-    form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count)))
+    form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype)))
 
     def on_model_change(name, current_sampler):
         try:
@@ -126,7 +137,7 @@ def build(manager: PipelineManager, settings, store) -> dict:
     reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
 
     # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
-    def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count,
+    def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
             request: gr.Request = None):
         session = request.session_hash if request else "api"
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
@@ -175,6 +186,20 @@ def build(manager: PipelineManager, settings, store) -> dict:
     def skip_batch(request: gr.Request = None):
         found = cancels.signal(request.session_hash if request else "api", skip=True)
         return "Skipping the current batch…" if found else "Nothing is running."
+
+    def on_redecode(dtype):
+        try:
+            result = manager.redecode(dtype)
+        except LikenessError as error:
+            return f"⚠ {error}", gr.update()
+        kept = manager.kept_latents
+        scores = ", ".join("identical" if score == float("inf") else f"{score:.1f} dB" for score in result.psnr_vs_first)
+        notes = "".join(f"  \n⚠ {n}" for n in result.notes)
+        text = (f"Decoded in **{result.vae_label}** in {result.seconds:.2f} s (first decode: {kept.vae_label}). "
+                f"PSNR against the first decode: {scores}.{notes}")
+        return text, [(image, f"seed {seed} · {result.vae_label}") for image, seed in zip(result.images, kept.seeds)]
+
+    redecode.click(on_redecode, redecode_dtype, [redecode_info, redecode_gallery], api_name="redecode", concurrency_id="gpu", concurrency_limit=1)
 
     # Not queued behind the GPU work they interrupt.
     stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)

@@ -8,6 +8,7 @@ from pipelines.infotext import parse_infotext
 from pipelines.manager import PipelineManager
 from pipelines.outputs import read_parameters
 from pipelines.samplers import sampler_from_infotext
+from pipelines.vae import VAE_CHOICES
 
 NO_PARAMETERS = "This image carries no generation parameters (no A1111 `parameters` text chunk or EXIF comment)."
 
@@ -48,6 +49,9 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
             values[field] = value
     if "Sampler" in parsed:
         values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
+    vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",")
+    if vae in VAE_CHOICES:
+        values["vae_dtype"] = vae
     if "Model" in parsed:
         names = {e.name for e in manager.models() if e.usable}
         by_stem = {name.rsplit("/", 1)[-1]: name for name in names}

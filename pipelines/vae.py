@@ -1,0 +1,126 @@
+"""VAE precision and decoding: the dtype policy, NaN re-decode in fp32, tiled decode on out-of-memory.
+
+Policy "auto" follows reForge's rule: bf16 on an NVIDIA GPU of compute capability 8 or more (half
+the memory of fp32, the same exponent range, so no overflow), fp32 everywhere else. fp16 is never
+chosen automatically: the SD/SDXL VAEs overflow in fp16 and decode black images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pipelines import devices
+
+VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+VAE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+# Forge's tile: 64x64 latents (512 px) with a quarter of overlap.
+TILE_LATENT = 64
+
+
+@dataclass(frozen=True)
+class VaeChoice:
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return dtype_label(self.dtype)
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    return {v: k for k, v in VAE_DTYPES.items()}.get(dtype, str(dtype))
+
+
+def resolve_vae_dtype(requested: str, device: torch.device, force_upcast: bool = False, honour_force_upcast: bool = True) -> VaeChoice:
+    """The dtype to decode in, and why (shown in the start-up log, the status bar and the readout)."""
+    if requested not in VAE_CHOICES:
+        raise ValueError(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {requested!r}")
+    if requested == "auto":
+        capability = devices.cuda_capability(device)
+        if capability is None:
+            return VaeChoice(torch.float32, f"auto: fp32 on {device.type} (bf16 is only fast on NVIDIA GPUs of compute capability 8+)")
+        if devices.is_amd(device):
+            return VaeChoice(torch.float32, "auto: fp32 on an AMD GPU (bf16 VAE decode is unreliable there)")
+        if capability >= (8, 0):
+            return VaeChoice(torch.bfloat16, f"auto: bf16 (compute capability {capability[0]}.{capability[1]} supports it)")
+        return VaeChoice(torch.float32, f"auto: fp32 (compute capability {capability[0]}.{capability[1]} has no fast bf16)")
+    dtype = VAE_DTYPES[requested]
+    if dtype == torch.float16 and force_upcast and honour_force_upcast:
+        return VaeChoice(torch.float32, "fp32: this VAE's config sets force_upcast (it overflows in fp16); turn off 'honour force_upcast' to run fp16 anyway")
+    return VaeChoice(dtype, f"{requested}: as chosen")
+
+
+@dataclass
+class DecodeOutcome:
+    images: torch.Tensor  # float32, (B, 3, H, W) in [-1, 1]
+    dtype: torch.dtype  # what most samples were decoded in
+    fallback_samples: list[int] = field(default_factory=list)  # re-decoded in fp32 after NaN/Inf
+    tiled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def label(self) -> str:
+        """Readout wording for the batch, e.g. 'fp32 (fallback from fp16)' or 'bf16, tiled'."""
+        return self._label(bool(self.fallback_samples))
+
+    def sample_label(self, index: int) -> str:
+        """Infotext wording for one sample: only the re-decoded ones say 'fallback'."""
+        return self._label(index in self.fallback_samples)
+
+    def _label(self, fell_back: bool) -> str:
+        text = f"fp32 (fallback from {dtype_label(self.dtype)})" if fell_back else dtype_label(self.dtype)
+        return text + (", tiled" if self.tiled else "")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _decode_once(vae, latents: torch.Tensor, tiled: bool) -> torch.Tensor:
+    with torch.no_grad():
+        if not tiled:
+            return vae.decode(latents, return_dict=False)[0]
+        return tiled_decode(vae, latents)
+
+
+def tiled_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode in overlapping tiles, at least 2x2 of them (a single tile would be no saving)."""
+    tile = min(TILE_LATENT, max(8, (max(latents.shape[-2:]) + 1) // 2))
+    saved = (vae.tile_latent_min_size, vae.tile_sample_min_size)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_latent_min_size, vae.tile_sample_min_size = tile, tile * scale
+    try:
+        return vae.tiled_decode(latents, return_dict=False)[0]
+    finally:
+        vae.tile_latent_min_size, vae.tile_sample_min_size = saved
+
+
+def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False, nan_check: bool = True) -> DecodeOutcome:
+    """Decode `latents` (already scaled for the VAE) in `dtype`; fall back per sample and on OOM.
+
+    The VAE is cast in place, so switching dtype between generations never keeps two copies.
+    """
+    vae.to(dtype=dtype)
+    notes: list[str] = []
+    z = latents.to(device=device, dtype=dtype)
+    try:
+        decoded = _decode_once(vae, z, tiled)
+    except Exception as error:
+        if tiled or not is_out_of_memory(error):
+            raise
+        devices.free_device_memory(device)
+        notes.append("Ran out of memory during VAE decode; retried with tiled decoding.")
+        tiled = True
+        decoded = _decode_once(vae, z, tiled)
+    decoded = decoded.float()
+    outcome = DecodeOutcome(decoded, dtype, tiled=tiled, notes=notes)
+    if nan_check and dtype != torch.float32:
+        bad = [i for i in range(decoded.shape[0]) if not torch.isfinite(decoded[i]).all()]
+        if bad:
+            vae.to(dtype=torch.float32)
+            for index in bad:
+                decoded[index] = _decode_once(vae, latents[index : index + 1].to(device=device, dtype=torch.float32), tiled)[0].float()
+            outcome.fallback_samples = bad
+            samples = ", ".join(str(i + 1) for i in bad)
+            notes.append(f"The {dtype_label(dtype)} VAE decode gave NaN/Inf for sample {samples}; re-decoded in fp32.")
+    return outcome
