@@ -102,6 +102,8 @@ def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device,
     """
     vae.to(dtype=dtype)
     notes: list[str] = []
+    if device.type == "cpu" and dtype == torch.float16:
+        notes.append("fp16 VAE decoding on the CPU has no fast kernels and can take minutes for a full-size VAE; fp32 or bf16 is faster here.")
     z = latents.to(device=device, dtype=dtype)
     try:
         decoded = _decode_once(vae, z, tiled)
