@@ -17,6 +17,7 @@ from PIL import Image
 from pipelines import devices
 from pipelines.errors import GenerationCancelled, OutputError
 from pipelines.families import Family
+from pipelines.hooks import HookContext, attached
 from pipelines.infotext import build_infotext
 from pipelines.outputs import save_image
 from pipelines.request import GeneratedImage, ValidatedRequest
@@ -174,6 +175,7 @@ class RunOptions:
     synchronize_steps: bool = True
     cancel: CancelToken = field(default_factory=CancelToken)
     vae: VaeSettings = field(default_factory=VaeSettings)
+    hooks: list = field(default_factory=list)  # GenerationHook instances, attached for this run only
 
 
 @dataclass
@@ -184,6 +186,7 @@ class RunOutput:
     vae_label: str  # e.g. "bf16", "fp32 (fallback from fp16)", "fp32, tiled"
     fell_back: bool  # some sample needed the fp32 re-decode
     last_latents: torch.Tensor | None  # the final latents of the last batch, on the CPU, for re-decoding
+    hook_stats: dict = field(default_factory=dict)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -191,15 +194,19 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: StageClock, bus: EventBus, options: RunOptions) -> RunOutput:
-    """Encode once, then denoise + decode + save each batch."""
+    """Encode once, then denoise, decode and save each batch, with the run's hooks attached."""
     request = validated.request
-    pipe = model.pipe
     sampler = find_sampler(model.family, request.sampler)
-    pipe.scheduler = sampler.make(model.base_scheduler_config)
+    model.pipe.scheduler = sampler.make(model.base_scheduler_config)
     use_cfg = request.cfg_scale > 1 and model.family is not Family.FLUX
     warnings = list(validated.warnings)
     if model.family is Family.FLUX and request.negative_prompt:
         warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
+
+    def warn(text: str) -> None:
+        if text not in warnings:
+            warnings.append(text)
+        bus.publish(Notice(text, "warning"))
 
     with clock.stage("text encode"):
         warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
@@ -209,61 +216,72 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
 
     images: list[GeneratedImage] = []
     vae_label, fell_back, last_latents = "", False, None
-    total_steps = request.steps * request.batch_count
-    steps = StepClock(bus, model.device, total_steps, synchronize=options.synchronize_steps)
-    for batch_index, seeds in enumerate(validated.seeds()):
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        offset = batch_index * request.steps
+    steps = StepClock(bus, model.device, request.steps * request.batch_count, synchronize=options.synchronize_steps)
+    context = HookContext(request.steps, request.height, request.width, request.batch_size)
+    with attached(model.pipe, options.hooks, context):
+        for batch_index, seeds in enumerate(validated.seeds()):
+            with clock.stage("denoise"):
+                latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options)
+            if options.cancel.cancelled:
+                raise GenerationCancelled(partial=images)
+            if options.cancel.take_skip():
+                bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
+                continue
+            with clock.stage("VAE decode") as info:
+                decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
+                vae_label = info["detail"] = outcome.label()
+            fell_back = fell_back or bool(outcome.fallback_samples)
+            for note in outcome.notes:
+                warn(note)
+            last_latents = latents.detach().to("cpu")
+            del latents
+            batch = [
+                GeneratedImage(image, seed, build_infotext(
+                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds)))
+                for i, (image, seed) in enumerate(zip(decoded, seeds))
+            ]
+            images += batch
+            if request.save and options.outputs_dir:
+                with clock.stage("save"):
+                    save_batch(batch, options.outputs_dir, warn)
+    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents, dict(context.stats))
 
-        def on_step_end(pipeline, step_index, _timestep, tensors):
-            steps.step_done(offset + step_index + 1)
-            if options.preview_every and (step_index + 1) % options.preview_every == 0 and step_index + 1 < request.steps:
-                bus.publish(PreviewReady(offset + step_index + 1, latent_preview(model, tensors["latents"], request.height, request.width)))
-            if options.cancel.interrupt_requested:
-                pipeline._interrupt = True  # diffusers skips the remaining steps
-            return tensors
 
-        with clock.stage("denoise"):
-            latents = pipe(
-                **embeds,
-                num_inference_steps=request.steps,
-                guidance_scale=request.cfg_scale,
-                height=request.height,
-                width=request.width,
-                generator=generators,
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
-        if options.cancel.cancelled:
-            raise GenerationCancelled(partial=images)
-        if options.cancel.take_skip():
-            bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
-            continue
-        with clock.stage("VAE decode") as info:
-            decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
-            vae_label = outcome.label()
-            info["detail"] = vae_label
-        fell_back = fell_back or bool(outcome.fallback_samples)
-        for note in outcome.notes:
-            warnings.append(note)
-            bus.publish(Notice(note, "warning"))
-        last_latents = latents.detach().to("cpu")
-        del latents
-        for index, (image, seed) in enumerate(zip(decoded, seeds)):
-            params = infotext_params(model, request, seed, outcome.sample_label(index), clock.seconds)
-            infotext = build_infotext(request.prompt, request.negative_prompt, params)
-            images.append(GeneratedImage(image, seed, infotext))
-        if request.save and options.outputs_dir:
-            with clock.stage("save"):
-                for item in images[-len(decoded):]:
-                    try:
-                        item.path = str(save_image(item.image, item.infotext, options.outputs_dir, item.seed))
-                    except OutputError as error:
-                        if str(error) not in warnings:
-                            warnings.append(str(error))
-                            bus.publish(Notice(str(error), "warning"))
-    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents)
+def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], step_offset: int, context: HookContext,
+                  steps: StepClock, bus: EventBus, options: RunOptions) -> torch.Tensor:
+    """Run the denoiser for one batch; the per-step callback drives the readout, preview and Stop."""
+    context.step_index = 0
+
+    def on_step_end(pipeline, step_index, _timestep, tensors):
+        context.step_index = step_index + 1
+        steps.step_done(step_offset + step_index + 1)
+        done = step_index + 1
+        if options.preview_every and done % options.preview_every == 0 and done < request.steps:
+            bus.publish(PreviewReady(step_offset + done, latent_preview(model, tensors["latents"], request.height, request.width)))
+        if options.cancel.interrupt_requested:
+            pipeline._interrupt = True  # diffusers skips the remaining steps
+        return tensors
+
+    return model.pipe(
+        **embeds,
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg_scale,
+        height=request.height,
+        width=request.width,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        output_type="latent",
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    ).images
+
+
+def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:
+    """Save each image; an unwritable folder costs the file, never the image (it stays in the result)."""
+    for item in batch:
+        try:
+            item.path = str(save_image(item.image, item.infotext, outputs_dir, item.seed))
+        except OutputError as error:
+            warn(str(error))
 
 
 def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict) -> dict:
