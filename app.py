@@ -81,6 +81,9 @@ def build_manager(settings):
         vae_slicing=settings.vae_slicing,
         vae_honour_force_upcast=settings.vae_honour_force_upcast,
         vae_sticky_fallback=settings.vae_sticky_fallback,
+        prompt_memo_policy=settings.prompt_memo_policy,
+        prompt_memo_entries=settings.prompt_memo_entries,
+        latent_cache_entries=settings.latent_cache_entries,
     )
     return PipelineManager(config)
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines import devices
+from pipelines.caches.memo import MemoCache
 from pipelines.errors import GenerationCancelled, OutputError
 from pipelines.families import Family
 from pipelines.hooks import HookContext, attached
@@ -71,6 +72,11 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     model_hash: str | None = None
+
+    @property
+    def identity(self) -> tuple:
+        """What distinguishes this model's outputs, for cache keys: the name and the file hash."""
+        return (self.name, self.model_hash, str(self.dtype))
 
 
 # -- family adapters: prompt encoding and latent unpacking ------------------------------------------
@@ -176,6 +182,8 @@ class RunOptions:
     cancel: CancelToken = field(default_factory=CancelToken)
     vae: VaeSettings = field(default_factory=VaeSettings)
     hooks: list = field(default_factory=list)  # GenerationHook instances, attached for this run only
+    prompt_memo: MemoCache | None = None  # encoded prompts, keyed as A1111 keys its conditioning cache
+    latent_cache: MemoCache | None = None  # final latents of exact repeats: skip the denoise, decode only
 
 
 @dataclass
@@ -187,6 +195,7 @@ class RunOutput:
     fell_back: bool  # some sample needed the fp32 re-decode
     last_latents: torch.Tensor | None  # the final latents of the last batch, on the CPU, for re-decoding
     hook_stats: dict = field(default_factory=dict)
+    cache_notes: dict = field(default_factory=dict)  # cache name -> "hit" / "miss" for this run
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -208,9 +217,17 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             warnings.append(text)
         bus.publish(Notice(text, "warning"))
 
-    with clock.stage("text encode"):
+    cache_notes: dict[str, str] = {}
+    with clock.stage("text encode") as info:
         warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
-        embeds = encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg)
+        encode = lambda: encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg)  # noqa: E731
+        if options.prompt_memo is None:
+            embeds = encode()
+        else:
+            key = (model.identity, request.prompt, request.negative_prompt, request.batch_size, use_cfg)
+            embeds, hit = options.prompt_memo.get_or_compute(key, encode)
+            embeds = {name: tensor.to(model.device) for name, tensor in embeds.items()}
+            info["detail"] = cache_notes["prompt memo"] = "hit" if hit else "miss"
     for text in warnings:
         bus.publish(Notice(text, "warning"))
 
@@ -220,13 +237,23 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     context = HookContext(request.steps, request.height, request.width, request.batch_size)
     with attached(model.pipe, options.hooks, context):
         for batch_index, seeds in enumerate(validated.seeds()):
-            with clock.stage("denoise"):
-                latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options)
+            latent_key = exact_repeat_key(model, request, seeds, options.hooks) if options.latent_cache is not None else None
+            cached = options.latent_cache.get(latent_key) if latent_key is not None else None
+            with clock.stage("denoise") as info:
+                if cached is not None:
+                    latents = cached.to(model.device)
+                    info["detail"] = cache_notes["latent cache"] = "hit: denoising skipped"
+                else:
+                    start = time.perf_counter()
+                    latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options)
             if options.cancel.cancelled:
                 raise GenerationCancelled(partial=images)
             if options.cancel.take_skip():
                 bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
                 continue
+            if cached is None and latent_key is not None:
+                options.latent_cache.put(latent_key, latents.detach().to("cpu"), time.perf_counter() - start)
+                cache_notes.setdefault("latent cache", "miss")
             with clock.stage("VAE decode") as info:
                 decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
                 vae_label = info["detail"] = outcome.label()
@@ -237,14 +264,26 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             del latents
             batch = [
                 GeneratedImage(image, seed, build_infotext(
-                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds)))
+                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds, cache_notes)))
                 for i, (image, seed) in enumerate(zip(decoded, seeds))
             ]
             images += batch
             if request.save and options.outputs_dir:
                 with clock.stage("save"):
                     save_batch(batch, options.outputs_dir, warn)
-    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents, dict(context.stats))
+    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents, dict(context.stats), cache_notes)
+
+
+def exact_repeat_key(model: LoadedModel, request, seeds: list[int], hooks: list):
+    """Everything that determines the final latents; None when a hook cannot say what it changes."""
+    hook_keys = []
+    for hook in hooks:
+        key_of = getattr(hook, "cache_key", None)
+        if key_of is None:
+            return None
+        hook_keys.append((hook.name, key_of()))
+    return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
+            request.width, request.height, tuple(seeds), tuple(hook_keys))
 
 
 def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], step_offset: int, context: HookContext,
@@ -284,7 +323,7 @@ def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:
             warn(str(error))
 
 
-def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict) -> dict:
+def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict, cache_notes: dict | None = None) -> dict:
     sampler = find_sampler(model.family, request.sampler)
     stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items() if name != "save")
     return {
@@ -300,4 +339,5 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "VAE dtype": vae_label,
         "Denoiser dtype": dtype_name(model.dtype),
         "Stage times": stages,
+        "Caches": ", ".join(f"{name} {note}" for name, note in (cache_notes or {}).items()) or None,
     }

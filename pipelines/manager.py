@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from pipelines import devices
+from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
 from pipelines.demo_model import demo_model_dir, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
@@ -49,6 +50,9 @@ class ManagerConfig:
     vae_slicing: bool = False  # decode a batch one image at a time
     vae_honour_force_upcast: bool = True  # a VAE whose config says force_upcast never runs in fp16
     vae_sticky_fallback: bool = True  # after a NaN fallback, decode in fp32 for the rest of the session (A1111)
+    prompt_memo_policy: str = "lru"
+    prompt_memo_entries: int = 64
+    latent_cache_entries: int = 16  # 0 turns the exact-repeat latent cache off
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class PipelineManager:
         self.last_vae_dtype: str | None = None  # what the last decode really ran in, for the status bar
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.kept_latents: KeptLatents | None = None
+        self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
+        self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
         self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -123,9 +129,19 @@ class PipelineManager:
         demo_path = demo_model_dir(self.config.cache_dir)
         demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0)
         with self._state_lock:
+            changed = {e.name: e for e in found} != {n: e for n, e in self._entries.items() if e.format != "demo"}
             self._entries = {e.name: e for e in found}
             self._entries[demo.name] = demo
+        if changed:
+            self.clear_caches()  # a file replaced under the same name must not be served from a cache
         return self.models()
+
+    def caches(self) -> list[MemoCache]:
+        return [cache for cache in (self.prompt_memo, self.latent_cache) if cache is not None]
+
+    def clear_caches(self) -> None:
+        for cache in self.caches():
+            cache.clear()
 
     def models(self) -> list[ModelEntry]:
         with self._state_lock:
@@ -243,6 +259,8 @@ class PipelineManager:
             synchronize_steps=telemetry,
             cancel=cancel or CancelToken(),
             vae=self._vae_settings(request.vae_dtype),
+            prompt_memo=self.prompt_memo,
+            latent_cache=self.latent_cache,
         )
         with self._generation_lock:
             start = time.perf_counter()
@@ -278,6 +296,7 @@ class PipelineManager:
             denoiser_dtype=dtype_name(model.dtype),
             vae_dtype=output.vae_label,
             warnings=output.warnings,
+            cache_notes=output.cache_notes,
         )
 
     def _vae_settings(self, requested: str) -> VaeSettings:

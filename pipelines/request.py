@@ -131,6 +131,7 @@ class GenerationResult:
     denoiser_dtype: str
     vae_dtype: str
     warnings: list[str] = field(default_factory=list)
+    cache_notes: dict = field(default_factory=dict)  # e.g. {"prompt memo": "hit", "latent cache": "miss"}
 
     @property
     def seeds(self) -> list[int]:
@@ -151,5 +152,6 @@ class GenerationResult:
             "denoiser_dtype": self.denoiser_dtype,
             "vae_dtype": self.vae_dtype,
             "warnings": self.warnings,
+            "caches": self.cache_notes,
             "request": self.request.to_dict(),
         }

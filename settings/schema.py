@@ -39,6 +39,9 @@ class AppSettings:
     vae_slicing: bool = False
     vae_honour_force_upcast: bool = True
     vae_sticky_fallback: bool = True
+    prompt_memo_policy: str = "lru"
+    prompt_memo_entries: int = 64
+    latent_cache_entries: int = 16
     last_generation: dict = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -48,6 +51,9 @@ class AppSettings:
             "vram_reserve_gb": (self.vram_reserve_gb >= 0, "must not be negative"),
             "preview_every": (self.preview_every >= 0, "must be 0 (off) or more"),
             "max_queue_size": (self.max_queue_size >= 1, "must be at least 1"),
+            "prompt_memo_policy": (self.prompt_memo_policy in ("lru", "lfu", "fifo", "lifo", "random", "ttl"), "must be lru, lfu, fifo, lifo, random or ttl"),
+            "prompt_memo_entries": (self.prompt_memo_entries >= 1, "must be at least 1"),
+            "latent_cache_entries": (self.latent_cache_entries >= 0, "must be 0 (off) or more"),
             "vae_dtype": (self.vae_dtype in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
             "device": (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "must be auto, cpu, cuda[:n] or mps"),
         }
@@ -77,6 +83,9 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "vae_tiling": SettingInfo("Always decode in tiles", "Less memory for large images, slightly slower; tiling is also used automatically after an out-of-memory error."),
     "vae_slicing": SettingInfo("Decode a batch one image at a time", "Less peak memory for large batches."),
     "vae_honour_force_upcast": SettingInfo("Honour the VAE's force_upcast", "A VAE whose config says it overflows in fp16 (SDXL's) then decodes in fp32 when fp16 is asked."),
+    "prompt_memo_policy": SettingInfo("Prompt memo policy", "Which encoded prompt leaves first when full: lru, lfu, fifo, lifo, random, ttl (10 min).", needs_restart=True),
+    "prompt_memo_entries": SettingInfo("Prompt memo entries", "Encoded prompts kept, so repeating a prompt skips the text encoders.", needs_restart=True),
+    "latent_cache_entries": SettingInfo("Exact-repeat latent cache entries", "Final latents kept: an exact repeat (same model, prompt, seed, settings) skips denoising. 0 = off.", needs_restart=True),
     "vae_sticky_fallback": SettingInfo("Keep fp32 after a NaN fallback", "On: like A1111, the rest of the session decodes in fp32. Off: only the failing sample is re-decoded."),
 }
 

@@ -1,0 +1,1 @@
+"""Caches that make repeated work free: memoized prompt and face embeddings, exact latent repeats."""
