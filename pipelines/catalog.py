@@ -6,6 +6,7 @@ Face cache. Files that cannot be used are still listed, with the reason, so the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -100,7 +101,21 @@ def scan_models_folder(models_dir: Path, allow_pickle: bool = False) -> list[Mod
             f"text_encoder_2, tokenizer, tokenizer_2, vae, scheduler) to {models_dir} for the other parts."
         )
         entries.append(ModelEntry(name, Family.FLUX, "flux-transformer", path, path.stat().st_size, base_path=base, problem=problem))
-    return entries
+    return _disambiguate(entries, models_dir)
+
+
+def _disambiguate(entries: list[ModelEntry], models_dir: Path) -> list[ModelEntry]:
+    """`x.safetensors` and a folder `x/` would both be named `x`: give colliding names their suffix."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.name] = counts.get(entry.name, 0) + 1
+    result = []
+    for entry in entries:
+        if counts[entry.name] > 1:
+            relative = str(entry.path.relative_to(models_dir)).replace(os.sep, "/")
+            entry = dataclasses.replace(entry, name=relative if entry.path.is_file() else relative + "/")
+        result.append(entry)
+    return result
 
 
 def _name(models_dir: Path, path: Path) -> str:

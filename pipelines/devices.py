@@ -14,7 +14,10 @@ import torch
 def pick_device(override: str | None = None) -> torch.device:
     """cuda > mps > cpu, unless the user names one (`--device cuda:1`)."""
     if override and override != "auto":
-        device = torch.device(override)
+        try:
+            device = torch.device(override)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {override}: unknown device; use auto, cpu, cuda, cuda:N or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {override}: CUDA is not available on this machine (use cpu or auto)")
         if device.type == "mps" and not torch.backends.mps.is_available():

@@ -226,7 +226,8 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
         else:
             key = (model.identity, request.prompt, request.negative_prompt, request.batch_size, use_cfg)
             embeds, hit = options.prompt_memo.get_or_compute(key, encode)
-            embeds = {name: tensor.to(model.device) for name, tensor in embeds.items()}
+            # Without CFG the negative embeddings are None.
+            embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}
             info["detail"] = cache_notes["prompt memo"] = "hit" if hit else "miss"
     for text in warnings:
         bus.publish(Notice(text, "warning"))

@@ -18,7 +18,8 @@ IMAGE_SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 def quote(value) -> str:
     """JSON-quote a value that would otherwise break the `k: v, k: v` line."""
     text = str(value)
-    if "," not in text and ":" not in text and "\n" not in text:
+    wrapped_in_quotes = len(text) >= 2 and text[0] == '"' and text[-1] == '"'  # the reader would strip them
+    if "," not in text and ":" not in text and "\n" not in text and not wrapped_in_quotes:
         return text
     return json.dumps(text, ensure_ascii=False)
 

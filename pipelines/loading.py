@@ -70,6 +70,15 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype):
     except Exception as error:  # diffusers/safetensors raise many types; the user needs one message
         if "meta tensor" in str(error):
             raise ModelLoadError(_incomplete(entry, "some of its weights")) from error
+        if "size mismatch" in str(error) or "ignore_mismatched_sizes" in str(error):
+            # Keep diffusers' first "size mismatch for X: ... shape ..." line, drop its advice
+            # (low_cpu_mem_usage / ignore_mismatched_sizes) that a user of the app cannot follow.
+            detail = next((line.strip() for line in str(error).splitlines() if "mismatch" in line), "")
+            raise ModelLoadError(
+                f"{entry.path.name}: its tensors do not have the shapes of the {entry.family.spec.label} architecture "
+                f"(a different variant or size; {detail[:300]}). If it is a non-standard model, put its diffusers "
+                f"config files in a folder named {entry.path.stem}.config next to it."
+            ) from error
         raise ModelLoadError(f"Could not load {entry.name} ({entry.path}): {error.__class__.__name__}: {str(error)[:400]}") from error
     check_complete(pipe, entry)
     pipe.set_progress_bar_config(disable=True)

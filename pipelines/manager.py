@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,7 +26,7 @@ from pipelines.metrics import psnr
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
-from pipelines.model_cache import ModelCache
+from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, validate_request
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
 
@@ -173,24 +173,49 @@ class PipelineManager:
 
     def load(self, name: str) -> LoadReport:
         """Make `name` ready on the compute device, loading from disk or RAM as needed; timed."""
+        cached, report = self._acquire(name)
+        self.cache.release(cached)
+        self._facts[name].last_load = report  # what the user asked for, even "already loaded"
+        return report
+
+    @contextmanager
+    def use(self, name: str, clock: StageClock | None = None) -> Iterator[LoadedModel]:
+        """Load if needed and lock the model for the duration; always unlocks.
+
+        Loading and locking happen together under the model's load lock, so another thread's load
+        can never evict the model between the two. With a `clock`, a load is timed as a stage.
+        """
+        entry = self.entry(name)
+        cached, _report = self._acquire(name, clock)
+        try:
+            facts = self._facts[name]
+            yield LoadedModel(name, entry.family, cached.pipe, facts.base_scheduler_config, facts.dtype, self.device, facts.model_hash)
+        finally:
+            self.cache.release(cached)
+
+    def _acquire(self, name: str, clock: StageClock | None = None) -> tuple[CachedModel, LoadReport]:
+        """Lock `name` in the cache, loading it from disk or moving it from RAM first if needed."""
         entry = self.entry(name)
         with self._state_lock:
             load_lock = self._load_locks.setdefault(name, threading.Lock())
         with load_lock:  # two tabs asking for the same model load it once
-            if name in self.cache:
-                on_device = any(r.name == name and r.level.startswith("VRAM") for r in self.cache.records())
-                if on_device or not self.cache.uses_gpu:
-                    report = LoadReport(name, "already on device" if on_device else "RAM", 0.0, self._size(name), str(self.device))
-                else:
+            cached = self.cache.acquire(name)
+            if cached is not None and (cached.on_device or not self.cache.uses_gpu):
+                # Nothing to do: not worth a notice on every generation.
+                return cached, LoadReport(name, "already on device" if cached.on_device else "RAM", 0.0, cached.size_bytes, str(self.device))
+            with (clock.stage("model load") if clock else nullcontext({})) as info:
+                if cached is not None:
                     seconds = self.cache.move_to_device(name)
-                    report = LoadReport(name, "RAM", seconds, self._size(name), str(self.device))
-            else:
-                report = self._load_from_disk(entry)
+                    report = LoadReport(name, "RAM", seconds, cached.size_bytes, str(self.device))
+                else:
+                    cached, report = self._load_from_disk(entry)
+                info["detail"] = report.describe()
         self._facts[name].last_load = report
         self._notice(report.describe())
-        return report
+        return cached, report
 
-    def _load_from_disk(self, entry: ModelEntry) -> LoadReport:
+    def _load_from_disk(self, entry: ModelEntry) -> tuple[CachedModel, LoadReport]:
+        """Load, put in the cache already locked (so no eviction can race the caller), move to the device."""
         start = time.perf_counter()
         if entry.format == "demo":
             self.prepare_demo_model()
@@ -201,30 +226,17 @@ class PipelineManager:
         if entry.path.is_file():
             digest = model_hash(entry.path, self.config.cache_dir / "hashes.json")
         self._facts[entry.name] = _ModelFacts(dict(pipe.scheduler.config), dtype, digest)
-        self.cache.put(entry.name, pipe, size)
+        cached = self.cache.put(entry.name, pipe, size, locked=True)
         if self.cache.uses_gpu:
             self.cache.move_to_device(entry.name)
         devices.synchronize(self.device)
-        return LoadReport(entry.name, "disk", time.perf_counter() - start, size, str(self.device))
-
-    def _size(self, name: str) -> int:
-        return next((r.size_bytes for r in self.cache.records() if r.name == name), 0)
+        return cached, LoadReport(entry.name, "disk", time.perf_counter() - start, size, str(self.device))
 
     def unload(self, name: str) -> bool:
         dropped = self.cache.drop(name)
         if dropped:
             self._notice(f"Unloaded {name}.")
         return dropped
-
-    @contextmanager
-    def use(self, name: str) -> Iterator[LoadedModel]:
-        """Load if needed and lock the model for the duration; always unlocks."""
-        if name not in self.cache:
-            self.load(name)
-        entry = self.entry(name)
-        facts = self._facts[name]
-        with self.cache.locked(name) as cached:
-            yield LoadedModel(name, entry.family, cached.pipe, facts.base_scheduler_config, facts.dtype, self.device, facts.model_hash)
 
     def last_load(self, name: str) -> LoadReport | None:
         facts = self._facts.get(name)
@@ -266,10 +278,7 @@ class PipelineManager:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
-            if request.model not in self.cache:
-                with clock.stage("model load") as info:
-                    info["detail"] = self.load(request.model).describe()
-            with self.use(request.model) as model:
+            with self.use(request.model, clock) as model:
                 output = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start

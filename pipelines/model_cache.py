@@ -78,12 +78,17 @@ class ModelCache:
         with self._lock:
             return name in self._models
 
-    def put(self, name: str, pipe, size_bytes: int) -> None:
-        """Add a freshly loaded pipeline (on the CPU) and evict from RAM if over budget."""
+    def put(self, name: str, pipe, size_bytes: int, locked: bool = False) -> CachedModel:
+        """Add a freshly loaded pipeline (on the CPU) and evict from RAM if over budget.
+
+        `locked=True` hands it back already locked (release it with `release`), so nothing can
+        evict it between loading and use.
+        """
         with self._lock:
-            self._models[name] = CachedModel(name, pipe, size_bytes, last_used=time.monotonic())
+            entry = self._models[name] = CachedModel(name, pipe, size_bytes, lock_count=int(locked), last_used=time.monotonic())
             self._models.move_to_end(name)
             self._evict_from_ram(keep=name)
+            return entry
 
     def drop(self, name: str) -> bool:
         with self._lock:
@@ -118,21 +123,41 @@ class ModelCache:
         with self._lock:
             return sum(e.size_bytes for e in self._models.values() if e.on_device and not e.offloaded)
 
-    @contextmanager
-    def locked(self, name: str) -> Iterator[CachedModel]:
-        """Lock the model, make sure it is on the compute device, and always unlock afterwards."""
+    def touch(self, name: str) -> None:
+        """Count a use without locking: selecting a cached model makes it most recently used."""
         with self._lock:
-            entry = self._models[name]
+            entry = self._models.get(name)
+            if entry is not None:
+                entry.last_used = time.monotonic()
+                self._models.move_to_end(name)
+
+    def acquire(self, name: str) -> CachedModel | None:
+        """Lock `name` if it is cached (None if not, e.g. evicted meanwhile); pair with `release`."""
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                return None
             entry.lock_count += 1
             entry.last_used = time.monotonic()
             self._models.move_to_end(name)
+            return entry
+
+    def release(self, entry: CachedModel) -> None:
+        with self._lock:
+            entry.lock_count -= 1
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[CachedModel]:
+        """Lock the model, make sure it is on the compute device, and always unlock afterwards."""
+        entry = self.acquire(name)
+        if entry is None:
+            raise KeyError(name)
         try:
             with self._lock:
                 self._move_to_device(entry)
             yield entry
         finally:
-            with self._lock:
-                entry.lock_count -= 1
+            self.release(entry)
 
     def move_to_device(self, name: str) -> float:
         """Bring a cached model to the compute device now (a load from RAM); returns seconds taken."""

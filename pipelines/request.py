@@ -44,9 +44,10 @@ class ValidatedRequest:
     warnings: tuple[str, ...] = ()
 
     def seeds(self) -> list[list[int]]:
-        """Seeds per batch, A1111 style: consecutive seeds across the whole run."""
+        """Seeds per batch, A1111 style: consecutive seeds across the whole run, wrapping past MAX_SEED
+        so every recorded seed can be asked for again."""
         r = self.request
-        return [[self.seed + b * r.batch_size + i for i in range(r.batch_size)] for b in range(r.batch_count)]
+        return [[(self.seed + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
 
 
 def validate_request(request: GenerationRequest, family: Family, rng: random.Random | None = None) -> ValidatedRequest:
