@@ -24,12 +24,14 @@ Where this differs from the official code, on purpose:
 """
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import shutil
 import tempfile
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +40,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.errors import InvalidRequest, ModelLoadError
+from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.face.files import DETECTOR, RECOGNIZER, antelopev2_files
 
 log = logging.getLogger("likeness")
@@ -110,6 +112,8 @@ def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, in
         stream = io.BytesIO(bytes(source))
     elif isinstance(source, (str, Path)):
         stream = Path(source)
+        if stream.is_dir():
+            raise FaceError(f"{source} is a folder, not a photo.")
     elif not isinstance(source, Image.Image):
         raise FaceError(f"Expected a photo (file path, bytes or image), got {type(source).__name__}.")
     try:
@@ -117,14 +121,12 @@ def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, in
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we downscale anyway
             image = source if isinstance(source, Image.Image) else Image.open(stream)
             original_size = image.size
-            if image.format == "JPEG" and max(image.size) >= 2 * max_side:
+            if image is not source and image.format == "JPEG" and max(image.size) >= 2 * max_side:
                 scale = max_side / max(image.size)
                 image.draft(None, (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
             image.load()
     except FileNotFoundError:
         raise FaceError(f"Reference photo not found: {source}.") from None
-    except IsADirectoryError:
-        raise FaceError(f"{source} is a folder, not a photo.") from None
     except Image.DecompressionBombError as error:
         raise FaceError(f"{label} is too large to open safely ({error}). Use a photo under 100 megapixels.") from None
     except UnidentifiedImageError:
@@ -151,7 +153,7 @@ def _to_rgb(image: Image.Image, label: str) -> np.ndarray:
     icc = image.info.get("icc_profile")
     try:
         if mode in _ALPHA_MODES or "transparency" in image.info:
-            rgba = image.convert("RGBA")
+            rgba = (image.convert("LA") if mode == "La" else image).convert("RGBA")  # no direct La -> RGBA
             white = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(white, rgba).convert("RGB")
         if icc and image.mode in ("RGB", "CMYK"):
@@ -176,13 +178,17 @@ def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
 
 
 def _scale_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit / 32-bit / float samples -> 0..255 (PIL's own convert clips instead of scaling)."""
+    """16-bit / 32-bit / float samples -> 0..255 (PIL's own convert clips instead of scaling).
+
+    The range is read from the values: floats up to 1.0 are 0..1, values up to 255 are already
+    8-bit (a real 16-bit photo that dark would be black), up to 65535 are 16-bit.
+    """
     values = np.nan_to_num(array.astype(np.float64))
-    if mode in _SIXTEEN_BIT or array.dtype == np.uint16:
-        full = 65535.0
+    top = float(values.max()) if values.size else 0.0
+    if (mode == "F" or array.dtype.kind == "f") and top <= 1.0:
+        full = 1.0
     else:
-        top = float(values.max()) if values.size else 0.0
-        full = 1.0 if (mode == "F" or array.dtype.kind == "f") and top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
     return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
@@ -374,7 +380,8 @@ class FaceDetector:
         self.notes: list[str] = []  # user-facing remarks about the last load (CPU fallback, ...)
         self.providers: dict[str, list[str]] = {}  # task -> providers the session really uses
         self._app = None
-        self._staging: Path | None = None
+        self._staging: Path | None = None  # temporary folder linking just the two files, if any
+        self._staging_cleanup: weakref.finalize | None = None  # removes it even without release()
 
     @classmethod
     def from_models_dir(cls, models_dir: Path | str, config: FaceDetectorConfig = FaceDetectorConfig(), *, insightface_root: Path | str | None = None) -> "FaceDetector":
@@ -409,6 +416,9 @@ class FaceDetector:
         import torch  # noqa: F401  (before insightface: its CUDA provider preloads cuDNN)
         from insightface.app import FaceAnalysis
 
+        for path in (self.detector_path, self.recognizer_path):
+            if not path.is_file():  # checked here: FaceAnalysis would try to download a missing pack
+                raise ModelNotFound(f"Face model {path.name} not found: put it in {path.parent}.")
         providers, options, note = execution_providers(self.config)
         self.notes = [note] if note else []
         session_options = onnxruntime.SessionOptions()
@@ -478,9 +488,7 @@ class FaceDetector:
             app.models.clear()
             app.det_model = None
             del app
-            import gc
-
-            gc.collect()
+            gc.collect()  # insightface objects may sit in reference cycles: free the sessions now
             log.info("Face models released.")
         self._remove_staging()
 
@@ -507,6 +515,7 @@ class FaceDetector:
             log.info("Could not link the face models (%s); loading %s as is.", error, folder)
             return folder
         self._staging = staging
+        self._staging_cleanup = weakref.finalize(self, shutil.rmtree, str(staging), True)
         return staging
 
     def _check_routing(self, app) -> None:
@@ -514,10 +523,13 @@ class FaceDetector:
         expected = {"detection": DETECTOR, "recognition": RECOGNIZER}
         for task, name in expected.items():
             model = app.models.get(task)
-            if model is None or Path(model.model_file).name != name:
+            got = Path(model.model_file).name if model is not None else "no file"
+            if got != name:
                 self._remove_staging()
-                got = Path(model.model_file).name if model is not None else "nothing"
-                raise ModelLoadError(f"insightface used {got} as the face {task} model instead of {name} in {Path(model.model_file).parent if model else self.detector_path.parent}; move the other .onnx files out of that folder.")
+                raise ModelLoadError(
+                    f"insightface took {got} as the face {task} model instead of {name} in {self.detector_path.parent}; "
+                    f"check that {name} is the antelopev2 file, and move other .onnx files out of that folder."
+                )
 
     def _note_fallback(self, requested: str) -> None:
         if requested != "CUDAExecutionProvider":
@@ -532,6 +544,6 @@ class FaceDetector:
                 self.notes.append(note)
 
     def _remove_staging(self) -> None:
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
-            self._staging = None
+        if self._staging_cleanup is not None:
+            self._staging_cleanup()  # runs shutil.rmtree once
+        self._staging = self._staging_cleanup = None

@@ -42,13 +42,13 @@ class FaceFile:
 
 
 FACE_FILES: tuple[FaceFile, ...] = (
-    FaceFile(DETECTOR, "face detector (insightface antelopev2)", ANTELOPEV2),
-    FaceFile(RECOGNIZER, "face recognizer, ArcFace R100 (insightface antelopev2)", ANTELOPEV2),
-    FaceFile("1k3d68.onnx", "3D landmarks (antelopev2; not used)", ANTELOPEV2, optional=True),
-    FaceFile("2d106det.onnx", "2D landmarks (antelopev2; not used)", ANTELOPEV2, optional=True),
-    FaceFile("genderage.onnx", "gender and age (antelopev2; not used)", ANTELOPEV2, optional=True),
+    FaceFile(DETECTOR, "insightface antelopev2 face detector", ANTELOPEV2),
+    FaceFile(RECOGNIZER, "insightface antelopev2 face recognizer, ArcFace R100", ANTELOPEV2),
+    FaceFile("1k3d68.onnx", "antelopev2 3D landmarks, not used", ANTELOPEV2, optional=True),
+    FaceFile("2d106det.onnx", "antelopev2 2D landmarks, not used", ANTELOPEV2, optional=True),
+    FaceFile("genderage.onnx", "antelopev2 gender and age, not used", ANTELOPEV2, optional=True),
     FaceFile("EVA02_CLIP_L_336_psz14_s6B.pt", "EVA02-CLIP-L-14-336 image encoder", "eva_clip"),
-    FaceFile("parsing_bisenet.pth", "BiSeNet face parsing (facexlib)", "facexlib"),
+    FaceFile("parsing_bisenet.pth", "facexlib BiSeNet face parsing", "facexlib"),
     FaceFile("pulid_v1.1.safetensors", "PuLID v1.1 weights for SDXL", "pulid", families=("sdxl",)),
     FaceFile(
         "pulid_flux_v0.9.1.safetensors",
