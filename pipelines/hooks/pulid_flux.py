@@ -39,7 +39,7 @@ from torch import nn
 from pipelines.face.pulid_weights import (FLUX_DOUBLE_INTERVAL, FLUX_SINGLE_INTERVAL, FluxIdCrossAttentions,
                                           flux_ca_count)
 from pipelines.hooks.base import HookContext
-from pipelines.hooks.pulid_sdxl import _tensor_digest
+from pipelines.hooks.pulid_sdxl import embedding_digest
 
 PULID_FLUX_HOOK = "pulid_flux"
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -121,8 +121,8 @@ class PulidFluxHook:
         self._ca_calls = 0
 
     def cache_key(self):
-        return (self.weights_tag, astuple(self.config), _tensor_digest(self.embeddings["cond"]),
-                _tensor_digest(self.embeddings["uncond"]))
+        return (self.weights_tag, astuple(self.config), embedding_digest(self.embeddings["cond"]),
+                embedding_digest(self.embeddings["uncond"]))
 
     def attach(self, pipe, context: HookContext) -> None:
         if self._handles:

@@ -154,7 +154,7 @@ class IdAttnProcessor:
             # Exactly the call diffusers' Attention.forward would have made to the original processor.
             if temb is not None:
                 kwargs["temb"] = temb
-            return self.original(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
+            return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=attention_mask, **kwargs)
         self.state.steps_with_id.add(self.state.context.step_index)
         # From here: diffusers' AttnProcessor2_0 (which the official IDAttnProcessor2_0 copies), with
@@ -242,7 +242,8 @@ def add_id_attention(hidden: torch.Tensor, id_hidden: torch.Tensor, id_scale: fl
     return (hidden + id_scale * orthogonal).to(dtype)
 
 
-def _tensor_digest(tensor: torch.Tensor | None) -> str | None:
+def embedding_digest(tensor: torch.Tensor | None) -> str | None:
+    """A short content hash of an ID embedding, for cache keys."""
     if tensor is None:
         return None
     data = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -272,8 +273,8 @@ class PulidSdxlHook:
 
     def cache_key(self):
         """Everything this hook changes in the latents (for the exact-repeat latent cache)."""
-        return (self.weights_tag, astuple(self.config), _tensor_digest(self.embeddings["cond"]),
-                _tensor_digest(self.embeddings["uncond"]))
+        return (self.weights_tag, astuple(self.config), embedding_digest(self.embeddings["cond"]),
+                embedding_digest(self.embeddings["uncond"]))
 
     def attach(self, pipe, context: HookContext) -> None:
         if self._unet is not None:
