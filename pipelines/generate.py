@@ -184,6 +184,7 @@ class RunOptions:
     hooks: list = field(default_factory=list)  # GenerationHook instances, attached for this run only
     prompt_memo: MemoCache | None = None  # encoded prompts, keyed as A1111 keys its conditioning cache
     latent_cache: MemoCache | None = None  # final latents of exact repeats: skip the denoise, decode only
+    infotext_extra: dict = field(default_factory=dict)  # keys a hook adds to the metadata (PuLID weight, ...)
 
 
 @dataclass
@@ -265,7 +266,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
             del latents
             batch = [
                 GeneratedImage(image, seed, build_infotext(
-                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds, cache_notes)))
+                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds, cache_notes) | options.infotext_extra))
                 for i, (image, seed) in enumerate(zip(decoded, seeds))
             ]
             images += batch

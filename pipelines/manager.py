@@ -22,6 +22,9 @@ from pipelines.demo_model import demo_model_dir, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
+from pipelines.face.service import FaceOptions, FaceService
+from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
+from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.metrics import psnr
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
@@ -53,6 +56,8 @@ class ManagerConfig:
     prompt_memo_policy: str = "lru"
     prompt_memo_entries: int = 64
     latent_cache_entries: int = 16  # 0 turns the exact-repeat latent cache off
+    face_memo_entries: int = 16  # ID embeddings kept per set of reference photos
+    onnx_gpu_mem_limit_mb: int = 2048  # cap on each onnxruntime CUDA session's arena (face models)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class PipelineManager:
         self.kept_latents: KeptLatents | None = None
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
+        self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
+                                config.onnx_gpu_mem_limit_mb)
         self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class PipelineManager:
         return self.models()
 
     def caches(self) -> list[MemoCache]:
-        return [cache for cache in (self.prompt_memo, self.latent_cache) if cache is not None]
+        return [cache for cache in (self.prompt_memo, self.latent_cache, self.face.memo) if cache is not None]
 
     def clear_caches(self) -> None:
         for cache in self.caches():
@@ -250,6 +257,7 @@ class PipelineManager:
         listener: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
         telemetry: bool = True,
+        face: FaceOptions | None = None,
     ) -> GenerationResult:
         """Validate, load, lock, generate. Raises LikenessError subclasses with user-facing messages.
 
@@ -279,6 +287,16 @@ class PipelineManager:
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
             with self.use(request.model, clock) as model:
+                if face is not None:
+                    with clock.stage("face embed") as info:
+                        hook, identity = self._face_hook(model, face)
+                        info["detail"] = "memoized" if identity.from_memo else f"computed ({self.face.last_provider or 'cpu'})"
+                    for note in identity.notes:
+                        bus.publish(Notice(note, "warning"))
+                    options.hooks.append(hook)
+                    options.infotext_extra.update({
+                        "PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest,
+                    })
                 output = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
@@ -307,6 +325,22 @@ class PipelineManager:
             warnings=output.warnings,
             cache_notes=output.cache_notes,
         )
+
+    def _face_hook(self, model: LoadedModel, face: FaceOptions):
+        """Build the PuLID hook for this model from the reference photos (memoized by content)."""
+        if model.family not in (Family.SDXL, Family.FLUX):
+            raise InvalidRequest(f"PuLID face reference works with SDXL and FLUX.1 models; {model.name} is {model.family.spec.label}.")
+        if model.family is Family.SDXL:
+            weights = self.face.weights(model.family, unet=model.pipe.unet)
+            identity = self.face.identity(face, model.family, weights)
+            config = PulidSdxlConfig(id_scale=face.id_weight, num_zero=face.num_zero, ortho=face.ortho, start_step=face.start_step)
+            hook = PulidSdxlHook(weights.injection, identity.embedding.cond, identity.embedding.uncond, config, weights.tag)
+        else:
+            weights = self.face.weights(model.family, transformer=model.pipe.transformer)
+            identity = self.face.identity(face, model.family, weights)
+            config = PulidFluxConfig(id_weight=face.id_weight, start_step=face.start_step)
+            hook = PulidFluxHook(weights.injection, identity.embedding.cond, identity.embedding.uncond, config, weights.tag)
+        return hook, identity
 
     def _vae_settings(self, requested: str) -> VaeSettings:
         config = self.config

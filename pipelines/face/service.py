@@ -1,0 +1,161 @@
+"""From reference photos to a PuLID hook: the face stage of a generation.
+
+The face models (insightface detector + recognizer, BiSeNet, EVA-CLIP, IDFormer) load only when a
+face is used, run once per new photo, and leave the compute device before denoising starts: the
+onnxruntime sessions are released (their CUDA arena lives outside PyTorch's allocator, where
+`empty_cache` cannot reach it) and the torch models go back to the CPU. The ID embeddings are
+memoized by the photos' content hash, so a second generation with the same photo skips the stage.
+This is what keeps the VAE decode as fast with PuLID as without it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines import devices
+from pipelines.caches.memo import MemoCache
+from pipelines.errors import InvalidRequest
+from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, align_face, load_reference_image
+from pipelines.face.files import face_file_status, missing_message, require_face_files
+from pipelines.face.idformer import IdentityEmbedding, encode_identity
+from pipelines.face.pulid_weights import PulidWeights, find_pulid_file, load_pulid_weights
+from pipelines.families import Family
+
+log = logging.getLogger("likeness")
+MAX_PHOTOS = 4
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """The Face tab's controls for one generation (defaults: the official apps')."""
+
+    photos: tuple = ()  # paths, bytes or PIL images; 1-4
+    face_index: tuple[int, ...] = ()  # per photo: which detected face (0 = the largest)
+    id_weight: float = 0.8  # SDXL id_scale (0-5) / FLUX id_weight (0-3)
+    start_step: int = 0
+    num_zero: int = 20  # SDXL only
+    ortho: str = "v2"  # SDXL only: off / v1 / v2
+
+    def index_for(self, photo: int) -> int:
+        return self.face_index[photo] if photo < len(self.face_index) else 0
+
+
+@dataclass
+class PhotoFace:
+    """What the Face tab shows for one photo: the official demo's debug view."""
+
+    source: str
+    digest: str
+    image: np.ndarray  # RGB as used for detection (after orientation, colour conversion, downscale)
+    choice: FaceChoice
+    aligned: np.ndarray  # 512x512 RGB crop
+    parsing_input: np.ndarray | None = None  # the image that goes to EVA-CLIP (background white, face gray)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Identity:
+    embedding: IdentityEmbedding  # CPU tensors
+    digest: str  # short hash of the photos + choices + weights: for the infotext and cache keys
+    notes: tuple[str, ...]
+    from_memo: bool
+
+
+def photo_digest(rgb: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest()[:16]
+
+
+class FaceService:
+    """Owned by the pipeline manager; one per app."""
+
+    def __init__(self, models_dir: Path, device: torch.device, memo: MemoCache, gpu_mem_limit_mb: int = 2048):
+        self.models_dir = Path(models_dir)
+        self.device = device
+        self.memo = memo
+        self.detector_config = FaceDetectorConfig(device=str(device) if device.type == "cuda" else "cpu", gpu_mem_limit_mb=gpu_mem_limit_mb)
+        self._weights: dict[str, PulidWeights] = {}
+        self._lock = threading.Lock()
+        self.last_provider: str | None = None
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def file_status(self, family: str | None = None):
+        return face_file_status(self.models_dir, family)
+
+    def missing(self, family: str | None = None) -> str:
+        return missing_message(self.file_status(family))
+
+    # -- detection (the Face tab's per-photo view) ---------------------------------------------
+
+    def inspect(self, photos, face_index: tuple[int, ...] = ()) -> list[PhotoFace]:
+        """Detect, pick and align the face of each photo; the detector is released afterwards."""
+        if not photos:
+            raise InvalidRequest("Add a reference photo with a face (1 to 4 photos).")
+        if len(photos) > MAX_PHOTOS:
+            raise InvalidRequest(f"Use at most {MAX_PHOTOS} reference photos; got {len(photos)}.")
+        detector = FaceDetector.from_models_dir(self.models_dir, self.detector_config)
+        results = []
+        try:
+            for number, photo in enumerate(photos):
+                notes: list[str] = []
+                rgb = load_reference_image(photo, notes=notes)
+                source = f"photo {number + 1}"
+                index = face_index[number] if number < len(face_index) else 0
+                choice = detector.find_face(rgb, source=source, index=index)
+                aligned = align_face(rgb, choice.face.kps)
+                results.append(PhotoFace(source, photo_digest(rgb), rgb, choice, aligned, None, notes + list(choice.notes)))
+            self.last_provider = detector.provider
+        finally:
+            detector.release()
+        return results
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def weights(self, family: Family, unet=None, transformer=None) -> PulidWeights:
+        with self._lock:
+            if family.value not in self._weights:
+                path = find_pulid_file(self.models_dir, family.value)
+                self._weights[family.value] = load_pulid_weights(path, family.value, unet=unet, transformer=transformer)
+            return self._weights[family.value]
+
+    def identity(self, options: FaceOptions, family: Family, weights: PulidWeights) -> Identity:
+        """The ID embeddings for the photos, from the memo when these photos were seen before."""
+        require_face_files(self.models_dir, family.value)
+        faces = self.inspect(options.photos, options.face_index)
+        key = (tuple(f.digest for f in faces), tuple(f.choice.index for f in faces), weights.tag)
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:10]
+        notes = tuple(note for f in faces for note in f.notes)
+        cached = self.memo.get(key)
+        if cached is not None:
+            return Identity(cached, digest, notes, True)
+        embedding = self._embed(faces, weights)
+        self.memo.put(key, embedding)
+        return Identity(embedding, digest, notes, False)
+
+    def _embed(self, faces: list[PhotoFace], weights: PulidWeights) -> IdentityEmbedding:
+        from pipelines.face.encoders import FaceEncoders
+
+        encoders = FaceEncoders.load(self.models_dir, self.device)
+        try:
+            id_conds, hidden_states = [], []
+            for face in faces:
+                eva_embedding, hidden, parsing_input = encoders.encode(face.aligned)
+                face.parsing_input = parsing_input
+                arcface = torch.from_numpy(face.choice.face.embedding).float().reshape(1, -1).to(self.device)
+                eva = torch.nn.functional.normalize(eva_embedding.float(), dim=-1)
+                id_conds.append(torch.cat([arcface, eva], dim=-1))
+                hidden_states.append(hidden)
+            encoder = weights.encoder.to(self.device)
+            with torch.no_grad():
+                embedding = encode_identity(encoder, id_conds, hidden_states)
+            return IdentityEmbedding(embedding.cond.cpu(), embedding.uncond.cpu())
+        finally:
+            weights.encoder.to("cpu")
+            encoders.release()
+            devices.free_device_memory(self.device)
