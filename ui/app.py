@@ -12,6 +12,7 @@ import gradio as gr
 from pipelines import devices
 from pipelines.manager import PipelineManager
 from ui import generate_tab, models_tab, png_info_tab, settings_tab
+from ui.session import CancelRegistry
 
 log = logging.getLogger("likeness")
 GENERATE_TAB_ID = "generate"
@@ -36,6 +37,7 @@ def status_line(manager: PipelineManager) -> str:
 
 
 def build(manager: PipelineManager, settings, store) -> gr.Blocks:
+    cancels = CancelRegistry()  # Stop reaches a browser session's run, from whichever tab started it
     with gr.Blocks(title="Likeness") as demo:
         with gr.Row():
             gr.Markdown("## Likeness")
@@ -44,7 +46,7 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
             gr.Markdown(f"⚠ {message}", elem_classes=["settings-warning"])
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id=GENERATE_TAB_ID):
-                generate = generate_tab.build(manager, settings, store)
+                generate = generate_tab.build(manager, settings, store, cancels)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, [generate["form"]["model"]])
             with gr.Tab("PNG Info", id="png_info"):

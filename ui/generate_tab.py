@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 
 import gradio as gr
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
-from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
 from pipelines.samplers import sampler_names
 from pipelines.vae import VAE_CHOICES
-from ui.session import GenerationSession, Readout, latest_preview, result_markdown
+from ui.session import CancelRegistry, result_markdown, stream_generation
 
 log = logging.getLogger("likeness")
 # The request fields the form edits, in the order of the handler's inputs.
@@ -31,34 +29,6 @@ def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
     return [(e.name + (" — demo, not a real model" if e.format == "demo" else ""), e.name) for e in manager.models() if e.usable]
 
 
-class CancelRegistry:
-    """The Stop button's way to reach the generation of its own browser session."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, CancelToken] = {}
-        self._lock = threading.Lock()
-
-    def new(self, session: str) -> CancelToken:
-        with self._lock:
-            token = self._tokens[session] = CancelToken()
-            return token
-
-    def signal(self, session: str, skip: bool = False) -> bool:
-        """Stop (or skip the current batch of) this session's run; False when nothing runs."""
-        with self._lock:
-            token = self._tokens.get(session)
-        if token and skip:
-            token.skip()
-        elif token:
-            token.cancel()
-        return token is not None
-
-    def forget(self, session: str, token: CancelToken) -> None:
-        with self._lock:
-            if self._tokens.get(session) is token:
-                del self._tokens[session]
-
-
 def _coerce_form(values: dict) -> GenerationRequest:
     """Gradio numbers arrive as floats (or None when the box is empty); the request wants ints."""
     cleaned = dict(values)
@@ -73,14 +43,13 @@ def _coerce_form(values: dict) -> GenerationRequest:
     return GenerationRequest(**cleaned)
 
 
-def build(manager: PipelineManager, settings, store) -> dict:
+def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) -> dict:
     """Lay out the tab inside the current gr.Blocks; return its components for other tabs to use."""
     last = settings.last_generation or {}
     default_model = manager.default_model()
     family = manager.entry(default_model).family
     spec = family.spec
     chosen_model = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else default_model
-    cancels = CancelRegistry()
 
     with gr.Row():
         model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model", allow_custom_value=True)
@@ -146,33 +115,21 @@ def build(manager: PipelineManager, settings, store) -> dict:
         except (LikenessError, TypeError) as error:
             yield f"⚠ {error}", None, gr.update(), "", -1
             return
-        token = cancels.new(session)
-        readout_state = Readout()
-        job = GenerationSession(manager, generation_request, token).start()
-        preview_image = None
-        try:
-            for events in job.stream():
-                for event in events:
-                    readout_state.apply(event)
-                preview_image = latest_preview(events) or preview_image
-                yield readout_state.markdown(), preview_image, gr.update(), gr.update(), gr.update()
-        finally:
-            if job.result is None and job.error is None:
-                token.cancel()  # the browser went away mid-run: stop the engine, release the lock
-            cancels.forget(session, token)
-        message = job.error_message()
-        if message:
-            yield f"⚠ {message}", preview_image, gr.update(), "", gr.update()
-            return
-        result = job.result
+        result = None
+        for update in stream_generation(manager, generation_request, cancels, session):
+            if update.message:
+                yield f"⚠ {update.message}", update.preview, gr.update(), "", gr.update()
+                return
+            if update.result is None:
+                yield update.readout, update.preview, gr.update(), gr.update(), gr.update()
+            result = update.result
         settings.last_generation = dataclasses.asdict(generation_request)
         try:
             store.save(settings)
         except OSError as error:
             log.warning("could not save the last-used values: %s", error)
         images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
-        readout_state.stage = "done"
-        yield readout_state.markdown(), None, images, result_markdown(result), result.seeds[0]
+        yield update.readout, None, images, result_markdown(result), result.seeds[0]
 
     generate_event = generate.click(
         run, list(form.values()), [readout, preview, gallery, breakdown, last_seed],
@@ -204,4 +161,4 @@ def build(manager: PipelineManager, settings, store) -> dict:
     # Not queued behind the GPU work they interrupt.
     stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)
     skip.click(skip_batch, None, readout, api_name="skip", concurrency_limit=None)
-    return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery}
+    return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery, "last_seed": last_seed}

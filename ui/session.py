@@ -65,10 +65,11 @@ _DONE = object()
 class GenerationSession:
     """Runs `manager.generate` in a worker thread and hands its events to the caller as they come."""
 
-    def __init__(self, manager: PipelineManager, request: GenerationRequest, cancel: CancelToken):
+    def __init__(self, manager: PipelineManager, request: GenerationRequest, cancel: CancelToken, face=None):
         self.manager = manager
         self.request = request
         self.cancel = cancel
+        self.face = face
         self.events: "queue.Queue" = queue.Queue()
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
@@ -76,7 +77,7 @@ class GenerationSession:
 
     def _run(self) -> None:
         try:
-            self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel)
+            self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel, face=self.face)
         except BaseException as error:  # handed to the UI thread, which turns it into a message
             self.error = error
         finally:
@@ -114,6 +115,70 @@ class GenerationSession:
         if isinstance(self.error, LikenessError):
             return str(self.error)
         return f"Internal error: {self.error.__class__.__name__}: {self.error}. The app keeps running; see the console log."
+
+
+class CancelRegistry:
+    """The Stop button's way to reach the generation of its own browser session."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, CancelToken] = {}
+        self._lock = threading.Lock()
+
+    def new(self, session: str) -> CancelToken:
+        with self._lock:
+            token = self._tokens[session] = CancelToken()
+            return token
+
+    def signal(self, session: str, skip: bool = False) -> bool:
+        """Stop (or skip the current batch of) this session's run; False when nothing runs."""
+        with self._lock:
+            token = self._tokens.get(session)
+        if token and skip:
+            token.skip()
+        elif token:
+            token.cancel()
+        return token is not None
+
+    def forget(self, session: str, token: CancelToken) -> None:
+        with self._lock:
+            if self._tokens.get(session) is token:
+                del self._tokens[session]
+
+
+@dataclass
+class StreamUpdate:
+    readout: str
+    preview: object = None
+    result: GenerationResult | None = None  # set on the last update of a finished run
+    message: str | None = None  # set on the last update of a failed or stopped run
+
+
+def stream_generation(manager: PipelineManager, request: GenerationRequest, cancels: CancelRegistry, session: str, face=None):
+    """Run one generation for a browser session and yield readout updates until it ends.
+
+    If the consumer goes away (the browser closed, Gradio cancelled the event), the engine is told
+    to stop at the next step, so the model lock is released.
+    """
+    token = cancels.new(session)
+    readout = Readout()
+    job = GenerationSession(manager, request, token, face).start()
+    preview = None
+    try:
+        for events in job.stream():
+            for event in events:
+                readout.apply(event)
+            preview = latest_preview(events) or preview
+            yield StreamUpdate(readout.markdown(), preview)
+    finally:
+        if job.result is None and job.error is None:
+            token.cancel()
+        cancels.forget(session, token)
+    message = job.error_message()
+    if message:
+        yield StreamUpdate(readout.markdown(), preview, message=message)
+        return
+    readout.stage = "done"
+    yield StreamUpdate(readout.markdown(), None, result=job.result)
 
 
 def latest_preview(events: list[Event]):
