@@ -11,7 +11,7 @@ import gradio as gr
 
 from pipelines import devices
 from pipelines.manager import PipelineManager
-from ui import generate_tab, models_tab, png_info_tab, settings_tab
+from ui import face_tab, generate_tab, models_tab, png_info_tab, settings_tab
 from ui.session import CancelRegistry
 
 log = logging.getLogger("likeness")
@@ -47,6 +47,8 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id=GENERATE_TAB_ID):
                 generate = generate_tab.build(manager, settings, store, cancels)
+            with gr.Tab("Face", id="face"):
+                face_tab.build(manager, settings, store, generate["form"], cancels)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, [generate["form"]["model"]])
             with gr.Tab("PNG Info", id="png_info"):

@@ -1,0 +1,138 @@
+"""The Face tab: 1-4 reference photos, the detection debug view, PuLID controls, and Generate.
+
+Every Generate-tab setting applies (model, prompt, size, sampler, seed, VAE...); this tab adds the
+face and the PuLID controls, and runs through the same manager, readout and metadata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipelines.errors import LikenessError
+from pipelines.face.service import MAX_PHOTOS, FaceOptions
+from pipelines.manager import PipelineManager
+from ui.generate_tab import FORM_FIELDS, _coerce_form
+from ui.session import CancelRegistry, result_markdown, stream_generation
+
+log = logging.getLogger("likeness")
+
+
+def files_markdown(manager: PipelineManager) -> str:
+    rows = ["| file | for | status |", "|---|---|---|"]
+    for status in manager.face.file_status():
+        if not status.required:
+            continue
+        state = "✅ found" + (f" ({status.note})" if status.note else "") if status.present else f"❌ missing: put it in `{status.folder}`"
+        rows.append(f"| `{status.name}` | {status.purpose} | {state} |")
+    return "\n".join(rows)
+
+
+def parse_face_numbers(text: str, photos: int) -> tuple[int, ...]:
+    """'1, 2' -> (0, 1): which detected face to use per photo (1 = the largest)."""
+    if not text or not text.strip():
+        return ()
+    try:
+        numbers = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise LikenessError(f"Face numbers must be whole numbers separated by commas, like '1, 2'; got {text!r}.") from None
+    if any(n < 1 for n in numbers) or len(numbers) > photos:
+        raise LikenessError(f"Give at most one face number (1 or more) per photo; got {text!r} for {photos} photo(s).")
+    return tuple(n - 1 for n in numbers)
+
+
+def photo_paths(files) -> list[str]:
+    return [getattr(f, "name", f) for f in (files or [])]
+
+
+def debug_view(face) -> list[tuple[Image.Image, str]]:
+    """The official demo's debug view: boxes and scores, the aligned crop, the EVA-CLIP input."""
+    marked = Image.fromarray(face.image)
+    draw = ImageDraw.Draw(marked)
+    for number, detected in enumerate(face.choice.faces):
+        chosen = number == face.choice.index
+        draw.rectangle([float(v) for v in detected.bbox], outline=(0, 220, 0) if chosen else (230, 160, 0), width=4 if chosen else 2)
+        draw.text((float(detected.bbox[0]) + 4, float(detected.bbox[1]) + 4), f"#{number + 1} {detected.det_score:.2f}", fill=(255, 255, 255))
+    views = [(marked, f"{face.source}: {len(face.choice.faces)} face(s), using #{face.choice.index + 1}"),
+             (Image.fromarray(face.aligned), f"{face.source}: aligned 512x512")]
+    if face.parsing_input is not None:
+        views.append((Image.fromarray(np.asarray(face.parsing_input)), f"{face.source}: to EVA-CLIP"))
+    return views
+
+
+def build(manager: PipelineManager, settings, store, generate_form: dict, cancels: CancelRegistry) -> dict:
+    files = gr.Markdown(files_markdown(manager), elem_id="face_files")
+    with gr.Row():
+        with gr.Column(scale=2):
+            photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="face_photos")
+            face_numbers = gr.Textbox(label="Face per photo (1 = largest)", placeholder="e.g. 1, 2", elem_id="face_numbers")
+            detect_info = gr.Markdown(elem_id="face_detect_info")
+            debug = gr.Gallery(label="Detection", format="png", columns=3, height=300, elem_id="face_debug")
+        with gr.Column(scale=2):
+            id_weight = gr.Slider(0, 5, value=0.8, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
+            start_step = gr.Slider(0, 10, value=0, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
+            num_zero = gr.Slider(0, 80, value=20, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
+            ortho = gr.Radio(["off", "v1", "v2"], value="v2", label="Ortho (SDXL)", elem_id="face_ortho")
+            with gr.Row():
+                generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="face_stop")
+            readout = gr.Markdown("Ready.", elem_id="face_readout")
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height=360, elem_id="face_gallery")
+            breakdown = gr.Markdown(elem_id="face_breakdown")
+
+    def on_photos(files, numbers):
+        paths = photo_paths(files)
+        if not paths:
+            return "", []
+        try:
+            faces = manager.face.inspect(paths, parse_face_numbers(numbers, len(paths)))
+        except LikenessError as error:
+            return f"⚠ {error}", []
+        except Exception as error:  # a broken model file must not take the tab down
+            log.exception("face detection failed")
+            return f"⚠ Face detection failed: {error.__class__.__name__}: {error}", []
+        notes = [note for face in faces for note in face.notes]
+        text = f"Detected on {len(faces)} photo(s) with {manager.face.last_provider or 'onnxruntime'}." + "".join(f"  \n⚠ {n}" for n in notes)
+        return text, [view for face in faces for view in debug_view(face)]
+
+    photos.change(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
+    face_numbers.submit(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
+
+    fields = list(generate_form)
+
+    def run(files, numbers, weight, start, zero, ortho_mode, *form_values, request: gr.Request = None):
+        session = request.session_hash if request else "api"
+        paths = photo_paths(files)
+        try:
+            if not paths:
+                raise LikenessError("Add a reference photo with a face first.")
+            face = FaceOptions(tuple(paths), parse_face_numbers(numbers, len(paths)), float(weight), int(start), int(zero), ortho_mode)
+            generation_request = _coerce_form(dict(zip(fields, form_values)))
+        except (LikenessError, TypeError, ValueError) as error:
+            yield f"⚠ {error}", gr.update(), ""
+            return
+        for update in stream_generation(manager, generation_request, cancels, session, face=face):
+            if update.message:
+                yield f"⚠ {update.message}", gr.update(), ""
+                return
+            if update.result is None:
+                yield update.readout, gr.update(), gr.update()
+                continue
+            result = update.result
+            settings.last_generation = dataclasses.asdict(generation_request)
+            images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
+            yield update.readout, images, result_markdown(result)
+
+    generate.click(
+        run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, *generate_form.values()], [readout, gallery, breakdown],
+        api_name="generate_face", concurrency_id="gpu", concurrency_limit=1,
+    )
+    def stop_face(request: gr.Request = None):
+        found = cancels.signal(request.session_hash if request else "api")
+        return "Stopping at the next step…" if found else "Nothing is running."
+
+    stop.click(stop_face, None, readout, api_visibility="private", concurrency_limit=None)
+    return {"files": files}
