@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-count", type=int, default=1)
     gen.add_argument("--vae-dtype", choices=["auto", "bf16", "fp16", "fp32"], default=None,
                      help="VAE decode precision (default: the vae_dtype setting, auto = bf16 on capable NVIDIA GPUs, else fp32)")
+    gen.add_argument("--deepcache", type=int, default=1, metavar="N",
+                     help="DeepCache interval for SD 1.5/SDXL: one full UNet step, then N-1 cached (1 = off)")
+    gen.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache skip branch: 0 = fastest, higher = closer to the uncached image")
+    gen.add_argument("--deepcache-schedule", choices=["uniform", "quadratic"], default="uniform")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 

@@ -23,6 +23,7 @@ from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
 from pipelines.face.service import FaceOptions, FaceService
+from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.metrics import psnr
@@ -297,6 +298,7 @@ class PipelineManager:
                     options.infotext_extra.update({
                         "PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest,
                     })
+                options.hooks += self._cache_hooks(model, validated.request, options)
                 output = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
@@ -324,7 +326,20 @@ class PipelineManager:
             vae_dtype=output.vae_label,
             warnings=output.warnings,
             cache_notes=output.cache_notes,
+            hook_stats=output.hook_stats,
         )
+
+    def _cache_hooks(self, model: LoadedModel, request: GenerationRequest, options: RunOptions) -> list:
+        """The per-generation acceleration hooks the request asks for."""
+        hooks = []
+        if request.deepcache_interval > 1:
+            deepest = len(model.pipe.unet.up_blocks) - 2
+            if request.deepcache_branch > deepest:
+                raise InvalidRequest(f"DeepCache branch {request.deepcache_branch} is too deep for {model.name}: use 0 to {deepest}.")
+            config = DeepCacheConfig(request.deepcache_interval, request.deepcache_branch, request.deepcache_schedule)
+            hooks.append(DeepCacheHook(config))
+            options.infotext_extra["DeepCache"] = f"N={config.interval} B={config.branch} {config.schedule}"
+        return hooks
 
     def _face_hook(self, model: LoadedModel, face: FaceOptions):
         """Build the PuLID hook for this model from the reference photos (memoized by content)."""

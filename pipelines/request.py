@@ -31,6 +31,9 @@ class GenerationRequest:
     batch_size: int = 1
     batch_count: int = 1
     vae_dtype: str = "auto"  # auto | bf16 | fp16 | fp32
+    deepcache_interval: int = 1  # DeepCache N (UNet models): 1 = off
+    deepcache_branch: int = 0
+    deepcache_schedule: str = "uniform"  # uniform | quadratic
     save: bool = True
 
     def to_dict(self) -> dict:
@@ -89,6 +92,12 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         find_sampler(family, str(request.sampler))
     except KeyError:
         problems.append(f"Sampler {request.sampler!r} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+    whole_number("DeepCache interval", request.deepcache_interval, 1, 20)
+    whole_number("DeepCache branch", request.deepcache_branch, 0, 8)
+    if request.deepcache_schedule not in ("uniform", "quadratic"):
+        problems.append(f"DeepCache schedule must be uniform or quadratic, got {request.deepcache_schedule!r}.")
+    if request.deepcache_interval not in (1, None) and family is Family.FLUX:
+        problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
     if request.vae_dtype not in VAE_CHOICES:
         problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {request.vae_dtype!r}.")
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
@@ -133,6 +142,7 @@ class GenerationResult:
     vae_dtype: str
     warnings: list[str] = field(default_factory=list)
     cache_notes: dict = field(default_factory=dict)  # e.g. {"prompt memo": "hit", "latent cache": "miss"}
+    hook_stats: dict = field(default_factory=dict)  # e.g. {"deepcache": {"full_steps": 7, "cached_steps": 13}}
 
     @property
     def seeds(self) -> list[int]:
@@ -154,5 +164,6 @@ class GenerationResult:
             "vae_dtype": self.vae_dtype,
             "warnings": self.warnings,
             "caches": self.cache_notes,
+            "hooks": self.hook_stats,
             "request": self.request.to_dict(),
         }

@@ -18,6 +18,7 @@ log = logging.getLogger("likeness")
 # The request fields the form edits, in the order of the handler's inputs.
 FORM_FIELDS = (
     "model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count", "vae_dtype",
+    "deepcache_interval", "deepcache_branch", "deepcache_schedule",
 )
 DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
@@ -32,7 +33,7 @@ def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
 def _coerce_form(values: dict) -> GenerationRequest:
     """Gradio numbers arrive as floats (or None when the box is empty); the request wants ints."""
     cleaned = dict(values)
-    for name in ("steps", "seed", "width", "height", "batch_size", "batch_count"):
+    for name in ("steps", "seed", "width", "height", "batch_size", "batch_count", "deepcache_interval", "deepcache_branch"):
         value = cleaned.get(name)
         if value is None:
             raise LikenessError(f"{name.replace('_', ' ').capitalize()} is empty; enter a number.")
@@ -74,6 +75,14 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
             vae_dtype = gr.Radio(list(VAE_CHOICES), value=last.get("vae_dtype", settings.vae_dtype), label="VAE precision",
                                  info=f"auto here: {manager.vae_status()}", elem_id="vae_dtype")
+            with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
+                with gr.Row():
+                    deepcache_interval = gr.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
+                                                   info="one full UNet step, then N-1 cached", elem_id="deepcache_interval")
+                    deepcache_branch = gr.Slider(0, 3, value=last.get("deepcache_branch", 0), step=1, label="Branch",
+                                                 info="0 = fastest; higher = closer to the uncached image", elem_id="deepcache_branch")
+                    deepcache_schedule = gr.Radio(["uniform", "quadratic"], value=last.get("deepcache_schedule", "uniform"),
+                                                  label="Schedule", elem_id="deepcache_schedule")
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -90,7 +99,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 redecode_info = gr.Markdown(elem_id="redecode_info")
                 redecode_gallery = gr.Gallery(label="Re-decoded", format="png", columns=2, height=300, elem_id="redecode_gallery")
     last_seed = gr.State(-1)
-    form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype)))
+    form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
+                                  deepcache_interval, deepcache_branch, deepcache_schedule)))
 
     def on_model_change(name, current_sampler):
         try:
@@ -107,7 +117,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
 
     # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
     def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
-            request: gr.Request = None):
+            deepcache_interval, deepcache_branch, deepcache_schedule, request: gr.Request = None):
         session = request.session_hash if request else "api"
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         try:

@@ -56,6 +56,11 @@ def result_markdown(result: GenerationResult) -> str:
         f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"
     )
     warnings = "".join(f"  \n⚠ {w}" for w in result.warnings)
+    deepcache = result.hook_stats.get("deepcache")
+    if deepcache:
+        summary += f" · DeepCache: {deepcache['cached_steps']} of {deepcache['cached_steps'] + deepcache['full_steps']} UNet calls cached"
+    if result.cache_notes:
+        summary += " · caches: " + ", ".join(f"{name} {note}" for name, note in result.cache_notes.items())
     return summary + warnings + "\n\n" + "\n".join(rows)
 
 

@@ -1,0 +1,98 @@
+"""DeepCache: exactness at N=1, schedules, no state across generations, refusals with messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.demo_model import build_tiny_sd15_pipeline
+from pipelines.errors import InvalidRequest
+from pipelines.hooks import HookContext, attached
+from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, full_steps
+from pipelines.manager import ManagerConfig, PipelineManager
+from pipelines.metrics import psnr
+from pipelines.request import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = build_tiny_sd15_pipeline(unet_channels=(32, 64, 64, 64), sd15_block_layout=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def run(pipe, hooks, steps=8, size=(128, 128), seed=1):
+    context = HookContext(steps, size[1], size[0], 1)
+
+    def advance(_pipe, index, _t, tensors):
+        context.step_index = index + 1
+        return tensors
+
+    with attached(pipe, hooks, context):
+        image = pipe("a lighthouse", num_inference_steps=steps, width=size[0], height=size[1], guidance_scale=7.0,
+                     generator=torch.Generator().manual_seed(seed), output_type="np", callback_on_step_end=advance).images[0]
+    return (image * 255).round().astype(np.uint8), context.stats
+
+
+def test_interval_one_reproduces_the_uncached_image_exactly(pipe):
+    plain, _ = run(pipe, [])
+    same, stats = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=1))])
+    assert np.array_equal(plain, same)
+    assert stats["deepcache"] == {"full_steps": 8, "cached_steps": 0}
+
+
+@pytest.mark.parametrize("branch", [0, 1, 2])
+def test_cached_steps_stay_close_to_the_uncached_image(pipe, branch):
+    plain, _ = run(pipe, [])
+    cached, stats = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=2, branch=branch))])
+    assert stats["deepcache"] == {"full_steps": 4, "cached_steps": 4}
+    assert not np.array_equal(plain, cached), "no step was really cached"
+    assert psnr(plain, cached) > 25
+
+
+def test_detach_restores_the_unet(pipe):
+    hook = DeepCacheHook(DeepCacheConfig(interval=3))
+    run(pipe, [hook])
+    assert "forward" not in pipe.unet.__dict__
+    assert all(not block._forward_pre_hooks for block in pipe.unet.up_blocks)
+
+
+def test_no_state_leaks_between_sizes(pipe):
+    hook = DeepCacheHook(DeepCacheConfig(interval=3))
+    run(pipe, [hook], size=(128, 128))
+    reused, _ = run(pipe, [hook], size=(160, 128), seed=5)
+    fresh, _ = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=3))], size=(160, 128), seed=5)
+    assert np.array_equal(reused, fresh)
+
+
+def test_schedules():
+    assert full_steps(10, DeepCacheConfig(interval=3)) == {0, 3, 6, 9}
+    assert full_steps(10, DeepCacheConfig(interval=1)) == set(range(10))
+    quadratic = sorted(full_steps(20, DeepCacheConfig(interval=4, schedule="quadratic", center=0.5)))
+    assert quadratic[0] == 0 and len(quadratic) >= 4
+    gaps = np.diff(quadratic)
+    middle = [g for s, g in zip(quadratic, gaps) if 5 <= s <= 13]
+    ends = [g for s, g in zip(quadratic, gaps) if s < 5 or s > 13]
+    assert max(middle) <= max(ends), "full steps should be densest around the centre"
+    with pytest.raises(ValueError):
+        DeepCacheConfig(interval=0)
+
+
+def test_manager_applies_deepcache_and_refuses_what_does_not_apply(tmp_path):
+    manager = PipelineManager(ManagerConfig(tmp_path / "models", tmp_path / "out", tmp_path / "cache", device="cpu", include_hf_cache=False))
+    base = dict(model=DEMO_MODEL_NAME, prompt="x", steps=6, width=64, height=64, seed=3, save=False)
+    result = manager.generate(GenerationRequest(**base, deepcache_interval=3))
+    assert result.hook_stats["deepcache"] == {"full_steps": 2, "cached_steps": 4}
+    assert "DeepCache: N=3 B=0 uniform" in result.images[0].infotext
+    with pytest.raises(InvalidRequest, match="too deep"):
+        manager.generate(GenerationRequest(**base, deepcache_interval=3, deepcache_branch=5))
+    with pytest.raises(InvalidRequest, match="DeepCache interval must be between"):
+        manager.generate(GenerationRequest(**base, deepcache_interval=0))
+    with pytest.raises(ValueError, match="1-step"):
+        DeepCacheHook(DeepCacheConfig(interval=2)).attach(manager_pipe(manager), HookContext(1, 64, 64, 1))
+
+
+def manager_pipe(manager):
+    with manager.use(DEMO_MODEL_NAME) as model:
+        return model.pipe
