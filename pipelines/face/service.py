@@ -20,7 +20,7 @@ import torch
 
 from pipelines import devices
 from pipelines.caches.memo import MemoCache
-from pipelines.errors import InvalidRequest
+from pipelines.errors import InvalidRequest, ModelLoadError
 from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, align_face, load_reference_image
 from pipelines.face.files import face_file_status, missing_message, require_face_files
 from pipelines.face.idformer import IdentityEmbedding, encode_identity
@@ -139,8 +139,13 @@ class FaceService:
         return Identity(embedding, digest, notes, False)
 
     def _embed(self, faces: list[PhotoFace], weights: PulidWeights) -> IdentityEmbedding:
-        from pipelines.face.encoders import FaceEncoders
-
+        try:
+            from pipelines.face.encoders import FaceEncoders
+        except ImportError:
+            raise ModelLoadError(
+                "Face generation is not complete in this build: the EVA-CLIP and BiSeNet encoders are still being "
+                "written. Detection and the PuLID weights already work; see the README's Face section."
+            ) from None
         encoders = FaceEncoders.load(self.models_dir, self.device)
         try:
             id_conds, hidden_states = [], []
