@@ -74,6 +74,7 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype):
             # Keep diffusers' first "size mismatch for X: ... shape ..." line, drop its advice
             # (low_cpu_mem_usage / ignore_mismatched_sizes) that a user of the app cannot follow.
             detail = next((line.strip() for line in str(error).splitlines() if "mismatch" in line), "")
+            detail = detail.split(" If you want to instead overwrite")[0].split(" please make sure to pass")[0]
             raise ModelLoadError(
                 f"{entry.path.name}: its tensors do not have the shapes of the {entry.family.spec.label} architecture "
                 f"(a different variant or size; {detail[:300]}). If it is a non-standard model, put its diffusers "

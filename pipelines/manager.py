@@ -120,6 +120,9 @@ class PipelineManager:
         self._load_locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
         self._generation_lock = threading.Lock()  # one generation at a time on the compute device
+        # diffusers loads under accelerate's init_empty_weights, which patches torch.nn.Module
+        # process-wide: two loads interleaving corrupt each other, so disk loads take turns.
+        self._disk_load_lock = threading.Lock()
         self.last_vae_dtype: str | None = None  # what the last decode really ran in, for the status bar
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.kept_latents: KeptLatents | None = None
@@ -228,7 +231,8 @@ class PipelineManager:
         if entry.format == "demo":
             self.prepare_demo_model()
         dtype = devices.denoiser_dtype(self.device, entry.family.value)
-        pipe = load_pipeline(entry, dtype)
+        with self._disk_load_lock:
+            pipe = load_pipeline(entry, dtype)
         size = pipeline_bytes(pipe)
         digest = None
         if entry.path.is_file():

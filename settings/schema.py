@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -125,6 +127,7 @@ class SettingsStore:
     def __init__(self, path: Path = DEFAULT_SETTINGS_FILE):
         self.path = Path(path)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
 
     def load(self) -> AppSettings:
         self.messages = []
@@ -160,9 +163,16 @@ class SettingsStore:
         if problems:
             raise ValueError("; ".join(f"{name} {problem}" for name, problem in problems.items()))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True))
-        os.replace(temporary, self.path)
+        text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True)
+        with self._lock:  # the Generate tab (last values) and the Settings tab may save at once
+            handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(handle, "w") as stream:
+                    stream.write(text)
+                os.replace(temporary, self.path)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
 
     def _keep_backup(self) -> Path:
         backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,15 +22,6 @@ MID_SEED = 4321
 MID_UNET_CHANNELS = (64, 128, 256, 256)
 MID_CROSS_ATTENTION = 768
 MID_TEXT_LAYERS = 2
-
-
-@dataclass(frozen=True)
-class BuiltModel:
-    name: str
-    description: str
-    folder: Path
-    build_seconds: float
-    save_seconds: float
 
 
 def folder_bytes(folder: Path) -> int:
@@ -103,7 +93,7 @@ def build_full(family: str, models_dir: Path, device: torch.device, seed: int = 
             text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(source / "text_encoder_2" / "config.json"))
     modules = [m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None]
     for module in modules:
-        module.to(torch.float16).eval()
+        module.to(device="cpu", dtype=torch.float16).eval()  # fp16 as the manager runs it on a GPU; saved from host memory
     params = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in params.items() if m is not None}
     if family == "sdxl":

@@ -1,0 +1,32 @@
+"""Benchmark suites behind `app.py bench --suite NAME`; each prints a readable report and can write JSON.
+
+- `core` (`pipelines.bench.core`): per-stage times, readout overhead, model swap, RSS growth.
+- `vae` (`pipelines.bench.vae`): VAE decode time, peak memory and fidelity per dtype.
+
+Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUITES = ("core", "vae")
+
+
+def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False) -> int:
+    """Run one suite against the app's manager (its device and settings); returns the exit code."""
+    if suite == "core":
+        from pipelines.bench.core import run
+
+        return run(manager, json_file, quick=quick)
+    if suite == "vae":
+        from pipelines.bench import vae
+
+        figures = vae.run(manager.device, quick=quick)
+        print(vae.report(figures, manager.device), flush=True)
+        if json_file is not None:
+            from pipelines.bench.core import clean_for_json
+
+            Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
+        return 0
+    raise ValueError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")
