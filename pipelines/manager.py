@@ -312,6 +312,7 @@ class PipelineManager:
                     request.model, output.last_latents, validated.request.height, validated.request.width,
                     [img.seed for img in last], [img.image for img in last], output.vae_label,
                 )
+        devices.trim_host_heap()
         self.last_vae_dtype = output.vae_label
         if output.fell_back and self.config.vae_sticky_fallback and not self.vae_forced_fp32:
             self.vae_forced_fp32 = True
