@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 import sys
-import traceback
 
 from pipelines.errors import GenerationCancelled, LikenessError
 from pipelines.generate import CancelToken
@@ -35,10 +34,9 @@ def run_guarded(action) -> int:
     except KeyboardInterrupt:
         _print_err("interrupted")
         return EXIT_INTERRUPTED
-    except Exception as error:  # the last resort: say what happened, keep the details in the log
+    except Exception as error:  # the last resort: say what happened; the traceback only with --verbose
         log.debug("internal error", exc_info=True)
-        _print_err(f"internal error: {error.__class__.__name__}: {error}")
-        _print_err("".join(traceback.format_exception_only(type(error), error)).strip() if log.isEnabledFor(logging.DEBUG) else "(run with --verbose for details)")
+        _print_err(f"internal error: {error.__class__.__name__}: {error}" + ("" if log.isEnabledFor(logging.DEBUG) else " (run with --verbose for the traceback)"))
         return EXIT_INTERNAL
 
 
