@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DeepCache interval for SD 1.5/SDXL: one full UNet step, then N-1 cached (1 = off)")
     gen.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache skip branch: 0 = fastest, higher = closer to the uncached image")
     gen.add_argument("--deepcache-schedule", choices=["uniform", "quadratic"], default="uniform")
+    gen.add_argument("--flux-cache", choices=["off", "first-block", "taylorseer", "magcache"], default="off",
+                     help="FLUX.1 block cache (diffusers' hooks)")
+    gen.add_argument("--flux-cache-threshold", type=float, default=0.08, help="first-block / magcache threshold (0.08 is nearly lossless)")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 

@@ -24,6 +24,7 @@ from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
 from pipelines.face.service import FaceOptions, FaceService
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
+from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.metrics import psnr
@@ -344,6 +345,9 @@ class PipelineManager:
             config = DeepCacheConfig(request.deepcache_interval, request.deepcache_branch, request.deepcache_schedule)
             hooks.append(DeepCacheHook(config))
             options.infotext_extra["DeepCache"] = f"N={config.interval} B={config.branch} {config.schedule}"
+        if request.flux_cache != "off":
+            hooks.append(FluxBlockCacheHook(FluxBlockCacheConfig(request.flux_cache, request.flux_cache_threshold)))
+            options.infotext_extra["Block cache"] = f"{request.flux_cache} {request.flux_cache_threshold:g}"
         return hooks
 
     def _face_hook(self, model: LoadedModel, face: FaceOptions):

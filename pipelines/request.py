@@ -34,6 +34,8 @@ class GenerationRequest:
     deepcache_interval: int = 1  # DeepCache N (UNet models): 1 = off
     deepcache_branch: int = 0
     deepcache_schedule: str = "uniform"  # uniform | quadratic
+    flux_cache: str = "off"  # FLUX.1 block cache: off | first-block | taylorseer | magcache
+    flux_cache_threshold: float = 0.08
     save: bool = True
 
     def to_dict(self) -> dict:
@@ -98,6 +100,12 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append(f"DeepCache schedule must be uniform or quadratic, got {request.deepcache_schedule!r}.")
     if request.deepcache_interval not in (1, None) and family is Family.FLUX:
         problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
+    if request.flux_cache not in ("off", "first-block", "taylorseer", "magcache"):
+        problems.append(f"FLUX block cache must be off, first-block, taylorseer or magcache, got {request.flux_cache!r}.")
+    elif request.flux_cache != "off" and family is not Family.FLUX:
+        problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
+    if not isinstance(request.flux_cache_threshold, (int, float)) or not 0 < request.flux_cache_threshold < 1:
+        problems.append(f"The block cache threshold must be between 0 and 1, got {request.flux_cache_threshold!r}.")
     if request.vae_dtype not in VAE_CHOICES:
         problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {request.vae_dtype!r}.")
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):

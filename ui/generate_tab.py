@@ -18,7 +18,7 @@ log = logging.getLogger("likeness")
 # The request fields the form edits, in the order of the handler's inputs.
 FORM_FIELDS = (
     "model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count", "vae_dtype",
-    "deepcache_interval", "deepcache_branch", "deepcache_schedule",
+    "deepcache_interval", "deepcache_branch", "deepcache_schedule", "flux_cache", "flux_cache_threshold",
 )
 DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
@@ -83,6 +83,12 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                                                  info="0 = fastest; higher = closer to the uncached image", elem_id="deepcache_branch")
                     deepcache_schedule = gr.Radio(["uniform", "quadratic"], value=last.get("deepcache_schedule", "uniform"),
                                                   label="Schedule", elem_id="deepcache_schedule")
+            with gr.Accordion("Block cache (FLUX.1)", open=False):
+                with gr.Row():
+                    flux_cache = gr.Radio(["off", "first-block", "taylorseer", "magcache"], value=last.get("flux_cache", "off"),
+                                          label="Cache", elem_id="flux_cache")
+                    flux_cache_threshold = gr.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
+                                                     info="first-block: 0.08 nearly lossless (~1.5x), 0.12 ~1.9x", elem_id="flux_cache_threshold")
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -100,7 +106,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 redecode_gallery = gr.Gallery(label="Re-decoded", format="png", columns=2, height=300, elem_id="redecode_gallery")
     last_seed = gr.State(-1)
     form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
-                                  deepcache_interval, deepcache_branch, deepcache_schedule)))
+                                  deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold)))
 
     def on_model_change(name, current_sampler):
         try:
@@ -117,7 +123,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
 
     # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
     def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
-            deepcache_interval, deepcache_branch, deepcache_schedule, request: gr.Request = None):
+            deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold, request: gr.Request = None):
         session = request.session_hash if request else "api"
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         try:

@@ -96,7 +96,7 @@ def test_api_list_and_load_models(live_app):
 
 def test_api_cancel_stops_a_running_generation(live_app):
     client = Client(live_app["url"], verbose=False)
-    job = client.submit(DEMO_MODEL_NAME, "api long", "", 150, 7.0, 1, 512, 512, "Euler", 1, 1, "auto", 1, 0, "uniform", api_name="/generate")
+    job = client.submit(DEMO_MODEL_NAME, "api long", "", 150, 7.0, 1, 512, 512, "Euler", 1, 1, "auto", 1, 0, "uniform", "off", 0.08, api_name="/generate")
     deadline = time.time() + 60
     while time.time() < deadline and "step" not in str(job.status()) and not any("step" in str(o[0]) for o in job.outputs()):
         time.sleep(0.2)
