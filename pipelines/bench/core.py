@@ -623,6 +623,10 @@ class CoreBench:
         self.say(table(["target", "measured", "target", "verdict", "note"], rows, align="lrrll"))
         for line in plan.skipped:
             self.say(f"  skipped: {line}")
+        shares = [r["cpu_share"] for data in self.figures.get("models", {}).values() for r in data.get("runs", [])]
+        if self.device.type == "cpu" and shares and median(shares) < 0.8:
+            self.say(f"  WARNING: this process got {median(shares):.2f} of its CPU threads' time (median over runs): other\n"
+                     f"  processes competed for the cores, so times and timing ratios above carry their noise. Run again on an idle machine.")
         load = load_average()
         self.figures["environment"]["load_average_at_end"] = load
         self.figures["environment"]["wall_seconds"] = time.perf_counter() - self.started
