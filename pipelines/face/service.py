@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from pipelines import devices
 from pipelines.caches.memo import MemoCache
 from pipelines.errors import InvalidRequest, ModelLoadError
 from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, align_face, load_reference_image
+from pipelines.face.encoders import PARSING_FILE, FaceEncoders
 from pipelines.face.files import face_file_status, missing_message, require_face_files
-from pipelines.face.idformer import IdentityEmbedding, encode_identity
+from pipelines.face.idformer import IDFormerConfig, IdentityEmbedding, encode_identity
 from pipelines.face.pulid_weights import PulidWeights, find_pulid_file, load_pulid_weights
 from pipelines.families import Family
 
@@ -74,8 +76,11 @@ def photo_digest(rgb: np.ndarray) -> str:
 class FaceService:
     """Owned by the pipeline manager; one per app."""
 
-    def __init__(self, models_dir: Path, device: torch.device, memo: MemoCache, gpu_mem_limit_mb: int = 2048):
+    def __init__(self, models_dir: Path, device: torch.device, memo: MemoCache, gpu_mem_limit_mb: int = 2048,
+                 idformer_config: IDFormerConfig | None = None):
         self.models_dir = Path(models_dir)
+        # The IDFormer's sizes are not all readable from its file (heads); None = the official ones.
+        self.idformer_config = idformer_config
         self.device = device
         self.memo = memo
         self.detector_config = FaceDetectorConfig(device=str(device) if device.type == "cuda" else "cpu", gpu_mem_limit_mb=gpu_mem_limit_mb)
@@ -93,18 +98,38 @@ class FaceService:
 
     # -- detection (the Face tab's per-photo view) ---------------------------------------------
 
-    def inspect(self, photos, face_index: tuple[int, ...] = ()) -> list[PhotoFace]:
-        """Detect, pick and align the face of each photo; the detector is released afterwards."""
+    def inspect(self, photos, face_index: tuple[int, ...] = (), *, parse: bool = True) -> list[PhotoFace]:
+        """Detect, pick and align the face of each photo; the detector is released afterwards.
+
+        With `parse` and the BiSeNet file present, also the image EVA-CLIP will see (the official
+        demo's debug view); without the file that view is left out, never an error.
+        """
+        faces = self._detect(self._load_photos(photos), face_index)
+        if parse and self._has(PARSING_FILE):
+            encoders = FaceEncoders.load(self.models_dir, self.device, with_eva=False)
+            try:
+                for face in faces:
+                    face.parsing_input = encoders.parse(face.aligned)[1]
+            finally:
+                encoders.release()
+        return faces
+
+    def _load_photos(self, photos) -> list[tuple[np.ndarray, list[str]]]:
         if not photos:
             raise InvalidRequest("Add a reference photo with a face (1 to 4 photos).")
         if len(photos) > MAX_PHOTOS:
             raise InvalidRequest(f"Use at most {MAX_PHOTOS} reference photos; got {len(photos)}.")
+        loaded = []
+        for photo in photos:
+            notes: list[str] = []
+            loaded.append((load_reference_image(photo, notes=notes), notes))
+        return loaded
+
+    def _detect(self, loaded: list[tuple[np.ndarray, list[str]]], face_index: tuple[int, ...]) -> list[PhotoFace]:
         detector = FaceDetector.from_models_dir(self.models_dir, self.detector_config)
         results = []
         try:
-            for number, photo in enumerate(photos):
-                notes: list[str] = []
-                rgb = load_reference_image(photo, notes=notes)
+            for number, (rgb, notes) in enumerate(loaded):
                 source = f"photo {number + 1}"
                 index = face_index[number] if number < len(face_index) else 0
                 choice = detector.find_face(rgb, source=source, index=index)
@@ -115,37 +140,42 @@ class FaceService:
             detector.release()
         return results
 
+    def _has(self, name: str) -> bool:
+        return any(s.name == name and s.present for s in self.file_status())
+
     # -- identity ------------------------------------------------------------------------------
+
+    def require_files(self, family: Family) -> None:
+        """ModelNotFound naming every missing file (and its folder) that `family` needs."""
+        require_face_files(self.models_dir, family.value)
 
     def weights(self, family: Family, unet=None, transformer=None) -> PulidWeights:
         with self._lock:
             if family.value not in self._weights:
                 path = find_pulid_file(self.models_dir, family.value)
-                self._weights[family.value] = load_pulid_weights(path, family.value, unet=unet, transformer=transformer)
+                self._weights[family.value] = load_pulid_weights(path, family.value, unet=unet, transformer=transformer,
+                                                                     encoder_config=self.idformer_config)
             return self._weights[family.value]
 
     def identity(self, options: FaceOptions, family: Family, weights: PulidWeights) -> Identity:
-        """The ID embeddings for the photos, from the memo when these photos were seen before."""
+        """The ID embeddings for the photos; from the memo, without running any face model, when
+        the same photos (by content) and face choices were embedded before with these weights."""
         require_face_files(self.models_dir, family.value)
-        faces = self.inspect(options.photos, options.face_index)
-        key = (tuple(f.digest for f in faces), tuple(f.choice.index for f in faces), weights.tag)
+        loaded = self._load_photos(options.photos)
+        key = (tuple(photo_digest(rgb) for rgb, _ in loaded), tuple(options.index_for(i) for i in range(len(loaded))), weights.tag)
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:10]
-        notes = tuple(note for f in faces for note in f.notes)
         cached = self.memo.get(key)
         if cached is not None:
-            return Identity(cached, digest, notes, True)
+            embedding, notes = cached
+            return Identity(embedding, digest, notes, True)
+        started = time.perf_counter()
+        faces = self._detect(loaded, options.face_index)
+        notes = tuple(note for f in faces for note in f.notes)
         embedding = self._embed(faces, weights)
-        self.memo.put(key, embedding)
+        self.memo.put(key, (embedding, notes), time.perf_counter() - started)
         return Identity(embedding, digest, notes, False)
 
     def _embed(self, faces: list[PhotoFace], weights: PulidWeights) -> IdentityEmbedding:
-        try:
-            from pipelines.face.encoders import FaceEncoders
-        except ImportError:
-            raise ModelLoadError(
-                "Face generation is not complete in this build: the EVA-CLIP and BiSeNet encoders are still being "
-                "written. Detection and the PuLID weights already work; see the README's Face section."
-            ) from None
         encoders = FaceEncoders.load(self.models_dir, self.device)
         try:
             id_conds, hidden_states = [], []
@@ -161,6 +191,7 @@ class FaceService:
                 embedding = encode_identity(encoder, id_conds, hidden_states)
             return IdentityEmbedding(embedding.cond.cpu(), embedding.uncond.cpu())
         finally:
+            # Nothing of the face stage may stay on the device for the denoiser and the VAE decode.
             weights.encoder.to("cpu")
             encoders.release()
             devices.free_device_memory(self.device)

@@ -1,0 +1,159 @@
+"""Face-reference generation end to end: photo -> insightface -> BiSeNet -> EVA-CLIP -> IDFormer ->
+PuLID hook -> the tiny SDXL and FLUX.1 pipelines, through the manager the app uses.
+
+Every network is real code with seeded weights, loaded from files in the official layouts
+(tests/face/face_kit.py); insightface runs the tiny ONNX pack through its own model router.
+"""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from pipelines.errors import InvalidRequest, ModelNotFound
+from pipelines.face import encoders as encoders_module
+from pipelines.face import service as service_module
+from pipelines.face.service import FaceOptions
+from pipelines.infotext import parse_infotext
+from tests.face.face_kit import HANKS, TINY_IDFORMER, write_face_models
+from tests.tiny_models import copy_model, tiny_request
+
+
+@pytest.fixture(scope="module")
+def face_manager(tmp_path_factory, model_zoo, tiny_pipes, demo_cache_dir):
+    from pipelines.manager import ManagerConfig, PipelineManager
+
+    models = tmp_path_factory.mktemp("face-models")
+    for family in ("sd15", "sdxl", "flux"):
+        copy_model(model_zoo[family], models, f"tiny-{family}")
+    write_face_models(models, sdxl_unet=tiny_pipes["sdxl"].unet, flux_transformer=tiny_pipes["flux"].transformer)
+    manager = PipelineManager(ManagerConfig(models_dir=models, outputs_dir=tmp_path_factory.mktemp("face-out"),
+                                            cache_dir=demo_cache_dir, device="cpu", include_hf_cache=False,
+                                            latent_cache_entries=0))
+    manager.face.idformer_config = TINY_IDFORMER
+    return manager
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0].image, dtype=np.int16)
+
+
+def face(**options) -> FaceOptions:
+    return FaceOptions(photos=(str(HANKS),), **options)
+
+
+def test_sdxl_with_face_runs_the_face_stage_and_records_it(face_manager):
+    face_manager.face.memo.clear()
+    events = []
+    result = face_manager.generate(tiny_request("sdxl", seed=3), listener=events.append, face=face(id_weight=0.8))
+    assert "face embed" in result.stage_seconds
+    stages = [e.stage for e in events if type(e).__name__ == "StageStarted"]
+    assert stages.index("face embed") < stages.index("denoise")
+    params = parse_infotext(result.images[0].infotext)
+    assert params["PuLID weight"] == "0.8" and params["PuLID start step"] == "0"
+    assert len(params["Face hash"]) == 10
+    assert result.hook_stats["pulid"]["steps_with_id"] >= 1
+
+
+def test_sdxl_weight_zero_is_exactly_pulid_off_and_a_weight_changes_the_image(face_manager):
+    request = tiny_request("sdxl", seed=5)
+    off = pixels(face_manager.generate(request))
+    zero = pixels(face_manager.generate(request, face=face(id_weight=0.0)))
+    on = pixels(face_manager.generate(request, face=face(id_weight=2.0)))
+    assert np.array_equal(zero, off)
+    assert np.abs(on - off).mean() > 0.05  # tiny random UNet, 2 steps: small but real
+
+
+def test_memo_hit_skips_every_face_model(face_manager, monkeypatch):
+    face_manager.face.memo.clear()
+    request = tiny_request("sdxl", seed=7)
+    first = face_manager.generate(request, face=face(id_weight=1.0))
+    events = []
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a face model was loaded on a memo hit")
+
+    monkeypatch.setattr(encoders_module.FaceEncoders, "load", classmethod(refuse))
+    monkeypatch.setattr(service_module.FaceDetector, "from_models_dir", classmethod(refuse))
+    second = face_manager.generate(request, face=face(id_weight=1.0), listener=events.append)
+    ended = [e for e in events if type(e).__name__ == "StageEnded" and e.stage == "face embed"]
+    assert ended and ended[0].detail == "memoized"
+    assert np.array_equal(pixels(first), pixels(second))
+    assert face_manager.face.memo.stats().hits >= 1
+
+
+def test_no_face_model_survives_the_embedding(face_manager, monkeypatch):
+    """After the face stage nothing of insightface, BiSeNet or EVA-CLIP is alive, and the IDFormer
+    is back on the CPU: the denoiser and VAE decode get the device to themselves."""
+    face_manager.face.memo.clear()
+    made = []
+    original_load = encoders_module.FaceEncoders.load.__func__
+
+    def tracking_load(cls, *args, **kwargs):
+        encoders = original_load(cls, *args, **kwargs)
+        made.append(encoders)
+        return encoders
+
+    monkeypatch.setattr(encoders_module.FaceEncoders, "load", classmethod(tracking_load))
+    detectors = []
+    original_detector = service_module.FaceDetector.from_models_dir.__func__
+
+    def tracking_detector(cls, *args, **kwargs):
+        detector = original_detector(cls, *args, **kwargs)
+        detectors.append(detector)
+        return detector
+
+    monkeypatch.setattr(service_module.FaceDetector, "from_models_dir", classmethod(tracking_detector))
+    face_manager.generate(tiny_request("sdxl", seed=9), face=face(id_weight=1.0))
+    assert made and detectors
+    for encoders in made:
+        assert encoders.eva is None and encoders.parsing is None
+    assert all(not d.loaded for d in detectors)
+    weights = face_manager.face._weights["sdxl"]
+    assert {p.device.type for p in weights.encoder.parameters()} == {"cpu"}
+    # The networks themselves are freed, not just unreferenced by the wrapper.
+    encoders = original_load(encoders_module.FaceEncoders, face_manager.face.models_dir, "cpu")
+    networks = [weakref.ref(encoders.eva), weakref.ref(encoders.parsing)]
+    encoders.release()
+    gc.collect()
+    assert all(ref() is None for ref in networks)
+
+
+def test_flux_with_face_and_the_start_step_gate(face_manager):
+    request = tiny_request("flux", seed=11, steps=3)
+    off = pixels(face_manager.generate(request))
+    zero = pixels(face_manager.generate(request, face=face(id_weight=0.0)))
+    assert np.array_equal(zero, off)
+    late = face_manager.generate(request, face=face(id_weight=2.0, start_step=2))
+    assert late.hook_stats["pulid"]["steps_with_id"] == 1  # only step index 2 of 0, 1, 2
+    early = face_manager.generate(request, face=face(id_weight=2.0, start_step=0))
+    assert early.hook_stats["pulid"]["steps_with_id"] == 3
+    assert not np.array_equal(pixels(early), pixels(late))
+    assert not np.array_equal(pixels(early), off)
+
+
+def test_face_on_an_sd15_model_is_a_clear_error(face_manager):
+    with pytest.raises(InvalidRequest, match="SDXL and FLUX.1"):
+        face_manager.generate(tiny_request("sd15"), face=face())
+
+
+def test_inspect_shows_the_parsing_view(face_manager):
+    faces = face_manager.face.inspect([str(HANKS)])
+    assert len(faces) == 1
+    view = faces[0].parsing_input
+    assert view is not None and view.shape == (512, 512, 3)
+    assert (view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all()
+
+
+def test_missing_face_files_are_named(tmp_path, make_manager, model_zoo):
+    models = tmp_path / "models"
+    copy_model(model_zoo["sdxl"], models, "tiny-sdxl")
+    manager = make_manager(models)
+    with pytest.raises(ModelNotFound) as error:
+        manager.generate(tiny_request("sdxl"), face=face())
+    message = str(error.value)
+    for name, folder in (("pulid_v1.1.safetensors", "pulid"), ("EVA02_CLIP_L_336_psz14_s6B.pt", "eva_clip"),
+                         ("parsing_bisenet.pth", "facexlib"), ("scrfd_10g_bnkps.onnx", "antelopev2"), ("glintr100.onnx", "antelopev2")):
+        assert name in message and folder in message
