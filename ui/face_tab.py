@@ -77,6 +77,9 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             num_zero = gr.Slider(0, 80, value=20, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
             ortho = gr.Radio(["off", "v1", "v2"], value="v2", label="Ortho (SDXL)", elem_id="face_ortho")
             with gr.Row():
+                true_cfg = gr.Slider(1, 10, value=1, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
+                true_cfg_start = gr.Slider(0, 20, value=1, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
+            with gr.Row():
                 generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="face_stop")
             readout = gr.Markdown("Ready.", elem_id="face_readout")
@@ -103,13 +106,14 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
 
     fields = list(generate_form)
 
-    def run(files, numbers, weight, start, zero, ortho_mode, *form_values, request: gr.Request = None):
+    def run(files, numbers, weight, start, zero, ortho_mode, cfg, cfg_start, *form_values, request: gr.Request = None):
         session = request.session_hash if request else "api"
         paths = photo_paths(files)
         try:
             if not paths:
                 raise LikenessError("Add a reference photo with a face first.")
-            face = FaceOptions(tuple(paths), parse_face_numbers(numbers, len(paths)), float(weight), int(start), int(zero), ortho_mode)
+            face = FaceOptions(tuple(paths), parse_face_numbers(numbers, len(paths)), float(weight), int(start), int(zero), ortho_mode,
+                               float(cfg), int(cfg_start))
             generation_request = _coerce_form(dict(zip(fields, form_values)))
         except (LikenessError, TypeError, ValueError) as error:
             yield f"⚠ {error}", gr.update(), ""
@@ -127,7 +131,8 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             yield update.readout, images, result_markdown(result)
 
     generate.click(
-        run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, *generate_form.values()], [readout, gallery, breakdown],
+        run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start, *generate_form.values()],
+        [readout, gallery, breakdown],
         api_name="generate_face", concurrency_id="gpu", concurrency_limit=1,
     )
     def stop_face(request: gr.Request = None):

@@ -2,6 +2,7 @@
 
 - `core` (`pipelines.bench.core`): per-stage times, readout overhead, model swap, RSS growth.
 - `vae` (`pipelines.bench.vae`): VAE decode time, peak memory and fidelity per dtype.
+- `pulid` (`pipelines.bench.pulid`): VAE decode, step time, face stage and memory with PuLID on vs off.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae")
+SUITES = ("core", "vae", "pulid")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False) -> int:
@@ -19,6 +20,10 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
         from pipelines.bench.core import run
 
         return run(manager, json_file, quick=quick)
+    if suite == "pulid":
+        from pipelines.bench import pulid
+
+        return pulid.run(manager, json_file, quick=quick)
     if suite == "vae":
         from pipelines.bench import vae
 

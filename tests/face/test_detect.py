@@ -1,6 +1,6 @@
 """Face detection, embedding, alignment and photo loading, on CPU with tiny antelopev2 stand-ins.
 
-The tiny detector (tests/face/tiny_onnx.py) reports faces planted at known places; the photos are
+The tiny detector (pipelines/bench/tiny_onnx.py) reports faces planted at known places; the photos are
 real ones shipped by installed packages (insightface's data/images, scikit-image's astronaut).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipelines.face.detect import (
     load_reference_image,
     pick_face,
 )
-from tests.face import tiny_onnx
+from pipelines.bench import tiny_onnx
 
 IMAGES = Path(insightface.__file__).parent / "data" / "images"
 CPU = FaceDetectorConfig(cpu_threads=1)

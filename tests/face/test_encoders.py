@@ -15,7 +15,7 @@ from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.bisenet import NON_FACE_CLASSES, BiSeNet, face_features_image, to_gray
 from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders, load_bisenet, load_eva_tower
 from pipelines.face.eva_clip import EvaVisionConfig, EvaVisionTower, apply_rotary, rotary_tables
-from tests.face.face_kit import TINY_EVA, official_eva_checkpoint as official_checkpoint, official_rope_tables, seeded, write_bisenet, write_eva
+from pipelines.bench.tiny_face import TINY_EVA, official_eva_checkpoint as official_checkpoint, official_rope_tables, seeded, write_bisenet, write_eva
 
 # -- layouts at full size ---------------------------------------------------------------------------
 

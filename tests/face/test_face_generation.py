@@ -2,7 +2,7 @@
 PuLID hook -> the tiny SDXL and FLUX.1 pipelines, through the manager the app uses.
 
 Every network is real code with seeded weights, loaded from files in the official layouts
-(tests/face/face_kit.py); insightface runs the tiny ONNX pack through its own model router.
+(pipelines/bench/tiny_face.py); insightface runs the tiny ONNX pack through its own model router.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pipelines.face import encoders as encoders_module
 from pipelines.face import service as service_module
 from pipelines.face.service import FaceOptions
 from pipelines.infotext import parse_infotext
-from tests.face.face_kit import HANKS, TINY_IDFORMER, write_face_models
+from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from tests.tiny_models import copy_model, tiny_request
 
 

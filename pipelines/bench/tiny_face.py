@@ -1,6 +1,6 @@
-"""Every file the Face feature needs, written small and in the official layouts, into a models folder.
+"""Every file the Face feature needs, written small and in the official layouts (tests and the PuLID bench).
 
-- `insightface/antelopev2/`: the tiny SCRFD + ArcFace ONNX pack (tests/face/tiny_onnx.py) with a
+- `insightface/antelopev2/`: the tiny SCRFD + ArcFace ONNX pack (pipelines/bench/tiny_onnx.py) with a
   face planted where it is in insightface's own `Tom_Hanks_54745.png`;
 - `eva_clip/EVA02_CLIP_L_336_psz14_s6B.pt`: a 24-block EVA tower of width 64, saved as the official
   file is (whole-CLIP state dict, `visual.*`, rotary buffers, a text tower);
@@ -22,7 +22,7 @@ from pipelines.face.encoders import EVA_FILE, PARSING_FILE
 from pipelines.face.eva_clip import EvaVisionConfig, EvaVisionTower
 from pipelines.face.idformer import IDFormer, IDFormerConfig
 from pipelines.face.pulid_weights import FluxCrossAttentionConfig, FluxIdCrossAttentions, SdxlIdLayers, official_state_dict
-from tests.face import tiny_onnx
+from pipelines.bench import tiny_onnx
 
 IMAGES = Path(insightface.__file__).parent / "data" / "images"
 HANKS = IMAGES / "Tom_Hanks_54745.png"  # 112x112, one face
