@@ -43,6 +43,8 @@ class FaceOptions:
     start_step: int = 0
     num_zero: int = 20  # SDXL only
     ortho: str = "v2"  # SDXL only: off / v1 / v2
+    true_cfg: float = 1.0  # FLUX only: true CFG scale with the negative prompt (1 = off)
+    true_cfg_start: int = 1  # FLUX only: first step of true CFG (the official app's default)
 
     def index_for(self, photo: int) -> int:
         return self.face_index[photo] if photo < len(self.face_index) else 0
