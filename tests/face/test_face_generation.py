@@ -157,3 +157,20 @@ def test_missing_face_files_are_named(tmp_path, make_manager, model_zoo):
     for name, folder in (("pulid_v1.1.safetensors", "pulid"), ("EVA02_CLIP_L_336_psz14_s6B.pt", "eva_clip"),
                          ("parsing_bisenet.pth", "facexlib"), ("scrfd_10g_bnkps.onnx", "antelopev2"), ("glintr100.onnx", "antelopev2")):
         assert name in message and folder in message
+
+
+def test_flux_true_cfg_and_its_start_step(face_manager):
+    request = tiny_request("flux", seed=13, steps=3, negative_prompt="blurry")
+    plain = face_manager.generate(request, face=face(id_weight=1.0))
+    assert "True CFG" not in parse_infotext(plain.images[0].infotext)
+    # Starting true CFG after the last step: every negative pass is replaced by the positive one,
+    # so the result is exactly that of no true CFG.
+    never = face_manager.generate(request, face=face(id_weight=1.0, true_cfg=3.0, true_cfg_start=3))
+    assert never.hook_stats["true cfg"]["gated_calls"] == 3
+    assert np.array_equal(pixels(never), pixels(plain))
+    from_one = face_manager.generate(request, face=face(id_weight=1.0, true_cfg=3.0, true_cfg_start=1))
+    assert from_one.hook_stats["true cfg"]["gated_calls"] == 1
+    assert not np.array_equal(pixels(from_one), pixels(plain))
+    assert parse_infotext(from_one.images[0].infotext)["True CFG"] == "3 from step 1"
+    # The negative passes get the unconditional ID: twice the ID cross-attention calls.
+    assert from_one.hook_stats["pulid"]["ca_calls"] == 2 * plain.hook_stats["pulid"]["ca_calls"] > 0
