@@ -6,6 +6,7 @@ Every network is real code with seeded weights, loaded from files in the officia
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
@@ -174,3 +175,20 @@ def test_flux_true_cfg_and_its_start_step(face_manager):
     assert parse_infotext(from_one.images[0].infotext)["True CFG"] == "3 from step 1"
     # The negative passes get the unconditional ID: twice the ID cross-attention calls.
     assert from_one.hook_stats["pulid"]["ca_calls"] == 2 * plain.hook_stats["pulid"]["ca_calls"] > 0
+
+
+def test_face_works_with_deepcache_and_the_flux_block_cache(face_manager):
+    sdxl = tiny_request("sdxl", seed=15, steps=4)
+    plain = face_manager.generate(sdxl, face=face(id_weight=1.0))
+    cached = face_manager.generate(dataclasses.replace(sdxl, deepcache_interval=2), face=face(id_weight=1.0))
+    assert cached.hook_stats["deepcache"]["cached_steps"] >= 1
+    assert plain.hook_stats["pulid"]["steps_with_id"] == 4
+    # This tiny UNet's cross-attentions all sit in the deep part: on cached steps they do not run,
+    # and the ID reaches those steps through the features cached on the full steps.
+    assert cached.hook_stats["pulid"]["steps_with_id"] == cached.hook_stats["deepcache"]["full_steps"] == 2
+    assert not np.array_equal(pixels(cached), pixels(face_manager.generate(dataclasses.replace(sdxl, deepcache_interval=2))))
+    flux = tiny_request("flux", seed=15, steps=4)
+    block_cached = face_manager.generate(dataclasses.replace(flux, flux_cache="first-block", flux_cache_threshold=0.5),
+                                         face=face(id_weight=1.0))
+    assert "Block cache" in parse_infotext(block_cached.images[0].infotext)
+    assert block_cached.hook_stats["pulid"]["ca_calls"] > 0
