@@ -192,3 +192,16 @@ def test_face_works_with_deepcache_and_the_flux_block_cache(face_manager):
                                          face=face(id_weight=1.0))
     assert "Block cache" in parse_infotext(block_cached.images[0].infotext)
     assert block_cached.hook_stats["pulid"]["ca_calls"] > 0
+
+
+def test_several_reference_photos_are_stacked(face_manager):
+    request = tiny_request("sdxl", seed=17)
+    one = face_manager.generate(request, face=face(id_weight=2.0))
+    # Two photos (the same one twice: the tiny detector plants its face at one place): 2 x 5 ID tokens.
+    two = face_manager.generate(request, face=FaceOptions(photos=(str(HANKS), str(HANKS)), id_weight=2.0))
+    hash_one = parse_infotext(one.images[0].infotext)["Face hash"]
+    hash_two = parse_infotext(two.images[0].infotext)["Face hash"]
+    assert hash_one != hash_two
+    assert not np.array_equal(pixels(one), pixels(two))
+    with pytest.raises(InvalidRequest, match="at most 4"):
+        face_manager.generate(request, face=FaceOptions(photos=(str(HANKS),) * 5))
