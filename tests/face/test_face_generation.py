@@ -85,28 +85,25 @@ def test_memo_hit_skips_every_face_model(face_manager, monkeypatch):
     assert face_manager.face.memo.stats().hits >= 1
 
 
+def track_instances(monkeypatch, cls, constructor: str) -> list:
+    """Every object the classmethod `constructor` of `cls` returns from now on, in a list."""
+    made = []
+    original = getattr(cls, constructor).__func__
+
+    def tracking(owner, *args, **kwargs):
+        made.append(original(owner, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(cls, constructor, classmethod(tracking))
+    return made
+
+
 def test_no_face_model_survives_the_embedding(face_manager, monkeypatch):
     """After the face stage nothing of insightface, BiSeNet or EVA-CLIP is alive, and the IDFormer
     is back on the CPU: the denoiser and VAE decode get the device to themselves."""
     face_manager.face.memo.clear()
-    made = []
-    original_load = encoders_module.FaceEncoders.load.__func__
-
-    def tracking_load(cls, *args, **kwargs):
-        encoders = original_load(cls, *args, **kwargs)
-        made.append(encoders)
-        return encoders
-
-    monkeypatch.setattr(encoders_module.FaceEncoders, "load", classmethod(tracking_load))
-    detectors = []
-    original_detector = service_module.FaceDetector.from_models_dir.__func__
-
-    def tracking_detector(cls, *args, **kwargs):
-        detector = original_detector(cls, *args, **kwargs)
-        detectors.append(detector)
-        return detector
-
-    monkeypatch.setattr(service_module.FaceDetector, "from_models_dir", classmethod(tracking_detector))
+    made = track_instances(monkeypatch, encoders_module.FaceEncoders, "load")
+    detectors = track_instances(monkeypatch, service_module.FaceDetector, "from_models_dir")
     face_manager.generate(tiny_request("sdxl", seed=9), face=face(id_weight=1.0))
     assert made and detectors
     for encoders in made:
@@ -115,7 +112,7 @@ def test_no_face_model_survives_the_embedding(face_manager, monkeypatch):
     weights = face_manager.face._weights["sdxl"]
     assert {p.device.type for p in weights.encoder.parameters()} == {"cpu"}
     # The networks themselves are freed, not just unreferenced by the wrapper.
-    encoders = original_load(encoders_module.FaceEncoders, face_manager.face.models_dir, "cpu")
+    encoders = encoders_module.FaceEncoders.load(face_manager.face.models_dir, "cpu")
     networks = [weakref.ref(encoders.eva), weakref.ref(encoders.parsing)]
     encoders.release()
     gc.collect()
