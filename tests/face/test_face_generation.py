@@ -202,3 +202,19 @@ def test_several_reference_photos_are_stacked(face_manager):
     assert not np.array_equal(pixels(one), pixels(two))
     with pytest.raises(InvalidRequest, match="at most 4"):
         face_manager.generate(request, face=FaceOptions(photos=(str(HANKS),) * 5))
+
+
+def test_an_experiment_over_the_pulid_weight(face_manager):
+    """Issue 7's face axes end to end: ID weight 0 vs 2 on the tiny SDXL, fidelity against weight 0."""
+    from pipelines.experiments.plan import AxisSpec, Experiment, build_plan
+    from pipelines.experiments.runner import run_experiment
+
+    base = {"model": "tiny-sdxl", "prompt": "a portrait", "width": 256, "height": 256, "steps": 2, "seed": 3}
+    experiment = Experiment(base, [AxisSpec("pulid_weight", "0, 2")], face={"photos": [str(HANKS)]})
+    result = run_experiment(face_manager, build_plan(experiment, face_manager))
+    assert result.finished_cells == 2 and not result.cancelled
+    zero, two = result.cells[0], result.cells[1]
+    assert np.array_equal(np.asarray(zero.image), pixels(face_manager.generate(zero.cell.request)))  # weight 0 = PuLID off
+    assert not np.array_equal(np.asarray(zero.image), np.asarray(two.image))
+    # ArcFace cosine to the reference runs on every cell (the tiny detector always finds its face).
+    assert all(result.fidelity[i].arcface is not None for i in (0, 1))

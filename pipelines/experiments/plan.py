@@ -1,0 +1,356 @@
+"""An experiment definition, and the plan of cells it becomes once every value has been checked.
+
+The definition is what the user wrote (starting settings, up to three axes as text, options); it
+round-trips through JSON so an exported experiment can be run again. `build_plan` checks all of it
+against the installed models and the request limits BEFORE anything runs, and names the axis and
+the value in any message. Every cell uses the same seed; a random starting seed (-1) is drawn once.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field, fields, replace
+
+from pipelines.errors import InvalidRequest, LikenessError
+from pipelines.experiments.axes import Setting, find_setting, parse_values
+from pipelines.face.service import FaceOptions
+from pipelines.request import MAX_SEED, GenerationRequest, validate_request
+from pipelines.samplers import sampler_names
+
+AXIS_NAMES = ("X", "Y", "Z")
+MAX_REPEATS = 20
+FORMAT_VERSION = 1
+REQUEST_FIELDS = {f.name for f in fields(GenerationRequest)}
+FACE_FIELDS = {f.name for f in fields(FaceOptions)}
+MAX_PULID_WEIGHT = 5.0  # SDXL's id_scale range; FLUX.1 uses 0-3
+
+
+@dataclass
+class AxisSpec:
+    setting: str  # a key of axes.SETTINGS, e.g. "steps"
+    values: str  # as typed, e.g. "10-30 (+10)"
+
+
+@dataclass
+class Experiment:
+    """What the user asked for; `to_dict`/`from_dict` are the experiment file format."""
+
+    base: dict  # GenerationRequest fields; missing ones take the model family's defaults
+    axes: list[AxisSpec] = field(default_factory=list)  # X, Y, Z in that order
+    baseline: int = 0  # the cell (grid order, X fastest) fidelity is measured against
+    warmup: bool = True  # one untimed generation per model before its measured cells
+    repeats: int = 1  # measured runs per cell; the table shows medians
+    face: dict | None = None  # FaceOptions fields (photos as file paths) when PuLID is on
+
+    def to_dict(self) -> dict:
+        return {
+            "likeness_experiment": FORMAT_VERSION,
+            "base": dict(self.base),
+            "axes": [{"setting": a.setting, "values": a.values} for a in self.axes],
+            "baseline": self.baseline,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "face": dict(self.face) if self.face else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> "Experiment":
+        """Read an experiment file's object; InvalidRequest says which entry is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidRequest("An experiment file holds one JSON object with 'base' and 'axes'.")
+        unknown = set(data) - {"likeness_experiment", "base", "axes", "baseline", "warmup", "repeats", "face"}
+        if unknown:
+            raise InvalidRequest(f"Unknown experiment entries: {', '.join(sorted(unknown))}.")
+        base = data.get("base", {})
+        if not isinstance(base, dict):
+            raise InvalidRequest("The experiment's 'base' must be an object of generation settings.")
+        axes = data.get("axes", [])
+        if not isinstance(axes, list) or not all(isinstance(a, dict) and "setting" in a and "values" in a for a in axes):
+            raise InvalidRequest("The experiment's 'axes' must be a list of {\"setting\": ..., \"values\": ...} objects.")
+        face = data.get("face")
+        if face is not None and not isinstance(face, dict):
+            raise InvalidRequest("The experiment's 'face' must be an object (photos, id_weight, start_step...) or null.")
+        return cls(
+            base=base,
+            axes=[AxisSpec(str(a["setting"]), _values_text(a["values"])) for a in axes],
+            baseline=_whole(data.get("baseline", 0), "baseline"),
+            warmup=bool(data.get("warmup", True)),
+            repeats=_whole(data.get("repeats", 1), "repeats"),
+            face=face,
+        )
+
+
+def _values_text(values) -> str:
+    """Files may hold a JSON list instead of the typed text: [10, 20] reads as "10, 20"."""
+    if isinstance(values, list):
+        return ", ".join(f'"{v}"' if isinstance(v, str) and "," in v else str(v) for v in values)
+    return str(values)
+
+
+def _whole(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise InvalidRequest(f"The experiment's {name!r} must be a whole number, got {value!r}.")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str  # X, Y or Z
+    setting: Setting
+    values: tuple
+
+    def labels(self) -> list[str]:
+        return [self.setting.describe(v) for v in self.values]
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int  # position in grid order (X fastest, then Y, then Z)
+    coords: tuple[int, int, int]  # value index on X, Y, Z (0 where the axis is absent)
+    request: GenerationRequest
+    face: FaceOptions | None
+    label: str  # "Steps: 10, CFG scale: 7"
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: Experiment
+    axes: tuple[Axis, ...]
+    cells: tuple[Cell, ...]  # grid order
+    run_order: tuple[int, ...]  # cell indices, grouped so each model loads once
+    baseline: int
+    base: GenerationRequest  # the starting request, defaults filled in and the seed fixed
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    def definition(self) -> dict:
+        """The experiment file that runs this plan again: the drawn seed and the defaults written out."""
+        data = self.experiment.to_dict()
+        data["base"] = {k: v for k, v in self.base.to_dict().items() if k not in ("save", "batch_size", "batch_count")}
+        return data
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        sizes = [len(a.values) for a in self.axes] + [1, 1, 1]
+        return sizes[0], sizes[1], sizes[2]
+
+    @property
+    def warmup_models(self) -> list[str]:
+        """The models that get an untimed warm-up run (the first cell of each, in run order)."""
+        if not self.experiment.warmup:
+            return []
+        return list(dict.fromkeys(self.cells[i].request.model for i in self.run_order))
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.warmup_models) + len(self.cells) * self.experiment.repeats
+
+
+def cell_count(experiment: Experiment) -> int:
+    """How many cells the axes make (parsing only; for the confirmation above the Settings limit)."""
+    count = 1
+    for spec in experiment.axes[:3]:
+        count *= len(parse_values(find_setting(spec.setting), spec.values))
+    return count
+
+
+def cell_labels(experiment: Experiment) -> list[str]:
+    """The cells' labels in grid order (parsing only): the baseline picker's choices."""
+    axes = [(find_setting(s.setting), parse_values(find_setting(s.setting), s.values)) for s in experiment.axes[:3]]
+    labels = []
+    for combo in itertools.product(*[range(len(values)) for _, values in reversed(axes)]):
+        picks = list(reversed(combo))
+        labels.append(", ".join(setting.describe(values[i]) for (setting, values), i in zip(axes, picks)) or "starting settings")
+    return labels
+
+
+def build_plan(experiment: Experiment, manager, rng: random.Random | None = None) -> Plan:
+    """Check everything and lay out the cells; raises InvalidRequest before anything runs."""
+    if len(experiment.axes) > len(AXIS_NAMES):
+        raise InvalidRequest(f"An experiment has at most {len(AXIS_NAMES)} axes (X, Y, Z); got {len(experiment.axes)}.")
+    if not 1 <= experiment.repeats <= MAX_REPEATS:
+        raise InvalidRequest(f"Repeats must be between 1 and {MAX_REPEATS}, got {experiment.repeats}.")
+    base, face, notes = starting_point(experiment, manager, rng)
+    axes = tuple(_checked_axis(name, spec, base, face, manager) for name, spec in zip(AXIS_NAMES, experiment.axes))
+    _refuse_overlaps(axes)
+    cells = tuple(_cells(axes, base, face, manager, tuple(notes)))
+    if face is not None:
+        _require_face_files(cells, manager)
+    if not 0 <= experiment.baseline < len(cells):
+        raise InvalidRequest(f"The baseline cell must be between 0 and {len(cells) - 1} (grid order, X fastest); got {experiment.baseline}.")
+    loaded = [record.name for record in manager.cache.records()]
+    return Plan(experiment, axes, cells, tuple(order_cells(cells, loaded)), experiment.baseline, base)
+
+
+def starting_point(experiment: Experiment, manager, rng: random.Random | None = None) -> tuple[GenerationRequest, FaceOptions | None, list[str]]:
+    """The starting request (family defaults filled in, one image, not saved, a fixed seed) and face."""
+    values = dict(experiment.base)
+    unknown = set(values) - REQUEST_FIELDS
+    if unknown:
+        raise InvalidRequest(f"Unknown starting settings: {', '.join(sorted(unknown))}; use the names of `app.py generate`'s options.")
+    values.setdefault("prompt", "")
+    model = values.get("model") or manager.default_model()
+    entry = _installed(model, manager, "The starting model")
+    spec = entry.family.spec
+    values.update(model=model, batch_size=1, batch_count=1, save=False)
+    for name, default in (("width", spec.default_size[0]), ("height", spec.default_size[1]), ("steps", spec.default_steps),
+                          ("cfg_scale", spec.default_cfg), ("sampler", spec.default_sampler)):
+        if values.get(name) is None:
+            values[name] = default
+    notes = []
+    if experiment.base.get("batch_size", 1) != 1 or experiment.base.get("batch_count", 1) != 1:
+        notes.append("Each cell makes one image: the batch size and count were set to 1.")
+    if values.get("seed", -1) == -1:
+        values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    try:
+        base = GenerationRequest(**values)
+        validate_request(base, entry.family)
+    except TypeError as error:
+        raise InvalidRequest(f"The starting settings are not valid: {error}.") from None
+    except InvalidRequest as error:
+        raise InvalidRequest(f"The starting settings are not valid: {error}") from None
+    return base, _face_options(experiment.face), notes
+
+
+def _require_face_files(cells, manager) -> None:
+    """Say which face files are missing now, not after the first cell has loaded its model."""
+    for family in dict.fromkeys(manager.entry(cell.request.model).family for cell in cells):
+        missing = manager.face.missing(family.value)
+        if missing:
+            raise InvalidRequest(missing)
+
+
+def _face_options(face: dict | None) -> FaceOptions | None:
+    if not face:
+        return None
+    unknown = set(face) - FACE_FIELDS
+    if unknown:
+        raise InvalidRequest(f"Unknown face settings: {', '.join(sorted(unknown))}.")
+    values = dict(face)
+    photos = values.get("photos") or ()
+    if isinstance(photos, str):
+        photos = (photos,)
+    if not photos:
+        raise InvalidRequest("The face reference has no photos; add 1 to 4 photo paths or leave the face out.")
+    values["photos"] = tuple(photos)
+    values["face_index"] = tuple(values.get("face_index") or ())
+    try:
+        return FaceOptions(**values)
+    except TypeError as error:
+        raise InvalidRequest(f"The face settings are not valid: {error}.") from None
+
+
+def _installed(model: str, manager, what: str):
+    names = [e.name for e in manager.models() if e.usable]
+    try:
+        entry = manager.entry(model)
+    except LikenessError:
+        raise InvalidRequest(f"{what} {model!r} is not installed. Installed: {', '.join(names) or 'none'}.") from None
+    if not entry.usable:
+        raise InvalidRequest(f"{what} {model!r} cannot be used: {entry.problem}")
+    return entry
+
+
+def apply_value(request: GenerationRequest, face: FaceOptions | None, setting: Setting, value):
+    """The request and face options with one axis value set."""
+    if setting.target == "face":
+        return request, replace(face, **{setting.field: value})
+    if setting.kind == "size":
+        return replace(request, width=value[0], height=value[1]), face
+    return replace(request, **{setting.field: value}), face
+
+
+def _checked_axis(name: str, spec: AxisSpec, base: GenerationRequest, face: FaceOptions | None, manager) -> Axis:
+    try:
+        setting = find_setting(spec.setting)
+        values = parse_values(setting, spec.values)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{name} axis: {error}") from None
+    if setting.target == "face" and face is None:
+        raise InvalidRequest(f"{name} axis ({setting.label}) needs a face reference: add a photo, or choose another setting.")
+    for value in values:
+        if setting.key == "model":
+            _installed(value, manager, f"{name} axis (Model): the model")
+        problem = _value_problem(setting, value, base, face, manager)
+        if problem:
+            raise InvalidRequest(f"{name} axis ({setting.label}): {setting.format(value)!r} is not valid: {problem}")
+    if len(set(map(setting.format, values))) < len(values):
+        raise InvalidRequest(f"{name} axis ({setting.label}) repeats a value ({spec.values!r}); each value makes one row or column.")
+    return Axis(name, setting, tuple(values))
+
+
+def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceOptions | None, manager) -> str | None:
+    """Why `value` cannot be used with the starting settings, or None."""
+    if setting.key == "pulid_weight" and not 0 <= value <= MAX_PULID_WEIGHT:
+        return f"the PuLID weight must be between 0 and {MAX_PULID_WEIGHT:g} (SDXL; FLUX.1 uses 0-3)."
+    if setting.key == "pulid_start_step" and not 0 <= value < base.steps:
+        return f"the PuLID start step must be between 0 and {base.steps - 1} (the steps minus one)."
+    if setting.target == "face":
+        return None
+    request, _ = apply_value(base, face, setting, value)
+    request, _note = _fit_sampler(request, manager, sampler_on_axis=setting.key == "sampler")
+    try:
+        validate_request(request, manager.entry(request.model).family)
+    except InvalidRequest as error:
+        return str(error)
+    return None
+
+
+def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool) -> tuple[GenerationRequest, str | None]:
+    """A model axis may cross families (SD 1.5 -> FLUX.1): a sampler the family lacks becomes its default."""
+    family = manager.entry(request.model).family
+    names = [n.lower() for n in sampler_names(family)]
+    if sampler_on_axis or str(request.sampler).lower() in names:
+        return request, None
+    default = family.spec.default_sampler
+    return replace(request, sampler=default), f"{request.model} uses {default} ({request.sampler} is not available for {family.spec.label})."
+
+
+def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
+    """Two axes setting the same field would silently overwrite each other."""
+    claimed: dict[str, str] = {}
+    for axis in axes:
+        for target in (("width", "height") if axis.setting.kind == "size" else (axis.setting.field,)):
+            if target in claimed:
+                raise InvalidRequest(f"The {claimed[target]} and {axis.name} axes both set {target}; use one axis per setting.")
+            claimed[target] = axis.name
+
+
+def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):
+    """Every combination in grid order (X fastest), each checked as a whole request."""
+    sampler_on_axis = any(a.setting.key == "sampler" for a in axes)
+    ranges = [range(len(a.values)) for a in reversed(axes)]
+    for index, combo in enumerate(itertools.product(*ranges)):
+        picks = tuple(reversed(combo))
+        request, cell_face = base, face
+        for axis, pick in zip(axes, picks):
+            request, cell_face = apply_value(request, cell_face, axis.setting, axis.values[pick])
+        request, note = _fit_sampler(request, manager, sampler_on_axis)
+        label = ", ".join(axis.setting.describe(axis.values[pick]) for axis, pick in zip(axes, picks)) or "starting settings"
+        family = manager.entry(request.model).family
+        try:
+            validate_request(request, family)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"The cell {label} is not valid: {error}") from None
+        if cell_face is not None and not 0 <= cell_face.start_step < request.steps:
+            raise InvalidRequest(f"The cell {label} is not valid: the PuLID start step {cell_face.start_step} must be below its {request.steps} steps.")
+        if cell_face is not None and family.value not in ("sdxl", "flux"):
+            raise InvalidRequest(f"The cell {label} is not valid: PuLID face reference works with SDXL and FLUX.1 models; {request.model} is {family.spec.label}.")
+        coords = tuple(picks) + (0,) * (3 - len(picks))
+        yield Cell(index, coords, request, cell_face, label, notes + ((note,) if note else ()))
+
+
+def order_cells(cells, loaded_models=()) -> list[int]:
+    """The run order: grid order, regrouped by model so each model is loaded once.
+
+    Models already loaded go first (no load at all), then the others in the order they first
+    appear in the grid. Within a model the grid order is kept.
+    """
+    loaded = set(loaded_models)
+    first_seen: dict[str, int] = {}
+    for cell in cells:
+        first_seen.setdefault(cell.request.model, len(first_seen))
+    return sorted(range(len(cells)), key=lambda i: (cells[i].request.model not in loaded, first_seen[cells[i].request.model], i))

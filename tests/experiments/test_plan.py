@@ -1,0 +1,120 @@
+"""Experiment definitions and plans: every value checked before anything runs, cells in order."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.errors import InvalidRequest
+from pipelines.experiments.plan import AxisSpec, Experiment, build_plan, cell_count, cell_labels, order_cells
+
+BASE = {"model": DEMO_MODEL_NAME, "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 11}
+
+
+def experiment(*axes, **options) -> Experiment:
+    return Experiment(dict(BASE, **options.pop("base", {})), [AxisSpec(s, v) for s, v in axes], **options)
+
+
+def test_cells_in_grid_order_with_x_fastest(shared_manager):
+    plan = build_plan(experiment(("steps", "2,3"), ("cfg_scale", "1, 7"), ("sampler", "Euler, DDIM")), shared_manager)
+    assert plan.shape == (2, 2, 2)
+    assert [c.coords for c in plan.cells[:4]] == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)]
+    last = plan.cells[-1].request
+    assert (last.steps, last.cfg_scale, last.sampler) == (3, 7.0, "DDIM")
+    assert plan.cells[5].label == "Steps: 3, CFG scale: 1, Sampler: DDIM"
+    assert cell_labels(plan.experiment) == [c.label for c in plan.cells]
+    assert cell_count(plan.experiment) == 8
+
+
+def test_every_cell_has_the_same_seed_even_when_random(shared_manager):
+    plan = build_plan(experiment(("steps", "2,3"), ("cfg_scale", "1, 7"), base={"seed": -1}), shared_manager, random.Random(5))
+    seeds = {cell.request.seed for cell in plan.cells}
+    assert seeds == {plan.seed} and plan.seed != -1
+    assert plan.definition()["base"]["seed"] == plan.seed  # the re-run file reproduces the grid
+
+
+def test_cells_make_one_unsaved_image_each(shared_manager):
+    plan = build_plan(experiment(("steps", "2,3"), base={"batch_size": 4, "batch_count": 2}), shared_manager)
+    assert all(c.request.batch_size == 1 and c.request.batch_count == 1 and not c.request.save for c in plan.cells)
+    assert any("batch size and count were set to 1" in note for note in plan.cells[0].notes)
+
+
+def test_model_axis_groups_cells_so_each_model_loads_once(shared_manager):
+    # Model on X (the fastest axis): grid order alternates the models, the run order does not.
+    plan = build_plan(experiment(("model", f"tiny-sd15, {DEMO_MODEL_NAME}"), ("cfg_scale", "1, 5, 7")), shared_manager)
+    grid_models = [c.request.model for c in plan.cells]
+    assert grid_models[:4] == ["tiny-sd15", DEMO_MODEL_NAME, "tiny-sd15", DEMO_MODEL_NAME]
+    run_models = [plan.cells[i].request.model for i in plan.run_order]
+    switches = sum(1 for a, b in zip(run_models, run_models[1:]) if a != b)
+    assert switches == 1
+    assert sorted(plan.run_order) == list(range(6))
+    assert plan.warmup_models == list(dict.fromkeys(run_models))
+    assert plan.total_runs == 2 + 6
+
+
+def test_loaded_model_runs_first():
+    class Cell:
+        def __init__(self, model):
+            self.request = type("R", (), {"model": model})()
+
+    cells = [Cell("a"), Cell("b"), Cell("a"), Cell("c"), Cell("b")]
+    assert order_cells(cells) == [0, 2, 1, 4, 3]
+    assert order_cells(cells, loaded_models=["b"]) == [1, 4, 0, 2, 3]
+
+
+def test_model_axis_across_families_takes_each_familys_sampler(shared_manager):
+    plan = build_plan(experiment(("model", f"{DEMO_MODEL_NAME}, tiny-flux"), base={"width": 256, "height": 256, "sampler": "Euler a"}), shared_manager)
+    assert [c.request.sampler for c in plan.cells] == ["Euler a", "Flow Euler"]
+    assert "Flow Euler" in plan.cells[1].notes[-1]
+
+
+@pytest.mark.parametrize("axes, message", [
+    ((("steps", "0-2"),), r"X axis \(Steps\): '0' is not valid: Steps must be between 1 and 150, got 0\."),
+    ((("steps", "2"), ("width", "64, 100")), r"Y axis \(Width\): '100' is not valid: Width 100 is not a multiple of 8"),
+    ((("cfg_scale", "1, 31"),), r"X axis \(CFG scale\): '31' is not valid: CFG scale must be between 0 and 30"),
+    ((("model", f"{DEMO_MODEL_NAME}, sd-xl-base"),), r"X axis \(Model\): the model 'sd-xl-base' is not installed\. Installed: "),
+    ((("sampler", "Flow Euler"),), r"'Flow Euler' is not valid: Sampler 'Flow Euler' is not available for Stable Diffusion 1\.5"),
+    ((("flux_cache", "off, first-block"),), r"'first-block' is not valid: The FLUX block caches work on FLUX\.1 models"),
+    ((("deepcache_interval", "1, 21"),), r"DeepCache N\): '21' is not valid"),
+    ((("pulid_weight", "0.5, 1"),), r"X axis \(PuLID weight\) needs a face reference"),
+    ((("steps", "2, 2"),), "repeats a value"),
+    ((("size", "64"), ("width", "64, 128")), "both set width"),
+    ((("steps", "1"), ("cfg_scale", "1"), ("seed", "1"), ("sampler", "Euler")), "at most 3 axes"),
+    ((("colour", "red"),), "X axis: There is no experiment setting 'colour'"),
+])
+def test_bad_axis_values_are_refused_before_anything_runs(shared_manager, axes, message):
+    generations_before = shared_manager.last_vae_dtype, shared_manager.kept_latents
+    with pytest.raises(InvalidRequest, match=message):
+        build_plan(experiment(*axes), shared_manager)
+    assert (shared_manager.last_vae_dtype, shared_manager.kept_latents) == generations_before
+
+
+def test_a_cell_invalid_as_a_whole_is_named(shared_manager):
+    # Each value is fine with the starting settings, but tiny-sdxl cannot make 64x64 images.
+    axes = ("model", f"{DEMO_MODEL_NAME}, tiny-sdxl"), ("size", "256, 64")
+    with pytest.raises(InvalidRequest, match=r"The cell Model: tiny-sdxl, Size: 64x64 is not valid: Width 64 is outside 256-4096"):
+        build_plan(experiment(*axes, base={"width": 256, "height": 256}), shared_manager)
+
+
+def test_bad_starting_settings_and_options(shared_manager):
+    with pytest.raises(InvalidRequest, match="starting model 'nope' is not installed"):
+        build_plan(experiment(("steps", "2"), base={"model": "nope"}), shared_manager)
+    with pytest.raises(InvalidRequest, match="Unknown starting settings: colour"):
+        build_plan(experiment(("steps", "2"), base={"colour": 1}), shared_manager)
+    with pytest.raises(InvalidRequest, match="Repeats must be between 1 and 20"):
+        build_plan(experiment(("steps", "2"), repeats=0), shared_manager)
+    with pytest.raises(InvalidRequest, match="baseline cell must be between 0 and 1"):
+        build_plan(experiment(("steps", "2,3"), baseline=2), shared_manager)
+
+
+def test_definition_round_trips_through_the_file_format(shared_manager):
+    original = experiment(("steps", "2-3"), ("vae_dtype", "fp32, bf16"), repeats=2, warmup=False, baseline=3)
+    again = Experiment.from_dict(original.to_dict())
+    assert again == original
+    listed = Experiment.from_dict({"base": BASE, "axes": [{"setting": "prompt", "values": ["a, b", "c"]}]})
+    assert build_plan(listed, shared_manager).cells[0].request.prompt == "a, b"
+    with pytest.raises(InvalidRequest, match="Unknown experiment entries: colour"):
+        Experiment.from_dict({"base": BASE, "axes": [], "colour": 1})
+    with pytest.raises(InvalidRequest, match="'repeats' must be a whole number"):
+        Experiment.from_dict({"base": BASE, "axes": [], "repeats": 1.5})

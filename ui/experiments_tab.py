@@ -1,0 +1,209 @@
+"""The Experiments tab: vary up to three settings from the Generate tab's current values.
+
+Out come a labelled image grid, a per-cell table (stage times, it/s, peak memory, cache hits, the
+VAE dtype really used, PSNR/SSIM against a baseline cell), stage-time bars, per-step latency lines
+and the exported files. The engine (`pipelines.experiments`) does the work in a thread; this tab
+only collects the form, streams the progress and shows the result.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+
+import gradio as gr
+import pandas as pd
+
+from pipelines.errors import LikenessError
+from pipelines.experiments.plan import AXIS_NAMES, MAX_REPEATS, AxisSpec, Experiment, build_plan, cell_labels
+from pipelines.experiments.axes import SETTINGS
+from pipelines.experiments.report import export, grid_image, stage_bars, step_lines, table_rows
+from pipelines.experiments.runner import run_experiment
+from pipelines.face.service import MAX_PHOTOS
+from pipelines.manager import PipelineManager
+from ui.face_tab import photo_paths
+from ui.generate_tab import _coerce_form
+from ui.session import CancelRegistry
+
+log = logging.getLogger("likeness")
+NO_AXIS = ""
+AXIS_CHOICES = [("(none)", NO_AXIS)] + [(s.label, s.key) for s in SETTINGS.values()]
+EXAMPLES = "Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `0.5-1 [3]` · `\"a, b\", c` · sizes `512x768`"
+
+
+class ExperimentJob:
+    """Runs the experiment in a worker thread; the handler polls its latest progress."""
+
+    def __init__(self, manager: PipelineManager, plan, cancel):
+        self.progress = None
+        self.result = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(manager, plan, cancel), name="likeness-experiment", daemon=True)
+
+    def _run(self, manager, plan, cancel) -> None:
+        try:
+            self.result = run_experiment(manager, plan, self._on_progress, cancel)
+        except BaseException as error:  # handed to the UI thread, which turns it into a message
+            self.error = error
+        finally:
+            self._done.set()
+
+    def _on_progress(self, progress) -> None:
+        self.progress = progress
+
+    def start(self) -> "ExperimentJob":
+        self._thread.start()
+        return self
+
+    def updates(self, poll_seconds: float = 0.25):
+        """Yield the latest progress (or None) until the run ends."""
+        while not self._done.wait(poll_seconds):
+            yield self.progress
+
+
+def progress_markdown(progress) -> str:
+    if progress is None:
+        return "Starting…"
+    filled = round(20 * progress.fraction)
+    return f"`{'█' * filled}{'░' * (20 - filled)}` {progress.describe()}"
+
+
+def table_frame(rows: list[dict]) -> pd.DataFrame:
+    """The table for display: an identical image's PSNR reads 'identical', empty values stay empty."""
+    shown = []
+    for row in rows:
+        shown.append({k: _display(k, v) for k, v in row.items()})
+    return pd.DataFrame(shown)
+
+
+def _display(column: str, value):
+    if value is None:
+        return ""
+    if column == "PSNR dB" and isinstance(value, float) and math.isinf(value):
+        return "identical"
+    return value
+
+
+def experiment_from_form(axis_values: list, baseline, warmup, repeats, photos, id_weight, start_step, form: dict) -> Experiment:
+    """The tab's inputs as an experiment definition (the same thing an experiment file holds)."""
+    base = _coerce_form(form).to_dict()
+    axes = [AxisSpec(setting, values or "") for setting, values in zip(axis_values[::2], axis_values[1::2]) if setting]
+    paths = photo_paths(photos)
+    face = {"photos": paths, "id_weight": float(id_weight), "start_step": int(start_step)} if paths else None
+    if repeats is None or float(repeats) != int(repeats):
+        raise LikenessError("Repeats must be a whole number.")
+    return Experiment(base, axes, baseline=int(baseline or 0), warmup=bool(warmup), repeats=int(repeats), face=face)
+
+
+def build(manager: PipelineManager, settings, generate_form: dict, cancels: CancelRegistry) -> dict:
+    gr.Markdown("Starts from the **Generate** tab's current settings; each axis varies one of them. Every cell uses the same "
+                "seed (a random seed is drawn once). " + EXAMPLES)
+    axis_inputs = []
+    with gr.Row():
+        for name in AXIS_NAMES:
+            with gr.Column():
+                setting = gr.Dropdown(AXIS_CHOICES, value=NO_AXIS, label=f"{name} axis", elem_id=f"exp_{name.lower()}_setting")
+                values = gr.Textbox(label=f"{name} values", placeholder="e.g. 10,20,30", elem_id=f"exp_{name.lower()}_values")
+                axis_inputs += [setting, values]
+    with gr.Row():
+        baseline = gr.Dropdown([("first cell", 0)], value=0, label="Baseline cell (PSNR / SSIM against it)", elem_id="exp_baseline", scale=2)
+        warmup = gr.Checkbox(True, label="Warm-up run per model (not timed)", elem_id="exp_warmup")
+        repeats = gr.Slider(1, MAX_REPEATS, value=1, step=1, label="Repeats (medians)", elem_id="exp_repeats")
+        confirm = gr.Checkbox(False, label=f"Run grids above {settings.experiment_confirm_cells} cells",
+                              info="the limit is set in Settings", elem_id="exp_confirm")
+    with gr.Accordion("Face reference (PuLID axes, ArcFace similarity)", open=False):
+        with gr.Row():
+            photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="exp_face_photos")
+            id_weight = gr.Slider(0, 5, value=0.8, step=0.05, label="PuLID weight", elem_id="exp_face_weight")
+            start_step = gr.Slider(0, 10, value=0, step=1, label="PuLID start step", elem_id="exp_face_start")
+    with gr.Row():
+        run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run")
+        cancel_button = gr.Button("Cancel", variant="stop", elem_id="exp_cancel")
+    progress = gr.Markdown("Ready.", elem_id="exp_progress")
+    grid = gr.Image(label="Grid", format="png", interactive=False, elem_id="exp_grid")
+    table = gr.Dataframe(label="Cells (medians over the repeats)", interactive=False, wrap=True, elem_id="exp_table")
+    with gr.Row():
+        stage_plot = gr.BarPlot(x="cell", y="seconds", color="stage", title="Stage times per cell", x_label_angle=-30,
+                                elem_id="exp_stage_plot")
+        step_plot = gr.LinePlot(x="step", y="seconds", color="cell", title="Per-step latency", elem_id="exp_step_plot")
+    files = gr.File(label="Export: grid PNG, CSV, JSON, experiment definition", file_count="multiple", interactive=False, elem_id="exp_files")
+    form_fields = list(generate_form)
+
+    def on_axes_change(*axis_values):
+        """Offer the cells as baseline choices once the axes parse; keep the old choice while they do not."""
+        experiment = Experiment({}, [AxisSpec(s, v or "") for s, v in zip(axis_values[::2], axis_values[1::2]) if s])
+        try:
+            labels = cell_labels(experiment)
+        except LikenessError:
+            return gr.update()
+        return gr.update(choices=[(label, i) for i, label in enumerate(labels)], value=0)
+
+    for component in axis_inputs:
+        component.change(on_axes_change, axis_inputs, baseline, api_visibility="private", queue=False)
+
+    # Named parameters, then the Generate form: Gradio injects gr.Request only into a plain signature.
+    def run(x_setting, x_values, y_setting, y_values, z_setting, z_values, baseline_cell, warm, repeat_count, confirmed,
+            face_photos, face_weight, face_start, *form_values, request: gr.Request = None):
+        session = request.session_hash if request else "api"
+        unchanged = (gr.update(),) * 5
+        try:
+            experiment = experiment_from_form([x_setting, x_values, y_setting, y_values, z_setting, z_values], baseline_cell, warm,
+                                              repeat_count, face_photos, face_weight, face_start, dict(zip(form_fields, form_values)))
+            plan = build_plan(experiment, manager)
+        except (LikenessError, TypeError, ValueError) as error:
+            yield (f"⚠ {error}",) + unchanged
+            return
+        limit = settings.experiment_confirm_cells
+        if len(plan.cells) > limit and not confirmed:
+            yield (f"⚠ This grid has {len(plan.cells)} cells ({plan.total_runs} generations), above the limit of {limit} set in "
+                   f"Settings. Tick “Run grids above {limit} cells” to confirm, then run again.",) + unchanged
+            return
+        token = cancels.new(session)
+        job = ExperimentJob(manager, plan, token).start()
+        try:
+            for latest in job.updates():
+                yield (progress_markdown(latest),) + unchanged
+        finally:
+            if job.result is None and job.error is None:
+                token.cancel()  # the browser went away: stop at the next step
+            cancels.forget(session, token)
+        if job.error is not None:
+            log.error("experiment failed", exc_info=job.error)
+            yield (f"⚠ {job.error if isinstance(job.error, LikenessError) else 'Internal error: ' + repr(job.error)}",) + unchanged
+            return
+        yield show_result(job.result)
+
+    def show_result(result):
+        folder = manager.config.outputs_dir / "experiments" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        notes = "".join(f"  \n⚠ {note}" for note in result.notes)
+        try:
+            paths = export(result, folder)
+            exported = [str(p) for p in paths.values()]
+            saved = f" Files in `{folder}`."
+        except OSError as error:
+            exported, saved = None, f"  \n⚠ Could not write the files to {folder}: {error.strerror or error}."
+        order = [c.label for c in result.plan.cells]
+        bars, lines = pd.DataFrame(stage_bars(result)), pd.DataFrame(step_lines(result))
+        return (
+            f"**{result.status()}** Seed {result.plan.seed}; timings on {result.device or 'the device'}, peak memory is "
+            f"{result.memory_kind or 'not measured'}.{saved}{notes}",
+            grid_image(result),
+            table_frame(table_rows(result)),
+            gr.update(value=bars, sort=order) if len(bars) else gr.update(value=None),
+            gr.update(value=lines) if len(lines) else gr.update(value=None),
+            exported,
+        )
+
+    run_event = run_button.click(
+        run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step, *generate_form.values()],
+        [progress, grid, table, stage_plot, step_plot, files], api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
+    )
+
+    def cancel_experiment(request: gr.Request = None):
+        found = cancels.signal(request.session_hash if request else "api")
+        return "Stopping after the current step; the finished cells are kept…" if found else "Nothing is running."
+
+    cancel_button.click(cancel_experiment, None, progress, api_name="cancel_experiment", concurrency_limit=None)
+    return {"run_event": run_event, "grid": grid, "table": table}
