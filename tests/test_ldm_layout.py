@@ -31,9 +31,10 @@ from diffusers import (  # noqa: E402
     UNet2DConditionModel,
 )
 from diffusers.loaders import single_file_utils  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from pipelines.model_configs import config_dir  # noqa: E402
+from tests.tiny_models import XL_PROJ, XL_TE2, build_tiny_sd15, build_tiny_sdxl, save_config_only, seeded  # noqa: E402
 from tests.ldm_layout import (  # noqa: E402
     export_flux_transformer_bfl,
     export_ldm_checkpoint,
@@ -42,39 +43,6 @@ from tests.ldm_layout import (  # noqa: E402
 )
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over single letters: enough for a pipeline object, nothing is encoded."""
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {token: index for index, token in enumerate(specials + letters + [f"{c}</w>" for c in letters])}
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
-def _seeded(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Overwrite every parameter with seeded noise, so that no two tensors are equal by accident
-    (freshly initialised norms are all ones, biases all zeros, which would hide swapped keys)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator))
-    return module.eval()
-
-
-def _config_only(pipe, folder: Path) -> Path:
-    """`save_pretrained`, then delete weights and tokenizers: a config folder like the bundled ones."""
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for path in list(folder.rglob("*")):
-        if path.is_file() and path.suffix in (".safetensors", ".bin"):
-            path.unlink()
-    for name in ("tokenizer", "tokenizer_2"):
-        for path in (folder / name).glob("*"):
-            path.unlink()
-        if (folder / name).exists():
-            (folder / name).rmdir()
-    assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".json"]
-    return folder
 
 
 def _assert_same_tensors(original: torch.nn.Module, loaded: torch.nn.Module, what: str) -> int:
@@ -90,107 +58,17 @@ def _assert_same_tensors(original: torch.nn.Module, loaded: torch.nn.Module, wha
     return len(ours)
 
 
-def _clip_config(**overrides) -> CLIPTextConfig:
-    values = dict(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        vocab_size=1000,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    values.update(overrides)
-    return CLIPTextConfig(**values)
-
-
-def _tiny_vae(seed: int) -> AutoencoderKL:
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
-    )
-    return _seeded(vae, seed)
-
-
 # ------------------------------------------------------------------------------------ tiny pipelines
 
 
 @pytest.fixture(scope="module")
 def tiny_sd15():
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    return StableDiffusionPipeline(
-        vae=_tiny_vae(1),
-        text_encoder=_seeded(CLIPTextModel(_clip_config()), 2),
-        tokenizer=_tokenizer(),
-        unet=_seeded(unet, 3),
-        scheduler=PNDMScheduler.from_pretrained(config_dir("sd15"), subfolder="scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-TINY_XL_TE1 = 32
-TINY_XL_TE2 = 64  # must differ from TE1: diffusers tells the two encoders apart by width
-TINY_XL_PROJ = 48  # != TE2 width, so a text_projection stored the wrong way round cannot load
-TINY_XL_TIME = 8
+    return build_tiny_sd15()
 
 
 @pytest.fixture(scope="module")
 def tiny_sdxl():
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(4, 8),
-        cross_attention_dim=TINY_XL_TE1 + TINY_XL_TE2,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TINY_XL_TIME,
-        projection_class_embeddings_input_dim=TINY_XL_PROJ + 6 * TINY_XL_TIME,
-        norm_num_groups=32,
-    )
-    text_encoder_2 = CLIPTextModelWithProjection(
-        _clip_config(hidden_size=TINY_XL_TE2, intermediate_size=80, projection_dim=TINY_XL_PROJ, hidden_act="gelu")
-    )
-    return StableDiffusionXLPipeline(
-        vae=_tiny_vae(11),
-        text_encoder=_seeded(CLIPTextModel(_clip_config(hidden_size=TINY_XL_TE1)), 12),
-        text_encoder_2=_seeded(text_encoder_2, 13),
-        tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(),
-        unet=_seeded(unet, 14),
-        scheduler=EulerDiscreteScheduler.from_pretrained(config_dir("sdxl"), subfolder="scheduler"),
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    return build_tiny_sdxl()
 
 
 # --------------------------------------------------------------------------------- SD 1.5 round trip
@@ -198,7 +76,7 @@ def tiny_sdxl():
 
 @pytest.mark.parametrize("ldm_extras", [False, True], ids=["weights", "with-ddpm-buffers"])
 def test_sd15_round_trip(tiny_sd15, tmp_path, ldm_extras):
-    config = _config_only(tiny_sd15, tmp_path / "config")
+    config = save_config_only(tiny_sd15, tmp_path / "config")
     path = export_ldm_checkpoint(tiny_sd15, tmp_path / "tiny-v1-5.safetensors", "sd15", ldm_extras=ldm_extras)
 
     from safetensors import safe_open
@@ -226,23 +104,24 @@ def test_sd15_round_trip(tiny_sd15, tmp_path, ldm_extras):
     )
     for name in ("unet", "vae", "text_encoder"):
         _assert_same_tensors(getattr(tiny_sd15, name), getattr(loaded, name), name)
-    assert type(loaded.scheduler) is PNDMScheduler
+    assert type(loaded.scheduler) is type(tiny_sd15.scheduler)  # from the config folder
     assert loaded.safety_checker is None
 
 
 def test_sd15_vae_attention_is_stored_as_1x1_convolutions(tiny_sd15):
     state = ldm_state_dict(tiny_sd15, "sd15")
+    width = tiny_sd15.vae.config.block_out_channels[-1]
     for side in ("encoder", "decoder"):
         for part in ("q", "k", "v", "proj_out"):
-            assert state[f"first_stage_model.{side}.mid.attn_1.{part}.weight"].shape == (64, 64, 1, 1)
-        assert state[f"first_stage_model.{side}.mid.attn_1.norm.weight"].shape == (64,)
+            assert state[f"first_stage_model.{side}.mid.attn_1.{part}.weight"].shape == (width, width, 1, 1)
+        assert state[f"first_stage_model.{side}.mid.attn_1.norm.weight"].shape == (width,)
 
 
 # ----------------------------------------------------------------------------------- SDXL round trip
 
 
 def test_sdxl_round_trip(tiny_sdxl, tmp_path):
-    config = _config_only(tiny_sdxl, tmp_path / "config")
+    config = save_config_only(tiny_sdxl, tmp_path / "config")
     path = export_ldm_checkpoint(tiny_sdxl, tmp_path / "tiny-xl.safetensors", "sdxl")
 
     from safetensors import safe_open
@@ -254,8 +133,8 @@ def test_sdxl_round_trip(tiny_sdxl, tmp_path):
     assert "model.diffusion_model.label_emb.0.0.weight" in keys
     assert "conditioner.embedders.0.transformer.text_model.embeddings.position_ids" in keys
     assert "conditioner.embedders.1.model.logit_scale" in keys
-    assert projection.shape == (TINY_XL_TE2, TINY_XL_PROJ)
-    assert in_proj.shape == (3 * TINY_XL_TE2, TINY_XL_TE2)
+    assert projection.shape == (XL_TE2, XL_PROJ)
+    assert in_proj.shape == (3 * XL_TE2, XL_TE2)
 
     loaded = StableDiffusionXLPipeline.from_single_file(
         str(path),
@@ -266,7 +145,7 @@ def test_sdxl_round_trip(tiny_sdxl, tmp_path):
     )
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         _assert_same_tensors(getattr(tiny_sdxl, name), getattr(loaded, name), name)
-    assert type(loaded.scheduler) is EulerDiscreteScheduler
+    assert type(loaded.scheduler) is type(tiny_sdxl.scheduler)
 
 
 # ----------------------------------------------------------------------------------- FLUX round trip
@@ -309,7 +188,7 @@ class _TorchWithFluxWidth:
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."], ids=["bfl", "comfyui-prefixed"])
 def test_flux_transformer_round_trip(tmp_path, monkeypatch, prefix):
-    transformer = _seeded(FluxTransformer2DModel(**TINY_FLUX), 21)
+    transformer = seeded(FluxTransformer2DModel(**TINY_FLUX), 21, scale=1.0)
     base = tmp_path / "flux-base"  # stands for the user's FLUX.1 diffusers folder
     transformer.save_config(base / "transformer")
     path = export_flux_transformer_bfl(transformer, tmp_path / "tiny-flux1-dev.safetensors", prefix=prefix)
@@ -359,7 +238,7 @@ def test_flux_transformer_round_trip_at_full_width(tmp_path):
 
 
 def test_flux_final_layer_swaps_shift_and_scale():
-    transformer = _seeded(FluxTransformer2DModel(**TINY_FLUX), 22)
+    transformer = seeded(FluxTransformer2DModel(**TINY_FLUX), 22, scale=1.0)
     ours = transformer.state_dict()["norm_out.linear.weight"]
     theirs = flux_to_bfl(transformer.state_dict())["final_layer.adaLN_modulation.1.weight"]
     half = ours.shape[0] // 2
