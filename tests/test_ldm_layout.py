@@ -34,7 +34,7 @@ from diffusers.loaders import single_file_utils  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from pipelines.model_configs import config_dir  # noqa: E402
-from tests.tiny_models import XL_PROJ, XL_TE2, build_tiny_sd15, build_tiny_sdxl, save_config_only, seeded  # noqa: E402
+from tests.tiny_models import FLUX_TRANSFORMER, XL_PROJ, XL_TE2, build_tiny_sd15, build_tiny_sdxl, save_config_only, seeded  # noqa: E402
 from tests.ldm_layout import (  # noqa: E402
     export_flux_transformer_bfl,
     export_ldm_checkpoint,
@@ -150,19 +150,7 @@ def test_sdxl_round_trip(tiny_sdxl, tmp_path):
 
 # ----------------------------------------------------------------------------------- FLUX round trip
 
-TINY_FLUX = dict(
-    patch_size=1,
-    in_channels=16,
-    out_channels=None,
-    num_layers=1,
-    num_single_layers=1,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
-    guidance_embeds=True,
-    axes_dims_rope=(4, 6, 6),
-)
+TINY_FLUX = dict(FLUX_TRANSFORMER, in_channels=16, out_channels=None)  # the shared tiny sizes, unpacked input
 
 
 class _TorchWithFluxWidth:
