@@ -4,6 +4,7 @@
     python app.py generate --prompt …  generate headless
     python app.py models               list the models found
     python app.py bench --suite core   run the benchmarks
+    python app.py experiment --config FILE   run a settings experiment (grid, timings, fidelity)
 
 Builds settings -> the one pipeline manager -> the UI or a CLI command, and passes them down.
 """
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--flux-cache", choices=["off", "first-block", "taylorseer", "magcache"], default="off",
                      help="FLUX.1 block cache (diffusers' hooks)")
     gen.add_argument("--flux-cache-threshold", type=float, default=0.08, help="first-block / magcache threshold (0.08 is nearly lossless)")
+    gen.add_argument("--approx-cache", action="store_true",
+                     help="approximate cache: resume from a similar earlier prompt's latents (faster, not exact; see README)")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 
@@ -65,13 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
-    bench.add_argument("--suite", default="core", choices=["core", "vae"])
+    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache"])
     bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
+
+    experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
+    experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
+    experiment.add_argument("--out", type=Path, help="folder for the grid, tables and definition (default: <outputs>/experiments/<time>)")
+    experiment.add_argument("--yes", action="store_true", help="run a grid above the experiment_confirm_cells setting without asking")
+    experiment.add_argument("--json", action="store_true", help="print one JSON summary instead of text")
     return parser
 
 
 def build_manager(settings):
+    from pipelines.caches.approximate import parse_thresholds
     from pipelines.manager import ManagerConfig, PipelineManager
 
     config = ManagerConfig(
@@ -91,6 +101,11 @@ def build_manager(settings):
         prompt_memo_policy=settings.prompt_memo_policy,
         prompt_memo_entries=settings.prompt_memo_entries,
         latent_cache_entries=settings.latent_cache_entries,
+        approx_cache_thresholds=parse_thresholds(settings.approx_cache_thresholds),
+        approx_cache_max_bytes=settings.approx_cache_max_mb * 2**20,
+        approx_cache_ttl_seconds=settings.approx_cache_ttl_hours * 3600,
+        face_memo_entries=settings.face_memo_entries,
+        onnx_gpu_mem_limit_mb=settings.onnx_gpu_mem_limit_mb,
     )
     return PipelineManager(config)
 
@@ -121,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda: cmd_generate(manager, fill_family_defaults(manager, args)))
     if args.command == "models":
         return run_guarded(lambda: cmd_models(manager, args))
+    if args.command == "experiment":
+        from pipelines.experiments.cli import cmd_experiment
+
+        return run_guarded(lambda: cmd_experiment(manager, args, settings.experiment_confirm_cells))
     if args.command == "bench":
         from pipelines.bench import run_suite
 

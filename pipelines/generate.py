@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines import devices
+from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
 from pipelines.caches.memo import MemoCache
 from pipelines.errors import GenerationCancelled, OutputError
 from pipelines.families import Family
@@ -98,7 +99,11 @@ def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: i
                 "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled,
             }
         positive, pooled, _text_ids = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=batch_size)
-        return {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
+        embeds = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
+        if use_cfg:  # FLUX true CFG: the negative prompt gets its own transformer pass
+            negative_embeds, negative_pooled, _ = pipe.encode_prompt(negative, device=device, num_images_per_prompt=batch_size)
+            embeds |= {"negative_prompt_embeds": negative_embeds, "negative_pooled_prompt_embeds": negative_pooled}
+        return embeds
 
 
 def spatial_latents(model: LoadedModel, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -184,7 +189,9 @@ class RunOptions:
     hooks: list = field(default_factory=list)  # GenerationHook instances, attached for this run only
     prompt_memo: MemoCache | None = None  # encoded prompts, keyed as A1111 keys its conditioning cache
     latent_cache: MemoCache | None = None  # final latents of exact repeats: skip the denoise, decode only
+    approximate_cache: object | None = None  # ApproximateCache: similar prompts resume from kept latents (inexact)
     infotext_extra: dict = field(default_factory=dict)  # keys a hook adds to the metadata (PuLID weight, ...)
+    true_cfg_scale: float = 1.0  # FLUX only (PuLID-FLUX's control): > 1 adds a negative-prompt pass per step
 
 
 @dataclass
@@ -208,9 +215,10 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     request = validated.request
     sampler = find_sampler(model.family, request.sampler)
     model.pipe.scheduler = sampler.make(model.base_scheduler_config)
-    use_cfg = request.cfg_scale > 1 and model.family is not Family.FLUX
+    true_cfg = model.family is Family.FLUX and options.true_cfg_scale > 1
+    use_cfg = (request.cfg_scale > 1 and model.family is not Family.FLUX) or true_cfg
     warnings = list(validated.warnings)
-    if model.family is Family.FLUX and request.negative_prompt:
+    if model.family is Family.FLUX and request.negative_prompt and not true_cfg:
         warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
 
     def warn(text: str) -> None:
@@ -237,25 +245,33 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     vae_label, fell_back, last_latents = "", False, None
     steps = StepClock(bus, model.device, request.steps * request.batch_count, synchronize=options.synchronize_steps)
     context = HookContext(request.steps, request.height, request.width, request.batch_size)
+    approximate = ApproximateRun(options.approximate_cache, model, request, embeds, options.hooks) if options.approximate_cache else None
     with attached(model.pipe, options.hooks, context):
         for batch_index, seeds in enumerate(validated.seeds()):
             latent_key = exact_repeat_key(model, request, seeds, options.hooks) if options.latent_cache is not None else None
             cached = options.latent_cache.get(latent_key) if latent_key is not None else None
             with clock.stage("denoise") as info:
+                resume = None
                 if cached is not None:
                     latents = cached.to(model.device)
                     info["detail"] = cache_notes["latent cache"] = "hit: denoising skipped"
+                    options.infotext_extra.pop("Approx cache", None)  # an earlier batch's note does not describe this one
                 else:
                     start = time.perf_counter()
-                    latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options)
+                    resume = approximate.before_batch() if approximate else None
+                    latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options, resume)
+                    if approximate:
+                        info["detail"] = cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
             if options.cancel.cancelled:
                 raise GenerationCancelled(partial=images)
             if options.cancel.take_skip():
                 bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
                 continue
-            if cached is None and latent_key is not None:
+            if cached is None and latent_key is not None and not (resume and resume.hit):  # an approximate result is no exact repeat
                 options.latent_cache.put(latent_key, latents.detach().to("cpu"), time.perf_counter() - start)
                 cache_notes.setdefault("latent cache", "miss")
+            if cached is None and approximate:
+                approximate.after_batch(resume, time.perf_counter() - start)
             with clock.stage("VAE decode") as info:
                 decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
                 vae_label = info["detail"] = outcome.label()
@@ -289,31 +305,42 @@ def exact_repeat_key(model: LoadedModel, request, seeds: list[int], hooks: list)
 
 
 def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], step_offset: int, context: HookContext,
-                  steps: StepClock, bus: EventBus, options: RunOptions) -> torch.Tensor:
-    """Run the denoiser for one batch; the per-step callback drives the readout, preview and Stop."""
-    context.step_index = 0
+                  steps: StepClock, bus: EventBus, options: RunOptions, resume: Resume | None = None) -> torch.Tensor:
+    """Run the denoiser for one batch; the per-step callback drives the readout, preview and Stop.
+
+    With `resume` (the approximate cache) the run starts from kept latents after `resume.start_step`
+    steps, or keeps its own latents after the steps `resume.keep` names.
+    """
+    start_step = resume.start_step if resume else 0
+    context.step_index = start_step
 
     def on_step_end(pipeline, step_index, _timestep, tensors):
-        context.step_index = step_index + 1
-        steps.step_done(step_offset + step_index + 1)
-        done = step_index + 1
+        done = start_step + step_index + 1  # steps completed in the full schedule
+        context.step_index = done
+        steps.step_done(step_offset + done)
+        if resume:
+            resume.on_step(done, tensors["latents"])
         if options.preview_every and done % options.preview_every == 0 and done < request.steps:
             bus.publish(PreviewReady(step_offset + done, latent_preview(model, tensors["latents"], request.height, request.width)))
         if options.cancel.interrupt_requested:
             pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
-    return model.pipe(
-        **embeds,
-        num_inference_steps=request.steps,
-        guidance_scale=request.cfg_scale,
-        height=request.height,
-        width=request.width,
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        output_type="latent",
-        callback_on_step_end=on_step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
-    ).images
+    start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
+    with resumed_from(model.pipe, start_step):
+        return model.pipe(
+            **embeds,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg_scale,
+            height=request.height,
+            width=request.width,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            latents=start_latents,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            **({"true_cfg_scale": options.true_cfg_scale} if options.true_cfg_scale > 1 and model.family is Family.FLUX else {}),
+        ).images
 
 
 def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from pipelines import devices
+from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
 from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
 from pipelines.demo_model import demo_model_dir, ensure_demo_model
@@ -27,6 +28,7 @@ from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
+from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 from pipelines.metrics import psnr
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
@@ -60,6 +62,9 @@ class ManagerConfig:
     latent_cache_entries: int = 16  # 0 turns the exact-repeat latent cache off
     face_memo_entries: int = 16  # ID embeddings kept per set of reference photos
     onnx_gpu_mem_limit_mb: int = 2048  # cap on each onnxruntime CUDA session's arena (face models)
+    approx_cache_thresholds: tuple = DEFAULT_THRESHOLDS  # (similarity, K of 50), highest first
+    approx_cache_max_bytes: int = 1 << 30  # disk budget of the approximate latent cache (under cache_dir/approximate)
+    approx_cache_ttl_seconds: float = 0.0  # 0 = entries stay until evicted
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class PipelineManager:
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.kept_latents: KeptLatents | None = None
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
+        self._approximate_cache: ApproximateCache | None = None
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
         self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
                                 config.onnx_gpu_mem_limit_mb)
@@ -148,12 +154,26 @@ class PipelineManager:
             self.clear_caches()  # a file replaced under the same name must not be served from a cache
         return self.models()
 
-    def caches(self) -> list[MemoCache]:
+    def caches(self) -> list:
+        """Every cache, for the Caches panel: the in-memory memos, then the approximate latent cache on disk."""
+        return self.memory_caches() + [self.approximate_cache()]
+
+    def memory_caches(self) -> list[MemoCache]:
         return [cache for cache in (self.prompt_memo, self.latent_cache, self.face.memo) if cache is not None]
 
     def clear_caches(self) -> None:
-        for cache in self.caches():
+        # Not the approximate cache: it persists on purpose, and its entries are keyed by the model's identity.
+        for cache in self.memory_caches():
             cache.clear()
+
+    def approximate_cache(self) -> ApproximateCache:
+        """Opened on first use (reads and checks the folder; off by default, so most sessions never do)."""
+        with self._state_lock:
+            if self._approximate_cache is None:
+                config = self.config
+                self._approximate_cache = ApproximateCache(config.cache_dir / "approximate", ApproximateCacheConfig(
+                    config.approx_cache_thresholds, config.approx_cache_max_bytes, config.approx_cache_ttl_seconds))
+            return self._approximate_cache
 
     def models(self) -> list[ModelEntry]:
         with self._state_lock:
@@ -264,11 +284,13 @@ class PipelineManager:
         cancel: CancelToken | None = None,
         telemetry: bool = True,
         face: FaceOptions | None = None,
+        reuse_latents: bool = True,
     ) -> GenerationResult:
         """Validate, load, lock, generate. Raises LikenessError subclasses with user-facing messages.
 
         With `telemetry=False` no per-step device synchronization happens and no events are sent
-        (the benchmark compares both, to measure what the readout costs).
+        (the benchmark compares both, to measure what the readout costs). With `reuse_latents=False`
+        the exact-repeat latent cache is bypassed (experiments time every repeat's denoise).
         """
         entry = self.entry(request.model)
         if not entry.usable:
@@ -286,7 +308,8 @@ class PipelineManager:
             cancel=cancel or CancelToken(),
             vae=self._vae_settings(request.vae_dtype),
             prompt_memo=self.prompt_memo,
-            latent_cache=self.latent_cache,
+            latent_cache=self.latent_cache if reuse_latents else None,
+            approximate_cache=self.approximate_cache() if request.approximate_cache else None,
         )
         with self._generation_lock:
             start = time.perf_counter()
@@ -300,6 +323,10 @@ class PipelineManager:
                     for note in identity.notes:
                         bus.publish(Notice(note, "warning"))
                     options.hooks.append(hook)
+                    if model.family is Family.FLUX and face.true_cfg > 1:
+                        options.true_cfg_scale = face.true_cfg
+                        options.hooks.append(TrueCfgGateHook(face.true_cfg_start))
+                        options.infotext_extra["True CFG"] = f"{face.true_cfg:g} from step {face.true_cfg_start}"
                     options.infotext_extra.update({
                         "PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest,
                     })
@@ -354,6 +381,7 @@ class PipelineManager:
         """Build the PuLID hook for this model from the reference photos (memoized by content)."""
         if model.family not in (Family.SDXL, Family.FLUX):
             raise InvalidRequest(f"PuLID face reference works with SDXL and FLUX.1 models; {model.name} is {model.family.spec.label}.")
+        self.face.require_files(model.family)
         if model.family is Family.SDXL:
             weights = self.face.weights(model.family, unet=model.pipe.unet)
             identity = self.face.identity(face, model.family, weights)

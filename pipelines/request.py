@@ -36,6 +36,7 @@ class GenerationRequest:
     deepcache_schedule: str = "uniform"  # uniform | quadratic
     flux_cache: str = "off"  # FLUX.1 block cache: off | first-block | taylorseer | magcache
     flux_cache_threshold: float = 0.08
+    approximate_cache: bool = False  # resume from a similar earlier prompt's latents: faster, not exact
     save: bool = True
 
     def to_dict(self) -> dict:
@@ -106,6 +107,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
     if not isinstance(request.flux_cache_threshold, (int, float)) or not 0 < request.flux_cache_threshold < 1:
         problems.append(f"The block cache threshold must be between 0 and 1, got {request.flux_cache_threshold!r}.")
+    if not isinstance(request.approximate_cache, bool):
+        problems.append(f"Approximate cache must be true or false, got {request.approximate_cache!r}.")
     if request.vae_dtype not in VAE_CHOICES:
         problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {request.vae_dtype!r}.")
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):

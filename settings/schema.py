@@ -45,6 +45,12 @@ class AppSettings:
     prompt_memo_policy: str = "lru"
     prompt_memo_entries: int = 64
     latent_cache_entries: int = 16
+    face_memo_entries: int = 16
+    onnx_gpu_mem_limit_mb: int = 2048
+    experiment_confirm_cells: int = 16
+    approx_cache_thresholds: str = "0.95,0.90,0.85,0.75,0.65"
+    approx_cache_max_mb: int = 1024
+    approx_cache_ttl_hours: float = 0.0
     last_generation: dict = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -57,10 +63,25 @@ class AppSettings:
             "prompt_memo_policy": (self.prompt_memo_policy in ("lru", "lfu", "fifo", "lifo", "random", "ttl"), "must be lru, lfu, fifo, lifo, random or ttl"),
             "prompt_memo_entries": (self.prompt_memo_entries >= 1, "must be at least 1"),
             "latent_cache_entries": (self.latent_cache_entries >= 0, "must be 0 (off) or more"),
+            "face_memo_entries": (self.face_memo_entries >= 1, "must be at least 1"),
+            "onnx_gpu_mem_limit_mb": (self.onnx_gpu_mem_limit_mb >= 256, "must be at least 256"),
+            "experiment_confirm_cells": (self.experiment_confirm_cells >= 1, "must be at least 1"),
+            "approx_cache_thresholds": (similarity_table_ok(self.approx_cache_thresholds), "must be 5 similarities from high to low, e.g. 0.95,0.90,0.85,0.75,0.65"),
+            "approx_cache_max_mb": (self.approx_cache_max_mb >= 1, "must be at least 1"),
+            "approx_cache_ttl_hours": (self.approx_cache_ttl_hours >= 0, "must be 0 (no expiry) or more"),
             "vae_dtype": (self.vae_dtype in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
             "device": (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "must be auto, cpu, cuda[:n] or mps"),
         }
         return {name: message for name, (ok, message) in checks.items() if not ok}
+
+
+def similarity_table_ok(text: str) -> bool:
+    """The approximate cache's thresholds: five similarities (for K = 25, 20, 15, 10, 5 of 50), high to low."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        return False
+    return len(values) == 5 and values == sorted(values, reverse=True) and all(-1 <= v <= 1 for v in values)
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,13 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "prompt_memo_policy": SettingInfo("Prompt memo policy", "Which encoded prompt leaves first when full: lru, lfu, fifo, lifo, random, ttl (10 min).", needs_restart=True),
     "prompt_memo_entries": SettingInfo("Prompt memo entries", "Encoded prompts kept, so repeating a prompt skips the text encoders.", needs_restart=True),
     "latent_cache_entries": SettingInfo("Exact-repeat latent cache entries", "Final latents kept: an exact repeat (same model, prompt, seed, settings) skips denoising. 0 = off.", needs_restart=True),
+    "face_memo_entries": SettingInfo("Face embedding memo entries", "ID embeddings kept per set of reference photos: the same photo again skips the face stage.", needs_restart=True),
+    "onnx_gpu_mem_limit_mb": SettingInfo("Face detector GPU memory cap (MiB)", "Limit of each onnxruntime CUDA session's arena (grown only as requested); the sessions are closed after each embedding.", needs_restart=True),
+    "approx_cache_thresholds": SettingInfo("Approximate cache similarity table", "Cosine similarities above which a new prompt resumes after 25, 20, 15, 10 or 5 of 50 steps of a cached one. Higher: fewer, closer hits.", needs_restart=True),
+    "approx_cache_max_mb": SettingInfo("Approximate cache size (MiB)", "Disk budget for kept latents under the cache folder; the least beneficial and least used leave first (LCBFU).", needs_restart=True),
+    "approx_cache_ttl_hours": SettingInfo("Approximate cache time-to-live (hours)", "Kept latents older than this are dropped; 0 keeps them until evicted.", needs_restart=True),
     "vae_sticky_fallback": SettingInfo("Keep fp32 after a NaN fallback", "On: like A1111, the rest of the session decodes in fp32. Off: only the failing sample is re-decoded."),
+    "experiment_confirm_cells": SettingInfo("Experiment cells without asking", "An experiment grid with more cells asks to confirm first (the CLI needs --yes)."),
 }
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from pipelines import devices
 from pipelines.manager import PipelineManager
-from ui import face_tab, generate_tab, models_tab, png_info_tab, settings_tab
+from ui import caches_tab, experiments_tab, face_tab, generate_tab, models_tab, png_info_tab, settings_tab
 from ui.session import CancelRegistry
 
 log = logging.getLogger("likeness")
@@ -49,14 +49,20 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
                 generate = generate_tab.build(manager, settings, store, cancels)
             with gr.Tab("Face", id="face"):
                 face_tab.build(manager, settings, store, generate["form"], cancels)
+            with gr.Tab("Experiments", id="experiments"):
+                experiments = experiments_tab.build(manager, settings, generate["form"], cancels)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, [generate["form"]["model"]])
             with gr.Tab("PNG Info", id="png_info"):
                 png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
             with gr.Tab("Settings", id="settings"):
                 settings_tab.build(manager, settings, store)
+            with gr.Tab("Caches", id="caches"):
+                caches = caches_tab.build(manager)
         refresh_status = lambda: status_line(manager)  # noqa: E731
         generate["generate_event"].then(refresh_status, None, status, api_visibility="private")
+        experiments["run_event"].then(refresh_status, None, status, api_visibility="private")
+        generate["generate_event"].then(caches["refresh"], None, caches["table"], api_visibility="private")
         timer = gr.Timer(5.0)  # memory and residency change outside this tab too (other sessions, loads)
         timer.tick(refresh_status, None, status, api_visibility="private", queue=False)
         demo.load(refresh_status, None, status, api_visibility="private")

@@ -49,7 +49,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         seed=args.seed, width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
         batch_count=args.batch_count, vae_dtype=args.vae_dtype, deepcache_interval=args.deepcache,
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
-        flux_cache_threshold=args.flux_cache_threshold, save=not args.no_save,
+        flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
     )
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops at the next step

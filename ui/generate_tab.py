@@ -19,6 +19,7 @@ log = logging.getLogger("likeness")
 FORM_FIELDS = (
     "model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "batch_size", "batch_count", "vae_dtype",
     "deepcache_interval", "deepcache_branch", "deepcache_schedule", "flux_cache", "flux_cache_threshold",
+    "approximate_cache",
 )
 DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
@@ -89,6 +90,12 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                                           label="Cache", elem_id="flux_cache")
                     flux_cache_threshold = gr.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
                                                      info="first-block: 0.08 nearly lossless (~1.5x), 0.12 ~1.9x", elem_id="flux_cache_threshold")
+            with gr.Accordion("Approximate cache (trades exactness for speed)", open=False):
+                approximate_cache = gr.Checkbox(
+                    value=last.get("approximate_cache", False), label="Resume from a similar earlier prompt", elem_id="approximate_cache",
+                    info="A prompt close to one generated before (same model, size, sampler, steps, CFG) starts from that run's "
+                         "latents after K steps and runs only the rest: faster, but the image keeps some of the earlier "
+                         "composition and its seed no longer reproduces it alone. Kept on disk for this user; see the Caches tab.")
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -106,7 +113,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 redecode_gallery = gr.Gallery(label="Re-decoded", format="png", columns=2, height=300, elem_id="redecode_gallery")
     last_seed = gr.State(-1)
     form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
-                                  deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold)))
+                                  deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold,
+                                  approximate_cache)))
 
     def on_model_change(name, current_sampler):
         try:
@@ -123,7 +131,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
 
     # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
     def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
-            deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold, request: gr.Request = None):
+            deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold, approximate_cache=False,
+            request: gr.Request = None):
         session = request.session_hash if request else "api"
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         try:

@@ -3,6 +3,8 @@
 - `core` (`pipelines.bench.core`): per-stage times, readout overhead, model swap, RSS growth.
 - `vae` (`pipelines.bench.vae`): VAE decode time, peak memory and fidelity per dtype.
 - `pulid` (`pipelines.bench.pulid`): VAE decode, step time, face stage and memory with PuLID on vs off.
+- `cache` (`pipelines.bench.cache`): DeepCache vs the reference package, FLUX block caches, the
+  approximate cache (hit rate, steps saved, faiss lookup time), the prompt memo.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid")
+SUITES = ("core", "vae", "pulid", "cache")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False) -> int:
@@ -34,4 +36,8 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
 
             Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
         return 0
+    if suite == "cache":
+        from pipelines.bench.cache import run
+
+        return run(manager, json_file, quick=quick)
     raise ValueError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")

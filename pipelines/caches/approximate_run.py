@@ -1,0 +1,153 @@
+"""How one generation uses the approximate cache: look up before each batch, resume or keep latents.
+
+Resuming at step K needs the scheduler in the state it had after K steps of the full schedule.
+`resuming_scheduler` makes a copy whose `set_timesteps` computes the full schedule for the
+request's step count and then drops its first K entries (timesteps and sigmas together, so every
+index the scheduler uses, "is this the last step" included, stays consistent), and whose
+`init_noise_sigma` is 1: the pipelines multiply given latents by it, and cached latents are already
+at step K's noise level. That works for every scheduler here and for SD 1.5, SDXL and FLUX.1 alike
+(SDXL and FLUX call `set_begin_index(0)`, which then means "the first remaining step").
+
+Deterministic samplers (Euler, DDIM, flow Euler) resumed on the same prompt reproduce the
+uninterrupted run exactly. Multistep solvers (DPM++ 2M, UniPC) restart their history at step K, so
+their first resumed step is first order: close, not identical. Ancestral samplers (Euler a) draw
+the remaining noise from the new request's seed.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
+from pipelines.families import Family
+
+
+@functools.cache
+def _resuming_class(base: type) -> type:
+    class Resuming(base):
+        resume_from = 0  # completed steps to skip, set per instance
+
+        @functools.wraps(base.set_timesteps)  # keeps the signature: pipelines inspect it for `sigmas=`/`timesteps=`
+        def set_timesteps(self, *args, **kwargs):
+            super().set_timesteps(*args, **kwargs)
+            skip = self.resume_from * self.order
+            self.timesteps = self.timesteps[skip:]
+            if getattr(self, "sigmas", None) is not None:
+                self.sigmas = self.sigmas[skip:]
+
+        @property
+        def init_noise_sigma(self):
+            return 1.0
+
+        @init_noise_sigma.setter
+        def init_noise_sigma(self, _value):
+            pass  # some schedulers assign it in __init__; the resumed latents are already scaled
+
+    Resuming.__name__ = Resuming.__qualname__ = f"Resuming{base.__name__}"
+    Resuming.__module__ = base.__module__  # what the pipeline records in its config while it is swapped in
+    return Resuming
+
+
+def resuming_scheduler(scheduler, start_step: int):
+    """A copy of `scheduler` whose schedule starts after `start_step` completed steps."""
+    resumed = copy.deepcopy(scheduler)
+    resumed.__class__ = _resuming_class(type(scheduler))
+    resumed.resume_from = start_step
+    return resumed
+
+
+@contextmanager
+def resumed_from(pipe, start_step: int):
+    """Swap the pipeline's scheduler for a resuming copy for one call; always puts the original back."""
+    if start_step <= 0:
+        yield
+        return
+    original = pipe.scheduler
+    pipe.scheduler = resuming_scheduler(original, start_step)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original
+
+
+def prompt_vector(family: Family, tokenizer, prompt: str, embeds: dict) -> torch.Tensor:
+    """The pipeline's own embedding of the prompt, one vector: the pooled CLIP embedding where the
+    pipeline has one (SDXL, FLUX.1), else the mean of the prompt's own tokens (SD 1.5; the padding
+    would make every short prompt look alike)."""
+    if family in (Family.SDXL, Family.FLUX) and embeds.get("pooled_prompt_embeds") is not None:
+        return embeds["pooled_prompt_embeds"][0].float().cpu()
+    tokens = embeds["prompt_embeds"][0].float().cpu()
+    count = len(tokenizer(prompt, truncation=True, max_length=tokens.shape[0]).input_ids) if tokenizer is not None else tokens.shape[0]
+    return tokens[: max(count, 1)].mean(dim=0)
+
+
+def request_partition(model, request, hooks: list) -> str | None:
+    """Everything that makes another request's latents unusable; None when a hook cannot say what it changes."""
+    hook_keys = []
+    for hook in hooks:
+        key_of = getattr(hook, "cache_key", None)
+        if key_of is None:
+            return None
+        hook_keys.append((hook.name, key_of()))
+    return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
+                         float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)))
+
+
+@dataclass
+class Resume:
+    """One batch's plan: where the denoise starts, and after which steps to keep the latents."""
+
+    start_step: int = 0
+    latents: torch.Tensor | None = None
+    keep: frozenset[int] = frozenset()
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    hit: ApproxHit | None = None
+
+    def on_step(self, completed: int, latents: torch.Tensor) -> None:
+        if completed in self.keep:
+            self.kept[completed] = latents.detach().to("cpu", copy=True)
+
+
+class ApproximateRun:
+    """The approximate cache for one generation (all its batches).
+
+    Entries stored by this run are never reused by its own later batches: a batch count asks for
+    different images, not near-copies of the first.
+    """
+
+    def __init__(self, cache: ApproximateCache, model, request, embeds: dict, hooks: list):
+        self.cache = cache
+        self.total_steps = request.steps
+        self.partition = request_partition(model, request, hooks)
+        self.vector = prompt_vector(model.family, getattr(model.pipe, "tokenizer", None), request.prompt, embeds) if self.partition else None
+        self.stored: set[int] = set()
+
+    @property
+    def usable(self) -> bool:
+        return self.partition is not None and self.total_steps > 1
+
+    def before_batch(self) -> Resume | None:
+        if not self.usable:
+            return None
+        hit = self.cache.lookup(self.partition, self.vector.numpy(), self.total_steps, skip=self.stored)
+        if hit is not None:
+            return Resume(start_step=hit.step, latents=hit.latents, hit=hit)
+        return Resume(keep=frozenset(keep_steps(self.total_steps)))
+
+    def after_batch(self, resume: Resume | None, denoise_seconds: float) -> None:
+        """Store a missed batch's kept latents (nothing when it was a hit, or stopped early)."""
+        if resume is None or resume.hit is not None or set(resume.kept) != set(resume.keep):
+            return
+        entry_id = self.cache.store(self.partition, self.vector.numpy(), self.total_steps, resume.kept,
+                                    denoise_seconds / max(self.total_steps, 1))
+        if entry_id is not None:
+            self.stored.add(entry_id)
+
+    def note(self, resume: Resume | None) -> str:
+        if resume is None:
+            return "off for this run (a hook without a cache key, or a 1-step run)"
+        return resume.hit.describe() if resume.hit else "miss"

@@ -1,0 +1,75 @@
+"""The Caches tab: what each cache holds and what it saved, with a clear button per cache.
+
+Reads `manager.caches()` (each with `stats()` and `clear()`); refreshed after every generation and
+on a timer, since the Face and Experiments tabs, the API and other sessions generate too.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.manager import PipelineManager
+
+HEADERS = ["Cache", "Policy", "Entries", "Size", "Hits", "Misses", "Hit rate", "Time saved"]
+NOTE = (
+    "The **approximate latents** cache (off by default; *Approximate cache* in the Generate tab, `--approx-cache` "
+    "in the CLI) trades exactness for speed: a prompt close to an earlier one resumes from that run's latents. "
+    "It is kept on disk under the cache folder and holds embeddings and latents of your prompts (not their text): "
+    "do not share one cache folder between users. Its entries are stored latents (one per prompt and K); "
+    "its size limit is a byte budget (Settings)."
+)
+
+
+def human_bytes(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def rows(manager: PipelineManager) -> list[list]:
+    table = []
+    for cache in manager.caches():
+        s = cache.stats()
+        asked = s.hits + s.misses
+        limit = f"/{s.max_entries}" if s.max_entries else ""
+        table.append([s.name, s.policy, f"{s.entries}{limit}", human_bytes(s.bytes), s.hits, s.misses,
+                      f"{s.hits / asked:.0%}" if asked else "-", f"{s.seconds_saved:.2f} s"])
+    return table
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower())
+
+
+def build(manager: PipelineManager) -> dict:
+    """Lay out the tab; returns `table` and `refresh` so the app can refresh it after a generation."""
+    table = gr.Dataframe(rows(manager), headers=HEADERS, interactive=False, elem_id="caches_table", wrap=True)
+    message = gr.Markdown(elem_id="caches_message")
+    refresh = lambda: rows(manager)  # noqa: E731
+
+    with gr.Row():
+        for cache in manager.caches():
+            button = gr.Button(f"Clear {cache.name}", elem_id=f"clear_{slug(cache.name)}", size="sm")
+            button.click(clear_one(manager, cache.name), None, [table, message], api_visibility="private")
+        clear_all = gr.Button("Clear all", variant="stop", elem_id="clear_all_caches", size="sm")
+    gr.Markdown(NOTE)
+
+    def on_clear_all():
+        for cache in manager.caches():
+            cache.clear()
+        return rows(manager), "Cleared every cache."
+
+    clear_all.click(on_clear_all, None, [table, message], api_name="clear_caches")
+    timer = gr.Timer(10.0)
+    timer.tick(refresh, None, table, api_visibility="private", queue=False)
+    return {"table": table, "refresh": refresh}
+
+
+def clear_one(manager: PipelineManager, name: str):
+    def clear():
+        for cache in manager.caches():
+            if cache.name == name:
+                cache.clear()
+        return rows(manager), f"Cleared {name}."
+
+    return clear
