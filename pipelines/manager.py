@@ -24,7 +24,7 @@ from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
 from pipelines.face.service import FaceOptions, FaceService
-from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
+from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
@@ -366,7 +366,7 @@ class PipelineManager:
         """The per-generation acceleration hooks the request asks for."""
         hooks = []
         if request.deepcache_interval > 1:
-            deepest = len(model.pipe.unet.up_blocks) - 2
+            deepest = deepest_branch(model.pipe.unet)
             if request.deepcache_branch > deepest:
                 raise InvalidRequest(f"DeepCache branch {request.deepcache_branch} is too deep for {model.name}: use 0 to {deepest}.")
             config = DeepCacheConfig(request.deepcache_interval, request.deepcache_branch, request.deepcache_schedule)

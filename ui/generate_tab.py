@@ -80,8 +80,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 with gr.Row():
                     deepcache_interval = gr.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
                                                    info="one full UNet step, then N-1 cached", elem_id="deepcache_interval")
-                    deepcache_branch = gr.Slider(0, 3, value=last.get("deepcache_branch", 0), step=1, label="Branch",
-                                                 info="0 = fastest; higher = closer to the uncached image", elem_id="deepcache_branch")
+                    deepcache_branch = gr.Slider(0, 8, value=last.get("deepcache_branch", 0), step=1, label="Branch",
+                                                 info="layers on the shallow path: 0 = fastest; higher = closer to the uncached image (SD 1.5 0-8, SDXL 0-5)", elem_id="deepcache_branch")
                     deepcache_schedule = gr.Radio(["uniform", "quadratic"], value=last.get("deepcache_schedule", "uniform"),
                                                   label="Schedule", elem_id="deepcache_schedule")
             with gr.Accordion("Block cache (FLUX.1)", open=False):

@@ -1,10 +1,16 @@
 """DeepCache for UNet models (SD 1.5, SDXL): reuse the deep features between adjacent steps.
 
-On a full step the whole UNet runs and the input of the up block at the chosen skip branch is
-kept. On a cached step only the shallow path runs: the first `branch + 1` down blocks and the last
-`branch + 1` up blocks, with the kept deep features standing in for everything below. The
-deep part changes little from one step to the next, so a 1:N schedule (one full step, N-1 cached)
-costs little quality. Branch 0 is the shallowest skip path (fastest, lowest quality).
+On a full step the whole UNet runs and the input of the up-path layer at the chosen skip branch is
+kept. On a cached step only the shallow path runs, with the kept deep features standing in for
+everything below it. The deep part changes little from one step to the next, so a 1:N schedule
+(one full step, N-1 cached) costs little quality.
+
+Branches count *layers* (a resnet with its attention), as the paper's and the reference package's
+do: each UNet level has `layers_per_block + 1` skip positions. Branch b is level b // (L + 1),
+position b % (L + 1): the cached step runs conv_in, the levels above, the first `position` layers
+of that level's down block, then the last `position + 1` layers of its up block and every up block
+above. Branch 0 is the shallowest skip path: conv_in, the very last up layer and conv_out (fastest,
+lowest quality); higher branches run more layers (slower, closer to the uncached image).
 
 Unlike the reference package, the state is reset at the start of every generation (and of every
 batch), keys on the step index the generation loop reports, and never outlives a change of size,
@@ -27,7 +33,8 @@ class DeepCacheConfig:
     """- `interval` N: one full step, then N-1 cached ones. 1 = off. 2-3 keep quality close to the
       uncached image; 5 is about 3x faster with visible softening.
     - `branch`: which skip connection the shallow path ends at. 0 = shallowest, fastest; each higher
-      branch runs one more down and up block per cached step (slower, closer to the original).
+      branch runs one more layer on the down and the up path per cached step (slower, closer to the
+      original). SD 1.5 and SDXL have 3 branches per UNet level.
     - `schedule`: "uniform" (every N-th step is full) or "quadratic" (full steps packed around
       `center`, the fraction of the run where features change fastest, and sparse at the ends),
       the paper's non-uniform 1:N.
@@ -66,6 +73,32 @@ def full_steps(total: int, config: DeepCacheConfig) -> set[int]:
     return {s for s in steps if 0 <= s < total}
 
 
+def positions_per_level(unet) -> int:
+    """Skip positions per UNet level: one per down layer plus the level's input (= up layers)."""
+    return len(unet.up_blocks[-1].resnets)
+
+
+def deepest_branch(unet) -> int:
+    """The highest branch: every level but the deepest one can be the shallow path's end."""
+    return (len(unet.up_blocks) - 1) * positions_per_level(unet) - 1
+
+
+def _attend(block, layer: int, hidden, attention: dict):
+    if not getattr(block, "attentions", None):
+        return hidden
+    return block.attentions[layer](hidden, return_dict=False, **attention)[0]
+
+
+def _down_layer(block, layer: int, hidden, emb, attention: dict):
+    """One resnet (+ attention) of a down block, as the block's own forward runs it."""
+    return _attend(block, layer, block.resnets[layer](hidden, emb), attention)
+
+
+def _up_layer(block, layer: int, hidden, skip, emb, attention: dict):
+    """One resnet (+ attention) of an up block, with its skip connection concatenated first."""
+    return _attend(block, layer, block.resnets[layer](torch.cat([hidden, skip], dim=1), emb), attention)
+
+
 class DeepCacheHook:
     """Attaches to `pipe.unet` for one generation; see the module docstring."""
 
@@ -89,16 +122,22 @@ class DeepCacheHook:
             raise ValueError("DeepCache works on UNet models (SD 1.5, SDXL); use the block caches for FLUX.1.")
         if self._unet is not None:
             raise RuntimeError("DeepCacheHook is already attached; detach it first (pipelines.hooks.attached does).")
-        blocks = len(unet.up_blocks)
-        if self.config.branch >= blocks - 1:
-            raise ValueError(f"DeepCache branch {self.config.branch} is too deep for this UNet: use 0 to {blocks - 2}.")
+        deepest = deepest_branch(unet)
+        if self.config.branch > deepest:
+            raise ValueError(f"DeepCache branch {self.config.branch} is too deep for this UNet: use 0 to {deepest}.")
         if context.total_steps <= 1 and self.config.interval > 1:
             raise ValueError("DeepCache needs several steps; it cannot speed up a 1-step model.")
         self._unet, self._context = unet, context
         self._full = full_steps(context.total_steps, self.config)
-        self._kept, self._kept_key = None, None
-        target = unet.up_blocks[blocks - 1 - self.config.branch]
-        self._handle = target.register_forward_pre_hook(self._keep_deep_features, with_kwargs=True)
+        self._kept, self._kept_key, self._last_step = None, None, None
+        self._level, self._position = divmod(self.config.branch, positions_per_level(unet))
+        up = unet.up_blocks[len(unet.up_blocks) - 1 - self._level]
+        first_layer = len(up.resnets) - 1 - self._position  # the first up layer a cached step runs
+        if first_layer == 0:
+            self._handle = up.register_forward_pre_hook(self._keep_block_input, with_kwargs=True)
+        else:  # the output of the layer before it: its attention, or its resnet in a block without
+            before = up.attentions[first_layer - 1] if getattr(up, "attentions", None) else up.resnets[first_layer - 1]
+            self._handle = before.register_forward_hook(self._keep_layer_output)
         unet.forward = self._forward  # an instance attribute: detach deletes it, the class method returns
         context.stats[self.name] = {"full_steps": 0, "cached_steps": 0}
 
@@ -112,15 +151,22 @@ class DeepCacheHook:
 
     # -- the two paths ---------------------------------------------------------------------------
 
-    def _keep_deep_features(self, module, args, kwargs):
+    def _keep_block_input(self, module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         self._pending = hidden.detach()
+
+    def _keep_layer_output(self, module, args, output):
+        self._pending = (output[0] if isinstance(output, tuple) else getattr(output, "sample", output)).detach()
 
     def _forward(self, sample, timestep, encoder_hidden_states, *args, **kwargs):
         unet, context = self._unet, self._context
         step = context.step_index
         key = (tuple(sample.shape), sample.dtype)
-        cached_ok = self._kept is not None and self._kept_key == key and step not in self._full and step > 0
+        # Kept features are only valid for the run that made them: a step that does not follow the
+        # previous one (a new batch, or a run the approximate cache resumed mid-way) computes in full.
+        continuous = self._last_step is not None and step in (self._last_step, self._last_step + 1)
+        self._last_step = step
+        cached_ok = self._kept is not None and self._kept_key == key and continuous and step not in self._full and step > 0
         stats = context.stats[self.name]
         if not cached_ok:
             self._pending = None
@@ -133,7 +179,8 @@ class DeepCacheHook:
 
     def _shallow_forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, attention_mask=None,
                          cross_attention_kwargs=None, added_cond_kwargs=None, return_dict: bool = True, **_unused):
-        """The first and last `branch + 1` blocks of UNet2DConditionModel.forward, with kept deep features."""
+        """UNet2DConditionModel.forward down to the branch's skip position and back up from it, with
+        the kept deep features in place of everything below (see the module docstring)."""
         unet = self._unet
         up_factor = 2 ** unet.num_upsamplers
         forward_upsample_size = any(dim % up_factor != 0 for dim in sample.shape[-2:])
@@ -150,25 +197,34 @@ class DeepCacheHook:
 
         hidden = unet.conv_in(sample)
         skips: tuple = (hidden,)
-        branch = self.config.branch
-        for block in unet.down_blocks[: branch + 1]:
+        attention = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+                         cross_attention_kwargs=cross_attention_kwargs)
+        for block in unet.down_blocks[: self._level]:
             if getattr(block, "has_cross_attention", False):
-                hidden, res = block(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states,
-                                    attention_mask=attention_mask, cross_attention_kwargs=cross_attention_kwargs)
+                hidden, res = block(hidden_states=hidden, temb=emb, **attention)
             else:
                 hidden, res = block(hidden_states=hidden, temb=emb)
             skips += res
-        shallow_up = unet.up_blocks[len(unet.up_blocks) - 1 - branch:]
-        skips = skips[: sum(len(block.resnets) for block in shallow_up)]  # the last down block's extra output is not needed
+        down = unet.down_blocks[self._level]
+        for layer in range(self._position):
+            hidden = _down_layer(down, layer, hidden, emb, attention)
+            skips += (hidden,)
+
+        level_up = len(unet.up_blocks) - 1 - self._level
+        up = unet.up_blocks[level_up]
         hidden = self._kept
-        for offset, block in enumerate(shallow_up):
-            is_final = offset == len(shallow_up) - 1
+        for layer in range(len(up.resnets) - 1 - self._position, len(up.resnets)):
+            hidden = _up_layer(up, layer, hidden, skips[-1], emb, attention)
+            skips = skips[:-1]
+        for upsampler in up.upsamplers or []:
+            hidden = upsampler(hidden, skips[-1].shape[2:] if forward_upsample_size and skips else None)
+        for offset, block in enumerate(unet.up_blocks[level_up + 1:]):
+            is_final = level_up + 1 + offset == len(unet.up_blocks) - 1
             res = skips[-len(block.resnets):]
             skips = skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if (not is_final and forward_upsample_size) else None
             if getattr(block, "has_cross_attention", False):
-                hidden = block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=encoder_hidden_states,
-                               cross_attention_kwargs=cross_attention_kwargs, upsample_size=upsample_size, attention_mask=attention_mask)
+                hidden = block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size, **attention)
             else:
                 hidden = block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
         if unet.conv_norm_out:

@@ -96,3 +96,69 @@ def test_manager_applies_deepcache_and_refuses_what_does_not_apply(tmp_path):
 def manager_pipe(manager):
     with manager.use(DEMO_MODEL_NAME) as model:
         return model.pipe
+
+
+def unet_inputs(pipe, seed: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 4, 16, 16, generator=generator)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    return sample, torch.tensor(500), text
+
+
+@pytest.mark.parametrize("branch", range(9))
+def test_a_cached_step_on_the_same_input_equals_the_full_unet(pipe, branch):
+    """With features kept from the very same input, the shallow path must give the full UNet's
+    output: this checks that every branch wires its layers and skip connections as the UNet does."""
+    hook = DeepCacheHook(DeepCacheConfig(interval=2, branch=branch))
+    context = HookContext(4, 128, 128, 2)
+    sample, timestep, text = unet_inputs(pipe)
+    with attached(pipe, [hook], context), torch.no_grad():
+        full = pipe.unet(sample, timestep, text).sample
+        context.step_index = 1  # not a full step: served from the kept features
+        cached = pipe.unet(sample, timestep, text).sample
+    assert context.stats["deepcache"] == {"full_steps": 1, "cached_steps": 1}
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+
+
+def resnets_run_on_a_cached_step(pipe, branch: int) -> set[str]:
+    hook = DeepCacheHook(DeepCacheConfig(interval=2, branch=branch))
+    context = HookContext(4, 128, 128, 2)
+    ran: set[str] = set()
+    handles = [module.register_forward_hook(lambda *_a, name=name: ran.add(name))
+               for name, module in pipe.unet.named_modules() if name.rsplit(".", 2)[-2:-1] == ["resnets"]]
+    sample, timestep, text = unet_inputs(pipe)
+    try:
+        with attached(pipe, [hook], context), torch.no_grad():
+            pipe.unet(sample, timestep, text)
+            ran.clear()
+            context.step_index = 1
+            pipe.unet(sample, timestep, text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ran
+
+
+def test_branches_count_layers_like_the_paper():
+    """SD 1.5 layout: branch 0 runs only the last up layer; each branch adds one layer per side."""
+    pipeline = build_tiny_sd15_pipeline(unet_channels=(32, 64, 64, 64), sd15_block_layout=True)
+    assert resnets_run_on_a_cached_step(pipeline, 0) == {"up_blocks.3.resnets.2"}
+    assert resnets_run_on_a_cached_step(pipeline, 1) == {"down_blocks.0.resnets.0", "up_blocks.3.resnets.1", "up_blocks.3.resnets.2"}
+    assert resnets_run_on_a_cached_step(pipeline, 3) == {
+        "down_blocks.0.resnets.0", "down_blocks.0.resnets.1",
+        "up_blocks.2.resnets.2", "up_blocks.3.resnets.0", "up_blocks.3.resnets.1", "up_blocks.3.resnets.2"}
+
+
+def test_kept_features_never_cross_into_a_resumed_run(pipe):
+    """A run that starts mid-schedule (the approximate cache resumes at step K) computes its first
+    step in full even when a step of an earlier batch left features of the same shape."""
+    hook = DeepCacheHook(DeepCacheConfig(interval=4, branch=0))
+    context = HookContext(8, 128, 128, 2)
+    sample, timestep, text = unet_inputs(pipe)
+    with attached(pipe, [hook], context), torch.no_grad():
+        pipe.unet(sample, timestep, text)  # step 0: full
+        context.step_index = 1
+        pipe.unet(sample, timestep, text)  # step 1: cached
+        context.step_index = 5  # a jump: another run resumed at step 5 (not a full step of N=4)
+        pipe.unet(sample, timestep, text)
+    assert context.stats["deepcache"] == {"full_steps": 2, "cached_steps": 1}
