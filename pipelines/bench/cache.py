@@ -138,9 +138,8 @@ def deepcache_report(data: dict) -> list[str]:
     if not data["reference_installed"]:
         lines.append("  reference: install DeepCache to compare (pip install --no-deps DeepCache==0.1.1; it needs only torch, diffusers, transformers)")
     else:
-        lines.append("  branch ids differ: the reference counts layers (its B=0 runs only the first resnet+attention of the first down block "
-                     "and the last of the last up block); ours counts blocks (B=0 runs the whole first down and last up block), "
-                     "which on SD 1.5's layout hold most of the full-resolution attention: closer to the uncached image, less saved")
+        lines.append("  branch ids count layers in both (B=0: only the last up layer runs on a cached step), so equal PSNR means "
+                     "the same cached computation; the speed difference is the reference's per-module wrappers (and run-to-run noise)")
     return lines
 
 
