@@ -19,7 +19,7 @@ from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_fro
 from pipelines.caches.memo import MemoCache
 from pipelines.errors import GenerationCancelled, OutputError
 from pipelines.families import Family
-from pipelines.hooks import HookContext, attached
+from pipelines.hooks import HookContext, attached, hook_cache_keys
 from pipelines.infotext import build_infotext
 from pipelines.outputs import save_image
 from pipelines.request import GeneratedImage, ValidatedRequest
@@ -294,14 +294,11 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
 
 def exact_repeat_key(model: LoadedModel, request, seeds: list[int], hooks: list):
     """Everything that determines the final latents; None when a hook cannot say what it changes."""
-    hook_keys = []
-    for hook in hooks:
-        key_of = getattr(hook, "cache_key", None)
-        if key_of is None:
-            return None
-        hook_keys.append((hook.name, key_of()))
+    hook_keys = hook_cache_keys(hooks)
+    if hook_keys is None:
+        return None
     return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
-            request.width, request.height, tuple(seeds), tuple(hook_keys))
+            request.width, request.height, tuple(seeds), hook_keys)
 
 
 def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], step_offset: int, context: HookContext,

@@ -325,7 +325,7 @@ class PipelineManager:
                     options.hooks.append(hook)
                     if model.family is Family.FLUX and face.true_cfg > 1:
                         options.true_cfg_scale = face.true_cfg
-                        options.hooks.append(TrueCfgGateHook(face.true_cfg_start))
+                        options.hooks.append(TrueCfgGateHook(face.true_cfg_start, face.true_cfg))
                         options.infotext_extra["True CFG"] = f"{face.true_cfg:g} from step {face.true_cfg_start}"
                     options.infotext_extra.update({
                         "PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest,

@@ -24,6 +24,7 @@ import torch
 
 from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
 from pipelines.families import Family
+from pipelines.hooks.base import hook_cache_keys
 
 
 @functools.cache
@@ -87,12 +88,9 @@ def prompt_vector(family: Family, tokenizer, prompt: str, embeds: dict) -> torch
 
 def request_partition(model, request, hooks: list) -> str | None:
     """Everything that makes another request's latents unusable; None when a hook cannot say what it changes."""
-    hook_keys = []
-    for hook in hooks:
-        key_of = getattr(hook, "cache_key", None)
-        if key_of is None:
-            return None
-        hook_keys.append((hook.name, key_of()))
+    hook_keys = hook_cache_keys(hooks)
+    if hook_keys is None:
+        return None
     return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
                          float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)))
 

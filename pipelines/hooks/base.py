@@ -36,6 +36,17 @@ class GenerationHook(Protocol):
         """Remove every trace from `pipe`; the next generation must behave as if never attached."""
 
 
+def hook_cache_keys(hooks: list) -> tuple | None:
+    """(name, key) of every hook, for cache keys; None when a hook cannot say what it changes."""
+    keys = []
+    for hook in hooks:
+        key_of = getattr(hook, "cache_key", None)
+        if key_of is None:
+            return None
+        keys.append((hook.name, key_of()))
+    return tuple(keys)
+
+
 @contextmanager
 def attached(pipe, hooks: list[GenerationHook], context: HookContext) -> Iterator[HookContext]:
     """Attach `hooks` in order, yield, then detach them in reverse order whatever happens."""

@@ -22,17 +22,18 @@ TRUE_CFG_GATE_HOOK = "true_cfg_gate"
 class TrueCfgGateHook:
     name = TRUE_CFG_GATE_HOOK
 
-    def __init__(self, start_step: int):
+    def __init__(self, start_step: int, scale: float):
         if start_step < 0:
             raise ValueError("the true CFG start step must be >= 0")
         self.start_step = start_step
+        self.scale = scale  # applied by the pipeline (true_cfg_scale); here so cache keys see it
         self._handle = None
         self._context: HookContext | None = None
         self._last: tuple | None = None  # (step, latents, output) of the previous positive call
         self._gated = 0
 
     def cache_key(self):
-        return (self.start_step,)
+        return (self.start_step, self.scale)
 
     def attach(self, pipe, context: HookContext) -> None:
         if self._handle is not None:

@@ -75,7 +75,7 @@ def test_arcface_skipped_with_a_note_when_the_face_models_are_missing(tmp_path):
 
 
 def test_arcface_cosine_with_the_tiny_pack(tmp_path):
-    from tests.face.tiny_onnx import planted_from_photo, write_antelopev2
+    from pipelines.bench.tiny_onnx import planted_from_photo, write_antelopev2
 
     photo = structured(4, size=256)
     write_antelopev2(tmp_path / "models/insightface/antelopev2", planted_from_photo(photo.shape, [[64, 64, 192, 192]]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -218,3 +219,13 @@ def test_an_experiment_over_the_pulid_weight(face_manager):
     assert not np.array_equal(np.asarray(zero.image), np.asarray(two.image))
     # ArcFace cosine to the reference runs on every cell (the tiny detector always finds its face).
     assert all(result.fidelity[i].arcface is not None for i in (0, 1))
+
+
+def test_true_cfg_scale_is_part_of_the_exact_repeat_key(face_manager):
+    """Two true-CFG scales must never share an exact-repeat latent-cache entry."""
+    from pipelines.generate import exact_repeat_key
+    from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
+
+    model = SimpleNamespace(identity=("tiny-flux",))
+    request = tiny_request("flux")
+    assert exact_repeat_key(model, request, [1], [TrueCfgGateHook(1, 3.0)]) != exact_repeat_key(model, request, [1], [TrueCfgGateHook(1, 5.0)])
