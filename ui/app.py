@@ -48,9 +48,9 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
             with gr.Tab("Generate", id=GENERATE_TAB_ID):
                 generate = generate_tab.build(manager, settings, store, cancels)
             with gr.Tab("Face", id="face"):
-                face_tab.build(manager, settings, store, generate["form"], cancels)
+                face = face_tab.build(manager, settings, store, generate["form"], cancels)
             with gr.Tab("Experiments", id="experiments"):
-                experiments = experiments_tab.build(manager, settings, generate["form"], cancels)
+                experiments = experiments_tab.build(manager, settings, generate["form"], cancels, face)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, [generate["form"]["model"]])
             with gr.Tab("PNG Info", id="png_info"):

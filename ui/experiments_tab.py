@@ -97,9 +97,9 @@ def experiment_from_form(axis_values: list, baseline, warmup, repeats, photos, i
     return Experiment(base, axes, baseline=int(baseline or 0), warmup=bool(warmup), repeats=int(repeats), face=face)
 
 
-def build(manager: PipelineManager, settings, generate_form: dict, cancels: CancelRegistry) -> dict:
-    gr.Markdown("Starts from the **Generate** tab's current settings; each axis varies one of them. Every cell uses the same "
-                "seed (a random seed is drawn once). " + EXAMPLES)
+def build(manager: PipelineManager, settings, generate_form: dict, cancels: CancelRegistry, face_form: dict | None = None) -> dict:
+    gr.Markdown("Starts from the **Generate** tab's current settings (and the **Face** tab's photo and PuLID controls); each "
+                "axis varies one of them. Every cell uses the same seed (a random seed is drawn once). " + EXAMPLES)
     axis_inputs = []
     with gr.Row():
         for name in AXIS_NAMES:
@@ -118,6 +118,9 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
             photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="exp_face_photos")
             id_weight = gr.Slider(0, 5, value=0.8, step=0.05, label="PuLID weight", elem_id="exp_face_weight")
             start_step = gr.Slider(0, 10, value=0, step=1, label="PuLID start step", elem_id="exp_face_start")
+    if face_form is not None:  # follow the Face tab: photos and controls chosen there apply here too
+        for name, component in (("photos", photos), ("id_weight", id_weight), ("start_step", start_step)):
+            face_form[name].change(lambda value: value, face_form[name], component, api_visibility="private")
     with gr.Row():
         run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run")
         cancel_button = gr.Button("Cancel", variant="stop", elem_id="exp_cancel")

@@ -140,4 +140,4 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
         return "Stopping at the next step…" if found else "Nothing is running."
 
     stop.click(stop_face, None, readout, api_visibility="private", concurrency_limit=None)
-    return {"files": files}
+    return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step}

@@ -38,6 +38,10 @@ def test_face_tab_lists_files_and_shows_the_parsing_view(browser, face_app):
         captions = page.locator("#face_debug").inner_text()
         assert "aligned 512x512" in captions and "to EVA-CLIP" in captions
         keep_screenshot(page, "face_tab_debug_view")
+        # The Experiments tab starts from the Face tab's photo.
+        page.get_by_role("tab", name="Experiments").click()
+        page.get_by_text("Face reference (PuLID axes, ArcFace similarity)").click()
+        page.wait_for_function("document.querySelector('#exp_face_photos').innerText.includes('Tom_Hanks')", timeout=30_000)
     finally:
         page.context.close()
 
