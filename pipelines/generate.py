@@ -206,6 +206,11 @@ class RunOutput:
     cache_notes: dict = field(default_factory=dict)  # cache name -> "hit" / "miss" for this run
 
 
+def uses_true_cfg(model: LoadedModel, options: RunOptions) -> bool:
+    """FLUX true CFG: a negative-prompt transformer pass per step (PuLID-FLUX's control)."""
+    return model.family is Family.FLUX and options.true_cfg_scale > 1
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
@@ -215,7 +220,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     request = validated.request
     sampler = find_sampler(model.family, request.sampler)
     model.pipe.scheduler = sampler.make(model.base_scheduler_config)
-    true_cfg = model.family is Family.FLUX and options.true_cfg_scale > 1
+    true_cfg = uses_true_cfg(model, options)
     use_cfg = (request.cfg_scale > 1 and model.family is not Family.FLUX) or true_cfg
     warnings = list(validated.warnings)
     if model.family is Family.FLUX and request.negative_prompt and not true_cfg:
@@ -336,7 +341,7 @@ def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], s
             output_type="latent",
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=["latents"],
-            **({"true_cfg_scale": options.true_cfg_scale} if options.true_cfg_scale > 1 and model.family is Family.FLUX else {}),
+            **({"true_cfg_scale": options.true_cfg_scale} if uses_true_cfg(model, options) else {}),
         ).images
 
 

@@ -29,6 +29,9 @@ def human_bytes(count: int) -> str:
 def rows(manager: PipelineManager) -> list[list]:
     table = []
     for cache in manager.caches():
+        if not getattr(cache, "is_open", True):  # the approximate cache's folder is read on first use only
+            table.append([cache.name, cache.policy, "on disk, not read yet", "-", 0, 0, "-", "0.00 s"])
+            continue
         s = cache.stats()
         asked = s.hits + s.misses
         limit = f"/{s.max_entries}" if s.max_entries else ""

@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,10 +187,7 @@ class PartitionIndex:
     def save(self, path: Path) -> None:
         faiss = _faiss()
 
-        temporary = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(temporary))
-        _fsync_file(temporary)
-        os.replace(temporary, path)
+        _write_atomically(path, lambda temporary: faiss.write_index(self.index, str(temporary)))
 
     @classmethod
     def load(cls, path: Path, dim: int, search_depth: int) -> "PartitionIndex":
@@ -306,10 +304,29 @@ class ApproximateCache:
         self.hits = self.misses = 0
         self.seconds_saved = 0.0
         self.steps_saved = 0
-        self.dropped_at_start: list[str] = []  # what the start-up check removed, and why
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._dropped: list[str] = []  # what the opening check removed, and why
+        self._is_open = False  # the folder is read and checked on first use, not when the app starts
+
+    @contextmanager
+    def _ready(self):
+        """Hold the lock, with the folder read and checked (done once, on first use)."""
         with self._lock:
-            self._open()
+            if not self._is_open:
+                self._is_open = True
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._open()
+            yield
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the folder has been read yet (the Caches panel shows an unread cache as such)."""
+        return self._is_open
+
+    @property
+    def dropped_at_start(self) -> list[str]:
+        """What the opening check removed (damaged or half-written files), and why."""
+        with self._ready():
+            return list(self._dropped)
 
     # -- start-up: read, verify, repair -------------------------------------------------------------
 
@@ -319,19 +336,19 @@ class ApproximateCache:
             try:
                 entry = _Entry.from_json(data)
             except (TypeError, KeyError, ValueError) as error:
-                self.dropped_at_start.append(f"an unreadable manifest entry ({error})")
+                self._dropped.append(f"an unreadable manifest entry ({error})")
                 continue
             problem = self._verify(entry)
             if problem:
-                self.dropped_at_start.append(f"entry {entry.id}: {problem}")
+                self._dropped.append(f"entry {entry.id}: {problem}")
                 continue
             self._entries[entry.id] = entry
         self._next_id = max([manifest.get("next_id", 1)] + [e.id + 1 for e in self._entries.values()])
         self._delete_unlisted_files()
         self._expire()
         self._open_indexes()
-        if self.dropped_at_start:
-            log.warning("approximate cache %s: dropped %s", self.folder, "; ".join(self.dropped_at_start))
+        if self._dropped:
+            log.warning("approximate cache %s: dropped %s", self.folder, "; ".join(self._dropped))
             self._write_manifest()
 
     def _read_manifest(self) -> dict:
@@ -346,7 +363,7 @@ class ApproximateCache:
         except (OSError, ValueError) as error:
             kept = path.with_name(f"{MANIFEST}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(path, kept)
-            self.dropped_at_start.append(f"the manifest could not be read ({error}); kept as {kept.name}, starting empty")
+            self._dropped.append(f"the manifest could not be read ({error}); kept as {kept.name}, starting empty")
             return {}
 
     def _verify(self, entry: _Entry) -> str | None:
@@ -357,7 +374,7 @@ class ApproximateCache:
         for step, item in list(entry.items.items()):
             path = self.folder / item.file
             if not path.is_file() or path.stat().st_size != item.bytes or not _readable_header(path, "latents"):
-                self.dropped_at_start.append(f"entry {entry.id} step {step}: the latent file is missing, truncated or damaged")
+                self._dropped.append(f"entry {entry.id} step {step}: the latent file is missing, truncated or damaged")
                 del entry.items[step]
         return None if entry.items else "no readable latents left"
 
@@ -383,7 +400,7 @@ class ApproximateCache:
                 try:
                     index = PartitionIndex.load(path, dim, self.config.search_depth)
                 except Exception as error:  # noqa: BLE001 - faiss raises RuntimeError for truncated files
-                    self.dropped_at_start.append(f"index {path.name} could not be read ({error.__class__.__name__}); rebuilt from the embeddings")
+                    self._dropped.append(f"index {path.name} could not be read ({error.__class__.__name__}); rebuilt from the embeddings")
             live = {e.id for e in entries}
             if index is None:
                 index = PartitionIndex(dim, self.config.hnsw_neighbours, self.config.search_depth)
@@ -403,7 +420,7 @@ class ApproximateCache:
     def lookup(self, partition: str, vector, total_steps: int, skip: set[int] = frozenset()) -> ApproxHit | None:
         """The latents to resume from for a prompt with embedding `vector`, or None (a miss)."""
         query = normalised(vector)
-        with self._lock:
+        with self._ready():
             self._expire()
             index = self._indexes.get(partition)
             found = index.search(query, skip) if index is not None and index.dim == query.size else None
@@ -432,6 +449,7 @@ class ApproximateCache:
         except Exception as error:  # noqa: BLE001 - a file damaged since start-up costs the item, not the run
             log.warning("approximate cache: dropped entry %d step %d, its file could not be read (%s)", entry_id, step, error)
             self._drop_item(entry, step)
+            self._compact_indexes()
             self._write_manifest()
             return None
         item.uses += 1
@@ -444,7 +462,7 @@ class ApproximateCache:
         if not latents_by_step:
             return None
         embedding = torch.from_numpy(normalised(vector))
-        with self._lock:
+        with self._ready():
             entry_id = self._next_id
             self._next_id += 1
             now = self._clock()
@@ -459,6 +477,7 @@ class ApproximateCache:
             _fsync_folder(self.folder)
             self._entries[entry_id] = entry
             self._evict()
+            self._compact_indexes()
             if entry_id not in self._entries:  # larger than the whole budget
                 self._write_manifest()
                 return None
@@ -478,7 +497,7 @@ class ApproximateCache:
 
     def eviction_order(self) -> list[tuple[int, int]]:
         """(entry id, step) pairs, the first to leave first."""
-        with self._lock:
+        with self._ready():
             pairs = [(self._score(e, s), item.last_used, e.id, s) for e in self._entries.values() for s, item in e.items.items()]
             return [(entry_id, step) for _, _, entry_id, step in sorted(pairs)]
 
@@ -495,23 +514,32 @@ class ApproximateCache:
             self._drop_entry(entry)
 
     def _drop_entry(self, entry: _Entry) -> None:
+        """Delete its files and mark it dead in its index; `_compact_indexes` tidies the indexes after."""
         for item in entry.items.values():
             (self.folder / item.file).unlink(missing_ok=True)
         (self.folder / entry.embedding_file).unlink(missing_ok=True)
         del self._entries[entry.id]
         index = self._indexes.get(entry.partition)
-        if index is None:
-            return
-        index.dead.add(entry.id)
-        live = [e for e in self._entries.values() if e.partition == entry.partition]
-        if not live:
-            del self._indexes[entry.partition]
-            (self.folder / f"index-{entry.partition}.faiss").unlink(missing_ok=True)
-        elif len(index.dead) > len(live):
-            rebuilt = PartitionIndex(index.dim, self.config.hnsw_neighbours, self.config.search_depth)
-            rebuilt.add_many([e.id for e in live], np.stack([self._embedding(e) for e in live]))
-            rebuilt.save(self.folder / f"index-{entry.partition}.faiss")
-            self._indexes[entry.partition] = rebuilt
+        if index is not None:
+            index.dead.add(entry.id)
+
+    def _compact_indexes(self) -> None:
+        """Once after a round of drops: remove the index of an emptied partition, and rebuild an index
+        whose tombstones outnumber its live vectors (HNSW cannot delete)."""
+        live_by_partition: dict[str, list[_Entry]] = {}
+        for entry in self._entries.values():
+            live_by_partition.setdefault(entry.partition, []).append(entry)
+        for partition, index in list(self._indexes.items()):
+            live = live_by_partition.get(partition, [])
+            path = self.folder / f"index-{partition}.faiss"
+            if not live:
+                del self._indexes[partition]
+                path.unlink(missing_ok=True)
+            elif len(index.dead) > len(live):
+                rebuilt = PartitionIndex(index.dim, self.config.hnsw_neighbours, self.config.search_depth)
+                rebuilt.add_many([e.id for e in live], np.stack([self._embedding(e) for e in live]))
+                rebuilt.save(path)
+                self._indexes[partition] = rebuilt
 
     def _expire(self) -> None:
         if not self.config.ttl_seconds:
@@ -521,6 +549,7 @@ class ApproximateCache:
         for entry in expired:
             self._drop_entry(entry)
         if expired:
+            self._compact_indexes()
             self._write_manifest()
 
     def _bytes(self) -> int:
@@ -535,19 +564,19 @@ class ApproximateCache:
     # -- the Caches panel ---------------------------------------------------------------------------
 
     def entry_ids(self) -> list[int]:
-        with self._lock:
+        with self._ready():
             return sorted(self._entries)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._ready():
             for entry in list(self._entries.values()):
                 self._drop_entry(entry)
-            self._indexes.clear()
+            self._compact_indexes()
             self._write_manifest()
 
     def stats(self) -> CacheStats:
         """Entries are stored latents (one per prompt and K); `max_entries` is 0: the limit is bytes."""
-        with self._lock:
+        with self._ready():
             self._expire()
             items = sum(len(e.items) for e in self._entries.values())
             return CacheStats(self.name, self.policy, items, 0, self._bytes(), self.hits, self.misses, self.seconds_saved)

@@ -101,7 +101,7 @@ class ArcFaceScorer:
             for photo in photos:
                 faces = self.detector.detect(load_reference_image(photo))
                 if faces:
-                    embeddings.append(_largest(faces).normed_embedding)
+                    embeddings.append(faces[0].normed_embedding)  # detect() lists the largest first
         except Exception as error:  # a corrupt photo or face model: the grid still gets PSNR and SSIM
             self.skip_note = f"ArcFace similarity skipped: {str(error).splitlines()[0]}"
             return
@@ -118,12 +118,8 @@ class ArcFaceScorer:
         faces = self.detector.detect(np.asarray(image.convert("RGB")))
         if not faces:
             return None
-        return float(np.dot(_largest(faces).normed_embedding, self.reference))
+        return float(np.dot(faces[0].normed_embedding, self.reference))
 
     def release(self) -> None:
         if self.detector is not None:
             self.detector.release()
-
-
-def _largest(faces):
-    return max(faces, key=lambda face: face.area)

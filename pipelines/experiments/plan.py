@@ -160,11 +160,18 @@ def cell_count(experiment: Experiment) -> int:
 def cell_labels(experiment: Experiment) -> list[str]:
     """The cells' labels in grid order (parsing only): the baseline picker's choices."""
     axes = [(find_setting(s.setting), parse_values(find_setting(s.setting), s.values)) for s in experiment.axes[:3]]
-    labels = []
-    for combo in itertools.product(*[range(len(values)) for _, values in reversed(axes)]):
-        picks = list(reversed(combo))
-        labels.append(", ".join(setting.describe(values[i]) for (setting, values), i in zip(axes, picks)) or "starting settings")
-    return labels
+    return [cell_label([(setting, values[i]) for (setting, values), i in zip(axes, picks)])
+            for picks in grid_picks([len(values) for _, values in axes])]
+
+
+def grid_picks(sizes: list[int]):
+    """Each cell's value index per axis, in grid order: X fastest, then Y, then Z."""
+    for combo in itertools.product(*[range(n) for n in reversed(sizes)]):
+        yield tuple(reversed(combo))
+
+
+def cell_label(settings_and_values) -> str:
+    return ", ".join(setting.describe(value) for setting, value in settings_and_values) or "starting settings"
 
 
 def build_plan(experiment: Experiment, manager, rng: random.Random | None = None) -> Plan:
@@ -322,14 +329,12 @@ def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
 def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):
     """Every combination in grid order (X fastest), each checked as a whole request."""
     sampler_on_axis = any(a.setting.key == "sampler" for a in axes)
-    ranges = [range(len(a.values)) for a in reversed(axes)]
-    for index, combo in enumerate(itertools.product(*ranges)):
-        picks = tuple(reversed(combo))
+    for index, picks in enumerate(grid_picks([len(a.values) for a in axes])):
         request, cell_face = base, face
         for axis, pick in zip(axes, picks):
             request, cell_face = apply_value(request, cell_face, axis.setting, axis.values[pick])
         request, note = _fit_sampler(request, manager, sampler_on_axis)
-        label = ", ".join(axis.setting.describe(axis.values[pick]) for axis, pick in zip(axes, picks)) or "starting settings"
+        label = cell_label([(axis.setting, axis.values[pick]) for axis, pick in zip(axes, picks)])
         family = manager.entry(request.model).family
         try:
             validate_request(request, family)

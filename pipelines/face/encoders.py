@@ -6,8 +6,7 @@
 frees both networks so that nothing of the face stage stays on the compute device while the image
 is denoised and decoded.
 
-Both files are pickles written by `torch.save`; they are read with `weights_only=True`, which
-refuses anything but tensors and plain containers, so a tampered file cannot run code.
+Both files are pickles written by `torch.save`, read with `weights_only=True` (see weight_files).
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.bisenet import NUM_CLASSES, BiSeNet, face_features_image, normalize_imagenet
 from pipelines.face.eva_clip import EvaVisionConfig, EvaVisionTower, preprocess, rotary_tables
 from pipelines.face.files import face_file_status
-from pipelines.face.pulid_weights import layout_mismatch
+from pipelines.face.weight_files import load_strict, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +35,8 @@ PARSING_FILE = "parsing_bisenet.pth"
 ROPE_KEY = re.compile(r"(^|\.)rope\.freqs_(cos|sin)$")
 
 
-def read_torch_file(path: Path, label: str) -> dict[str, torch.Tensor]:
-    """The tensor dictionary of a `.pt`/`.pth` (weights only) or `.safetensors` file."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated download, an HTML error page saved under the name...
-        raise ModelLoadError(f"Cannot read the {label} file {path.name}: {error}") from error
-    # Training checkpoints wrap the weights ({"state_dict": ...}) and DataParallel prefixes "module.".
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"Cannot read the {label} file {path.name}: it holds no tensor dictionary.")
-    return {key.removeprefix("module."): tensor for key, tensor in state.items()}
-
-
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], filename: str, what: str) -> nn.Module:
-    problem = layout_mismatch(module, state)
-    if problem:
-        raise ModelLoadError(f"{filename} does not match the official {what} layout: {problem}.")
-    module.load_state_dict(state, strict=True, assign=True)
-    return module.float().eval().requires_grad_(False)
+    return load_strict(module, state, filename, f"{what} layout").float().eval().requires_grad_(False)
 
 
 # -- EVA-CLIP -------------------------------------------------------------------------------------

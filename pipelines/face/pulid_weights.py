@@ -32,6 +32,7 @@ from torch import nn
 
 from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.idformer import IDFormer, IDFormerConfig, PerceiverAttentionCA
+from pipelines.face.weight_files import load_strict, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +182,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFound(f"PuLID weights not found: {path.name} is not in the folder models/{PULID_FOLDER}/ (looked for {path}).")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated download, an HTML page saved under the right name...
-        raise ModelLoadError(f"Cannot read the PuLID file {path.name}: {error}") from error
-    if not isinstance(state, Mapping):
-        raise ModelLoadError(f"Cannot read the PuLID file {path.name}: it holds no tensor dictionary.")
-    return dict(state)
+    return read_torch_file(path, "PuLID")
 
 
 def detect_pulid_family(keys, filename: str = "the file") -> str:
@@ -221,26 +212,8 @@ def split_by_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, to
     return parts
 
 
-def layout_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor], limit: int = 3) -> str | None:
-    """A readable description of how `state` differs from `module.state_dict()`, or None if it matches."""
-    expected = {key: tuple(t.shape) for key, t in module.state_dict().items()}
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shapes = [f"{key} {tuple(state[key].shape)} instead of {expected[key]}"
-              for key in expected if key in state and tuple(state[key].shape) != expected[key]]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if items:
-            more = f" and {len(items) - limit} more" if len(items) > limit else ""
-            problems.append(f"{len(items)} {label} ({', '.join(items[:limit])}{more})")
-    return "; ".join(problems) or None
-
-
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, filename: str) -> None:
-    problem = layout_mismatch(module, state)
-    if problem:
-        raise ModelLoadError(f"{filename} does not match the official PuLID layout under {prefix}.*: {problem}.")
-    module.load_state_dict(state, strict=True, assign=True)
+    load_strict(module, state, filename, f"PuLID layout under {prefix}.*")
 
 
 # -- loading ---------------------------------------------------------------------------------------

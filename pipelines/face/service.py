@@ -161,8 +161,8 @@ class FaceService:
 
     def identity(self, options: FaceOptions, family: Family, weights: PulidWeights) -> Identity:
         """The ID embeddings for the photos; from the memo, without running any face model, when
-        the same photos (by content) and face choices were embedded before with these weights."""
-        require_face_files(self.models_dir, family.value)
+        the same photos (by content) and face choices were embedded before with these weights.
+        Callers check the files first (`require_files`), before loading the PuLID weights."""
         loaded = self._load_photos(options.photos)
         key = (tuple(photo_digest(rgb) for rgb, _ in loaded), tuple(options.index_for(i) for i in range(len(loaded))), weights.tag)
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:10]
