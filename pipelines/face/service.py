@@ -46,6 +46,20 @@ class FaceOptions:
     true_cfg: float = 1.0  # FLUX only: true CFG scale with the negative prompt (1 = off)
     true_cfg_start: int = 1  # FLUX only: first step of true CFG (the official app's default)
 
+    def __post_init__(self):
+        """The ranges of the official apps' controls; a value outside is a message, never a traceback."""
+        checks = (
+            (0 <= self.id_weight <= 5, f"The ID weight must be between 0 and 5 (FLUX.1: 0-3); got {self.id_weight:g}."),
+            (self.start_step >= 0, f"The PuLID start step must be 0 or more; got {self.start_step}."),
+            (0 <= self.num_zero <= 80, f"Num zero must be between 0 and 80; got {self.num_zero}."),
+            (self.ortho in ("off", "v1", "v2"), f"Ortho must be off, v1 or v2; got {self.ortho!r}."),
+            (1 <= self.true_cfg <= 10, f"True CFG must be between 1 (off) and 10; got {self.true_cfg:g}."),
+            (self.true_cfg_start >= 0, f"The true CFG start step must be 0 or more; got {self.true_cfg_start}."),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRequest(message)
+
     def index_for(self, photo: int) -> int:
         return self.face_index[photo] if photo < len(self.face_index) else 0
 

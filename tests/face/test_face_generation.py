@@ -229,3 +229,17 @@ def test_true_cfg_scale_is_part_of_the_exact_repeat_key():
     model = SimpleNamespace(identity=("tiny-flux",))
     request = tiny_request("flux")
     assert exact_repeat_key(model, request, [1], [TrueCfgGateHook(1, 3.0)]) != exact_repeat_key(model, request, [1], [TrueCfgGateHook(1, 5.0)])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(id_weight=-1.0), "ID weight must be between 0 and 5"),
+    (dict(id_weight=6.0), "ID weight must be between 0 and 5"),
+    (dict(start_step=-2), "start step must be 0 or more"),
+    (dict(num_zero=81), "Num zero must be between 0 and 80"),
+    (dict(ortho="v3"), "Ortho must be off, v1 or v2"),
+    (dict(true_cfg=0.5), "True CFG must be between 1"),
+    (dict(true_cfg_start=-1), "true CFG start step must be 0 or more"),
+])
+def test_face_controls_out_of_range_are_clear_messages(options, message):
+    with pytest.raises(InvalidRequest, match=message):
+        face(**options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from pipelines.infotext import parse_infotext
@@ -63,3 +64,8 @@ def test_generate_face_api_returns_an_image_with_pulid_metadata(face_app):
     bad = client.predict([handle_file(str(HANKS))], "", 0.8, 0, 20, "v2", 1, 1, *dict(form, model="no such model").values(),
                          api_name="/generate_face")
     assert bad[0].startswith("⚠")
+    # Out of a control's range: Gradio's slider refuses it with a message (FaceOptions checks again
+    # for callers of the engine), and the app keeps serving.
+    with pytest.raises(AppError, match="greater than maximum value 5"):
+        client.predict([handle_file(str(HANKS))], "", 9.0, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")
+    assert client.predict([handle_file(str(HANKS))], "", 0.8, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")[1]
