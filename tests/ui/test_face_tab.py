@@ -33,7 +33,7 @@ def test_face_tab_lists_files_and_shows_the_parsing_view(browser, face_app):
         missing = [line for line in files.inner_text().splitlines() if "missing" in line]
         assert len(missing) == 1 and "pulid_flux_v0.9.1" in missing[0] and "models/pulid" in missing[0]  # only FLUX's file is absent
         page.locator("#face_photos input[type=file]").set_input_files(str(HANKS))
-        page.wait_for_function("document.querySelector('#face_detect_info').innerText.includes('Detected')", timeout=60_000)
+        page.wait_for_function("(document.querySelector('#face_detect_info')?.innerText || '').includes('Detected')", timeout=60_000)
         assert "CPUExecutionProvider" in page.locator("#face_detect_info").inner_text()
         page.wait_for_function("document.querySelectorAll('#face_debug img').length >= 3", timeout=30_000)
         captions = page.locator("#face_debug").inner_text()
@@ -42,7 +42,7 @@ def test_face_tab_lists_files_and_shows_the_parsing_view(browser, face_app):
         # The Experiments tab starts from the Face tab's photo.
         page.get_by_role("tab", name="Experiments").click()
         page.get_by_text("Face reference (PuLID axes, ArcFace similarity)").click()
-        page.wait_for_function("document.querySelector('#exp_face_photos').innerText.includes('Tom_Hanks')", timeout=30_000)
+        page.wait_for_function("(document.querySelector('#exp_face_photos')?.innerText || '').includes('Tom_Hanks')", timeout=30_000)
     finally:
         page.context.close()
 
