@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
+
+from pipelines.atomic import write_text_atomically
 
 _lock = threading.Lock()
 
@@ -36,7 +37,5 @@ def model_hash(path: Path, cache_file: Path) -> str:
             known = {}
         known[key] = full
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(known, indent=1))
-        os.replace(temporary, cache_file)
+        write_text_atomically(cache_file, json.dumps(known, indent=1))
     return full[:10]

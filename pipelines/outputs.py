@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import itertools
 import os
 import re
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from pipelines.atomic import remove_stale_temporaries, write_new
 from pipelines.errors import OutputError
 
 NUMBERED = re.compile(r"^(\d{5})-")
@@ -43,25 +46,26 @@ def read_parameters(image: Image.Image) -> str | None:
 
 
 def save_image(image: Image.Image, infotext: str, outputs_dir: str | os.PathLike, seed: int, today: dt.date | None = None) -> Path:
-    """Write the PNG under a fresh number; raise OutputError (with the reason) if the folder is unusable."""
+    """Write the PNG under a fresh number; raise OutputError (with the reason) if the folder is unusable.
+
+    Crash-safe (pipelines.atomic.write_new): the PNG is written and fsynced under a temporary name,
+    then linked to the first free number, so a kill or a full disk never leaves a partial file under
+    a numbered name, and two processes saving into the same folder never overwrite each other. Each
+    save also removes temporary files a killed process left in the folder.
+    """
     folder = Path(outputs_dir) / (today or dt.date.today()).isoformat()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := NUMBERED.match(name))]
-        number = max(numbers, default=-1) + 1
-        while True:
-            path = folder / f"{number:05d}-{seed}.png"
-            try:
-                # O_EXCL: if another process took this number in between, take the next one.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                number += 1
-                continue
-            with os.fdopen(fd, "wb") as handle:
-                image.save(handle, format="PNG", pnginfo=png_with_parameters(image, infotext))
-            return path
+        names = os.listdir(folder)
+        remove_stale_temporaries(folder, names)
+        numbers = [int(m.group(1)) for name in names if (m := NUMBERED.match(name))]
+        first = max(numbers, default=-1) + 1
+        candidates = (f"{number:05d}-{seed}.png" for number in itertools.count(first))
+        return write_new(folder, candidates, lambda temporary: image.save(
+            temporary, format="PNG", pnginfo=png_with_parameters(image, infotext)))
     except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise OutputError(
-            f"Could not save the image in {folder}: {error.strerror or error}. The image is still shown; "
-            f"choose a writable outputs folder (--outputs-dir or Settings)."
+            f"Could not save the image in {folder}: {reason}. Nothing was written; the image is still shown. "
+            f"Free some space or choose a writable outputs folder (--outputs-dir or Settings)."
         ) from error

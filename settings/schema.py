@@ -9,11 +9,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from pipelines.atomic import remove_stale_temporaries, write_text_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings" / "user_settings.json"
@@ -159,6 +160,7 @@ class SettingsStore:
     def load(self) -> AppSettings:
         self.messages = []
         defaults = AppSettings()
+        remove_stale_temporaries(self.path.parent)  # what a save killed mid-write left behind
         if not self.path.exists():
             return defaults
         try:
@@ -192,14 +194,7 @@ class SettingsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True)
         with self._lock:  # the Generate tab (last values) and the Settings tab may save at once
-            handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(handle, "w") as stream:
-                    stream.write(text)
-                os.replace(temporary, self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_text_atomically(self.path, text)  # temporary file, fsync, rename; cleaned up on failure
 
     def _keep_backup(self) -> Path:
         backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")

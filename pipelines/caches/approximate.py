@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.atomic import fsync_folder as _fsync_folder
+from pipelines.atomic import write_atomically as _write_atomically
 from pipelines.caches.memo import CacheStats
 
 log = logging.getLogger("likeness")
@@ -200,34 +202,6 @@ class PartitionIndex:
 
 
 # -- on-disk helpers ---------------------------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as stream:
-        os.fsync(stream.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open a folder; the rename is still atomic
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(temporary_path)`, fsync, rename over `path`: readers see the old file or the whole new one."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        write(temporary)
-        _fsync_file(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _save_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
@@ -559,7 +533,6 @@ class ApproximateCache:
         data = {"version": FORMAT_VERSION, "next_id": self._next_id, "entries": [e.to_json() for e in self._entries.values()]}
         text = json.dumps(data, separators=(",", ":"))
         _write_atomically(self.folder / MANIFEST, lambda temporary: temporary.write_text(text))
-        _fsync_folder(self.folder)
 
     # -- the Caches panel ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from pipelines.atomic import write_atomically, write_text_atomically
 from pipelines.experiments.runner import ExperimentResult
 from pipelines.telemetry import STAGES
 
@@ -231,10 +232,12 @@ def export(result: ExperimentResult, folder: Path) -> dict[str, Path]:
         "json": folder / "cells.json",
         "experiment": folder / "experiment.json",
     }
-    grid_image(result).save(paths["grid"], format="PNG", pnginfo=grid_png_info(result))
-    paths["csv"].write_text(csv_text(rows), encoding="utf-8")
-    paths["json"].write_text(json.dumps(_json_safe(result_json(result)), indent=1), encoding="utf-8")
-    paths["experiment"].write_text(json.dumps(definition, indent=1), encoding="utf-8")
+    # Each file is written whole or not at all (pipelines.atomic): a re-export never leaves a half file.
+    grid, grid_info = grid_image(result), grid_png_info(result)
+    write_atomically(paths["grid"], lambda temporary: grid.save(temporary, format="PNG", pnginfo=grid_info))
+    write_text_atomically(paths["csv"], csv_text(rows))
+    write_text_atomically(paths["json"], json.dumps(_json_safe(result_json(result)), indent=1))
+    write_text_atomically(paths["experiment"], json.dumps(definition, indent=1))
     cells_folder = folder / "cells"
     for index, outcome in sorted(result.cells.items()):
         if outcome.image is None:
@@ -242,7 +245,8 @@ def export(result: ExperimentResult, folder: Path) -> dict[str, Path]:
         cells_folder.mkdir(exist_ok=True)
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", outcome.infotext)
-        outcome.image.save(cells_folder / f"{index:03d}.png", format="PNG", pnginfo=info)
+        write_atomically(cells_folder / f"{index:03d}.png",
+                         lambda temporary, image=outcome.image, info=info: image.save(temporary, format="PNG", pnginfo=info))
     return paths
 
 
