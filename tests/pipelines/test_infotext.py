@@ -116,3 +116,44 @@ def test_infotext_for_each_image_of_a_batch_has_its_own_seed(shared_manager):
     result = shared_manager.generate(tiny_request("sdxl", seed=50, batch_size=2, save=False))
     assert [parse_infotext(img.infotext)["Seed"] for img in result.images] == ["50", "51"]
     assert parse_infotext(result.images[0].infotext)["Size"] == "256x256"
+
+
+# --- The linear reader: A1111's results, without its regex's quadratic time on hostile text ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipelines.infotext import param_pairs  # noqa: E402
+
+# Every character class the pattern treats specially, plus Unicode letters/digits/spaces it must
+# classify exactly as `\w` and `\s` do.
+PATTERN_ALPHABET = st.sampled_from(list('ab Z_9-/:,"\\\n\t\r\x0bé²\u00a0\u2028\u3000\x1c.'))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(PATTERN_ALPHABET, max_size=40))
+def test_param_pairs_equals_a1111_regex_on_any_text(line):
+    assert param_pairs(line) == PARAM_PATTERN.findall(line)
+
+
+KEY = st.text(st.sampled_from(list("abcXYZ_09 -/é")), min_size=1, max_size=12)
+VALUE = st.one_of(st.text(st.sampled_from(list('ab ,:"\\\n7x')), max_size=12), st.integers(), st.floats(allow_nan=False))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(KEY, VALUE), max_size=8), st.text(max_size=20))
+def test_parse_infotext_equals_a1111_regex_on_written_parameters(params, prompt):
+    text = build_infotext(prompt, "", dict(params))
+    last = text.strip().split("\n")[-1]
+    assert param_pairs(last) == PARAM_PATTERN.findall(last)
+
+
+def test_one_long_line_parses_in_linear_time():
+    import time
+
+    for hostile in ("x" * 2 * 2**20, "a b" * 700_000 + ":", '"' * 2**20, "k: " + '"\\' * 2**20, ", " * 2**20):
+        started = time.perf_counter()
+        parsed = parse_infotext(hostile)
+        seconds = time.perf_counter() - started
+        assert seconds < 2, f"{len(hostile):,} characters took {seconds:.1f} s"
+        assert isinstance(parsed["Prompt"], str)
