@@ -110,6 +110,20 @@ def build_manager(settings):
     return PipelineManager(config)
 
 
+def check_device(settings, store) -> str | None:
+    """A device this machine lacks: named by a flag or LIKENESS_DEVICE, the error to report; read from
+    the settings file, start with the default instead (the file is kept as a backup, the page says so)."""
+    from pipelines.devices import pick_device
+
+    try:
+        pick_device(settings.device)
+    except ValueError as error:
+        if store.fall_back_to_default(settings, "device", str(error).split(": ", 1)[-1]):
+            return None
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
@@ -122,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device}
     settings, store = load_settings(args.settings, overrides)
+    problem = check_device(settings, store)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for message in store.messages:
         logging.getLogger("likeness").warning(message)
     try:

@@ -2,13 +2,21 @@
 
 Precedence: command-line flag > environment variable > settings file > default. A settings file
 that cannot be read is kept as a `.bak` copy and the defaults are used, with a message saying so.
+
+Flags and environment variables are one-off: the store remembers which fields they set and writes
+the file's own values for those fields (or leaves them out), unless the user changes them in the
+Settings tab. Folders inside the project are written relative to it, so the file survives the
+project being moved; relative folders in the file are read relative to the project, not the
+working directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -24,6 +32,22 @@ ENVIRONMENT = {
     "cache_dir": "LIKENESS_CACHE_DIR",
     "device": "LIKENESS_DEVICE",
 }
+FLAGS = {name: "--" + name.replace("_", "-") for name in ENVIRONMENT}  # the same four as command-line flags
+PATH_FIELDS = ("models_dir", "outputs_dir", "cache_dir")
+
+
+def resolve_path(text: str) -> str:
+    """A folder as the app uses it: `~` expanded, a relative one taken from the project folder."""
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+def portable_path(text: str) -> str:
+    """A folder as the file stores it: relative when inside the project folder, else unchanged."""
+    try:
+        return Path(text).relative_to(PROJECT_ROOT).as_posix() or "."
+    except ValueError:
+        return text
 
 
 @dataclass
@@ -150,15 +174,22 @@ def coerce_setting(value, default):
 
 
 class SettingsStore:
-    """Reads and writes one settings file; remembers what went wrong when reading it."""
+    """Reads and writes one settings file; remembers what went wrong when reading it.
+
+    `overrides` names the fields set for this run only (flag or environment variable -> its name);
+    `save` writes the file's own value for them.
+    """
 
     def __init__(self, path: Path = DEFAULT_SETTINGS_FILE):
         self.path = Path(path)
         self.messages: list[str] = []
-        self._lock = threading.Lock()
+        self.overrides: dict[str, str] = {}
+        self._on_file: dict = {}  # the file's valid values, as loaded or last written
+        self._lock = threading.RLock()  # the Generate tab (last values) and the Settings tab may save at once
 
     def load(self) -> AppSettings:
         self.messages = []
+        self._on_file = {}
         defaults = AppSettings()
         remove_stale_temporaries(self.path.parent)  # what a save killed mid-write left behind
         if not self.path.exists():
@@ -180,26 +211,82 @@ class SettingsStore:
                 values[item.name] = coerce_setting(raw[item.name], default)
             except ValueError as error:
                 self.messages.append(f"Setting {item.name!r} ignored: {error}; using the default {default!r}.")
+        for name in PATH_FIELDS:
+            if name in values:
+                values[name] = resolve_path(values[name])
         settings = dataclasses.replace(defaults, **values)
         for name, problem in settings.validate().items():
             self.messages.append(f"Setting {name!r} {problem}; using the default {getattr(defaults, name)!r}.")
             setattr(settings, name, getattr(defaults, name))
+            values.pop(name, None)
+        self._on_file = values
         return settings
 
     def save(self, settings: AppSettings) -> None:
-        """Write to a temporary file, then rename over the old one: never a half-written file."""
+        """Write to a temporary file, then rename over the old one: never a half-written file.
+
+        Fields in `overrides` keep the file's value (or stay out of the file): a one-off flag is not saved.
+        """
         problems = settings.validate()
         if problems:
             raise ValueError("; ".join(f"{name} {problem}" for name, problem in problems.items()))
+        values = dataclasses.asdict(settings)
+        for name in self.overrides:
+            if name in self._on_file:
+                values[name] = self._on_file[name]
+            else:
+                del values[name]
+        text = json.dumps({name: portable_path(value) if name in PATH_FIELDS else value for name, value in values.items()},
+                          indent=2, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True)
-        with self._lock:  # the Generate tab (last values) and the Settings tab may save at once
+        with self._lock:
             write_text_atomically(self.path, text)  # temporary file, fsync, rename; cleaned up on failure
+            self._on_file = values
 
-    def _keep_backup(self) -> Path:
+    def update(self, settings: AppSettings, changes: dict) -> None:
+        """Apply the fields the user changed onto the current `settings` and save; all or nothing.
+
+        A changed field stops being an override: the user chose it, so it is written to the file.
+        """
+        with self._lock:
+            candidate = dataclasses.replace(settings, **changes)
+            kept = dict(self.overrides)
+            for name in changes:
+                self.overrides.pop(name, None)
+            try:
+                self.save(candidate)
+            except BaseException:
+                self.overrides = kept
+                raise
+            for name in changes:
+                setattr(settings, name, getattr(candidate, name))
+
+    def fall_back_to_default(self, settings: AppSettings, name: str, reason: str) -> bool:
+        """The file's value for `name` cannot be used on this machine (e.g. device cuda without CUDA).
+
+        Keep a copy of the file, use and save the default, and say so in `messages`. Returns False,
+        changing nothing, when the value came from a flag or environment variable: the caller reports that.
+        """
+        if name in self.overrides:
+            return False
+        value, default = getattr(settings, name), getattr(AppSettings(), name)
+        backup = self._keep_backup(copy=True)
+        setattr(settings, name, default)
+        try:
+            self.save(settings)
+        except OSError as error:
+            logging.getLogger("likeness").warning("could not save the settings file: %s", error)
+        self.messages.append(f"Setting {name!r} {value!r} from {self.path} cannot be used here ({reason}); "
+                             f"started with {default!r}. The old file was kept as {backup.name}.")
+        return True
+
+    def _keep_backup(self, copy: bool = False) -> Path:
         backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
-            os.replace(self.path, backup)
+            if copy:
+                shutil.copy2(self.path, backup)
+            else:
+                os.replace(self.path, backup)
         except OSError:
             pass
         return backup
@@ -212,7 +299,9 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> tu
     for name, variable in ENVIRONMENT.items():
         if os.environ.get(variable):
             setattr(settings, name, os.environ[variable])
+            store.overrides[name] = variable
     for name, value in (overrides or {}).items():
         if value is not None:
             setattr(settings, name, value)
+            store.overrides[name] = FLAGS.get(name, name)
     return settings, store
