@@ -1,12 +1,14 @@
 """The PNG Info tab: read the generation parameters of an image and send them to Generate."""
 from __future__ import annotations
 
-import gradio as gr
-from PIL import Image, UnidentifiedImageError
+import math
 
+import gradio as gr
+
+from pipelines.errors import LikenessError
+from pipelines.images import read_embedded_text
 from pipelines.infotext import parse_infotext
 from pipelines.manager import PipelineManager
-from pipelines.outputs import read_parameters
 from pipelines.samplers import sampler_from_infotext
 from pipelines.vae import VAE_CHOICES
 
@@ -14,19 +16,24 @@ NO_PARAMETERS = "This image carries no generation parameters (no A1111 `paramete
 
 
 def read_image_parameters(path: str | None) -> tuple[str, list[list[str]], str]:
-    """(raw text, table rows, message) for an uploaded file; never raises for a bad file."""
+    """(raw text, table rows, message) for an uploaded file; never raises for a bad file.
+
+    A plain (not async) function: Gradio runs it in its thread pool, so a large upload never holds
+    the event loop. The pixels are never decoded: only the text chunks (or EXIF) are read.
+    """
     if not path:
         return "", [], ""
     try:
-        with Image.open(path) as image:
-            text = read_parameters(image)
-    except (UnidentifiedImageError, OSError, ValueError):
+        text, notes = read_embedded_text(path)
+    except LikenessError as error:
+        return "", [], f"⚠ {error}"
+    except OSError:
         return "", [], "⚠ This file is not an image Likeness can read (PNG, JPEG or WebP)."
     if not text:
         return "", [], f"⚠ {NO_PARAMETERS}"
     parsed = parse_infotext(text)
     rows = [[key, value] for key, value in parsed.items() if not key.endswith(("-1", "-2"))]
-    return text, rows, f"Read {len(rows)} parameters."
+    return text, rows, f"Read {len(rows)} parameters." + "".join(f"  \n⚠ {note}" for note in notes)
 
 
 def generate_form_values(text: str, manager: PipelineManager, current: dict) -> tuple[dict, list[str]]:
@@ -36,9 +43,14 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
     notes = []
 
     def number(key: str, cast):
+        if key not in parsed:
+            return None
         try:
-            return cast(float(parsed[key])) if key in parsed else None
-        except ValueError:
+            value = float(parsed[key])
+            if not math.isfinite(value):
+                raise ValueError(value)
+            return cast(value)
+        except ValueError:  # "abc", "nan", "1e999"
             notes.append(f"{key} {parsed[key]!r} is not a number; left as it was.")
             return None
 
@@ -66,7 +78,8 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
 def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str) -> dict:
     with gr.Row():
         with gr.Column():
-            upload = gr.Image(type="filepath", label="Image", sources=["upload"], format="png", elem_id="png_upload")
+            # A file, not gr.Image: Gradio would decode (and fail on) the upload before our checks see it.
+            upload = gr.File(label="Image (PNG, JPEG or WebP)", type="filepath", file_types=["image"], elem_id="png_upload")
         with gr.Column():
             message = gr.Markdown(elem_id="png_message")
             table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id="png_table")

@@ -42,6 +42,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.face.files import DETECTOR, RECOGNIZER, antelopev2_files
+from pipelines.images import MAX_PHOTO_PIXELS, check_pixels, megapixels
 
 log = logging.getLogger("likeness")
 
@@ -121,6 +122,7 @@ def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, in
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we downscale anyway
             image = source if isinstance(source, Image.Image) else Image.open(stream)
             original_size = image.size
+            check_pixels(original_size, MAX_PHOTO_PIXELS, label, FaceError)  # from the header, before any decode
             if image is not source and image.format == "JPEG" and max(image.size) >= 2 * max_side:
                 scale = max_side / max(image.size)
                 image.draft(None, (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
@@ -128,7 +130,7 @@ def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, in
     except FileNotFoundError:
         raise FaceError(f"Reference photo not found: {source}.") from None
     except Image.DecompressionBombError as error:
-        raise FaceError(f"{label} is too large to open safely ({error}). Use a photo under 100 megapixels.") from None
+        raise FaceError(f"{label} is too large to open safely ({error}). Use a photo of at most {megapixels(MAX_PHOTO_PIXELS)}.") from None
     except UnidentifiedImageError:
         raise FaceError(f"{label} is not an image Likeness can read. Use a JPEG, PNG or WebP photo.") from None
     except (OSError, SyntaxError, ValueError) as error:

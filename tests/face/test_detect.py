@@ -475,3 +475,18 @@ def test_detected_face_is_plain_data():
     face = DetectedFace(np.array([0, 0, 40, 50], np.float32), np.zeros((5, 2), np.float32), 0.9, np.ones(512, np.float32), 2000.0)
     assert face.size == (40.0, 50.0)
     assert pick_face([face]).notes == ("The face in the photo is small (40x50 px); likeness may be weaker than with a closer photo.",)
+
+
+def test_huge_photo_is_refused_from_its_header_before_decoding(tmp_path):
+    import psutil
+
+    from tests.pipelines.test_images import write_huge_png
+
+    path = tmp_path / "huge.png"
+    write_huge_png(path)  # 13000x13000, a few hundred kB on disk, ~500 MB as RGB
+    before = psutil.Process().memory_info().rss
+    with pytest.raises(FaceError, match=r"huge\.png is 13000x13000 pixels \(169 megapixels\).*at most 100 megapixels"):
+        load_reference_image(path)
+    with pytest.raises(FaceError, match="at most 100 megapixels"):
+        load_reference_image(path.read_bytes())
+    assert psutil.Process().memory_info().rss - before < 50 * 2**20, "the pixels were decoded"
