@@ -15,13 +15,21 @@ lowest quality); higher branches run more layers (slower, closer to the uncached
 Unlike the reference package, the state is reset at the start of every generation (and of every
 batch), keys on the step index the generation loop reports, and never outlives a change of size,
 batch or img2img strength. N = 1 runs every step in full: exactly the uncached image.
+
+It attaches through diffusers' hook registry (a `ModelHook` on the UNet), never by replacing
+`unet.forward`: whatever wraps the UNet already (accelerate's CPU-offload hook from
+`enable_model_cpu_offload`, other diffusers hooks) still runs on a full step, and accelerate's
+hook also runs around a cached step, so an offloaded UNet is on the GPU for both. Detaching
+removes only this hook and leaves `forward` as it was.
 """
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from pipelines.hooks.base import HookContext
 
@@ -99,6 +107,23 @@ def _up_layer(block, layer: int, hidden, skip, emb, attention: dict):
     return _attend(block, layer, block.resnets[layer](torch.cat([hidden, skip], dim=1), emb), attention)
 
 
+class _UNetForward(ModelHook):
+    """The diffusers registry entry: routes the UNet's calls to its DeepCacheHook."""
+
+    _is_stateful = True
+
+    def __init__(self, owner: "DeepCacheHook"):
+        super().__init__()
+        self.owner = owner
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.owner._forward(*args, **kwargs)
+
+    def reset_state(self, module):
+        self.owner._reset()
+        return module
+
+
 class DeepCacheHook:
     """Attaches to `pipe.unet` for one generation; see the module docstring."""
 
@@ -112,6 +137,10 @@ class DeepCacheHook:
         self._full: set[int] = set()
         self._kept: torch.Tensor | None = None
         self._kept_key: tuple | None = None  # (step, shape, dtype) of the call that filled the cache
+        self._last_step: int | None = None
+        self._registered: _UNetForward | None = None
+        self._accelerate_inside = False  # an accelerate hook wraps the UNet below ours: call it on cached steps too
+        self._restore: tuple[bool, bool] = (False, False)  # had an own `forward`, had a registry, before attach
 
     def cache_key(self):
         return (self.config.interval, self.config.branch, self.config.schedule, self.config.center)
@@ -129,7 +158,7 @@ class DeepCacheHook:
             raise ValueError("DeepCache needs several steps; it cannot speed up a 1-step model.")
         self._unet, self._context = unet, context
         self._full = full_steps(context.total_steps, self.config)
-        self._kept, self._kept_key, self._last_step = None, None, None
+        self._reset()
         self._level, self._position = divmod(self.config.branch, positions_per_level(unet))
         up = unet.up_blocks[len(unet.up_blocks) - 1 - self._level]
         first_layer = len(up.resnets) - 1 - self._position  # the first up layer a cached step runs
@@ -138,16 +167,36 @@ class DeepCacheHook:
         else:  # the output of the layer before it: its attention, or its resnet in a block without
             before = up.attentions[first_layer - 1] if getattr(up, "attentions", None) else up.resnets[first_layer - 1]
             self._handle = before.register_forward_hook(self._keep_layer_output)
-        unet.forward = self._forward  # an instance attribute: detach deletes it, the class method returns
+        self._restore = ("forward" in unet.__dict__, hasattr(unet, "_diffusers_hook"))
+        registry = HookRegistry.check_if_exists_or_initialize(unet)
+        if registry.get_hook(DEEPCACHE_HOOK) is not None:
+            self._handle.remove()
+            self._unet = self._context = self._handle = None
+            raise RuntimeError("This UNet already has a DeepCache hook (from another DeepCacheHook); detach that one first.")
+        self._accelerate_inside = getattr(unet, "_hf_hook", None) is not None
+        self._registered = _UNetForward(self)
+        registry.register_hook(self._registered, DEEPCACHE_HOOK)
         context.stats[self.name] = {"full_steps": 0, "cached_steps": 0}
 
     def detach(self, pipe) -> None:
         if self._unet is None:
             return
+        unet = self._unet
         self._handle.remove()
-        if "forward" in self._unet.__dict__:
-            del self._unet.forward
-        self._unet, self._context, self._handle, self._kept, self._kept_key = None, None, None, None, None
+        registry = unet._diffusers_hook
+        registry.remove_hook(DEEPCACHE_HOOK, recurse=False)
+        had_forward, had_registry = self._restore
+        if not registry.hooks:  # leave the module as attach found it: no own `forward`, no empty registry
+            own = unet.__dict__.get("forward")
+            if not had_forward and getattr(own, "__func__", None) is type(unet).forward and getattr(own, "__self__", None) is unet:
+                del unet.forward
+            if not had_registry:
+                del unet._diffusers_hook
+        self._unet, self._context, self._handle, self._registered = None, None, None, None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._kept, self._kept_key, self._last_step = None, None, None
 
     # -- the two paths ---------------------------------------------------------------------------
 
@@ -170,12 +219,20 @@ class DeepCacheHook:
         stats = context.stats[self.name]
         if not cached_ok:
             self._pending = None
-            output = type(unet).forward(unet, sample, timestep, encoder_hidden_states, *args, **kwargs)
+            # Through the forward this hook wraps: accelerate's offload hook and any other hook run as usual.
+            output = self._registered.fn_ref.original_forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
             self._kept, self._kept_key = self._pending, key
             stats["full_steps"] += 1
             return output
         stats["cached_steps"] += 1
-        return self._shallow_forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        accelerate = getattr(unet, "_hf_hook", None) if self._accelerate_inside else None
+        if accelerate is None:
+            return self._shallow_forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        # As accelerate's own wrapper does: its pre_forward puts an offloaded UNet (and the inputs) on the device.
+        args, kwargs = accelerate.pre_forward(unet, sample, timestep, encoder_hidden_states, *args, **kwargs)
+        with torch.no_grad() if accelerate.no_grad else nullcontext():
+            output = self._shallow_forward(*args, **kwargs)
+        return accelerate.post_forward(unet, output)
 
     def _shallow_forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, attention_mask=None,
                          cross_attention_kwargs=None, added_cond_kwargs=None, return_dict: bool = True, **_unused):

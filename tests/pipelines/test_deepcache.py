@@ -1,9 +1,11 @@
-"""DeepCache: exactness at N=1, schedules, no state across generations, refusals with messages."""
+"""DeepCache: exactness at N=1, schedules, no state across generations, refusals with messages, and
+sitting alongside accelerate's offload hook."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from accelerate import hooks as accelerate_hooks
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.demo_model import build_tiny_sd15_pipeline
@@ -162,3 +164,67 @@ def test_kept_features_never_cross_into_a_resumed_run(pipe):
         context.step_index = 5  # a jump: another run resumed at step 5 (not a full step of N=4)
         pipe.unet(sample, timestep, text)
     assert context.stats["deepcache"] == {"full_steps": 2, "cached_steps": 1}
+
+
+class CountingHook(accelerate_hooks.ModelHook):
+    """Stands in for accelerate's CPU-offload hook (`enable_model_cpu_offload` on an 8 GB card):
+    whatever DeepCache does, this must run around every UNet call, or an offloaded UNet stays on the CPU."""
+
+    def __init__(self):
+        self.pre = self.post = 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.pre += 1
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.post += 1
+        return output
+
+
+def test_an_accelerate_hook_runs_on_every_step_and_survives_detach(pipe):
+    plain, _ = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=3))])
+    counting = CountingHook()
+    accelerate_hooks.add_hook_to_module(pipe.unet, counting)
+    try:
+        image, stats = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=3))], steps=8)
+        assert stats["deepcache"] == {"full_steps": 3, "cached_steps": 5}
+        assert (counting.pre, counting.post) == (8, 8), "the offload hook must wrap full and cached steps alike"
+        assert np.array_equal(image, plain)
+        # Detached: the accelerate hook is still there and still wraps the UNet.
+        assert pipe.unet._hf_hook is counting and not hasattr(pipe.unet, "_diffusers_hook")
+        sample, timestep, text = unet_inputs(pipe)
+        with torch.no_grad():
+            pipe.unet(sample, timestep, text)
+        assert counting.pre == 9
+    finally:
+        accelerate_hooks.remove_hook_from_module(pipe.unet)
+        assert pipe.unet.forward.__func__ is type(pipe.unet).forward  # accelerate put back the plain forward
+        pipe.unet.__dict__.pop("forward", None)  # (as a bound method; the module-wide fixture wants none)
+
+
+def test_deepcache_under_accelerate_cpu_offload(pipe):
+    """`cpu_offload_with_hook` is what `enable_model_cpu_offload` installs per model; on the CPU it
+    runs its real pre_forward (a move to the execution device) on every call."""
+    from accelerate import cpu_offload_with_hook
+
+    plain, _ = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=3))])
+    _, handle = cpu_offload_with_hook(pipe.unet, execution_device="cpu")
+    calls = []
+    original = pipe.unet._hf_hook.pre_forward
+    pipe.unet._hf_hook.pre_forward = lambda module, *a, **k: (calls.append(1), original(module, *a, **k))[1]
+    try:
+        image, _ = run(pipe, [DeepCacheHook(DeepCacheConfig(interval=3))], steps=8)
+        assert len(calls) == 8 and np.array_equal(image, plain)
+    finally:
+        handle.remove()
+        pipe.unet.__dict__.pop("forward", None)  # accelerate restores the plain forward as a bound method
+    assert not hasattr(pipe.unet, "_hf_hook")
+
+
+def test_registering_a_second_deepcache_on_the_same_unet_says_how_to_fix_it(pipe):
+    context = HookContext(4, 64, 64, 1)
+    with attached(pipe, [DeepCacheHook()], context):
+        with pytest.raises(RuntimeError, match="detach that one first"):
+            DeepCacheHook().attach(pipe, context)
+    assert "forward" not in pipe.unet.__dict__ and not hasattr(pipe.unet, "_diffusers_hook")
