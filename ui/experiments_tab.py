@@ -24,7 +24,7 @@ from pipelines.face.service import MAX_PHOTOS
 from pipelines.manager import PipelineManager
 from ui.face_tab import photo_paths
 from ui.generate_tab import _coerce_form
-from ui.session import CancelRegistry
+from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, session_id
 
 log = logging.getLogger("likeness")
 NO_AXIS = ""
@@ -146,24 +146,30 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     for component in axis_inputs:
         component.change(on_axes_change, axis_inputs, baseline, api_visibility="private", queue=False)
 
-    # Named parameters, then the Generate form: Gradio injects gr.Request only into a plain signature.
-    def run(x_setting, x_values, y_setting, y_values, z_setting, z_values, baseline_cell, warm, repeat_count, confirmed,
-            face_photos, face_weight, face_start, *form_values, request: gr.Request = None):
-        session = request.session_hash if request else "api"
+    # The request first: Gradio injects gr.Request only into the parameters before *form_values.
+    def run(request: gr.Request, x_setting, x_values, y_setting, y_values, z_setting, z_values, baseline_cell, warm, repeat_count,
+            confirmed, face_photos, face_weight, face_start, *form_values):
+        session = session_id(request)
         unchanged = (gr.update(),) * 5
         try:
             experiment = experiment_from_form([x_setting, x_values, y_setting, y_values, z_setting, z_values], baseline_cell, warm,
                                               repeat_count, face_photos, face_weight, face_start, dict(zip(form_fields, form_values)))
             plan = build_plan(experiment, manager)
         except (LikenessError, TypeError, ValueError) as error:
+            cancels.forget_armed(session)
             yield (f"⚠ {error}",) + unchanged
             return
         limit = settings.experiment_confirm_cells
         if len(plan.cells) > limit and not confirmed:
+            cancels.forget_armed(session)
             yield (f"⚠ This grid has {len(plan.cells)} cells ({plan.total_runs} generations), above the limit of {limit} set in "
                    f"Settings. Tick “Run grids above {limit} cells” to confirm, then run again.",) + unchanged
             return
-        token = cancels.new(session)
+        token = cancels.claim(session)
+        if token.cancelled:  # Cancel was pressed while this run waited in the queue
+            cancels.forget(session, token)
+            yield (STOPPED_BEFORE_START,) + unchanged
+            return
         job = ExperimentJob(manager, plan, token).start()
         try:
             for latest in job.updates():
@@ -199,14 +205,14 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
             exported,
         )
 
-    run_event = run_button.click(
+    run_event = arm_then(run_button.click, cancels).then(
         run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step, *generate_form.values()],
         [progress, grid, table, stage_plot, step_plot, files], api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
     )
 
     def cancel_experiment(request: gr.Request = None):
-        found = cancels.signal(request.session_hash if request else "api")
-        return "Stopping after the current step; the finished cells are kept…" if found else "Nothing is running."
+        state = cancels.signal(session_id(request))
+        return "Stopping after the current step; the finished cells are kept…" if state == "running" else STOP_REPLIES[state]
 
     cancel_button.click(cancel_experiment, None, progress, api_name="cancel_experiment", concurrency_limit=None)
     return {"run_event": run_event, "grid": grid, "table": table}

@@ -16,7 +16,7 @@ from pipelines.errors import LikenessError
 from pipelines.face.service import MAX_PHOTOS, FaceOptions
 from pipelines.manager import PipelineManager
 from ui.generate_tab import FORM_FIELDS, _coerce_form
-from ui.session import CancelRegistry, result_markdown, stream_generation
+from ui.session import STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
 
@@ -63,7 +63,7 @@ def debug_view(face) -> list[tuple[Image.Image, str]]:
     return views
 
 
-def build(manager: PipelineManager, settings, store, generate_form: dict, cancels: CancelRegistry) -> dict:
+def build(manager: PipelineManager, settings, store, generate_form: dict, cancels: CancelRegistry, kept_latents: gr.State) -> dict:
     files = gr.Markdown(files_markdown(manager), elem_id="face_files")
     with gr.Row():
         with gr.Column(scale=2):
@@ -98,7 +98,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             log.exception("face detection failed")
             return f"⚠ Face detection failed: {error.__class__.__name__}: {error}", []
         notes = [note for face in faces for note in face.notes]
-        text = f"Detected on {len(faces)} photo(s) with {manager.face.last_provider or 'onnxruntime'}." + "".join(f"  \n⚠ {n}" for n in notes)
+        text = f"Detected on {len(faces)} photo(s) with {faces[0].provider or 'onnxruntime'}." + "".join(f"  \n⚠ {n}" for n in notes)
         return text, [view for face in faces for view in debug_view(face)]
 
     photos.change(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
@@ -106,8 +106,9 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
 
     fields = list(generate_form)
 
-    def run(files, numbers, weight, start, zero, ortho_mode, cfg, cfg_start, *form_values, request: gr.Request = None):
-        session = request.session_hash if request else "api"
+    # The request first: Gradio injects gr.Request only into the parameters before *form_values.
+    def run(request: gr.Request, files, numbers, weight, start, zero, ortho_mode, cfg, cfg_start, *form_values):
+        session = session_id(request)
         paths = photo_paths(files)
         try:
             if not paths:
@@ -116,28 +117,29 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
                                float(cfg), int(cfg_start))
             generation_request = _coerce_form(dict(zip(fields, form_values)))
         except (LikenessError, TypeError, ValueError) as error:
-            yield f"⚠ {error}", gr.update(), ""
+            cancels.forget_armed(session)
+            yield f"⚠ {error}", gr.update(), "", gr.update()
             return
         for update in stream_generation(manager, generation_request, cancels, session, face=face):
             if update.message:
-                yield f"⚠ {update.message}", gr.update(), ""
+                yield f"⚠ {update.message}", gr.update(), "", gr.update()
                 return
             if update.result is None:
-                yield update.readout, gr.update(), gr.update()
+                yield update.readout, gr.update(), gr.update(), gr.update()
                 continue
             result = update.result
             settings.last_generation = dataclasses.asdict(generation_request)
             images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
-            yield update.readout, images, result_markdown(result)
+            yield update.readout, images, result_markdown(result), result.kept_latents
 
-    generate.click(
+    arm_then(generate.click, cancels).then(
         run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start, *generate_form.values()],
-        [readout, gallery, breakdown],
+        [readout, gallery, breakdown, kept_latents],
         api_name="generate_face", concurrency_id="gpu", concurrency_limit=1,
     )
+
     def stop_face(request: gr.Request = None):
-        found = cancels.signal(request.session_hash if request else "api")
-        return "Stopping at the next step…" if found else "Nothing is running."
+        return STOP_REPLIES[cancels.signal(session_id(request))]
 
     stop.click(stop_face, None, readout, api_visibility="private", concurrency_limit=None)
     return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step}

@@ -6,6 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import gradio as gr
+
 from pipelines.errors import GenerationCancelled, LikenessError
 from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
@@ -123,31 +125,86 @@ class GenerationSession:
 
 
 class CancelRegistry:
-    """The Stop button's way to reach the generation of its own browser session."""
+    """The Stop button's way to reach the run of its own browser session, queued or running.
+
+    A click first *arms* a token for its session, outside the queue, before its job waits for the
+    GPU; the job *claims* that token when it starts. So a Stop pressed while the job still waits in
+    the queue is not lost: the job finds its token cancelled and ends before loading anything.
+    """
 
     def __init__(self) -> None:
         self._tokens: dict[str, CancelToken] = {}
+        self._running: set[int] = set()  # ids of the tokens whose job has started
         self._lock = threading.Lock()
 
-    def new(self, session: str) -> CancelToken:
+    def arm(self, session: str) -> CancelToken:
+        """A fresh token for the job this session is about to queue (it replaces an older one)."""
         with self._lock:
             token = self._tokens[session] = CancelToken()
             return token
 
-    def signal(self, session: str, skip: bool = False) -> bool:
-        """Stop (or skip the current batch of) this session's run; False when nothing runs."""
+    def claim(self, session: str) -> CancelToken:
+        """The token of the job that starts now: the armed one, else a fresh one (API calls arm nothing)."""
         with self._lock:
             token = self._tokens.get(session)
-        if token and skip:
-            token.skip()
-        elif token:
+            if token is None or id(token) in self._running:
+                token = self._tokens[session] = CancelToken()
+            self._running.add(id(token))
+            return token
+
+    def signal(self, session: str, skip: bool = False) -> str | None:
+        """Stop (or skip the current batch of) this session's job: "running", "queued", or None when there is none."""
+        with self._lock:
+            token = self._tokens.get(session)
+            state = None if token is None else "running" if id(token) in self._running else "queued"
+        if token is None:
+            return None
+        if not skip:
             token.cancel()
-        return token is not None
+        elif state == "running":  # a queued job has no batch to skip yet
+            token.skip()
+        return state
+
+    def forget_armed(self, session: str) -> None:
+        """The armed job will not run (its form was refused): a later Stop must not claim to cancel it."""
+        with self._lock:
+            token = self._tokens.get(session)
+            if token is not None and id(token) not in self._running:
+                del self._tokens[session]
 
     def forget(self, session: str, token: CancelToken) -> None:
         with self._lock:
+            self._running.discard(id(token))
             if self._tokens.get(session) is token:
                 del self._tokens[session]
+
+
+STOP_REPLIES = {
+    "running": "Stopping at the next step…",
+    "queued": "Stopped before it started: the run was still waiting in the queue.",
+    None: "Nothing is running.",
+}
+SKIP_REPLIES = {
+    "running": "Skipping the current batch…",
+    "queued": "Nothing to skip yet: the run is still waiting in the queue (Stop cancels it).",
+    None: "Nothing is running.",
+}
+STOPPED_BEFORE_START = "Stopped before it started."
+
+
+def session_id(request) -> str:
+    """Gradio's per-browser-tab session; "api" for a caller without one."""
+    return getattr(request, "session_hash", None) or "api"
+
+
+def arm_then(listener, cancels: CancelRegistry):
+    """`listener` (e.g. `button.click`) arms a cancel token for the session at once, outside the queue;
+    chain the queued GPU job with `.then(...)`, so Stop reaches it even while it waits."""
+
+    def arm(request: gr.Request):
+        cancels.arm(session_id(request))
+
+    return listener(arm, None, None, queue=False, api_visibility="private")
 
 
 @dataclass
@@ -164,7 +221,11 @@ def stream_generation(manager: PipelineManager, request: GenerationRequest, canc
     If the consumer goes away (the browser closed, Gradio cancelled the event), the engine is told
     to stop at the next step, so the model lock is released.
     """
-    token = cancels.new(session)
+    token = cancels.claim(session)
+    if token.cancelled:  # Stop was pressed while this job waited in the queue
+        cancels.forget(session, token)
+        yield StreamUpdate("Stopped.", message=STOPPED_BEFORE_START)
+        return
     readout = Readout()
     job = GenerationSession(manager, request, token, face).start()
     preview = None

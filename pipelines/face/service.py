@@ -75,6 +75,7 @@ class PhotoFace:
     aligned: np.ndarray  # 512x512 RGB crop
     parsing_input: np.ndarray | None = None  # the image that goes to EVA-CLIP (background white, face gray)
     notes: list[str] = field(default_factory=list)
+    provider: str | None = None  # the onnxruntime provider the detector ran on
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ class FaceService:
                 index = face_index[number] if number < len(face_index) else 0
                 choice = detector.find_face(rgb, source=source, index=index)
                 aligned = align_face(rgb, choice.face.kps)
-                results.append(PhotoFace(source, photo_digest(rgb), rgb, choice, aligned, None, notes + list(choice.notes)))
+                results.append(PhotoFace(source, photo_digest(rgb), rgb, choice, aligned, None, notes + list(choice.notes),
+                                         detector.provider))
             self.last_provider = detector.provider
         finally:
             detector.release()

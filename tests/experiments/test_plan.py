@@ -84,10 +84,10 @@ def test_model_axis_across_families_takes_each_familys_sampler(shared_manager):
     ((("colour", "red"),), "X axis: There is no experiment setting 'colour'"),
 ])
 def test_bad_axis_values_are_refused_before_anything_runs(shared_manager, axes, message):
-    generations_before = shared_manager.last_vae_dtype, shared_manager.kept_latents
+    generations_before = shared_manager.last_vae_dtype, shared_manager.cache.records()
     with pytest.raises(InvalidRequest, match=message):
         build_plan(experiment(*axes), shared_manager)
-    assert (shared_manager.last_vae_dtype, shared_manager.kept_latents) == generations_before
+    assert (shared_manager.last_vae_dtype, shared_manager.cache.records()) == generations_before
 
 
 def test_a_cell_invalid_as_a_whole_is_named(shared_manager):

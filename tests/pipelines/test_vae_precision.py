@@ -177,11 +177,11 @@ def test_tiling_setting_decodes_in_tiles_close_to_the_plain_decode(tmp_path, dem
 def test_redecode_kept_latents_in_another_dtype(tmp_path, demo_cache):
     manager = make_manager(tmp_path, demo_cache)
     with pytest.raises(Exception, match="Nothing to re-decode"):
-        manager.redecode("fp32")
+        manager.redecode(None, "fp32")
     result = manager.generate(request(batch_size=2, vae_dtype="fp32"))
-    same = manager.redecode("fp32")
+    same = manager.redecode(result.kept_latents, "fp32")
     assert same.psnr_vs_first == [math.inf, math.inf], "the kept latents are not the ones decoded"
-    other = manager.redecode("bf16")
+    other = manager.redecode(result.kept_latents, "bf16")
     assert other.vae_label == "bf16"
     assert [im.size for im in other.images] == [im.image.size for im in result.images]
     assert all(25 < score < math.inf for score in other.psnr_vs_first)

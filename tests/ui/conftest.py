@@ -19,12 +19,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(root: Path):
+def start_app(root: Path, **server):
     """Settings -> manager -> UI, as app.py does, without blocking. Returns (app info, the Blocks)."""
     from app import build_manager
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
     from ui.app import launch
+    from ui.server import ServerOptions
 
     quiet_libraries()
     settings, store = load_settings(root / "settings.json", {
@@ -32,7 +33,7 @@ def start_app(root: Path):
     })
     manager = build_manager(settings)
     port = free_port()
-    demo = launch(manager, settings, store, port=port, block=False)
+    demo = launch(manager, settings, store, ServerOptions(port=port, **server), block=False)
     return {"url": f"http://127.0.0.1:{port}", "manager": manager, "settings": settings, "store": store, "root": root}, demo
 
 
