@@ -34,7 +34,7 @@ from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
 from pipelines.model_cache import CachedModel, ModelCache
-from pipelines.request import GenerationRequest, GenerationResult, validate_request
+from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
 
 log = logging.getLogger("likeness")
@@ -190,6 +190,8 @@ class PipelineManager:
         return DEMO_MODEL_NAME
 
     def entry(self, name: str) -> ModelEntry:
+        if not isinstance(name, str):  # an API caller's list or dict: not a name (and not hashable)
+            raise ModelNotFound(f"The model must be given by its name (text), got {shown(name)}.")
         with self._state_lock:
             found = self._entries.get(name)
         if found is None:
@@ -205,6 +207,9 @@ class PipelineManager:
 
     def load(self, name: str) -> LoadReport:
         """Make `name` ready on the compute device, loading from disk or RAM as needed; timed."""
+        entry = self.entry(name)
+        if not entry.usable:  # the catalog already knows why (a damaged file, an unknown layout)
+            raise ModelLoadError(entry.problem)
         cached, report = self._acquire(name)
         self.cache.release(cached)
         self._facts[name].last_load = report  # what the user asked for, even "already loaded"

@@ -56,21 +56,56 @@ class ValidatedRequest:
         return [[(self.seed + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
 
 
+def shown(value, limit: int = 40) -> str:
+    """A value as a message shows it: repr, cut short (a 400-digit number or a 1 MB string stays readable)."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__: the type is enough
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def text_problem(name: str, value) -> str | None:
+    """Why `value` cannot be a prompt: not a string, or not encodable as UTF-8 (lone surrogates, which is
+    how Python hands over command-line bytes that are not UTF-8); None when it is fine."""
+    if not isinstance(value, str):
+        return f"{name} must be text, got {type(value).__name__} {shown(value)}."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"{name} has characters that are not valid Unicode text (at position {error.start}: {shown(value[error.start:error.end])}); "
+                "it came from bytes that are not UTF-8. Retype it or save the text as UTF-8.")
+    return None
+
+
 def validate_request(request: GenerationRequest, family: Family, rng: random.Random | None = None) -> ValidatedRequest:
-    """Check every field against the family's limits; raise InvalidRequest naming all problems."""
+    """Check every field against the family's limits; raise InvalidRequest naming all problems.
+
+    Any value of any type in any field gives either a valid request or InvalidRequest, never
+    another exception (tests/reliability fuzzes this).
+    """
     spec = family.spec
     problems: list[str] = []
     warnings: list[str] = []
 
+    def is_whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
     def whole_number(name: str, value, low: int, high: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            problems.append(f"{name} must be a whole number, got {value!r}.")
+        if not is_whole(value):
+            problems.append(f"{name} must be a whole number, got {shown(value)}.")
         elif not low <= value <= high:
-            problems.append(f"{name} must be between {low} and {high}, got {value}.")
+            problems.append(f"{name} must be between {low} and {high}, got {shown(value)}.")
+
+    def choice(value, choices) -> bool:
+        return isinstance(value, str) and value in choices
 
     for name, value in (("Width", request.width), ("Height", request.height)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            problems.append(f"{name} must be a whole number, got {value!r}.")
+        if not is_whole(value):
+            problems.append(f"{name} must be a whole number, got {shown(value)}.")
+            continue
+        if not 0 < value <= 1_000_000:  # before the arithmetic below: its message would suggest a size from a huge one
+            problems.append(f"{name} {shown(value)} is outside {spec.min_size}-{spec.max_size}, the range {spec.label} supports.")
             continue
         if value % spec.size_multiple:
             nearest = max(spec.min_size, round(value / spec.size_multiple) * spec.size_multiple)
@@ -84,35 +119,40 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     whole_number("Batch size", request.batch_size, 1, MAX_BATCH_SIZE)
     whole_number("Batch count", request.batch_count, 1, MAX_BATCH_COUNT)
     if not isinstance(request.cfg_scale, (int, float)) or isinstance(request.cfg_scale, bool):
-        problems.append(f"CFG scale must be a number, got {request.cfg_scale!r}.")
-    elif not 0 <= request.cfg_scale <= MAX_CFG or request.cfg_scale != request.cfg_scale:
-        problems.append(f"CFG scale must be between 0 and {MAX_CFG:g}, got {request.cfg_scale}.")
-    if not isinstance(request.seed, int) or isinstance(request.seed, bool):
-        problems.append(f"Seed must be a whole number (-1 for random), got {request.seed!r}.")
+        problems.append(f"CFG scale must be a number, got {shown(request.cfg_scale)}.")
+    elif not 0 <= request.cfg_scale <= MAX_CFG or request.cfg_scale != request.cfg_scale:  # NaN fails both
+        problems.append(f"CFG scale must be between 0 and {MAX_CFG:g}, got {shown(request.cfg_scale)}.")
+    if not is_whole(request.seed):
+        problems.append(f"Seed must be a whole number (-1 for random), got {shown(request.seed)}.")
     elif not -1 <= request.seed <= MAX_SEED:
-        problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {request.seed}.")
-    try:
-        find_sampler(family, str(request.sampler))
-    except KeyError:
-        problems.append(f"Sampler {request.sampler!r} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+        problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
+    if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
+        problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
     whole_number("DeepCache interval", request.deepcache_interval, 1, 20)
     whole_number("DeepCache branch", request.deepcache_branch, 0, 8)
-    if request.deepcache_schedule not in ("uniform", "quadratic"):
-        problems.append(f"DeepCache schedule must be uniform or quadratic, got {request.deepcache_schedule!r}.")
-    if request.deepcache_interval not in (1, None) and family is Family.FLUX:
-        problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
-    if request.flux_cache not in ("off", "first-block", "taylorseer", "magcache"):
-        problems.append(f"FLUX block cache must be off, first-block, taylorseer or magcache, got {request.flux_cache!r}.")
+    if not choice(request.deepcache_schedule, ("uniform", "quadratic")):
+        problems.append(f"DeepCache schedule must be uniform or quadratic, got {shown(request.deepcache_schedule)}.")
+    if is_whole(request.deepcache_interval) and request.deepcache_interval > 1:
+        if family is Family.FLUX:
+            problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
+        elif is_whole(request.steps) and request.steps < 2:  # checked here, before the model loads
+            problems.append(f"DeepCache (N = {request.deepcache_interval}) needs at least 2 steps; use more steps or set N to 1 (off).")
+    if not choice(request.flux_cache, ("off", "first-block", "taylorseer", "magcache")):
+        problems.append(f"FLUX block cache must be off, first-block, taylorseer or magcache, got {shown(request.flux_cache)}.")
     elif request.flux_cache != "off" and family is not Family.FLUX:
         problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
-    if not isinstance(request.flux_cache_threshold, (int, float)) or not 0 < request.flux_cache_threshold < 1:
-        problems.append(f"The block cache threshold must be between 0 and 1, got {request.flux_cache_threshold!r}.")
+    threshold = request.flux_cache_threshold
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:  # NaN fails too
+        problems.append(f"The block cache threshold must be between 0 and 1, got {shown(threshold)}.")
     if not isinstance(request.approximate_cache, bool):
-        problems.append(f"Approximate cache must be true or false, got {request.approximate_cache!r}.")
-    if request.vae_dtype not in VAE_CHOICES:
-        problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {request.vae_dtype!r}.")
-    if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
-        problems.append("Prompt and negative prompt must be text.")
+        problems.append(f"Approximate cache must be true or false, got {shown(request.approximate_cache)}.")
+    if not isinstance(request.save, bool):
+        problems.append(f"Save must be true or false, got {shown(request.save)}.")
+    if not choice(request.vae_dtype, VAE_CHOICES):
+        problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {shown(request.vae_dtype)}.")
+    for name, text in (("The prompt", request.prompt), ("The negative prompt", request.negative_prompt)):
+        if problem := text_problem(name, text):
+            problems.append(problem)
     if problems:
         raise InvalidRequest(" ".join(problems))
 
@@ -129,6 +169,14 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler)
     return ValidatedRequest(cleaned, seed, tuple(warnings))
+
+
+def _has_sampler(family: Family, name: str) -> bool:
+    try:
+        find_sampler(family, name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass

@@ -49,7 +49,7 @@ def problem(family: Family = Family.SD15, **fields) -> str:
         (Family.SD15, {"sampler": "Flow Euler"}, "Sampler 'Flow Euler' is not available for Stable Diffusion 1.5; choose one of: Euler, Euler a,"),
         (Family.FLUX, {"sampler": "Euler a"}, "Sampler 'Euler a' is not available for FLUX.1; choose one of: Flow Euler."),
         (Family.SD15, {"vae_dtype": "fp8"}, "VAE dtype must be one of auto, bf16, fp16, fp32, got 'fp8'."),
-        (Family.SD15, {"prompt": None}, "Prompt and negative prompt must be text."),
+        (Family.SD15, {"prompt": None}, "The prompt must be text, got NoneType None."),
     ],
 )
 def test_invalid_fields_are_named_with_the_fix(family, fields, expected):
