@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
-    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache"])
+    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu"])
     bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
+    bench.add_argument("--budget-s", type=float, default=420.0, help="gpu suite: seconds the rows may take; rows that would not fit are skipped")
+    bench.add_argument("--dry-run", action="store_true", help="gpu suite: the same rows on the CPU with tiny configs (a check, not figures)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from pipelines.bench import run_suite
 
-        return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick))
+        return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick,
+                                                   budget_s=args.budget_s, dry_run=args.dry_run))
     from ui.app import launch
 
     return launch(manager, settings, store, listen=args.listen, port=args.port)

@@ -276,6 +276,16 @@ class PipelineManager:
             self._notice(f"Unloaded {name}.")
         return dropped
 
+    def adopt(self, name: str, family: Family, pipe, dtype: torch.dtype) -> None:
+        """Register a pipeline built in memory under `name`, as if loaded from disk (the GPU benchmark's
+        full-size random-weight models): it enters the cache and runs through the same `generate`.
+        A later `refresh()` forgets it, as it forgets any model no longer in the models folder."""
+        pipe.set_progress_bar_config(disable=True)
+        with self._state_lock:
+            self._entries[name] = ModelEntry(name, family, "memory", Path(f"<memory>/{name}"), 0)
+        self._facts[name] = _ModelFacts(dict(pipe.scheduler.config), dtype, None)
+        self.cache.put(name, pipe, pipeline_bytes(pipe))
+
     def last_load(self, name: str) -> LoadReport | None:
         facts = self._facts.get(name)
         return facts.last_load if facts else None

@@ -5,6 +5,8 @@
 - `pulid` (`pipelines.bench.pulid`): VAE decode, step time, face stage and memory with PuLID on vs off.
 - `cache` (`pipelines.bench.cache`): DeepCache vs the reference package, FLUX block caches, the
   approximate cache (hit rate, steps saved, faiss lookup time), the prompt memo.
+- `gpu` (`pipelines.bench.gpu`): full-size SDXL / FLUX.1-dev / PuLID rows on a GPU within a time budget
+  (`--budget-s`); `--dry-run` runs the same rows on the CPU with tiny configs.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
 """
@@ -13,11 +15,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid", "cache")
+SUITES = ("core", "vae", "pulid", "cache", "gpu")
 
 
-def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False) -> int:
-    """Run one suite against the app's manager (its device and settings); returns the exit code."""
+def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
+              dry_run: bool = False) -> int:
+    """Run one suite against the app's manager (its device and settings); returns the exit code.
+
+    `budget_s` and `dry_run` are the gpu suite's (its time budget; its CPU run on tiny configs).
+    """
+    if suite == "gpu":
+        from pipelines.bench import gpu
+
+        return gpu.run(manager, json_file, budget_s=budget_s, dry_run=dry_run)
     if suite == "core":
         from pipelines.bench.core import run
 

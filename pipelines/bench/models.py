@@ -5,10 +5,12 @@
   weights. Big enough that a 512x512 step does real work, small enough for a CPU.
 - `bench-sd15-full` / `bench-sdxl-full` (CUDA only): the real SD 1.5 and SDXL architectures from the
   bundled configs (`pipelines.model_configs`), seeded random weights (they cost the same compute as
-  trained ones), saved in fp16, the dtype the manager runs them in on a GPU.
+  trained ones), saved in fp16, the dtype the manager runs them in on a GPU. `full_pipeline` builds
+  them in memory only (the GPU suite, which writes no multi-GB files except for its disk-load row).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 from pathlib import Path
@@ -69,12 +71,10 @@ def full_configs_present(family: str) -> str | None:
     return None
 
 
-def build_full(family: str, models_dir: Path, device: torch.device, seed: int = 0) -> tuple[Path, str]:
-    """The full SD 1.5 or SDXL architecture from the bundled configs, random weights, saved in fp16.
-
-    Modules are created directly on `device` (random init of billions of weights is seconds on a GPU,
-    minutes on a CPU) and cast to fp16 before saving.
-    """
+def full_pipeline(family: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """The full SD 1.5 or SDXL architecture from the bundled configs, seeded random weights, built
+    directly on `device` in `dtype` (random init of billions of weights is seconds on a GPU, minutes
+    on a CPU; building in `dtype` never holds an fp32 copy). Returns the diffusers pipeline."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -84,34 +84,64 @@ def build_full(family: str, models_dir: Path, device: torch.device, seed: int = 
     source = config_dir(family)
     scheduler = _scheduler_from(source)
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(source / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(source / "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(source / "text_encoder" / "config.json"))
         text_encoder_2 = None
         if family == "sdxl":
             text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(source / "text_encoder_2" / "config.json"))
-    modules = [m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None]
-    for module in modules:
-        module.to(device="cpu", dtype=torch.float16).eval()  # fp16 as the manager runs it on a GPU; saved from host memory
-    params = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
-    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in params.items() if m is not None}
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            cast(module, dtype)
     if family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
+        return StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=build_clip_tokenizer(),
             tokenizer_2=build_clip_tokenizer(pad_token="!"), unet=unet, scheduler=scheduler,
             force_zeros_for_empty_prompt=True, add_watermarker=False,
         )
-        name = SDXL_FULL_NAME
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        name = SD15_FULL_NAME
-    folder = models_dir / name
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Create parameters in `dtype` (always restores the previous default)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """eval(), and `dtype` for any floating tensor created with an explicit dtype (skipped when none was:
+    diffusers warns about every cast)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        module.to(dtype=dtype)
+    return module.eval()
+
+
+def parameter_counts(pipe) -> dict[str, int]:
+    return {name: sum(p.numel() for p in module.parameters())
+            for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+
+
+def build_full(family: str, models_dir: Path, device: torch.device, seed: int = 0) -> tuple[Path, str]:
+    """The full SD 1.5 or SDXL architecture from the bundled configs, random weights, saved in fp16.
+
+    Built on `device` in fp16 (the dtype the manager runs it in on a GPU), saved from host memory.
+    """
+    pipe = full_pipeline(family, device, torch.float16, seed)
+    pipe.to("cpu")
+    counts = parameter_counts(pipe)
+    folder = models_dir / (SDXL_FULL_NAME if family == "sdxl" else SD15_FULL_NAME)
     pipe.save_pretrained(folder)
-    del pipe, unet, vae, text_encoder, text_encoder_2, modules, params
+    del pipe
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
