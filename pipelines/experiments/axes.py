@@ -20,10 +20,13 @@ import re
 from dataclasses import dataclass
 
 from pipelines.errors import InvalidRequest
+from pipelines.request import shown
 from pipelines.samplers import ALL_SAMPLER_NAMES
 from pipelines.vae import VAE_CHOICES
 
 MAX_VALUES_PER_AXIS = 64  # far beyond a readable grid; stops `1-100000` from planning a day of work
+MAX_AXIS_CHARS = 16 * 1024  # 64 values of any setting fit many times over; the CSV reader stops at 128 KiB anyway
+MAX_NUMBER = 10**15  # beyond every setting's real limit (seeds end at 2**32); keeps range arithmetic finite
 
 _INT = r"[+-]?\d+"
 _FLOAT = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
@@ -103,11 +106,13 @@ def parse_values(setting: Setting, text: str) -> list:
     """The values `text` stands for, in order; InvalidRequest naming the axis and the bad item."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequest(f"The {setting.label} axis has no values; enter a list such as {_example(setting)}.")
+    if len(text) > MAX_AXIS_CHARS:
+        raise InvalidRequest(f"The {setting.label} axis values are {len(text):,} characters long; at most {MAX_AXIS_CHARS:,} are read.")
     values: list = []
     for item in split_list(text):
         values += _parse_item(setting, item)
         if len(values) > MAX_VALUES_PER_AXIS:
-            raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({text!r}); use a coarser step.")
+            raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({shown(text, 80)}); use a coarser step.")
     if not values:
         raise InvalidRequest(f"The {setting.label} axis has no values; enter a list such as {_example(setting)}.")
     return values
@@ -121,53 +126,64 @@ def _parse_item(setting: Setting, item: str) -> list:
     if setting.kind == "size":
         match = SIZE_PATTERN.match(item)
         if not match:
-            raise InvalidRequest(f"The {setting.label} axis value {item!r} is not a size; write WIDTHxHEIGHT such as 512x768, or one number for a square.")
-        width = int(match.group(1))
-        return [(width, int(match.group(2) or width))]
+            raise InvalidRequest(f"The {setting.label} axis value {shown(item)} is not a size; write WIDTHxHEIGHT such as 512x768, or one number for a square.")
+        width = _number(setting, item, match.group(1), int)
+        return [(width, _number(setting, item, match.group(2), int) if match.group(2) else width)]
     if setting.choices:
         for choice in setting.choices:
             if choice.lower() == item.lower():
                 return [choice]
-        raise InvalidRequest(f"The {setting.label} axis value {item!r} is not one of: {', '.join(setting.choices)}.")
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} is not one of: {', '.join(setting.choices)}.")
     return [item]
 
 
 def _parse_number(setting: Setting, item: str, kind: type, patterns) -> list:
     plain, stepped, counted = patterns
     if match := plain.match(item):
-        start, end = kind(match.group(1)), kind(match.group(2))
+        start, end = (_number(setting, item, group, kind) for group in match.groups())
         return _stepped(setting, item, start, end, kind(1 if end >= start else -1), kind)
     if match := stepped.match(item):
-        return _stepped(setting, item, kind(match.group(1)), kind(match.group(2)), kind(match.group(3)), kind)
+        return _stepped(setting, item, *(_number(setting, item, group, kind) for group in match.groups()), kind)
     if match := counted.match(item):
-        start, end, count = kind(match.group(1)), kind(match.group(2)), int(match.group(3))
+        start, end = _number(setting, item, match.group(1), kind), _number(setting, item, match.group(2), kind)
+        count = _number(setting, item, match.group(3), int)
         if count < 1:
-            raise InvalidRequest(f"The {setting.label} axis value {item!r} asks for {count} values; use [1] or more.")
+            raise InvalidRequest(f"The {setting.label} axis value {shown(item)} asks for {count} values; use [1] or more.")
         if count > MAX_VALUES_PER_AXIS:
-            raise InvalidRequest(f"The {setting.label} axis value {item!r} asks for {count} values; at most {MAX_VALUES_PER_AXIS} fit on an axis.")
+            raise InvalidRequest(f"The {setting.label} axis value {shown(item)} asks for {count} values; at most {MAX_VALUES_PER_AXIS} fit on an axis.")
         spaced = [start + (end - start) * i / (count - 1) for i in range(count)] if count > 1 else [start]
         return _dedupe([round(v) for v in spaced]) if kind is int else [_tidy(v) for v in spaced]
     try:
-        number = kind(item)
+        kind(item[:64])  # the kind of value, from a bounded prefix: int() of 5000 digits is itself an error
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise InvalidRequest(
-            f"The {setting.label} axis value {item!r} is not {what} or a range (forms: 10,20,30 · 1-5 · 1-9 (+2) · 0.5-1 [3])."
+            f"The {setting.label} axis value {shown(item)} is not {what} or a range (forms: 10,20,30 · 1-5 · 1-9 (+2) · 0.5-1 [3])."
         ) from None
-    if kind is float and not math.isfinite(number):
-        raise InvalidRequest(f"The {setting.label} axis value {item!r} is not a finite number.")
-    return [number]
+    return [_number(setting, item, item, kind)]
+
+
+def _number(setting: Setting, item: str, text: str, kind: type):
+    """One number of an item, finite and within ±MAX_NUMBER (so steps and counts stay computable)."""
+    try:
+        number = kind(text) if len(text.strip()) <= 32 else None
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or abs(number) > MAX_NUMBER:
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} is out of range: numbers must be finite, "
+                             f"between -{MAX_NUMBER:,} and {MAX_NUMBER:,}.")
+    return number
 
 
 def _stepped(setting: Setting, item: str, start, end, step, kind: type) -> list:
     """start, start+step, ... up to and including end (within float rounding)."""
     if step == 0:
-        raise InvalidRequest(f"The {setting.label} axis value {item!r} has a step of 0.")
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} has a step of 0.")
     if (end - start) * step < 0:
-        raise InvalidRequest(f"The {setting.label} axis value {item!r} steps away from its end; use a {'negative' if end < start else 'positive'} step.")
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} steps away from its end; use a {'negative' if end < start else 'positive'} step.")
     count = int(math.floor((end - start) / step + 1e-9)) + 1
     if count > MAX_VALUES_PER_AXIS:
-        raise InvalidRequest(f"The {setting.label} axis value {item!r} gives {count} values; at most {MAX_VALUES_PER_AXIS} fit on an axis.")
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} gives {count} values; at most {MAX_VALUES_PER_AXIS} fit on an axis.")
     values = [start + i * step for i in range(count)]
     return values if kind is int else [_tidy(v) for v in values]
 

@@ -71,11 +71,21 @@ def test_settings_are_found_by_key_or_label():
     (STEPS, "1-5 (-1)", "steps away from its end"),
     (STEPS, "1-5 [0]", "asks for 0 values"),
     (STEPS, "1-100000", f"at most {MAX_VALUES_PER_AXIS}"),
-    (CFG, "inf", "not a finite number"),
+    (CFG, "inf", "'inf' is out of range: numbers must be finite"),
+    (CFG, "nan", "'nan' is out of range"),
+    (STEPS, "1-" + "9" * 400, "is out of range: numbers must be finite, between -1,000,000,000,000,000 and"),
+    (CFG, "1-" + "9" * 400 + " [3]", "is out of range"),
+    (STEPS, "1-2 (+1" + "0" * 400 + ")", "is out of range"),
+    (STEPS, "1-5 [" + "9" * 5000 + "]", "is out of range"),
+    (STEPS, "9" * 5000, "is out of range"),
+    (SIZE, "1x" + "9" * 400, "is out of range"),
+    (STEPS, "1, " * 50_000, "axis values are 150,000 characters long; at most 16,384 are read"),
+    (STEPS, '"' + "x" * 200_000 + '"', "at most 16,384 are read"),
     (CFG, "0.5-1 [x]", r"'0.5-1 \[x\]' is not a number or a range"),
     (SAMPLER, "Euler b", "'Euler b' is not one of: Euler, Euler a"),
     (SIZE, "512by512", "not a size"),
 ])
 def test_bad_values_name_the_axis_and_the_value(setting, text, message):
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(InvalidRequest, match=message) as caught:
         parse_values(setting, text)
+    assert len(str(caught.value)) < 300, "a huge value is cut short in the message"
