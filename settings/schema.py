@@ -128,7 +128,8 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "allow_pickle": SettingInfo("Allow pickle checkpoints", "Load .ckpt/.pt/.bin files with torch.load(weights_only=True). Off: safetensors only."),
     "preview_every": SettingInfo("Live preview every N steps", "0 turns the preview off."),
     "max_queue_size": SettingInfo("Maximum queue size", "Requests waiting beyond this are refused.", needs_restart=True),
-    "vae_dtype": SettingInfo("Default VAE precision", "auto (bf16 on NVIDIA GPUs of compute capability 8+, else fp32), bf16, fp16 or fp32."),
+    "vae_dtype": SettingInfo("Default VAE precision", "auto (bf16 on NVIDIA GPUs of compute capability 8+, else fp32), bf16, fp16 or fp32. The Generate tab starts from this "
+                                           "(not from the last-used value); saving a new default here sets it there at once."),
     "vae_tiling": SettingInfo("Always decode in tiles", "Less memory for large images, slightly slower; tiling is also used automatically after an out-of-memory error."),
     "vae_slicing": SettingInfo("Decode a batch one image at a time", "Less peak memory for large batches."),
     "vae_honour_force_upcast": SettingInfo("Honour the VAE's force_upcast", "A VAE whose config says it overflows in fp16 (SDXL's) then decodes in fp32 when fp16 is asked."),
@@ -276,8 +277,8 @@ class SettingsStore:
             self.save(settings)
         except OSError as error:
             logging.getLogger("likeness").warning("could not save the settings file: %s", error)
-        self.messages.append(f"Setting {name!r} {value!r} from {self.path} cannot be used here ({reason}); "
-                             f"started with {default!r}. The old file was kept as {backup.name}.")
+        self.messages.append(f"The settings file {self.path} sets {name} to {value!r}, which cannot be used here ({reason}); "
+                             f"started with {default!r} and saved that. The old file was kept as {backup.name}.")
         return True
 
     def _keep_backup(self, copy: bool = False) -> Path:

@@ -55,8 +55,8 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
                 models = models_tab.build(manager, [generate["form"]["model"]])
             with gr.Tab("PNG Info", id="png_info"):
                 png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
-            with gr.Tab("Settings", id="settings"):
-                settings_tab.build(manager, settings, store)
+            with gr.Tab("Settings", id="settings") as settings_page:
+                settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
             with gr.Tab("Caches", id="caches"):
                 caches = caches_tab.build(manager)
         refresh_status = lambda: status_line(manager)  # noqa: E731

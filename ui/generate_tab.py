@@ -12,6 +12,7 @@ from pipelines.manager import PipelineManager
 from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
 from pipelines.samplers import sampler_names
 from pipelines.vae import VAE_CHOICES
+from ui.last_used import clean_last_generation, vae_rule_info
 from ui.session import CancelRegistry, result_markdown, stream_generation
 
 log = logging.getLogger("likeness")
@@ -47,7 +48,7 @@ def _coerce_form(values: dict) -> GenerationRequest:
 
 def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) -> dict:
     """Lay out the tab inside the current gr.Blocks; return its components for other tabs to use."""
-    last = settings.last_generation or {}
+    last, dropped = clean_last_generation(manager, settings.last_generation)
     default_model = manager.default_model()
     family = manager.entry(default_model).family
     spec = family.spec
@@ -56,6 +57,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     with gr.Row():
         model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model", allow_custom_value=True)
     demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=chosen_model == DEMO_MODEL_NAME)
+    if dropped:
+        gr.Markdown("⚠ Last-used values not restored: " + "; ".join(dropped), elem_id="last_used_warning", elem_classes=["settings-warning"])
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="prompt", placeholder="a portrait photo of …")
@@ -74,8 +77,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             with gr.Row():
                 batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id="batch_size")
                 batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
-            vae_dtype = gr.Radio(list(VAE_CHOICES), value=last.get("vae_dtype", settings.vae_dtype), label="VAE precision",
-                                 info=f"auto here: {manager.vae_status()}", elem_id="vae_dtype")
+            vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
+                                 info=vae_rule_info(settings.vae_dtype, manager.vae_status()), elem_id="vae_dtype")
             with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
                 with gr.Row():
                     deepcache_interval = gr.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",

@@ -1,19 +1,31 @@
-"""The Settings tab: every setting, typed and validated, saved atomically; live where possible."""
+"""The Settings tab: every setting, typed and validated, saved atomically; live where possible.
+
+Several pages may be open at once. Each page keeps the values its form was filled with (`loaded`);
+showing the tab refreshes the fields the user has not edited, and saving applies only the fields that
+differ from `loaded` onto the current settings, so a page opened before another page's save never
+undoes it.
+"""
 from __future__ import annotations
 
-import dataclasses
+import ipaddress
 from pathlib import Path
 
 import gradio as gr
 
 from pipelines.manager import PipelineManager
-from settings.schema import SETTING_INFO, AppSettings, SettingsStore, coerce_setting
+from settings.schema import PATH_FIELDS, SETTING_INFO, AppSettings, SettingsStore, coerce_setting, resolve_path
+from ui.last_used import vae_rule_info
+
+# Folders, pickle loading and the device change what the server reads and runs: a browser on another
+# machine may change them only when the app asks for a login (--gradio-auth).
+PROTECTED = ("models_dir", "outputs_dir", "cache_dir", "allow_pickle", "include_hf_cache", "device")
 
 
-def component_for(name: str, value):
+def component_for(name: str, value, override: str | None = None):
     info = SETTING_INFO[name]
     label = info.label + (" (applies after restart)" if info.needs_restart else "")
-    common = {"label": label, "info": info.help, "value": value, "elem_id": f"setting_{name}"}
+    help_text = info.help + (f" This run: set by {override}; written to the file only if you change it here." if override else "")
+    common = {"label": label, "info": help_text, "value": value, "elem_id": f"setting_{name}"}
     if isinstance(value, bool):
         return gr.Checkbox(**common)
     if isinstance(value, int):
@@ -39,36 +51,106 @@ def apply_live(manager: PipelineManager, settings: AppSettings) -> None:
         manager.refresh()
 
 
-def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore) -> dict:
+def is_trusted(request) -> bool:
+    """A request from this machine (loopback), or from a user who logged in. No request: a direct call."""
+    if request is None or getattr(request, "username", None):
+        return True
+    host = getattr(getattr(request, "client", None), "host", None) or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # unknown: treat as remote
+
+
+def read_changes(names: list[str], values, loaded: dict) -> tuple[dict, list[str]]:
+    """The fields whose form value differs from the value the form was loaded with, typed; and what is wrong."""
+    defaults = AppSettings()
+    changes, problems = {}, []
+    for name, value in zip(names, values):
+        if value == loaded.get(name):
+            continue
+        default = getattr(defaults, name)
+        if value is None or (isinstance(value, str) and not value.strip() and not isinstance(default, str)):
+            problems.append(f"{SETTING_INFO[name].label}: enter a value.")
+            continue
+        try:
+            value = coerce_setting(value, default)
+        except ValueError as error:
+            problems.append(f"{SETTING_INFO[name].label}: {error}.")
+            continue
+        if name in PATH_FIELDS:
+            value = resolve_path(value.strip())
+        if value != loaded.get(name):
+            changes[name] = value
+    return changes, problems
+
+
+def labels(names) -> str:
+    return ", ".join(SETTING_INFO[name].label for name in names)
+
+
+def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore, tab: gr.Tab | None = None,
+          generate_vae: gr.Radio | None = None) -> dict:
+    """Lay out the tab; `tab` (this tab) refreshes the form when shown; `generate_vae` follows the VAE default."""
     names = list(SETTING_INFO)
-    components = [component_for(name, getattr(settings, name)) for name in names]
+    components = [component_for(name, getattr(settings, name), store.overrides.get(name)) for name in names]
     save = gr.Button("Save settings", variant="primary", elem_id="settings_save")
     message = gr.Markdown(elem_id="settings_message")
 
-    def on_save(*values):
-        candidate = dataclasses.replace(settings)
-        problems = []
-        for name, value in zip(names, values):
-            default = getattr(AppSettings(), name)
-            if value is None or (isinstance(value, str) and not value.strip() and not isinstance(default, str)):
-                problems.append(f"{SETTING_INFO[name].label}: enter a value.")
-                continue
-            try:
-                setattr(candidate, name, coerce_setting(value, default))
-            except ValueError as error:
-                problems.append(f"{SETTING_INFO[name].label}: {error}.")
-        problems += [f"{SETTING_INFO[name].label} {text}." for name, text in candidate.validate().items()]
-        if problems:
-            return "⚠ Not saved: " + " ".join(problems)
-        try:
-            store.save(candidate)
-        except OSError as error:
-            return f"⚠ Not saved: {store.path} cannot be written ({error.strerror or error})."
-        restart = [SETTING_INFO[n].label for n in names if SETTING_INFO[n].needs_restart and getattr(candidate, n) != getattr(settings, n)]
-        for name in names:
-            setattr(settings, name, getattr(candidate, name))
-        apply_live(manager, settings)
-        return f"Saved to {store.path}." + (f" Restart to apply: {', '.join(restart)}." if restart else "")
+    def current() -> dict:
+        return {name: getattr(settings, name) for name in names}
 
-    save.click(on_save, components, message, api_name="save_settings")
-    return {"components": dict(zip(names, components))}
+    # What this page's form was filled with; per browser session.
+    loaded = gr.State(current())
+
+    def on_show(snapshot: dict, *values):
+        """Fields the user has not edited take the current settings (another page may have saved)."""
+        fresh, kept = current(), dict(snapshot)
+        updates = []
+        for name, value in zip(names, values):
+            if value == snapshot.get(name):
+                updates.append(gr.update(value=fresh[name]))
+                kept[name] = fresh[name]
+            else:
+                updates.append(gr.update())
+        return *updates, kept
+
+    # Named parameters before *values: Gradio injects gr.Request only into those.
+    def on_save(request: gr.Request, snapshot: dict, *values):
+        unchanged = [gr.update()] * len(names)
+        changes, problems = read_changes(names, values, snapshot)
+        refused = [] if is_trusted(request) else [name for name in changes if name in PROTECTED]
+        for name in refused:
+            del changes[name]
+        refusal = (f" ⚠ Not saved from a browser on another machine without a login: {labels(refused)}. Change them on this "
+                   "machine, or start the app with --gradio-auth." if refused else "")
+        if problems:
+            return "⚠ Not saved: " + " ".join(problems) + refusal, *unchanged, snapshot, gr.update()
+        if not changes:
+            return ("Nothing changed; nothing saved." if not refused else refusal.strip()), *unchanged, snapshot, gr.update()
+        elsewhere = [name for name in names if name not in changes and getattr(settings, name) != snapshot.get(name)]
+        try:
+            store.update(settings, changes)
+        except ValueError as error:
+            return f"⚠ Not saved: {error}.", *unchanged, snapshot, gr.update()
+        except OSError as error:
+            return f"⚠ Not saved: {store.path} cannot be written ({error.strerror or error}).", *unchanged, snapshot, gr.update()
+        apply_live(manager, settings)
+        restart = [name for name in changes if SETTING_INFO[name].needs_restart]
+        text = f"Saved {labels(changes)} to {store.path}."
+        if restart:
+            text += f" Restart to apply: {labels(restart)}."
+        if elsewhere:
+            text += f" Kept what was saved elsewhere since this page was shown: {labels(elsewhere)} (the form now shows it)."
+        fresh = current()
+        vae = (gr.update(value=settings.vae_dtype, info=vae_rule_info(settings.vae_dtype, manager.vae_status()))
+               if "vae_dtype" in changes else gr.update())
+        return text + refusal, *[gr.update(value=fresh[name]) for name in names], fresh, vae
+
+    vae_output = [generate_vae] if generate_vae is not None else [gr.State()]
+    save.click(on_save, [loaded, *components], [message, *components, loaded, *vae_output], api_name="save_settings")
+    if tab is not None:
+        tab.select(on_show, [loaded, *components], [*components, loaded], api_visibility="private", queue=False)
+    return {"components": dict(zip(names, components)), "loaded": loaded}

@@ -99,7 +99,7 @@ def test_an_unusable_value_from_the_file_falls_back_with_a_backup(tmp_path, clea
     assert backup.read_text() == original
     assert read(path)["device"] == "auto" and read(path)["preview_every"] == 2, "the next start is clean"
     (message,) = store.messages
-    assert "'cuda'" in message and "CUDA is not available" in message and backup.name in message and "'auto'" in message
+    assert "device to 'cuda'" in message and "CUDA is not available" in message and backup.name in message and "'auto'" in message
 
 
 def test_an_unusable_value_from_a_flag_is_left_to_the_caller(tmp_path, clean_env):

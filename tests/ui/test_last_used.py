@@ -1,0 +1,28 @@
+"""The Generate form's last-used values: what a damaged or foreign settings file cannot put in the form."""
+from __future__ import annotations
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from ui.last_used import clean_last_generation
+
+
+def test_bad_values_are_dropped_with_a_message_and_good_ones_kept(make_manager):
+    manager = make_manager()
+    last = {
+        "model": DEMO_MODEL_NAME, "prompt": "kept", "steps": 12, "cfg_scale": 4.5, "seed": 1e30, "width": "wide",
+        "batch_size": 99, "sampler": "No Such Sampler", "vae_dtype": "fp32", "no_such_field": 1, "save": False,
+    }
+    cleaned, problems = clean_last_generation(manager, last)
+    assert cleaned == {"model": DEMO_MODEL_NAME, "prompt": "kept", "steps": 12, "cfg_scale": 4.5}
+    assert len(problems) == 4
+    assert any(p.startswith("seed 1e+30") and "Seed must be a whole number" in p for p in problems)
+    assert any(p.startswith("width 'wide'") for p in problems)
+    assert any(p.startswith("batch_size 99") and "between 1 and 8" in p for p in problems)
+    assert any(p.startswith("sampler 'No Such Sampler'") for p in problems)
+
+
+def test_unknown_model_and_non_dict(make_manager):
+    manager = make_manager()
+    cleaned, problems = clean_last_generation(manager, {"model": "gone-model", "seed": 42})
+    assert cleaned == {"model": manager.default_model(), "seed": 42} and problems == []
+    assert clean_last_generation(manager, [1, 2]) == ({}, [])
+    assert clean_last_generation(manager, {}) == ({}, [])

@@ -1,0 +1,33 @@
+"""The Settings tab's rules without a browser: which fields a form changed, and who may change folders."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from settings.schema import PROJECT_ROOT, SETTING_INFO
+from ui.settings_tab import PROTECTED, is_trusted, read_changes
+
+
+def fake_request(host: str, username: str | None = None):
+    return SimpleNamespace(client=SimpleNamespace(host=host), username=username)
+
+
+def test_loopback_or_logged_in_requests_are_trusted():
+    for host in ("127.0.0.1", "127.0.0.5", "::1", "[::1]", "localhost"):
+        assert is_trusted(fake_request(host)), host
+    for host in ("192.168.1.20", "10.0.0.3", "2001:db8::1", "example.org", ""):
+        assert not is_trusted(fake_request(host)), host
+        assert is_trusted(fake_request(host, username="alice")), host
+    assert is_trusted(None), "a direct call (no HTTP request) is the app itself"
+    assert set(PROTECTED) <= set(SETTING_INFO)
+
+
+def test_only_fields_that_differ_from_the_loaded_form_are_changes():
+    names = ["preview_every", "ram_cache_gb", "models_dir", "allow_pickle"]
+    loaded = {"preview_every": 5, "ram_cache_gb": 16.0, "models_dir": "/m", "allow_pickle": False}
+    changes, problems = read_changes(names, [5, 16.0, "/m", False], loaded)
+    assert changes == {} and problems == []
+    changes, problems = read_changes(names, [7, 16, " my-models ", True], loaded)
+    assert changes == {"preview_every": 7, "models_dir": str(PROJECT_ROOT / "my-models"), "allow_pickle": True}
+    assert problems == []
+    changes, problems = read_changes(names, [None, "x", "/m", False], loaded)
+    assert changes == {} and len(problems) == 2 and "enter a value" in problems[0]

@@ -1,0 +1,56 @@
+"""The Generate form's last-used values (settings.last_generation), checked before the form shows them.
+
+The settings file is written by the app but can be edited, copied from another machine or damaged: a
+value the form cannot show (a seed of 1e30, steps as text, a sampler of another family) is dropped
+with a message, never allowed to stop the app from starting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from pipelines.errors import LikenessError
+from pipelines.request import GenerationRequest, validate_request
+
+log = logging.getLogger("likeness")
+# Not restored into the form: `save` is not a form field; `vae_dtype` starts from the Settings default
+# (see the Generate tab's VAE precision radio).
+NOT_RESTORED = ("save", "vae_dtype")
+RESTORED = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in NOT_RESTORED)
+
+
+def clean_last_generation(manager, last) -> tuple[dict, list[str]]:
+    """The usable last-used values and one line per dropped value (unknown keys are dropped silently)."""
+    if not isinstance(last, dict):
+        return {}, []
+    usable = {entry.name for entry in manager.models() if entry.usable}
+    model = last.get("model") if last.get("model") in usable else manager.default_model()
+    family = manager.entry(model).family
+    spec = family.spec
+    baseline = GenerationRequest(model=model, prompt="", steps=spec.default_steps, cfg_scale=spec.default_cfg,
+                                 width=spec.default_size[0], height=spec.default_size[1], sampler=spec.default_sampler)
+    cleaned = {"model": model} if "model" in last else {}
+    problems = []
+    for name, value in last.items():
+        if name == "model":
+            continue
+        if name not in RESTORED:
+            log.debug("last-used value %r ignored: not a form field", name)
+            continue
+        try:
+            validate_request(dataclasses.replace(baseline, **{name: value}), family)
+        except (LikenessError, TypeError, ValueError) as error:
+            problems.append(f"{name} {_short(value)} ({error})")
+            continue
+        cleaned[name] = value
+    return cleaned, problems
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def vae_rule_info(default: str, auto_status: str) -> str:
+    """What the Generate tab's VAE precision radio says about where its value comes from."""
+    return f"Default from Settings: {default} (not the last-used value) · auto here: {auto_status}"
