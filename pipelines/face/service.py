@@ -23,7 +23,8 @@ from pipelines import devices
 from pipelines.caches.memo import MemoCache
 from pipelines.errors import InvalidRequest, ModelLoadError
 from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, align_face, load_reference_image
-from pipelines.face.encoders import PARSING_FILE, FaceEncoders
+from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders
+from pipelines.face.eva_clip import EvaVisionConfig
 from pipelines.face.files import face_file_status, missing_message, require_face_files
 from pipelines.face.idformer import IDFormerConfig, IdentityEmbedding, encode_identity
 from pipelines.face.pulid_weights import PulidWeights, find_pulid_file, load_pulid_weights
@@ -88,6 +89,21 @@ class Identity:
 
 def photo_digest(rgb: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()).hexdigest()[:16]
+
+
+def check_files_fit(weights: PulidWeights, eva: EvaVisionConfig, arcface_dim: int) -> None:
+    """ModelLoadError naming the files when EVA-CLIP's (or the recognizer's) sizes do not fit the ID
+    encoder of the PuLID file, e.g. a test-sized EVA-CLIP beside the full PuLID. Checked before the
+    encoder runs, where torch would only say "mat1 and mat2 shapes cannot be multiplied"."""
+    expected = weights.encoder.config
+    if eva.width == expected.vit_dim and arcface_dim + eva.embed_dim == expected.id_cond_dim:
+        return
+    raise ModelLoadError(
+        f"The face files do not fit together: {EVA_FILE} gives hidden states of width {eva.width} and a condition of "
+        f"{arcface_dim + eva.embed_dim} (ArcFace {arcface_dim} + EVA-CLIP {eva.embed_dim}), but the ID encoder in "
+        f"{weights.path.name} expects width {expected.vit_dim} and {expected.id_cond_dim} (the official files: 1024 and "
+        f"512 + 768). Use the official {EVA_FILE}, glintr100.onnx and {weights.path.name} together."
+    )
 
 
 class FaceService:
@@ -198,6 +214,7 @@ class FaceService:
         try:
             id_conds, hidden_states = [], []
             for face in faces:
+                check_files_fit(weights, encoders.eva.config, face.choice.face.embedding.size)
                 eva_embedding, hidden, parsing_input = encoders.encode(face.aligned)
                 face.parsing_input = parsing_input
                 arcface = torch.from_numpy(face.choice.face.embedding).float().reshape(1, -1).to(self.device)

@@ -243,3 +243,28 @@ def test_true_cfg_scale_is_part_of_the_exact_repeat_key():
 def test_face_controls_out_of_range_are_clear_messages(options, message):
     with pytest.raises(InvalidRequest, match=message):
         face(**options)
+
+
+def test_face_files_that_do_not_fit_together_are_named(tmp_path, make_manager, model_zoo, tiny_pipes):
+    """A bigger EVA-CLIP beside the PuLID file (as a test-sized EVA beside the full PuLID): a message
+    naming both files, before the ID encoder would fail on "mat1 and mat2 shapes"."""
+    import torch
+
+    from pipelines.bench.tiny_face import TINY_EVA, official_eva_checkpoint, seeded
+    from pipelines.errors import ModelLoadError
+    from pipelines.face.encoders import EVA_FILE
+    from pipelines.face.eva_clip import EvaVisionTower
+
+    models = tmp_path / "models"
+    copy_model(model_zoo["sdxl"], models, "tiny-sdxl")
+    write_face_models(models, sdxl_unet=tiny_pipes["sdxl"].unet)
+    wider = seeded(EvaVisionTower(dataclasses.replace(TINY_EVA, width=128)), 2)
+    torch.save(official_eva_checkpoint(wider), models / "eva_clip" / EVA_FILE)
+    manager = make_manager(models)
+    manager.face.idformer_config = TINY_IDFORMER
+    with pytest.raises(ModelLoadError) as caught:
+        manager.generate(tiny_request("sdxl"), face=face())
+    message = str(caught.value)
+    assert "do not fit together" in message and EVA_FILE in message and "pulid_v1.1.safetensors" in message
+    assert "width 128" in message and f"expects width {TINY_IDFORMER.vit_dim}" in message
+    assert not any(record.locked for record in manager.cache.records()), "the model stayed locked"
