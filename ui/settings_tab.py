@@ -7,6 +7,7 @@ undoes it.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore,
             del changes[name]
         refusal = (f" ⚠ Not saved from a browser on another machine without a login: {labels(refused)}. Change them on this "
                    "machine, or start the app with --gradio-auth." if refused else "")
+        problems += [f"{SETTING_INFO[name].label} {text}." for name, text in dataclasses.replace(settings, **changes).validate().items()]
         if problems:
             return "⚠ Not saved: " + " ".join(problems) + refusal, *unchanged, snapshot, gr.update()
         if not changes:

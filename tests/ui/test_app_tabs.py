@@ -110,6 +110,7 @@ def test_settings_file_corrupted_or_deleted_while_running(page, live_app):
     path = live_app["root"] / "settings.json"
     path.write_text("{ not json")
     page.get_by_role("tab", name="Settings").click()
+    page.locator("#setting_preview_every input").fill("4")  # only changed fields are saved
     page.click("#settings_save")
     page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Saved')", timeout=15000)
     assert isinstance(json.loads(path.read_text()), dict)
