@@ -155,4 +155,4 @@ def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore,
     save.click(on_save, [loaded, *components], [message, *components, loaded, *vae_output], api_name="save_settings")
     if tab is not None:
         tab.select(on_show, [loaded, *components], [*components, loaded], api_visibility="private", queue=False)
-    return {"components": dict(zip(names, components)), "loaded": loaded}
+    return {"components": dict(zip(names, components)), "loaded": loaded, "on_save": on_save}

@@ -31,3 +31,31 @@ def test_only_fields_that_differ_from_the_loaded_form_are_changes():
     assert problems == []
     changes, problems = read_changes(names, [None, "x", "/m", False], loaded)
     assert changes == {} and len(problems) == 2 and "enter a value" in problems[0]
+
+
+def test_a_remote_browser_without_login_saves_only_unprotected_fields(make_manager, tmp_path):
+    import gradio as gr
+
+    from settings.schema import SettingsStore
+    from ui import settings_tab
+
+    manager = make_manager(include_hf_cache=False)
+    store = SettingsStore(tmp_path / "s.json")
+    settings = store.load()
+    settings.models_dir, settings.include_hf_cache = str(manager.config.models_dir), False
+    with gr.Blocks():
+        tab = settings_tab.build(manager, settings, store)
+    names = list(SETTING_INFO)
+    loaded = {name: getattr(settings, name) for name in names}
+    form = dict(loaded, preview_every=3, allow_pickle=True, outputs_dir="/remote/elsewhere")
+
+    message, *rest = tab["on_save"](fake_request("192.168.1.20"), loaded, *[form[name] for name in names])
+    assert "Saved Live preview every N steps" in message
+    assert "Not saved from a browser on another machine without a login: Outputs folder, Allow pickle checkpoints" in message
+    assert settings.preview_every == 3 and settings.allow_pickle is False and settings.outputs_dir != "/remote/elsewhere"
+    assert manager.config.allow_pickle is False
+
+    fresh = {name: getattr(settings, name) for name in names}
+    message, *rest = tab["on_save"](fake_request("192.168.1.20", username="alice"), fresh,
+                                    *[dict(fresh, allow_pickle=True)[name] for name in names])
+    assert "Saved Allow pickle checkpoints" in message and settings.allow_pickle is True and manager.config.allow_pickle is True
