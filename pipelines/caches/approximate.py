@@ -28,6 +28,7 @@ manifest (the app and a CLI run should use different cache folders if run at the
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -189,7 +190,9 @@ class PartitionIndex:
     def save(self, path: Path) -> None:
         faiss = _faiss()
 
-        _write_atomically(path, lambda temporary: faiss.write_index(self.index, str(temporary)))
+        # Serialised here and written by Python, so a full disk is an OSError like every other write.
+        data = faiss.serialize_index(self.index).tobytes()
+        _write_atomically(path, lambda temporary: temporary.write_bytes(data))
 
     @classmethod
     def load(cls, path: Path, dim: int, search_depth: int) -> "PartitionIndex":
@@ -205,9 +208,11 @@ class PartitionIndex:
 
 
 def _save_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    _write_atomically(path, lambda temporary: save_file({name: tensor.detach().to("cpu").contiguous()}, str(temporary)))
+    # Serialised in memory and written by Python: safetensors reports a full disk as its own error type.
+    data = save({name: tensor.detach().to("cpu").contiguous()})
+    _write_atomically(path, lambda temporary: temporary.write_bytes(data))
 
 
 def _load_tensor(path: Path, name: str) -> torch.Tensor:
@@ -432,7 +437,10 @@ class ApproximateCache:
         return ApproxHit(entry_id, step, similarity, latents, step * entry.step_seconds)
 
     def store(self, partition: str, vector, total_steps: int, latents_by_step: dict[int, torch.Tensor], step_seconds: float = 0.0) -> int | None:
-        """Keep a missed run's latents; returns the new entry's id (None when nothing fits the budget)."""
+        """Keep a missed run's latents; returns the new entry's id (None when nothing fits the budget).
+
+        A write that fails (a full disk) keeps nothing, removes the files it wrote, logs a warning
+        and returns None: a cache that cannot grow must not fail the generation."""
         if not latents_by_step:
             return None
         embedding = torch.from_numpy(normalised(vector))
@@ -441,27 +449,44 @@ class ApproximateCache:
             self._next_id += 1
             now = self._clock()
             embedding_file = f"e{entry_id:08d}.emb.safetensors"
-            _save_tensor(self.folder / embedding_file, "embedding", embedding)
-            entry = _Entry(entry_id, partition, int(embedding.numel()), total_steps, now, step_seconds, embedding_file,
-                           (self.folder / embedding_file).stat().st_size)
-            for step, latents in sorted(latents_by_step.items()):
-                name = f"e{entry_id:08d}.s{step:03d}.safetensors"
-                _save_tensor(self.folder / name, "latents", latents)
-                entry.items[step] = _Item(name, (self.folder / name).stat().st_size, 1, now)
-            _fsync_folder(self.folder)
+            entry = _Entry(entry_id, partition, int(embedding.numel()), total_steps, now, step_seconds, embedding_file, 0)
+            try:
+                _save_tensor(self.folder / embedding_file, "embedding", embedding)
+                entry.embedding_bytes = (self.folder / embedding_file).stat().st_size
+                for step, latents in sorted(latents_by_step.items()):
+                    name = f"e{entry_id:08d}.s{step:03d}.safetensors"
+                    _save_tensor(self.folder / name, "latents", latents)
+                    entry.items[step] = _Item(name, (self.folder / name).stat().st_size, 1, now)
+                _fsync_folder(self.folder)
+            except OSError as error:
+                return self._store_failed(entry, error)
             self._entries[entry_id] = entry
             self._evict()
             self._compact_indexes()
             if entry_id not in self._entries:  # larger than the whole budget
                 self._write_manifest()
                 return None
-            self._write_manifest()  # the commit point: the files it names are already on disk
+            try:
+                self._write_manifest()  # the commit point: the files it names are already on disk
+            except OSError as error:
+                del self._entries[entry_id]
+                return self._store_failed(entry, error)
             index = self._indexes.get(partition)
             if index is None:
                 index = self._indexes[partition] = PartitionIndex(entry.dim, self.config.hnsw_neighbours, self.config.search_depth)
             index.add(entry_id, embedding.numpy())
-            index.save(self.folder / f"index-{partition}.faiss")
+            try:
+                index.save(self.folder / f"index-{partition}.faiss")
+            except OSError as error:  # the entry is committed; the next start adds it to the index file
+                log.warning("approximate cache %s: could not update the index file (%s)", self.folder, error.strerror or error)
             return entry_id
+
+    def _store_failed(self, entry: _Entry, error: OSError) -> None:
+        for name in [entry.embedding_file] + [item.file for item in entry.items.values()]:
+            (self.folder / name).unlink(missing_ok=True)
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        log.warning("approximate cache %s: could not keep this run's latents (%s); nothing was stored", self.folder, reason)
+        return None
 
     # -- eviction -----------------------------------------------------------------------------------
 
