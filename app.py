@@ -27,6 +27,17 @@ def common_options() -> argparse.ArgumentParser:
     return parent
 
 
+def pixels(text: str) -> int:
+    """--width/--height: a positive whole number (0 must not quietly become the default size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a size; use a positive number of pixels such as 512")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.request import GenerationRequest
     from pipelines.samplers import ALL_SAMPLER_NAMES
@@ -45,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=defaults.steps)
     gen.add_argument("--cfg-scale", "--cfg", type=float, default=defaults.cfg_scale)
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
-    gen.add_argument("--width", type=int, default=None, help="default: the model family's size")
-    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")
+    gen.add_argument("--height", type=pixels, default=None)
     gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)

@@ -162,6 +162,9 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     generate_event = generate.click(
         run, list(form.values()), [readout, preview, gallery, breakdown, last_seed],
         api_name="generate", concurrency_id="gpu", concurrency_limit=1,
+        # Raw values: Gradio's own slider step would fail first on an API client's None, "abc" or NaN
+        # with no message; `_coerce_form` and `validate_request` name the field and the fix instead.
+        preprocess=False,
     )
 
     def stop_generation(request: gr.Request = None):
