@@ -408,7 +408,8 @@ def row_vae(ctx: GpuContext) -> list[Measure]:
     latents = torch.randn(1, vae.config.latent_channels, size // 8, size // 8, generator=torch.Generator().manual_seed(SEED))
     runs = {}
     for name, dtype, tiled in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, False), ("fp16", torch.float16, False),
-                               ("bf16 tiled", torch.bfloat16, True)):
+                               ("bf16 tiled", torch.bfloat16, True), ("bf16 channels-last", torch.bfloat16, False)):
+        vae.to(memory_format=torch.channels_last if "channels-last" in name else torch.contiguous_format)
         decode(vae, latents, dtype, ctx.device, tiled=tiled)  # warm-up: kernels and cuDNN autotuning per dtype
         gc.collect()
         devices.free_device_memory(ctx.device)
@@ -424,7 +425,7 @@ def row_vae(ctx: GpuContext) -> list[Measure]:
                        note=f"{size}px; PSNR vs {base} {db(psnr(b[0], v[0]))} dB; ran as {v[3]}", **extra)
 
     measures = [line("decode bf16/fp32", "fp32", "bf16"), line("decode fp16+upcast/fp32", "fp32", "fp16"),
-                line("decode tiled/untiled (bf16)", "bf16", "bf16 tiled")]
+                line("decode tiled/untiled (bf16)", "bf16", "bf16 tiled"), line("decode channels-last/default (bf16)", "bf16", "bf16 channels-last")]
     measures.insert(1, Measure("decode peak bf16/fp32", "fp32", runs["fp32"][2], "bf16", runs["bf16"][2], unit="bytes",
                                target=BF16_MEMORY_TARGET, note="GPU allocator peak" if ctx.device.type == "cuda" else "no allocator peak on CPU"))
     return measures
@@ -483,6 +484,25 @@ def row_swap(ctx: GpuContext) -> list[Measure]:
     return measures
 
 
+def row_sdxl_channels_last(ctx: GpuContext) -> list[Measure]:
+    """The UNet in channels-last memory format against the default, end to end (channels-last pays only where
+    the convolution kernels prefer it)."""
+    request = ctx.sdxl_request()
+    unet = ctx.pipe(SDXL).pipe.unet
+    ctx.warm_up(request)
+    default = [ctx.generate(request)]
+    unet.to(memory_format=torch.channels_last)
+    try:
+        ctx.generate(request)  # warm-up: cuDNN picks kernels for the new layout
+        channels_last = [ctx.generate(request)]
+    finally:
+        unet.to(memory_format=torch.contiguous_format)
+    default.append(ctx.generate(request))
+    return [Measure("UNet channels-last", "default", median([d[1] for d in default]), "channels-last", channels_last[0][1],
+                    peak_base=default[0][2], peak_value=channels_last[0][2],
+                    note=f"PSNR vs default {db(psnr(image_of(default[0][0]), image_of(channels_last[0][0])))} dB")]
+
+
 def row_sdxl_compile(ctx: GpuContext) -> list[Measure]:
     """`torch.compile` on the UNet (dynamic=False): eager vs compiled end to end; the first call's compile time apart."""
     request = ctx.sdxl_request()
@@ -510,11 +530,12 @@ def row_sdxl_compile(ctx: GpuContext) -> list[Measure]:
 ROWS = [
     Row("sdxl-overhead", "SDXL 1024px 25 steps CFG DPM++ 2M: ours vs bare diffusers", 100, 45, 8, row_sdxl_overhead, ("sdxl",)),
     Row("flux-overhead", "FLUX.1-dev 1024px 28 steps: ours vs bare diffusers", 95, 60, 8, row_flux_overhead, ("flux",)),
-    Row("vae-decode", "SDXL VAE decode 1024px: fp32 / bf16 / fp16+upcast, tiled", 90, 20, 8, row_vae),
+    Row("vae-decode", "SDXL VAE decode 1024px: fp32 / bf16 / fp16+upcast, tiled, channels-last", 90, 25, 8, row_vae),
     Row("flux-pulid", "FLUX.1-dev with PuLID on vs off", 85, 70, 10, row_flux_pulid, ("flux", "face-files")),
     Row("sdxl-deepcache", "SDXL DeepCache N=3 vs uncached", 80, 20, 6, row_sdxl_deepcache, ("sdxl",)),
     Row("flux-fbc", "FLUX.1-dev first-block cache 0.08 / 0.12 vs uncached", 75, 35, 8, row_flux_block_cache, ("flux",)),
     Row("model-swap", "SDXL back from the RAM cache vs from disk; pinned memory", 70, 60, 10, row_swap, ("sdxl",)),
     Row("face-stage", "Face stage (insightface + EVA-CLIP + IDFormer) cold vs memoized", 65, 15, 6, row_face_stage, ("flux", "face-files")),
+    Row("sdxl-channels", "SDXL UNet channels-last vs default layout", 62, 15, 4, row_sdxl_channels_last, ("sdxl",)),
     Row("sdxl-compile", "SDXL torch.compile of the UNet vs eager", 60, 150, 30, row_sdxl_compile, ("sdxl",)),
 ]
