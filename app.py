@@ -119,6 +119,8 @@ def build_manager(settings):
         approx_cache_ttl_seconds=settings.approx_cache_ttl_hours * 3600,
         face_memo_entries=settings.face_memo_entries,
         onnx_gpu_mem_limit_mb=settings.onnx_gpu_mem_limit_mb,
+        torch_compile=settings.torch_compile,
+        channels_last=settings.channels_last,
     )
     return PipelineManager(config)
 

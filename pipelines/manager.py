@@ -24,6 +24,7 @@ from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
 from pipelines.face.service import FaceOptions, FaceService
+from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
@@ -65,6 +66,8 @@ class ManagerConfig:
     approx_cache_thresholds: tuple = DEFAULT_THRESHOLDS  # (similarity, K of 50), highest first
     approx_cache_max_bytes: int = 1 << 30  # disk budget of the approximate latent cache (under cache_dir/approximate)
     approx_cache_ttl_seconds: float = 0.0  # 0 = entries stay until evicted
+    torch_compile: str = "off"  # off | default | max-autotune: the denoiser, compiled on first use after each load
+    channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,8 @@ class PipelineManager:
         dtype = devices.denoiser_dtype(self.device, entry.family.value)
         with self._disk_load_lock:
             pipe = load_pipeline(entry, dtype)
+        for note in apply_fast_paths(pipe, FastPaths(self.config.torch_compile, self.config.channels_last)):
+            log.info("%s: %s", entry.name, note)
         size = pipeline_bytes(pipe)
         digest = None
         if entry.path.is_file():

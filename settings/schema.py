@@ -72,6 +72,8 @@ class AppSettings:
     latent_cache_entries: int = 16
     face_memo_entries: int = 16
     onnx_gpu_mem_limit_mb: int = 2048
+    torch_compile: str = "off"
+    channels_last: bool = False
     experiment_confirm_cells: int = 16
     approx_cache_thresholds: str = "0.95,0.90,0.85,0.75,0.65"
     approx_cache_max_mb: int = 1024
@@ -90,6 +92,7 @@ class AppSettings:
             "latent_cache_entries": (self.latent_cache_entries >= 0, "must be 0 (off) or more"),
             "face_memo_entries": (self.face_memo_entries >= 1, "must be at least 1"),
             "onnx_gpu_mem_limit_mb": (self.onnx_gpu_mem_limit_mb >= 256, "must be at least 256"),
+            "torch_compile": (self.torch_compile in ("off", "default", "max-autotune"), "must be off, default or max-autotune"),
             "experiment_confirm_cells": (self.experiment_confirm_cells >= 1, "must be at least 1"),
             "approx_cache_thresholds": (similarity_table_ok(self.approx_cache_thresholds), "must be 5 similarities from high to low, e.g. 0.95,0.90,0.85,0.75,0.65"),
             "approx_cache_max_mb": (self.approx_cache_max_mb >= 1, "must be at least 1"),
@@ -142,6 +145,10 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "approx_cache_max_mb": SettingInfo("Approximate cache size (MiB)", "Disk budget for kept latents under the cache folder; the least beneficial and least used leave first (LCBFU).", needs_restart=True),
     "approx_cache_ttl_hours": SettingInfo("Approximate cache time-to-live (hours)", "Kept latents older than this are dropped; 0 keeps them until evicted.", needs_restart=True),
     "vae_sticky_fallback": SettingInfo("Keep fp32 after a NaN fallback", "On: like A1111, the rest of the session decodes in fp32. Off: only the failing sample is re-decoded."),
+    "torch_compile": SettingInfo("torch.compile the denoiser", "off, default or max-autotune. The first generation after a model loads "
+                                   "compiles (about a minute for SDXL); later ones reuse it. Pays on NVIDIA GPUs; see bench --suite gpu.", needs_restart=True),
+    "channels_last": SettingInfo("Channels-last UNet and VAE", "NHWC convolutions: faster on recent NVIDIA GPUs, usually slower on CPUs. "
+                                   "Applies to models loaded after the change.", needs_restart=True),
     "experiment_confirm_cells": SettingInfo("Experiment cells without asking", "An experiment grid with more cells asks to confirm first (the CLI needs --yes)."),
 }
 

@@ -504,12 +504,13 @@ def row_sdxl_channels_last(ctx: GpuContext) -> list[Measure]:
 
 
 def row_sdxl_compile(ctx: GpuContext) -> list[Measure]:
-    """`torch.compile` on the UNet (dynamic=False): eager vs compiled end to end; the first call's compile time apart."""
+    """`torch.compile` on the UNet as the `torch_compile` setting applies it (`pipelines.fast_paths`: dynamic=None):
+    eager vs compiled end to end; the first call's compile time apart."""
     request = ctx.sdxl_request()
     unet = ctx.pipe(SDXL).pipe.unet
     ctx.warm_up(request)
     eager = [ctx.generate(request) for _ in range(2)]
-    options = {"backend": ctx.profile.compile_backend, "dynamic": False}
+    options = {"backend": ctx.profile.compile_backend, "dynamic": None}
     if ctx.profile.compile_mode:
         options["mode"] = ctx.profile.compile_mode
     unet.compile(**options)
@@ -522,7 +523,7 @@ def row_sdxl_compile(ctx: GpuContext) -> list[Measure]:
     eager_s, compiled_s = median([e[1] for e in eager]), median([c[1] for c in compiled])
     mode = f"{options['backend']}{'/' + options['mode'] if 'mode' in options else ''}"
     return [Measure("torch.compile UNet", "eager", eager_s, "compiled", compiled_s, peak_base=eager[0][2], peak_value=compiled[0][2],
-                    note=f"{mode}, dynamic=False; first call {first_s:.1f} s (compile {first_s - compiled_s:.1f} s); "
+                    note=f"{mode}, dynamic=None; first call {first_s:.1f} s (compile {first_s - compiled_s:.1f} s); "
                          f"PSNR vs eager {db(psnr(image_of(eager[0][0]), image_of(compiled[0][0])))} dB")]
 
 
