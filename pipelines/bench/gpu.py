@@ -9,7 +9,8 @@ soon as it is measured, so a run cut off by its lease still reports everything i
 
 `--dry-run` runs the same rows on the CPU with the tiny builders of `pipelines.bench.tiny_models`:
 the tests run it, so this suite cannot break unnoticed between leases of a GPU. Its figures mean
-nothing; its code paths are the GPU run's. The rows themselves are in `pipelines.bench.gpu_rows`.
+nothing; its code paths are the GPU run's. The rows are in `pipelines.bench.gpu_rows`, the models they share in
+`pipelines.bench.gpu_setup`.
 """
 from __future__ import annotations
 
@@ -178,6 +179,8 @@ class BudgetRunner:
 
     def run(self, context) -> list[RowRecord]:
         self.started = self.clock()
+        plan = ", ".join(f"{row.key} ~{row.dry_cost_s if self.dry_run else row.cost_s:.0f} s" for row in self.rows)
+        self.say(f"  plan, by value (estimates without the shared setups): {plan}")
         self.say(f"  {'row':<16} {'line':<34} {'reference':>22} {'measured':>22} {'ratio':>8} {'target':>7} {'':>4}")
         for row in self.rows:
             self.records.append(self.run_row(row, context))
@@ -266,6 +269,7 @@ def environment(device) -> dict:
     if device.type == "cuda":
         env["cudnn"] = torch.backends.cudnn.version()
         env["flash_sdp_enabled"] = torch.backends.cuda.flash_sdp_enabled()
+        env["driver"] = nvidia_driver()
     try:
         import onnxruntime
 
@@ -275,27 +279,38 @@ def environment(device) -> dict:
     return env
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version from nvidia-smi (torch does not expose it), None where it cannot be read."""
+    import subprocess
+
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else None
+
+
 def run(manager, json_file: Path | None = None, budget_s: float = DEFAULT_BUDGET_S, dry_run: bool = False, out=None,
         clock: Callable[[], float] = time.monotonic) -> int:
     """Run the suite on the app manager's device (the CPU with `dry_run`); returns the exit code (0 when it ran)."""
     import torch
 
-    from pipelines.bench import gpu_rows
+    from pipelines.bench import gpu_rows, gpu_setup
 
     out = out or sys.stdout
     device = torch.device("cpu") if dry_run else manager.device
     env = environment(device)
     print(heading(f"Likeness bench --suite gpu{' --dry-run (CPU, tiny configs: the figures mean nothing)' if dry_run else ''}"),
           file=out, flush=True)
-    print(f"  {env['timestamp']} · {env['device_description']} · torch {env['torch']} (CUDA {env['cuda']}) · diffusers "
+    print(f"  {env['timestamp']} · {env['device_description']} · driver {env.get('driver')} · torch {env['torch']} (CUDA {env['cuda']}) · diffusers "
           f"{env['diffusers']} · transformers {env['transformers']} · onnxruntime {env['onnxruntime']} · budget {budget_s:.0f} s",
           file=out, flush=True)
     if device.type != "cuda" and not dry_run:
         print("  no CUDA device: the full-size rows need a GPU (minutes per step on a CPU). Run with --dry-run to check the\n"
               "  suite's code paths on tiny configs, or on a machine with an NVIDIA GPU.", file=out, flush=True)
         return 0
-    context = gpu_rows.GpuContext(manager, device, dry_run, out)
-    runner = BudgetRunner(gpu_rows.ROWS, gpu_rows.SETUPS, budget_s, dry_run=dry_run, clock=clock, out=out, json_file=json_file, header=env)
+    context = gpu_setup.GpuContext(manager, device, dry_run, out)
+    runner = BudgetRunner(gpu_rows.ROWS, gpu_setup.SETUPS, budget_s, dry_run=dry_run, clock=clock, out=out, json_file=json_file, header=env)
     try:
         runner.run(context)
     finally:
