@@ -7,6 +7,8 @@
   approximate cache (hit rate, steps saved, faiss lookup time), the prompt memo.
 - `gpu` (`pipelines.bench.gpu`): full-size SDXL / FLUX.1-dev / PuLID rows on a GPU within a time budget
   (`--budget-s`); `--dry-run` runs the same rows on the CPU with tiny configs.
+- `soak` (`pipelines.bench.soak`): 200 generations across two models with swaps and caches on/off;
+  RSS (and, on a GPU, allocator) growth after the warm-up must stay under 2 %, with no errors.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid", "cache", "gpu")
+SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
@@ -50,4 +52,8 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
         from pipelines.bench.cache import run
 
         return run(manager, json_file, quick=quick)
+    if suite == "soak":
+        from pipelines.bench import soak
+
+        return soak.run(manager, json_file, quick=quick)
     raise ValueError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")
