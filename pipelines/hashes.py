@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from pipelines.atomic import write_text_atomically
+from pipelines.atomic import remove_stale_temporaries, write_text_atomically
 
 _lock = threading.Lock()
 
@@ -37,5 +37,6 @@ def model_hash(path: Path, cache_file: Path) -> str:
             known = {}
         known[key] = full
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(cache_file.parent)  # a write of this file killed half-way
         write_text_atomically(cache_file, json.dumps(known, indent=1))
     return full[:10]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from pipelines.atomic import write_atomically, write_text_atomically
+from pipelines.atomic import remove_stale_temporaries, write_atomically, write_text_atomically
 from pipelines.experiments.runner import ExperimentResult
 from pipelines.telemetry import STAGES
 
@@ -222,6 +222,7 @@ def export(result: ExperimentResult, folder: Path) -> dict[str, Path]:
     """Write grid.png, cells.csv, cells.json, experiment.json and one PNG per cell; return the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # an export killed half-way
     definition = result.plan.definition()
     if definition.get("face"):
         definition["face"]["photos"] = _copy_photos(definition["face"].get("photos", []), folder / "face")

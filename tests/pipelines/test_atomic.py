@@ -65,3 +65,20 @@ def test_processes_saving_into_one_folder_never_overwrite_each_other(tmp_path):
         with Image.open(path) as image:
             written.append(image.info["parameters"])
     assert sorted(written) == sorted(f"worker {w}" for w in range(3) for _ in range(15)), "a save was overwritten"
+
+
+def test_the_model_hash_file_is_written_whole_and_cleans_up_after_a_killed_write(tmp_path):
+    import hashlib
+    import json
+
+    from pipelines.hashes import model_hash
+
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights" * 1000)
+    cache_file = tmp_path / "cache" / "hashes.json"
+    cache_file.parent.mkdir()
+    left = cache_file.parent / f".hashes.json.{dead_pid()}-0123abcd{atomic.TEMPORARY_SUFFIX}"
+    left.write_text('{"half')
+    assert model_hash(model, cache_file) == hashlib.sha256(model.read_bytes()).hexdigest()[:10]
+    assert list(json.loads(cache_file.read_text()).values()) == [hashlib.sha256(model.read_bytes()).hexdigest()]
+    assert [p.name for p in cache_file.parent.iterdir()] == ["hashes.json"]
