@@ -16,7 +16,7 @@
 # on a machine without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-WHEELS=(diffusers==0.42.1 cachetools==8.0.0 insightface==2.1 open-clip-torch==3.3.0)
+WHEELS=(diffusers==0.42.1 cachetools==8.0.0 insightface==2.1 open-clip-torch==3.3.0 transformers==5.23.0 tokenizers==0.23.3)
 
 if [[ "${1:-}" == "wheels" ]]; then
     mkdir -p .whl
@@ -50,6 +50,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     echo "== installing the carried wheels: $(ls .whl | tr '\n' ' ')"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # transformers/tokenizers travel to match requirements.txt; if they do not import beside the image's
+    # other packages (a dependency too old there), the image's own versions are used instead.
+    if ! "$PY" -c "import transformers, diffusers" 2>/tmp/site-import.err; then
+        echo "   the carried transformers does not import here ($(tail -1 /tmp/site-import.err)); using the image's"
+        rm -rf /tmp/site/transformers /tmp/site/transformers-* /tmp/site/tokenizers /tmp/site/tokenizers-*
+    fi
 fi
 
 missing() {
