@@ -132,9 +132,10 @@ class PipelineManager:
         # diffusers loads under accelerate's init_empty_weights, which patches torch.nn.Module
         # process-wide: two loads interleaving corrupt each other, so disk loads take turns.
         self._disk_load_lock = threading.Lock()
-        self.last_vae_dtype: str | None = None  # what the last decode really ran in, for the status bar
+        # What the last decode really ran in, for the status bar. Per-user details (the kept latents,
+        # each run's dtype) travel in the GenerationResult, never in shared manager state.
+        self.last_vae_dtype: str | None = None
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
-        self.kept_latents: KeptLatents | None = None
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
         self._approximate_cache: ApproximateCache | None = None
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
@@ -354,9 +355,10 @@ class PipelineManager:
                 output = run_generation(model, validated, clock, bus, options)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
+            kept = None
             if output.last_latents is not None:
                 last = output.images[-output.last_latents.shape[0]:]
-                self.kept_latents = KeptLatents(
+                kept = KeptLatents(
                     request.model, output.last_latents, validated.request.height, validated.request.width,
                     [img.seed for img in last], [img.image for img in last], output.vae_label,
                 )
@@ -380,6 +382,7 @@ class PipelineManager:
             warnings=output.warnings,
             cache_notes=output.cache_notes,
             hook_stats=output.hook_stats,
+            kept_latents=kept,
         )
 
     def _cache_hooks(self, model: LoadedModel, request: GenerationRequest, options: RunOptions) -> list:
@@ -425,9 +428,11 @@ class PipelineManager:
         choice = resolve_vae_dtype("auto", self.device)
         return f"{choice.name} ({choice.reason})"
 
-    def redecode(self, vae_dtype: str) -> Redecode:
-        """Decode the last generation's latents again in another dtype, without denoising again."""
-        kept = self.kept_latents
+    def redecode(self, kept: KeptLatents | None, vae_dtype: str) -> Redecode:
+        """Decode a generation's kept latents (`GenerationResult.kept_latents`) again in another dtype.
+
+        The caller keeps them (the UI per browser session), so one user never decodes another's image.
+        """
         if kept is None:
             raise InvalidRequest("Nothing to re-decode yet: generate an image first.")
         if vae_dtype not in VAE_CHOICES:

@@ -202,6 +202,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     cache_notes: dict = field(default_factory=dict)  # e.g. {"prompt memo": "hit", "latent cache": "miss"}
     hook_stats: dict = field(default_factory=dict)  # e.g. {"deepcache": {"full_steps": 7, "cached_steps": 13}}
+    kept_latents: object = None  # manager.KeptLatents of the last batch: re-decode them with another VAE dtype
 
     @property
     def seeds(self) -> list[int]:

@@ -13,7 +13,7 @@ from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED
 from pipelines.samplers import sampler_names
 from pipelines.vae import VAE_CHOICES
 from ui.last_used import clean_last_generation, vae_rule_info
-from ui.session import CancelRegistry, result_markdown, stream_generation
+from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
 # The request fields the form edits, in the order of the handler's inputs.
@@ -22,6 +22,7 @@ FORM_FIELDS = (
     "deepcache_interval", "deepcache_branch", "deepcache_schedule", "flux_cache", "flux_cache_threshold",
     "approximate_cache",
 )
+KEPT_LATENTS_TTL_S = 6 * 3600  # a session's kept latents are dropped after this long without a new run
 DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
     "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
@@ -115,6 +116,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 redecode_info = gr.Markdown(elem_id="redecode_info")
                 redecode_gallery = gr.Gallery(label="Re-decoded", format="png", columns=2, height=300, elem_id="redecode_gallery")
     last_seed = gr.State(-1)
+    # This browser session's last latents, for Re-decode: per session, so no one decodes another user's image.
+    kept_latents = gr.State(None, time_to_live=KEPT_LATENTS_TTL_S)
     form = dict(zip(FORM_FIELDS, (model, prompt, negative, steps, cfg, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
                                   deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold,
                                   approximate_cache)))
@@ -136,20 +139,20 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,
             deepcache_interval, deepcache_branch, deepcache_schedule, flux_cache, flux_cache_threshold, approximate_cache=False,
             request: gr.Request = None):
-        session = request.session_hash if request else "api"
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         try:
             generation_request = _coerce_form(values)
         except (LikenessError, TypeError) as error:
-            yield f"⚠ {error}", None, gr.update(), "", -1
+            cancels.forget_armed(session_id(request))
+            yield f"⚠ {error}", None, gr.update(), "", -1, gr.update()
             return
         result = None
-        for update in stream_generation(manager, generation_request, cancels, session):
+        for update in stream_generation(manager, generation_request, cancels, session_id(request)):
             if update.message:
-                yield f"⚠ {update.message}", update.preview, gr.update(), "", gr.update()
+                yield f"⚠ {update.message}", update.preview, gr.update(), "", gr.update(), gr.update()
                 return
             if update.result is None:
-                yield update.readout, update.preview, gr.update(), gr.update(), gr.update()
+                yield update.readout, update.preview, gr.update(), gr.update(), gr.update(), gr.update()
             result = update.result
         settings.last_generation = dataclasses.asdict(generation_request)
         try:
@@ -157,10 +160,10 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         except OSError as error:
             log.warning("could not save the last-used values: %s", error)
         images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
-        yield update.readout, None, images, result_markdown(result), result.seeds[0]
+        yield update.readout, None, images, result_markdown(result), result.seeds[0], result.kept_latents
 
-    generate_event = generate.click(
-        run, list(form.values()), [readout, preview, gallery, breakdown, last_seed],
+    generate_event = arm_then(generate.click, cancels).then(
+        run, list(form.values()), [readout, preview, gallery, breakdown, last_seed, kept_latents],
         api_name="generate", concurrency_id="gpu", concurrency_limit=1,
         # Raw values: Gradio's own slider step would fail first on an API client's None, "abc" or NaN
         # with no message; `_coerce_form` and `validate_request` name the field and the fix instead.
@@ -168,28 +171,27 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     )
 
     def stop_generation(request: gr.Request = None):
-        found = cancels.signal(request.session_hash if request else "api")
-        return "Stopping at the next step…" if found else "Nothing is running."
+        return STOP_REPLIES[cancels.signal(session_id(request))]
 
     def skip_batch(request: gr.Request = None):
-        found = cancels.signal(request.session_hash if request else "api", skip=True)
-        return "Skipping the current batch…" if found else "Nothing is running."
+        return SKIP_REPLIES[cancels.signal(session_id(request), skip=True)]
 
-    def on_redecode(dtype):
+    def on_redecode(dtype, kept):
         try:
-            result = manager.redecode(dtype)
+            result = manager.redecode(kept, dtype)
         except LikenessError as error:
             return f"⚠ {error}", gr.update()
-        kept = manager.kept_latents
         scores = ", ".join("identical" if score == float("inf") else f"{score:.1f} dB" for score in result.psnr_vs_first)
         notes = "".join(f"  \n⚠ {n}" for n in result.notes)
         text = (f"Decoded in **{result.vae_label}** in {result.seconds:.2f} s (first decode: {kept.vae_label}). "
                 f"PSNR against the first decode: {scores}.{notes}")
         return text, [(image, f"seed {seed} · {result.vae_label}") for image, seed in zip(result.images, kept.seeds)]
 
-    redecode.click(on_redecode, redecode_dtype, [redecode_info, redecode_gallery], api_name="redecode", concurrency_id="gpu", concurrency_limit=1)
+    redecode.click(on_redecode, [redecode_dtype, kept_latents], [redecode_info, redecode_gallery], api_name="redecode",
+                   concurrency_id="gpu", concurrency_limit=1)
 
     # Not queued behind the GPU work they interrupt.
     stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)
     skip.click(skip_batch, None, readout, api_name="skip", concurrency_limit=None)
-    return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery, "last_seed": last_seed}
+    return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery, "last_seed": last_seed,
+            "kept_latents": kept_latents}
