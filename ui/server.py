@@ -18,6 +18,8 @@ class ServerOptions:
     port: int = 7860
     auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs; empty = no login
     max_upload_mb: int = 200
+    api: bool = False  # AUTOMATIC1111's web API under /sdapi/v1 (--api)
+    api_auth: tuple[tuple[str, str], ...] = ()  # HTTP Basic pairs for /sdapi only (--api-auth)
 
     @property
     def host(self) -> str:
@@ -44,7 +46,14 @@ def parse_credentials(text: str, source: str = "--gradio-auth") -> tuple[tuple[s
 def exposure_warnings(options: ServerOptions) -> list[str]:
     if options.listen and not options.auth:
         return ["Serving on every network interface (--listen) without a login: anyone on your network can generate images, "
-                "see what this server shows and change settings. Add --gradio-auth user:password (or --gradio-auth-path FILE)."]
+                "see what this server shows and change settings. Add --gradio-auth user:password (or --gradio-auth-path FILE)."] + api_warnings(options)
+    return api_warnings(options)
+
+
+def api_warnings(options: ServerOptions) -> list[str]:
+    if options.listen and options.api and not options.api_auth:
+        return ["The A1111 API (--api) is served on every network interface without --api-auth: anyone on your network can "
+                "generate images through /sdapi/v1. Add --api-auth user:password."]
     return []
 
 

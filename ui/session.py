@@ -13,6 +13,7 @@ from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.telemetry import Event, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
+from ui.a1111.jobs import Job, board_for
 
 
 @dataclass
@@ -84,11 +85,17 @@ class GenerationSession:
 
     def _run(self) -> None:
         try:
-            self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel, face=self.face)
+            # One GPU job at a time, shared with the A1111 API: while another job holds it, the readout says so.
+            job = Job.for_request("browser", "txt2img", self.request, self.cancel)
+            with board_for(self.manager).turn(job, on_wait=self._waiting):
+                self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel, face=self.face)
         except BaseException as error:  # handed to the UI thread, which turns it into a message
             self.error = error
         finally:
             self.events.put(_DONE)
+
+    def _waiting(self, holder: str) -> None:
+        self.events.put(StageStarted(f"waiting for the GPU (held by {holder})", time.perf_counter()))
 
     def start(self) -> "GenerationSession":
         self._thread.start()

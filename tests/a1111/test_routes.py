@@ -1,0 +1,204 @@
+"""Every /sdapi/v1 route with A1111's field names, checked against A1111's own models
+(AUTOMATIC1111/stable-diffusion-webui modules/api/models.py and processing.py, v1.10), on a live app."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+from PIL import Image
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.infotext import PARAM_PATTERN
+from tests.a1111.conftest import API_PASSWORD, API_USER
+from tests.ui.conftest import start_app
+
+# StableDiffusionTxt2ImgProcessingAPI: the init fields of StableDiffusionProcessingTxt2Img minus
+# API_NOT_ALLOWED, plus the API's additional fields.
+A1111_TXT2IMG_FIELDS = {
+    "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
+    "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "restore_faces", "tiling",
+    "do_not_save_samples", "do_not_save_grid", "eta", "denoising_strength", "s_min_uncond", "s_churn", "s_tmax", "s_tmin",
+    "s_noise", "override_settings", "override_settings_restore_afterwards", "refiner_checkpoint", "refiner_switch_at",
+    "disable_extra_networks", "firstpass_image", "comments", "enable_hr", "firstphase_width", "firstphase_height", "hr_scale",
+    "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
+    "hr_scheduler", "hr_prompt", "hr_negative_prompt", "force_task_id",
+    "sampler_index", "script_name", "script_args", "send_images", "save_images", "alwayson_scripts", "infotext",
+}
+A1111_TXT2IMG_DEFAULTS = {"seed": -1, "subseed": -1, "steps": 50, "cfg_scale": 7.0, "width": 512, "height": 512, "batch_size": 1,
+                          "n_iter": 1, "sampler_index": "Euler", "send_images": True, "save_images": False, "enable_hr": False,
+                          "hr_scale": 2.0, "override_settings_restore_afterwards": True, "script_args": [], "alwayson_scripts": {}}
+# Processed.js()
+A1111_INFO_KEYS = {
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds",
+    "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size", "restore_faces",
+    "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w",
+    "seed_resize_from_h", "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts", "styles",
+    "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version",
+}
+A1111_STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no", "sampling_step", "sampling_steps"}
+A1111_ITEM_KEYS = {
+    "sd-models": {"title", "model_name", "hash", "sha256", "filename", "config"},
+    "samplers": {"name", "aliases", "options"},
+    "schedulers": {"name", "label", "aliases", "default_rho", "need_inner_model"},
+    "upscalers": {"name", "model_name", "model_path", "model_url", "scale"},
+}
+A1111_ERROR_KEYS = {"error", "detail", "body", "errors"}
+QUICK = {"prompt": "a lighthouse, at dusk", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64, "seed": 77}
+
+
+def png_of(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_list_routes_answer_with_a1111_items(api_app):
+    client = api_app["client"]
+    for route, keys in A1111_ITEM_KEYS.items():
+        items = client.get(f"/sdapi/v1/{route}").json()
+        assert items and all(set(item) == keys for item in items), route
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert [m["model_name"] for m in models] == [DEMO_MODEL_NAME]
+    samplers = {s["name"] for s in client.get("/sdapi/v1/samplers").json()}
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= samplers
+    assert "karras" in {s["name"] for s in client.get("/sdapi/v1/schedulers").json()}
+    assert client.get("/sdapi/v1/loras").json() == []
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    memory = client.get("/sdapi/v1/memory").json()
+    assert set(memory) == {"ram", "cuda"} and memory["ram"]["used"] > 0 and memory["cuda"] == {"error": "unavailable"}
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["api"] is True and flags["api_auth"] is None
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+    idle = client.get("/sdapi/v1/progress").json()
+    assert set(idle) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    assert set(idle["state"]) == A1111_STATE_KEYS and idle["progress"] == 0
+    assert client.post("/sdapi/v1/interrupt").json() == {}  # nothing runs: a no-op, as in A1111
+    assert client.post("/sdapi/v1/skip").status_code == 200
+    # FastAPI's docs list the routes when --api is on.
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/sdapi/v1/txt2img", "/sdapi/v1/progress", "/sdapi/v1/options", "/sdapi/v1/png-info"} <= set(paths)
+
+
+def test_txt2img_returns_pngs_whose_infotext_a1111_parses(api_app):
+    client = api_app["client"]
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, batch_size=2, sampler_name="DPM++ 2M", scheduler="Karras"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    assert set(body["parameters"]) == A1111_TXT2IMG_FIELDS
+    assert body["parameters"]["prompt"] == QUICK["prompt"] and body["parameters"]["scheduler"] == "Karras"
+    info = json.loads(body["info"])
+    assert A1111_INFO_KEYS <= set(info)
+    assert info["all_seeds"] == [77, 78] and info["seed"] == 77 and info["steps"] == 3 and info["sd_model_name"] == DEMO_MODEL_NAME
+    assert info["warnings"] == []
+    assert len(body["images"]) == 2
+    for image, infotext in zip(body["images"], info["infotexts"]):
+        png = png_of(image)
+        assert png.format == "PNG" and png.size == (64, 64)
+        text = png.info["parameters"]
+        assert text == infotext
+        lines = text.split("\n")
+        assert lines[0] == QUICK["prompt"] and lines[1] == "Negative prompt: blurry"
+        pairs = dict(PARAM_PATTERN.findall(lines[-1]))  # A1111's own regex, on our short line
+        assert len(pairs) >= 3
+        assert pairs["Steps"] == "3" and pairs["Sampler"] == "DPM++ 2M" and pairs["Schedule type"] == "Karras"
+        assert pairs["Size"] == "64x64" and pairs["Model"] == DEMO_MODEL_NAME
+    # Nothing is saved unless save_images is true (A1111's API default).
+    assert not any((api_app["root"] / "outputs").rglob("*.png"))
+
+
+def test_defaults_unknown_fields_and_unsupported_values_give_warnings(api_app):
+    client = api_app["client"]
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "x", "steps": 2, "width": 64, "height": 64, "my_client_field": {"a": 1}, "restore_faces": True,
+        "enable_hr": True, "hr_scale": 1.5, "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": DEMO_MODEL_NAME},
+        "sampler_name": None, "cfg_scale": None, "send_images": False})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["images"] == []  # send_images=false
+    for key, value in A1111_TXT2IMG_DEFAULTS.items():
+        if key not in ("steps", "width", "height", "enable_hr", "hr_scale", "send_images"):
+            assert body["parameters"][key] == value, key
+    assert "my_client_field" not in body["parameters"]
+    warnings = " ".join(json.loads(body["info"])["warnings"])
+    for fragment in ("'my_client_field'", "restore_faces=True", "enable_hr=True", "CLIP_stop_at_last_layers"):
+        assert fragment in warnings
+    info = json.loads(body["info"])
+    assert info["sampler_name"] == "Euler" and info["cfg_scale"] == 7.0  # null = A1111's default (sampler_index "Euler")
+
+
+def test_alwayson_deepcache_and_vae_precision(api_app):
+    response = api_app["client"].post("/sdapi/v1/txt2img", json=dict(QUICK, steps=4, alwayson_scripts={
+        "DeepCache": {"args": [True, 2, 0, "uniform"]}, "vae precision": {"args": [{"dtype": "fp32"}]}}))
+    assert response.status_code == 200, response.text
+    text = png_of(response.json()["images"][0]).info["parameters"]
+    assert "DeepCache: N=2 B=0 uniform" in text and "VAE dtype: fp32" in text
+    # A disabled script (leading false) does nothing.
+    off = api_app["client"].post("/sdapi/v1/txt2img", json=dict(QUICK, alwayson_scripts={"deepcache": {"args": [False, 2]}}))
+    assert "DeepCache" not in png_of(off.json()["images"][0]).info["parameters"]
+
+
+def test_options_map_onto_likeness(api_app):
+    client, manager = api_app["client"], api_app["manager"]
+    options = client.get("/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"] == DEMO_MODEL_NAME and options["likeness_vae_dtype"] == "auto"
+    answer = client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 2, "likeness_vae_dtype": "fp32",
+                                                     "sd_model_checkpoint": DEMO_MODEL_NAME, "some_a1111_option": True})
+    assert answer.status_code == 200
+    assert "some_a1111_option" in answer.json()["ignored"]
+    assert manager.config.preview_every == 2
+    options = client.get("/sdapi/v1/options").json()
+    assert options["show_progress_every_n_steps"] == 2 and options["likeness_vae_dtype"] == "fp32"
+    text = png_of(client.post("/sdapi/v1/txt2img", json=QUICK).json()["images"][0]).info["parameters"]
+    assert "VAE dtype: fp32" in text  # the new default applies to the next request
+    # A bad value refuses the whole request and applies nothing.
+    refused = client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 7, "sd_model_checkpoint": "no such model"})
+    assert refused.status_code == 422 and set(refused.json()) == A1111_ERROR_KEYS
+    assert manager.config.preview_every == 2
+    client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 5, "likeness_vae_dtype": "auto"})
+
+
+def test_png_info_reads_back_the_infotext(api_app):
+    client = api_app["client"]
+    image = client.post("/sdapi/v1/txt2img", json=QUICK).json()["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + image}).json()
+    assert set(info) == {"info", "items", "parameters"}
+    assert info["info"] == png_of(image).info["parameters"]
+    assert info["parameters"]["Steps"] == "3" and info["parameters"]["Prompt"] == QUICK["prompt"]
+    assert info["parameters"]["Negative prompt"] == "blurry" and info["parameters"]["Size-1"] == "64"
+
+
+def test_img2img_is_a_clear_501(api_app):
+    response = api_app["client"].post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": []})
+    assert response.status_code == 501
+    assert set(response.json()) == A1111_ERROR_KEYS and "img2img" in response.json()["detail"]
+
+
+def test_api_auth_refuses_a_wrong_password_and_takes_the_right_one(auth_app):
+    url = auth_app["url"]
+    nobody = httpx.get(f"{url}/sdapi/v1/sd-models")
+    assert nobody.status_code == 401 and nobody.headers["www-authenticate"] == "Basic"
+    assert set(nobody.json()) == A1111_ERROR_KEYS
+    assert httpx.get(f"{url}/sdapi/v1/sd-models", auth=(API_USER, "wrong")).status_code == 401
+    assert httpx.get(f"{url}/sdapi/v1/sd-models", auth=("bob", API_PASSWORD)).status_code == 401  # another user's password
+    refused = httpx.post(f"{url}/sdapi/v1/txt2img", json=QUICK, auth=(API_USER, "wrong"))
+    assert refused.status_code == 401
+    assert httpx.get(f"{url}/sdapi/v1/sd-models", auth=(API_USER, API_PASSWORD)).status_code == 200
+    assert httpx.get(f"{url}/sdapi/v1/sd-models", auth=("bob", "other")).status_code == 200
+    done = httpx.post(f"{url}/sdapi/v1/txt2img", json=QUICK, auth=(API_USER, API_PASSWORD), timeout=300)
+    assert done.status_code == 200 and done.json()["images"]
+    assert httpx.get(f"{url}/sdapi/v1/cmd-flags", auth=(API_USER, API_PASSWORD)).json()["api_auth"] == "(set)"  # never the password
+    assert httpx.get(url).status_code == 200  # the UI itself is not behind --api-auth (as in A1111)
+
+
+def test_without_api_flag_there_is_no_sdapi(tmp_path):
+    info, demo = start_app(tmp_path)
+    try:
+        assert httpx.post(f"{info['url']}/sdapi/v1/txt2img", json=QUICK).status_code == 404
+        assert httpx.get(f"{info['url']}/sdapi/v1/progress").status_code == 404
+        assert httpx.get(f"{info['url']}/docs").status_code == 404
+        assert httpx.get(info["url"]).status_code == 200
+    finally:
+        demo.close()

@@ -1,0 +1,454 @@
+"""From an A1111 txt2img body to Likeness's GenerationRequest (+ FaceOptions), and from the result back
+to A1111's response: base64 PNGs with the infotext inside and the `info` JSON string.
+
+Likeness-only features travel in A1111's own extension point, `alwayson_scripts`:
+
+    "alwayson_scripts": {
+      "pulid":     {"args": [[<base64 photo>, ...], 0.8, 0, 20, "v2", 1.0, 1]},   # or {"args": [{"images": [...], "id_weight": 0.8}]}
+      "deepcache": {"args": [3, 0, "uniform"]},                                  # N, branch, schedule
+      "flux block cache": {"args": ["first-block", 0.08]},
+      "approximate cache": {"args": [true]},
+      "vae precision": {"args": ["fp32"]}
+    }
+
+A leading `true`/`false` in an `args` list is read as "enabled", as many A1111 extensions take it.
+Fields Likeness does not support are accepted and named in `info.warnings`; values it cannot honour
+(an unknown sampler or model, out-of-range numbers, a photo that is not an image) raise InvalidRequest.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.catalog import ModelEntry
+from pipelines.errors import InvalidRequest, ModelNotFound
+from pipelines.face.service import MAX_PHOTOS, FaceOptions
+from pipelines.families import Family
+from pipelines.images import MAX_PHOTO_PIXELS, open_image
+from pipelines.infotext import parse_infotext
+from pipelines.outputs import png_with_parameters
+from pipelines.request import GenerationRequest, GenerationResult, shown
+from pipelines.samplers import find_sampler, sampler_names
+from pipelines.vae import VAE_CHOICES
+from ui.a1111.models import Txt2ImgRequest
+
+# A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs "automatic", "karras"
+# (with DPM++ 2M) and "simple" (FLUX's flow-match Euler); the others are accepted with a warning.
+A1111_SCHEDULERS = {
+    "automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
+    "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal", "ddim": "DDIM", "beta": "Beta",
+}
+# Likeness's samplers by A1111's sampler name, with A1111's aliases.
+SAMPLER_ALIASES = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DDIM": ["ddim"],
+    "UniPC": ["unipc"],
+}
+SCRIPT_NAMES = {
+    "pulid": "pulid", "face": "pulid", "face reference": "pulid",
+    "deepcache": "deepcache",
+    "flux block cache": "flux_cache", "flux_cache": "flux_cache", "block cache": "flux_cache", "flux cache": "flux_cache",
+    "approximate cache": "approximate_cache", "approximate_cache": "approximate_cache", "approx cache": "approximate_cache",
+    "vae precision": "vae_precision", "vae_precision": "vae_precision", "vae dtype": "vae_precision",
+}
+# Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
+UNSUPPORTED_DEFAULTS = {
+    "styles": (None, []), "subseed": (-1,), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
+    "restore_faces": (None, False), "tiling": (None, False), "eta": (None,), "s_min_uncond": (None,), "s_churn": (None,),
+    "s_tmax": (None,), "s_tmin": (None,), "s_noise": (None,), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
+    "firstpass_image": (None, ""), "enable_hr": (False,), "script_args": ([],), "infotext": (None, ""),
+}
+MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
+PULID_KEYS = ("images", "id_weight", "start_step", "num_zero", "ortho", "true_cfg", "true_cfg_start", "face_index")
+
+
+@dataclass
+class ApiDefaults:
+    """What A1111 keeps in its options and Likeness keeps for API callers: the model and VAE precision
+    used when a request does not say (POST /options changes them, for this server's run)."""
+
+    model: str
+    vae_dtype: str = "auto"
+
+
+@dataclass
+class Prepared:
+    """A checked txt2img body, ready to run."""
+
+    request: GenerationRequest
+    photos: list[bytes] = field(default_factory=list)  # decoded and checked; written to a temp folder only to run
+    face: FaceOptions | None = None  # without photos: the route adds their paths
+    warnings: list[str] = field(default_factory=list)
+    keep_model: bool = False  # override_settings_restore_afterwards=false with sd_model_checkpoint: it stays the default
+    keep_vae: bool = False
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+def cached_sha256(entry: ModelEntry, cache_file: Path) -> str | None:
+    """The file's sha256 if Likeness already computed it (pipelines/hashes.py's cache); never hashes now."""
+    try:
+        if not entry.path.is_file():
+            return None
+        stat = entry.path.stat()
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return None
+    value = known.get(f"{entry.path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}") if isinstance(known, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def model_item(entry: ModelEntry, cache_file: Path) -> dict:
+    """One `sd-models` row: A1111's title is `name [short hash]` when the hash is known."""
+    sha = cached_sha256(entry, cache_file)
+    short = sha[:10] if sha else None
+    return {"title": f"{entry.name} [{short}]" if short else entry.name, "model_name": entry.name, "hash": short,
+            "sha256": sha, "filename": str(entry.path), "config": None}
+
+
+def find_model(manager, text) -> str:
+    """A model name from what A1111 clients send: the title (`name [hash]`), the name, the file name
+    with its extension, or the hash. Rescans the models folder once before giving up (as A1111 does)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ModelNotFound(f"sd_model_checkpoint must be a model name or title (text), got {shown(text)}.")
+    for attempt in range(2):
+        found = _match_model(manager, text.strip())
+        if found:
+            return found
+        if attempt == 0:
+            manager.refresh()
+    names = ", ".join(e.name for e in manager.models() if e.usable) or "none"
+    raise ModelNotFound(f"No model {shown(text, 80)}. Available: {names} (GET /sdapi/v1/sd-models lists their titles).")
+
+
+def _match_model(manager, text: str) -> str | None:
+    entries = [e for e in manager.models() if e.usable]
+    cache_file = Path(manager.config.cache_dir) / "hashes.json"
+    wanted, digest = text, None
+    title = MODEL_TITLE.match(text)
+    if title:
+        wanted, digest = title.group("name"), title.group("hash").lower()
+    stems = {wanted, re.sub(r"\.(safetensors|ckpt|pt|bin)$", "", wanted, flags=re.IGNORECASE)}
+    for entry in entries:
+        if entry.name in stems or Path(entry.name).name in stems:
+            return entry.name
+    if re.fullmatch(r"[0-9a-fA-F]{8,64}", text):
+        digest = text.lower()
+    if digest:
+        for entry in entries:
+            sha = cached_sha256(entry, cache_file)
+            if sha and sha.startswith(digest):
+                return entry.name
+    return None
+
+
+# -- samplers ---------------------------------------------------------------------------------------
+
+def scheduler_key(text) -> str | None:
+    """A1111's scheduler name from a name or label ("Karras", "karras"); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    low = text.strip().lower()
+    for name, label in A1111_SCHEDULERS.items():
+        if low in (name, label.lower()):
+            return name
+    return None
+
+
+def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> str:
+    """Likeness's sampler for A1111's `sampler_name` (+ `scheduler`); InvalidRequest for one it does not have."""
+    if not isinstance(sampler, str):
+        raise InvalidRequest(f"sampler_name must be text, got {shown(sampler)}.")
+    name = sampler.strip()
+    for ours, aliases in SAMPLER_ALIASES.items():  # k_euler_a -> Euler a
+        if name.lower() in aliases:
+            name = ours
+    schedule = None
+    if scheduler not in (None, ""):
+        schedule = scheduler_key(scheduler)
+        if schedule is None:
+            raise InvalidRequest(f"Unknown scheduler {shown(scheduler)}; use one of: {', '.join(A1111_SCHEDULERS.values())}.")
+    if family is Family.FLUX:
+        if name.lower() not in ("euler", "flow euler"):
+            known = name in SAMPLER_ALIASES or name.lower() in (n.lower() for n in sampler_names(Family.SD15))
+            if not known:
+                raise InvalidRequest(f"Sampler {shown(name)} not found; FLUX.1 models run Euler (flow matching).")
+            warnings.append(f"FLUX.1 models run Euler (flow matching) in Likeness; sampler {name} was replaced by it.")
+        return "Flow Euler"
+    if schedule == "karras":
+        try:
+            return find_sampler(family, f"{name} Karras").name
+        except KeyError:
+            warnings.append(f"Schedule type Karras is not available with {name} in Likeness; Automatic was used.")
+    elif schedule not in (None, "automatic"):
+        warnings.append(f"Schedule type {A1111_SCHEDULERS[schedule]} is not available in Likeness; Automatic was used.")
+    try:
+        return find_sampler(family, name).name
+    except KeyError:
+        raise InvalidRequest(f"Sampler {shown(name)} not found; Likeness has: {', '.join(SAMPLER_ALIASES)} "
+                             "(and scheduler Karras with DPM++ 2M).") from None
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+def decode_image(text, what: str, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[bytes, Image.Image]:
+    """Base64 (optionally a `data:image/...;base64,` URL) -> the bytes and the decoded image, checked:
+    its size is read from the header and refused before any pixel is decoded."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{what} must be a base64 string, got {type(text).__name__}.")
+    if text.startswith(("http://", "https://")):
+        raise InvalidRequest(f"{what}: Likeness does not fetch images from URLs; send the image itself as base64.")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{what} is not valid base64.") from None
+    if not data:
+        raise InvalidRequest(f"{what} is empty.")
+    image = open_image(data, max_pixels=max_pixels, what=what)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidRequest(f"{what} is damaged or incomplete and cannot be read ({error}).") from None
+    return data, image
+
+
+def encode_png(image: Image.Image, infotext: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_with_parameters(image, infotext))
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# -- the body ---------------------------------------------------------------------------------------
+
+def prepare(body: Txt2ImgRequest, manager, defaults: ApiDefaults) -> Prepared:
+    """Check the body and build the request; InvalidRequest/ModelNotFound with every reason found."""
+    warnings = [f"Unknown field {name!r} was ignored." for name in body.extras()]
+    for name, allowed in UNSUPPORTED_DEFAULTS.items():
+        value = getattr(body, name)
+        if value not in allowed:
+            warnings.append(f"{name}={shown(value)} is not supported by Likeness and was ignored.")
+    if body.script_name not in (None, ""):
+        raise InvalidRequest(f"Script {shown(body.script_name)} not found: Likeness has no selectable scripts "
+                             "(its extras are alwayson_scripts: pulid, deepcache, flux block cache, approximate cache, vae precision).")
+    if "<lora:" in body.prompt or "<lora:" in body.negative_prompt:
+        warnings.append("LoRA tags (<lora:...>) are not supported by Likeness yet; they were read as prompt text.")
+
+    prepared = Prepared(GenerationRequest(model=defaults.model, prompt=""), warnings=warnings)
+    model, vae_dtype = defaults.model, defaults.vae_dtype
+    overrides = body.override_settings or {}
+    for key, value in overrides.items():
+        if key == "sd_model_checkpoint":
+            model = find_model(manager, value)
+            prepared.keep_model = not body.override_settings_restore_afterwards
+        elif key in ("likeness_vae_dtype", "vae_dtype"):
+            if value not in VAE_CHOICES:
+                raise InvalidRequest(f"override_settings.{key} must be one of {', '.join(VAE_CHOICES)}, got {shown(value)}.")
+            vae_dtype = value
+            prepared.keep_vae = not body.override_settings_restore_afterwards
+        elif key == "sd_vae" and value in ("Automatic", "None", None):
+            pass  # the model's own VAE: what Likeness always uses
+        elif key == "CLIP_stop_at_last_layers" and value in (1, None):
+            pass
+        elif key == "samples_format" and isinstance(value, str) and value.lower() == "png":
+            pass
+        else:
+            warnings.append(f"override_settings.{key}={shown(value)} is not a Likeness option and was ignored.")
+    if model not in {e.name for e in manager.models()}:  # the remembered default was removed from the folder
+        model = find_model(manager, model)
+    entry = manager.entry(model)
+    family = entry.family or Family.SD15
+    sampler = resolve_sampler(family, body.sampler_name or body.sampler_index or "Euler", body.scheduler, warnings)
+
+    fields: dict = {}
+    for raw_name, script in (body.alwayson_scripts or {}).items():
+        name = SCRIPT_NAMES.get(raw_name.strip().lower()) if isinstance(raw_name, str) else None
+        if name is None:
+            raise InvalidRequest(f"always on script {shown(raw_name)} not found; Likeness has: pulid, deepcache, "
+                                 "flux block cache, approximate cache, vae precision.")
+        args, enabled = script_args(raw_name, script)
+        if not enabled:
+            continue
+        if name == "pulid":
+            prepared.photos, prepared.face = pulid_options(args)
+        elif name == "deepcache":
+            fields |= positional(raw_name, args, ("deepcache_interval", "deepcache_branch", "deepcache_schedule"),
+                                 {"n": "deepcache_interval", "interval": "deepcache_interval", "branch": "deepcache_branch",
+                                  "schedule": "deepcache_schedule"})
+        elif name == "flux_cache":
+            fields |= positional(raw_name, args, ("flux_cache", "flux_cache_threshold"), {"mode": "flux_cache", "threshold": "flux_cache_threshold"})
+        elif name == "approximate_cache":
+            fields["approximate_cache"] = bool_arg(raw_name, args[0] if args else True)
+        elif name == "vae_precision":
+            values = positional(raw_name, args, ("vae_dtype",), {"dtype": "vae_dtype", "precision": "vae_dtype"})
+            vae_dtype = values.get("vae_dtype", vae_dtype)
+
+    prepared.request = GenerationRequest(
+        model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
+        seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
+        batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images),
+    )
+    prepared.request = replace(prepared.request, **fields)
+    return prepared
+
+
+def script_args(name, script) -> tuple[list, bool]:
+    """`{"args": [...]}` -> (args without a leading enabled flag, enabled)."""
+    if not isinstance(script, dict) or not isinstance(script.get("args", []), list):
+        raise InvalidRequest(f"alwayson_scripts.{name} must be an object with an \"args\" list, got {shown(script)}.")
+    args = list(script.get("args", []))
+    if args and isinstance(args[0], bool):
+        return args[1:], args[0]
+    return args, True
+
+
+def positional(script: str, args: list, names: tuple[str, ...], keys: dict[str, str]) -> dict:
+    """Args given in order, or as one object with named keys -> GenerationRequest fields."""
+    if len(args) == 1 and isinstance(args[0], dict):
+        values = {}
+        for key, value in args[0].items():
+            field_name = keys.get(key) or (key if key in names else None)
+            if field_name is None:
+                raise InvalidRequest(f"alwayson_scripts.{script}: unknown argument {shown(key)}; it takes {', '.join(keys)}.")
+            values[field_name] = value
+        return values
+    if len(args) > len(names):
+        raise InvalidRequest(f"alwayson_scripts.{script} takes at most {len(names)} args ({', '.join(names)}), got {len(args)}.")
+    return dict(zip(names, args))
+
+
+def bool_arg(script: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"alwayson_scripts.{script} takes true or false, got {shown(value)}.")
+    return value
+
+
+def pulid_options(args: list) -> tuple[list[bytes], FaceOptions]:
+    """The face reference: photos (base64) and PuLID's controls, in order or as one object."""
+    if len(args) == 1 and isinstance(args[0], dict):
+        values = dict(args[0])
+        unknown = sorted(set(values) - set(PULID_KEYS) - {"enabled"})
+        if unknown:
+            raise InvalidRequest(f"alwayson_scripts.pulid: unknown argument(s) {', '.join(map(repr, unknown))}; it takes {', '.join(PULID_KEYS)}.")
+    else:
+        if len(args) > len(PULID_KEYS):
+            raise InvalidRequest(f"alwayson_scripts.pulid takes at most {len(PULID_KEYS)} args ({', '.join(PULID_KEYS)}), got {len(args)}.")
+        values = dict(zip(PULID_KEYS, args))
+    images = values.get("images", [])
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not 1 <= len(images) <= MAX_PHOTOS:
+        got = f"{len(images)}" if isinstance(images, list) else shown(images)
+        raise InvalidRequest(f"alwayson_scripts.pulid needs 1 to {MAX_PHOTOS} photos (base64 strings), got {got}.")
+    photos = [decode_image(text, f"alwayson_scripts.pulid photo {i + 1}")[0] for i, text in enumerate(images)]
+
+    def number(key: str, default, kind):
+        value = values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value) or value != value:
+            raise InvalidRequest(f"alwayson_scripts.pulid {key} must be a {'whole ' if kind is int else ''}number, got {shown(value)}.")
+        return kind(value)
+
+    face_index = values.get("face_index", [])
+    if isinstance(face_index, int) and not isinstance(face_index, bool):
+        face_index = [face_index]
+    if not isinstance(face_index, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in face_index):
+        raise InvalidRequest(f"alwayson_scripts.pulid face_index must be a list of face numbers (0 = the largest face), got {shown(face_index)}.")
+    ortho = values.get("ortho", "v2")
+    if not isinstance(ortho, str):
+        raise InvalidRequest(f"alwayson_scripts.pulid ortho must be off, v1 or v2, got {shown(ortho)}.")
+    face = FaceOptions(
+        photos=(), face_index=tuple(face_index), id_weight=number("id_weight", 0.8, float), start_step=number("start_step", 0, int),
+        num_zero=number("num_zero", 20, int), ortho=ortho, true_cfg=number("true_cfg", 1.0, float),
+        true_cfg_start=number("true_cfg_start", 1, int),
+    )
+    return photos, face
+
+
+def echo_parameters(body: Txt2ImgRequest) -> dict:
+    """`parameters` as A1111 echoes it, with photo data shortened (A1111 drops init_images the same way)."""
+    parameters = body.known()
+    scripts = parameters.get("alwayson_scripts") or {}
+    for name, script in list(scripts.items()):
+        if isinstance(name, str) and SCRIPT_NAMES.get(name.strip().lower()) == "pulid" and isinstance(script, dict):
+            scripts[name] = {**script, "args": _short_images(script.get("args"))}
+    return parameters
+
+
+def _short_images(value):
+    if isinstance(value, str) and len(value) > 256:
+        return f"<image, {len(value):,} base64 characters>"
+    if isinstance(value, list):
+        return [_short_images(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _short_images(v) for k, v in value.items()}
+    return value
+
+
+# -- the response -----------------------------------------------------------------------------------
+
+STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Version", "Prompt", "Negative prompt"}
+
+
+def info_json(body: Txt2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
+    """A1111's `Processed.js()` keys, from what really ran; Likeness's own figures under `likeness`."""
+    request = result.request if result is not None else None
+    infotexts = [item.infotext for item in images]
+    parsed = parse_infotext(infotexts[0]) if infotexts else {}
+    seeds = [item.seed for item in images]
+    prompt = request.prompt if request else body.prompt
+    negative = request.negative_prompt if request else body.negative_prompt
+    info = {
+        "prompt": prompt,
+        "all_prompts": [prompt] * len(images),
+        "negative_prompt": negative,
+        "all_negative_prompts": [negative] * len(images),
+        "seed": seeds[0] if seeds else body.seed,
+        "all_seeds": seeds,
+        "subseed": body.subseed,
+        "all_subseeds": [body.subseed] * len(images),
+        "subseed_strength": body.subseed_strength,
+        "width": request.width if request else body.width,
+        "height": request.height if request else body.height,
+        "sampler_name": parsed.get("Sampler", request.sampler if request else body.sampler_name),
+        "cfg_scale": request.cfg_scale if request else body.cfg_scale,
+        "steps": request.steps if request else body.steps,
+        "batch_size": request.batch_size if request else body.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": parsed.get("Model", request.model if request else None),
+        "sd_model_hash": parsed.get("Model hash"),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": body.denoising_strength,
+        "extra_generation_params": {k: v for k, v in parsed.items() if k not in STANDARD_KEYS and not k.endswith(("-1", "-2"))},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": body.styles or [],
+        "job_timestamp": timestamp,
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": parsed.get("Version", ""),
+        "warnings": warnings,
+    }
+    if result is not None:
+        info["likeness"] = {k: v for k, v in result.summary().items() if k not in ("images", "infotexts", "request")}
+    return json.dumps(info, default=str)
