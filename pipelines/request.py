@@ -58,10 +58,12 @@ class ValidatedRequest:
 
 def shown(value, limit: int = 40) -> str:
     """A value as a message shows it: repr, cut short (a 400-digit number or a 1 MB string stays readable)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        return f"a number of about {int(value.bit_length() * 0.30103):,} digits"  # repr() refuses past 4300 digits
     try:
         text = repr(value)
     except Exception:  # a hostile __repr__: the type is enough
-        text = f"a {type(value).__name__}"
+        text = f"a {type(value).__name__} value"
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 

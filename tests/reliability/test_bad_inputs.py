@@ -45,7 +45,8 @@ BAD_REQUESTS = [
     ("seed NaN", {"seed": math.nan}, "Seed must be a whole number (-1 for random), got nan"),
     ("seed below -1", {"seed": -2}, "Seed must be -1 (random) or between 0 and 4294967295"),
     ("seed above 2**32-1", {"seed": 2**32}, "Seed must be -1 (random) or between 0 and 4294967295"),
-    ("seed with 400 digits", {"seed": 10**400}, "(401 characters)"),
+    ("seed with 400 digits", {"seed": 10**400}, "got a number of about 400 digits"),
+    ("seed with 5000 digits (past repr's limit)", {"seed": -(10**5000)}, "got a number of about 5,000 digits"),
     ("CFG NaN", {"cfg_scale": math.nan}, "CFG scale must be between 0 and 30, got nan"),
     ("CFG infinite", {"cfg_scale": math.inf}, "CFG scale must be between 0 and 30, got inf"),
     ("CFG negative", {"cfg_scale": -1.0}, "CFG scale must be between 0 and 30"),
@@ -110,7 +111,7 @@ def test_load_model_refuses_unusable_entries_and_names_that_are_not_text(manager
 # -- fuzzing validate_request: any value of any type in any field -------------------------------
 
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**400), max_value=10**400),
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**5000), max_value=10**5000),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30), st.binary(max_size=10),
     st.sampled_from(["\ud800", "a\udcffb", "", " ", "Euler a", "auto", "uniform", "off", "first-block", "512", "nan"]),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
