@@ -12,6 +12,7 @@ from pipelines.manager import PipelineManager
 from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
 from pipelines.samplers import sampler_names
 from pipelines.vae import VAE_CHOICES
+from ui import inputs
 from ui.last_used import clean_last_generation, vae_rule_info
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
 
@@ -65,26 +66,26 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="prompt", placeholder="a portrait photo of …")
             negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id="negative_prompt")
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=last.get("steps", spec.default_steps), step=1, label="Steps", elem_id="steps")
-                cfg = gr.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id="cfg")
+                steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", spec.default_steps), step=1, label="Steps", elem_id="steps")
+                cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id="cfg")
             with gr.Row():
-                width = gr.Slider(64, 2048, value=last.get("width", spec.default_size[0]), step=8, label="Width", elem_id="width")
-                height = gr.Slider(64, 2048, value=last.get("height", spec.default_size[1]), step=8, label="Height", elem_id="height")
+                width = inputs.Slider(64, 2048, value=last.get("width", spec.default_size[0]), step=8, label="Width", elem_id="width")
+                height = inputs.Slider(64, 2048, value=last.get("height", spec.default_size[1]), step=8, label="Height", elem_id="height")
             with gr.Row():
                 sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id="sampler")
-                seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id="seed")
+                seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id="seed")
                 random_seed = gr.Button("Random", elem_id="random_seed", min_width=60, scale=0, size="sm")
                 reuse_seed = gr.Button("Reuse last", elem_id="reuse_seed", min_width=60, scale=0, size="sm")
             with gr.Row():
-                batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id="batch_size")
-                batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
+                batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id="batch_size")
+                batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id="batch_count")
             vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
                                  info=vae_rule_info(settings.vae_dtype, manager.vae_status()), elem_id="vae_dtype")
             with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
                 with gr.Row():
-                    deepcache_interval = gr.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
+                    deepcache_interval = inputs.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
                                                    info="one full UNet step, then N-1 cached", elem_id="deepcache_interval")
-                    deepcache_branch = gr.Slider(0, 8, value=last.get("deepcache_branch", 0), step=1, label="Branch",
+                    deepcache_branch = inputs.Slider(0, 8, value=last.get("deepcache_branch", 0), step=1, label="Branch",
                                                  info="layers on the shallow path: 0 = fastest; higher = closer to the uncached image (SD 1.5 0-8, SDXL 0-5)", elem_id="deepcache_branch")
                     deepcache_schedule = gr.Radio(["uniform", "quadratic"], value=last.get("deepcache_schedule", "uniform"),
                                                   label="Schedule", elem_id="deepcache_schedule")
@@ -92,7 +93,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                 with gr.Row():
                     flux_cache = gr.Radio(["off", "first-block", "taylorseer", "magcache"], value=last.get("flux_cache", "off"),
                                           label="Cache", elem_id="flux_cache")
-                    flux_cache_threshold = gr.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
+                    flux_cache_threshold = inputs.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
                                                      info="first-block: 0.08 nearly lossless (~1.5x), 0.12 ~1.9x", elem_id="flux_cache_threshold")
             with gr.Accordion("Approximate cache (trades exactness for speed)", open=False):
                 approximate_cache = gr.Checkbox(

@@ -280,15 +280,17 @@ FORM = [DEMO_MODEL_NAME, "a cat", "", 2, 7.0, 1, 64, 64, "Euler", 1, 1, "auto", 
 FORM_INDEX = {"model": 0, "prompt": 1, "steps": 3, "cfg_scale": 4, "seed": 5, "width": 6, "sampler": 8, "batch_size": 9}
 
 
-def raw_call(url: str, api_name: str, data: list, timeout: float = 120) -> list:
-    """POST the inputs as JSON text (NaN and lone surrogates are valid there; gradio_client cannot send them)."""
+def raw_call(url: str, api_name: str, data: list, timeout: float = 120, expect: str = "complete"):
+    """POST the inputs as JSON text (NaN and lone surrogates are valid there; gradio_client cannot send them);
+    the outputs, or with expect="error" the error message."""
     body = json.dumps({"data": data}, allow_nan=True)  # ensure_ascii: "\udcff" travels as its escape
     with httpx.Client(base_url=url, timeout=timeout) as http:
         event = http.post(f"/gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"}).json()["event_id"]
         stream = http.get(f"/gradio_api/call/{api_name}/{event}").text
     events = [line for line in stream.splitlines() if line.startswith(("event:", "data:"))]
-    assert events[-2] == "event: complete", stream
-    return json.loads(events[-1][len("data:"):])
+    assert events[-2] == f"event: {expect}", stream
+    data = json.loads(events[-1][len("data:"):])
+    return data["error"] if expect == "error" else data
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -319,6 +321,44 @@ def test_api_generate_nan_and_lone_surrogates_sent_as_raw_json(api_app, field, v
     form[FORM_INDEX[field]] = value
     readout = raw_call(api_app["url"], "generate", form)[0]
     assert readout.startswith("⚠") and message in readout, readout
+
+
+def face_and_experiment_inputs(endpoint: str, form: list) -> list:
+    from gradio_client import handle_file
+
+    from pipelines.bench.tiny_face import HANKS
+
+    if endpoint == "experiment":
+        return ["seed", "5, 6", "", "", "", "", 0, False, 1, False, [], 0.8, 0, *form]
+    return [[handle_file(str(HANKS))], "", 0.8, 0, 20, "v2", 1, 1, *form]
+
+
+@pytest.mark.parametrize("endpoint", ["experiment", "generate_face"])
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", None, "Steps is empty; enter a number."),
+    ("steps", "abc", "Steps must be a number, got 'abc'."),
+    ("seed", "nan", "Seed (-1 = random) must be a number, got 'nan'."),
+    ("width", [64], "Width must be a number, got [64]."),
+])
+def test_api_face_and_experiment_number_fields_are_messages(client, endpoint, field, value, message):
+    """Gradio checks these inputs before the handler runs; the message still names the field."""
+    from gradio_client.exceptions import AppError
+
+    form = list(FORM)
+    form[FORM_INDEX[field]] = value
+    with pytest.raises(AppError) as caught:
+        client.predict(*face_and_experiment_inputs(endpoint, form), api_name=f"/{endpoint}")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("endpoint", ["experiment", "generate_face"])
+def test_api_face_and_experiment_nan_as_raw_json(api_app, endpoint):
+    form = list(FORM)
+    form[FORM_INDEX["cfg_scale"]] = math.nan
+    inputs = face_and_experiment_inputs(endpoint, form)
+    if endpoint == "generate_face":
+        inputs[0] = []  # no upload through raw JSON; the number check comes first anyway
+    assert raw_call(api_app["url"], endpoint, inputs, expect="error") == "CFG scale must be a finite number, got nan."
 
 
 @pytest.mark.parametrize("name, message", [
