@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -213,7 +214,9 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None, g
             device=str(manager.device), include_hf_cache=False, preview_every=2, ram_cache_bytes=int(size * 1.5)))
         soak_manager.prepare_demo_model()
         say(f"demo + {SECOND_MODEL} (tiny SD 1.5, {mib(size)} each) in {workdir}; RAM cache for one model")
-        threads = torch.get_num_threads()
+        threads, logger = torch.get_num_threads(), logging.getLogger("likeness")
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # not 40 "loaded … from disk" lines; warnings still show
         if soak_manager.device.type == "cpu":
             # One thread: on a busy CPU a thread pool waiting for its share makes runs 100x slower, and
             # the figure here is memory, not speed.
@@ -223,6 +226,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None, g
                        "torch_threads": torch.get_num_threads(), **soak(soak_manager, count, say)}
         finally:
             torch.set_num_threads(threads)
+            logger.setLevel(level)
         print(report(figures), file=out, flush=True)
         print(f"  whole suite: {time.perf_counter() - started:.1f} s", file=out, flush=True)
         if json_file is not None:
