@@ -97,3 +97,16 @@ def test_interrupt_reaches_a_browser_job(api_app):
     client.post("/sdapi/v1/interrupt")
     final = job.result(timeout=120)
     assert "Stopped" in final[0]
+
+
+def test_skip_drops_the_running_batch_and_goes_on(api_app):
+    client = api_app["client"]
+    thread, outcome = post_in_thread(api_app["url"], {"prompt": "skip one", "steps": 40, "width": 256, "height": 256, "n_iter": 3, "seed": 4})
+    wait_for(lambda: (s := client.get("/sdapi/v1/progress").json()["state"])["job"] == "scripts_txt2img" and s["sampling_step"] >= 1,
+             what="the first batch's steps")
+    client.post("/sdapi/v1/skip")
+    assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is True
+    thread.join(timeout=600)
+    body = outcome["response"].json()
+    assert len(body["images"]) == 2  # 3 batches, the first skipped
+    assert json.loads(body["info"])["all_seeds"] == [5, 6]

@@ -63,6 +63,9 @@ def test_list_routes_answer_with_a1111_items(api_app):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= samplers
     assert "karras" in {s["name"] for s in client.get("/sdapi/v1/schedulers").json()}
     assert client.get("/sdapi/v1/loras").json() == []
+    for empty in ("sd-vae", "latent-upscale-modes", "prompt-styles", "hypernetworks", "face-restorers", "script-info"):
+        assert client.get(f"/sdapi/v1/{empty}").json() == [], empty
+    assert "pulid" in client.get("/sdapi/v1/scripts").json()["txt2img"]
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     memory = client.get("/sdapi/v1/memory").json()
     assert set(memory) == {"ram", "cuda"} and memory["ram"]["used"] > 0 and memory["cuda"] == {"error": "unavailable"}

@@ -178,6 +178,8 @@ def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> 
         schedule = scheduler_key(scheduler)
         if schedule is None:
             raise InvalidRequest(f"Unknown scheduler {shown(scheduler)}; use one of: {', '.join(A1111_SCHEDULERS.values())}.")
+    if name.lower().endswith(" karras") and name[:-7] in SAMPLER_ALIASES:  # the old combined name, still accepted by A1111
+        name, schedule = name[:-7], schedule or "karras"
     if family is Family.FLUX:
         if name.lower() not in ("euler", "flow euler"):
             known = name in SAMPLER_ALIASES or name.lower() in (n.lower() for n in sampler_names(Family.SD15))

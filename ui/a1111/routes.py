@@ -240,6 +240,13 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
     async def embeddings():
         return {"loaded": {}, "skipped": {}}
 
+    async def nothing():
+        return []
+
+    # Lists A1111 clients read at start-up; Likeness has none of these (yet).
+    for route in ("latent-upscale-modes", "prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
+        router.add_api_route(f"/{route}", nothing, methods=["GET"], name=route)
+
     @router.get("/scripts")
     async def scripts():
         return {"txt2img": ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision"], "img2img": []}
