@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.errors import InvalidRequest
+from pipelines.outputs import read_parameters
 
 MAX_PHOTO_PIXELS = 100_000_000  # 100 megapixels: any camera photo; 13000x13000 (169 MP, ~2 GB RGB) is not
 MAX_TEXT_CHARS = 64 * 1024  # A1111 parameters are a few hundred characters; 64 KiB is far beyond any real one
@@ -82,9 +83,9 @@ def read_embedded_text(path, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | Non
     """The A1111 `parameters` text of an image file, read without decoding pixels, and notes.
 
     PNG: the `parameters` tEXt/zTXt/iTXt chunk, wherever it stands (before or after the pixel
-    data; PIL would decode the pixels to reach one after them). JPEG/WebP/others: the EXIF UserComment. Text longer than
-    `max_chars` is cut there, and a note says so. Raises InvalidRequest for a file that is not an
-    image or is damaged before its text.
+    data; PIL would decode the pixels to reach one after them). JPEG/WebP/others: the EXIF
+    UserComment. Text longer than `max_chars` is cut there, and a note says so. Raises
+    InvalidRequest for a file that is not an image or is damaged before its text.
     """
     with open(path, "rb") as file:
         head = file.read(len(_PNG_SIGNATURE))
@@ -92,8 +93,6 @@ def read_embedded_text(path, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | Non
         if head == _PNG_SIGNATURE:
             text = _png_text(file)
         else:
-            from pipelines.outputs import read_parameters
-
             with open_image(file, what="This file") as image:  # header and EXIF only: no pixel is decoded
                 try:
                     text = read_parameters(image)
