@@ -1,0 +1,204 @@
+"""`bench --suite demo`: does the demo model draw what the prompt says?
+
+(a) Held-out prompts (shape/colour/position and hair/skin/background combinations never in
+    training), one image each, read by `pipelines.demo.classify`: accuracy per attribute and of
+    all attributes together; two-object prompts reported on their own line.
+(b) Seed diversity: mean pairwise pixel distance over 8 seeds of one prompt, against the same
+    figure for 8 training renders of that scene (the generator's own jitter).
+(c) Through the app's manager: seconds per image end to end at 128x128, 20 steps; DeepCache N=3
+    against uncached (speedup, PSNR); the approximate cache on related vs unrelated prompts.
+
+Targets are printed as PASS/FAIL; the suite never fails on them (exit code 0 when it ran).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.demo import classify, scenes
+
+STEPS = 20
+SIZE = 128
+CFG = 7.0
+SAMPLER = "Euler a"  # SD 1.5's default in the app
+PRIMARY = ("colour", "shape", "position", "background", "face")
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def load_pipe(folder: Path, threads: int | None = None):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def use_sampler(pipe, name: str = SAMPLER) -> None:
+    from pipelines.families import Family
+    from pipelines.samplers import find_sampler
+
+    pipe.scheduler = find_sampler(Family.SD15, name).make(pipe.scheduler.config)
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = STEPS, cfg: float = CFG, batch: int = 8) -> list[np.ndarray]:
+    """One uint8 128x128 image per (prompt, seed), in order, batched."""
+    import torch
+
+    images: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch):
+            chunk, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
+            generators = [torch.Generator().manual_seed(s) for s in chunk_seeds]
+            out = pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, width=SIZE, height=SIZE, generator=generators, output_type="np").images
+            images.extend((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    return images
+
+
+def accuracy(pipe, held_out: list[scenes.Scene], seed: int = 0, steps: int = STEPS, cfg: float = CFG) -> dict:
+    """Per-attribute accuracy of one image per scene (its first caption phrasing), plus 'all'."""
+    prompts = [scenes.caption(scene, scenes.FixedStyle(index % scenes.CAPTION_STYLES)) for index, scene in enumerate(held_out)]
+    images = generate(pipe, prompts, [seed + i for i in range(len(prompts))], steps, cfg)
+    right, total = Counter(), Counter()
+    all_right = 0
+    misses = []
+    for scene, prompt, image in zip(held_out, prompts, images):
+        marks = classify.grade(scene, classify.analyse(image))
+        for name, ok in marks.items():
+            total[name] += 1
+            right[name] += ok
+        all_right += all(marks.values())
+        if not all(marks.values()) and len(misses) < 8:
+            misses.append({"prompt": prompt, "wrong": [k for k, v in marks.items() if not v]})
+    per = {name: right[name] / total[name] for name in total}
+    return {"count": len(held_out), "per_attribute": per, "all": all_right / max(1, len(held_out)), "misses": misses, "images": images}
+
+
+def pairwise_distance(images: list[np.ndarray]) -> float:
+    """Mean RMS pixel distance (0-255 scale) over all pairs."""
+    values = [np.sqrt(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)) for a, b in itertools.combinations(images, 2)]
+    return float(np.mean(values))
+
+
+def diversity(pipe, probe: list[scenes.Scene], seeds: int = 8, cfg: float = CFG) -> dict:
+    model, data = [], []
+    for index, scene in enumerate(probe):
+        prompt = scenes.caption(scene)
+        model.append(pairwise_distance(generate(pipe, [prompt] * seeds, list(range(100, 100 + seeds)), cfg=cfg)))
+        rng = np.random.default_rng(1000 + index)
+        data.append(pairwise_distance([scenes.render(scene, rng) for _ in range(seeds)]))
+    return {"model": float(np.mean(model)), "training": float(np.mean(data)), "ratio": float(np.mean(model) / max(1e-6, np.mean(data))),
+            "prompts": [scenes.caption(s) for s in probe]}
+
+
+def diversity_probe() -> list[scenes.Scene]:
+    return [scenes.Scene("shape", "white", (scenes.Shape("circle", "red", "left", "big"),)),
+            scenes.Scene("shape", "navy", (scenes.Shape("star", "yellow", "top right", "small"),)),
+            scenes.Scene("face", "gray", hair="blonde", skin="tan"),
+            scenes.Scene("shape", scenes.GRADIENT, (scenes.Shape("square", "green", "centre", "big"),))]
+
+
+# -- (c) through the app's manager ----------------------------------------------------------------------
+
+
+def app_section(manager, quick: bool) -> dict:
+    from pipelines.catalog import DEMO_MODEL_NAME
+    from pipelines.manager import PipelineManager
+    from pipelines.metrics import psnr
+    from pipelines.request import GenerationRequest
+
+    workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-demo-"))
+    try:
+        config = dataclasses.replace(manager.config, models_dir=workdir / "models", outputs_dir=workdir / "outputs", cache_dir=workdir / "cache",
+                                     include_hf_cache=False, latent_cache_entries=0)
+        bench = PipelineManager(config)
+
+        def run(prompt: str, seed: int, **extra):
+            request = GenerationRequest(model=DEMO_MODEL_NAME, prompt=prompt, steps=STEPS, width=SIZE, height=SIZE, seed=seed, sampler=SAMPLER,
+                                        cfg_scale=CFG, save=False, **extra)
+            return bench.generate(request, telemetry=False)
+
+        prompt = "a big red circle on the left on a white background"
+        run(prompt, 0)  # load and warm up
+        repeats = 3 if quick else 6
+        plain, cached = [], []
+        for index in range(repeats):  # interleaved: the load on a shared machine drifts
+            plain.append(run(prompt, index))
+            cached.append(run(prompt, index, deepcache_interval=3))
+        plain_s = float(np.median([r.total_seconds for r in plain]))
+        cached_s = float(np.median([r.total_seconds for r in cached]))
+        plain_denoise = float(np.median([r.stage_seconds.get("denoise", 0.0) for r in plain]))
+        cached_denoise = float(np.median([r.stage_seconds.get("denoise", 0.0) for r in cached]))
+        psnrs = [psnr(np.asarray(a.images[0].image), np.asarray(b.images[0].image)) for a, b in zip(plain, cached)]
+
+        related = [f"a {size} {colour} circle on the left on a white background" for colour in ("red", "pink", "orange") for size in ("big", "small")]
+        related += [f"a white background with a {size} {colour} circle on the left" for colour in ("red", "pink") for size in ("big", "small")]
+        unrelated = ["a portrait of a person with black hair and dark skin on a navy background", "a small cyan star in the bottom right corner on an olive background",
+                     "a purple ring above a green triangle on a gradient background", "a big yellow heart at the top on a black background",
+                     "a face with red hair and light skin on a gray background", "a blue square right of an orange star on a cream background"]
+        hits = {}
+        for name, stream in (("related", related), ("unrelated", unrelated)):
+            bench.approximate_cache().clear()
+            notes = [run(p, 11, approximate_cache=True).cache_notes.get("approx cache", "") for p in stream]
+            # the first prompt of a stream has nothing before it: count the rest
+            hits[name] = sum(n.startswith("hit") for n in notes[1:]) / max(1, len(notes) - 1)
+        return {"seconds_per_image": plain_s, "deepcache_seconds": cached_s, "deepcache_speedup": plain_s / cached_s,
+                "denoise_seconds": plain_denoise, "deepcache_denoise_seconds": cached_denoise,
+                "deepcache_denoise_speedup": plain_denoise / max(1e-9, cached_denoise), "deepcache_psnr": float(np.min(psnrs)),
+                "approx_related_hit_rate": hits["related"], "approx_unrelated_hit_rate": hits["unrelated"]}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def run(manager, json_file: Path | None = None, quick: bool = False, folder: Path | None = None) -> int:
+    from pipelines.demo import WEIGHTS_DIR
+
+    folder = Path(folder or WEIGHTS_DIR)
+    say(f"demo checker: {folder}, {SIZE}x{SIZE}, {STEPS} steps, {SAMPLER}, CFG {CFG}")
+    pipe = load_pipe(folder)
+    use_sampler(pipe)
+    count = 24 if quick else 96
+    start = time.perf_counter()
+    figures = accuracy(pipe, scenes.held_out_scenes(count))
+    figures.pop("images")
+    pairs = [scenes.random_scene(np.random.default_rng(500 + i), held_out=None) for i in range(200)]
+    pairs = [s for s in pairs if s.kind == "pair"][: (8 if quick else 24)]
+    pair_figures = accuracy(pipe, pairs, seed=50)
+    pair_figures.pop("images")
+    say(f"(a) held-out prompts: {figures['count']} ({time.perf_counter() - start:.0f} s)")
+    for name, value in figures["per_attribute"].items():
+        target = f"  {verdict(value >= 0.9)} (>= 90 %)" if name in PRIMARY else ""
+        say(f"      {name:<10} {value:6.1%}{target}")
+    say(f"      {'all':<10} {figures['all']:6.1%}  {verdict(figures['all'] >= 0.8)} (>= 80 %)")
+    say(f"    two objects: both right {pair_figures['per_attribute'].get('objects', 0):.0%}, relation right "
+        f"{pair_figures['per_attribute'].get('relation', 0):.0%}, all {pair_figures['all']:.0%} ({pair_figures['count']} prompts)")
+    for miss in figures["misses"][:5]:
+        say(f"      missed: {miss['prompt']!r} ({', '.join(miss['wrong'])})")
+    spread = diversity(pipe, diversity_probe()[:2] if quick else diversity_probe())
+    say(f"(b) seed diversity (mean pairwise RMS distance, 8 seeds): model {spread['model']:.1f}, training images {spread['training']:.1f}, "
+        f"ratio {spread['ratio']:.2f}  {verdict(spread['ratio'] >= 0.5)} (>= 0.5)")
+    del pipe
+    app = app_section(manager, quick)
+    say(f"(c) through the app: {app['seconds_per_image']:.2f} s per image end to end  {verdict(app['seconds_per_image'] <= 1.0)} (<= 1.0 s)")
+    say(f"    DeepCache N=3: {app['deepcache_seconds']:.2f} s, {app['deepcache_speedup']:.2f}x end to end, denoise {app['deepcache_denoise_speedup']:.2f}x, "
+        f"PSNR {app['deepcache_psnr']:.1f} dB  {verdict(app['deepcache_speedup'] >= 1.8 and app['deepcache_psnr'] >= 30)} (>= 1.8x at >= 30 dB)")
+    say(f"    approximate cache: related prompts hit {app['approx_related_hit_rate']:.0%}, unrelated {app['approx_unrelated_hit_rate']:.0%}  "
+        f"{verdict(app['approx_related_hit_rate'] > 0.5 and app['approx_unrelated_hit_rate'] < 0.5)}")
+    if json_file is not None:
+        Path(json_file).write_text(json.dumps({"held_out": figures, "pairs": pair_figures, "diversity": spread, "app": app}, indent=2))
+    return 0

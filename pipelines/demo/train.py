@@ -1,0 +1,257 @@
+"""Train the demo model from procedural scenes on the CPU (`python app.py train-demo --out DIR`).
+
+Recipe (chosen by trial runs on a 2-core CPU; the module docstring of `pipelines.demo.model` has
+the architecture):
+1. VAE: L1 + an edge loss (L1 between the image gradients of input and reconstruction, which keeps
+   shape corners sharp) + a small KL, on random 64x64 crops (the VAE is fully convolutional).
+2. The training scenes are encoded once (posterior mean and std, sampled afresh every step).
+3. UNet + text encoder together: v-prediction on a zero-terminal-SNR schedule, 10 % empty captions
+   (so classifier-free guidance works), each caption in a random phrasing every time, an EMA of
+   the UNet weights is what gets saved.
+Seeded throughout: the same arguments give the same weights (on the same torch build and threads).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    scenes: int = 8000
+    vae_steps: int = 800
+    vae_batch: int = 16
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    edge_weight: float = 1.0
+    kl_weight: float = 1e-5
+    unet_steps: int = 1500
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    text_lr: float = 4e-4
+    uncond_fraction: float = 0.1
+    ema_decay: float = 0.997
+    unet_channels: tuple = (64, 96, 128, 128)
+    vae_channels: tuple = (16, 32, 64, 64)
+    # One thread: on 2 cores shared with anything else, OpenMP's spinning second thread made a UNet step
+    # 10x slower (measured 0.9 s vs 9-14 s for a batch of 32); on an idle machine 2 gains little.
+    threads: int = 1
+    max_minutes: float = 60.0  # a safety stop: the UNet phase ends early (and says so) past this
+
+
+def _lr_factor(step: int, total: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.95 + 0.05
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def _edge_loss(a, b):
+    import torch
+
+    dxa, dya = a[..., :, 1:] - a[..., :, :-1], a[..., 1:, :] - a[..., :-1, :]
+    dxb, dyb = b[..., :, 1:] - b[..., :, :-1], b[..., 1:, :] - b[..., :-1, :]
+    return torch.mean(torch.abs(dxa - dxb)) + torch.mean(torch.abs(dya - dyb))
+
+
+def train_vae(vae, images: np.ndarray, config: TrainConfig, log) -> None:
+    import torch
+
+    generator = np.random.default_rng(config.seed + 1)
+    with torch.no_grad():
+        # Start with a small posterior std (log-variance -8): at the default 1 the decoder sees mostly
+        # noise and the first few hundred steps learn little (measured: L1 0.4 -> 0.13 in 350 steps).
+        vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    vae.train()
+    crop = config.vae_crop
+    with _progress(config.vae_steps, "VAE") as bar:
+        for step in range(config.vae_steps):
+            index = generator.integers(len(images), size=config.vae_batch)
+            y, x = generator.integers(0, images.shape[1] - crop + 1, size=2)
+            batch = _to_tensor(images[index, y:y + crop, x:x + crop])
+            posterior = vae.encode(batch).latent_dist
+            latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
+            recon = vae.decode(latents).sample
+            l1 = torch.mean(torch.abs(recon - batch))
+            edge = _edge_loss(recon, batch)
+            kl = posterior.kl().mean()  # summed over a sample's latent, averaged over the batch
+            loss = l1 + config.edge_weight * edge + config.kl_weight * kl
+            for group in optimizer.param_groups:
+                group["lr"] = config.vae_lr * _lr_factor(step, config.vae_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            bar.update(1)
+            if step % 25 == 0 or step == config.vae_steps - 1:
+                bar.set_postfix(l1=f"{l1.item():.4f}", edge=f"{edge.item():.4f}")
+                log({"phase": "vae", "step": step, "l1": l1.item(), "edge": edge.item(), "kl": kl.item()})
+    vae.eval()
+
+
+def encode_scenes(vae, images: np.ndarray, batch: int = 64):
+    """Posterior means and stds of every scene, float32 N x 4 x 16 x 16 each."""
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad(), _progress(len(images), "encode") as bar:
+        for start in range(0, len(images), batch):
+            posterior = vae.encode(_to_tensor(images[start:start + batch])).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+            bar.update(min(batch, len(images) - start))
+    return torch.cat(means), torch.cat(stds)
+
+
+def tokenize_captions(tokenizer, captions_per_scene: list[list[str]]):
+    """int64 N x styles x 77 token ids."""
+    import torch
+
+    styles = len(captions_per_scene[0])
+    flat = [text for captions in captions_per_scene for text in captions]
+    ids = tokenizer(flat, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return ids.view(len(captions_per_scene), styles, -1).to(torch.long)
+
+
+def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: float, config: TrainConfig, log, deadline: float) -> dict:
+    import copy
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    from pipelines.demo.model import SCHEDULER_CONFIG
+
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "steps_offset"})
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    picker = np.random.default_rng(config.seed + 3)
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+    optimizer = torch.optim.AdamW([
+        {"params": unet.parameters(), "lr": config.unet_lr, "base": config.unet_lr},
+        {"params": text_encoder.parameters(), "lr": config.text_lr, "base": config.text_lr},
+    ], weight_decay=0.01)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    unet.train()
+    text_encoder.train()
+    done, stopped_early = 0, False
+    smoothed = None
+    with _progress(config.unet_steps, "UNet+text") as bar:
+        for step in range(config.unet_steps):
+            if time.monotonic() > deadline:
+                stopped_early = True
+                break
+            index = picker.integers(len(means), size=config.unet_batch)
+            style = picker.integers(token_ids.shape[1], size=config.unet_batch)
+            ids = token_ids[index, style].clone()
+            drop = picker.random(config.unet_batch) < config.uncond_fraction
+            ids[torch.from_numpy(drop)] = empty
+            eps = torch.randn(means[index].shape, generator=generator)
+            latents = (means[index] + stds[index] * eps) * scaling
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.unet_batch,), generator=generator)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            target = noise_scheduler.get_velocity(latents, noise, t)
+            hidden = text_encoder(ids)[0]
+            pred = unet(noisy, t, hidden).sample
+            loss = torch.nn.functional.mse_loss(pred, target)
+            factor = _lr_factor(step, config.unet_steps, warmup=200)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base"] * factor
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+            optimizer.step()
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), unet.parameters()):
+                    e.lerp_(p, 1 - decay)
+            done = step + 1
+            smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+            bar.update(1)
+            if step % 25 == 0 or step == config.unet_steps - 1:
+                bar.set_postfix(loss=f"{smoothed:.4f}")
+                log({"phase": "unet", "step": step, "loss": loss.item(), "smoothed": smoothed})
+    unet.load_state_dict(ema.state_dict())
+    unet.eval()
+    text_encoder.eval()
+    return {"unet_steps_done": done, "stopped_early": stopped_early, "final_loss_smoothed": smoothed}
+
+
+def train(out: Path, config: TrainConfig | None = None) -> dict:
+    """Train every part and write the diffusers folder to `out`; returns the training facts."""
+    import torch
+
+    from pipelines.demo import model, scenes
+
+    config = config or TrainConfig()
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_file = log_path.open("w")
+    start = time.monotonic()
+    deadline = start + config.max_minutes * 60
+
+    def log(record: dict) -> None:
+        record["seconds"] = round(time.monotonic() - start, 1)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+    print(f"rendering {config.scenes} scenes", flush=True)
+    rng = np.random.default_rng(config.seed)
+    images = np.empty((config.scenes, scenes.SIZE, scenes.SIZE, 3), np.uint8)
+    captions = []
+    for index in range(config.scenes):
+        scene = scenes.random_scene(rng, held_out=False)
+        images[index] = scenes.render(scene, rng)
+        captions.append([scenes.caption(scene, scenes.FixedStyle(style)) for style in range(scenes.CAPTION_STYLES)])
+    timings = {"render_s": round(time.monotonic() - start, 1)}
+
+    words = scenes.vocabulary()
+    tokenizer = model.build_tokenizer(words)
+    vae = model.build_vae(config.seed, config.vae_channels)
+    phase = time.monotonic()
+    train_vae(vae, images, config, log)
+    timings["vae_s"] = round(time.monotonic() - phase, 1)
+    vae.save_pretrained(out / "vae-phase1")  # inspectable while the UNet trains; removed at the end
+
+    phase = time.monotonic()
+    means, stds = encode_scenes(vae, images)
+    scaling = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scaling)
+    timings["encode_s"] = round(time.monotonic() - phase, 1)
+
+    text_encoder = model.build_text_encoder(tokenizer, config.seed)
+    unet = model.build_unet(config.seed, config.unet_channels)
+    token_ids = tokenize_captions(tokenizer, captions)
+    phase = time.monotonic()
+    result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling, config, log, deadline)
+    timings["unet_s"] = round(time.monotonic() - phase, 1)
+    timings["total_s"] = round(time.monotonic() - start, 1)
+    log_file.close()
+
+    facts = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}, "timings": timings,
+             "scaling_factor": scaling, "torch": torch.__version__, **result}
+    model.save_fp16(model.assemble(vae, text_encoder, tokenizer, unet), out, facts)
+    shutil.rmtree(out / "vae-phase1", ignore_errors=True)
+    print(json.dumps(facts, indent=2), flush=True)
+    return facts

@@ -1,0 +1,46 @@
+"""The procedural scenes: seeded, captioned in plain words, held-out combinations kept out of training."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.demo import scenes
+
+
+def test_same_seed_same_pictures_and_captions():
+    a_images, a_captions, _ = scenes.training_pairs(6, seed=3)
+    b_images, b_captions, _ = scenes.training_pairs(6, seed=3)
+    assert np.array_equal(a_images, b_images) and a_captions == b_captions
+    assert a_images.shape == (6, 128, 128, 3) and a_images.dtype == np.uint8
+
+
+def test_training_never_holds_a_held_out_combination():
+    _, _, drawn = scenes.training_pairs(300, seed=1)
+    assert not any(scenes.is_held_out(scene) for scene in drawn)
+    held = scenes.held_out_scenes(20)
+    assert all(scenes.is_held_out(scene) for scene in held)
+    assert {scene.kind for scene in held} == {"shape", "face"}
+
+
+def test_the_world_is_as_large_as_promised():
+    assert len(scenes.SHAPES) >= 6 and len(scenes.COLOURS) >= 8 and len(scenes.BACKGROUNDS) >= 6
+    assert scenes.GRADIENT in scenes.BACKGROUND_NAMES and len(scenes.POSITIONS) == 9 and set(scenes.SIZES) == {"small", "big"}
+
+
+def test_captions_name_every_attribute_in_several_phrasings():
+    scene = scenes.Scene("shape", "navy", (scenes.Shape("star", "yellow", "top left", "small"),))
+    phrasings = {scenes.caption(scene, scenes.FixedStyle(style)) for style in range(scenes.CAPTION_STYLES)}
+    assert len(phrasings) == scenes.CAPTION_STYLES
+    for text in phrasings:
+        assert all(word in text for word in ("star", "yellow", "top", "left", "small", "navy"))
+    face = scenes.Scene("face", "olive", hair="blonde", skin="dark")
+    assert all(w in scenes.caption(face) for w in ("blonde hair", "dark skin", "olive"))
+    pair = scenes.Scene("pair", "white", (scenes.Shape("circle", "red"), scenes.Shape("square", "blue")), relation="left of")
+    assert scenes.caption(pair) == "a red circle left of a blue square on a white background"
+
+
+def test_every_caption_word_is_in_the_vocabulary():
+    words = set(scenes.vocabulary())
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        text = scenes.caption(scenes.random_scene(rng, held_out=None), rng)
+        assert set(text.replace(",", " , ").split()) <= words
