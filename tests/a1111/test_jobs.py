@@ -13,6 +13,7 @@ from gradio_client import Client
 from PIL import Image
 
 from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.telemetry import StepDone
 from ui.a1111.jobs import board_for
 
 LONG = {"prompt": "a long run", "steps": 150, "width": 256, "height": 256, "n_iter": 20, "seed": 3}
@@ -30,6 +31,24 @@ def wait_for(condition, timeout: float = 120, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class HoldAtFirstStep:
+    """Holds the running generation at its first step until released: the test decides when it goes on,
+    whatever the machine's speed."""
+
+    def __init__(self, manager):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self._unsubscribe = manager.bus.subscribe(self._on_event)
+
+    def _on_event(self, event):
+        if isinstance(event, StepDone) and not self.go.is_set():
+            self.reached.set()
+            self.go.wait(timeout=120)
+
+    def release(self):
+        self.go.set()
+        self._unsubscribe()
 
 
 def post_in_thread(url: str, body: dict) -> tuple[threading.Thread, dict]:
@@ -73,16 +92,21 @@ def test_an_api_job_and_a_browser_job_take_turns(api_app):
     url, client = api_app["url"], api_app["client"]
     board = board_for(api_app["manager"])
     done_before = len(board.finished)
-    thread, outcome = post_in_thread(url, {"prompt": "api first", "steps": 60, "width": 256, "height": 256, "seed": 9})
-    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job"] == "scripts_txt2img", what="the API job to start")
-    browser = Client(url, verbose=False)
-    job = browser.submit(*browser_form("browser second", 3, 64), api_name="/generate")
+    hold = HoldAtFirstStep(api_app["manager"])
+    try:
+        thread, outcome = post_in_thread(url, {"prompt": "api first", "steps": 20, "width": 128, "height": 128, "seed": 9})
+        assert hold.reached.wait(timeout=120)
+        assert client.get("/sdapi/v1/progress").json()["state"]["job"] == "scripts_txt2img"
+        browser = Client(url, verbose=False)
+        job = browser.submit(*browser_form("browser second", 3, 64), api_name="/generate")
+        wait_for(lambda: any("waiting for the GPU (held by an API job (scripts_txt2img))" in str(o[0]) for o in job.outputs()),
+                 what="the browser readout to say it waits")
+    finally:
+        hold.release()
     final = job.result(timeout=600)
     thread.join(timeout=600)
     assert outcome["response"].status_code == 200 and len(outcome["response"].json()["images"]) == 1
     assert "done" in final[0] and final[2]  # the browser job finished with its image
-    readouts = " ".join(str(output[0]) for output in job.outputs())
-    assert "waiting for the GPU (held by an API job (scripts_txt2img))" in readouts
     api_job, browser_job = list(board.finished)[done_before:done_before + 2]
     assert (api_job.source, browser_job.source) == ("api", "browser")
     assert api_job.ended_at <= browser_job.started_at  # one after the other, never together
@@ -91,21 +115,29 @@ def test_an_api_job_and_a_browser_job_take_turns(api_app):
 def test_interrupt_reaches_a_browser_job(api_app):
     client = api_app["client"]
     browser = Client(api_app["url"], verbose=False)
-    job = browser.submit(*browser_form("browser long", 150, 256), api_name="/generate")
-    wait_for(lambda: (s := client.get("/sdapi/v1/progress").json()["state"])["job"] == "txt2img" and s["sampling_step"] >= 1,
-             what="the browser job's steps in /progress")
-    client.post("/sdapi/v1/interrupt")
+    hold = HoldAtFirstStep(api_app["manager"])
+    try:
+        job = browser.submit(*browser_form("browser long", 150, 128), api_name="/generate")
+        assert hold.reached.wait(timeout=120)
+        state = client.get("/sdapi/v1/progress").json()["state"]
+        assert state["job"] == "txt2img" and state["sampling_step"] == 1 and state["sampling_steps"] == 150
+        client.post("/sdapi/v1/interrupt")
+    finally:
+        hold.release()
     final = job.result(timeout=120)
     assert "Stopped" in final[0]
 
 
 def test_skip_drops_the_running_batch_and_goes_on(api_app):
     client = api_app["client"]
-    thread, outcome = post_in_thread(api_app["url"], {"prompt": "skip one", "steps": 40, "width": 256, "height": 256, "n_iter": 3, "seed": 4})
-    wait_for(lambda: (s := client.get("/sdapi/v1/progress").json()["state"])["job"] == "scripts_txt2img" and s["sampling_step"] >= 1,
-             what="the first batch's steps")
-    client.post("/sdapi/v1/skip")
-    assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is True
+    hold = HoldAtFirstStep(api_app["manager"])
+    try:
+        thread, outcome = post_in_thread(api_app["url"], {"prompt": "skip one", "steps": 10, "width": 64, "height": 64, "n_iter": 3, "seed": 4})
+        assert hold.reached.wait(timeout=120)  # the first batch's first step
+        client.post("/sdapi/v1/skip")
+        assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is True
+    finally:
+        hold.release()
     thread.join(timeout=600)
     body = outcome["response"].json()
     assert len(body["images"]) == 2  # 3 batches, the first skipped

@@ -64,8 +64,9 @@ SCRIPT_NAMES = {
 # Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
 UNSUPPORTED_DEFAULTS = {
     "styles": (None, []), "subseed": (-1,), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
-    "restore_faces": (None, False), "tiling": (None, False), "eta": (None,), "s_min_uncond": (None,), "s_churn": (None,),
-    "s_tmax": (None,), "s_tmin": (None,), "s_noise": (None,), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
+    # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
+    "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
+    "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
     "firstpass_image": (None, ""), "enable_hr": (False,), "script_args": ([],), "infotext": (None, ""),
 }
 MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
