@@ -169,11 +169,14 @@ def test_cli_bad_input_exits_2_with_the_message(manager, tmp_path, demo_cache_di
     assert not (tmp_path / "outputs").exists()
 
 
-def test_cli_prompt_bytes_that_are_not_utf8(tmp_path, demo_cache_dir):
+def test_cli_prompt_bytes_that_are_not_utf8(tmp_path, demo_cache_dir, model_zoo):
     """A real process: the OS hands Python bytes; they arrive as lone surrogates (surrogateescape)."""
+    from tests.tiny_models import copy_model
+
+    copy_model(model_zoo["sd15"], tmp_path / "models", "tiny-sd15")
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(tmp_path), "LIKENESS_SETTINGS": str(tmp_path / "s.json"),
            "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable.encode(), str(ROOT / "app.py").encode(), b"generate", b"--prompt", b"caf\xe9 \xff", b"--steps", b"2",
+    argv = [sys.executable.encode(), str(ROOT / "app.py").encode(), b"generate", b"--prompt", b"caf\xe9 \xff", b"--steps", b"2", b"--model", b"tiny-sd15",
             b"--models-dir", str(tmp_path / "models").encode(), b"--cache-dir", str(demo_cache_dir).encode()]
     completed = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, timeout=300)
     err = completed.stderr.decode("utf-8", "replace")
