@@ -24,6 +24,7 @@ from pipelines.face.service import MAX_PHOTOS
 from pipelines.manager import PipelineManager
 from ui.face_tab import photo_paths
 from ui.generate_tab import _coerce_form
+from ui import inputs
 from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, session_id
 
 log = logging.getLogger("likeness")
@@ -110,14 +111,14 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     with gr.Row():
         baseline = gr.Dropdown([("first cell", 0)], value=0, label="Baseline cell (PSNR / SSIM against it)", elem_id="exp_baseline", scale=2)
         warmup = gr.Checkbox(True, label="Warm-up run per model (not timed)", elem_id="exp_warmup")
-        repeats = gr.Slider(1, MAX_REPEATS, value=1, step=1, label="Repeats (medians)", elem_id="exp_repeats")
+        repeats = inputs.Slider(1, MAX_REPEATS, value=1, step=1, label="Repeats (medians)", elem_id="exp_repeats")
         confirm = gr.Checkbox(False, label=f"Run grids above {settings.experiment_confirm_cells} cells",
                               info="the limit is set in Settings", elem_id="exp_confirm")
     with gr.Accordion("Face reference (PuLID axes, ArcFace similarity)", open=False):
         with gr.Row():
             photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="exp_face_photos")
-            id_weight = gr.Slider(0, 5, value=0.8, step=0.05, label="PuLID weight", elem_id="exp_face_weight")
-            start_step = gr.Slider(0, 10, value=0, step=1, label="PuLID start step", elem_id="exp_face_start")
+            id_weight = inputs.Slider(0, 5, value=0.8, step=0.05, label="PuLID weight", elem_id="exp_face_weight")
+            start_step = inputs.Slider(0, 10, value=0, step=1, label="PuLID start step", elem_id="exp_face_start")
     if face_form is not None:  # follow the Face tab: photos and controls chosen there apply here too
         for name, component in (("photos", photos), ("id_weight", id_weight), ("start_step", start_step)):
             face_form[name].change(lambda value: value, face_form[name], component, api_visibility="private")

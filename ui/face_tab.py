@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from pipelines.errors import LikenessError
 from pipelines.face.service import MAX_PHOTOS, FaceOptions
 from pipelines.manager import PipelineManager
+from ui import inputs
 from ui.generate_tab import FORM_FIELDS, _coerce_form
 from ui.session import STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
 
@@ -72,13 +73,13 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             detect_info = gr.Markdown(elem_id="face_detect_info")
             debug = gr.Gallery(label="Detection", format="png", columns=3, height=300, elem_id="face_debug")
         with gr.Column(scale=2):
-            id_weight = gr.Slider(0, 5, value=0.8, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
-            start_step = gr.Slider(0, 10, value=0, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
-            num_zero = gr.Slider(0, 80, value=20, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
+            id_weight = inputs.Slider(0, 5, value=0.8, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
+            start_step = inputs.Slider(0, 10, value=0, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
+            num_zero = inputs.Slider(0, 80, value=20, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
             ortho = gr.Radio(["off", "v1", "v2"], value="v2", label="Ortho (SDXL)", elem_id="face_ortho")
             with gr.Row():
-                true_cfg = gr.Slider(1, 10, value=1, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
-                true_cfg_start = gr.Slider(0, 20, value=1, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
+                true_cfg = inputs.Slider(1, 10, value=1, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
+                true_cfg_start = inputs.Slider(0, 20, value=1, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
             with gr.Row():
                 generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="face_stop")

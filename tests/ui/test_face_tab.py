@@ -68,4 +68,8 @@ def test_generate_face_api_returns_an_image_with_pulid_metadata(face_app):
     # for callers of the engine), and the app keeps serving.
     with pytest.raises(AppError, match="greater than maximum value 5"):
         client.predict([handle_file(str(HANKS))], "", 9.0, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")
+    # A value that is not a number at all: a message naming the control, not Gradio's bare error.
+    for bad, message in ((None, "ID weight is empty"), ("abc", "ID weight must be a number")):
+        with pytest.raises(AppError, match=message):
+            client.predict([handle_file(str(HANKS))], "", bad, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")
     assert client.predict([handle_file(str(HANKS))], "", 0.8, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")[1]
