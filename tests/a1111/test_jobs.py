@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import threading
 import time
 
@@ -142,3 +143,15 @@ def test_skip_drops_the_running_batch_and_goes_on(api_app):
     body = outcome["response"].json()
     assert len(body["images"]) == 2  # 3 batches, the first skipped
     assert json.loads(body["info"])["all_seeds"] == [5, 6]
+
+
+def test_a_client_that_goes_away_does_not_keep_the_gpu(api_app):
+    client, port = api_app["client"], int(api_app["url"].rsplit(":", 1)[1])
+    body = json.dumps(LONG).encode()
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1, what="the job to run")
+    # 20 x 150 steps would take minutes: the job stops soon after the connection closed.
+    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job"] == "", timeout=60, what="the job to stop")
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "next", "steps": 2, "width": 64, "height": 64}).status_code == 200

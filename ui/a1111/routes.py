@@ -13,6 +13,7 @@ whichever job runs.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -162,9 +163,14 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
     board = context.board
 
     @router.post("/txt2img", response_model=models.TextToImageResponse)
-    async def txt2img(body: models.Txt2ImgRequest):
+    async def txt2img(body: models.Txt2ImgRequest, request: Request):
         prepared = await anyio.to_thread.run_sync(mapping.prepare, body, manager, context.defaults)
-        return await anyio.to_thread.run_sync(run_txt2img, context, body, prepared)
+        token = CancelToken()
+        watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))  # a client that went away does not keep the GPU
+        try:
+            return await anyio.to_thread.run_sync(run_txt2img, context, body, prepared, token)
+        finally:
+            watcher.cancel()
 
     @router.post("/img2img", response_model=models.ImageToImageResponse)
     async def img2img(body: models.Img2ImgRequest):
@@ -269,10 +275,17 @@ def api_app_kwargs(manager, settings, options) -> dict:
 
 # -- txt2img ----------------------------------------------------------------------------------------
 
-def run_txt2img(context: ApiContext, body: models.Txt2ImgRequest, prepared: mapping.Prepared) -> dict:
+async def cancel_on_disconnect(request: Request, token: CancelToken, poll_s: float = 0.5) -> None:
+    while not await request.is_disconnected():
+        await anyio.sleep(poll_s)
+    log.info("API client went away: stopping its txt2img job.")
+    token.cancel()
+
+
+def run_txt2img(context: ApiContext, body: models.Txt2ImgRequest, prepared: mapping.Prepared, token: CancelToken) -> dict:
     """Wait for the GPU, generate, answer A1111's response; the photos' temp folder is always removed."""
     manager = context.manager
-    job = Job.for_request("api", "scripts_txt2img", prepared.request, CancelToken())
+    job = Job.for_request("api", "scripts_txt2img", prepared.request, token)
     folder = None
     result, images, notes = None, [], []
     try:
