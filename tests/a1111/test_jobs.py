@@ -100,7 +100,7 @@ def test_an_api_job_and_a_browser_job_take_turns(api_app):
         assert client.get("/sdapi/v1/progress").json()["state"]["job"] == "scripts_txt2img"
         browser = Client(url, verbose=False)
         job = browser.submit(*browser_form("browser second", 3, 64), api_name="/generate")
-        wait_for(lambda: any("waiting for the GPU (held by an API job (scripts_txt2img))" in str(o[0]) for o in job.outputs()),
+        wait_for(lambda: any("waiting for the GPU (held by an API txt2img job)" in str(o[0]) for o in job.outputs()),
                  what="the browser readout to say it waits")
     finally:
         hold.release()

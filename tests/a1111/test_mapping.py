@@ -34,3 +34,40 @@ def test_flux_runs_flow_euler_and_says_so():
 def test_unknown_names_are_refused(sampler, scheduler):
     with pytest.raises(InvalidRequest):
         resolve_sampler(Family.SD15, sampler, scheduler, [])
+
+
+class FolderManager:
+    """What find_model reads from the manager: the catalog and the cache folder (hashes.json)."""
+
+    def __init__(self, entries, cache_dir):
+        self.entries, self.refreshed = entries, 0
+        self.config = type("Config", (), {"cache_dir": cache_dir})()
+
+    def models(self):
+        return self.entries
+
+    def refresh(self):
+        self.refreshed += 1
+
+
+def test_a1111_clients_name_a_model_by_title_name_file_name_or_hash(tmp_path):
+    from pipelines.catalog import ModelEntry
+    from pipelines.errors import ModelNotFound
+    from pipelines.hashes import model_hash
+    from ui.a1111.mapping import find_model, model_item
+
+    checkpoint = tmp_path / "models" / "dreamy.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"not really weights, only hashed")
+    cache = tmp_path / "cache"
+    entry = ModelEntry("dreamy", Family.SD15, "single-file", checkpoint, checkpoint.stat().st_size)
+    manager = FolderManager([entry], cache)
+    assert model_item(entry, cache / "hashes.json")["title"] == "dreamy"  # no hash known yet: never computed for a listing
+    short = model_hash(checkpoint, cache / "hashes.json")  # what a load computes
+    item = model_item(entry, cache / "hashes.json")
+    assert item["title"] == f"dreamy [{short}]" and item["hash"] == short and item["sha256"].startswith(short)
+    for text in (f"dreamy [{short}]", "dreamy", "dreamy.safetensors", short, item["sha256"]):
+        assert find_model(manager, text) == "dreamy", text
+    with pytest.raises(ModelNotFound, match="sd-models"):
+        find_model(manager, "nightmare [0123456789]")
+    assert manager.refreshed == 1  # rescanned once before giving up, as A1111 does

@@ -52,8 +52,7 @@ class Job:
         return cls(source, kind, token, steps, count)
 
     def describe(self) -> str:
-        who = "an API job" if self.source == "api" else "a browser tab's job"
-        return f"{who} ({self.kind})"
+        return "an API txt2img job" if self.source == "api" else "a job from a browser tab"
 
 
 class JobBoard:
