@@ -4,6 +4,7 @@
     python app.py generate --prompt …  generate headless
     python app.py models               list the models found
     python app.py bench --suite core   run the benchmarks
+    python app.py train-demo --out DIR train the demo model (procedural shapes and faces)
     python app.py experiment --config FILE   run a settings experiment (grid, timings, fidelity)
 
 Builds settings -> the one pipeline manager -> the UI or a CLI command, and passes them down.
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="Likeness", parents=[common])
     parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 instead of 127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]", help="require a login for the web UI and its API")
+    parser.add_argument("--gradio-auth-path", type=Path, metavar="FILE", help="the same pairs from a file (commas or one pair per line)")
+    parser.add_argument("--max-upload-mb", type=int, default=200, help="largest file a browser or API client may upload (default 200)")
+    parser.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's web API under /sdapi/v1 on the same port (docs at /docs)")
+    parser.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="require HTTP Basic auth for the /sdapi API")
     commands = parser.add_subparsers(dest="command")
 
     defaults = GenerationRequest(model="", prompt="")
@@ -79,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
-    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu", "soak"])
+    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu", "soak", "demo"])
     bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     bench.add_argument("--budget-s", type=float, default=420.0, help="gpu suite: seconds the rows may take; rows that would not fit are skipped")
     bench.add_argument("--dry-run", action="store_true", help="gpu suite: the same rows on the CPU with tiny configs (a check, not figures)")
+
+    train_demo = commands.add_parser("train-demo", help="train the demo model from procedural scenes (about 1 hour on 2 CPU cores)")
+    train_demo.add_argument("--out", type=Path, required=True, help="folder for the trained model (diffusers layout, fp16)")
+    train_demo.add_argument("--seed", type=int, default=0)
+    train_demo.add_argument("--max-minutes", type=float, default=60.0, help="stop the UNet phase early (and say so) past this")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -141,6 +152,11 @@ def check_device(settings, store) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train-demo":  # needs no settings or manager
+        from pipelines.demo.train import TrainConfig, train
+
+        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes))
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
     for chatty in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -180,7 +196,31 @@ def main(argv: list[str] | None = None) -> int:
                                                    budget_s=args.budget_s, dry_run=args.dry_run))
     from ui.app import launch
 
-    return launch(manager, settings, store, listen=args.listen, port=args.port)
+    try:
+        options = server_options(args)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return launch(manager, settings, store, options)
+
+
+def server_options(args):
+    """The web server's exposure from the flags; ValueError/OSError with the flag named when they are unusable."""
+    from ui.server import ServerOptions, parse_credentials
+
+    auth = ()
+    if args.gradio_auth:
+        auth += parse_credentials(args.gradio_auth)
+    if args.gradio_auth_path:
+        try:
+            text = args.gradio_auth_path.read_text()
+        except OSError as error:
+            raise OSError(f"--gradio-auth-path: cannot read {args.gradio_auth_path} ({error.strerror or error})") from None
+        auth += parse_credentials(text, f"--gradio-auth-path {args.gradio_auth_path}")
+    if args.max_upload_mb < 1:
+        raise ValueError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
+    api_auth = parse_credentials(args.api_auth, "--api-auth") if args.api_auth else ()
+    return ServerOptions(listen=args.listen, port=args.port, auth=auth, max_upload_mb=args.max_upload_mb, api=args.api, api_auth=api_auth)
 
 
 def fill_family_defaults(manager, args):
@@ -188,13 +228,15 @@ def fill_family_defaults(manager, args):
     from pipelines.errors import ModelNotFound
 
     try:
-        family = manager.entry(args.model or manager.default_model()).family
+        entry = manager.entry(args.model or manager.default_model())
     except ModelNotFound:
         return args  # generate() reports the unknown name with the list of models
+    family = entry.family
     if family is not None:
         spec = family.spec
-        args.width = args.width or spec.default_size[0]
-        args.height = args.height or spec.default_size[1]
+        size = (128, 128) if entry.format == "demo" else spec.default_size  # the demo was trained at 128x128
+        args.width = args.width or size[0]
+        args.height = args.height or size[1]
         args.sampler = args.sampler or spec.default_sampler
     return args
 

@@ -6,16 +6,22 @@ Each tab is a module with a `build(...)` function; adding a tab (Face, Experimen
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from pipelines import devices
+from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui import caches_tab, experiments_tab, face_tab, generate_tab, models_tab, png_info_tab, settings_tab
+from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 
 log = logging.getLogger("likeness")
 GENERATE_TAB_ID = "generate"
+GRADIO_CACHE_SWEEP_S, GRADIO_CACHE_AGE_S = 600, 3600
 # Ctrl+Enter generates from anywhere on the page, as in A1111.
 SHORTCUTS_JS = """
 () => {
@@ -29,26 +35,31 @@ SHORTCUTS_JS = """
 """
 
 
-def status_line(manager: PipelineManager) -> str:
+def status_line(manager: PipelineManager, kept_latents=None) -> str:
+    """The status bar; "last run" is this browser session's own last decode (`kept_latents`), not another user's."""
     status = manager.status()
     loaded = ", ".join(f"{r['name']} ({r['level']})" for r in status["loaded"]) or "none"
-    vae = "auto → " + status["vae_policy"].split(" (")[0] + (f", last run {status['vae_dtype']}" if status["vae_dtype"] else "")
+    last_run = kept_latents.vae_label if kept_latents is not None else None
+    vae = "auto → " + status["vae_policy"].split(" (")[0] + (f", last run {last_run}" if last_run else "")
     return f"**Device** {status['device']} · **Loaded** {loaded} · **VAE** {vae} · **Memory** {status['memory']}"
 
 
-def build(manager: PipelineManager, settings, store) -> gr.Blocks:
+def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -> gr.Blocks:
     cancels = CancelRegistry()  # Stop reaches a browser session's run, from whichever tab started it
-    with gr.Blocks(title="Likeness") as demo:
+    # Files Gradio keeps for uploads and shown images are deleted an hour after they were made.
+    with gr.Blocks(title="Likeness", delete_cache=(GRADIO_CACHE_SWEEP_S, GRADIO_CACHE_AGE_S)) as demo:
         with gr.Row():
             gr.Markdown("## Likeness")
             status = gr.Markdown(status_line(manager), elem_id="status")
         for message in store.messages:
             gr.Markdown(f"⚠ {message}", elem_classes=["settings-warning"])
+        for message in warnings:
+            gr.Markdown(f"⚠ {message}", elem_classes=["server-warning"])
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id=GENERATE_TAB_ID):
                 generate = generate_tab.build(manager, settings, store, cancels)
             with gr.Tab("Face", id="face"):
-                face = face_tab.build(manager, settings, store, generate["form"], cancels)
+                face = face_tab.build(manager, settings, store, generate["form"], cancels, generate["kept_latents"])
             with gr.Tab("Experiments", id="experiments"):
                 experiments = experiments_tab.build(manager, settings, generate["form"], cancels, face)
             with gr.Tab("Models", id="models"):
@@ -59,33 +70,53 @@ def build(manager: PipelineManager, settings, store) -> gr.Blocks:
                 settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
             with gr.Tab("Caches", id="caches"):
                 caches = caches_tab.build(manager)
-        refresh_status = lambda: status_line(manager)  # noqa: E731
-        generate["generate_event"].then(refresh_status, None, status, api_visibility="private")
-        experiments["run_event"].then(refresh_status, None, status, api_visibility="private")
+        refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
+        kept = generate["kept_latents"]
+        generate["generate_event"].then(refresh_status, kept, status, api_visibility="private")
+        experiments["run_event"].then(refresh_status, kept, status, api_visibility="private")
         generate["generate_event"].then(caches["refresh"], None, caches["table"], api_visibility="private")
         timer = gr.Timer(5.0)  # memory and residency change outside this tab too (other sessions, loads)
-        timer.tick(refresh_status, None, status, api_visibility="private", queue=False)
-        demo.load(refresh_status, None, status, api_visibility="private")
+        timer.tick(refresh_status, kept, status, api_visibility="private", queue=False)
+        demo.load(refresh_status, kept, status, api_visibility="private")
     return demo
 
 
-def launch(manager: PipelineManager, settings, store, listen: bool = False, port: int = 7860, block: bool = True):
+def launch(manager: PipelineManager, settings, store, options: ServerOptions = ServerOptions(), block: bool = True):
     if not manager.has_real_models():
-        log.info("No models in %s: preparing the demo model (tiny, random weights)…", manager.config.models_dir)
-        manager.prepare_demo_model()
+        log.info("No models in %s: the demo model (trained on simple shapes and faces) is ready to use.", manager.config.models_dir)
+        try:
+            manager.prepare_demo_model()
+        except LikenessError as error:  # the app still starts: real models can be added and refreshed
+            log.warning("%s", error)
     log.info("Device: %s", devices.describe_device(manager.device))
-    demo = build(manager, settings, store)
+    # Gradio's uploads and the copies of shown images live under Likeness's cache folder, not /tmp.
+    os.environ["GRADIO_TEMP_DIR"] = str(Path(manager.config.cache_dir).resolve() / "gradio")
+    warnings = exposure_warnings(options)
+    for warning in warnings:
+        log.warning(warning)
+    demo = build(manager, settings, store, warnings)
     demo.queue(max_size=settings.max_queue_size, default_concurrency_limit=1)
+    # On loopback, a page from another site must not reach us through a DNS name bound to 127.0.0.1.
+    app_kwargs = {} if options.listen else {"middleware": [Middleware(LoopbackHostOnly)]}
+    if options.api:  # A1111's /sdapi/v1 routes join Gradio's FastAPI app as it is created, on the same port
+        from ui.a1111.routes import api_app_kwargs
+
+        app_kwargs |= api_app_kwargs(manager, settings, options)
     demo.launch(
-        server_name="0.0.0.0" if listen else "127.0.0.1",
-        server_port=port,
+        server_name=options.host,
+        server_port=options.port,
+        auth=list(options.auth) or None,
+        max_file_size=options.max_upload_mb * 1024 * 1024,
+        app_kwargs=app_kwargs,
         allowed_paths=[str(manager.config.outputs_dir)],
         js=SHORTCUTS_JS,
         prevent_thread_lock=True,
         show_error=False,
         quiet=True,
     )
-    log.info("Likeness is running on http://%s:%d", "0.0.0.0" if listen else "127.0.0.1", port)
+    log.info("Likeness is running on http://%s:%d%s", options.host, options.port, " (login required)" if options.auth else "")
+    if options.api:
+        log.info("A1111 API on http://%s:%d/sdapi/v1 (docs: /docs)%s", options.host, options.port, " (--api-auth required)" if options.api_auth else "")
     if block:
         demo.block_thread()
         return 0
