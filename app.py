@@ -40,7 +40,8 @@ def pixels(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.request import GenerationRequest
+    from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
+    from pipelines.vae import VAE_CHOICES
     from pipelines.samplers import ALL_SAMPLER_NAMES
 
     common = common_options()
@@ -67,18 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
-    gen.add_argument("--vae-dtype", choices=["auto", "bf16", "fp16", "fp32"], default=None,
+    gen.add_argument("--vae-dtype", choices=VAE_CHOICES, default=None,
                      help="VAE decode precision (default: the vae_dtype setting, auto = bf16 on capable NVIDIA GPUs, else fp32)")
     gen.add_argument("--deepcache", type=int, default=1, metavar="N",
                      help="DeepCache interval for SD 1.5/SDXL: one full UNet step, then N-1 cached (1 = off)")
     gen.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache skip branch: 0 = fastest, higher = closer to the uncached image")
-    gen.add_argument("--deepcache-schedule", choices=["uniform", "quadratic"], default="uniform")
-    gen.add_argument("--flux-cache", choices=["off", "first-block", "taylorseer", "magcache"], default="off",
+    gen.add_argument("--deepcache-schedule", choices=DEEPCACHE_SCHEDULES, default="uniform")
+    gen.add_argument("--flux-cache", choices=FLUX_CACHE_CHOICES, default="off",
                      help="FLUX.1 block cache (diffusers' hooks)")
     gen.add_argument("--flux-cache-threshold", type=float, default=0.08, help="first-block / magcache threshold (0.08 is nearly lossless)")
     gen.add_argument("--approx-cache", action="store_true",
                      help="approximate cache: resume from a similar earlier prompt's latents (faster, not exact; see README)")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
+    add_face_options(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 
     models = commands.add_parser("models", parents=[common], help="list the model catalog")
@@ -102,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--yes", action="store_true", help="run a grid above the experiment_confirm_cells setting without asking")
     experiment.add_argument("--json", action="store_true", help="print one JSON summary instead of text")
     return parser
+
+
+def add_face_options(gen: argparse.ArgumentParser) -> None:
+    """The Face tab's controls as flags (PuLID with SDXL or FLUX.1 models)."""
+    from pipelines.face.service import MAX_PHOTOS, FaceOptions
+    from pipelines.hooks.pulid_sdxl import ORTHO_MODES
+
+    face = FaceOptions()
+    group = gen.add_argument_group("face reference (PuLID, SDXL and FLUX.1)")
+    group.add_argument("--face", action="append", metavar="PHOTO", help=f"a reference photo of the person (repeat for up to {MAX_PHOTOS})")
+    group.add_argument("--face-index", action="append", type=int, metavar="N",
+                       help="which detected face to use, per photo in order (1 = the largest, the default)")
+    group.add_argument("--id-weight", type=float, default=face.id_weight, help="ID weight: SDXL 0-5, FLUX.1 0-3 (0 = PuLID off)")
+    group.add_argument("--start-step", type=int, default=face.start_step, help="first step with the ID (FLUX.1: 4 photoreal, 0-1 stylised)")
+    group.add_argument("--num-zero", type=int, default=face.num_zero, help="SDXL: more = more editable, less likeness (0-80)")
+    group.add_argument("--ortho", choices=ORTHO_MODES, default=face.ortho, help="SDXL: orthogonal ID attention")
+    group.add_argument("--true-cfg", type=float, default=face.true_cfg, help="FLUX.1: true CFG scale with the negative prompt (1 = off)")
+    group.add_argument("--true-cfg-start", type=int, default=face.true_cfg_start, help="FLUX.1: first step of true CFG")
 
 
 def build_manager(settings):

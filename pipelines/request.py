@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
+from pipelines.hooks.deepcache import SCHEDULES as DEEPCACHE_SCHEDULES
+from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
 
@@ -132,15 +134,15 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
     whole_number("DeepCache interval", request.deepcache_interval, 1, 20)
     whole_number("DeepCache branch", request.deepcache_branch, 0, 8)
-    if not choice(request.deepcache_schedule, ("uniform", "quadratic")):
-        problems.append(f"DeepCache schedule must be uniform or quadratic, got {shown(request.deepcache_schedule)}.")
+    if not choice(request.deepcache_schedule, DEEPCACHE_SCHEDULES):
+        problems.append(f"DeepCache schedule must be {' or '.join(DEEPCACHE_SCHEDULES)}, got {shown(request.deepcache_schedule)}.")
     if is_whole(request.deepcache_interval) and request.deepcache_interval > 1:
         if family is Family.FLUX:
             problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
         elif is_whole(request.steps) and request.steps < 2:  # checked here, before the model loads
             problems.append(f"DeepCache (N = {request.deepcache_interval}) needs at least 2 steps; use more steps or set N to 1 (off).")
-    if not choice(request.flux_cache, ("off", "first-block", "taylorseer", "magcache")):
-        problems.append(f"FLUX block cache must be off, first-block, taylorseer or magcache, got {shown(request.flux_cache)}.")
+    if not choice(request.flux_cache, FLUX_CACHE_CHOICES):
+        problems.append(f"FLUX block cache must be {', '.join(FLUX_CACHE_CHOICES[:-1])} or {FLUX_CACHE_CHOICES[-1]}, got {shown(request.flux_cache)}.")
     elif request.flux_cache != "off" and family is not Family.FLUX:
         problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
     threshold = request.flux_cache_threshold

@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 
-from pipelines.errors import GenerationCancelled, LikenessError
+from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
+from pipelines.face.service import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
@@ -40,6 +41,20 @@ def run_guarded(action) -> int:
         return EXIT_INTERNAL
 
 
+def face_options(args) -> FaceOptions | None:
+    """`--face PHOTO ...` and the PuLID flags as the Face tab's options; None without a photo."""
+    photos = getattr(args, "face", None)
+    if not photos:
+        if getattr(args, "face_index", None):
+            raise InvalidRequest("--face-index needs a reference photo: add --face PHOTO.")
+        return None
+    numbers = args.face_index or []
+    if len(numbers) > len(photos) or any(n < 1 for n in numbers):
+        raise InvalidRequest(f"--face-index takes one number (1 = the largest face) per --face photo; got {numbers} for {len(photos)} photo(s).")
+    return FaceOptions(tuple(photos), tuple(n - 1 for n in numbers), args.id_weight, args.start_step, args.num_zero, args.ortho,
+                       args.true_cfg, args.true_cfg_start)
+
+
 def cmd_generate(manager: PipelineManager, args) -> int:
     model = args.model or manager.default_model()
     if model == manager.default_model() and not manager.has_real_models():
@@ -51,6 +66,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
     )
+    face = face_options(args)
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops at the next step
 
@@ -66,7 +82,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
             _print_err(("warning: " if event.level == "warning" else "") + event.text)
 
     try:
-        result = manager.generate(request, listener=show, cancel=cancel)
+        result = manager.generate(request, listener=show, cancel=cancel, face=face)
     finally:
         signal.signal(signal.SIGINT, previous)
     if args.json:

@@ -133,7 +133,6 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
                                 elem_id="exp_stage_plot")
         step_plot = gr.LinePlot(x="step", y="seconds", color="cell", title="Per-step latency", elem_id="exp_step_plot")
     files = gr.File(label="Export: grid PNG, CSV, JSON, experiment definition", file_count="multiple", interactive=False, elem_id="exp_files")
-    form_fields = list(generate_form)
 
     def on_axes_change(*axis_values):
         """Offer the cells as baseline choices once the axes parse; keep the old choice while they do not."""
@@ -147,14 +146,15 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     for component in axis_inputs:
         component.change(on_axes_change, axis_inputs, baseline, api_visibility="private", queue=False)
 
-    # The request first: Gradio injects gr.Request only into the parameters before *form_values.
+    # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter
+    # is named: the experiment's controls, then the request's own field names (`inputs_kwargs`).
     def run(request: gr.Request, x_setting, x_values, y_setting, y_values, z_setting, z_values, baseline_cell, warm, repeat_count,
-            confirmed, face_photos, face_weight, face_start, *form_values):
+            confirmed, face_photos, face_weight, face_start, **form):
         session = session_id(request)
         unchanged = (gr.update(),) * 5
         try:
             experiment = experiment_from_form([x_setting, x_values, y_setting, y_values, z_setting, z_values], baseline_cell, warm,
-                                              repeat_count, face_photos, face_weight, face_start, dict(zip(form_fields, form_values)))
+                                              repeat_count, face_photos, face_weight, face_start, form)
             plan = build_plan(experiment, manager)
         except (LikenessError, TypeError, ValueError) as error:
             cancels.forget_armed(session)
@@ -207,8 +207,8 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
         )
 
     run_event = arm_then(run_button.click, cancels).then(
-        run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step, *generate_form.values()],
-        [progress, grid, table, stage_plot, step_plot, files], api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
+        run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step], [progress, grid, table, stage_plot, step_plot, files],
+        inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
     )
 
     def cancel_experiment(request: gr.Request = None):

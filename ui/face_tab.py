@@ -14,12 +14,14 @@ from PIL import Image, ImageDraw
 
 from pipelines.errors import LikenessError
 from pipelines.face.service import MAX_PHOTOS, FaceOptions
+from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.generate_tab import FORM_FIELDS, _coerce_form
 from ui.session import STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
+DEFAULT_FACE = FaceOptions()  # the official apps' defaults, for the controls and for API callers that leave them out
 
 
 def files_markdown(manager: PipelineManager) -> str:
@@ -73,13 +75,13 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             detect_info = gr.Markdown(elem_id="face_detect_info")
             debug = gr.Gallery(label="Detection", format="png", columns=3, height=300, elem_id="face_debug")
         with gr.Column(scale=2):
-            id_weight = inputs.Slider(0, 5, value=0.8, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
-            start_step = inputs.Slider(0, 10, value=0, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
-            num_zero = inputs.Slider(0, 80, value=20, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
-            ortho = gr.Radio(["off", "v1", "v2"], value="v2", label="Ortho (SDXL)", elem_id="face_ortho")
+            id_weight = inputs.Slider(0, 5, value=DEFAULT_FACE.id_weight, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
+            start_step = inputs.Slider(0, 10, value=DEFAULT_FACE.start_step, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
+            num_zero = inputs.Slider(0, 80, value=DEFAULT_FACE.num_zero, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
+            ortho = gr.Radio(list(ORTHO_MODES), value=DEFAULT_FACE.ortho, label="Ortho (SDXL)", elem_id="face_ortho")
             with gr.Row():
-                true_cfg = inputs.Slider(1, 10, value=1, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
-                true_cfg_start = inputs.Slider(0, 20, value=1, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
+                true_cfg = inputs.Slider(1, 10, value=DEFAULT_FACE.true_cfg, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
+                true_cfg_start = inputs.Slider(0, 20, value=DEFAULT_FACE.true_cfg_start, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
             with gr.Row():
                 generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="face_stop")
@@ -105,18 +107,19 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
     photos.change(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
     face_numbers.submit(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
 
-    fields = list(generate_form)
-
-    # The request first: Gradio injects gr.Request only into the parameters before *form_values.
-    def run(request: gr.Request, files, numbers, weight, start, zero, ortho_mode, cfg, cfg_start, *form_values):
+    # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter is named: the face controls here, then the request's own field names
+    # (`inputs_kwargs`), so `client.predict(photos=[...], prompt="...", api_name="/generate_face")` works.
+    def run(request: gr.Request, photos, face_numbers=None, id_weight=DEFAULT_FACE.id_weight, start_step=DEFAULT_FACE.start_step,
+            num_zero=DEFAULT_FACE.num_zero, ortho=DEFAULT_FACE.ortho, true_cfg=DEFAULT_FACE.true_cfg,
+            true_cfg_start=DEFAULT_FACE.true_cfg_start, **form):
         session = session_id(request)
-        paths = photo_paths(files)
+        paths = photo_paths(photos)
         try:
             if not paths:
                 raise LikenessError("Add a reference photo with a face first.")
-            face = FaceOptions(tuple(paths), parse_face_numbers(numbers, len(paths)), float(weight), int(start), int(zero), ortho_mode,
-                               float(cfg), int(cfg_start))
-            generation_request = _coerce_form(dict(zip(fields, form_values)))
+            face = FaceOptions(tuple(paths), parse_face_numbers(face_numbers, len(paths)), float(id_weight), int(start_step), int(num_zero),
+                               ortho, float(true_cfg), int(true_cfg_start))
+            generation_request = _coerce_form(form)
         except (LikenessError, TypeError, ValueError) as error:
             cancels.forget_armed(session)
             yield f"⚠ {error}", gr.update(), "", gr.update()
@@ -134,8 +137,8 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             yield update.readout, images, result_markdown(result), result.kept_latents
 
     arm_then(generate.click, cancels).then(
-        run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start, *generate_form.values()],
-        [readout, gallery, breakdown, kept_latents],
+        run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start], [readout, gallery, breakdown, kept_latents],
+        inputs_kwargs=generate_form,
         api_name="generate_face", concurrency_id="gpu", concurrency_limit=1,
     )
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from pipelines.errors import InvalidRequest
-from pipelines.request import shown
+from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, shown
 from pipelines.samplers import ALL_SAMPLER_NAMES
 from pipelines.vae import VAE_CHOICES
 
@@ -79,8 +79,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("vae_dtype", "VAE dtype", "text", field="vae_dtype", choices=tuple(VAE_CHOICES)),
     Setting("deepcache_interval", "DeepCache N", "int", field="deepcache_interval"),
     Setting("deepcache_branch", "DeepCache branch", "int", field="deepcache_branch"),
-    Setting("deepcache_schedule", "DeepCache schedule", "text", field="deepcache_schedule", choices=("uniform", "quadratic")),
-    Setting("flux_cache", "Block cache", "text", field="flux_cache", choices=("off", "first-block", "taylorseer", "magcache")),
+    Setting("deepcache_schedule", "DeepCache schedule", "text", field="deepcache_schedule", choices=DEEPCACHE_SCHEDULES),
+    Setting("flux_cache", "Block cache", "text", field="flux_cache", choices=FLUX_CACHE_CHOICES),
     Setting("flux_cache_threshold", "Block cache threshold", "float", field="flux_cache_threshold"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),
     Setting("pulid_start_step", "PuLID start step", "int", target="face", field="start_step"),

@@ -26,6 +26,7 @@ from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, 
 from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders
 from pipelines.face.eva_clip import EvaVisionConfig
 from pipelines.face.files import face_file_status, missing_message, require_face_files
+from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.face.idformer import IDFormerConfig, IdentityEmbedding, encode_identity
 from pipelines.face.pulid_weights import PulidWeights, find_pulid_file, load_pulid_weights
 from pipelines.families import Family
@@ -53,7 +54,7 @@ class FaceOptions:
             (0 <= self.id_weight <= 5, f"The ID weight must be between 0 and 5 (FLUX.1: 0-3); got {self.id_weight:g}."),
             (self.start_step >= 0, f"The PuLID start step must be 0 or more; got {self.start_step}."),
             (0 <= self.num_zero <= 80, f"Num zero must be between 0 and 80; got {self.num_zero}."),
-            (self.ortho in ("off", "v1", "v2"), f"Ortho must be off, v1 or v2; got {self.ortho!r}."),
+            (self.ortho in ORTHO_MODES, f"Ortho must be {', '.join(ORTHO_MODES[:-1])} or {ORTHO_MODES[-1]}; got {self.ortho!r}."),
             (1 <= self.true_cfg <= 10, f"True CFG must be between 1 (off) and 10; got {self.true_cfg:g}."),
             (self.true_cfg_start >= 0, f"The true CFG start step must be 0 or more; got {self.true_cfg_start}."),
         )

@@ -34,6 +34,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from pipelines.hooks.base import HookContext
 
 DEEPCACHE_HOOK = "deepcache"
+SCHEDULES = ("uniform", "quadratic")  # the one list every entry point offers
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class DeepCacheConfig:
             raise ValueError("DeepCache interval must be 1 (off) or more")
         if self.branch < 0:
             raise ValueError("DeepCache branch must be 0 or more")
-        if self.schedule not in ("uniform", "quadratic"):
+        if self.schedule not in SCHEDULES:
             raise ValueError("DeepCache schedule must be 'uniform' or 'quadratic'")
         if not 0.0 <= self.center <= 1.0:
             raise ValueError("DeepCache center must be between 0 and 1")

@@ -17,6 +17,7 @@ from pipelines.hooks.base import HookContext
 
 FLUX_BLOCK_CACHE_HOOK = "flux-block-cache"
 KINDS = ("first-block", "taylorseer", "magcache")
+CHOICES = ("off", *KINDS)  # what a request may ask for: the one list every entry point offers
 
 
 @dataclass(frozen=True)
