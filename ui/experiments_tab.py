@@ -22,9 +22,10 @@ from pipelines.experiments.report import export, grid_image, stage_bars, step_li
 from pipelines.experiments.runner import run_experiment
 from pipelines.face.service import MAX_PHOTOS
 from pipelines.manager import PipelineManager
-from ui.face_tab import photo_paths
-from ui.generate_tab import _coerce_form
 from ui import inputs
+from ui.a1111.jobs import Job, board_for
+from ui.face_tab import DEFAULT_FACE, photo_paths
+from ui.generate_tab import _coerce_form
 from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, session_id
 
 log = logging.getLogger("likeness")
@@ -44,8 +45,12 @@ class ExperimentJob:
         self._thread = threading.Thread(target=self._run, args=(manager, plan, cancel), name="likeness-experiment", daemon=True)
 
     def _run(self, manager, plan, cancel) -> None:
+        # The grid takes its turn on the GPU like any other job, so the A1111 API's progress and
+        # interrupt see it, and an API job waits behind it (and it behind one).
+        job = Job("browser", "experiment", cancel, steps=max(cell.request.steps for cell in plan.cells), batch_count=1)
         try:
-            self.result = run_experiment(manager, plan, self._on_progress, cancel)
+            with board_for(manager).turn(job):
+                self.result = run_experiment(manager, plan, self._on_progress, cancel)
         except BaseException as error:  # handed to the UI thread, which turns it into a message
             self.error = error
         finally:
@@ -148,8 +153,9 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
 
     # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter
     # is named: the experiment's controls, then the request's own field names (`inputs_kwargs`).
-    def run(request: gr.Request, x_setting, x_values, y_setting, y_values, z_setting, z_values, baseline_cell, warm, repeat_count,
-            confirmed, face_photos, face_weight, face_start, **form):
+    def run(request: gr.Request, x_setting=NO_AXIS, x_values=None, y_setting=NO_AXIS, y_values=None, z_setting=NO_AXIS, z_values=None,
+            baseline_cell=0, warm=True, repeat_count=1, confirmed=False, face_photos=None, face_weight=DEFAULT_FACE.id_weight,
+            face_start=DEFAULT_FACE.start_step, **form):
         session = session_id(request)
         unchanged = (gr.update(),) * 5
         try:

@@ -155,3 +155,20 @@ def test_a_client_that_goes_away_does_not_keep_the_gpu(api_app):
     # 20 x 150 steps would take minutes: the job stops soon after the connection closed.
     wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job"] == "", timeout=60, what="the job to stop")
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "next", "steps": 2, "width": 64, "height": 64}).status_code == 200
+
+
+def test_progress_and_interrupt_see_an_experiment_grid(api_app):
+    client = api_app["client"]
+    browser = Client(api_app["url"], verbose=False)
+    hold = HoldAtFirstStep(api_app["manager"])
+    try:
+        job = browser.submit(x_setting="steps", x_values="40, 41, 42", warm=False, confirmed=True, face_photos=None,
+                             model=DEMO_MODEL_NAME, prompt="a grid", width=128, height=128, sampler="Euler", api_name="/experiment")
+        assert hold.reached.wait(timeout=120)
+        state = client.get("/sdapi/v1/progress").json()["state"]
+        assert state["job"] == "experiment" and state["sampling_step"] == 1
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+    finally:
+        hold.release()
+    final = job.result(timeout=120)
+    assert "Stopped" in final[0] and "of 3 cells" in final[0], final[0]
