@@ -83,14 +83,14 @@ def build_text_encoder(tokenizer, seed: int):
     return CLIPTextModel(config)
 
 
-def build_vae(seed: int, channels=(16, 32, 64, 64)):
+def build_vae(seed: int, channels=(16, 32, 64, 64), groups: int = 1):
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=128, mid_block_add_attention=False,
+        latent_channels=4, layers_per_block=1, norm_num_groups=groups, sample_size=128, mid_block_add_attention=False,
     )
 
 
@@ -103,7 +103,7 @@ def build_unet(seed: int, channels=(64, 96, 128, 128), layers: int = 1):
         sample_size=16, block_out_channels=channels, layers_per_block=layers,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=8,
     )
 
 
