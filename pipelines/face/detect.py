@@ -30,7 +30,6 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +37,11 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.face.files import DETECTOR, RECOGNIZER, antelopev2_files
-from pipelines.images import MAX_PHOTO_PIXELS, check_pixels, megapixels
+from pipelines.images import MAX_PHOTO_PIXELS, check_pixels, open_image
 
 log = logging.getLogger("likeness")
 
@@ -108,31 +107,23 @@ def _label(source) -> str:
 
 
 def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode `source` fully (first frame); JPEGs far above `max_side` decode at 1/2..1/8 size."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        stream = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, Path)):
-        stream = Path(source)
-        if stream.is_dir():
-            raise FaceError(f"{source} is a folder, not a photo.")
-    elif not isinstance(source, Image.Image):
+    """Decode `source` fully (first frame); JPEGs far above `max_side` decode at 1/2..1/8 size.
+
+    A file or bytes are opened through `pipelines.images.open_image`: the size is checked from the
+    header (100 MP at most) before any pixel is decoded."""
+    if isinstance(source, Image.Image):
+        check_pixels(source.size, MAX_PHOTO_PIXELS, label, FaceError)
+        image = source
+    elif isinstance(source, (bytes, bytearray, memoryview, str, Path)):
+        image = open_image(source, max_pixels=MAX_PHOTO_PIXELS, what=label, error=FaceError)
+    else:
         raise FaceError(f"Expected a photo (file path, bytes or image), got {type(source).__name__}.")
+    original_size = image.size
+    if image is not source and image.format == "JPEG" and max(image.size) >= 2 * max_side:
+        scale = max_side / max(image.size)
+        image.draft(None, (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we downscale anyway
-            image = source if isinstance(source, Image.Image) else Image.open(stream)
-            original_size = image.size
-            check_pixels(original_size, MAX_PHOTO_PIXELS, label, FaceError)  # from the header, before any decode
-            if image is not source and image.format == "JPEG" and max(image.size) >= 2 * max_side:
-                scale = max_side / max(image.size)
-                image.draft(None, (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
-            image.load()
-    except FileNotFoundError:
-        raise FaceError(f"Reference photo not found: {source}.") from None
-    except Image.DecompressionBombError as error:
-        raise FaceError(f"{label} is too large to open safely ({error}). Use a photo of at most {megapixels(MAX_PHOTO_PIXELS)}.") from None
-    except UnidentifiedImageError:
-        raise FaceError(f"{label} is not an image Likeness can read. Use a JPEG, PNG or WebP photo.") from None
+        image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise FaceError(f"{label} is damaged or incomplete and cannot be read ({error}).") from None
     return image, original_size

@@ -465,7 +465,7 @@ def test_corrupt_missing_and_non_image_files(tmp_path, hanks):
     text.write_text("hello")
     with pytest.raises(FaceError, match=r"notes\.txt is not an image Likeness can read"):
         load_reference_image(text)
-    with pytest.raises(FaceError, match="Reference photo not found"):
+    with pytest.raises(FaceError, match=r"absent\.png was not found"):
         load_reference_image(tmp_path / "absent.png")
     with pytest.raises(FaceError, match="is a folder"):
         load_reference_image(tmp_path)
