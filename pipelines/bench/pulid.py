@@ -15,7 +15,6 @@ random weights; on a CPU they would take minutes per step, so they are skipped w
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.bench.system import load_average
+from pipelines.bench.system import print_suite_header
 from pipelines.bench.tables import heading, median, mib, ratio, seconds, table, verdict
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from pipelines.bench.tiny_models import build_tiny_flux, build_tiny_sdxl, save_tiny_pipeline
@@ -123,10 +122,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None) -
     def say(text: str) -> None:
         print(f"  [{time.perf_counter() - started:6.1f} s] {text}", file=out, flush=True)
 
-    load = load_average()
-    print(heading(f"Likeness bench --suite pulid ({'quick' if quick else 'full'})"), file=out)
-    print(f"  {dt.datetime.now().astimezone().isoformat(timespec='seconds')} · device {manager.device} · torch {torch.__version__}"
-          + (f" · load average {load[0]:.2f}" if load else ""), file=out, flush=True)
+    print_suite_header(out, f"Likeness bench --suite pulid ({'quick' if quick else 'full'})", manager.device)
     workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-pulid-"))
     try:
         models = workdir / "models"

@@ -15,7 +15,6 @@ allocated and reserved bytes must grow less than 2 % too. Any generation that ra
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.bench.system import load_average, malloc_trim, rss_bytes
+from pipelines.bench.system import malloc_trim, print_suite_header, rss_bytes
 from pipelines.bench.tables import heading, mib, seconds, table, verdict
 
 GENERATIONS, QUICK_GENERATIONS = 200, 40
@@ -202,10 +201,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None, g
         print(f"  [{time.perf_counter() - started:6.1f} s] {text}", file=out, flush=True)
 
     count = generations or (QUICK_GENERATIONS if quick else GENERATIONS)
-    load = load_average()
-    print(heading(f"Likeness bench --suite soak ({'quick' if quick else 'full'}, {count} generations)"), file=out)
-    print(f"  {dt.datetime.now().astimezone().isoformat(timespec='seconds')} · device {manager.device} · torch {torch.__version__}"
-          + (f" · load average {load[0]:.2f}" if load else ""), file=out, flush=True)
+    print_suite_header(out, f"Likeness bench --suite soak ({'quick' if quick else 'full'}, {count} generations)", manager.device)
     workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-soak-"))
     try:
         size = build_models(workdir / "models")

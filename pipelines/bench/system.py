@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import ctypes.util
 import gc
 import os
@@ -85,3 +86,13 @@ def census_growth(before: dict, after: dict, top: int = 8) -> list[tuple[str, in
     grown = [(name, after["types"][name] - before["types"].get(name, 0)) for name in after["types"]]
     grown = [item for item in grown if item[1] > 0]
     return sorted(grown, key=lambda item: -item[1])[:top]
+
+
+def print_suite_header(out, title: str, device) -> None:
+    """The first lines of a suite's report: what ran, when, on what, and how busy the machine was."""
+    from pipelines.bench.tables import heading
+
+    load = load_average()
+    print(heading(title), file=out)
+    print(f"  {dt.datetime.now().astimezone().isoformat(timespec='seconds')} · device {device} · torch {torch.__version__}"
+          + (f" · load average {load[0]:.2f}" if load else ""), file=out, flush=True)
