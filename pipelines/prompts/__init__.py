@@ -1,0 +1,1 @@
+"""A1111's prompt syntax (`syntax`) and the chunked, weighted CLIP encoding built on it (`encode`)."""
