@@ -22,6 +22,8 @@ from pipelines.families import Family
 from pipelines.hooks import HookContext, attached, hook_cache_keys
 from pipelines.infotext import build_infotext
 from pipelines.outputs import save_image
+from pipelines.prompts.encode import encode_weighted
+from pipelines.prompts.syntax import flux_text, prompt_memo_key
 from pipelines.request import GeneratedImage, ValidatedRequest
 from pipelines.samplers import find_sampler
 from pipelines.telemetry import EventBus, Notice, PreviewReady, StageClock, StepClock
@@ -86,18 +88,10 @@ class LoadedModel:
 def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool) -> dict:
     """Return the pipeline keyword arguments that carry the encoded prompt for `batch_size` images."""
     pipe, device = model.pipe, model.device
+    if model.family in (Family.SD15, Family.SDXL):  # A1111's syntax, 75-token chunks, emphasis
+        return encode_weighted(pipe, prompt, negative, device, batch_size, use_cfg, sdxl=model.family is Family.SDXL)
+    (prompt, _), (negative, _) = flux_text(prompt), flux_text(negative)  # T5 has no weights: the words only
     with torch.no_grad():
-        if model.family is Family.SD15:
-            positive, negative_embeds = pipe.encode_prompt(prompt, device, batch_size, use_cfg, negative)
-            return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
-        if model.family is Family.SDXL:
-            positive, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-                prompt, device=device, num_images_per_prompt=batch_size, do_classifier_free_guidance=use_cfg, negative_prompt=negative
-            )
-            return {
-                "prompt_embeds": positive, "negative_prompt_embeds": negative_embeds,
-                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled,
-            }
         positive, pooled, _text_ids = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=batch_size)
         embeds = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
         if use_cfg:  # FLUX true CFG: the negative prompt gets its own transformer pass
@@ -115,11 +109,11 @@ def spatial_latents(model: LoadedModel, latents: torch.Tensor, height: int, widt
 
 def prompt_token_warnings(model: LoadedModel, prompt: str, negative: str) -> list[str]:
     tokenizer = getattr(model.pipe, "tokenizer", None)
-    if tokenizer is None:
+    if tokenizer is None or model.family is not Family.FLUX:  # SD 1.5 / SDXL read long prompts in chunks
         return []
     limit = tokenizer.model_max_length
     warnings = []
-    for label, text in (("prompt", prompt), ("negative prompt", negative)):
+    for label, text in (("prompt", flux_text(prompt)[0]), ("negative prompt", flux_text(negative)[0])):
         count = len(tokenizer(text, truncation=False).input_ids) if text else 0
         if count > limit:
             warnings.append(f"The {label} is {count} tokens; the CLIP text encoder reads {limit} (incl. start/end), the rest is ignored.")
@@ -234,11 +228,13 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     cache_notes: dict[str, str] = {}
     with clock.stage("text encode") as info:
         warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
+        if model.family is Family.FLUX and flux_text(request.prompt)[1]:
+            warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
         encode = lambda: encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg)  # noqa: E731
         if options.prompt_memo is None:
             embeds = encode()
         else:
-            key = (model.identity, request.prompt, request.negative_prompt, request.batch_size, use_cfg)
+            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt), request.batch_size, use_cfg)
             embeds, hit = options.prompt_memo.get_or_compute(key, encode)
             # Without CFG the negative embeddings are None.
             embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}

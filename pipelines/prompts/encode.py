@@ -1,0 +1,220 @@
+"""Long, weighted prompts for the CLIP text encoders of SD 1.5 and SDXL, as A1111 encodes them.
+
+- The parsed prompt is tokenized fragment by fragment and cut into chunks of 75 tokens (the
+  encoder's 77 less BOS and EOS). When a chunk is full and a comma sits within its last 20 tokens,
+  the tail after that comma moves to the next chunk (A1111's `comma_padding_backtrack`), so a
+  phrase is not split across two chunks. BREAK closes the current chunk early.
+- Each chunk is padded to 77 (EOS, then the tokenizer's pad token, as diffusers pads) and encoded
+  on its own; the chunks' hidden states are concatenated along the sequence (77 x chunks tokens).
+- Emphasis "Original": each token's hidden state is multiplied by its weight, then the chunk is
+  rescaled so its mean equals the unweighted mean (skipped where that mean is numerically zero, as
+  after an untrained layer norm: the ratio would be noise). With every weight 1 nothing is touched, so a
+  plain prompt of up to 75 tokens gives exactly diffusers' own `encode_prompt` embeddings.
+- SDXL: both encoders' penultimate hidden states, concatenated per token as diffusers does; the
+  pooled embedding is the second encoder's, from the first chunk.
+- The negative prompt and the prompt are padded with empty chunks to the same count (the UNet
+  batches them together under CFG).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.prompts.syntax import Fragment, is_break, parse_prompt
+
+COMMA_BACKTRACK = 20  # A1111's default `comma_padding_backtrack`
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One encoder pass: the token ids (BOS, up to 75 prompt tokens, EOS, padding) and their weights."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+    length: int  # prompt tokens in it, without BOS/EOS/padding
+
+
+def tokenize_chunks(tokenizer, fragments: list[Fragment], backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
+    """Cut a parsed prompt into padded chunks of the tokenizer's length (77 for CLIP)."""
+    size = tokenizer.model_max_length - 2
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    texts = [text for text, _ in fragments]
+    tokenized = tokenizer(texts, truncation=False, add_special_tokens=False).input_ids if texts else []
+
+    chunks: list[Chunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal ids, weights, last_comma
+        filler = size - len(ids)
+        chunks.append(Chunk(
+            tuple([bos] + ids + [eos] + [pad] * filler),
+            tuple([1.0] + weights + [1.0] + [1.0] * filler),
+            len(ids),
+        ))
+        ids, weights, last_comma = [], [], -1
+
+    for fragment, tokens in zip(fragments, tokenized):
+        if is_break(fragment):
+            close()
+            continue
+        weight = fragment[1]
+        for token in tokens:
+            if token == comma:
+                last_comma = len(ids)
+            elif backtrack and len(ids) == size and last_comma != -1 and len(ids) - last_comma <= backtrack:
+                cut = last_comma + 1
+                moved_ids, moved_weights = ids[cut:], weights[cut:]
+                ids, weights = ids[:cut], weights[:cut]
+                close()
+                ids, weights = moved_ids, moved_weights
+            if len(ids) == size:
+                close()
+            ids.append(token)
+            weights.append(weight)
+    if ids or not chunks:
+        close()
+    return chunks
+
+
+def empty_chunk(tokenizer) -> Chunk:
+    return tokenize_chunks(tokenizer, [("", 1.0)])[0]
+
+
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis on (chunks, 77, C): scale each token, then restore each chunk's mean."""
+    if bool((weights == 1).all()):
+        return hidden
+    values = hidden.float()
+    original_mean = values.mean(dim=(1, 2), keepdim=True)
+    values = values * weights.to(values.device, torch.float32)[:, :, None]
+    new_mean = values.mean(dim=(1, 2), keepdim=True)
+    # A mean at numerical zero (a layer norm without bias: untrained or tiny encoders) makes the ratio
+    # noise, even inf; such a chunk keeps the plain scaling. Real CLIP means are ~10% of the magnitudes.
+    scale = values.abs().mean(dim=(1, 2), keepdim=True)
+    ratio = original_mean / new_mean
+    usable = (original_mean.abs() > 1e-3 * scale) & (new_mean.abs() > 1e-3 * scale) & (ratio > 0) & ratio.isfinite()
+    values = values * torch.where(usable, ratio, torch.ones_like(ratio))
+    return values.to(hidden.dtype)
+
+
+def _execution_device(module, fallback: torch.device) -> torch.device:
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        return get_module_execution_device(module)
+    except Exception:  # noqa: BLE001 - an older diffusers: the run's device
+        return fallback
+
+
+def encode_chunks(text_encoder, chunks: list[Chunk], device: torch.device, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states (1, 77 x chunks, C) with emphasis, and the first chunk's pooled output if the encoder has one."""
+    ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
+    weights = torch.tensor([chunk.weights for chunk in chunks])
+    if penultimate:  # SDXL: both encoders' penultimate layer (diffusers' default, no clip skip)
+        output = text_encoder(ids.to(_execution_device(text_encoder, device)), output_hidden_states=True)
+        hidden = output.hidden_states[-2]
+        pooled = output[0][:1] if output[0].ndim == 2 else None
+    else:  # SD 1.5: the last layer after the final layer norm
+        mask = None
+        if getattr(text_encoder.config, "use_attention_mask", False):
+            mask = torch.tensor([[1] * (chunk.length + 2) + [0] * (len(chunk.ids) - chunk.length - 2) for chunk in chunks]).to(device)
+        hidden, pooled = text_encoder(ids.to(device), attention_mask=mask)[0], None
+    hidden = apply_emphasis(hidden, weights)
+    return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+
+def _pad_to(chunks: list[Chunk], count: int, tokenizer) -> list[Chunk]:
+    return chunks + [empty_chunk(tokenizer)] * (count - len(chunks))
+
+
+def _encoders(pipe) -> list[tuple[object, object]]:
+    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)),
+             (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]
+    return [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None and encoder is not None]
+
+
+def _fragments_for(pipe, fragments: list[Fragment], tokenizer) -> list[Fragment]:
+    """diffusers' textual inversion tokens (`load_textual_inversion`) become their multi-vector spelling."""
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    if convert is None or not getattr(tokenizer, "added_tokens_encoder", None):
+        return fragments
+    return [fragment if is_break(fragment) else (convert(fragment[0], tokenizer), fragment[1]) for fragment in fragments]
+
+
+def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batch_size: int, use_cfg: bool, sdxl: bool) -> dict:
+    """The pipeline keyword arguments (`prompt_embeds`, ... ) for `batch_size` images of an SD 1.5 or SDXL pipeline."""
+    parsed = {"positive": parse_prompt(prompt), "negative": parse_prompt(negative)}
+    per_encoder = []
+    for tokenizer, encoder in _encoders(pipe):
+        chunks = {name: tokenize_chunks(tokenizer, _fragments_for(pipe, fragments, tokenizer)) for name, fragments in parsed.items()}
+        per_encoder.append((tokenizer, encoder, chunks))
+    count = max(len(chunks[name]) for _, _, chunks in per_encoder for name in (("positive", "negative") if use_cfg else ("positive",)))
+    dtype = (pipe.text_encoder_2 if sdxl and getattr(pipe, "text_encoder_2", None) is not None else pipe.text_encoder).dtype
+
+    def encode(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, pooled = [], None
+        for tokenizer, encoder, chunks in per_encoder:
+            states, pooled_here = encode_chunks(encoder, _pad_to(chunks[name], count, tokenizer), device, penultimate=sdxl)
+            hidden.append(states)
+            pooled = pooled_here if pooled_here is not None else pooled
+        embeds = torch.cat(hidden, dim=-1).to(dtype=dtype, device=device)
+        return embeds.repeat(batch_size, 1, 1), None if pooled is None else pooled.repeat(batch_size, 1)
+
+    with torch.no_grad():
+        positive, pooled = encode("positive")
+        negative_embeds, negative_pooled = encode("negative") if use_cfg else (None, None)
+    if not sdxl:
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds,
+            "pooled_prompt_embeds": pooled.to(device), "negative_pooled_prompt_embeds": None if negative_pooled is None else negative_pooled.to(device)}
+
+
+def token_count(tokenizer, prompt: str) -> int:
+    """Prompt tokens as A1111's counter shows them (without BOS/EOS, BREAK padding included)."""
+    chunks = tokenize_chunks(tokenizer, parse_prompt(prompt))
+    size = tokenizer.model_max_length - 2
+    return size * (len(chunks) - 1) + chunks[-1].length
+
+
+# -- benchmark row ---------------------------------------------------------------------------------
+
+
+def prompt_encode_timings(pipe, device: torch.device, sdxl: bool = False, repeats: int = 5) -> dict:
+    """Median seconds to encode a 75-token and a 150-token prompt (with CFG, an empty negative).
+
+    For `bench --suite lora`: the row "a 150-token prompt's encode time vs a 75-token one".
+    """
+    tokenizer = _encoders(pipe)[0][0]
+    words = "a red cat on a blue chair in a sunny garden oil painting detailed soft light".split()
+
+    def prompt_of(tokens: int) -> str:
+        text, index = "", 0
+        while True:
+            longer = f"{text} {words[index % len(words)]}".strip()
+            if len(tokenizer(longer, add_special_tokens=False).input_ids) > tokens:
+                return text
+            text, index = longer, index + 1
+
+    def timed(prompt: str) -> float:
+        seconds = []
+        for _ in range(repeats + 1):  # the first run warms up
+            start = time.perf_counter()
+            encode_weighted(pipe, prompt, "", device, 1, True, sdxl)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        return sorted(seconds[1:])[len(seconds[1:]) // 2]
+
+    short, long = prompt_of(75), prompt_of(150)
+    row = {"tokens_short": token_count(tokenizer, short), "tokens_long": token_count(tokenizer, long),
+           "chunks_long": len(tokenize_chunks(tokenizer, parse_prompt(long))),
+           "seconds_short": timed(short), "seconds_long": timed(long)}
+    row["ratio"] = row["seconds_long"] / row["seconds_short"]
+    return row
