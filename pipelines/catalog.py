@@ -89,6 +89,8 @@ def scan_models_folder(models_dir: Path, allow_pickle: bool = False) -> list[Mod
             layout = inspect_checkpoint(path, allow_pickle)
             name = _name(models_dir, path)
             size = path.stat().st_size
+            if layout.kind == "lora":
+                continue  # LoRAs are listed apart (pipelines/lora), never as models
             if layout.kind == "flux-transformer":
                 flux_files.append((path, name))
             else:

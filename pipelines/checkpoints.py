@@ -20,7 +20,7 @@ MAX_HEADER_BYTES = 100 * 2**20
 @dataclass(frozen=True)
 class CheckpointLayout:
     family: Family | None
-    kind: str  # "ldm" (original SD layout), "flux-transformer", or "unknown"
+    kind: str  # "ldm" (original SD layout), "flux-transformer", "lora" (not a model: see pipelines/lora), or "unknown"
     problem: str | None = None  # why it cannot be used, in words for the user
 
 
@@ -85,7 +85,7 @@ def detect_layout(header: dict) -> CheckpointLayout:
     if has_prefix("encoder.down") or has_prefix("decoder.up"):
         return CheckpointLayout(None, "unknown", "This file is a standalone VAE, not a full checkpoint.")
     if has_prefix("lora_") or any(".lora_" in k or "lora_down" in k for k in keys):
-        return CheckpointLayout(None, "unknown", "This file is a LoRA, not a full checkpoint.")
+        return CheckpointLayout(None, "lora", "This file is a LoRA, not a full checkpoint; put it in models/Lora.")
     sample = ", ".join(list(keys)[:3])
     return CheckpointLayout(None, "unknown", f"Unknown checkpoint layout (first keys: {sample}); expected an SD 1.5, SDXL or FLUX.1 checkpoint.")
 

@@ -75,11 +75,14 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     model_hash: str | None = None
+    adapters: tuple = ()  # the LoRA set applied for this run (LoraHook.cache_key()): names, file hashes, weights
 
     @property
     def identity(self) -> tuple:
-        """What distinguishes this model's outputs, for cache keys: the name and the file hash."""
-        return (self.name, self.model_hash, str(self.dtype))
+        """What distinguishes this model's outputs, for cache keys: the name and the file hash, and the
+        LoRAs applied (they change the weights, text encoders included, so every cache keys on them)."""
+        base = (self.name, self.model_hash, str(self.dtype))
+        return base + (("loras", self.adapters),) if self.adapters else base
 
 
 # -- family adapters: prompt encoding and latent unpacking ------------------------------------------

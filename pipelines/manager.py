@@ -5,6 +5,7 @@ device and dtype choice, and runs generations one at a time on the compute devic
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from pipelines.face.service import FaceOptions, FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
+from pipelines.hooks.lora import AppliedLora, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
@@ -34,6 +36,8 @@ from pipelines.metrics import psnr
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
+from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_hash, scan_loras
+from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
@@ -68,6 +72,7 @@ class ManagerConfig:
     approx_cache_ttl_seconds: float = 0.0  # 0 = entries stay until evicted
     torch_compile: str = "off"  # off | default | max-autotune: the denoiser, compiled on first use after each load
     channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
+    lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ class PipelineManager:
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
         self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
                                 config.onnx_gpu_mem_limit_mb)
+        self.lora_memo = StateDictMemo(config.lora_memo_bytes)
+        self._loras: dict[str, LoraEntry] = {}
         self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -154,9 +161,27 @@ class PipelineManager:
             changed = {e.name: e for e in found} != {n: e for n, e in self._entries.items() if e.format != "demo"}
             self._entries = {e.name: e for e in found}
             self._entries[demo.name] = demo
+        loras = {e.name: e for e in scan_loras(self.config.models_dir)}
+        with self._state_lock:
+            self._loras = loras
         if changed:
             self.clear_caches()  # a file replaced under the same name must not be served from a cache
         return self.models()
+
+    def loras(self) -> list[LoraEntry]:
+        """The LoRA files in models/Lora (and models/loras), with family, size and any problem."""
+        with self._state_lock:
+            return list(self._loras.values())
+
+    def lora_entry(self, name: str) -> LoraEntry:
+        with self._state_lock:
+            found = self._loras.get(name)
+            names = sorted(self._loras)
+        if found is None:
+            close = close_names(name, names)
+            hint = f" Close names: {', '.join(close)}." if close else (f" Available: {', '.join(names)}." if names else "")
+            raise InvalidRequest(f"No LoRA named {name!r} in {self.config.models_dir / 'Lora'}.{hint}")
+        return found
 
     def caches(self) -> list:
         """Every cache, for the Caches panel: the in-memory memos, then the approximate latent cache on disk."""
@@ -336,7 +361,7 @@ class PipelineManager:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
-            with self.use(request.model, clock) as model:
+            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options) as model:
                 if face is not None:
                     with clock.stage("face embed") as info:
                         hook, identity = self._face_hook(model, face)
@@ -384,6 +409,30 @@ class PipelineManager:
             hook_stats=output.hook_stats,
             kept_latents=kept,
         )
+
+    @contextmanager
+    def _applied_loras(self, model: LoadedModel, request: GenerationRequest, clock: StageClock, options: RunOptions) -> Iterator[LoadedModel]:
+        """The prompt's `<lora:name:weight>` tags applied for the whole run (text encode included, for
+        text-encoder LoRAs); yields the model with its LoRA set in `identity`, so every cache keys on it."""
+        refs = lora_refs(request.prompt)  # a name given twice keeps its last weight
+        if not refs:
+            yield model
+            return
+        applied = []
+        for ref in refs:
+            entry = self.lora_entry(ref.name)
+            if problem := entry.unusable_with(model.family):
+                raise (InvalidRequest if entry.usable else ModelLoadError)(f"LoRA {ref.name!r}: {problem}")
+            applied.append(AppliedLora(entry.name, entry.path, ref.weight, lora_hash(entry.path)))
+        hook = LoraHook(applied, self.lora_memo)
+        with clock.stage("LoRA load") as info:
+            hook.attach(model.pipe)
+            info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM"
+        try:
+            options.infotext_extra["Lora hashes"] = infotext_hashes([(lora.name, lora.digest) for lora in applied])
+            yield dataclasses.replace(model, adapters=hook.cache_key())
+        finally:
+            hook.detach(model.pipe)
 
     def _cache_hooks(self, model: LoadedModel, request: GenerationRequest, options: RunOptions) -> list:
         """The per-generation acceleration hooks the request asks for."""

@@ -8,6 +8,7 @@ from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.hooks.deepcache import SCHEDULES as DEEPCACHE_SCHEDULES
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
+from pipelines.lora.tags import LoraSyntaxError, extract_lora_tags
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
 
@@ -157,6 +158,11 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     for name, text in (("The prompt", request.prompt), ("The negative prompt", request.negative_prompt)):
         if problem := text_problem(name, text):
             problems.append(problem)
+    if isinstance(request.prompt, str):
+        try:
+            extract_lora_tags(request.prompt)  # `<lora:name:weight>`: the weight a number within +-10
+        except LoraSyntaxError as error:
+            problems.append(str(error))
     if problems:
         raise InvalidRequest(" ".join(problems))
 

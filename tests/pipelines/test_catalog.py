@@ -132,9 +132,8 @@ def test_file_without_tensors(tmp_path):
         (SD15_KEYS, {SD15_KEYS[1]: (32, 9, 3, 3)}, "takes 9 input channels"),
         (["model.diffusion_model.input_blocks.0.0.weight"], None, "only a UNet"),
         (["encoder.down.0.block.0.conv1.weight", "decoder.up.0.block.0.conv1.weight"], None, "standalone VAE"),
-        (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], None, "LoRA"),
     ],
-    ids=["random-names", "sd2", "sdxl-refiner", "inpainting", "unet-only", "vae", "lora"],
+    ids=["random-names", "sd2", "sdxl-refiner", "inpainting", "unet-only", "vae"],
 )
 def test_unsupported_layouts_say_what_they_are(tmp_path, make_manager, keys, shapes, expected):
     write_keys(tmp_path / "models" / "odd.safetensors", keys, shapes)
@@ -235,6 +234,11 @@ def test_pickle_with_code_is_not_executed(tmp_path):
     assert not marker.exists(), "torch.load ran code from the pickle"
     assert not entries["evil"].usable
     assert "weights-only pickle" in entries["evil"].problem
+
+
+def test_a_lora_file_is_not_listed_as_a_model(tmp_path, make_manager):
+    write_keys(tmp_path / "models" / "odd.safetensors", ["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], None)
+    assert "odd" not in [e.name for e in make_manager(tmp_path / "models").models()]
 
 
 def test_auxiliary_hidden_and_other_files_are_not_listed(tmp_path, real_checkpoint):

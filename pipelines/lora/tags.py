@@ -1,0 +1,103 @@
+"""A1111's `<lora:name:weight>` prompt tags and the `name:weight` form the CLI and API take."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+MAX_WEIGHT = 10.0
+# A1111's extra-network pattern (modules/extra_networks.py) `<(\w+):([^>]+)>`, with `<` also excluded inside:
+# a scan from one `<` then stops at the next, so a megabyte of `<a:` stays linear.
+TAG_PATTERN = re.compile(r"<(\w+):([^<>]+)>")
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    name: str
+    weight: float = 1.0
+
+
+class LoraSyntaxError(ValueError):
+    """A tag or `name:weight` that cannot be read; the message names it."""
+
+
+def parse_weight(text: str, source: str) -> float:
+    try:
+        weight = float(text)
+    except ValueError:
+        raise LoraSyntaxError(f"The LoRA weight in {source} must be a number, got {text.strip()!r}.") from None
+    if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+        raise LoraSyntaxError(f"The LoRA weight in {source} must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}, got {text.strip()}.")
+    return weight
+
+
+def extract_lora_tags(prompt: str) -> tuple[str, list[LoraRef]]:
+    """(the prompt without its `<lora:...>` tags, the LoRAs they name in order).
+
+    `<lora:name>` is weight 1; `<lora:name:w>` sets w (negative allowed); A1111's further arguments
+    (`te=`, `unet=`, a second positional text-encoder weight) are read for the first weight only.
+    Other extra-network tags (`<hypernet:...>`) are left in the prompt untouched.
+    """
+    refs: list[LoraRef] = []
+
+    def take(match: re.Match) -> str:
+        if match.group(1).lower() != "lora":
+            return match.group(0)
+        parts = match.group(2).split(":")
+        name = parts[0].strip()
+        if not name:
+            raise LoraSyntaxError(f"{match.group(0)} names no LoRA; write <lora:name:weight>.")
+        positional = [p for p in parts[1:] if "=" not in p]
+        weight = parse_weight(positional[0], match.group(0)) if positional and positional[0].strip() else 1.0
+        refs.append(LoraRef(name, weight))
+        return ""
+
+    cleaned = TAG_PATTERN.sub(take, prompt)
+    return cleaned, refs
+
+
+def parse_lora_arg(text: str) -> LoraRef:
+    """`name:weight` or `name` (weight 1), from `--lora` or the API's `loras` list. The name may contain ':'
+    only when a weight follows (the last ':' splits)."""
+    if not isinstance(text, str) or not text.strip():
+        raise LoraSyntaxError(f"A LoRA must be given as name:weight, got {text!r}.")
+    name, sep, weight = text.strip().rpartition(":")
+    if not sep:
+        return LoraRef(text.strip(), 1.0)
+    if not name.strip():
+        raise LoraSyntaxError(f"A LoRA must be given as name:weight, got {text!r}.")
+    return LoraRef(name.strip(), parse_weight(weight, f"--lora {text}"))
+
+
+def lora_refs(prompt: str, extra: tuple | list = ()) -> list[LoraRef]:
+    """Every LoRA a request asks for: the prompt's tags, then `extra` (`name:weight` strings or
+    (name, weight) pairs). A name given twice keeps its last weight, in its first position."""
+    _, refs = extract_lora_tags(prompt)
+    for item in extra:
+        if isinstance(item, LoraRef):
+            refs.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+            value = item[1]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise LoraSyntaxError(f"The LoRA weight for {item[0]!r} must be a number, got {value!r}.")
+            refs.append(LoraRef(item[0].strip(), parse_weight(str(value), f"the LoRA {item[0]!r}")))
+        else:
+            refs.append(parse_lora_arg(item))
+    merged: dict[str, float] = {}
+    for ref in refs:
+        merged[ref.name] = ref.weight
+    return [LoraRef(name, weight) for name, weight in merged.items()]
+
+
+def infotext_hashes(pairs: list[tuple[str, str]]) -> str:
+    """A1111's `Lora hashes` value: `name: hash, name: hash` (quoted by the infotext writer)."""
+    return ", ".join(f"{name.replace(':', '').replace(',', '')}: {digest}" for name, digest in pairs)
+
+
+def parse_infotext_hashes(value: str) -> dict[str, str]:
+    result = {}
+    for part in value.split(","):
+        name, sep, digest = part.rpartition(":")
+        if sep and name.strip():
+            result[name.strip()] = digest.strip()
+    return result

@@ -1,0 +1,225 @@
+"""LoRAs through the manager the app uses: applied for one generation, removed after, in every cache key,
+together with PuLID, DeepCache, the FLUX block caches and the approximate cache."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import manager as manager_module
+from pipelines.errors import InvalidRequest, ModelLoadError
+from pipelines.face.service import FaceOptions
+from pipelines.infotext import parse_infotext
+from pipelines.lora.files import lora_hash
+from pipelines.lora.tags import parse_infotext_hashes
+from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
+from tests.lora.make_loras import write_lora
+from tests.tiny_models import copy_model, tiny_request
+
+FAMILIES = ("sd15", "sdxl", "flux")
+
+
+@pytest.fixture(scope="module")
+def lora_models(tmp_path_factory, model_zoo, tiny_pipes):
+    models = tmp_path_factory.mktemp("lora-models")
+    for family in FAMILIES:
+        copy_model(model_zoo[family], models, f"tiny-{family}")
+        for layout in ("kohya", "diffusers"):
+            write_lora(models / "Lora", f"{family}-{layout}", tiny_pipes[family], family, layout, seed=1)
+        write_lora(models / "Lora", f"{family}-second", tiny_pipes[family], family, "kohya", seed=2)
+    write_face_models(models, sdxl_unet=tiny_pipes["sdxl"].unet, flux_transformer=tiny_pipes["flux"].transformer)
+    return models
+
+
+@pytest.fixture(scope="module")
+def lora_manager(tmp_path_factory, lora_models, demo_cache_dir):
+    from pipelines.manager import ManagerConfig, PipelineManager
+
+    manager = PipelineManager(ManagerConfig(models_dir=lora_models, outputs_dir=tmp_path_factory.mktemp("lora-out"),
+                                            cache_dir=demo_cache_dir, device="cpu", include_hf_cache=False, latent_cache_entries=0))
+    manager.face.idformer_config = TINY_IDFORMER
+    return manager
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0].image, dtype=np.int16)
+
+
+def denoiser(pipe, family):
+    return pipe.transformer if family == "flux" else pipe.unet
+
+
+def snapshot(pipe, family) -> dict:
+    """Every weight the LoRA layers could touch, and the module tree they would change."""
+    parts = {"denoiser": denoiser(pipe, family), "te": pipe.text_encoder}
+    if family == "sdxl":
+        parts["te2"] = pipe.text_encoder_2
+    state = {f"{p}.{k}": v.detach().clone() for p, m in parts.items() for k, v in m.state_dict().items()}
+    modules = {p: [type(m).__name__ for _, m in module.named_modules()] for p, module in parts.items()}
+    return {"state": state, "modules": modules}
+
+
+def same_snapshot(a, b) -> bool:
+    return a["modules"] == b["modules"] and a["state"].keys() == b["state"].keys() and all(
+        torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def no_lora_base(monkeypatch):
+    """Generate with the LoRA tags in the prompt text but none applied: the base image for the same text."""
+    monkeypatch.setattr(manager_module, "lora_refs", lambda _prompt: [])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_weight_zero_is_the_base_image_and_removal_restores_exact_weights(lora_manager, family, layout, monkeypatch):
+    request = tiny_request(family, seed=11, prompt=f"a portrait photo <lora:{family}-{layout}:0>")
+    with lora_manager.use(f"tiny-{family}") as model:
+        before = snapshot(model.pipe, family)
+    zero = lora_manager.generate(request)
+    on = lora_manager.generate(dataclasses.replace(request, prompt=f"a portrait photo <lora:{family}-{layout}:1.5>"))
+    with lora_manager.use(f"tiny-{family}") as model:
+        assert same_snapshot(before, snapshot(model.pipe, family)), "the LoRA left a trace on the model"
+    with monkeypatch.context() as patch:
+        no_lora_base(patch)
+        base = lora_manager.generate(request)
+    assert np.array_equal(pixels(zero), pixels(base))
+    assert np.abs(pixels(on) - pixels(base)).mean() > 0.05
+    assert "LoRA load" in on.stage_seconds
+
+
+def test_two_loras_with_weights_and_their_hashes_in_the_infotext(lora_manager, lora_models):
+    one = lora_manager.generate(tiny_request("sdxl", seed=4, prompt="x <lora:sdxl-kohya:0.8>"))
+    two = lora_manager.generate(tiny_request("sdxl", seed=4, prompt="x <lora:sdxl-kohya:0.8>, <lora:sdxl-second:-0.6>"))
+    assert not np.array_equal(pixels(one), pixels(two))
+    params = parse_infotext(two.images[0].infotext)
+    assert params["Prompt"] == "x <lora:sdxl-kohya:0.8>, <lora:sdxl-second:-0.6>"  # PNG Info -> Send to Generate restores the tags
+    assert parse_infotext_hashes(params["Lora hashes"]) == {
+        "sdxl-kohya": lora_hash(lora_models / "Lora" / "sdxl-kohya.safetensors"),
+        "sdxl-second": lora_hash(lora_models / "Lora" / "sdxl-second.safetensors"),
+    }
+    assert 'Lora hashes: "sdxl-kohya: ' in two.images[0].infotext  # quoted, as A1111 writes it
+
+
+def test_a_repeat_reads_no_file(lora_manager, monkeypatch):
+    lora_manager.generate(tiny_request("sd15", seed=2, prompt="y <lora:sd15-kohya:0.5>"))
+    hits = lora_manager.lora_memo.hits
+    monkeypatch.setattr("pipelines.lora.files.read_state_dict", lambda _path: pytest.fail("the LoRA file was read again"))
+    events = []
+    lora_manager.generate(tiny_request("sd15", seed=3, prompt="y <lora:sd15-kohya:0.9>"), listener=events.append)
+    assert lora_manager.lora_memo.hits == hits + 1
+    details = [getattr(e, "detail", "") for e in events if getattr(e, "stage", None) == "LoRA load"]
+    assert any("1 from RAM" in (d or "") for d in details), details
+
+
+def test_loras_listed_with_family_size_and_why_not(lora_manager):
+    entries = {e.name: e for e in lora_manager.loras()}
+    assert entries["sdxl-kohya"].family.value == "sdxl" and entries["sdxl-kohya"].size_bytes > 0
+    assert entries["sdxl-kohya"].unusable_with(entries["sdxl-kohya"].family) is None
+    assert "is a Stable Diffusion XL LoRA; the model is FLUX.1" in entries["sdxl-kohya"].unusable_with(entries["flux-kohya"].family)
+    assert not any(e.name.endswith(("kohya", "diffusers", "second")) for e in lora_manager.models())
+
+
+def test_bad_input_names_the_file_and_leaves_nothing_applied(lora_manager, lora_models, tiny_pipes):
+    with pytest.raises(InvalidRequest, match=r"No LoRA named 'sd15-kohia'.*Close names: sd15-kohya"):
+        lora_manager.generate(tiny_request("sd15", prompt="<lora:sd15-kohia:1>"))
+    with pytest.raises(InvalidRequest, match=r"sdxl-kohya.safetensors is a Stable Diffusion XL LoRA; the model is Stable Diffusion 1.5"):
+        lora_manager.generate(tiny_request("sd15", prompt="<lora:sdxl-kohya:1>"))
+    with pytest.raises(InvalidRequest, match="must be a number, got 'strong'"):
+        lora_manager.generate(tiny_request("sd15", prompt="<lora:sd15-kohya:strong>"))
+    with pytest.raises(InvalidRequest, match="between -10 and 10, got 12"):
+        lora_manager.generate(tiny_request("sd15", prompt="<lora:sd15-kohya:12>"))
+    folder = lora_models / "Lora"
+    cut = folder / "cut.safetensors"
+    data = (folder / "sd15-kohya.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) - 100])
+    # An SD 1.5 LoRA for another SD 1.5 (wider layers): right family, wrong shapes.
+    from tests.lora.make_loras import lora_state_dict
+    from safetensors.torch import save_file
+    wide = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if "lora_up" in k else v
+            for k, v in lora_state_dict(tiny_pipes["sd15"], "sd15", "kohya").items()}
+    save_file(wide, str(folder / "wide.safetensors"))
+    lora_manager.refresh()
+    try:
+        with lora_manager.use("tiny-sd15") as model:
+            before = snapshot(model.pipe, "sd15")
+        with pytest.raises(ModelLoadError, match="cut.safetensors is truncated"):
+            lora_manager.generate(tiny_request("sd15", prompt="<lora:cut:1>"))
+        with pytest.raises(ModelLoadError, match="LoRA wide.safetensors does not fit this model"):
+            lora_manager.generate(tiny_request("sd15", prompt="<lora:sd15-kohya:1> <lora:wide:1>"))
+        with lora_manager.use("tiny-sd15") as model:
+            assert same_snapshot(before, snapshot(model.pipe, "sd15")), "a failed LoRA load stayed half-applied"
+    finally:
+        cut.unlink()
+        (folder / "wide.safetensors").unlink()
+        lora_manager.refresh()
+
+
+def test_caches_key_on_the_lora_set(make_manager, lora_models, tmp_path):
+    manager = make_manager(lora_models, latent_cache_entries=8)
+    request = tiny_request("sd15", seed=21, prompt="z <lora:sd15-kohya:0.7>")
+    first = manager.generate(request)
+    repeat = manager.generate(request)
+    assert repeat.cache_notes.get("latent cache", "").startswith("hit")
+    assert repeat.cache_notes.get("prompt memo") == "hit"
+    # The same name and weight, another file: no cache may serve the old LoRA's result.
+    path = lora_models / "Lora" / "sd15-kohya.safetensors"
+    original = path.read_bytes()
+    try:
+        from tests.lora.make_loras import write_lora as rewrite
+        with manager.use("tiny-sd15") as model:
+            rewrite(lora_models / "Lora", "sd15-kohya", model.pipe, "sd15", "kohya", seed=99)
+        changed = manager.generate(request)
+        assert changed.cache_notes.get("latent cache") == "miss" and changed.cache_notes.get("prompt memo") == "miss"
+        assert not np.array_equal(pixels(first), pixels(changed))
+    finally:
+        path.write_bytes(original)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_with_deepcache(lora_manager, family):
+    request = tiny_request(family, seed=6, steps=4, prompt=f"d <lora:{family}-kohya:1>", deepcache_interval=2)
+    result = lora_manager.generate(request)
+    assert result.hook_stats["deepcache"]["cached_steps"] >= 1
+    assert 0 < np.abs(pixels(result) - pixels(lora_manager.generate(dataclasses.replace(request, deepcache_interval=1)))).mean() < 60
+
+
+def test_with_flux_block_cache(lora_manager):
+    request = tiny_request("flux", seed=6, steps=4, prompt="f <lora:flux-diffusers:1>", flux_cache="first-block", flux_cache_threshold=0.5)
+    result = lora_manager.generate(request)
+    assert "flux-block-cache" in result.hook_stats
+    assert "Lora hashes" in parse_infotext(result.images[0].infotext)
+
+
+def test_approximate_cache_keys_on_the_lora_set(make_manager, lora_models, tmp_path):
+    manager = make_manager(lora_models, cache_dir=tmp_path / "cache", latent_cache_entries=0)
+    base = tiny_request("sd15", seed=8, steps=10, approximate_cache=True, prompt="a red circle <lora:sd15-kohya:1>")
+    manager.generate(base)
+    similar = manager.generate(dataclasses.replace(base, prompt="a red circle <lora:sd15-kohya:1>!"))
+    other_weight = manager.generate(dataclasses.replace(base, prompt="a red circle <lora:sd15-kohya:0.5>"))
+    assert similar.cache_notes["approx cache"].startswith("hit")
+    assert other_weight.cache_notes["approx cache"].startswith("miss")
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_lora_and_pulid_together(lora_manager, family):
+    """PuLID swaps attention processors (SDXL) or hooks blocks (FLUX); PEFT wraps the Linear layers inside
+    the same attention modules. Both apply, each changes the image, and both leave the model exactly as found."""
+    face = FaceOptions(photos=(str(HANKS),), id_weight=1.5)
+    request = tiny_request(family, seed=9, prompt=f"p <lora:{family}-kohya:1.2>")
+    with lora_manager.use(f"tiny-{family}") as model:
+        before = snapshot(model.pipe, family)
+        processors = dict(denoiser(model.pipe, family).attn_processors)
+    both = lora_manager.generate(request, face=face)
+    lora_only = lora_manager.generate(request)
+    face_only = lora_manager.generate(dataclasses.replace(request, prompt="p"), face=face)
+    assert both.hook_stats["pulid"]["steps_with_id"] >= 1
+    assert not np.array_equal(pixels(both), pixels(lora_only))
+    assert not np.array_equal(pixels(both), pixels(face_only))
+    params = parse_infotext(both.images[0].infotext)
+    assert "Lora hashes" in params and "PuLID weight" in params
+    with lora_manager.use(f"tiny-{family}") as model:
+        assert same_snapshot(before, snapshot(model.pipe, family))
+        after = dict(denoiser(model.pipe, family).attn_processors)
+        assert after.keys() == processors.keys() and all(after[k] is processors[k] for k in after)
