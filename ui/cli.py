@@ -10,6 +10,8 @@ import sys
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.face.service import FaceOptions
 from pipelines.generate import CancelToken
+from pipelines.lora.files import lora_folders
+from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
@@ -55,12 +57,20 @@ def face_options(args) -> FaceOptions | None:
                        args.true_cfg, args.true_cfg_start)
 
 
+def lora_prompt(args) -> str:
+    """`--prompt` with each `--lora NAME:WEIGHT` appended as an A1111 `<lora:NAME:WEIGHT>` tag."""
+    try:
+        return with_lora_tags(args.prompt, getattr(args, "lora", None) or [])
+    except LoraSyntaxError as error:
+        raise InvalidRequest(str(error)) from None
+
+
 def cmd_generate(manager: PipelineManager, args) -> int:
     model = args.model or manager.default_model()
     if model == manager.default_model() and not manager.has_real_models():
         _print_err(f"note: no models found in {manager.config.models_dir}; using the demo model (tiny, random weights: noise-like images).")
     request = GenerationRequest(
-        model=model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
+        model=model, prompt=lora_prompt(args), negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
         seed=args.seed, width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
         batch_count=args.batch_count, vae_dtype=args.vae_dtype, deepcache_interval=args.deepcache,
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
@@ -114,6 +124,12 @@ def cmd_models(manager: PipelineManager, args) -> int:
     for entry in entries:
         if entry.problem:
             print(f"  ! {entry.name}: {entry.problem}")
+    loras = manager.loras()
+    if loras:
+        print(f"LoRAs ({', '.join(str(folder) for folder in lora_folders(manager.config.models_dir))}); use <lora:NAME:WEIGHT> in the prompt or --lora NAME:WEIGHT:")
+        for lora in loras:
+            family = lora.family.spec.label if lora.family else "?"
+            print(f"  {lora.name}  [{family}, {lora.layout}, {lora.size_bytes / 2**20:.1f} MiB]" + (f"  ! {lora.problem}" if lora.problem else ""))
     if not manager.has_real_models():
         print(f"No real models yet: only the demo model (tiny, random weights). Put SD 1.5 / SDXL / FLUX.1 weights in {manager.config.models_dir} (see README).")
     return EXIT_OK

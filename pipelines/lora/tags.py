@@ -101,3 +101,13 @@ def parse_infotext_hashes(value: str) -> dict[str, str]:
         if sep and name.strip():
             result[name.strip()] = digest.strip()
     return result
+
+
+def with_lora_tags(prompt: str, loras: list[str] | tuple[str, ...]) -> str:
+    """The prompt with `name:weight` items (the CLI's repeatable `--lora`) appended as `<lora:name:weight>` tags,
+    so they travel in the prompt as A1111 writes them: into the infotext and back through PNG Info."""
+    tags = []
+    for item in loras:
+        ref = parse_lora_arg(item)
+        tags.append(f"<lora:{ref.name}:{ref.weight:g}>")
+    return " ".join([prompt, *tags]) if tags else prompt
