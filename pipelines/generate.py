@@ -22,6 +22,7 @@ from pipelines.families import Family
 from pipelines.hooks import HookContext, attached, hook_cache_keys
 from pipelines.infotext import build_infotext
 from pipelines.outputs import save_image
+from pipelines.prompts.embeddings import ti_hashes
 from pipelines.prompts.encode import encode_weighted
 from pipelines.prompts.syntax import flux_text, prompt_memo_key
 from pipelines.request import GeneratedImage, ValidatedRequest
@@ -88,11 +89,11 @@ class LoadedModel:
 # -- family adapters: prompt encoding and latent unpacking ------------------------------------------
 
 
-def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool) -> dict:
+def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool, embeddings: list = ()) -> dict:
     """Return the pipeline keyword arguments that carry the encoded prompt for `batch_size` images."""
     pipe, device = model.pipe, model.device
-    if model.family in (Family.SD15, Family.SDXL):  # A1111's syntax, 75-token chunks, emphasis
-        return encode_weighted(pipe, prompt, negative, device, batch_size, use_cfg, sdxl=model.family is Family.SDXL)
+    if model.family in (Family.SD15, Family.SDXL):  # A1111's syntax, 75-token chunks, emphasis, textual inversions
+        return encode_weighted(pipe, prompt, negative, device, batch_size, use_cfg, sdxl=model.family is Family.SDXL, embeddings=embeddings)
     (prompt, _), (negative, _) = flux_text(prompt), flux_text(negative)  # T5 has no weights: the words only
     with torch.no_grad():
         positive, pooled, _text_ids = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=batch_size)
@@ -189,6 +190,7 @@ class RunOptions:
     approximate_cache: object | None = None  # ApproximateCache: similar prompts resume from kept latents (inexact)
     infotext_extra: dict = field(default_factory=dict)  # keys a hook adds to the metadata (PuLID weight, ...)
     true_cfg_scale: float = 1.0  # FLUX only (PuLID-FLUX's control): > 1 adds a negative-prompt pass per step
+    embeddings: object | None = None  # EmbeddingLibrary: textual inversions named in the prompt (SD 1.5 / SDXL)
 
 
 @dataclass
@@ -233,11 +235,15 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
         warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
         if model.family is Family.FLUX and flux_text(request.prompt)[1]:
             warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
-        encode = lambda: encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg)  # noqa: E731
+        used = options.embeddings.used_in(request.prompt, request.negative_prompt) if options.embeddings and model.family is not Family.FLUX else []
+        if used:
+            options.infotext_extra["TI hashes"] = ti_hashes(used)
+        encode = lambda: encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg, used)  # noqa: E731
         if options.prompt_memo is None:
             embeds = encode()
         else:
-            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt), request.batch_size, use_cfg)
+            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt, tuple((e.name, e.shorthash) for e in used)),
+                   request.batch_size, use_cfg)
             embeds, hit = options.prompt_memo.get_or_compute(key, encode)
             # Without CFG the negative embeddings are None.
             embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}

@@ -33,6 +33,7 @@ from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 from pipelines.metrics import psnr
+from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
@@ -142,6 +143,7 @@ class PipelineManager:
         self.last_vae_dtype: str | None = None
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
+        self.embeddings = EmbeddingLibrary(Path(config.models_dir) / "embeddings", config.allow_pickle)  # textual inversions
         self._approximate_cache: ApproximateCache | None = None
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
         self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
@@ -354,6 +356,7 @@ class PipelineManager:
             cancel=cancel or CancelToken(),
             vae=self._vae_settings(request.vae_dtype),
             prompt_memo=self.prompt_memo,
+            embeddings=self.embeddings,
             latent_cache=self.latent_cache if reuse_latents else None,
             approximate_cache=self.approximate_cache() if request.approximate_cache else None,
         )

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.prompts.embeddings import Embedding, split_on_embeddings, vectors_at
 from pipelines.prompts.syntax import Fragment, is_break, parse_prompt
 
 COMMA_BACKTRACK = 20  # A1111's default `comma_padding_backtrack`
+PLACEHOLDER = 0  # the token id under an embedding's vectors (A1111's); never BOS/EOS, so pooling is unaffected
 
 
 @dataclass(frozen=True)
@@ -34,46 +36,61 @@ class Chunk:
     ids: tuple[int, ...]
     weights: tuple[float, ...]
     length: int  # prompt tokens in it, without BOS/EOS/padding
+    fixes: tuple[tuple[int, Embedding], ...] = ()  # (offset in `ids`, embedding): its vectors replace the placeholders there
 
 
-def tokenize_chunks(tokenizer, fragments: list[Fragment], backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
-    """Cut a parsed prompt into padded chunks of the tokenizer's length (77 for CLIP)."""
+def tokenize_chunks(tokenizer, fragments: list[Fragment], backtrack: int = COMMA_BACKTRACK,
+                    embeddings: list[Embedding] = ()) -> list[Chunk]:
+    """Cut a parsed prompt into padded chunks of the tokenizer's length (77 for CLIP).
+
+    An embedding's trigger word becomes its vectors' count of placeholders, never split across chunks."""
     size = tokenizer.model_max_length - 2
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     comma = tokenizer.convert_tokens_to_ids(",</w>")
-    texts = [text for text, _ in fragments]
-    tokenized = tokenizer(texts, truncation=False, add_special_tokens=False).input_ids if texts else []
+    pieces = [(piece, weight) for text, weight in fragments
+              for piece in ([text] if is_break((text, weight)) else split_on_embeddings(text, list(embeddings)))]
+    texts = [piece for piece, _ in pieces if isinstance(piece, str)]
+    tokenized = iter(tokenizer(texts, truncation=False, add_special_tokens=False).input_ids if texts else [])
 
     chunks: list[Chunk] = []
     ids: list[int] = []
     weights: list[float] = []
+    fixes: list[tuple[int, Embedding]] = []
     last_comma = -1
 
     def close() -> None:
-        nonlocal ids, weights, last_comma
+        nonlocal ids, weights, fixes, last_comma
         filler = size - len(ids)
         chunks.append(Chunk(
             tuple([bos] + ids + [eos] + [pad] * filler),
             tuple([1.0] + weights + [1.0] + [1.0] * filler),
             len(ids),
+            tuple((offset + 1, embedding) for offset, embedding in fixes),  # + 1: BOS
         ))
-        ids, weights, last_comma = [], [], -1
+        ids, weights, fixes, last_comma = [], [], [], -1
 
-    for fragment, tokens in zip(fragments, tokenized):
-        if is_break(fragment):
+    for piece, weight in pieces:
+        if isinstance(piece, Embedding):
+            if len(ids) + piece.count > size:
+                close()
+            fixes.append((len(ids), piece))
+            ids += [PLACEHOLDER] * piece.count
+            weights += [weight] * piece.count
+            continue
+        tokens = next(tokenized)
+        if is_break((piece, weight)):
             close()
             continue
-        weight = fragment[1]
         for token in tokens:
             if token == comma:
                 last_comma = len(ids)
             elif backtrack and len(ids) == size and last_comma != -1 and len(ids) - last_comma <= backtrack:
                 cut = last_comma + 1
-                moved_ids, moved_weights = ids[cut:], weights[cut:]
-                ids, weights = ids[:cut], weights[:cut]
+                moved = ids[cut:], weights[cut:], [(offset - cut, e) for offset, e in fixes if offset >= cut]
+                ids, weights, fixes = ids[:cut], weights[:cut], [(offset, e) for offset, e in fixes if offset < cut]
                 close()
-                ids, weights = moved_ids, moved_weights
+                ids, weights, fixes = moved
             if len(ids) == size:
                 close()
             ids.append(token)
@@ -113,10 +130,20 @@ def _execution_device(module, fallback: torch.device) -> torch.device:
         return fallback
 
 
-def encode_chunks(text_encoder, chunks: list[Chunk], device: torch.device, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hidden states (1, 77 x chunks, C) with emphasis, and the first chunk's pooled output if the encoder has one."""
+def encode_chunks(text_encoder, chunks: list[Chunk], device: torch.device, penultimate: bool,
+                  key: str = "clip_l") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states (1, 77 x chunks, C) with emphasis, and the first chunk's pooled output if the encoder has one.
+
+    `key` names the encoder for textual-inversion files ("clip_l", or SDXL's second "clip_g")."""
     ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
     weights = torch.tensor([chunk.weights for chunk in chunks])
+    width = text_encoder.get_input_embeddings().embedding_dim
+    fixes = [(row, offset, embedding.for_encoder(key, width)) for row, chunk in enumerate(chunks) for offset, embedding in chunk.fixes]
+    with vectors_at(text_encoder, fixes):
+        return _encode(text_encoder, chunks, ids, weights, device, penultimate)
+
+
+def _encode(text_encoder, chunks, ids, weights, device, penultimate):
     if penultimate:  # SDXL: both encoders' penultimate layer (diffusers' default, no clip skip)
         output = text_encoder(ids.to(_execution_device(text_encoder, device)), output_hidden_states=True)
         hidden = output.hidden_states[-2]
@@ -148,20 +175,25 @@ def _fragments_for(pipe, fragments: list[Fragment], tokenizer) -> list[Fragment]
     return [fragment if is_break(fragment) else (convert(fragment[0], tokenizer), fragment[1]) for fragment in fragments]
 
 
-def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batch_size: int, use_cfg: bool, sdxl: bool) -> dict:
-    """The pipeline keyword arguments (`prompt_embeds`, ... ) for `batch_size` images of an SD 1.5 or SDXL pipeline."""
+def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batch_size: int, use_cfg: bool, sdxl: bool,
+                    embeddings: list[Embedding] = ()) -> dict:
+    """The pipeline keyword arguments (`prompt_embeds`, ... ) for `batch_size` images of an SD 1.5 or SDXL pipeline.
+
+    `embeddings`: the textual inversions the prompts may name (`EmbeddingLibrary.used_in`)."""
     parsed = {"positive": parse_prompt(prompt), "negative": parse_prompt(negative)}
     per_encoder = []
-    for tokenizer, encoder in _encoders(pipe):
-        chunks = {name: tokenize_chunks(tokenizer, _fragments_for(pipe, fragments, tokenizer)) for name, fragments in parsed.items()}
-        per_encoder.append((tokenizer, encoder, chunks))
-    count = max(len(chunks[name]) for _, _, chunks in per_encoder for name in (("positive", "negative") if use_cfg else ("positive",)))
+    for index, (tokenizer, encoder) in enumerate(_encoders(pipe)):
+        chunks = {name: tokenize_chunks(tokenizer, _fragments_for(pipe, fragments, tokenizer), embeddings=list(embeddings))
+                  for name, fragments in parsed.items()}
+        key = "clip_g" if sdxl and (index == 1 or getattr(pipe, "text_encoder", None) is None) else "clip_l"
+        per_encoder.append((tokenizer, encoder, chunks, key))
+    count = max(len(chunks[name]) for _, _, chunks, _ in per_encoder for name in (("positive", "negative") if use_cfg else ("positive",)))
     dtype = (pipe.text_encoder_2 if sdxl and getattr(pipe, "text_encoder_2", None) is not None else pipe.text_encoder).dtype
 
     def encode(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden, pooled = [], None
-        for tokenizer, encoder, chunks in per_encoder:
-            states, pooled_here = encode_chunks(encoder, _pad_to(chunks[name], count, tokenizer), device, penultimate=sdxl)
+        for tokenizer, encoder, chunks, key in per_encoder:
+            states, pooled_here = encode_chunks(encoder, _pad_to(chunks[name], count, tokenizer), device, penultimate=sdxl, key=key)
             hidden.append(states)
             pooled = pooled_here if pooled_here is not None else pooled
         embeds = torch.cat(hidden, dim=-1).to(dtype=dtype, device=device)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tiny_models import tiny_request
 
@@ -41,3 +42,29 @@ def test_flux_drops_weights_with_a_notice(shared_manager):
 def test_flux_still_warns_that_clip_reads_77_tokens(shared_manager):
     result = shared_manager.generate(tiny_request("flux", prompt="a portrait photo of an old man, " * 40, save=False))
     assert any("tokens" in w and "77" in w and "ignored" in w for w in result.warnings)
+
+
+def test_a_textual_inversion_by_file_name(shared_manager, tiny_pipes, monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    from pipelines.errors import InvalidRequest
+    from pipelines.infotext import parse_infotext
+    from pipelines.prompts.embeddings import EmbeddingLibrary
+
+    width = tiny_pipes["sd15"].text_encoder.get_input_embeddings().embedding_dim  # the saved tiny-sd15 is this pipeline
+    torch.manual_seed(3)
+    save_file({"emb_params": torch.randn(2, width) * 2}, tmp_path / "glowtoken.safetensors")
+    monkeypatch.setattr(shared_manager, "embeddings", EmbeddingLibrary(tmp_path))
+    with_ti = shared_manager.generate(tiny_request("sd15", prompt="a glowtoken cat", seed=9, save=False))
+    params = parse_infotext(with_ti.images[0].infotext)
+    assert params["TI hashes"].startswith("glowtoken: ") and len(params["TI hashes"]) == len("glowtoken: ") + 12
+    monkeypatch.setattr(shared_manager, "embeddings", EmbeddingLibrary(tmp_path / "none"))
+    without = shared_manager.generate(tiny_request("sd15", prompt="a glowtoken cat", seed=9, save=False))
+    assert "TI hashes" not in parse_infotext(without.images[0].infotext)
+    assert without.cache_notes["prompt memo"] == "miss", "the memo keys on the embeddings used"
+    assert not np.array_equal(np.asarray(with_ti.images[0].image), np.asarray(without.images[0].image))
+
+    torch.save({"string_to_param": {"*": torch.randn(1, width)}}, tmp_path / "oldstyle.pt")
+    monkeypatch.setattr(shared_manager, "embeddings", EmbeddingLibrary(tmp_path))
+    with pytest.raises(InvalidRequest, match=r"oldstyle\.pt"):
+        shared_manager.generate(tiny_request("sd15", prompt="an oldstyle cat", save=False))
