@@ -233,7 +233,7 @@ def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: Stage
     cache_notes: dict[str, str] = {}
     with clock.stage("text encode") as info:
         warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
-        if model.family is Family.FLUX and flux_text(request.prompt)[1]:
+        if model.family is Family.FLUX and (flux_text(request.prompt)[1] or (true_cfg and flux_text(request.negative_prompt)[1])):
             warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
         used = options.embeddings.used_in(request.prompt, request.negative_prompt) if options.embeddings and model.family is not Family.FLUX else []
         if used:

@@ -112,6 +112,19 @@ class EmbeddingLibrary:
         names = [name for name in files if any(_name_pattern(name).search(text) for text in texts)]
         return [self._load(files[name]) for name in names]
 
+    def listing(self) -> dict:
+        """A1111's `/sdapi/v1/embeddings` body: usable files under "loaded", unreadable ones under "skipped"."""
+        loaded, skipped = {}, {}
+        for name, path in self.files().items():
+            entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+            try:
+                embedding = self._load(path)
+            except InvalidRequest:
+                skipped[name] = entry
+                continue
+            loaded[name] = entry | {"shape": max(t.shape[-1] for t in embedding.vectors.values()), "vectors": embedding.count}
+        return {"loaded": loaded, "skipped": skipped}
+
     def _load(self, path: Path) -> Embedding:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)

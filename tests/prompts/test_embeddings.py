@@ -82,3 +82,13 @@ def test_an_embedding_is_never_split_across_chunks(tmp_path, sd15):
     text = " ".join(["cat"] * 73) + " wide"
     chunks = tokenize_chunks(sd15.tokenizer, parse_prompt(text), embeddings=used)
     assert [c.length for c in chunks] == [73, 4] and chunks[1].fixes == ((1, used[0]),)
+
+
+def test_the_a1111_listing(tmp_path):
+    save_file({"clip_l": torch.randn(2, 8), "clip_g": torch.randn(2, 12)}, tmp_path / "xl.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"nope")
+    torch.save({"string_to_param": {"*": torch.randn(1, 8)}}, tmp_path / "old.pt")
+    listing = EmbeddingLibrary(tmp_path).listing()
+    assert listing["loaded"] == {"xl": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 12, "vectors": 2}}
+    assert set(listing["skipped"]) == {"broken", "old"}  # unreadable; a pickle with the setting off
+    assert EmbeddingLibrary(tmp_path / "missing").listing() == {"loaded": {}, "skipped": {}}

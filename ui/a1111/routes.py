@@ -244,7 +244,7 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
 
     @router.get("/embeddings", response_model=models.EmbeddingsResponse)
     async def embeddings():
-        return {"loaded": {}, "skipped": {}}
+        return await anyio.to_thread.run_sync(manager.embeddings.listing)
 
     async def nothing():
         return []
