@@ -246,3 +246,27 @@ def test_cli_lora_flag_and_tags_in_the_prompt(make_manager, lora_models, capsys)
     assert cmd_models(manager, build_parser().parse_args(["models"])) == 0
     listing = capsys.readouterr().out
     assert "sdxl-kohya  [Stable Diffusion XL, kohya" in listing
+
+
+def test_a1111_api_lists_loras_and_applies_prompt_tags(make_manager, lora_models):
+    import json
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ui.a1111.routes import build_router
+
+    manager = make_manager(lora_models)
+    app = FastAPI()
+    app.include_router(build_router(manager, SimpleNamespace(vae_dtype="auto"), SimpleNamespace(api_auth=())))
+    client = TestClient(app)
+    listed = {item["name"]: item for item in client.get("/sdapi/v1/loras").json()}
+    assert set(listed) >= {"sd15-kohya", "sdxl-diffusers", "flux-second"} and listed["sd15-kohya"]["path"].endswith("sd15-kohya.safetensors")
+    answer = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a lighthouse <lora:sd15-kohya:0.8>", "steps": 2, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler",
+        "override_settings": {"sd_model_checkpoint": "tiny-sd15"}})
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert "Lora hashes: \"sd15-kohya: " in info["infotexts"][0]
+    assert not any("LoRA" in w for w in info.get("warnings", []))

@@ -251,8 +251,8 @@ def prepare(body: Txt2ImgRequest, manager, defaults: ApiDefaults) -> Prepared:
     if body.script_name not in (None, ""):
         raise InvalidRequest(f"Script {shown(body.script_name)} not found: Likeness has no selectable scripts "
                              "(its extras are alwayson_scripts: pulid, deepcache, flux block cache, approximate cache, vae precision).")
-    if "<lora:" in body.prompt or "<lora:" in body.negative_prompt:
-        warnings.append("LoRA tags (<lora:...>) are not supported by Likeness yet; they were read as prompt text.")
+    if isinstance(body.negative_prompt, str) and "<lora:" in body.negative_prompt:
+        warnings.append("LoRA tags in the negative prompt are not applied (as in A1111, LoRAs come from the prompt).")
 
     prepared = Prepared(GenerationRequest(model=defaults.model, prompt=""), warnings=warnings)
     model, vae_dtype = defaults.model, defaults.vae_dtype

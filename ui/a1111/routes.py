@@ -236,10 +236,12 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
 
     @router.get("/loras", response_model=list[models.LoraItem])
     async def loras():
-        return []  # LoRA is not supported yet: listing files it cannot apply would mislead
+        # A1111 lists every file of models/Lora; its `metadata` is the file's own, which Likeness does not read.
+        return [{"name": e.name, "alias": e.name, "path": str(e.path), "metadata": {}} for e in manager.loras()]
 
     @router.post("/refresh-loras")
     async def refresh_loras():
+        await anyio.to_thread.run_sync(manager.refresh)
         return None
 
     @router.get("/embeddings", response_model=models.EmbeddingsResponse)
