@@ -7,6 +7,7 @@ from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 
 COLUMNS = ["name", "family", "format", "size (GiB)", "in memory", "last load", "path", "problem"]
+LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "text encoder", "with the selected model", "path"]
 
 
 def catalog_rows(manager: PipelineManager) -> list[list]:
@@ -25,6 +26,29 @@ def catalog_rows(manager: PipelineManager) -> list[list]:
             f"{report.source} {report.seconds:.2f} s" if report else "",
             str(entry.path),
             entry.problem or "",
+        ])
+    return rows
+
+
+def lora_rows(manager: PipelineManager, model_name: str | None) -> list[list]:
+    """The LoRA files, and for each whether it can be used with `model_name` (and if not, why)."""
+    family = None
+    if isinstance(model_name, str) and model_name:
+        try:
+            family = manager.entry(model_name).family
+        except LikenessError:
+            family = None
+    rows = []
+    for entry in manager.loras():
+        verdict = entry.problem or (entry.unusable_with(family) if family else None) or ("usable" if family else "")
+        rows.append([
+            entry.name,
+            entry.family.spec.label if entry.family else "?",
+            entry.layout,
+            round(entry.size_bytes / 2**20, 1),
+            "yes" if entry.text_encoder else "no",
+            verdict,
+            str(entry.path),
         ])
     return rows
 
@@ -61,6 +85,8 @@ def build(manager: PipelineManager, model_dropdowns: list) -> dict:
     message = gr.Markdown(elem_id="models_message")
     memory = gr.Markdown(memory_summary(manager), elem_id="models_memory")
     table = gr.Dataframe(catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
+    loras = gr.Dataframe(lora_rows(manager, chosen.value), headers=LORA_COLUMNS, interactive=False, wrap=True, elem_id="models_loras",
+                         label=f"LoRAs in {manager.config.models_dir / 'Lora'} (use <lora:name:weight> in the prompt)")
 
     def on_load(name):
         try:
@@ -88,9 +114,11 @@ def build(manager: PipelineManager, model_dropdowns: list) -> dict:
 
     load.click(on_load, chosen, [message, table, memory], api_name="load_model", concurrency_id="gpu", concurrency_limit=1)
     unload.click(on_unload, chosen, [message, table, memory], api_name="unload_model", concurrency_id="gpu", concurrency_limit=1)
-    refresh.click(on_refresh, None, [message, table, memory, chosen, *model_dropdowns], api_visibility="private")
+    refresh.click(on_refresh, None, [message, table, memory, chosen, *model_dropdowns], api_visibility="private").then(
+        lambda name: lora_rows(manager, name), chosen, loras, api_visibility="private")
+    chosen.change(lambda name: lora_rows(manager, name), chosen, loras, api_visibility="private")
     def list_models() -> list[dict]:
         return model_list(manager)
 
     gr.api(list_models, api_name="list_models")
-    return {"table": table, "memory": memory}
+    return {"table": table, "memory": memory, "loras": loras}

@@ -270,3 +270,14 @@ def test_a1111_api_lists_loras_and_applies_prompt_tags(make_manager, lora_models
     info = json.loads(answer.json()["info"])
     assert "Lora hashes: \"sd15-kohya: " in info["infotexts"][0]
     assert not any("LoRA" in w for w in info.get("warnings", []))
+
+
+def test_models_tab_rows_say_which_lora_fits_the_selected_model(lora_manager):
+    from ui.models_tab import LORA_COLUMNS, lora_rows
+
+    rows = {row[0]: dict(zip(LORA_COLUMNS, row)) for row in lora_rows(lora_manager, "tiny-sdxl")}
+    verdict = LORA_COLUMNS[5]
+    assert rows["sdxl-kohya"][verdict] == "usable" and rows["sdxl-kohya"]["family"] == "Stable Diffusion XL"
+    assert rows["flux-diffusers"][verdict] == "flux-diffusers.safetensors is a FLUX.1 LoRA; the model is Stable Diffusion XL."
+    assert rows["sd15-kohya"]["text encoder"] == "yes" and rows["sd15-kohya"]["size (MiB)"] >= 0
+    assert all(row[5] == "" for row in lora_rows(lora_manager, None))
