@@ -204,8 +204,8 @@ def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batc
         negative_embeds, negative_pooled = encode("negative") if use_cfg else (None, None)
     if not sdxl:
         return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
-    return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds,
-            "pooled_prompt_embeds": pooled.to(device), "negative_pooled_prompt_embeds": None if negative_pooled is None else negative_pooled.to(device)}
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds, "pooled_prompt_embeds": pooled.to(device),
+            "negative_pooled_prompt_embeds": None if negative_pooled is None else negative_pooled.to(device)}
 
 
 def token_count(tokenizer, prompt: str) -> int:
