@@ -1,1 +1,2 @@
-"""A1111's prompt syntax (`syntax`) and the chunked, weighted CLIP encoding built on it (`encode`)."""
+"""A1111's prompt syntax (`syntax`), the chunked, weighted CLIP encoding built on it (`encode`) and
+textual-inversion embeddings (`embeddings`)."""
