@@ -281,3 +281,12 @@ def test_models_tab_rows_say_which_lora_fits_the_selected_model(lora_manager):
     assert rows["flux-diffusers"][verdict] == "flux-diffusers.safetensors is a FLUX.1 LoRA; the model is Stable Diffusion XL."
     assert rows["sd15-kohya"]["text encoder"] == "yes" and rows["sd15-kohya"]["size (MiB)"] >= 0
     assert all(row[5] == "" for row in lora_rows(lora_manager, None))
+
+
+def test_with_vae_precision(lora_manager):
+    request = tiny_request("sdxl", seed=12, prompt="v <lora:sdxl-diffusers:1>")
+    full = lora_manager.generate(dataclasses.replace(request, vae_dtype="fp32"))
+    half = lora_manager.generate(dataclasses.replace(request, vae_dtype="bf16"))
+    assert full.vae_dtype.startswith("fp32") and half.vae_dtype.startswith("bf16")
+    assert np.abs(pixels(full) - pixels(half)).mean() < 8  # the same latents, decoded in two precisions
+    assert parse_infotext(half.images[0].infotext)["Lora hashes"] == parse_infotext(full.images[0].infotext)["Lora hashes"]
