@@ -8,6 +8,8 @@ import gradio as gr
 from pipelines.errors import LikenessError
 from pipelines.images import read_embedded_text
 from pipelines.infotext import parse_infotext
+from pipelines.lora.files import lora_hash
+from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
 from pipelines.samplers import sampler_from_infotext
 from pipelines.vae import VAE_CHOICES
@@ -72,7 +74,22 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
             values["model"] = model
         else:
             notes.append(f"Model {parsed['Model']!r} is not installed; kept {current.get('model')!r}.")
+    if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
+        notes += lora_hash_notes(parsed["Lora hashes"], manager)
     return values, notes
+
+
+def lora_hash_notes(value: str, manager: PipelineManager) -> list[str]:
+    """One note per LoRA of the image that is missing here or whose local file has another hash."""
+    local = {entry.name: entry for entry in manager.loras()}
+    notes = []
+    for name, digest in parse_infotext_hashes(value).items():
+        entry = local.get(name)
+        if entry is None:
+            notes.append(f"LoRA {name!r} is not in {manager.config.models_dir / 'Lora'}; its tag will fail until you add it.")
+        elif entry.usable and lora_hash(entry.path) != digest:
+            notes.append(f"LoRA {name!r} here has hash {lora_hash(entry.path)}, the image's was {digest}: another version of the file.")
+    return notes
 
 
 def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str) -> dict:

@@ -290,3 +290,16 @@ def test_with_vae_precision(lora_manager):
     assert full.vae_dtype.startswith("fp32") and half.vae_dtype.startswith("bf16")
     assert np.abs(pixels(full) - pixels(half)).mean() < 8  # the same latents, decoded in two precisions
     assert parse_infotext(half.images[0].infotext)["Lora hashes"] == parse_infotext(full.images[0].infotext)["Lora hashes"]
+
+
+def test_send_to_generate_restores_the_tags_and_checks_the_hashes(lora_manager):
+    from ui.png_info_tab import generate_form_values
+
+    result = lora_manager.generate(tiny_request("sd15", seed=13, prompt="s <lora:sd15-kohya:0.4>, <lora:sd15-second:1>"))
+    text = result.images[0].infotext
+    values, notes = generate_form_values(text, lora_manager, {"model": "tiny-sd15"})
+    assert values["prompt"] == "s <lora:sd15-kohya:0.4>, <lora:sd15-second:1>" and notes == []
+    edited = text.replace("sd15-second: ", "sd15-gone: ").replace(f"sd15-kohya: {lora_hash(lora_manager.lora_entry('sd15-kohya').path)}",
+                                                                  "sd15-kohya: 000000000000")
+    _, notes = generate_form_values(edited, lora_manager, {"model": "tiny-sd15"})
+    assert any("'sd15-gone' is not in" in n for n in notes) and any("the image's was 000000000000" in n for n in notes)
