@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint
+from pipelines.demo import SHIP_TRAINED_DEMO
 from pipelines.families import Family
 
 PIPELINE_CLASS_FAMILIES = {
@@ -22,7 +23,7 @@ PIPELINE_CLASS_FAMILIES = {
 }
 # Folders that hold auxiliary weights (face models, adapters), not checkpoints to list.
 AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "embeddings", "controlnet"}
-DEMO_MODEL_NAME = "demo (tiny random weights)"
+DEMO_MODEL_NAME = "demo (trained on simple shapes and faces)" if SHIP_TRAINED_DEMO else "demo (tiny random weights)"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,20 @@
-"""The embedded demo model: a tiny SD 1.5-architecture pipeline with seeded random weights.
+"""The demo model the app lists when no real model is installed.
 
-It lets a fresh install generate end to end (text encode, denoise, VAE decode, save) with no
-download. Its images are colourful noise, and every place that lists it says so.
+Two kinds live here:
+- The trained demo (`pipelines/demo/weights/`, trained by `python app.py train-demo`): a small
+  SD 1.5-layout model meant to draw simple shapes and faces from plain-word prompts, loaded from the
+  repo's files as they are (nothing built or trained at start). Used when
+  `pipelines.demo.SHIP_TRAINED_DEMO` is on; a missing or damaged file is named, with the fix.
+- The random demo (`build_tiny_sd15_pipeline`, `ensure_random_demo`): seeded random weights
+  (colourful noise), built in seconds into the cache folder on first use. The app's demo while the
+  flag is off; the test suite's always (smaller, no attention at full latent resolution: fast at 512 px).
+`LIKENESS_DEMO_DIR` points the app's demo entry at any demo folder (the test suite and the checker set it).
 """
 from __future__ import annotations
 
+import json
+import os
+import struct
 import shutil
 from pathlib import Path
 
@@ -12,8 +22,82 @@ DEMO_VERSION = "v1"
 SEED = 1234
 
 
-def demo_model_dir(cache_dir: Path) -> Path:
+DEMO_DIR_ENV = "LIKENESS_DEMO_DIR"
+RESTORE_HINT = "restore the shipped files with `git checkout -- pipelines/demo/weights` (or reinstall Likeness)"
+# Every file the trained demo needs; a folder missing one is reported by name.
+DEMO_FILES = (
+    "model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+)
+
+
+def random_demo_dir(cache_dir: Path) -> Path:
     return cache_dir / f"demo-model-{DEMO_VERSION}"
+
+
+def demo_model_dir(cache_dir: Path | None = None) -> Path:
+    """The folder the app's demo entry loads: $LIKENESS_DEMO_DIR, else the shipped trained weights
+    (when `pipelines.demo.SHIP_TRAINED_DEMO` is on), else the random demo in `cache_dir`."""
+    from pipelines.demo import SHIP_TRAINED_DEMO, WEIGHTS_DIR
+
+    override = os.environ.get(DEMO_DIR_ENV)
+    if override:
+        return Path(override)
+    if SHIP_TRAINED_DEMO:
+        return WEIGHTS_DIR
+    if cache_dir is None:
+        raise ValueError("the random demo lives in the cache folder: pass cache_dir")
+    return random_demo_dir(cache_dir)
+
+
+def _shipped_or_chosen() -> bool:
+    """True when the demo folder is given (shipped weights or $LIKENESS_DEMO_DIR), not built here."""
+    from pipelines.demo import SHIP_TRAINED_DEMO
+
+    return SHIP_TRAINED_DEMO or bool(os.environ.get(DEMO_DIR_ENV))
+
+
+def demo_problem(folder: Path) -> str | None:
+    """Why the demo folder cannot be loaded (a missing, empty or cut-short file, named), else None.
+
+    Cheap: reads only JSON files and the safetensors headers, never the weights. The random demo is
+    built on first use, so a missing one is no problem.
+    """
+    if not _shipped_or_chosen():
+        return None
+    if not folder.is_dir():
+        return f"The demo model folder is missing: {folder}. To get it back, {RESTORE_HINT}."
+    for name in DEMO_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"The demo model is damaged: {path} is missing. To repair it, {RESTORE_HINT}."
+        try:
+            if name.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            else:
+                _check_safetensors(path)
+        except (OSError, ValueError, UnicodeDecodeError, struct.error) as error:
+            return f"The demo model is damaged: {path} cannot be read ({error}). To repair it, {RESTORE_HINT}."
+    return None
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file is as long as the header says (a cut-short download or a Git LFS
+    pointer fails here)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError("too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise ValueError("not a safetensors file (header longer than the file)")
+        header = json.loads(handle.read(length))
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise ValueError(f"cut short: {size:,} bytes of {8 + length + end:,}")
 
 
 def build_tiny_sd15_pipeline(
@@ -86,9 +170,23 @@ def build_tiny_sd15_pipeline(
     )
 
 
-def ensure_demo_model(cache_dir: Path) -> Path:
-    """Build the demo model once and keep it on disk; later starts load it like any diffusers folder."""
-    target = demo_model_dir(cache_dir)
+def ensure_demo_model(cache_dir: Path | None = None) -> Path:
+    """The demo folder: the shipped or chosen one checked (a ModelLoadError naming a missing or damaged
+    file), else the random demo, built once into `cache_dir`."""
+    from pipelines.errors import ModelLoadError
+
+    if not _shipped_or_chosen():
+        return ensure_random_demo(cache_dir)
+    folder = demo_model_dir(cache_dir)
+    problem = demo_problem(folder)
+    if problem:
+        raise ModelLoadError(problem)
+    return folder
+
+
+def ensure_random_demo(cache_dir: Path) -> Path:
+    """Build the random demo once and keep it on disk (tests, benchmarks); later calls load it."""
+    target = random_demo_dir(cache_dir)
     if (target / "model_index.json").is_file():
         return target
     staging = target.with_name(target.name + ".partial")

@@ -20,7 +20,8 @@ from pipelines import devices
 from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
 from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
-from pipelines.demo_model import demo_model_dir, ensure_demo_model
+from pipelines.demo import prompt_notes
+from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
@@ -158,7 +159,7 @@ class PipelineManager:
         """Rescan the models folder (after the user drops new files in)."""
         found = discover(self.config.models_dir, self.config.include_hf_cache, self.config.allow_pickle, self.config.hf_cache_dir)
         demo_path = demo_model_dir(self.config.cache_dir)
-        demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0)
+        demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0, problem=demo_problem(demo_path))
         with self._state_lock:
             changed = {e.name: e for e in found} != {n: e for n, e in self._entries.items() if e.format != "demo"}
             self._entries = {e.name: e for e in found}
@@ -231,7 +232,7 @@ class PipelineManager:
         return found
 
     def prepare_demo_model(self) -> Path:
-        """Build the demo model if missing (seconds, once; cached on disk)."""
+        """The demo model's folder, checked; a ModelLoadError naming the missing or damaged file."""
         return ensure_demo_model(self.config.cache_dir)
 
     # -- loading ----------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ class PipelineManager:
             device=str(self.device),
             denoiser_dtype=dtype_name(model.dtype),
             vae_dtype=output.vae_label,
-            warnings=output.warnings,
+            warnings=output.warnings + prompt_notes(entry.format, entry.path, request.prompt),
             cache_notes=output.cache_notes,
             hook_stats=output.hook_stats,
             kept_latents=kept,

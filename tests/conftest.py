@@ -71,6 +71,20 @@ def model_zoo(tmp_path_factory, tiny_pipes) -> dict[str, Path]:
     return {family: tiny_models.save_tiny_pipeline(pipe, root / f"tiny-{family}") for family, pipe in tiny_pipes.items()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _random_demo(tmp_path_factory):
+    """The app's demo entry points at the random demo (tiny, no attention at full latent resolution), built
+    once: the suite generates at up to 512 px, where the trained demo's attention would be slow.
+    Tests of the trained demo (tests/demo/) load the shipped folder themselves."""
+    from pipelines.demo_model import DEMO_DIR_ENV, ensure_random_demo
+
+    folder = ensure_random_demo(tmp_path_factory.mktemp("random-demo"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv(DEMO_DIR_ENV, str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def demo_cache_dir(tmp_path_factory) -> Path:
     """A cache folder holding the demo model, built once for the whole session (CLI tests too)."""

@@ -9,6 +9,8 @@
   (`--budget-s`); `--dry-run` runs the same rows on the CPU with tiny configs.
 - `soak` (`pipelines.bench.soak`): 200 generations across two models with swaps and caches on/off;
   RSS (and, on a GPU, allocator) growth after the warm-up must stay under 2 %, with no errors.
+- `demo` (`pipelines.demo.checker`): the trained demo on held-out prompts (per-attribute accuracy by
+  image analysis), seed diversity, seconds per image, DeepCache and the approximate cache on it.
 - `lora` (`pipelines.bench.lora`): LoRA load cold vs memoized, step time with 0/1/3 LoRAs, fused vs unfused.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "lora")
+SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
@@ -57,6 +59,10 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
         from pipelines.bench import soak
 
         return soak.run(manager, json_file, quick=quick)
+    if suite == "demo":
+        from pipelines.demo import checker
+
+        return checker.run(manager, json_file, quick=quick)
     if suite == "lora":
         from pipelines.bench import lora
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -112,20 +113,24 @@ def diversity_probe() -> list[scenes.Scene]:
 # -- (c) through the app's manager ----------------------------------------------------------------------
 
 
-def app_section(manager, quick: bool) -> dict:
+def app_section(manager, quick: bool, folder: Path) -> dict:
     from pipelines.catalog import DEMO_MODEL_NAME
     from pipelines.manager import PipelineManager
     from pipelines.metrics import psnr
     from pipelines.request import GenerationRequest
 
+    from pipelines.demo_model import DEMO_DIR_ENV
+
     workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-demo-"))
+    before = os.environ.get(DEMO_DIR_ENV)
+    os.environ[DEMO_DIR_ENV] = str(folder)  # the bench manager's demo entry is the folder under test
     try:
         config = dataclasses.replace(manager.config, models_dir=workdir / "models", outputs_dir=workdir / "outputs", cache_dir=workdir / "cache",
                                      include_hf_cache=False, latent_cache_entries=0)
         bench = PipelineManager(config)
 
-        def run(prompt: str, seed: int, **extra):
-            request = GenerationRequest(model=DEMO_MODEL_NAME, prompt=prompt, steps=STEPS, width=SIZE, height=SIZE, seed=seed, sampler=SAMPLER,
+        def run(prompt: str, seed: int, sampler: str = SAMPLER, **extra):
+            request = GenerationRequest(model=DEMO_MODEL_NAME, prompt=prompt, steps=STEPS, width=SIZE, height=SIZE, seed=seed, sampler=sampler,
                                         cfg_scale=CFG, save=False, **extra)
             return bench.generate(request, telemetry=False)
 
@@ -133,9 +138,9 @@ def app_section(manager, quick: bool) -> dict:
         run(prompt, 0)  # load and warm up
         repeats = 3 if quick else 6
         plain, cached = [], []
-        for index in range(repeats):  # interleaved: the load on a shared machine drifts
-            plain.append(run(prompt, index))
-            cached.append(run(prompt, index, deepcache_interval=3))
+        for index in range(repeats):  # interleaved: the load on a shared machine drifts; Euler, so only the cache differs
+            plain.append(run(prompt, index, "Euler"))
+            cached.append(run(prompt, index, "Euler", deepcache_interval=3))
         plain_s = float(np.median([r.total_seconds for r in plain]))
         cached_s = float(np.median([r.total_seconds for r in cached]))
         plain_denoise = float(np.median([r.stage_seconds.get("denoise", 0.0) for r in plain]))
@@ -158,6 +163,10 @@ def app_section(manager, quick: bool) -> dict:
                 "deepcache_denoise_speedup": plain_denoise / max(1e-9, cached_denoise), "deepcache_psnr": float(np.min(psnrs)),
                 "approx_related_hit_rate": hits["related"], "approx_unrelated_hit_rate": hits["unrelated"]}
     finally:
+        if before is None:
+            os.environ.pop(DEMO_DIR_ENV, None)
+        else:
+            os.environ[DEMO_DIR_ENV] = before
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -167,8 +176,14 @@ def verdict(ok: bool) -> str:
 
 def run(manager, json_file: Path | None = None, quick: bool = False, folder: Path | None = None) -> int:
     from pipelines.demo import WEIGHTS_DIR
+    from pipelines.demo_model import DEMO_DIR_ENV, demo_model_dir
 
-    folder = Path(folder or WEIGHTS_DIR)
+    # The folder the app's demo entry uses ($LIKENESS_DEMO_DIR or the shipped weights): section (c) runs through the app.
+    folder = Path(folder or (demo_model_dir(manager.config.cache_dir) if os.environ.get(DEMO_DIR_ENV) else WEIGHTS_DIR))
+    if not (folder / "training.json").is_file():
+        say(f"demo checker: {folder} is not a trained demo (no training.json). Train one with `python app.py train-demo --out DIR`, "
+            f"then run LIKENESS_DEMO_DIR=DIR python app.py bench --suite demo.")
+        return 0
     say(f"demo checker: {folder}, {SIZE}x{SIZE}, {STEPS} steps, {SAMPLER}, CFG {CFG}")
     pipe = load_pipe(folder)
     use_sampler(pipe)
@@ -193,7 +208,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False, folder: Pat
     say(f"(b) seed diversity (mean pairwise RMS distance, 8 seeds): model {spread['model']:.1f}, training images {spread['training']:.1f}, "
         f"ratio {spread['ratio']:.2f}  {verdict(spread['ratio'] >= 0.5)} (>= 0.5)")
     del pipe
-    app = app_section(manager, quick)
+    app = app_section(manager, quick, folder)
     say(f"(c) through the app: {app['seconds_per_image']:.2f} s per image end to end  {verdict(app['seconds_per_image'] <= 1.0)} (<= 1.0 s)")
     say(f"    DeepCache N=3: {app['deepcache_seconds']:.2f} s, {app['deepcache_speedup']:.2f}x end to end, denoise {app['deepcache_denoise_speedup']:.2f}x, "
         f"PSNR {app['deepcache_psnr']:.1f} dB  {verdict(app['deepcache_speedup'] >= 1.8 and app['deepcache_psnr'] >= 30)} (>= 1.8x at >= 30 dB)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.families import Family
 from pipelines.request import MAX_PROMPT_CHARS, MAX_SEED, GenerationRequest, validate_request
@@ -94,7 +95,7 @@ def test_long_prompt_is_cut_with_a_warning():
 def test_manager_refuses_bad_requests_before_loading(make_manager, fields, expected):
     manager = make_manager()
     with pytest.raises(InvalidRequest, match=expected):
-        manager.generate(tiny_request("sd15", model="demo (tiny random weights)", **fields))
+        manager.generate(tiny_request("sd15", model=DEMO_MODEL_NAME, **fields))
     assert not manager.cache.records(), "a refused request must not load the model"
 
 
@@ -120,7 +121,7 @@ def test_unwritable_outputs_folder_still_returns_the_images(make_manager, tmp_pa
     blocker = tmp_path / "outputs-is-a-file"
     blocker.write_text("not a folder")
     manager = make_manager(outputs_dir=blocker)
-    result = manager.generate(tiny_request("sd15", model="demo (tiny random weights)", batch_size=2))
+    result = manager.generate(tiny_request("sd15", model=DEMO_MODEL_NAME, batch_size=2))
     assert len(result.images) == 2
     assert all(img.path is None for img in result.images)
     assert all(img.image.size == (64, 64) for img in result.images)
@@ -133,7 +134,7 @@ def test_unwritable_outputs_folder_still_returns_the_images(make_manager, tmp_pa
 def test_errors_are_user_facing_sentences(make_manager):
     manager = make_manager()
     with pytest.raises(LikenessError) as raised:
-        manager.generate(tiny_request("sd15", model="demo (tiny random weights)", steps=0, width=65))
+        manager.generate(tiny_request("sd15", model=DEMO_MODEL_NAME, steps=0, width=65))
     text = str(raised.value)
     assert "\n" not in text and "Traceback" not in text and text.endswith(".")
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from pipelines import devices, telemetry
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.telemetry import EventBus, MemorySampled, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
 from tests.tiny_models import demo_request
 
@@ -36,7 +37,7 @@ class RecordingClock:
 @pytest.fixture
 def demo_manager(make_manager):
     manager = make_manager(preview_every=2, latent_cache_entries=0)  # every run really denoises
-    manager.load("demo (tiny random weights)")  # no model-load stage in the runs below
+    manager.load(DEMO_MODEL_NAME)  # no model-load stage in the runs below
     return manager
 
 

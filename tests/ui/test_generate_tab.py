@@ -6,6 +6,7 @@ import time
 
 from PIL import Image
 
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.infotext import parse_infotext
 
 STEP = re.compile(r"step (\d+)/(\d+)")
@@ -63,7 +64,7 @@ def test_api_generate_and_cancel(live_app):
 
     client = Client(live_app["url"], verbose=False)
     result = client.predict(
-        "demo (tiny random weights)", "api prompt", "", 3, 7.0, 1234, 128, 128, "Euler", 1, 1, "fp32", 1, 0, "uniform", "off", 0.08, api_name="/generate"
+        DEMO_MODEL_NAME, "api prompt", "", 3, 7.0, 1234, 128, 128, "Euler", 1, 1, "fp32", 1, 0, "uniform", "off", 0.08, api_name="/generate"
     )
     readout, _preview, gallery, breakdown = result  # gr.State outputs are not part of the API
     assert "done" in readout
