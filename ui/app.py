@@ -13,6 +13,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from pipelines import devices
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui import caches_tab, experiments_tab, face_tab, generate_tab, models_tab, png_info_tab, settings_tab
@@ -83,7 +84,7 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
 
 def launch(manager: PipelineManager, settings, store, options: ServerOptions = ServerOptions(), block: bool = True):
     if not manager.has_real_models():
-        log.info("No models in %s: the demo model (trained on simple shapes and faces) is ready to use.", manager.config.models_dir)
+        log.info("No models in %s: preparing the %s…", manager.config.models_dir, DEMO_MODEL_NAME)
         try:
             manager.prepare_demo_model()
         except LikenessError as error:  # the app still starts: real models can be added and refreshed
