@@ -6,10 +6,12 @@ import logging
 
 import gradio as gr
 
+from pipelines import demo
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS, GenerationRequest
+from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS,
+                               GenerationRequest)
 from pipelines.samplers import sampler_names
 from pipelines.vae import VAE_CHOICES
 from ui import inputs
@@ -24,10 +26,17 @@ FORM_FIELDS = (
     "approximate_cache",
 )
 KEPT_LATENTS_TTL_S = 6 * 3600  # a session's kept latents are dropped after this long without a new run
-DEMO_NOTE = (
+RANDOM_DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "
     "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
 )
+TRAINED_DEMO_NOTE = (
+    "**Demo model** (tiny, trained here on procedural pictures): it draws simple shapes (circle, square, triangle, star, "
+    "heart, ring) in 8 colours, at 9 positions, small or big, on plain or gradient backgrounds, two shapes side by side, "
+    "and simple portraits (hair colour, skin tone), at 128x128. Try an example below. For real pictures and faces, put "
+    "SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
+)
+DEMO_NOTE = TRAINED_DEMO_NOTE if demo.SHIP_TRAINED_DEMO else RANDOM_DEMO_NOTE
 
 
 def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
@@ -55,10 +64,14 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     family = manager.entry(default_model).family
     spec = family.spec
     chosen_model = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else default_model
+    is_demo = chosen_model == DEMO_MODEL_NAME
+    # The demo was trained at 128x128: its own defaults, unless the user's last values say otherwise.
+    default_size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size
+    default_steps = demo.DEFAULT_STEPS if is_demo else spec.default_steps
 
     with gr.Row():
         model = gr.Dropdown(model_choices(manager), value=chosen_model, label="Model", scale=3, elem_id="model", allow_custom_value=True)
-    demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=chosen_model == DEMO_MODEL_NAME)
+    demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=is_demo)
     if dropped:
         gr.Markdown("⚠ Last-used values not restored: " + "; ".join(dropped), elem_id="last_used_warning", elem_classes=["settings-warning"])
     with gr.Row():
@@ -66,11 +79,11 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="prompt", placeholder="a portrait photo of …")
             negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id="negative_prompt")
             with gr.Row():
-                steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", spec.default_steps), step=1, label="Steps", elem_id="steps")
+                steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", default_steps), step=1, label="Steps", elem_id="steps")
                 cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id="cfg")
             with gr.Row():
-                width = inputs.Slider(64, 2048, value=last.get("width", spec.default_size[0]), step=8, label="Width", elem_id="width")
-                height = inputs.Slider(64, 2048, value=last.get("height", spec.default_size[1]), step=8, label="Height", elem_id="height")
+                width = inputs.Slider(64, 2048, value=last.get("width", default_size[0]), step=8, label="Width", elem_id="width")
+                height = inputs.Slider(64, 2048, value=last.get("height", default_size[1]), step=8, label="Height", elem_id="height")
             with gr.Row():
                 sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id="sampler")
                 seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id="seed")
@@ -87,11 +100,11 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                                                    info="one full UNet step, then N-1 cached", elem_id="deepcache_interval")
                     deepcache_branch = inputs.Slider(0, 8, value=last.get("deepcache_branch", 0), step=1, label="Branch",
                                                  info="layers on the shallow path: 0 = fastest; higher = closer to the uncached image (SD 1.5 0-8, SDXL 0-5)", elem_id="deepcache_branch")
-                    deepcache_schedule = gr.Radio(["uniform", "quadratic"], value=last.get("deepcache_schedule", "uniform"),
+                    deepcache_schedule = gr.Radio(list(DEEPCACHE_SCHEDULES), value=last.get("deepcache_schedule", "uniform"),
                                                   label="Schedule", elem_id="deepcache_schedule")
             with gr.Accordion("Block cache (FLUX.1)", open=False):
                 with gr.Row():
-                    flux_cache = gr.Radio(["off", "first-block", "taylorseer", "magcache"], value=last.get("flux_cache", "off"),
+                    flux_cache = gr.Radio(list(FLUX_CACHE_CHOICES), value=last.get("flux_cache", "off"),
                                           label="Cache", elem_id="flux_cache")
                     flux_cache_threshold = inputs.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
                                                      info="first-block: 0.08 nearly lossless (~1.5x), 0.12 ~1.9x", elem_id="flux_cache_threshold")
@@ -101,6 +114,9 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
                     info="A prompt close to one generated before (same model, size, sampler, steps, CFG) starts from that run's "
                          "latents after K steps and runs only the rest: faster, but the image keeps some of the earlier "
                          "composition and its seed no longer reproduces it alone. Kept on disk for this user; see the Caches tab.")
+            with gr.Column(visible=is_demo and demo.SHIP_TRAINED_DEMO) as demo_examples:
+                gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS] for p in demo.EXAMPLE_PROMPTS],
+                            [prompt, width, height, steps], label="Demo prompts (click one, then Generate)", examples_per_page=6)
         with gr.Column(scale=2):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -127,12 +143,13 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         try:
             entry = manager.entry(name)
         except LikenessError:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         names = sampler_names(entry.family)
         keep = current_sampler if current_sampler in names else entry.family.spec.default_sampler
-        return gr.update(visible=entry.format == "demo"), gr.update(choices=names, value=keep)
+        examples = entry.format == "demo" and demo.SHIP_TRAINED_DEMO
+        return gr.update(visible=entry.format == "demo"), gr.update(visible=examples), gr.update(choices=names, value=keep)
 
-    model.change(on_model_change, [model, sampler], [demo_note, sampler], api_visibility="private")
+    model.change(on_model_change, [model, sampler], [demo_note, demo_examples, sampler], api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
 
