@@ -17,16 +17,6 @@ def width(pipe, name="text_encoder") -> int:
     return getattr(pipe, name).get_input_embeddings().embedding_dim
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_pipes):
-    return tiny_pipes["sd15"]
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_pipes):
-    return tiny_pipes["sdxl"]
-
-
 def test_the_trigger_word_becomes_the_vectors(tmp_path, sd15):
     torch.manual_seed(1)
     save_file({"emb_params": torch.randn(3, width(sd15))}, tmp_path / "shiny.safetensors")

@@ -15,16 +15,6 @@ def words(count: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(count))
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_pipes):
-    return tiny_pipes["sd15"]
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_pipes):
-    return tiny_pipes["sdxl"]
-
-
 def chunks_of(pipe, text: str, **kwargs):
     return tokenize_chunks(pipe.tokenizer, parse_prompt(text), **kwargs)
 
