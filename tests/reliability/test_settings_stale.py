@@ -30,7 +30,7 @@ def save(page, expect: str = "Saved") -> str:
     page.click("#settings_save")
     page.wait_for_function(
         "([old, want]) => { const t = document.querySelector('#settings_message').innerText;"
-        " return t !== old && t.includes(want) && !/^\\s*[\\d.]+s\\b/.test(t); }",  # not while the progress timer shows
+        " return t !== old && t.includes(want) && !/processing|^\\s*[\\d.]+s\\b/.test(t); }",  # not while Gradio's progress shows
         arg=[before, expect], timeout=15000)
     return page.inner_text("#settings_message")
 

@@ -8,8 +8,9 @@ from ui.generate_tab import FORM_FIELDS
 
 
 def choose(page, elem_id: str, option: str) -> None:
+    """Pick `option` in this dropdown's own list (another dropdown's list may still be open)."""
     page.click(f"#{elem_id} input")
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
 
 
 def fill_values(page, elem_id: str, text: str) -> None:
