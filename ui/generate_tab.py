@@ -9,6 +9,8 @@ import gradio as gr
 from pipelines import demo
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
+from pipelines.families import Family
+from pipelines.lora.tags import extract_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_STEPS,
                                GenerationRequest)
@@ -41,6 +43,29 @@ DEMO_NOTE = TRAINED_DEMO_NOTE if demo.SHIP_TRAINED_DEMO else RANDOM_DEMO_NOTE
 
 def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
     return [(e.name + (" — demo, not a real model" if e.format == "demo" else ""), e.name) for e in manager.models() if e.usable]
+
+
+FAMILY_SHORT = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL", Family.FLUX: "FLUX.1"}
+
+
+def lora_choices(manager: PipelineManager) -> list[tuple[str, str]]:
+    """The usable LoRAs, of any family, for the picker: ("name (family)", name), after an empty choice."""
+    loras = sorted((e for e in manager.loras() if e.usable), key=lambda e: e.name.lower())
+    return [("", "")] + [(f"{e.name} ({FAMILY_SHORT.get(e.family, '?')})", e.name) for e in loras]
+
+
+def add_lora_tag(prompt: str | None, name: str | None) -> str:
+    """The prompt with ` <lora:name:1>` appended, unless a tag for that LoRA is already in it."""
+    prompt = prompt or ""
+    if not name:
+        return prompt
+    try:
+        present = {ref.name for ref in extract_lora_tags(prompt)[1]}
+    except (LikenessError, ValueError):  # a malformed tag elsewhere: fall back to a plain text check
+        present = {name} if f"<lora:{name}:" in prompt or f"<lora:{name}>" in prompt else set()
+    if name in present:
+        return prompt
+    return f"{prompt.rstrip()} <lora:{name}:1>".lstrip()
 
 
 def _coerce_form(values: dict) -> GenerationRequest:
@@ -78,6 +103,9 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="prompt", placeholder="a portrait photo of …")
             negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id="negative_prompt")
+            with gr.Row():
+                lora_picker = gr.Dropdown(lora_choices(manager), value="", label="LoRA", elem_id="lora_picker", scale=1,
+                                          info="adds <lora:name:1> to the prompt; edit the weight there")
             with gr.Row():
                 steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", default_steps), step=1, label="Steps", elem_id="steps")
                 cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id="cfg")
@@ -143,13 +171,21 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         try:
             entry = manager.entry(name)
         except LikenessError:
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(choices=lora_choices(manager))
         names = sampler_names(entry.family)
         keep = current_sampler if current_sampler in names else entry.family.spec.default_sampler
         examples = entry.format == "demo" and demo.SHIP_TRAINED_DEMO
-        return gr.update(visible=entry.format == "demo"), gr.update(visible=examples), gr.update(choices=names, value=keep)
+        return (gr.update(visible=entry.format == "demo"), gr.update(visible=examples), gr.update(choices=names, value=keep),
+                gr.update(choices=lora_choices(manager)))
 
-    model.change(on_model_change, [model, sampler], [demo_note, demo_examples, sampler], api_visibility="private")
+    model.change(on_model_change, [model, sampler], [demo_note, demo_examples, sampler, lora_picker], api_visibility="private")
+
+    def on_lora_pick(name, current_prompt):
+        if not name:
+            return gr.update(), gr.update()
+        return add_lora_tag(current_prompt, name), ""
+
+    lora_picker.input(on_lora_pick, [lora_picker, prompt], [prompt, lora_picker], api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
 
