@@ -6,7 +6,9 @@
   per targeted Linear);
 - fused vs unfused: step time with the LoRA fused into the base weights, the time to fuse and unfuse,
   and how far the base weights are from the originals after unfusing (fusing writes the base weights,
-  so it can never give the bit-identical restore the unfused path gives).
+  so it can never give the bit-identical restore the unfused path gives);
+- prompt encode: a 150-token prompt (two 75-token chunks) vs a 75-token
+  one, on the SD 1.5 and SDXL text encoders (`prompt_encode_timings`).
 
 The LoRAs are random rank-16 adapters on every attention projection (and the CLIP text encoders),
 written here in the diffusers/PEFT layout. Runs alternate (0, 1, 3, 0, 1, 3, ...) with the same seed;
@@ -28,6 +30,7 @@ from safetensors.torch import save_file
 from pipelines.bench.system import print_suite_header
 from pipelines.bench.tables import heading, median, ratio, seconds, table
 from pipelines.bench.tiny_models import BUILDERS, SAMPLERS, SIZES, save_tiny_pipeline
+from pipelines.prompts.encode import prompt_encode_timings
 from pipelines.request import GenerationRequest
 
 RANK = 16
@@ -130,6 +133,13 @@ def report(results: dict, device: torch.device) -> str:
     lines.append(table(["family", "step unfused", "step fused", "x", "fuse", "unfuse", "weight drift after unfuse", "bit-identical"], rows))
     lines.append("Unfused is the default: it restores the base weights exactly; fusing saves the LoRA matmuls per step "
                  "but costs a fuse + unfuse per generation and leaves rounding drift in the base weights.")
+    rows = [[family, f"{e['tokens_short']} / {e['tokens_long']} ({e['chunks_long']} chunks)", seconds(e["seconds_short"], 4),
+             seconds(e["seconds_long"], 4), ratio(e["ratio"])]
+            for family, r in results.items() if (e := r.get("prompt_encode"))]
+    if rows:
+        lines.append("")
+        lines.append("prompt encode: 150 tokens vs 75 tokens")
+        lines.append(table(["family", "tokens", "encode 75", "encode 150", "x"], rows))
     return "\n".join(lines)
 
 
@@ -144,10 +154,17 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None) -
 
     rounds, steps = (2, 2) if quick else (5, 4)
     folder = Path(tempfile.mkdtemp(prefix="likeness-bench-lora-"))
+    encode: dict[str, dict] = {}
     try:
         for family, build in BUILDERS.items():
             pipe = build()
             save_tiny_pipeline(pipe, folder / f"bench-{family}")
+            if family in ("sd15", "sdxl"):  # the CLIP encoders; FLUX.1's T5 prompt is not chunked
+                encode[family] = prompt_encode_timings(pipe.to(manager.device), manager.device, sdxl=family == "sdxl",
+                                                       repeats=2 if quick else 5)
+                say(f"{family}: prompt encode 75 tokens {encode[family]['seconds_short']:.4f} s, "
+                    f"150 tokens {encode[family]['seconds_long']:.4f} s")
+                pipe.to("cpu")
             for index in range(3):
                 (folder / "Lora").mkdir(exist_ok=True)
                 save_file(random_lora(pipe, family, seed=index), str(folder / "Lora" / f"bench-{family}-{index}.safetensors"))
@@ -155,6 +172,8 @@ def run(manager, json_file: Path | None = None, quick: bool = False, out=None) -
                                               device=str(manager.device), include_hf_cache=False, latent_cache_entries=0,
                                               prompt_memo_entries=1))
         results = {family: measure_family(bench, family, rounds, steps, say) for family in BUILDERS}
+        for family, row in encode.items():
+            results[family]["prompt_encode"] = row
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     say(report(results, manager.device))

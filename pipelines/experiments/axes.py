@@ -7,6 +7,7 @@ Values are written as in A1111's X/Y/Z plot script:
     1-9 (+2)            1, 3, 5, 7, 9 (a step; `10-1 (-3)` counts down)
     0.5-1 [3]           0.5, 0.75, 1 (that many values, evenly spaced)
     "a, b", c           text values: CSV quoting keeps a comma inside a value
+    dog, cat, "red fox" Prompt S/R: the first value is searched for; each value replaces it
     512x768, 1024       sizes (width x height; one number = square)
 
 Forms mix freely in one list (`1-3, 10`). Parsing only checks the syntax and the kind of value;
@@ -49,8 +50,8 @@ class Setting:
 
     key: str  # the name in experiment files, e.g. "cfg_scale"
     label: str  # the grid label, A1111 style: "CFG scale: 7"
-    kind: str  # int | float | text | size
-    target: str = "request"  # request: a GenerationRequest field; face: a FaceOptions field
+    kind: str  # int | float | text | size | search_replace (Prompt S/R: (search, replacement) pairs)
+    target: str = "request"  # request: a GenerationRequest field; face: a FaceOptions field; prompt: an edit of the prompt
     field: str = ""  # the request/face field it sets (size sets width and height)
     choices: tuple[str, ...] = ()  # the allowed text values, when the set is fixed
 
@@ -60,6 +61,8 @@ class Setting:
             return f"{value[0]}x{value[1]}"
         if self.kind == "float":
             return f"{value:g}"
+        if self.kind == "search_replace":
+            return value[1]
         return str(value)
 
     def describe(self, value) -> str:
@@ -82,6 +85,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("deepcache_schedule", "DeepCache schedule", "text", field="deepcache_schedule", choices=DEEPCACHE_SCHEDULES),
     Setting("flux_cache", "Block cache", "text", field="flux_cache", choices=FLUX_CACHE_CHOICES),
     Setting("flux_cache_threshold", "Block cache threshold", "float", field="flux_cache_threshold"),
+    Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),
+    Setting("lora_weight", "LoRA weight", "float", target="prompt", field="lora_weight"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),
     Setting("pulid_start_step", "PuLID start step", "int", target="face", field="start_step"),
 )}
@@ -109,7 +114,12 @@ def parse_values(setting: Setting, text: str) -> list:
     if len(text) > MAX_AXIS_CHARS:
         raise InvalidRequest(f"The {setting.label} axis values are {len(text):,} characters long; at most {MAX_AXIS_CHARS:,} are read.")
     values: list = []
-    for item in split_list(text):
+    if setting.kind == "search_replace":  # A1111's Prompt S/R: (search string, this value) per value
+        items = split_list(text)
+        values = [(items[0], item) for item in items] if items else []
+        if len(values) > MAX_VALUES_PER_AXIS:
+            raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({shown(text, 80)}).")
+    for item in [] if setting.kind == "search_replace" else split_list(text):
         values += _parse_item(setting, item)
         if len(values) > MAX_VALUES_PER_AXIS:
             raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({shown(text, 80)}); use a coarser step.")
@@ -203,5 +213,5 @@ def _dedupe(values: list) -> list:
 
 
 def _example(setting: Setting) -> str:
-    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "size": "512x512, 768x512"}.get(
+    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "size": "512x512, 768x512", "search_replace": "dog, cat, fox"}.get(
         setting.kind, ", ".join(setting.choices[:2]) if setting.choices else "a, b")

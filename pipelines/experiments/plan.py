@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import Setting, find_setting, parse_values
 from pipelines.face.service import FaceOptions
+from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
+from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
 from pipelines.request import MAX_SEED, GenerationRequest, validate_request
 from pipelines.samplers import sampler_names
 
@@ -267,7 +269,29 @@ def apply_value(request: GenerationRequest, face: FaceOptions | None, setting: S
         return request, replace(face, **{setting.field: value})
     if setting.kind == "size":
         return replace(request, width=value[0], height=value[1]), face
+    if setting.key == "prompt_sr":  # A1111's Prompt S/R: the search string replaced in both prompts
+        search, replacement = value
+        return replace(request, prompt=request.prompt.replace(search, replacement),
+                       negative_prompt=request.negative_prompt.replace(search, replacement)), face
+    if setting.key == "lora_weight":
+        return replace(request, prompt=reweight_lora_tags(request.prompt, value)[0]), face
     return replace(request, **{setting.field: value}), face
+
+
+def _prompt_edit_problem(setting: Setting, values: list, base: GenerationRequest) -> str | None:
+    """Why a Prompt S/R or LoRA weight axis cannot edit the starting prompt, or None."""
+    if setting.key == "prompt_sr":
+        search = values[0][0]
+        if search not in base.prompt and search not in base.negative_prompt:
+            return f"Prompt S/R: {search!r} is not in the prompt (nor the negative prompt); its first value is the text to replace."
+    if setting.key == "lora_weight":
+        try:
+            _, refs = extract_lora_tags(base.prompt)
+        except ValueError:
+            refs = []
+        if not refs:
+            return "LoRA weight: the prompt has no <lora:name:weight> tag for this axis to set; add one."
+    return None
 
 
 def _checked_axis(name: str, spec: AxisSpec, base: GenerationRequest, face: FaceOptions | None, manager) -> Axis:
@@ -278,6 +302,8 @@ def _checked_axis(name: str, spec: AxisSpec, base: GenerationRequest, face: Face
         raise InvalidRequest(f"{name} axis: {error}") from None
     if setting.target == "face" and face is None:
         raise InvalidRequest(f"{name} axis ({setting.label}) needs a face reference: add a photo, or choose another setting.")
+    if setting.target == "prompt" and (problem := _prompt_edit_problem(setting, values, base)):
+        raise InvalidRequest(f"{name} axis: {problem}")
     for value in values:
         if setting.key == "model":
             _installed(value, manager, f"{name} axis (Model): the model")
@@ -295,6 +321,8 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
         return f"the PuLID weight must be between 0 and {MAX_PULID_WEIGHT:g} (SDXL; FLUX.1 uses 0-3)."
     if setting.key == "pulid_start_step" and not 0 <= value < base.steps:
         return f"the PuLID start step must be between 0 and {base.steps - 1} (the steps minus one)."
+    if setting.key == "lora_weight" and not abs(value) <= MAX_LORA_WEIGHT:
+        return f"the LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
     if setting.target == "face":
         return None
     request, _ = apply_value(base, face, setting, value)
@@ -317,10 +345,23 @@ def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool) -> 
 
 
 def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
-    """Two axes setting the same field would silently overwrite each other."""
+    """Two axes setting the same field would silently overwrite each other.
+
+    Prompt S/R and LoRA weight edit the prompt, so they do not go with a Prompt axis (which replaces it);
+    two Prompt S/R axes are fine (as in A1111) unless they search for the same text.
+    """
+    prompt_axis = next((a for a in axes if a.setting.key == "prompt"), None)
+    editor = next((a for a in axes if a.setting.target == "prompt"), None)
+    if prompt_axis and editor:
+        raise InvalidRequest(f"The {prompt_axis.name} axis replaces the prompt the {editor.name} axis ({editor.setting.label}) edits; "
+                             "use one of them (write the prompt in the starting settings).")
     claimed: dict[str, str] = {}
     for axis in axes:
-        for target in (("width", "height") if axis.setting.kind == "size" else (axis.setting.field,)):
+        if axis.setting.key == "prompt_sr":
+            targets = (f"the prompt's {axis.values[0][0]!r}",)
+        else:
+            targets = ("width", "height") if axis.setting.kind == "size" else (axis.setting.field,)
+        for target in targets:
             if target in claimed:
                 raise InvalidRequest(f"The {claimed[target]} and {axis.name} axes both set {target}; use one axis per setting.")
             claimed[target] = axis.name

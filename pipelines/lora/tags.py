@@ -111,3 +111,22 @@ def with_lora_tags(prompt: str, loras: list[str] | tuple[str, ...]) -> str:
         ref = parse_lora_arg(item)
         tags.append(f"<lora:{ref.name}:{ref.weight:g}>")
     return " ".join([prompt, *tags]) if tags else prompt
+
+
+def reweight_lora_tags(prompt: str, weight: float) -> tuple[str, int]:
+    """(the prompt with every `<lora:name...>` tag's weight set to `weight`, how many tags were rewritten).
+
+    The name and A1111's keyword arguments (`te=`, `unet=`) are kept; other extra-network tags are left alone.
+    """
+    count = 0
+
+    def swap(match: re.Match) -> str:
+        nonlocal count
+        if match.group(1).lower() != "lora":
+            return match.group(0)
+        parts = match.group(2).split(":")
+        count += 1
+        keywords = [p for p in parts[1:] if "=" in p]
+        return f"<{match.group(1)}:{':'.join([parts[0], f'{weight:g}', *keywords])}>"
+
+    return TAG_PATTERN.sub(swap, prompt), count

@@ -89,3 +89,21 @@ def test_bad_values_name_the_axis_and_the_value(setting, text, message):
     with pytest.raises(InvalidRequest, match=message) as caught:
         parse_values(setting, text)
     assert len(str(caught.value)) < 300, "a huge value is cut short in the message"
+
+
+def test_prompt_sr_values_pair_the_search_string_with_each_value():
+    sr = SETTINGS["prompt_sr"]
+    assert find_setting("Prompt S/R") is sr
+    values = parse_values(sr, 'dog, cat, "red fox, running"')
+    assert values == [("dog", "dog"), ("dog", "cat"), ("dog", "red fox, running")]
+    assert [sr.describe(v) for v in values] == ["Prompt S/R: dog", "Prompt S/R: cat", "Prompt S/R: red fox, running"]
+    with pytest.raises(InvalidRequest, match="Prompt S/R axis has no values"):
+        parse_values(sr, " , ")
+
+
+def test_lora_weight_values_are_numbers():
+    weight = SETTINGS["lora_weight"]
+    assert parse_values(weight, "0-1 [3], -0.5") == [0.0, 0.5, 1.0, -0.5]
+    assert weight.describe(0.5) == "LoRA weight: 0.5"
+    with pytest.raises(InvalidRequest, match="LoRA weight axis value 'strong' is not a number"):
+        parse_values(weight, "strong")

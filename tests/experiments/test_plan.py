@@ -118,3 +118,36 @@ def test_definition_round_trips_through_the_file_format(shared_manager):
         Experiment.from_dict({"base": BASE, "axes": [], "colour": 1})
     with pytest.raises(InvalidRequest, match="'repeats' must be a whole number"):
         Experiment.from_dict({"base": BASE, "axes": [], "repeats": 1.5})
+
+
+def test_prompt_sr_replaces_the_search_string_in_both_prompts(shared_manager):
+    plan = build_plan(experiment(("prompt_sr", 'lighthouse, barn, "red barn, at dusk"'),
+                                 base={"negative_prompt": "blurry lighthouse"}), shared_manager)
+    assert [c.request.prompt for c in plan.cells] == ["a lighthouse", "a barn", "a red barn, at dusk"]
+    assert [c.request.negative_prompt for c in plan.cells] == ["blurry lighthouse", "blurry barn", "blurry red barn, at dusk"]
+    assert [c.label for c in plan.cells] == ["Prompt S/R: lighthouse", "Prompt S/R: barn", "Prompt S/R: red barn, at dusk"]
+    # Two S/R axes on different words combine, as in A1111 (each a plain text replace, applied X first).
+    plan = build_plan(experiment(("prompt_sr", "lighthouse, tower"), ("prompt_sr", "a, one")), shared_manager)
+    assert [c.request.prompt for c in plan.cells] == ["a lighthouse", "a tower", "one lighthouse", "one tower"]
+
+
+def test_lora_weight_sets_every_lora_tag(shared_manager):
+    prompt = "a lighthouse <lora:style:0.8> <lora:detail> <hypernet:h:1> <lora:x:1:te=0.5>"
+    plan = build_plan(experiment(("lora_weight", "0, 0.5, -1"), base={"prompt": prompt}), shared_manager)
+    assert plan.cells[1].request.prompt == "a lighthouse <lora:style:0.5> <lora:detail:0.5> <hypernet:h:1> <lora:x:0.5:te=0.5>"
+    assert plan.cells[2].request.prompt.count(":-1>") == 2
+    assert [c.label for c in plan.cells] == ["LoRA weight: 0", "LoRA weight: 0.5", "LoRA weight: -1"]
+
+
+@pytest.mark.parametrize("axes, base, message", [
+    ((("prompt_sr", "castle, barn"),), {}, r"X axis: Prompt S/R: 'castle' is not in the prompt"),
+    ((("steps", "2"), ("prompt_sr", "castle, barn")), {"negative_prompt": "blurry"}, r"Y axis: Prompt S/R: 'castle' is not in the prompt"),
+    ((("lora_weight", "0.5, 1"),), {}, r"X axis: LoRA weight: the prompt has no <lora:name:weight> tag"),
+    ((("lora_weight", "0.5, 11"),), {"prompt": "a <lora:s:1>"}, r"'11' is not valid: the LoRA weight must be between -10 and 10"),
+    ((("prompt", "a, b"), ("prompt_sr", "a, c")), {}, r"The X axis replaces the prompt the Y axis \(Prompt S/R\) edits"),
+    ((("prompt_sr", "a, b"), ("prompt_sr", "a, c")), {}, "both set the prompt's 'a'"),
+    ((("lora_weight", "1"), ("lora_weight", "2")), {"prompt": "a <lora:s:1>"}, "both set lora_weight"),
+])
+def test_prompt_edits_that_cannot_apply_are_refused_before_anything_runs(shared_manager, axes, base, message):
+    with pytest.raises(InvalidRequest, match=message):
+        build_plan(experiment(*axes, base=base), shared_manager)

@@ -155,3 +155,22 @@ def test_a_failing_cell_does_not_lose_the_others(shared_manager):
     assert result.cells[1].error and "too deep" in result.cells[1].error
     assert table_rows(result)[1]["status"].startswith("failed: DeepCache branch 8 is too deep")
     assert result.status() == "Done: 1 of 2 cells, 1 failed."
+
+
+def test_lora_weight_and_prompt_sr_cells_end_to_end(make_manager, tmp_path, model_zoo, tiny_pipes):
+    from tests.lora.make_loras import write_lora
+    from tests.tiny_models import copy_model
+
+    models = tmp_path / "lora-models"
+    copy_model(model_zoo["sd15"], models, "tiny-sd15")
+    write_lora(models / "Lora", "style", tiny_pipes["sd15"], "sd15", "kohya", seed=1)
+    manager = make_manager(models, latent_cache_entries=0)
+    manager.refresh()
+    base = {"model": "tiny-sd15", "prompt": "a lighthouse <lora:style:1>", "width": 64, "height": 64, "steps": 2, "seed": 3}
+    plan = build_plan(Experiment(base, [AxisSpec("lora_weight", "0, 1"), AxisSpec("prompt_sr", "lighthouse, barn")], warmup=False), manager)
+    result = run_experiment(manager, plan, lambda progress: None)
+    assert result.finished_cells == 4
+    images = [result.cells[i].image.tobytes() for i in range(4)]
+    assert images[0] != images[1] and images[2] != images[3], "a different LoRA weight, a different picture"
+    prompts = [parse_infotext(result.cells[i].infotext)["Prompt"] for i in range(4)]
+    assert prompts == ["a lighthouse <lora:style:0>", "a lighthouse <lora:style:1>", "a barn <lora:style:0>", "a barn <lora:style:1>"]
