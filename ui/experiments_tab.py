@@ -23,9 +23,9 @@ from pipelines.experiments.runner import run_experiment
 from pipelines.face.service import MAX_PHOTOS
 from pipelines.manager import PipelineManager
 from ui import inputs
-from ui.a1111.jobs import Job, board_for
 from ui.face_tab import DEFAULT_FACE, photo_paths
 from ui.generate_tab import _coerce_form
+from ui.jobs import Job, board_for
 from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, session_id
 
 log = logging.getLogger("likeness")

@@ -13,7 +13,7 @@ from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.telemetry import Event, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
-from ui.a1111.jobs import Job, board_for
+from ui.jobs import Job, board_for
 
 
 @dataclass

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.telemetry import StepDone
-from ui.a1111.jobs import board_for
+from ui.jobs import board_for
 
 LONG = {"prompt": "a long run", "steps": 150, "width": 256, "height": 256, "n_iter": 20, "seed": 3}
 

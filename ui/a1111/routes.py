@@ -7,7 +7,7 @@ auth when `--api-auth` is set, before reading anything, (2) reads the body with 
 `{"error", "detail", "body", "errors"}`: 422 for bad input and engine refusals, 500 for the rest
 (the traceback goes to the log only).
 
-Generations run in a worker thread and take their turn on the manager's JobBoard (ui/a1111/jobs.py),
+Generations run in a worker thread and take their turn on the manager's JobBoard (ui/jobs.py),
 shared with the browser tabs: one GPU job at a time, and `progress`/`interrupt`/`skip` act on
 whichever job runs.
 """
@@ -40,7 +40,7 @@ from pipelines.infotext import parse_infotext
 from pipelines.outputs import read_parameters
 from pipelines.vae import VAE_CHOICES
 from ui.a1111 import mapping, models
-from ui.a1111.jobs import Job, board_for
+from ui.jobs import Job, board_for
 
 log = logging.getLogger("likeness")
 PREFIX = "/sdapi/v1"

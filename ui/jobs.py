@@ -1,4 +1,4 @@
-"""The one running generation, whoever started it: the A1111 API or a browser tab.
+"""The one running generation, whoever started it: a browser tab (Generate, Face, Experiments) or the A1111 API.
 
 A1111's `progress`, `interrupt` and `skip` act on "the" job, globally. Here every job that runs
 through the API or the UI's `stream_generation` takes its *turn* on a `JobBoard` (one per manager)
