@@ -79,15 +79,15 @@ def open_image(source, *, max_pixels: int = MAX_PHOTO_PIXELS, what: str = "The i
     return image
 
 
-def read_embedded_text(path, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | None, list[str]]:
-    """The A1111 `parameters` text of an image file, read without decoding pixels, and notes.
+def read_embedded_text(source, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | None, list[str]]:
+    """The A1111 `parameters` text of an image (a path or its bytes), read without decoding pixels, and notes.
 
     PNG: the `parameters` tEXt/zTXt/iTXt chunk, wherever it stands (before or after the pixel
     data; PIL would decode the pixels to reach one after them). JPEG/WebP/others: the EXIF
     UserComment. Text longer than `max_chars` is cut there, and a note says so. Raises
     InvalidRequest for a file that is not an image or is damaged before its text.
     """
-    with open(path, "rb") as file:
+    with (io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")) as file:
         head = file.read(len(_PNG_SIGNATURE))
         file.seek(0)
         if head == _PNG_SIGNATURE:

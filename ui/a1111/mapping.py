@@ -204,9 +204,8 @@ def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> 
 
 # -- images -----------------------------------------------------------------------------------------
 
-def decode_image(text, what: str, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[bytes, Image.Image]:
-    """Base64 (optionally a `data:image/...;base64,` URL) -> the bytes and the decoded image, checked:
-    its size is read from the header and refused before any pixel is decoded."""
+def decode_base64(text, what: str) -> bytes:
+    """The bytes of a base64 string or `data:...;base64,` URL; InvalidRequest naming `what` otherwise."""
     if not isinstance(text, str):
         raise InvalidRequest(f"{what} must be a base64 string, got {type(text).__name__}.")
     if text.startswith(("http://", "https://")):
@@ -219,6 +218,13 @@ def decode_image(text, what: str, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[b
         raise InvalidRequest(f"{what} is not valid base64.") from None
     if not data:
         raise InvalidRequest(f"{what} is empty.")
+    return data
+
+
+def decode_image(text, what: str, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[bytes, Image.Image]:
+    """Base64 (optionally a `data:image/...;base64,` URL) -> the bytes and the decoded image, checked:
+    its size is read from the header and refused before any pixel is decoded."""
+    data = decode_base64(text, what)
     image = open_image(data, max_pixels=max_pixels, what=what)
     try:
         image.load()

@@ -35,9 +35,8 @@ from fastapi.security import HTTPBasic
 
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.generate import CancelToken
-from pipelines.images import MAX_TEXT_CHARS, open_image
+from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
-from pipelines.outputs import read_parameters
 from pipelines.vae import VAE_CHOICES
 from ui.a1111 import mapping, models
 from ui.jobs import Job, board_for
@@ -424,19 +423,10 @@ def read_png_info(text: str) -> dict:
     """The infotext of a base64 image, read from its header chunks: no pixel is decoded."""
     if not text.strip():
         return {"info": "", "items": {}, "parameters": {}}
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        data = base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("image is not valid base64.") from None
+    data = mapping.decode_base64(text, "image")
+    info = read_embedded_text(data)[0] or ""  # wherever the chunk stands, capped, no pixel decoded
     with open_image(data, what="image") as image:
-        try:
-            info = read_parameters(image) or ""
-        except Exception:  # a broken EXIF block: no readable parameters
-            info = ""
         items = {k: v[:MAX_TEXT_CHARS] for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
-    info = info[:MAX_TEXT_CHARS]
     return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
 
 
