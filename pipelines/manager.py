@@ -156,7 +156,8 @@ class PipelineManager:
     # -- catalog ----------------------------------------------------------------------------------
 
     def refresh(self) -> list[ModelEntry]:
-        """Rescan the models folder (after the user drops new files in)."""
+        """Rescan the models folder (after the user drops new files in, or after Settings changed it)."""
+        self._follow_models_dir()
         found = discover(self.config.models_dir, self.config.include_hf_cache, self.config.allow_pickle, self.config.hf_cache_dir)
         demo_path = demo_model_dir(self.config.cache_dir)
         demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0, problem=demo_problem(demo_path))
@@ -185,6 +186,13 @@ class PipelineManager:
             hint = f" Close names: {', '.join(close)}." if close else (f" Available: {', '.join(names)}." if names else "")
             raise InvalidRequest(f"No LoRA named {name!r} in {self.config.models_dir / 'Lora'}.{hint}")
         return found
+
+    def _follow_models_dir(self) -> None:
+        """The face files and the embeddings live under the models folder: follow it (and the pickle setting)."""
+        self.face.models_dir = self.config.models_dir
+        folder = Path(self.config.models_dir) / "embeddings"
+        if (self.embeddings.folder, self.embeddings.allow_pickle) != (folder, self.config.allow_pickle):
+            self.embeddings = EmbeddingLibrary(folder, self.config.allow_pickle)
 
     def caches(self) -> list:
         """Every cache, for the Caches panel: the in-memory memos, then the approximate latent cache on disk."""

@@ -42,7 +42,6 @@ def apply_live(manager: PipelineManager, settings: AppSettings) -> None:
     rescan = (Path(settings.models_dir) != config.models_dir or settings.include_hf_cache != config.include_hf_cache
               or settings.allow_pickle != config.allow_pickle)
     config.models_dir = Path(settings.models_dir)
-    manager.face.models_dir = config.models_dir
     config.outputs_dir = Path(settings.outputs_dir)
     config.include_hf_cache = settings.include_hf_cache
     config.allow_pickle = settings.allow_pickle
