@@ -3,7 +3,10 @@
 The steps follow the official PuLID preprocessing (ToTheBeginning/PuLID, `get_id_embedding`):
 
 1. `load_reference_image`: any photo a user hands in -> RGB uint8, EXIF orientation applied,
-   transparency flattened on white, 16-bit scaled down, long side at most 2048 px.
+   transparency flattened on white, 16-bit scaled down; then, as the official apps do with
+   `resize_numpy_image_long(image, 1024)`, a photo whose long side is above 1024 px is shrunk to
+   1024 (Lanczos, OpenCV's INTER_LANCZOS4, sizes truncated to whole pixels); smaller photos are
+   left as they are, never enlarged. Detection, alignment and parsing all read this image.
 2. `FaceDetector.detect`: insightface `FaceAnalysis` over antelopev2 (SCRFD at 640x640, then
    glintr100 on each face) -> faces with their raw 512-d ArcFace embedding, largest first.
 3. `pick_face`: the largest face (or the one the user picked); clear errors for none / too small.
@@ -45,7 +48,7 @@ from pipelines.images import MAX_PHOTO_PIXELS, check_pixels, open_image
 
 log = logging.getLogger("likeness")
 
-MAX_SIDE = 2048  # photos are downscaled to this long side before detection
+MAX_SIDE = 1024  # the official apps' resize_numpy_image_long(image, 1024): long side before detection
 MIN_FACE_PX = 32  # faces whose box is narrower or shorter than this are refused
 ARCFACE_INPUT_PX = 112  # faces below this are upscaled for the recognizer: a note, not an error
 
@@ -89,7 +92,7 @@ def load_reference_image(
     if isinstance(source, np.ndarray):
         rgb = _array_to_rgb(source, label)
         return _limit_size(rgb, max_side, label, notes, rgb.shape[1::-1])
-    image, original_size = _open(source, label, max_side)
+    image, original_size = _open(source, label)
     upright = _upright(image)
     if upright.size != image.size:  # rotated by 90 degrees: report the size as displayed
         original_size = original_size[::-1]
@@ -106,11 +109,13 @@ def _label(source) -> str:
     return "the photo"
 
 
-def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode `source` fully (first frame); JPEGs far above `max_side` decode at 1/2..1/8 size.
+def _open(source, label: str) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `source` fully (first frame), at its full size.
 
     A file or bytes are opened through `pipelines.images.open_image`: the size is checked from the
-    header (100 MP at most) before any pixel is decoded."""
+    header (100 MP at most) before any pixel is decoded. JPEGs are not decoded at a reduced size
+    (PIL's `draft`): the official code shrinks the fully decoded photo, and a DCT-scaled decode
+    gives other pixels, so another crop and embedding."""
     if isinstance(source, Image.Image):
         check_pixels(source.size, MAX_PHOTO_PIXELS, label, FaceError)
         image = source
@@ -119,9 +124,6 @@ def _open(source, label: str, max_side: int) -> tuple[Image.Image, tuple[int, in
     else:
         raise FaceError(f"Expected a photo (file path, bytes or image), got {type(source).__name__}.")
     original_size = image.size
-    if image is not source and image.format == "JPEG" and max(image.size) >= 2 * max_side:
-        scale = max_side / max(image.size)
-        image.draft(None, (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
@@ -204,15 +206,28 @@ def _array_to_rgb(array: np.ndarray, label: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def resize_long_side(rgb: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """The official `resize_numpy_image_long(image, max_side)`: shrink (never enlarge) to `max_side`
+    on the long side with Lanczos; the new sides are truncated, as `int(h * k)`, `int(w * k)`."""
+    height, width = rgb.shape[:2]
+    if max(height, width) <= max_side:
+        return rgb
+    k = max_side / max(height, width)
+    size = (max(1, int(width * k)), max(1, int(height * k)))  # cv2 takes (w, h); 0 px would be an error
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+
+
 def _limit_size(rgb: np.ndarray, max_side: int, label: str, notes: list[str] | None, original_size: Sequence[int]) -> np.ndarray:
-    """Long side <= max_side (INTER_AREA); `original_size` is the file's (w, h) before any JPEG draft."""
+    """Long side <= max_side as the official `resize_numpy_image_long`; `original_size` is the file's (w, h).
+
+    Same arithmetic as the official function (k = max_side / long side, each side `int(side * k)`,
+    so truncated) and the same filter (`cv2.INTER_LANCZOS4`); a photo already within `max_side` is
+    returned unchanged, never enlarged.
+    """
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_FACE_PX:
         raise FaceError(f"{label} is only {width}x{height} px, too small to hold a usable face (at least {MIN_FACE_PX} px).")
-    if max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    rgb = resize_long_side(rgb, max_side)
     if max(original_size) > max_side:
         note = (
             f"{label} is {original_size[0]}x{original_size[1]} px; downscaled to {rgb.shape[1]}x{rgb.shape[0]} "

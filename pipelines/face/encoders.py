@@ -27,6 +27,7 @@ from pipelines.face.bisenet import NUM_CLASSES, BiSeNet, face_features_image, no
 from pipelines.face.eva_clip import EvaVisionConfig, EvaVisionTower, preprocess, rotary_tables
 from pipelines.face.files import face_file_status
 from pipelines.face.weight_files import load_strict, read_torch_file
+from pipelines.families import Family
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,30 @@ def load_bisenet(path: Path) -> BiSeNet:
     return _load_strict(network, state, path.name, "facexlib BiSeNet (parsing_bisenet.pth)")
 
 
+# -- precision ------------------------------------------------------------------------------------
+
+
+def face_stage_dtype(device: torch.device | str, family: Family | str) -> torch.dtype:
+    """The dtype EVA-CLIP and the IDFormer compute in for a model `family`, as the official pipelines.
+
+    - SDXL (PuLID v1.1, `pipeline_v1_1.py`): float32 everywhere. EVA-CLIP is created in fp32 and only
+      moved to the GPU, the IDFormer is `IDFormer().to(device)`; only the UNet runs in fp16.
+    - FLUX.1 (`pipeline_flux.py`, `weight_dtype=torch.bfloat16` in `app_flux.py`): EVA-CLIP, the
+      IDFormer and the ArcFace embedding are cast to bfloat16, and the L2 norm and the concat run in
+      it. Here: the FLUX transformer's own dtype on that device (`devices.denoiser_dtype`), i.e.
+      bfloat16 on CUDA GPUs that support it (and MPS), float32 on older GPUs and on the CPU.
+
+    Why float32 on the CPU for FLUX as well: bfloat16 is only fast on CPUs with native bf16
+    (AVX512-BF16/AMX: 24 EVA blocks 4.9 s vs 12.6 s in fp32 on 2 cores); on the others it is emulated
+    and ~2.7x slower than fp32 (35 s vs 13 s, same machine limited to AVX2). fp32 is also what the
+    FLUX transformer itself runs in on the CPU, and the result does not depend on the CPU model.
+    BiSeNet always runs in float32 (it does in both official pipelines).
+    """
+    if Family(family) is Family.FLUX:
+        return devices.denoiser_dtype(torch.device(device), "flux")
+    return torch.float32
+
+
 # -- the pair -------------------------------------------------------------------------------------
 
 
@@ -156,14 +181,14 @@ class FaceEncoders:
         self.eva_dtype = eva_dtype
 
     @classmethod
-    def load(cls, models_dir: Path | str, device: torch.device | str, *, with_eva: bool = True) -> "FaceEncoders":
-        """Read the files and move the networks to `device`; EVA-CLIP in half precision on a GPU
-        (as the official code), everything in float32 on the CPU. `with_eva=False` loads only the
-        parsing network (the Face tab's preview)."""
+    def load(cls, models_dir: Path | str, device: torch.device | str, *, with_eva: bool = True,
+             eva_dtype: torch.dtype = torch.float32) -> "FaceEncoders":
+        """Read the files and move the networks to `device`: BiSeNet in float32, EVA-CLIP in
+        `eva_dtype` (`face_stage_dtype(device, family)`: the official precision for the model family).
+        `with_eva=False` loads only the parsing network (the Face tab's preview)."""
         device = torch.device(device)
         models_dir = Path(models_dir)
         parsing = load_bisenet(_required_path(models_dir, PARSING_FILE)).to(device)
-        eva_dtype = devices.denoiser_dtype(device, "sdxl")  # fp16 on GPUs, fp32 on the CPU
         eva = load_eva_tower(_required_path(models_dir, EVA_FILE)).to(device, eva_dtype) if with_eva else None
         return cls(parsing, eva, device, eva_dtype)
 
@@ -180,13 +205,17 @@ class FaceEncoders:
 
     @torch.no_grad()
     def encode(self, aligned_rgb: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
-        """One aligned 512x512 RGB face -> (EVA embedding (1, 768), five hidden states, EVA input image)."""
+        """One aligned 512x512 RGB face -> (EVA embedding (1, 768), five hidden states, EVA input image).
+
+        The resize and normalisation run in float32, then the pixels are cast to `eva_dtype` (the
+        official order); the embedding and hidden states come back in `eva_dtype`, for the IDFormer
+        to take them in the same precision as the official pipeline does."""
         if self.eva is None:
             raise RuntimeError("EVA-CLIP is not loaded (released, or loaded with with_eva=False)")
         features, shown = self.parse(aligned_rgb)
         pixels = preprocess(features, self.eva.config.image_size).to(self.eva_dtype)
         embedding, hidden = self.eva(pixels)
-        return embedding.float(), [h.float() for h in hidden], shown
+        return embedding, list(hidden), shown
 
     def release(self) -> None:
         """Drop both networks and give their device memory back before the denoiser runs."""

@@ -187,11 +187,16 @@ class EvaVisionTower(nn.Module):
 def preprocess(image: torch.Tensor, size: int) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> bicubic resize to size x size, CLIP mean/std, as the official code does.
 
-    The official code resizes a tensor with torchvision, which antialiases by default (since 0.17):
-    512 -> 336 is a downscale, where antialiasing changes the result, so it is on here too.
+    The official pipelines call `torchvision.transforms.functional.resize(image, 336,
+    InterpolationMode.BICUBIC)` on a float tensor with the torchvision they pin (0.15.2). There the
+    default `antialias` resolves to False for tensors ("None (current default, which means False for
+    Tensors and True for PIL)"; it became True only in 0.17), and the tensor path is
+    `interpolate(mode="bicubic", align_corners=False, antialias=False)` with no clamping of float
+    images. 512 -> 336 is a downscale, where antialiasing would change every pixel, so it is off here
+    too: the weights were trained and are served on the aliased resize.
     """
     if tuple(image.shape[-2:]) != (size, size):
-        image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
     mean = torch.tensor(CLIP_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     return (image - mean) / std

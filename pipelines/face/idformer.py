@@ -197,6 +197,23 @@ class IDFormer(nn.Module):
         return latents[:, :self.num_queries] @ self.proj_out
 
 
+def placed_encoder(encoder: IDFormer, device: torch.device | str, dtype: torch.dtype) -> IDFormer:
+    """`encoder` on `device` in `dtype` without touching it (itself when it already is there).
+
+    The loaded IDFormer stays on the CPU in the file's float32 for the whole session; a FLUX run
+    on a GPU computes with a bfloat16 copy (the official precision) that is dropped afterwards, so
+    the kept weights are never rounded and never left on the device.
+    """
+    device = torch.device(device)
+    tensors = list(encoder.parameters()) + list(encoder.buffers())
+    if all(t.device == device and t.dtype == dtype for t in tensors):
+        return encoder
+    with torch.device("meta"):
+        clone = IDFormer(encoder.config)
+    clone.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in encoder.state_dict().items()}, strict=True, assign=True)
+    return clone.eval().requires_grad_(False)
+
+
 @dataclass(frozen=True)
 class IdentityEmbedding:
     """The ID embeddings a PuLID hook injects: `cond` for the face, `uncond` for the negative branch."""

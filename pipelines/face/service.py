@@ -23,11 +23,11 @@ from pipelines import devices
 from pipelines.caches.memo import MemoCache
 from pipelines.errors import InvalidRequest, ModelLoadError
 from pipelines.face.detect import FaceChoice, FaceDetector, FaceDetectorConfig, align_face, load_reference_image
-from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders
+from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders, face_stage_dtype
 from pipelines.face.eva_clip import EvaVisionConfig
 from pipelines.face.files import face_file_status, missing_message, require_face_files
 from pipelines.hooks.pulid_sdxl import ORTHO_MODES
-from pipelines.face.idformer import IDFormerConfig, IdentityEmbedding, encode_identity
+from pipelines.face.idformer import IDFormerConfig, IdentityEmbedding, encode_identity, placed_encoder
 from pipelines.face.pulid_weights import PulidWeights, find_pulid_file, load_pulid_weights
 from pipelines.families import Family
 
@@ -199,7 +199,11 @@ class FaceService:
         loaded = self._load_photos(options.photos)
         key = (tuple(photo_digest(rgb) for rgb, _ in loaded), tuple(options.index_for(i) for i in range(len(loaded))), weights.tag)
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:10]
-        cached = self.memo.get(key)
+        # The digests are of the photos as prepared for detection (after the 1024 px resize), so a
+        # change of that preparation is a new key by itself. The compute dtype is in the memo key
+        # (not in the Face hash): an embedding made on another device/precision is never served.
+        memo_key = (*key, str(face_stage_dtype(self.device, weights.family)))
+        cached = self.memo.get(memo_key)
         if cached is not None:
             embedding, notes = cached
             return Identity(embedding, digest, notes, True)
@@ -207,27 +211,34 @@ class FaceService:
         faces = self._detect(loaded, options.face_index)
         notes = tuple(note for f in faces for note in f.notes)
         embedding = self._embed(faces, weights)
-        self.memo.put(key, (embedding, notes), time.perf_counter() - started)
+        self.memo.put(memo_key, (embedding, notes), time.perf_counter() - started)
         return Identity(embedding, digest, notes, False)
 
     def _embed(self, faces: list[PhotoFace], weights: PulidWeights) -> IdentityEmbedding:
-        encoders = FaceEncoders.load(self.models_dir, self.device)
+        """EVA-CLIP + IDFormer in the official precision of the weights' family (`face_stage_dtype`:
+        float32 for SDXL; bfloat16 for FLUX.1 on a GPU), the ID condition built in that dtype as the
+        official code does (ArcFace cast to it, EVA's embedding L2-normalised in it). The embeddings
+        are handed back in float32 on the CPU (exact for bf16) and the hooks cast them."""
+        dtype = face_stage_dtype(self.device, weights.family)
+        encoders = FaceEncoders.load(self.models_dir, self.device, eva_dtype=dtype)
+        encoder = None
         try:
             id_conds, hidden_states = [], []
             for face in faces:
                 check_files_fit(weights, encoders.eva.config, face.choice.face.embedding.size)
                 eva_embedding, hidden, parsing_input = encoders.encode(face.aligned)
                 face.parsing_input = parsing_input
-                arcface = torch.from_numpy(face.choice.face.embedding).float().reshape(1, -1).to(self.device)
-                eva = torch.nn.functional.normalize(eva_embedding.float(), dim=-1)
+                arcface = torch.from_numpy(face.choice.face.embedding).reshape(1, -1).to(self.device, dtype)
+                eva = torch.nn.functional.normalize(eva_embedding, dim=-1)
                 id_conds.append(torch.cat([arcface, eva], dim=-1))
                 hidden_states.append(hidden)
-            encoder = weights.encoder.to(self.device)
+            encoder = placed_encoder(weights.encoder, self.device, dtype)
             with torch.no_grad():
                 embedding = encode_identity(encoder, id_conds, hidden_states)
-            return IdentityEmbedding(embedding.cond.cpu(), embedding.uncond.cpu())
+            return IdentityEmbedding(embedding.cond.float().cpu(), embedding.uncond.float().cpu())
         finally:
-            # Nothing of the face stage may stay on the device for the denoiser and the VAE decode.
-            weights.encoder.to("cpu")
+            # Nothing of the face stage may stay on the device for the denoiser and the VAE decode:
+            # the placed IDFormer copy is dropped here (the kept one never left the CPU).
+            del encoder
             encoders.release()
             devices.free_device_memory(self.device)

@@ -425,19 +425,57 @@ def test_exif_orientation_is_applied():
     assert out[5, 20, 0] > 200 and out[55, 20, 2] > 200  # red on top, blue below
 
 
+def official_resize_long(image: np.ndarray, resize_long_edge: int) -> np.ndarray:
+    """PuLID's `pulid/utils.py:resize_numpy_image_long`, as the official apps call it with 1024."""
+    h, w = image.shape[:2]
+    if max(h, w) <= resize_long_edge:
+        return image
+    k = resize_long_edge / max(h, w)
+    return cv2.resize(image, (int(w * k), int(h * k)), interpolation=cv2.INTER_LANCZOS4)
+
+
 def test_huge_photo_is_downscaled_and_says_so(caplog):
     notes: list[str] = []
     with caplog.at_level(logging.INFO, logger="likeness"):
         out = load_reference_image(np.zeros((3000, 5000, 3), np.uint8), name="big.png", notes=notes)
-    assert out.shape == (1229, 2048, 3)
-    assert notes == ["big.png is 5000x3000 px; downscaled to 2048x1229 (long side 2048) for face detection."]
+    assert out.shape == (614, 1024, 3)  # 3000 * 1024 / 5000 = 614.4: truncated, as the official int()
+    assert notes == ["big.png is 5000x3000 px; downscaled to 1024x614 (long side 1024) for face detection."]
     assert notes[0] in caplog.text
 
-    jpeg = encode(Image.new("RGB", (4200, 2800), (10, 200, 30)), "JPEG")  # decoded at half size first
-    notes.clear()
+
+def test_photos_are_resized_as_the_official_apps_do(hanks):
+    """Long side 1024 with Lanczos (INTER_LANCZOS4), truncated sizes, small photos untouched; pixel
+    for pixel the official `resize_numpy_image_long(image, 1024)` of the decoded photo."""
+    rng = np.random.default_rng(3)
+    big = cv2.resize(np.asarray(hanks.convert("RGB")), (1999, 1337), interpolation=cv2.INTER_CUBIC)  # a real photo's texture
+    big = np.clip(big.astype(np.int16) + rng.integers(-20, 21, big.shape), 0, 255).astype(np.uint8)
+    ours = load_reference_image(big)
+    official = official_resize_long(big, 1024)
+    # 1337 * (1024 / 1999) = 684.9 -> 684, and 1999 * (1024 / 1999) = 1023.99999... -> 1023: the official
+    # truncation can even take a pixel off the long side; followed as it is, so the crops are the same.
+    assert ours.shape == official.shape == (684, 1023, 3)
+    np.testing.assert_array_equal(ours, official)
+    # Not the area filter Likeness used before (nor any other): the filter itself is the official one.
+    assert not np.array_equal(ours, cv2.resize(big, (1023, 684), interpolation=cv2.INTER_AREA))
+    # Portrait photos: the long side is the height.
+    tall = np.ascontiguousarray(big.transpose(1, 0, 2))
+    np.testing.assert_array_equal(load_reference_image(tall), official_resize_long(tall, 1024))
+    # At or below 1024 nothing changes: the official code never enlarges.
+    for shape in ((1024, 700, 3), (112, 112, 3), (800, 1024, 3)):
+        small = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_array_equal(load_reference_image(small), small)
+
+
+def test_big_jpegs_decode_at_full_size_before_the_resize(hanks):
+    """No reduced-size JPEG decode (PIL draft): the official code resizes the fully decoded photo."""
+    photo = Image.fromarray(cv2.resize(np.asarray(hanks.convert("RGB")), (4200, 2800), interpolation=cv2.INTER_CUBIC))
+    jpeg = encode(photo, "JPEG", quality=92)
+    notes: list[str] = []
     out = load_reference_image(jpeg, notes=notes)
-    assert out.shape == (1365, 2048, 3) and abs(int(out[700, 1000, 1]) - 200) <= 3
-    assert notes[0].startswith("the uploaded photo is 4200x2800 px; downscaled to 2048x1365")
+    full = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    np.testing.assert_array_equal(out, official_resize_long(full, 1024))
+    assert out.shape == (682, 1024, 3)
+    assert notes[0].startswith("the uploaded photo is 4200x2800 px; downscaled to 1024x682")
 
 
 @pytest.mark.parametrize(

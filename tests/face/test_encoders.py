@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.bisenet import NON_FACE_CLASSES, BiSeNet, face_features_image, to_gray
-from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders, load_bisenet, load_eva_tower
-from pipelines.face.eva_clip import EvaVisionConfig, EvaVisionTower, apply_rotary, rotary_tables
+from pipelines.face.encoders import EVA_FILE, PARSING_FILE, FaceEncoders, face_stage_dtype, load_bisenet, load_eva_tower
+from pipelines.face.eva_clip import CLIP_MEAN, CLIP_STD, EvaVisionConfig, EvaVisionTower, apply_rotary, preprocess, rotary_tables
 from pipelines.bench.tiny_face import TINY_EVA, official_eva_checkpoint as official_checkpoint, official_rope_tables, seeded, write_bisenet, write_eva
 
 # -- layouts at full size ---------------------------------------------------------------------------
@@ -248,3 +249,64 @@ def test_missing_encoder_files_name_the_file_and_folder(tmp_path):
     with pytest.raises(ModelNotFound, match=r"EVA02_CLIP_L_336_psz14_s6B\.pt .*eva_clip"):
         FaceEncoders.load(tmp_path, "cpu")
     assert FaceEncoders.load(tmp_path, "cpu", with_eva=False).eva is None
+
+
+# -- the official pipelines' input side: resize and precision ---------------------------------------
+
+
+def normalized(image: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def test_eva_input_resize_is_torchvision_015s_bicubic_without_antialiasing():
+    """The official 512 -> 336 resize: torchvision 0.15.2's tensor `resize(..., BICUBIC)`, whose
+    antialias resolves to False for tensors: plain bicubic, align_corners=False, no clamp."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 512, 512, generator=generator)
+    image[..., ::2, :] = 1.0  # fine stripes: where antialiasing changes the result most
+    ours = preprocess(image, 336)
+    reference = normalized(F.interpolate(image, size=(336, 336), mode="bicubic", align_corners=False, antialias=False))
+    antialiased = normalized(F.interpolate(image, size=(336, 336), mode="bicubic", align_corners=False, antialias=True))
+    assert ours.shape == (1, 3, 336, 336)
+    assert torch.equal(ours, reference)
+    assert (ours - antialiased).abs().max() > 0.5  # the antialiased resize Likeness used before differs clearly
+    assert torch.equal(preprocess(image[..., :336, :336], 336), normalized(image[..., :336, :336]))  # right size: no resize
+
+
+def test_encode_feeds_eva_the_unantialiased_resize_of_the_parsed_face(encoder_files):
+    encoders = FaceEncoders.load(encoder_files, "cpu")
+    seen = []
+    encoders.eva.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    face = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    encoders.encode(face)
+    features, _ = encoders.parse(face)
+    size = TINY_EVA.image_size
+    expected = normalized(F.interpolate(features, size=(size, size), mode="bicubic", align_corners=False, antialias=False))
+    assert len(seen) == 1 and torch.equal(seen[0], expected)
+
+
+@pytest.mark.parametrize("family, device, bf16, expected", [
+    ("sdxl", "cpu", True, torch.float32),
+    ("flux", "cpu", True, torch.float32),  # the FLUX transformer's CPU dtype; bf16 is emulated (slow) on most CPUs
+    ("sdxl", "cuda", True, torch.float32),  # official v1.1: EVA-CLIP and the IDFormer in fp32
+    ("flux", "cuda", True, torch.bfloat16),  # official PuLID-FLUX: weight_dtype=torch.bfloat16
+    ("flux", "cuda", False, torch.float32),  # a GPU without bf16: the transformer's fp32 as well
+    ("sdxl", "mps", True, torch.float32),
+])
+def test_face_stage_dtype_follows_the_official_pipeline_of_each_family(monkeypatch, family, device, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert face_stage_dtype(torch.device(device), family) == expected
+
+
+def test_encoders_run_eva_in_the_dtype_given_and_return_it(encoder_files):
+    encoders = FaceEncoders.load(encoder_files, "cpu", eva_dtype=torch.bfloat16)
+    assert {p.dtype for p in encoders.eva.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in encoders.parsing.parameters()} == {torch.float32}  # BiSeNet: fp32 in both official pipelines
+    seen = []
+    encoders.eva.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    face = np.random.default_rng(2).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    embedding, hidden, _ = encoders.encode(face)
+    assert seen == [torch.bfloat16]
+    assert embedding.dtype == torch.bfloat16 and {h.dtype for h in hidden} == {torch.bfloat16}
