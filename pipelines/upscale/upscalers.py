@@ -7,7 +7,9 @@ An ESRGAN net upscales by its own scale (x4, x2, x1); the result is then resized
 requested scale, as A1111 does. A net smaller than the request runs again on its own output (at most
 `MAX_PASSES` times, as A1111). The net runs tile by tile: each tile is cut with `overlap` pixels of
 context on every side, and only its centre is kept, so tiles meet without seams and the device
-holds one tile's activations at a time (the full-size result is assembled in RAM).
+holds one tile's activations at a time (the full-size result is assembled in RAM). Out of memory
+halves the tile and tries again (down to `MIN_TILE`); a half-precision net that overflows (NaN/Inf,
+which some ESRGAN weights do in float16) is run again in float32.
 
     >>> from pipelines.upscale import list_upscalers, upscale_image
     >>> [c.name for c in list_upscalers(Path("models"))]          # doctest: +SKIP
@@ -16,6 +18,7 @@ holds one tile's activations at a time (the full-size result is assembled in RAM
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines.errors import InvalidRequest, ModelNotFound
+from pipelines.devices import free_device_memory
+from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.upscale.esrgan import ESRGAN_SUFFIXES, inspect_esrgan, load_esrgan
 from pipelines.upscale.rrdbnet import RRDBNet
+from pipelines.vae import is_out_of_memory
+
+log = logging.getLogger(__name__)
 
 LATENT = "Latent"
 UPSCALER_BUILTINS = (LATENT, "Lanczos", "Nearest")  # the names UI, CLI and API offer before the ESRGAN files
@@ -36,6 +43,11 @@ PIL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.
 ESRGAN_FOLDER = "ESRGAN"  # A1111's folder name, matched case-insensitively under the models folder
 MAX_PASSES = 3
 MAX_SCALE = 16.0
+MIN_TILE = 32  # out of memory with smaller tiles than this is not the tile's fault
+
+
+class NonFiniteOutput(ArithmeticError):
+    """The net overflowed (float16 on some weights): the output holds NaN or Inf."""
 
 TileProgress = Callable[[int, int], None]  # (tiles done, tiles in all); raising from it stops the upscale
 
@@ -129,19 +141,30 @@ def upscale_image(image: Image.Image, scale: float, upscaler: str, models_dir: P
         names = ", ".join([*UPSCALER_BUILTINS[1:], *files]) or "none"
         raise ModelNotFound(f"No upscaler named {upscaler!r}. Available: {names} (ESRGAN files go in models/ESRGAN/).")
     net = load_esrgan(path, allow_pickle, device, dtype)
-    return upscale_with_net(image, size, net, tile, overlap, progress)
+    try:
+        return upscale_with_net(image, size, net, tile, overlap, progress)
+    except NonFiniteOutput as error:
+        if dtype == torch.float32:
+            raise ModelLoadError(f"{path.name} gives NaN/Inf even in float32: the file's weights are damaged.") from error
+        # Some ESRGAN weights overflow float16 on bright areas (black or speckled output): redo in float32.
+        log.warning("%s gave NaN/Inf in %s; upscaling again in float32", path.name, dtype)
+        return upscale_with_net(image, size, load_esrgan(path, allow_pickle, device, torch.float32), tile, overlap, progress)
 
 
 def upscale_with_net(image: Image.Image, size: tuple[int, int], net: RRDBNet, tile: int = 192, overlap: int = 16,
                      progress: TileProgress | None = None) -> Image.Image:
     """Run `net` on `image` until it reaches `size` (at least once), then Lanczos-resize to exactly `size`.
 
-    An alpha channel is not fed to the net; it is resized with Lanczos and put back.
+    An alpha channel is not fed to the net; it is resized with Lanczos and put back. Raises
+    NonFiniteOutput when a half-precision net overflows (the caller retries in float32).
     """
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     result = image.convert("RGB")
     for _ in range(MAX_PASSES):
-        result = tensor_to_image(run_tiled(net, image_to_tensor(result), tile, overlap, progress))
+        output = run_fitting(net, image_to_tensor(result), tile, overlap, progress)
+        if not torch.isfinite(output).all():
+            raise NonFiniteOutput(f"The upscaler gave NaN/Inf in {next(net.parameters()).dtype}.")
+        result = tensor_to_image(output)
         if net.config.scale == 1 or (result.width >= size[0] and result.height >= size[1]):
             break
     if result.size != size:
@@ -149,6 +172,20 @@ def upscale_with_net(image: Image.Image, size: tuple[int, int], net: RRDBNet, ti
     if alpha is not None:
         result.putalpha(alpha.resize(size, Image.Resampling.LANCZOS))
     return result
+
+
+def run_fitting(net: RRDBNet, x: torch.Tensor, tile: int, overlap: int, progress: TileProgress | None) -> torch.Tensor:
+    """`run_tiled`, halving the tile on out-of-memory down to `MIN_TILE` (then the error goes up)."""
+    while True:
+        try:
+            return run_tiled(net, x, tile, overlap, progress)
+        except Exception as error:
+            smaller = (tile if tile > 0 else max(x.shape[-2:])) // 2
+            if not is_out_of_memory(error) or smaller < MIN_TILE:
+                raise
+        free_device_memory(next(net.parameters()).device)
+        log.warning("upscaler ran out of memory with %d px tiles; retrying with %d px tiles", tile, smaller)
+        tile = smaller
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

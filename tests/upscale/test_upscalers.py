@@ -9,7 +9,7 @@ from PIL import Image
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.upscale import UPSCALER_BUILTINS, forget_loaded, list_upscalers, upscale_image
 from pipelines.upscale.rrdbnet import RRDBNet
-from pipelines.upscale.upscalers import image_to_tensor, run_tiled
+from pipelines.upscale.upscalers import image_to_tensor, run_tiled, upscale_with_net
 from tests.upscale import tiny_config, tiny_state, write_esrgan
 
 
@@ -128,3 +128,32 @@ def test_stopping_from_the_progress_callback(models_dir):
 
     with pytest.raises(Stop):
         upscale_image(noise_image(40, 40), 2, "tiny_x4", models_dir, tile=16, progress=stop)
+
+
+def test_out_of_memory_halves_the_tile():
+    class SmallMemoryNet(RRDBNet):
+        def forward(self, x):
+            if max(x.shape[-2:]) > 72:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    net = SmallMemoryNet(tiny_config(4)).eval()
+    image = noise_image(96, 80)
+    result = upscale_with_net(image, (192, 160), net, tile=0, overlap=4)  # 96 px fails; 48 px tiles (+ 8 context) fit
+    assert result.size == (192, 160)
+    with pytest.raises(torch.OutOfMemoryError):
+        upscale_with_net(image, (192, 160), net, tile=0, overlap=40)  # the context alone is too big: gives up below 32 px
+
+
+def test_half_precision_overflow_is_redone_in_float32(models_dir):
+    state = tiny_state(4)
+    state["conv_last.bias"] = torch.full((3,), 1e5)  # beyond float16's 65504: Inf in half precision
+    write_esrgan(models_dir / "ESRGAN" / "hot.safetensors", state)
+    image = noise_image(12, 10)
+    result = upscale_image(image, 2, "hot", models_dir, dtype=torch.float16)
+    assert result.tobytes() == upscale_image(image, 2, "hot", models_dir, dtype=torch.float32).tobytes()
+    state["conv_last.bias"] = torch.full((3,), float("nan"))
+    write_esrgan(models_dir / "ESRGAN" / "nan.safetensors", state)
+    with pytest.raises(ModelLoadError, match=r"nan\.safetensors gives NaN"):
+        upscale_image(image, 2, "nan", models_dir)
