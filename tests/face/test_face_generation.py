@@ -268,3 +268,59 @@ def test_face_files_that_do_not_fit_together_are_named(tmp_path, make_manager, m
     assert "do not fit together" in message and EVA_FILE in message and "pulid_v1.1.safetensors" in message
     assert "width 128" in message and f"expects width {TINY_IDFORMER.vit_dim}" in message
     assert not any(record.locked for record in manager.cache.records()), "the model stayed locked"
+
+
+def spy_face_dtypes(monkeypatch) -> list:
+    """(network, parameter dtype, input dtype) of every EVA-CLIP and IDFormer call, read at call time."""
+    from pipelines.face.eva_clip import EvaVisionTower
+    from pipelines.face.idformer import IDFormer
+
+    calls = []
+    for cls, name in ((EvaVisionTower, "eva"), (IDFormer, "idformer")):
+        original = cls.forward
+
+        def spying(self, x, *args, _original=original, _name=name, **kwargs):
+            calls.append((_name, next(self.parameters()).dtype, x.dtype))
+            return _original(self, x, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", spying)
+    return calls
+
+
+def events_detail(events) -> str:
+    return next(e.detail for e in events if type(e).__name__ == "StageEnded" and e.stage == "face embed")
+
+
+def test_face_stage_runs_in_each_familys_official_precision(face_manager, monkeypatch):
+    """SDXL: EVA-CLIP and IDFormer in float32; FLUX.1: both in bfloat16 where the FLUX transformer runs
+    in bf16 (the GPU policy, forced here on the CPU); the kept IDFormer is never rounded or moved."""
+    import torch
+
+    from pipelines.families import Family
+
+    calls = spy_face_dtypes(monkeypatch)
+    face_manager.face.memo.clear()
+    face_manager.generate(tiny_request("sdxl", seed=21), face=face(id_weight=1.0))
+    assert {c[0] for c in calls} == {"eva", "idformer"}
+    assert all(param == given == torch.float32 for _, param, given in calls)
+
+    # The real CPU policy for FLUX.1: float32 (what its transformer runs in here).
+    calls.clear()
+    face_manager.generate(tiny_request("flux", seed=21), face=face(id_weight=1.0))
+    assert calls and all(param == given == torch.float32 for _, param, given in calls)
+
+    # The GPU policy (bf16 FLUX transformer): EVA-CLIP, the ID condition and the IDFormer in bf16.
+    real_policy = encoders_module.face_stage_dtype
+    monkeypatch.setattr(service_module, "face_stage_dtype",
+                        lambda device, family: torch.bfloat16 if str(getattr(family, "value", family)) == "flux" else real_policy(device, family))
+    calls.clear()
+    events = []
+    result = face_manager.generate(tiny_request("flux", seed=21), face=face(id_weight=1.0), listener=events.append)
+    assert events_detail(events).startswith("computed")  # the fp32 embedding made just before is not served for bf16
+    assert {c[0] for c in calls} == {"eva", "idformer"}
+    assert all(param == given == torch.bfloat16 for _, param, given in calls)
+    assert result.hook_stats["pulid"]["ca_calls"] > 0
+    weights = face_manager.face._weights["flux"]
+    assert {(p.device.type, p.dtype) for p in weights.encoder.parameters()} == {("cpu", torch.float32)}
+    identity = face_manager.face.identity(face(id_weight=1.0), Family.FLUX, weights)
+    assert identity.from_memo and identity.embedding.cond.dtype == torch.float32  # handed back in fp32 (exact for bf16)
