@@ -154,6 +154,7 @@ def build_manager(settings):
         onnx_gpu_mem_limit_mb=settings.onnx_gpu_mem_limit_mb,
         torch_compile=settings.torch_compile,
         channels_last=settings.channels_last,
+        lora_fuse=settings.lora_fuse,
     )
     return PipelineManager(config)
 

@@ -39,6 +39,7 @@ from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
 from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_hash, scan_loras
+from pipelines.lora.fuse import FusePolicy
 from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
@@ -75,6 +76,7 @@ class ManagerConfig:
     torch_compile: str = "off"  # off | default | max-autotune: the denoiser, compiled on first use after each load
     channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
     lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
+    lora_fuse: str = "auto"  # auto: fuse a repeated LoRA set when measured faster | off | always (pipelines/lora/fuse.py)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class PipelineManager:
         self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
                                 config.onnx_gpu_mem_limit_mb)
         self.lora_memo = StateDictMemo(config.lora_memo_bytes)
+        self.lora_fuse = FusePolicy(config.lora_fuse)
         self._loras: dict[str, LoraEntry] = {}
         self.refresh()
 
@@ -165,12 +168,17 @@ class PipelineManager:
             changed = {e.name: e for e in found} != {n: e for n, e in self._entries.items() if e.format != "demo"}
             self._entries = {e.name: e for e in found}
             self._entries[demo.name] = demo
-        loras = {e.name: e for e in scan_loras(self.config.models_dir)}
-        with self._state_lock:
-            self._loras = loras
+        self.refresh_loras()
         if changed:
             self.clear_caches()  # a file replaced under the same name must not be served from a cache
         return self.models()
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        """Rescan models/Lora (and models/loras) only; the model list and models built in memory stay."""
+        loras = {e.name: e for e in scan_loras(self.config.models_dir)}
+        with self._state_lock:
+            self._loras = loras
+        return list(loras.values())
 
     def loras(self) -> list[LoraEntry]:
         """The LoRA files in models/Lora (and models/loras), with family, size and any problem."""
@@ -373,7 +381,8 @@ class PipelineManager:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
-            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options) as model:
+            lora_steps: list[float] = []  # filled after the run, for the fuse policy
+            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model:
                 if face is not None:
                     with clock.stage("face embed") as info:
                         hook, identity = self._face_hook(model, face)
@@ -390,6 +399,7 @@ class PipelineManager:
                     })
                 options.hooks += self._cache_hooks(model, validated.request, options)
                 output = run_generation(model, validated, clock, bus, options)
+                lora_steps += output.step_seconds
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
             kept = None
@@ -423,9 +433,14 @@ class PipelineManager:
         )
 
     @contextmanager
-    def _applied_loras(self, model: LoadedModel, request: GenerationRequest, clock: StageClock, options: RunOptions) -> Iterator[LoadedModel]:
+    def _applied_loras(self, model: LoadedModel, request: GenerationRequest, clock: StageClock, options: RunOptions,
+                       step_seconds: list[float]) -> Iterator[LoadedModel]:
         """The prompt's `<lora:name:weight>` tags applied for the whole run (text encode included, for
-        text-encoder LoRAs); yields the model with its LoRA set in `identity`, so every cache keys on it."""
+        text-encoder LoRAs); yields the model with its LoRA set in `identity`, so every cache keys on it.
+
+        Fused or not is the fuse policy's call; the two are the same computation up to float rounding,
+        so the caches do not tell them apart. The caller fills `step_seconds` for the policy to learn from.
+        """
         refs = lora_refs(request.prompt)  # a name given twice keeps its last weight
         if not refs:
             yield model
@@ -436,15 +451,18 @@ class PipelineManager:
             if problem := entry.unusable_with(model.family):
                 raise (InvalidRequest if entry.usable else ModelLoadError)(f"LoRA {ref.name!r}: {problem}")
             applied.append(AppliedLora(entry.name, entry.path, ref.weight, lora_hash(entry.path)))
-        hook = LoraHook(applied, self.lora_memo)
+        key = (model.name, tuple((lora.name, lora.digest, lora.weight) for lora in applied), request.width, request.height)
+        decision = self.lora_fuse.decide(key, request.steps)
+        hook = LoraHook(applied, self.lora_memo, fuse=decision.fuse)
         with clock.stage("LoRA load") as info:
             hook.attach(model.pipe)
-            info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM"
+            info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM, {decision.reason}"
         try:
             options.infotext_extra["Lora hashes"] = infotext_hashes([(lora.name, lora.digest) for lora in applied])
             yield dataclasses.replace(model, adapters=hook.cache_key())
         finally:
             hook.detach(model.pipe)
+        self.lora_fuse.record(key, decision.fuse, step_seconds, hook.fuse_seconds)
 
     def _cache_hooks(self, model: LoadedModel, request: GenerationRequest, options: RunOptions) -> list:
         """The per-generation acceleration hooks the request asks for."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.atomic import remove_stale_temporaries, write_text_atomically
+from pipelines.lora.fuse import LORA_FUSE_MODES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings" / "user_settings.json"
@@ -74,6 +75,7 @@ class AppSettings:
     onnx_gpu_mem_limit_mb: int = 2048
     torch_compile: str = "off"
     channels_last: bool = False
+    lora_fuse: str = "auto"
     experiment_confirm_cells: int = 16
     approx_cache_thresholds: str = "0.95,0.90,0.85,0.75,0.65"
     approx_cache_max_mb: int = 1024
@@ -93,6 +95,7 @@ class AppSettings:
             "face_memo_entries": (self.face_memo_entries >= 1, "must be at least 1"),
             "onnx_gpu_mem_limit_mb": (self.onnx_gpu_mem_limit_mb >= 256, "must be at least 256"),
             "torch_compile": (self.torch_compile in ("off", "default", "max-autotune"), "must be off, default or max-autotune"),
+            "lora_fuse": (self.lora_fuse in LORA_FUSE_MODES, f"must be {', '.join(LORA_FUSE_MODES[:-1])} or {LORA_FUSE_MODES[-1]}"),
             "experiment_confirm_cells": (self.experiment_confirm_cells >= 1, "must be at least 1"),
             "approx_cache_thresholds": (similarity_table_ok(self.approx_cache_thresholds), "must be 5 similarities from high to low, e.g. 0.95,0.90,0.85,0.75,0.65"),
             "approx_cache_max_mb": (self.approx_cache_max_mb >= 1, "must be at least 1"),
@@ -149,6 +152,8 @@ SETTING_INFO: dict[str, SettingInfo] = {
                                    "compiles (about a minute for SDXL); later ones reuse it. Pays on NVIDIA GPUs; see bench --suite gpu.", needs_restart=True),
     "channels_last": SettingInfo("Channels-last UNet and VAE", "NHWC convolutions: faster on recent NVIDIA GPUs, usually slower on CPUs. "
                                    "Applies to models loaded after the change.", needs_restart=True),
+    "lora_fuse": SettingInfo("LoRA fusing", "auto: a LoRA set used again is fused into the weights when that measured faster "
+                             "(exact restore after each image); off: never; always: every run."),
     "experiment_confirm_cells": SettingInfo("Experiment cells without asking", "An experiment grid with more cells asks to confirm first (the CLI needs --yes)."),
 }
 

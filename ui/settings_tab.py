@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipelines.lora.fuse import FusePolicy
 from pipelines.manager import PipelineManager
 from settings.schema import PATH_FIELDS, SETTING_INFO, AppSettings, SettingsStore, coerce_setting, resolve_path
 from ui.last_used import vae_rule_info
@@ -47,6 +48,9 @@ def apply_live(manager: PipelineManager, settings: AppSettings) -> None:
     config.allow_pickle = settings.allow_pickle
     config.preview_every = settings.preview_every
     manager.cache.ram_budget_bytes = int(settings.ram_cache_gb * 2**30)
+    if settings.lora_fuse != config.lora_fuse:
+        config.lora_fuse = settings.lora_fuse
+        manager.lora_fuse = FusePolicy(settings.lora_fuse)
     if rescan:
         manager.refresh()
 

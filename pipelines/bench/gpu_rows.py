@@ -22,6 +22,7 @@ OVERHEAD_TARGET = 1.02  # ours / bare, end to end
 DECODE_TARGET = 1.05  # FLUX VAE decode with PuLID on / off
 BF16_MEMORY_TARGET = 0.55  # SDXL VAE decode peak, bf16 / fp32
 SWAP_TARGET = 0.25  # back from the RAM cache / from disk (the core suite's target)
+LORA_FUSED_TARGET = 1.02  # SDXL step with one fused LoRA / base step (issue 15)
 
 
 # -- rows -------------------------------------------------------------------------------------------
@@ -284,6 +285,47 @@ def row_sdxl_compile(ctx: GpuContext) -> list[Measure]:
                          f"PSNR vs eager {db(psnr(image_of(eager[0][0]), image_of(compiled[0][0])))} dB")]
 
 
+def row_sdxl_lora(ctx: GpuContext) -> list[Measure]:
+    """One rank-16 LoRA on every attention projection of the full-size SDXL UNet and text encoders: step time
+    unfused (PEFT layers) and fused (the fuse policy forced on) against the base model, interleaved."""
+    from safetensors.torch import save_file
+
+    from pipelines.bench.lora import random_lora
+    from pipelines.lora.fuse import FusePolicy
+
+    manager = ctx.manager
+    folder = ctx.models_dir / "Lora"
+    folder.mkdir(exist_ok=True)
+    save_file(random_lora(ctx.pipe(SDXL).pipe, "sdxl", seed=1), str(folder / "bench-sdxl-lora.safetensors"))
+    manager.refresh_loras()
+    base = ctx.sdxl_request()
+    with_lora = dataclasses.replace(base, prompt=base.prompt + " <lora:bench-sdxl-lora:0.8>")
+    ctx.warm_up(base)
+    arms = {"base": [], "unfused": [], "fused": []}
+    try:
+        for mode, request in (("off", with_lora), ("always", with_lora)):
+            manager.lora_fuse = FusePolicy(mode)
+            ctx.generate(request)  # warm-up: PEFT layers' first calls, the fuse's copies
+        for pair in range(ctx.profile.pairs):
+            for arm, mode, request in (("base", "off", base), ("unfused", "off", with_lora), ("fused", "always", with_lora)):
+                manager.lora_fuse = FusePolicy(mode)
+                result, _seconds, peak = ctx.generate(request)
+                arms[arm].append((median(result.step_seconds), peak, result))
+            ctx.say(f"LoRA pair {pair + 1}/{ctx.profile.pairs}: step base {arms['base'][-1][0]:.3f} s, "
+                    f"unfused {arms['unfused'][-1][0]:.3f} s, fused {arms['fused'][-1][0]:.3f} s")
+    finally:
+        manager.lora_fuse = FusePolicy("auto")
+    step = {arm: median([a[0] for a in runs]) for arm, runs in arms.items()}
+    peak = {arm: median_peak([a[1] for a in runs]) for arm, runs in arms.items()}
+    fuse_note = arms["fused"][0][2].stage_seconds.get("LoRA load", 0.0)
+    psnr_note = db(psnr(image_of(arms["unfused"][0][2]), image_of(arms["fused"][0][2])))
+    return [Measure("1 LoRA unfused, step", "base", step["base"], "unfused", step["unfused"], peak_base=peak["base"], peak_value=peak["unfused"],
+                    note="PEFT LoRA layers: two rank-16 matmuls per attention projection"),
+            Measure("1 LoRA fused, step", "base", step["base"], "fused", step["fused"], target=LORA_FUSED_TARGET,
+                    peak_base=peak["base"], peak_value=peak["fused"],
+                    note=f"LoRA load + fuse {fuse_note:.2f} s per generation; PSNR fused vs unfused {psnr_note} dB")]
+
+
 # Ordered by value when run: what the issue's targets need first, the expensive compile row last.
 ROWS = [
     Row("sdxl-overhead", "SDXL 1024px 25 steps CFG DPM++ 2M: ours vs bare diffusers", 100, 45, 8, row_sdxl_overhead, ("sdxl",)),
@@ -295,5 +337,6 @@ ROWS = [
     Row("model-swap", "SDXL back from the RAM cache vs from disk; pinned memory", 70, 60, 10, row_swap, ("sdxl",)),
     Row("face-stage", "Face stage (insightface + EVA-CLIP + IDFormer) cold vs memoized", 65, 15, 6, row_face_stage, ("flux", "face-files")),
     Row("sdxl-channels", "SDXL UNet channels-last vs default layout", 62, 15, 4, row_sdxl_channels_last, ("sdxl",)),
+    Row("sdxl-lora", "SDXL step with one LoRA, unfused and fused, vs base", 61, 30, 8, row_sdxl_lora, ("sdxl",)),
     Row("sdxl-compile", "SDXL torch.compile of the UNet vs eager", 60, 150, 30, row_sdxl_compile, ("sdxl",)),
 ]

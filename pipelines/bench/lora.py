@@ -4,9 +4,10 @@
   vs memoized (state dict from the RAM memo): the memo must make a repeat cheaper;
 - denoise step time with 0, 1 and 3 LoRAs applied (unfused PEFT layers: each adds two thin matmuls
   per targeted Linear);
-- fused vs unfused: step time with the LoRA fused into the base weights, the time to fuse and unfuse,
-  and how far the base weights are from the originals after unfusing (fusing writes the base weights,
-  so it can never give the bit-identical restore the unfused path gives);
+- the same with the LoRAs fused into the base weights (the fuse policy forced to "always");
+- switching between two LoRA sets vs the same set again, with the app's "auto" fuse policy;
+- fuse + restore (Likeness: copies of the touched weights written back, exact) vs PEFT's fuse + unfuse
+  (the delta subtracted again: rounding drift), and the drift each leaves;
 - prompt encode: a 150-token prompt (two 75-token chunks) vs a 75-token
   one, on the SD 1.5 and SDXL text encoders (`prompt_encode_timings`).
 
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 
 from pipelines.bench.system import print_suite_header
 from pipelines.bench.tables import heading, median, ratio, seconds, table
+from pipelines.lora.fuse import FusePolicy
 from pipelines.bench.tiny_models import BUILDERS, SAMPLERS, SIZES, save_tiny_pipeline
 from pipelines.prompts.encode import prompt_encode_timings
 from pipelines.request import GenerationRequest
@@ -62,59 +64,85 @@ def _request(family: str, prompt: str, steps: int) -> GenerationRequest:
 def measure_family(manager, family: str, rounds: int, steps: int, say) -> dict:
     tags = {0: "", 1: " <lora:bench-{f}-0:0.8>", 3: " <lora:bench-{f}-0:0.8> <lora:bench-{f}-1:0.5> <lora:bench-{f}-2:-0.4>"}
     requests = {n: _request(family, "a portrait photo" + tag.format(f=family), steps) for n, tag in tags.items()}
+    manager.lora_fuse = FusePolicy("off")
     manager.generate(requests[0])  # warm-up: load, first-call costs
-    cold, memo, step = [], [], {n: [] for n in requests}
+    cold, memo = [], []
+    step = {mode: {n: [] for n in requests} for mode in ("off", "always")}
     for _ in range(rounds):
+        manager.lora_fuse = FusePolicy("off")
         manager.lora_memo.clear()
         cold.append(manager.generate(requests[1]).stage_seconds["LoRA load"])
         memo.append(manager.generate(requests[1]).stage_seconds["LoRA load"])
-        for count, request in requests.items():
-            step[count].append(median(manager.generate(request).step_seconds))
+        for mode in step:  # unfused and fused side by side, round after round
+            manager.lora_fuse = FusePolicy(mode)
+            for count, request in requests.items():
+                step[mode][count].append(median(manager.generate(request).step_seconds))
     say(f"{family}: load cold {median(cold):.4f} s, memoized {median(memo):.4f} s")
-    return {"load_cold_s": median(cold), "load_memo_s": median(memo), "step_s": {n: median(v) for n, v in step.items()},
-            "fused": measure_fused(manager, family, requests[0], rounds)}
+    return {"load_cold_s": median(cold), "load_memo_s": median(memo),
+            "step_s": {n: median(v) for n, v in step["off"].items()},
+            "step_s_fused": {n: median(v) for n, v in step["always"].items()},
+            "switching": measure_switching(manager, family, steps, rounds),
+            "fused": measure_restore(manager, family, requests[0])}
 
 
-def measure_fused(manager, family: str, request: GenerationRequest, rounds: int) -> dict:
-    """Fuse one LoRA into the base weights by hand (diffusers' fuse_lora), time steps, unfuse, compare weights."""
+def measure_switching(manager, family: str, steps: int, rounds: int) -> dict:
+    """Two LoRA sets in turn (A B A B ...) vs the same set again (A A A A ...), with the app's fuse policy:
+    each generation attaches and removes its set, so what a switch can cost is the repeat's advantage
+    (a state dict read again, a fuse the policy would do on a repeat)."""
+    a = _request(family, f"a portrait photo <lora:bench-{family}-0:0.8>", steps)
+    b = _request(family, f"a portrait photo <lora:bench-{family}-1:0.8>", steps)
+    manager.lora_fuse = FusePolicy("auto")
+    timings = {}
+    for label, order in (("same", [a, a]), ("switching", [a, b])):
+        manager.lora_fuse.forget()
+        totals, loads = [], []
+        for index in range(2 * rounds + 2):
+            result = manager.generate(order[index % 2])
+            if index >= 2:  # the first pair teaches the policy; measure from then on
+                totals.append(result.total_seconds)
+                loads.append(result.stage_seconds["LoRA load"])
+        timings[label] = {"total_s": median(totals), "load_s": median(loads)}
+    return timings
+
+
+def measure_restore(manager, family: str, request: GenerationRequest) -> dict:
+    """Fuse one LoRA and take it out again two ways: Likeness's restore of the copied weights, and PEFT's
+    `unfuse_lora` (subtracting the delta again); how far each leaves the base weights from the originals."""
     from pipelines.hooks.lora import AppliedLora, LoraHook
     from pipelines.lora.files import lora_hash
 
     entry = manager.lora_entry(f"bench-{family}-0")
-    hook = LoraHook([AppliedLora(entry.name, entry.path, 0.8, lora_hash(entry.path))], manager.lora_memo)
+    applied = [AppliedLora(entry.name, entry.path, 0.8, lora_hash(entry.path))]
     with manager.use(request.model) as model:
         pipe = model.pipe
         denoiser = pipe.transformer if family == "flux" else pipe.unet
         before = {k: v.detach().clone() for k, v in denoiser.state_dict().items()}
+        hook = LoraHook(applied, manager.lora_memo, fuse=True)
         hook.attach(pipe)
+        hook.detach(pipe)
+        ours = _drift(before, denoiser.state_dict())
+        plain = LoraHook(applied, manager.lora_memo)
+        plain.attach(pipe)
         try:
-            unfused_steps = [_pipe_step_seconds(pipe, family, request) for _ in range(rounds)]
             start = time.perf_counter()
             pipe.fuse_lora(lora_scale=1.0)
-            fuse_s = time.perf_counter() - start
-            fused_steps = [_pipe_step_seconds(pipe, family, request) for _ in range(rounds)]
-            start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Already unmerged")
                 pipe.unfuse_lora()
-            unfuse_s = time.perf_counter() - start
+            peft_s = time.perf_counter() - start
         finally:
-            hook.detach(pipe)
-        after = denoiser.state_dict()
-        drift = max((before[k].float() - after[k].float()).abs().max().item() for k in before)
-        exact = all(torch.equal(before[k], after[k]) for k in before)
-    return {"fuse_s": fuse_s, "unfuse_s": unfuse_s, "step_s_unfused": median(unfused_steps), "step_s_fused": median(fused_steps),
-            "max_weight_drift_after_unfuse": drift, "bit_identical_after_unfuse": exact}
+            plain.detach(pipe)
+        peft = _drift(before, denoiser.state_dict())
+        with torch.no_grad():  # put the originals back for the runs that follow
+            for name, param in denoiser.state_dict().items():
+                param.copy_(before[name])
+    return {"fuse_restore_s": hook.fuse_seconds, "peft_fuse_unfuse_s": peft_s,
+            "drift_restore": ours[0], "bit_identical_restore": ours[1], "drift_peft_unfuse": peft[0], "bit_identical_peft_unfuse": peft[1]}
 
 
-def _pipe_step_seconds(pipe, family: str, request: GenerationRequest) -> float:
-    """Seconds per step of one plain pipeline call (prompt encode included, the same in both arms)."""
-    start = time.perf_counter()
-    with torch.no_grad():
-        pipe(prompt="a portrait photo", num_inference_steps=request.steps, height=request.height, width=request.width,
-             output_type="latent", generator=torch.Generator("cpu").manual_seed(5),
-             **({} if family == "flux" else {"guidance_scale": request.cfg_scale}))
-    return (time.perf_counter() - start) / request.steps
+def _drift(before: dict, after: dict) -> tuple[float, bool]:
+    drift = max((before[k].float() - after[k].float()).abs().max().item() for k in before)
+    return drift, all(torch.equal(before[k], after[k]) for k in before)
 
 
 def report(results: dict, device: torch.device) -> str:
@@ -123,16 +151,25 @@ def report(results: dict, device: torch.device) -> str:
     for family, r in results.items():
         base = r["step_s"][0]
         rows.append([family, seconds(r["load_cold_s"], 4), seconds(r["load_memo_s"], 4), ratio(r["load_cold_s"] / max(r["load_memo_s"], 1e-9)),
-                     seconds(base, 4), seconds(r["step_s"][1], 4), ratio(r["step_s"][1] / base), seconds(r["step_s"][3], 4), ratio(r["step_s"][3] / base)])
-    lines.append(table(["family", "load cold", "load memo", "cold/memo", "step 0", "step 1 LoRA", "x", "step 3 LoRAs", "x"], rows))
-    rows = [[family, seconds(r["fused"]["step_s_unfused"], 4), seconds(r["fused"]["step_s_fused"], 4),
-             ratio(r["fused"]["step_s_fused"] / max(r["fused"]["step_s_unfused"], 1e-9)), seconds(r["fused"]["fuse_s"], 4), seconds(r["fused"]["unfuse_s"], 4),
-             f"{r['fused']['max_weight_drift_after_unfuse']:.2e}", "yes" if r["fused"]["bit_identical_after_unfuse"] else "no"]
+                     seconds(base, 4)] + [f"{seconds(r[key][n], 4)} ({ratio(r[key][n] / base)})" for n in (1, 3) for key in ("step_s", "step_s_fused")])
+    lines.append(table(["family", "load cold", "load memo", "cold/memo", "step 0", "1 LoRA unfused", "1 LoRA fused",
+                        "3 LoRAs unfused", "3 LoRAs fused"], rows))
+    rows = [[family, seconds(r["switching"]["same"]["total_s"], 4), seconds(r["switching"]["switching"]["total_s"], 4),
+             ratio(r["switching"]["switching"]["total_s"] / max(r["switching"]["same"]["total_s"], 1e-9)),
+             seconds(r["switching"]["same"]["load_s"], 4), seconds(r["switching"]["switching"]["load_s"], 4)]
             for family, r in results.items()]
     lines.append("")
-    lines.append(table(["family", "step unfused", "step fused", "x", "fuse", "unfuse", "weight drift after unfuse", "bit-identical"], rows))
-    lines.append("Unfused is the default: it restores the base weights exactly; fusing saves the LoRA matmuls per step "
-                 "but costs a fuse + unfuse per generation and leaves rounding drift in the base weights.")
+    lines.append("switching between two LoRA sets vs the same set again (per generation, fuse policy auto)")
+    lines.append(table(["family", "same set", "switching", "x", "LoRA load same", "LoRA load switching"], rows))
+    rows = [[family, seconds(r["fused"]["fuse_restore_s"], 4), f"{r['fused']['drift_restore']:.2e}",
+             "yes" if r["fused"]["bit_identical_restore"] else "no", seconds(r["fused"]["peft_fuse_unfuse_s"], 4),
+             f"{r['fused']['drift_peft_unfuse']:.2e}", "yes" if r["fused"]["bit_identical_peft_unfuse"] else "no"]
+            for family, r in results.items()]
+    lines.append("")
+    lines.append("fuse and take out again: Likeness restores copied weights; PEFT's unfuse subtracts the delta")
+    lines.append(table(["family", "fuse + restore", "weight drift", "bit-identical", "PEFT fuse + unfuse", "weight drift", "bit-identical"], rows))
+    lines.append("The app fuses a LoRA set from its first repeat on when the measured steps saved outweigh fuse + restore "
+                 "(Settings: LoRA fusing auto/off/always).")
     rows = [[family, f"{e['tokens_short']} / {e['tokens_long']} ({e['chunks_long']} chunks)", seconds(e["seconds_short"], 4),
              seconds(e["seconds_long"], 4), ratio(e["ratio"])]
             for family, r in results.items() if (e := r.get("prompt_encode"))]

@@ -2,8 +2,14 @@
 
 `attach` loads each LoRA's state dict (from the RAM memo after the first time) into a named PEFT
 adapter with `pipe.load_lora_weights`, then `pipe.set_adapters(names, weights)`; `detach` calls
-`pipe.unload_lora_weights()`, which puts the original Linear modules back. Nothing is fused, so the
-base weights are never written: after detach they are bit-identical to before (tests check it).
+`pipe.unload_lora_weights()`, which puts the original Linear modules back. Unfused, the base weights
+are never written: after detach they are bit-identical to before (tests check it).
+
+With `fuse=True` (the manager's FusePolicy decides, from measured step times) the hook copies the
+weights of every layer a LoRA touches, fuses the set into them with `pipe.fuse_lora` and drops the
+PEFT layers, so the steps run on plain layers; detach writes the copies back. PEFT's own
+`unfuse_lora` subtracts the delta again and leaves rounding drift (about 1e-8 in fp32, more in
+half precision); restoring the copies is exact.
 Text-encoder LoRAs are applied too, so the LoRA hook must be attached before the prompt is encoded
 (the manager attaches it around the whole run), and the encoded prompt depends on it.
 
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import time
 import warnings
+
+import torch
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +46,15 @@ class LoraHook:
 
     name = LORA_HOOK
 
-    def __init__(self, loras: list[AppliedLora], memo: StateDictMemo):
+    def __init__(self, loras: list[AppliedLora], memo: StateDictMemo, fuse: bool = False):
         self.loras = list(loras)
         self.memo = memo
+        self.fuse = fuse
         self._pipe = None
+        self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (base parameter, its copy) while fused
         self.last_seconds = 0.0
         self.last_from_memo = 0
+        self.fuse_seconds = 0.0  # fuse at attach + restore at detach: what fusing cost this run
 
     def cache_key(self):
         """The LoRA set as it changes the output: names, file hashes and weights, in order."""
@@ -71,7 +82,10 @@ class LoraHook:
                 weights.append(float(lora.weight))
             if adapters:
                 pipe.set_adapters(adapters, adapter_weights=weights)
+                if self.fuse:
+                    self._fuse(pipe, adapters)
         except BaseException:
+            self._restore(pipe)
             _remove(pipe)
             raise
         self._pipe = pipe
@@ -83,8 +97,48 @@ class LoraHook:
     def detach(self, pipe) -> None:
         if self._pipe is None:
             return
+        self._restore(pipe)
         _remove(pipe)
         self._pipe = None
+
+    def _fuse(self, pipe, adapters: list[str]) -> None:
+        """Copy every weight a LoRA layer wraps, merge the set into it, then drop the PEFT layers."""
+        start = time.perf_counter()
+        # Copies in host RAM: a GPU copy of every touched layer could double a FLUX transformer in VRAM.
+        self._originals = [(param, param.detach().to("cpu", copy=True)) for param in _wrapped_base_parameters(pipe)]
+        with _peft_quiet():
+            pipe.fuse_lora(adapter_names=adapters, lora_scale=1.0)
+            pipe.unload_lora_weights()  # keeps the merged base layers, removes the LoRA matmuls from every step
+        self.fuse_seconds = time.perf_counter() - start
+
+    def _restore(self, pipe) -> None:
+        """The copied base weights back, bit for bit (PEFT's unfuse would subtract and leave drift)."""
+        if not self._originals:
+            return
+        start = time.perf_counter()
+        with torch.no_grad():
+            for param, original in self._originals:
+                param.copy_(original)
+        self._originals = []
+        pipe._merged_adapters = set()  # diffusers' record of fused adapters: none are fused any more
+        self.fuse_seconds += time.perf_counter() - start
+
+
+def _wrapped_base_parameters(pipe) -> list[torch.Tensor]:
+    """The weights (and biases) of every base layer a PEFT LoRA layer wraps, in every component."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found, seen = [], set()
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            if isinstance(module, BaseTunerLayer):
+                for param in module.get_base_layer().parameters(recurse=False):
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        found.append(param)
+    return found
 
 
 def _remove(pipe) -> None:

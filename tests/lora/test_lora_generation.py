@@ -303,3 +303,89 @@ def test_send_to_generate_restores_the_tags_and_checks_the_hashes(lora_manager):
                                                                   "sd15-kohya: 000000000000")
     _, notes = generate_form_values(edited, lora_manager, {"model": "tiny-sd15"})
     assert any("'sd15-gone' is not in" in n for n in notes) and any("the image's was 000000000000" in n for n in notes)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_set_gives_the_unfused_image_and_restores_exact_weights(lora_manager, family, monkeypatch):
+    """Fusing is the same computation up to float rounding; the copies written back make the restore exact,
+    where PEFT's unfuse (subtracting the delta again) would leave drift."""
+    from pipelines.lora.fuse import FusePolicy
+
+    request = tiny_request(family, seed=12, prompt=f"a portrait photo <lora:{family}-kohya:0.9> <lora:{family}-second:-0.5>")
+    with lora_manager.use(f"tiny-{family}") as model:
+        before = snapshot(model.pipe, family)
+    monkeypatch.setattr(lora_manager, "lora_fuse", FusePolicy("off"))
+    unfused = lora_manager.generate(request)
+    monkeypatch.setattr(lora_manager, "lora_fuse", FusePolicy("always"))
+    events = []
+    fused = lora_manager.generate(request, listener=events.append)
+    details = [getattr(e, "detail", "") or "" for e in events if getattr(e, "stage", None) == "LoRA load"]
+    assert any("fused (fusing always on" in d for d in details), details
+    assert np.abs(pixels(fused) - pixels(unfused)).max() <= 2  # rounding only
+    with lora_manager.use(f"tiny-{family}") as model:
+        assert same_snapshot(before, snapshot(model.pipe, family)), "fusing left a trace on the base weights"
+        assert model.pipe.num_fused_loras == 0
+
+
+def test_a_fused_run_that_fails_leaves_nothing_applied(lora_manager, monkeypatch):
+    from pipelines.errors import GenerationCancelled
+    from pipelines.generate import CancelToken
+    from pipelines.lora.fuse import FusePolicy
+
+    monkeypatch.setattr(lora_manager, "lora_fuse", FusePolicy("always"))
+    with lora_manager.use("tiny-sdxl") as model:
+        before = snapshot(model.pipe, "sdxl")
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(GenerationCancelled):
+        lora_manager.generate(tiny_request("sdxl", seed=3, prompt="c <lora:sdxl-kohya:1>"), cancel=token)
+    with lora_manager.use("tiny-sdxl") as model:
+        assert same_snapshot(before, snapshot(model.pipe, "sdxl"))
+
+
+def test_auto_fuses_a_repeated_set_then_keeps_the_faster_way(lora_manager, monkeypatch):
+    from pipelines.lora.fuse import FusePolicy
+
+    policy = FusePolicy("auto")
+    monkeypatch.setattr(lora_manager, "lora_fuse", policy)
+
+    def decision(prompt):
+        events = []
+        lora_manager.generate(tiny_request("sd15", seed=5, steps=4, prompt=prompt), listener=events.append)
+        return next(e.detail for e in events if getattr(e, "stage", None) == "LoRA load" and getattr(e, "detail", None))
+
+    assert "unfused (first use of this set" in decision("r <lora:sd15-kohya:0.7>")
+    assert "fused (a repeat: measuring" in decision("r <lora:sd15-kohya:0.7>")
+    third = decision("r <lora:sd15-kohya:0.7>")
+    assert third.startswith(("1 LoRA(s)",)) and ("fused (saves" in third or "unfused (fusing would save" in third)
+    assert "unfused (first use of this set" in decision("r <lora:sd15-kohya:0.8>"), "another weight is another set"
+
+
+def test_fuse_policy_weighs_saved_step_time_against_the_fuse_cost():
+    from pipelines.lora.fuse import FusePolicy
+
+    policy, key = FusePolicy("auto"), ("m", (("a", "h", 1.0),), 512, 512)
+    policy.record(key, fused=False, step_seconds=[0.10, 0.11, 0.10])
+    policy.record(key, fused=True, step_seconds=[0.08, 0.08], overhead_s=0.5)
+    assert policy.decide(key, steps=30).fuse  # saves 0.6 s for 0.5 s
+    assert not policy.decide(key, steps=20).fuse  # saves 0.4 s for 0.5 s
+    policy.record(key, fused=True, step_seconds=[], overhead_s=9.0)  # an exact-repeat hit: nothing learnt
+    assert policy.decide(key, steps=30).fuse
+    with pytest.raises(ValueError, match="auto, off, always"):
+        FusePolicy("sometimes")
+
+
+def test_lora_fusing_is_a_setting_applied_without_restart(lora_manager, monkeypatch):
+    from settings.schema import AppSettings
+    from ui.settings_tab import apply_live
+
+    assert AppSettings(lora_fuse="sometimes").validate() == {"lora_fuse": "must be auto, off or always"}
+    monkeypatch.setattr(lora_manager.config, "lora_fuse", "auto")
+    monkeypatch.setattr(lora_manager, "lora_fuse", lora_manager.lora_fuse)
+    settings = AppSettings(models_dir=str(lora_manager.config.models_dir), outputs_dir=str(lora_manager.config.outputs_dir),
+                           include_hf_cache=False, lora_fuse="off")
+    apply_live(lora_manager, settings)
+    assert lora_manager.lora_fuse.mode == "off"
+    events = []
+    lora_manager.generate(tiny_request("sd15", seed=5, steps=2, prompt="s <lora:sd15-kohya:0.3>"), listener=events.append)
+    assert any("fusing off in Settings" in (getattr(e, "detail", "") or "") for e in events)

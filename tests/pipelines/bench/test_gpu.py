@@ -75,6 +75,9 @@ def test_dry_run_compares_the_same_images_and_reports_the_targets(dry_run):
     decode = rows["flux-pulid"]["measures"][0]
     assert decode["label"].startswith("VAE decode") and decode["target"] == 1.05
     assert any("first call" in m["note"] for m in rows["sdxl-compile"]["measures"])
+    unfused, fused = rows["sdxl-lora"]["measures"]
+    assert unfused["base_label"] == fused["base_label"] == "base" and fused["target"] == 1.02
+    assert unfused["value"] > 0 and fused["value"] > 0 and "PSNR fused vs unfused" in fused["note"]
 
 
 # -- the budget logic -------------------------------------------------------------------------------
