@@ -361,6 +361,7 @@ class PipelineManager:
         if not entry.usable:
             raise ModelLoadError(entry.problem)
         validated = validate_request(request, entry.family)
+        face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
         if telemetry:
             if listener:

@@ -324,3 +324,34 @@ def test_face_stage_runs_in_each_familys_official_precision(face_manager, monkey
     assert {(p.device.type, p.dtype) for p in weights.encoder.parameters()} == {("cpu", torch.float32)}
     identity = face_manager.face.identity(face(id_weight=1.0), Family.FLUX, weights)
     assert identity.from_memo and identity.embedding.cond.dtype == torch.float32  # handed back in fp32 (exact for bf16)
+
+
+def test_id_weight_defaults_and_ranges_follow_each_familys_official_app():
+    """PuLID-FLUX's app: id weight 0-3, default 1; SDXL v1.1's: id scale 0-5, default 0.8."""
+    from pipelines.face.service import ID_WEIGHTS, default_id_weight
+    from pipelines.families import Family
+
+    options = face()
+    assert options.id_weight is None  # "the model family's default" until the family is known
+    assert options.for_family(Family.FLUX).id_weight == 1.0 and options.for_family("sdxl").id_weight == 0.8
+    assert (ID_WEIGHTS[Family.FLUX].maximum, ID_WEIGHTS[Family.SDXL].maximum) == (3.0, 5.0)
+    assert default_id_weight("flux") == 1.0 and default_id_weight(Family.SDXL) == 0.8 and default_id_weight(None) == 0.8
+    assert face(id_weight=3.0).for_family(Family.FLUX).id_weight == 3.0
+    assert face(id_weight=4.5).for_family(Family.SDXL).id_weight == 4.5  # SDXL keeps its 0-5
+    with pytest.raises(InvalidRequest, match=r"The ID weight for FLUX\.1 models must be between 0 and 3; got 3\.5\."):
+        face(id_weight=3.5).for_family(Family.FLUX)
+    assert face(id_weight=0.0).for_family(Family.FLUX).id_weight == 0.0
+    assert face().for_family(Family.SD15).id_weight is None  # refused later with its own message
+
+
+def test_generation_uses_the_familys_default_weight_and_refuses_out_of_range_before_loading(face_manager):
+    sdxl = face_manager.generate(tiny_request("sdxl", seed=23), face=face())
+    assert parse_infotext(sdxl.images[0].infotext)["PuLID weight"] == "0.8"
+    flux = face_manager.generate(tiny_request("flux", seed=23), face=face())
+    assert parse_infotext(flux.images[0].infotext)["PuLID weight"] == "1"
+    events = []
+    with pytest.raises(InvalidRequest, match=r"ID weight for FLUX\.1 models must be between 0 and 3; got 4"):
+        face_manager.generate(tiny_request("flux", seed=23), face=face(id_weight=4.0), listener=events.append)
+    assert not [e for e in events if type(e).__name__ == "StageStarted"]  # refused before any model loads
+    # The same weight is fine for SDXL (official 0-5).
+    assert parse_infotext(face_manager.generate(tiny_request("sdxl", seed=23), face=face(id_weight=4.0)).images[0].infotext)["PuLID weight"] == "4"
