@@ -4,7 +4,10 @@
 into the masks the sampler and the paste-back need, `regions` finds where to cut ("only masked", faces).
 The steps below are AUTOMATIC1111's img2img, in its order:
 
-    mask = prepare_mask(painted, *init.size, blur_x=4, blur_y=4, invert=False)   # after check_mask(painted, init.size)
+    init = flatten_image(init)                       # transparency onto white, as A1111
+    painted = mask_from_layers(editor_layers)        # or an uploaded mask image
+    notes = check_mask(painted, init.size)           # InvalidRequest when nothing is painted
+    mask = prepare_mask(painted, *init.size, blur_x=4, blur_y=4, invert=False)
 
     # Inpaint area "Whole picture": everything at the generation size W x H.
     image = resize_image(init, mode, W, H)
@@ -33,6 +36,7 @@ from pipelines.refine.image_ops import (
     Region,
     crop_to_target,
     feathered_mask,
+    flatten_image,
     paste_back,
     paste_feathered,
     resize_image,
@@ -47,6 +51,7 @@ from pipelines.refine.masks import (
     fill_for_content,
     fill_masked,
     latent_mask,
+    mask_from_layers,
     masked_latent,
     overlay_mask,
     painted_mask,
@@ -57,7 +62,7 @@ from pipelines.refine.regions import crop_region, expand_region, face_crop_regio
 __all__ = [
     "CROP_AND_RESIZE", "EMPTY_MASK_MESSAGE", "JUST_RESIZE", "MASKED_CONTENT", "RESIZE_AND_FILL", "RESIZE_MODES",
     "WHOLE_IMAGE_NOTE", "Region", "blend_latents", "blur_mask", "check_mask", "crop_region", "crop_to_target",
-    "expand_region", "face_crop_region", "feathered_mask", "fill_for_content", "fill_masked", "latent_mask",
-    "masked_latent", "overlay_mask", "painted_mask", "paste_back", "paste_feathered",
+    "expand_region", "face_crop_region", "feathered_mask", "fill_for_content", "flatten_image", "fill_masked", "latent_mask",
+    "mask_from_layers", "masked_latent", "overlay_mask", "painted_mask", "paste_back", "paste_feathered",
     "prepare_mask", "region_inside", "resize_image",
 ]

@@ -39,15 +39,15 @@ def resize_image(image: Image.Image, mode: str, width: int, height: int) -> Imag
     fills the two blank bands by stretching the picture's edge lines across them (A1111's choice: the
     model sees a smeared continuation, not black bars it would try to draw).
 
-    The mode of the picture is kept ("L" masks stay "L"), except that RGBA becomes RGB as in A1111:
-    transparency means nothing to the VAE.
+    "L" masks stay "L"; anything else becomes RGB (an RGBA picture loses its alpha, as in A1111's
+    resize: call `flatten_image` first to put a transparent init image on a background).
     """
     if mode not in RESIZE_MODES:
         raise InvalidRequest(f"Unknown resize mode {mode!r}; choose one of: {', '.join(RESIZE_MODES)}.")
     if width <= 0 or height <= 0:
         raise InvalidRequest(f"Cannot resize to {width}x{height}: both sides must be at least 1 pixel.")
-    if image.mode == "RGBA":
-        image = image.convert("RGB")
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")  # also keeps PIL from falling back to nearest-neighbour for palette images
     if mode == JUST_RESIZE:
         return _lanczos(image, width, height)
 
@@ -65,6 +65,20 @@ def resize_image(image: Image.Image, mode: str, width: int, height: int) -> Imag
     if mode == RESIZE_AND_FILL:
         _stretch_edges(canvas, scaled, left, top)
     return canvas
+
+
+def flatten_image(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """An RGB picture with any transparency laid over `background` (white by default, A1111's img2img background).
+
+    Without this, the colours hidden under transparent pixels (often black, or leftovers of an edit)
+    would be what the VAE encodes.
+    """
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
 
 
 def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:

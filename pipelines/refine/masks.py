@@ -14,6 +14,8 @@ masked") blends the result into the original.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
@@ -50,6 +52,20 @@ def painted_mask(mask_image: Image.Image) -> Image.Image:
         if alpha.getextrema()[0] < 255:
             return alpha.point(lambda a: 255 if a > 0 else 0)
     return mask_image.convert("L")
+
+
+def mask_from_layers(layers: Sequence[Image.Image]) -> Image.Image | None:
+    """The union of the painted pixels of Gradio ImageEditor layers (each read by `painted_mask`); None when there are none."""
+    masks = [painted_mask(layer) for layer in layers if layer is not None]
+    if not masks:
+        return None
+    size = masks[0].size
+    union = np.zeros((size[1], size[0]), dtype=np.uint8)
+    for mask in masks:
+        if mask.size != size:
+            mask = mask.resize(size, resample=Image.Resampling.NEAREST)
+        np.maximum(union, np.asarray(mask), out=union)
+    return Image.fromarray(union, mode="L")
 
 
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
@@ -176,15 +192,18 @@ def blend_latents(denoised: torch.Tensor, init_latent: torch.Tensor, nmask: torc
     return init_latent.to(denoised) * (1 - nmask) + denoised * nmask
 
 
-def check_mask(mask_image: Image.Image, image_size: tuple[int, int] | None = None,
+def check_mask(mask_image: Image.Image | None, image_size: tuple[int, int] | None = None,
                invert: bool = False) -> tuple[str, ...]:
     """Check the painted mask before any work: InvalidRequest when it repaints nothing, notes for the user otherwise.
 
     An empty mask would run a whole generation and return the original; it is refused with
     EMPTY_MASK_MESSAGE. A mask that covers everything is allowed (it is plain img2img) with
     WHOLE_IMAGE_NOTE. A mask of another size than the image gets a note that it was stretched.
-    `invert` is "Inpaint not masked": the unpainted area is repainted.
+    `invert` is "Inpaint not masked": the unpainted area is repainted. No mask at all (None: the
+    editor had no layer) is an empty mask.
     """
+    if mask_image is None:
+        raise InvalidRequest(EMPTY_MASK_MESSAGE)
     mask = painted_mask(mask_image)
     low, high = mask.getextrema()
     if invert:

@@ -17,6 +17,7 @@ from pipelines.refine import (
     crop_to_target,
     expand_region,
     feathered_mask,
+    flatten_image,
     paste_back,
     paste_feathered,
     resize_image,
@@ -206,3 +207,19 @@ def test_paste_feathered_puts_the_patch_in_the_middle_and_the_base_on_the_rim():
     assert (result[30:70, 30:70] == RED).all()
     assert (result[20, 20:80] == BLUE).all() and (result[20:80, 79] == BLUE).all()
     assert 0 < result[24, 50, 0] < 255  # the ramp
+
+
+def test_flatten_lays_transparency_on_white_and_keeps_opaque_pixels():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:2] = (10, 20, 30, 255)
+    rgba[2:] = (0, 0, 0, 0)  # transparent: black underneath, white after flattening
+    flat = pixels(flatten_image(Image.fromarray(rgba, "RGBA")))
+    assert (flat[:2] == (10, 20, 30)).all() and (flat[2:] == 255).all()
+    assert flatten_image(Image.new("L", (2, 2), 7)).mode == "RGB"
+
+
+def test_a_palette_image_is_resized_with_lanczos_not_nearest():
+    palette = stripes([RED, BLUE], 8, 8).convert("P")
+    out = pixels(resize_image(palette, JUST_RESIZE, 32, 8))
+    assert out.shape == (8, 32, 3)
+    assert len({tuple(p) for p in out[4]}) > 2  # a Lanczos seam between the colours, not a hard step

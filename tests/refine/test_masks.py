@@ -17,6 +17,7 @@ from pipelines.refine import (
     fill_for_content,
     fill_masked,
     latent_mask,
+    mask_from_layers,
     masked_latent,
     overlay_mask,
     painted_mask,
@@ -218,3 +219,18 @@ def test_an_ordinary_mask_gives_no_note_and_a_resized_one_says_so():
     assert check_mask(square_mask(), (64, 64)) == ()
     (note,) = check_mask(square_mask(), (128, 96))
     assert "64x64" in note and "128x96" in note
+
+
+def test_several_editor_layers_make_one_mask():
+    first, painted_first = gradio_layer()
+    second = np.zeros((32, 32, 4), np.uint8)
+    second[25:30, 2:6] = (9, 9, 9, 255)
+    mask = values(mask_from_layers([first, None, Image.fromarray(second, "RGBA")]))
+    assert (mask[painted_first] == 255).all() and (mask[25:30, 2:6] == 255).all()
+    assert mask.sum() == 255 * (painted_first.sum() + 20)
+    assert mask_from_layers([]) is None
+
+
+def test_no_mask_at_all_is_an_empty_mask():
+    with pytest.raises(InvalidRequest, match="paint the area"):
+        check_mask(None)
