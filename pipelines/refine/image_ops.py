@@ -32,7 +32,7 @@ _EDGE_STRETCH = Image.Resampling.BICUBIC
 
 
 def resize_image(image: Image.Image, mode: str, width: int, height: int) -> Image.Image:
-    """Bring `image` to width x height the way A1111's img2img does (Lanczos throughout).
+    """Bring `image` to width x height the way A1111's img2img does (Lanczos scaling).
 
     "Just resize" stretches to the size, aspect ratio lost. "Crop and resize" scales until the size is
     covered, then keeps the centre. "Resize and fill" scales until the picture fits, centres it, and
@@ -58,7 +58,7 @@ def resize_image(image: Image.Image, mode: str, width: int, height: int) -> Imag
     match_width = target_ratio > source_ratio if mode == CROP_AND_RESIZE else target_ratio < source_ratio
     scaled_w = width if match_width else image.width * height // image.height
     scaled_h = image.height * width // image.width if match_width else height
-    scaled = _lanczos(image, max(scaled_w, 1), max(scaled_h, 1))
+    scaled = _lanczos(image, max(scaled_w, 1), max(scaled_h, 1))  # a 1000:1 strip would scale to 0 pixels (A1111 fails there)
     canvas = Image.new(image.mode, (width, height))
     left, top = width // 2 - scaled.width // 2, height // 2 - scaled.height // 2
     canvas.paste(scaled, (left, top))  # a negative offset crops: that is "Crop and resize"
@@ -89,7 +89,7 @@ def _stretch_edges(canvas: Image.Image, scaled: Image.Image, left: int, top: int
     """Fill the bands "Resize and fill" left blank with the stretched first and last line of `scaled`.
 
     A1111 sizes the far band like the near one, which leaves a 1-pixel black line when the blank is
-    odd; here the far band takes whatever is left, identical to A1111 whenever the blank is even.
+    odd (an odd target side); here the far band takes whatever is left, identical to A1111 otherwise.
     """
     width, height = canvas.size
     if top > 0 or scaled.height < height:
@@ -126,7 +126,7 @@ def paste_back(original: Image.Image, generated: Image.Image, region: Region | N
     A pixel where the mask is 0 keeps the original value exactly, and one where it is 255 takes the
     generated value exactly: the user's untouched pixels never go through the VAE. In between, the
     blend is done in one step; A1111 goes through a premultiplied-alpha round trip that can shift a
-    blended pixel by a level or two.
+    blended pixel by one level.
     """
     original = original.convert("RGB")
     if mask_for_overlay.size != original.size:
@@ -144,22 +144,28 @@ def paste_back(original: Image.Image, generated: Image.Image, region: Region | N
     return Image.fromarray(result)
 
 
-def feathered_mask(width: int, height: int, feather_px: float) -> np.ndarray:
+def feathered_mask(width: int, height: int, feather_px: float,
+                   sides: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> np.ndarray:
     """A (height, width) float32 weight: 1 inside, falling smoothly to exactly 0 on the outermost pixels.
 
     The face detailer pastes a rectangle; a hard edge would show as a seam wherever the new face's
     skin tone differs from the old one. The falloff is a smoothstep over `feather_px` pixels from each
     edge (no kink where it meets the flat inside). The feather is capped at half the shorter side so
-    the centre is always fully the patch. `feather_px` 0 gives a hard rectangle.
+    the centre is always fully the patch. `feather_px` 0 gives a hard rectangle. `sides` (left, top,
+    right, bottom) says which edges fade; an edge that is the picture's own border has nothing to
+    blend into.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"a feathered mask needs a positive size, not {width}x{height}")
     feather = min(float(feather_px), (min(width, height) - 1) / 2)
-    if feather <= 0:
+    if feather <= 0 or not any(sides):
         return np.ones((height, width), dtype=np.float32)
     xs, ys = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
-    to_edge = np.minimum.outer(np.minimum(ys, height - 1 - ys), np.minimum(xs, width - 1 - xs))
-    t = np.clip(to_edge / feather, 0.0, 1.0)
+    far = np.float32(np.inf)
+    left, top, right, bottom = sides
+    across = np.minimum(xs if left else far, (width - 1 - xs) if right else far)
+    down = np.minimum(ys if top else far, (height - 1 - ys) if bottom else far)
+    t = np.clip(np.minimum.outer(down, across) / feather, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
@@ -167,14 +173,17 @@ def paste_feathered(base: Image.Image, patch: Image.Image, region: Region, feath
     """Paste `patch` over `region` of `base` with a feathered edge; no pixel outside `region` changes.
 
     `patch` is the detailer's output at the generation size; it is brought to the region's size with
-    "Crop and resize", the inverse of `crop_to_target`.
+    "Crop and resize", the inverse of `crop_to_target`. The edges fade over `feather_px` pixels
+    (`feathered_mask`), except those on the picture's border.
     """
     base = base.convert("RGB")
     x1, y1, x2, y2 = region
     if not (0 <= x1 < x2 <= base.width and 0 <= y1 < y2 <= base.height):
         raise ValueError(f"region {region} is not inside the {base.width}x{base.height} image")
     fitted = np.asarray(resize_image(patch.convert("RGB"), CROP_AND_RESIZE, x2 - x1, y2 - y1), dtype=np.float32)
-    weight = feathered_mask(x2 - x1, y2 - y1, feather_px)[:, :, None]
+    # A side on the picture's own border is not faded: a face cut by the frame is new right up to it.
+    sides = (x1 > 0, y1 > 0, x2 < base.width, y2 < base.height)
+    weight = feathered_mask(x2 - x1, y2 - y1, feather_px, sides)[:, :, None]
     result = np.array(base)
     old = result[y1:y2, x1:x2].astype(np.float32)
     result[y1:y2, x1:x2] = np.clip(np.rint(old + (fitted - old) * weight), 0, 255).astype(np.uint8)

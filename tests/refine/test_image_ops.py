@@ -223,3 +223,16 @@ def test_a_palette_image_is_resized_with_lanczos_not_nearest():
     out = pixels(resize_image(palette, JUST_RESIZE, 32, 8))
     assert out.shape == (8, 32, 3)
     assert len({tuple(p) for p in out[4]}) > 2  # a Lanczos seam between the colours, not a hard step
+
+
+def test_feathered_mask_fades_only_the_sides_asked():
+    weight = feathered_mask(20, 20, 5, sides=(False, True, True, True))
+    assert (weight[5:15, 0] == 1).all()  # left edge: hard
+    assert (weight[:, -1] == 0).all() and (weight[0] == 0).all()
+
+
+def test_a_face_region_on_the_picture_border_is_new_right_up_to_the_border():
+    base, patch = Image.new("RGB", (100, 100), BLUE), Image.new("RGB", (64, 64), RED)
+    result = pixels(paste_feathered(base, patch, (0, 20, 60, 80), 10))
+    assert (result[30:70, 0] == RED).all()  # the frame's edge: no fade back to the old picture
+    assert (result[30:70, 59] == BLUE).all()  # the inner edge still fades out
