@@ -87,17 +87,20 @@ def _gaussian_1d(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     taps = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-(taps**2) / (2.0 * sigma * sigma))
     kernel /= kernel.sum()
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (radius, radius)
+    lines = values if axis == 1 else values.T  # blur along the last axis
+    length = lines.shape[1]
     # numpy's "reflect" is OpenCV's default BORDER_REFLECT_101 (gfedcb|abcdefgh|gfedcba); "symmetric"
-    # mirrors a single row or column onto itself, where "reflect" has nothing to reflect.
-    mode = "reflect" if values.shape[axis] > 1 else "symmetric"
-    padded = np.pad(values.astype(np.float32), pad, mode=mode)
-    length = values.shape[axis]
-    out = np.zeros(values.shape, dtype=np.float64)
-    for i, weight in enumerate(kernel):
-        out += weight * (padded[:, i:i + length] if axis == 1 else padded[i:i + length, :])
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    # mirrors a single pixel onto itself, where "reflect" has nothing to reflect.
+    mode = "reflect" if length > 1 else "symmetric"
+    out = np.empty(lines.shape, dtype=np.uint8)
+    rows_per_chunk = max(1, 2**20 // (length + 2 * radius))  # bounded memory for a 100-megapixel photo's mask
+    for start in range(0, lines.shape[0], rows_per_chunk):
+        chunk = np.pad(lines[start:start + rows_per_chunk].astype(np.float64), ((0, 0), (radius, radius)), mode=mode)
+        total = np.zeros((chunk.shape[0], length), dtype=np.float64)
+        for i, weight in enumerate(kernel):
+            total += weight * chunk[:, i:i + length]
+        out[start:start + rows_per_chunk] = np.clip(np.floor(total + 0.5), 0, 255)
+    return out if axis == 1 else np.ascontiguousarray(out.T)
 
 
 def prepare_mask(mask_image: Image.Image, width: int, height: int, blur_x: float, blur_y: float,
