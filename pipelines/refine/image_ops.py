@@ -161,10 +161,9 @@ def feathered_mask(width: int, height: int, feather_px: float,
     if feather <= 0 or not any(sides):
         return np.ones((height, width), dtype=np.float32)
     xs, ys = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
-    far = np.float32(np.inf)
     left, top, right, bottom = sides
-    across = np.minimum(xs if left else far, (width - 1 - xs) if right else far)
-    down = np.minimum(ys if top else far, (height - 1 - ys) if bottom else far)
+    across = np.minimum(np.where(left, xs, np.inf), np.where(right, width - 1 - xs, np.inf))
+    down = np.minimum(np.where(top, ys, np.inf), np.where(bottom, height - 1 - ys, np.inf))
     t = np.clip(np.minimum.outer(down, across) / feather, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 

@@ -36,6 +36,8 @@ WHOLE_IMAGE_NOTE = "The mask covers the whole image: the whole image is repainte
 # masking.fill's passes (blur radius, times composited): wide blurs first give every masked pixel
 # some nearby colour, narrow ones then bring back detail close to the mask's edge.
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
+# The blur works on about this many values at a time: bounded memory even for a 100-megapixel photo's mask.
+_BLUR_CHUNK_VALUES = 2**20
 
 
 def painted_mask(mask_image: Image.Image) -> Image.Image:
@@ -93,7 +95,7 @@ def _gaussian_1d(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     # mirrors a single pixel onto itself, where "reflect" has nothing to reflect.
     mode = "reflect" if length > 1 else "symmetric"
     out = np.empty(lines.shape, dtype=np.uint8)
-    rows_per_chunk = max(1, 2**20 // (length + 2 * radius))  # bounded memory for a 100-megapixel photo's mask
+    rows_per_chunk = max(1, _BLUR_CHUNK_VALUES // (length + 2 * radius))
     for start in range(0, lines.shape[0], rows_per_chunk):
         chunk = np.pad(lines[start:start + rows_per_chunk].astype(np.float64), ((0, 0), (radius, radius)), mode=mode)
         total = np.zeros((chunk.shape[0], length), dtype=np.float64)

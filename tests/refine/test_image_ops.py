@@ -236,3 +236,11 @@ def test_a_face_region_on_the_picture_border_is_new_right_up_to_the_border():
     result = pixels(paste_feathered(base, patch, (0, 20, 60, 80), 10))
     assert (result[30:70, 0] == RED).all()  # the frame's edge: no fade back to the old picture
     assert (result[30:70, 59] == BLUE).all()  # the inner edge still fades out
+
+
+@pytest.mark.parametrize("sides", [(True, False, True, False), (False, True, False, True), (False, False, False, True)])
+def test_feathered_mask_with_whole_axes_hard(sides):
+    weight = feathered_mask(12, 10, 3, sides=sides)
+    assert weight.shape == (10, 12) and weight.max() == 1
+    left, top, right, bottom = sides
+    assert (weight[:, 0] == 0).all() == left and (weight[-1] == 0).all() == bottom

@@ -234,3 +234,12 @@ def test_several_editor_layers_make_one_mask():
 def test_no_mask_at_all_is_an_empty_mask():
     with pytest.raises(InvalidRequest, match="paint the area"):
         check_mask(None)
+
+
+def test_the_blur_gives_the_same_mask_whatever_chunks_it_works_in(monkeypatch):
+    from pipelines.refine import masks
+
+    mask = Image.fromarray(((np.random.default_rng(2).random((37, 53)) > 0.6) * 255).astype(np.uint8))
+    whole = values(blur_mask(mask, 3, 5))
+    monkeypatch.setattr(masks, "_BLUR_CHUNK_VALUES", 100)  # a few lines per chunk, chunk edges everywhere
+    assert (values(blur_mask(mask, 3, 5)) == whole).all()
