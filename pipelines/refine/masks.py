@@ -45,7 +45,8 @@ def painted_mask(mask_image: Image.Image) -> Image.Image:
 
     A layer from Gradio's ImageEditor is RGBA with transparent unpainted pixels: every pixel that is
     not fully transparent counts as painted, whatever the brush colour (a stroke's soft edge included;
-    the mask blur smooths it anyway). An RGBA image that is fully opaque, like an L or RGB mask, is
+    the mask blur smooths it anyway). A1111 counts only alpha above 128; here a stroke of a
+    low-opacity brush still masks what it covers. An RGBA image that is fully opaque, like an L or RGB mask, is
     read by its brightness, white = repaint (A1111's rule, so an exported black-and-white mask works
     whatever mode it was saved in).
     """
@@ -67,7 +68,7 @@ def mask_from_layers(layers: Sequence[Image.Image]) -> Image.Image | None:
         if mask.size != size:
             mask = mask.resize(size, resample=Image.Resampling.NEAREST)
         np.maximum(union, np.asarray(mask), out=union)
-    return Image.fromarray(union, mode="L")
+    return Image.fromarray(union)
 
 
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
@@ -81,7 +82,7 @@ def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
     for axis, sigma in ((1, blur_x), (0, blur_y)):
         if sigma > 0:
             values = _gaussian_1d(values, float(sigma), axis)
-    return Image.fromarray(values, mode="L")
+    return Image.fromarray(values)
 
 
 def _gaussian_1d(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
@@ -129,7 +130,7 @@ def overlay_mask(mask: Image.Image) -> Image.Image:
     back with the blurred mask itself.)
     """
     doubled = np.minimum(np.asarray(mask.convert("L"), dtype=np.uint16) * 2, 255).astype(np.uint8)
-    return Image.fromarray(doubled, mode="L")
+    return Image.fromarray(doubled)
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
