@@ -32,7 +32,7 @@ case "$mode" in
     exec .venv/bin/python app.py "$@"
     ;;
   test)
-    install_once dev requirements-dev.txt
+    install_once dev requirements-dev.txt requirements-scale.txt  # dev includes the scale extras (-r)
     if ! command -v chromium >/dev/null 2>&1; then
       if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "Installing Debian's Chromium for the browser tests…"

@@ -4,54 +4,62 @@ Policy, in brief:
 - A miss keeps the noisy latents after K of the run's steps, for K in {5, 10, 15, 20, 25} of 50
   (scaled to the request's step count), one stored *item* per K.
 - A lookup finds the nearest cached prompt by the pipeline's own text embedding (L2-normalised, so
-  inner product = cosine similarity) in a faiss HNSW index, one index per *partition*: everything
-  that makes a latent unusable for another request (model, size, sampler and step count, guidance,
-  negative prompt, batch size, hooks such as a PuLID identity) is hashed into the partition name,
-  so a different model or size can never hit.
+  inner product = cosine similarity) in a vector store (`pipelines.caches.vector_store`: the
+  embedded faiss store by default, or Milvus, shared by several workers or machines), searched
+  within one *namespace* (a user or API key; "" = the single-user default) and one *partition*:
+  everything that makes a latent unusable for another request (model, size, sampler and step
+  count, guidance, negative prompt, batch size, hooks such as a PuLID identity) is hashed into the
+  partition name, so a different model, size or user can never hit.
 - The similarity picks K from a table (s > 0.95 -> 25, ... > 0.65 -> 5, else a miss); the deepest
   stored item at or below that K is used. The caller resumes the denoise there.
+- Latents are safetensors files in the cache folder (for a shared store, a folder every worker
+  sees), written crash-safely and fsynced *before* their vector is inserted, and checked against
+  their sha256 when read: a missing, truncated or altered file drops its item (and the entry when
+  none is left) and is never served.
 - Eviction is LCBFU, "least computationally beneficial and frequently used": an item's score is
   K (in fiftieths of the run) x its use count, where the generation that stored it counts as one
   use; the lowest score leaves first (oldest first among equals), until the bytes fit the budget.
-  Entries older than the time-to-live (when set) are dropped.
-- Everything lives on disk under one folder: a safetensors file per item and per embedding, one
-  faiss index file per partition, and `manifest.json`. Files are written to a temporary name,
-  fsynced and renamed; the manifest is replaced only after the files it names are in place. On
-  start, entries whose files are missing, truncated or unreadable are dropped, files the manifest
-  does not name (a write cut short) are deleted, and an unreadable index is rebuilt from the
-  embeddings. So a process killed at any point leaves a readable cache.
+  Entries older than the time-to-live (when set) are dropped, and never served meanwhile. Both run
+  here, for every store, in the process that `maintains` the cache (for a shared store: one
+  process, the UI's; other clients only look up and store).
+- The embedded store keeps everything under the folder and checks it on first use: entries whose
+  files are missing, truncated or unreadable are dropped, files no entry names (a write cut short)
+  are deleted, an unreadable index is rebuilt. So a process killed at any point leaves a readable
+  cache. One process per folder with it.
+- A store that cannot be reached (Milvus down at start or mid-run) turns the cache off for the
+  rest of the run: lookups miss, nothing is stored, `unavailable` says why (once, in the log too);
+  generation goes on.
 - Prompts are not stored, only their embeddings and latents; but a hit still shows one prompt's
-  composition to whoever sends a similar one, so one cache folder is for one user.
-
-One process per cache folder: two processes writing the same folder would overwrite each other's
-manifest (the app and a CLI run should use different cache folders if run at the same time).
+  composition to whoever sends a similar one: one namespace (or one cache folder) per user.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
+import math
 import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines.atomic import fsync_folder as _fsync_folder
-from pipelines.atomic import write_atomically as _write_atomically
+from pipelines.atomic import fsync_folder, remove_stale_temporaries
+from pipelines.caches.faiss_store import MANIFEST, FORMAT_VERSION, PartitionIndex, load_tensor, readable_header, save_tensor
 from pipelines.caches.memo import CacheStats
+from pipelines.caches.vector_store import Entry, Item, StoreUnavailable, VectorStore, open_store
 
 log = logging.getLogger("likeness")
 
 STEPS_OF_50 = (5, 10, 15, 20, 25)  # where latents are kept, in fiftieths of the run
 DEFAULT_THRESHOLDS = ((0.95, 25), (0.90, 20), (0.85, 15), (0.75, 10), (0.65, 5))
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+ORPHAN_GRACE_SECONDS = 600.0  # a shared folder: a file no entry names yet may be another client's store in progress
+__all__ = ["ApproximateCache", "ApproximateCacheConfig", "ApproxHit", "PartitionIndex", "StoreUnavailable", "MANIFEST",
+           "FORMAT_VERSION", "k_for_similarity", "keep_steps", "parse_thresholds", "partition_key", "scaled_step"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,13 @@ class ApproximateCacheConfig:
       uncached image.
     - `max_bytes`: disk budget for latents and embeddings; LCBFU evicts beyond it.
     - `ttl_seconds`: entries older than this are dropped (0 = keep until evicted).
-    - `hnsw_neighbours` / `search_depth`: faiss HNSW's M and efSearch. More is slower and finds the
-      true nearest prompt more often; at 100k entries the defaults answer in well under 1 ms.
+    - `hnsw_neighbours` / `search_depth`: HNSW's M and efSearch (faiss and Milvus alike). More is
+      slower and finds the true nearest prompt more often; at 100k entries faiss answers in well under 1 ms.
+    - `uri`: where the vectors live. Empty: the embedded faiss index in the cache folder. A Milvus
+      URI: `./cache.db` (Milvus Lite in that folder, one process) or `http://host:19530` (a server
+      shared by every worker; the latents folder must then be one path every worker sees).
+    - `sweep_seconds`: how often eviction and expiry list every entry (None: the store's default,
+      every time for faiss, 30 s for Milvus, where a listing scans the collection).
     """
 
     thresholds: tuple[tuple[float, int], ...] = DEFAULT_THRESHOLDS
@@ -70,6 +83,8 @@ class ApproximateCacheConfig:
     ttl_seconds: float = 0.0
     hnsw_neighbours: int = 32
     search_depth: int = 32
+    uri: str = ""
+    sweep_seconds: float | None = None
 
     def __post_init__(self):
         similarities = [s for s, _ in self.thresholds]
@@ -130,169 +145,56 @@ class ApproxHit:
         return f"hit K={self.step} s={self.similarity:.2f}"
 
 
-# -- the vector index: one per partition -------------------------------------------------------------
-
-
-def _faiss():
-    """faiss, imported on first use; its loader's INFO lines about CPU-specific builds are noise here."""
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import faiss
-
-    return faiss
-
-
-class PartitionIndex:
-    """A faiss HNSW inner-product index over one partition's prompt embeddings, keyed by entry id.
-
-    HNSW cannot remove vectors, so dropped entries stay as tombstones that searches skip; the
-    index is rebuilt from the live vectors once tombstones outnumber them.
-    """
-
-    def __init__(self, dim: int, neighbours: int = 32, search_depth: int = 32, index=None):
-        faiss = _faiss()
-
-        self.dim = dim
-        self.search_depth = search_depth
-        if index is None:
-            index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, neighbours, faiss.METRIC_INNER_PRODUCT))
-        self.index = index
-        faiss.downcast_index(self.index.index).hnsw.efSearch = search_depth
-        self.dead: set[int] = set()
-
-    @property
-    def size(self) -> int:
-        return int(self.index.ntotal)
-
-    def ids(self) -> set[int]:
-        faiss = _faiss()
-
-        return set(faiss.vector_to_array(self.index.id_map).tolist())
-
-    def add(self, entry_id: int, vector: np.ndarray) -> None:
-        self.index.add_with_ids(vector.reshape(1, -1), np.array([entry_id], dtype=np.int64))
-        self.dead.discard(entry_id)
-
-    def add_many(self, ids: list[int], vectors: np.ndarray) -> None:
-        if ids:
-            self.index.add_with_ids(vectors.astype(np.float32), np.asarray(ids, dtype=np.int64))
-
-    def search(self, vector: np.ndarray, skip: set[int] = frozenset(), k: int = 8) -> tuple[int, float] | None:
-        """(entry id, similarity) of the nearest live entry not in `skip`, or None."""
-        if self.size == 0:
-            return None
-        k = min(self.size, k + len(skip))
-        scores, ids = self.index.search(vector.reshape(1, -1), k)
-        for score, entry_id in zip(scores[0], ids[0]):
-            if entry_id >= 0 and entry_id not in self.dead and entry_id not in skip:
-                return int(entry_id), float(score)
-        return None
-
-    def save(self, path: Path) -> None:
-        faiss = _faiss()
-
-        # Serialised here and written by Python, so a full disk is an OSError like every other write.
-        data = faiss.serialize_index(self.index).tobytes()
-        _write_atomically(path, lambda temporary: temporary.write_bytes(data))
-
-    @classmethod
-    def load(cls, path: Path, dim: int, search_depth: int) -> "PartitionIndex":
-        faiss = _faiss()
-
-        index = faiss.read_index(str(path))
-        if index.d != dim:
-            raise ValueError(f"index dimension {index.d}, expected {dim}")
-        return cls(dim, search_depth=search_depth, index=index)
-
-
-# -- on-disk helpers ---------------------------------------------------------------------------------
-
-
-def _save_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
-    from safetensors.torch import save
-
-    # Serialised in memory and written by Python: safetensors reports a full disk as its own error type.
-    data = save({name: tensor.detach().to("cpu").contiguous()})
-    _write_atomically(path, lambda temporary: temporary.write_bytes(data))
-
-
-def _load_tensor(path: Path, name: str) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))[name]
-
-
-def _readable_header(path: Path, name: str) -> bool:
-    """A cheap start-up check: the safetensors header parses and names the tensor."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return name in handle.keys()
-    except Exception:  # noqa: BLE001 - any failure to read means the file is unusable
-        return False
-
-
 # -- the cache ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Item:
-    file: str
-    bytes: int
-    uses: int = 1  # the generation that stored it counts as one use
-    last_used: float = 0.0
+def namespace_key(namespace: str) -> str:
+    """What a store keeps for a namespace: "" stays "" (the single-user default), anything else a hash,
+    so a user name or API key is never written to the store."""
+    return "" if not namespace else "ns-" + hashlib.sha256(namespace.encode()).hexdigest()[:24]
 
 
-@dataclass
-class _Entry:
-    id: int
-    partition: str
-    dim: int
-    total_steps: int
-    created: float
-    step_seconds: float
-    embedding_file: str
-    embedding_bytes: int
-    items: dict[int, _Item] = field(default_factory=dict)  # step -> item
+def latent_file(entry_id: int, step: int) -> str:
+    return f"e{entry_id:08d}.s{step:03d}.safetensors"
 
-    def to_json(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "items"}
-        data["items"] = {str(step): item.__dict__ for step, item in self.items.items()}
-        return data
 
-    @classmethod
-    def from_json(cls, data: dict) -> "_Entry":
-        items = {int(step): _Item(**item) for step, item in data["items"].items()}
-        return cls(**{k: v for k, v in data.items() if k != "items"}, items=items)
+def _is_latent_file(name: str) -> bool:
+    return name.startswith("e") and ".s" in name and name.endswith(".safetensors") and not name.endswith(".emb.safetensors")
 
 
 class ApproximateCache:
-    """See the module docstring for the policy. Thread-safe; one instance per folder."""
+    """See the module docstring for the policy. Thread-safe; one instance per process.
+
+    `vectors`: the store (default: from `config.uri`, opened on first use). `maintains`: this
+    process runs eviction, expiry and the orphan sweep (for a shared store, exactly one process should).
+    """
 
     name = "approximate latents"
     policy = "lcbfu"
 
-    def __init__(self, folder: Path, config: ApproximateCacheConfig | None = None, clock=time.time):
+    def __init__(self, folder: Path, config: ApproximateCacheConfig | None = None, clock=time.time,
+                 vectors: VectorStore | None = None, maintains: bool = True):
         self.folder = Path(folder)
         self.config = config or ApproximateCacheConfig()
+        self.maintains = maintains
         self._clock = clock
         self._lock = threading.RLock()
-        self._entries: dict[int, _Entry] = {}
-        self._indexes: dict[str, PartitionIndex] = {}
-        self._next_id = 1
+        self._vectors = vectors
         self.hits = self.misses = 0
         self.seconds_saved = 0.0
         self.steps_saved = 0
+        self.unavailable: str | None = None  # why the cache is off for this run (a store that cannot be reached)
         self._dropped: list[str] = []  # what the opening check removed, and why
         self._is_open = False  # the folder is read and checked on first use, not when the app starts
+        self._swept_at = -math.inf  # time.monotonic() of the last eviction/expiry pass
+        self._listing: tuple[float, list[Entry]] | None = None  # (monotonic time, entries) for a shared store's stats
 
     @contextmanager
     def _ready(self):
-        """Hold the lock, with the folder read and checked (done once, on first use)."""
+        """Hold the lock, with the store opened and the folder checked (done once, on first use)."""
         with self._lock:
             if not self._is_open:
                 self._is_open = True
-                self.folder.mkdir(parents=True, exist_ok=True)
                 self._open()
             yield
 
@@ -302,108 +204,85 @@ class ApproximateCache:
         return self._is_open
 
     @property
+    def vectors(self) -> VectorStore | None:
+        """The vector store, opened (None when the cache is off)."""
+        with self._ready():
+            return None if self.unavailable else self._vectors
+
+    @property
     def dropped_at_start(self) -> list[str]:
         """What the opening check removed (damaged or half-written files), and why."""
         with self._ready():
             return list(self._dropped)
 
-    # -- start-up: read, verify, repair -------------------------------------------------------------
+    def _turn_off(self, error: Exception) -> None:
+        self.unavailable = str(error)
+        log.warning("approximate cache off for this run (generation goes on without it): %s", error)
+        if self._vectors is not None:
+            self._vectors.close()
+
+    # -- start-up: open the store, verify, repair ------------------------------------------------------
 
     def _open(self) -> None:
-        manifest = self._read_manifest()
-        for data in manifest.get("entries", []):
-            try:
-                entry = _Entry.from_json(data)
-            except (TypeError, KeyError, ValueError) as error:
-                self._dropped.append(f"an unreadable manifest entry ({error})")
-                continue
-            problem = self._verify(entry)
-            if problem:
-                self._dropped.append(f"entry {entry.id}: {problem}")
-                continue
-            self._entries[entry.id] = entry
-        self._next_id = max([manifest.get("next_id", 1)] + [e.id + 1 for e in self._entries.values()])
-        self._delete_unlisted_files()
-        self._expire()
-        self._open_indexes()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.folder, os.W_OK):
+                raise StoreUnavailable(f"the latents folder {self.folder} is not writable")
+            if self._vectors is None:
+                self._vectors = open_store(self.config.uri, self.folder, self.config)
+            self._dropped.extend(self._vectors.open())
+            if not self._vectors.shared:  # a shared folder is checked file by file, when read
+                self._check_files()
+            self._maintain(force=True)  # a process killed between a store's commit and its eviction left too many bytes
+        except StoreUnavailable as error:
+            self._turn_off(error)
+            return
+        except OSError as error:
+            self._turn_off(StoreUnavailable(f"the latents folder {self.folder} cannot be used ({error.strerror or error})"))
+            return
         if self._dropped:
             log.warning("approximate cache %s: dropped %s", self.folder, "; ".join(self._dropped))
-            self._write_manifest()
 
-    def _read_manifest(self) -> dict:
-        path = self.folder / MANIFEST
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-                raise ValueError("not a version-1 manifest")
-            return data
-        except (OSError, ValueError) as error:
-            kept = path.with_name(f"{MANIFEST}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, kept)
-            self._dropped.append(f"the manifest could not be read ({error}); kept as {kept.name}, starting empty")
-            return {}
-
-    def _verify(self, entry: _Entry) -> str | None:
-        """None if the entry's embedding is readable; unreadable items are removed from it."""
-        embedding = self.folder / entry.embedding_file
-        if not embedding.is_file() or embedding.stat().st_size != entry.embedding_bytes or not _readable_header(embedding, "embedding"):
-            return "its embedding file is missing or damaged"
-        for step, item in list(entry.items.items()):
-            path = self.folder / item.file
-            if not path.is_file() or path.stat().st_size != item.bytes or not _readable_header(path, "latents"):
-                self._dropped.append(f"entry {entry.id} step {step}: the latent file is missing, truncated or damaged")
-                del entry.items[step]
-        return None if entry.items else "no readable latents left"
-
-    def _delete_unlisted_files(self) -> None:
-        """Files no entry names: a write cut short (temporary files) or a put whose manifest never landed."""
-        listed = {MANIFEST} | {f"index-{p}.faiss" for p in {e.partition for e in self._entries.values()}}
-        for entry in self._entries.values():
-            listed.add(entry.embedding_file)
+    def _check_files(self) -> None:
+        """Local store: drop items whose latent file is missing, truncated or unreadable, then delete
+        files no entry names (a write cut short, or a store whose commit never landed)."""
+        emptied = []
+        for entry in self._vectors.entries():
+            damaged = False
+            for step, item in list(entry.items.items()):
+                path = self.folder / item.file
+                if not path.is_file() or path.stat().st_size != item.bytes or not readable_header(path, "latents"):
+                    self._dropped.append(f"entry {entry.id} step {step}: the latent file is missing, truncated or damaged")
+                    del entry.items[step]
+                    damaged = True
+            if not entry.items:
+                self._dropped.append(f"entry {entry.id}: no readable latents left")
+                emptied.append(entry)
+            elif damaged:
+                self._vectors.update(entry)
+        if emptied:
+            self._vectors.delete(emptied)
+        listed = self._vectors.own_files()
+        for entry in self._vectors.entries():
             listed.update(item.file for item in entry.items.values())
         for path in self.folder.iterdir():
             if path.is_file() and path.name not in listed and not path.name.startswith(f"{MANIFEST}.bad-"):
                 path.unlink(missing_ok=True)
 
-    def _open_indexes(self) -> None:
-        by_partition: dict[str, list[_Entry]] = {}
-        for entry in self._entries.values():
-            by_partition.setdefault(entry.partition, []).append(entry)
-        for partition, entries in by_partition.items():
-            path = self.folder / f"index-{partition}.faiss"
-            dim = entries[0].dim
-            index = None
-            if path.exists():
-                try:
-                    index = PartitionIndex.load(path, dim, self.config.search_depth)
-                except Exception as error:  # noqa: BLE001 - faiss raises RuntimeError for truncated files
-                    self._dropped.append(f"index {path.name} could not be read ({error.__class__.__name__}); rebuilt from the embeddings")
-            live = {e.id for e in entries}
-            if index is None:
-                index = PartitionIndex(dim, self.config.hnsw_neighbours, self.config.search_depth)
-            present = index.ids()
-            index.dead = present - live
-            missing = [e for e in entries if e.id not in present]  # a put whose index write did not land
-            if missing:
-                index.add_many([e.id for e in missing], np.stack([self._embedding(e) for e in missing]))
-                index.save(path)
-            self._indexes[partition] = index
-
-    def _embedding(self, entry: _Entry) -> np.ndarray:
-        return _load_tensor(self.folder / entry.embedding_file, "embedding").numpy()
-
     # -- lookup and store ---------------------------------------------------------------------------
 
-    def lookup(self, partition: str, vector, total_steps: int, skip: set[int] = frozenset()) -> ApproxHit | None:
-        """The latents to resume from for a prompt with embedding `vector`, or None (a miss)."""
+    def lookup(self, partition: str, vector, total_steps: int, skip: set[int] = frozenset(), namespace: str = "") -> ApproxHit | None:
+        """The latents to resume from for a prompt with embedding `vector`, or None (a miss, or the cache is off)."""
         query = normalised(vector)
         with self._ready():
-            self._expire()
-            index = self._indexes.get(partition)
-            found = index.search(query, skip) if index is not None and index.dim == query.size else None
-            hit = self._take(found, total_steps) if found else None
+            if self.unavailable:
+                return None
+            try:
+                self._maintain()
+                hit = self._find(namespace_key(namespace), partition, query, total_steps, skip)
+            except StoreUnavailable as error:
+                self._turn_off(error)
+                return None
             if hit is None:
                 self.misses += 1
                 return None
@@ -412,9 +291,14 @@ class ApproximateCache:
             self.seconds_saved += hit.seconds_saved
             return hit
 
-    def _take(self, found: tuple[int, float], total_steps: int) -> ApproxHit | None:
-        entry_id, similarity = found
-        entry = self._entries[entry_id]
+    def _find(self, namespace: str, partition: str, query: np.ndarray, total_steps: int, skip) -> ApproxHit | None:
+        found = self._vectors.search(namespace, partition, query, skip)
+        if found is None:
+            return None
+        entry, similarity = found
+        now = self._clock()
+        if self.config.ttl_seconds and entry.created < now - self.config.ttl_seconds:
+            return None  # expired: never served, whoever sweeps it
         k = k_for_similarity(similarity, self.config.thresholds)
         if k is None or entry.total_steps != total_steps:
             return None
@@ -424,160 +308,197 @@ class ApproximateCache:
         step = max(usable)
         item = entry.items[step]
         try:
-            latents = _load_tensor(self.folder / item.file, "latents")
-        except Exception as error:  # noqa: BLE001 - a file damaged since start-up costs the item, not the run
-            log.warning("approximate cache: dropped entry %d step %d, its file could not be read (%s)", entry_id, step, error)
-            self._drop_item(entry, step)
-            self._compact_indexes()
-            self._write_manifest()
+            latents = load_tensor(self.folder / item.file, "latents", item.sha256)
+        except Exception as error:  # noqa: BLE001 - a missing or damaged file costs the item, not the run
+            log.warning("approximate cache: dropped entry %d step %d, its latent file could not be used (%s)", entry.id, step, error)
+            del entry.items[step]
+            self._vectors.update(entry)  # deletes the entry when no item is left
+            (self.folder / item.file).unlink(missing_ok=True)
             return None
         item.uses += 1
-        item.last_used = self._clock()
-        self._write_manifest()
-        return ApproxHit(entry_id, step, similarity, latents, step * entry.step_seconds)
+        item.last_used = now
+        self._vectors.update(entry)
+        return ApproxHit(entry.id, step, similarity, latents, step * entry.step_seconds)
 
-    def store(self, partition: str, vector, total_steps: int, latents_by_step: dict[int, torch.Tensor], step_seconds: float = 0.0) -> int | None:
-        """Keep a missed run's latents; returns the new entry's id (None when nothing fits the budget).
+    def store(self, partition: str, vector, total_steps: int, latents_by_step: dict[int, torch.Tensor], step_seconds: float = 0.0,
+              namespace: str = "") -> int | None:
+        """Keep a missed run's latents; returns the new entry's id (None when nothing fits the budget,
+        or the cache is off).
 
-        A write that fails (a full disk) keeps nothing, removes the files it wrote, logs a warning
-        and returns None: a cache that cannot grow must not fail the generation."""
+        The latent files are written (and fsynced) first, then the vector is inserted: a reader never
+        finds an entry whose files are not complete. A write that fails (a full disk) keeps nothing,
+        removes the files it wrote, logs a warning and returns None: a cache that cannot grow must not
+        fail the generation."""
         if not latents_by_step:
             return None
-        embedding = torch.from_numpy(normalised(vector))
+        embedding = normalised(vector)
         with self._ready():
-            entry_id = self._next_id
-            self._next_id += 1
+            if self.unavailable:
+                return None
             now = self._clock()
-            embedding_file = f"e{entry_id:08d}.emb.safetensors"
-            entry = _Entry(entry_id, partition, int(embedding.numel()), total_steps, now, step_seconds, embedding_file, 0)
+            entry = Entry(self._vectors.new_id(), partition, int(embedding.size), total_steps, now, step_seconds, {}, namespace_key(namespace))
             try:
-                _save_tensor(self.folder / embedding_file, "embedding", embedding)
-                entry.embedding_bytes = (self.folder / embedding_file).stat().st_size
                 for step, latents in sorted(latents_by_step.items()):
-                    name = f"e{entry_id:08d}.s{step:03d}.safetensors"
-                    _save_tensor(self.folder / name, "latents", latents)
-                    entry.items[step] = _Item(name, (self.folder / name).stat().st_size, 1, now)
-                _fsync_folder(self.folder)
+                    name = latent_file(entry.id, step)
+                    digest = save_tensor(self.folder / name, "latents", latents)
+                    entry.items[step] = Item(name, (self.folder / name).stat().st_size, 1, now, digest)
+                fsync_folder(self.folder)
             except OSError as error:
                 return self._store_failed(entry, error)
-            self._entries[entry_id] = entry
-            self._evict()
-            self._compact_indexes()
-            if entry_id not in self._entries:  # larger than the whole budget
-                self._write_manifest()
+            if entry.bytes > self.config.max_bytes:  # larger than the whole budget: never inserted
+                self._remove_files(entry)
                 return None
             try:
-                self._write_manifest()  # the commit point: the files it names are already on disk
+                self._vectors.insert(entry, embedding)
             except OSError as error:
-                del self._entries[entry_id]
                 return self._store_failed(entry, error)
-            index = self._indexes.get(partition)
-            if index is None:
-                index = self._indexes[partition] = PartitionIndex(entry.dim, self.config.hnsw_neighbours, self.config.search_depth)
-            index.add(entry_id, embedding.numpy())
+            except StoreUnavailable as error:
+                self._remove_files(entry)
+                self._turn_off(error)
+                return None
             try:
-                index.save(self.folder / f"index-{partition}.faiss")
-            except OSError as error:  # the entry is committed; the next start adds it to the index file
-                log.warning("approximate cache %s: could not update the index file (%s)", self.folder, error.strerror or error)
-            return entry_id
+                dropped = self._maintain()
+            except StoreUnavailable as error:
+                self._turn_off(error)
+                return None
+            return None if entry.id in dropped else entry.id
 
-    def _store_failed(self, entry: _Entry, error: OSError) -> None:
-        for name in [entry.embedding_file] + [item.file for item in entry.items.values()]:
-            (self.folder / name).unlink(missing_ok=True)
+    def _remove_files(self, entry: Entry) -> None:
+        for item in entry.items.values():
+            (self.folder / item.file).unlink(missing_ok=True)
+
+    def _store_failed(self, entry: Entry, error: OSError) -> None:
+        self._remove_files(entry)
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         log.warning("approximate cache %s: could not keep this run's latents (%s); nothing was stored", self.folder, reason)
         return None
 
-    # -- eviction -----------------------------------------------------------------------------------
+    # -- eviction and expiry: here only, for every store ----------------------------------------------
 
-    def _score(self, entry: _Entry, step: int) -> float:
+    @staticmethod
+    def _score(entry: Entry, step: int) -> float:
         """LCBFU: K in fiftieths of the run (what a hit saves) x how often the item was used."""
         return 50 * step / entry.total_steps * entry.items[step].uses
+
+    @classmethod
+    def _order(cls, entries: list[Entry]) -> list[tuple[Entry, int]]:
+        pairs = [(cls._score(e, s), item.last_used, e.id, s, e) for e in entries for s, item in e.items.items()]
+        return [(entry, step) for _, _, _, step, entry in sorted(pairs, key=lambda p: p[:4])]
 
     def eviction_order(self) -> list[tuple[int, int]]:
         """(entry id, step) pairs, the first to leave first."""
         with self._ready():
-            pairs = [(self._score(e, s), item.last_used, e.id, s) for e in self._entries.values() for s, item in e.items.items()]
-            return [(entry_id, step) for _, _, entry_id, step in sorted(pairs)]
+            return [(entry.id, step) for entry, step in self._order(self._entries())]
 
-    def _evict(self) -> None:
-        order = iter(self.eviction_order())
-        while self._bytes() > self.config.max_bytes:
-            entry_id, step = next(order)
-            self._drop_item(self._entries[entry_id], step)
+    def _maintain(self, force: bool = False) -> set[int]:
+        """Expire and evict (when this process maintains the cache, at most every `sweep_seconds`);
+        returns the ids of the entries dropped whole."""
+        if not self.maintains:
+            return set()
+        sweep = self._vectors.sweep_seconds if self.config.sweep_seconds is None else self.config.sweep_seconds
+        if not force and sweep and time.monotonic() - self._swept_at < sweep:
+            return set()
+        self._swept_at = time.monotonic()
+        entries = self._vectors.entries()
+        gone: dict[int, Entry] = {}
+        if self.config.ttl_seconds:
+            oldest = self._clock() - self.config.ttl_seconds
+            gone = {e.id: e for e in entries if e.created < oldest}
+        live = [e for e in entries if e.id not in gone]
+        total = sum(e.bytes for e in live)
+        trimmed: dict[int, Entry] = {}
+        files: list[str] = [item.file for e in gone.values() for item in e.items.values()]
+        if total > self.config.max_bytes:
+            for entry, step in self._order(live):
+                if total <= self.config.max_bytes:
+                    break
+                item = entry.items.pop(step)
+                files.append(item.file)
+                total -= item.bytes
+                if not entry.items:
+                    total -= entry.store_bytes
+                    gone[entry.id] = entry
+                    trimmed.pop(entry.id, None)
+                else:
+                    trimmed[entry.id] = entry
+        for entry in trimmed.values():
+            self._vectors.update(entry)
+        if gone:
+            self._vectors.delete(list(gone.values()))
+        for name in files:  # after the store: a reader that still finds the entry finds its file, or drops it
+            (self.folder / name).unlink(missing_ok=True)
+        if self._vectors.shared:
+            self._sweep_orphans(entries)
+        self._listing = (time.monotonic(), [e for e in entries if e.id not in gone])
+        return set(gone)
 
-    def _drop_item(self, entry: _Entry, step: int) -> None:
-        item = entry.items.pop(step)
-        (self.folder / item.file).unlink(missing_ok=True)
-        if not entry.items:
-            self._drop_entry(entry)
-
-    def _drop_entry(self, entry: _Entry) -> None:
-        """Delete its files and mark it dead in its index; `_compact_indexes` tidies the indexes after."""
-        for item in entry.items.values():
-            (self.folder / item.file).unlink(missing_ok=True)
-        (self.folder / entry.embedding_file).unlink(missing_ok=True)
-        del self._entries[entry.id]
-        index = self._indexes.get(entry.partition)
-        if index is not None:
-            index.dead.add(entry.id)
-
-    def _compact_indexes(self) -> None:
-        """Once after a round of drops: remove the index of an emptied partition, and rebuild an index
-        whose tombstones outnumber its live vectors (HNSW cannot delete)."""
-        live_by_partition: dict[str, list[_Entry]] = {}
-        for entry in self._entries.values():
-            live_by_partition.setdefault(entry.partition, []).append(entry)
-        for partition, index in list(self._indexes.items()):
-            live = live_by_partition.get(partition, [])
-            path = self.folder / f"index-{partition}.faiss"
-            if not live:
-                del self._indexes[partition]
-                path.unlink(missing_ok=True)
-            elif len(index.dead) > len(live):
-                rebuilt = PartitionIndex(index.dim, self.config.hnsw_neighbours, self.config.search_depth)
-                rebuilt.add_many([e.id for e in live], np.stack([self._embedding(e) for e in live]))
-                rebuilt.save(path)
-                self._indexes[partition] = rebuilt
-
-    def _expire(self) -> None:
-        if not self.config.ttl_seconds:
+    def _sweep_orphans(self, entries: list[Entry]) -> None:
+        """A shared folder: delete latent files no entry names, once older than a store takes to commit."""
+        named = {item.file for e in entries for item in e.items.values()}
+        oldest = time.time() - ORPHAN_GRACE_SECONDS
+        remove_stale_temporaries(self.folder)
+        try:
+            paths = list(self.folder.iterdir())
+        except OSError:
             return
-        oldest = self._clock() - self.config.ttl_seconds
-        expired = [e for e in self._entries.values() if e.created < oldest]
-        for entry in expired:
-            self._drop_entry(entry)
-        if expired:
-            self._compact_indexes()
-            self._write_manifest()
+        for path in paths:
+            try:
+                if _is_latent_file(path.name) and path.name not in named and path.stat().st_mtime < oldest:
+                    path.unlink()
+            except OSError:
+                pass
 
-    def _bytes(self) -> int:
-        return sum(e.embedding_bytes + sum(i.bytes for i in e.items.values()) for e in self._entries.values())
-
-    def _write_manifest(self) -> None:
-        data = {"version": FORMAT_VERSION, "next_id": self._next_id, "entries": [e.to_json() for e in self._entries.values()]}
-        text = json.dumps(data, separators=(",", ":"))
-        _write_atomically(self.folder / MANIFEST, lambda temporary: temporary.write_text(text))
+    def _entries(self) -> list[Entry]:
+        """Every entry: fresh from a local store; for a shared one, a listing at most `sweep_seconds` old."""
+        if not self._vectors.shared:
+            return self._vectors.entries()
+        sweep = self._vectors.sweep_seconds if self.config.sweep_seconds is None else self.config.sweep_seconds
+        if self._listing is None or time.monotonic() - self._listing[0] >= sweep:
+            self._listing = (time.monotonic(), self._vectors.entries())
+        return self._listing[1]
 
     # -- the Caches panel ---------------------------------------------------------------------------
 
-    def entry_ids(self) -> list[int]:
+    def entries(self) -> list[Entry]:
         with self._ready():
-            return sorted(self._entries)
+            if self.unavailable:
+                return []
+            try:
+                return list(self._entries())
+            except StoreUnavailable as error:
+                self._turn_off(error)
+                return []
+
+    def entry_ids(self) -> list[int]:
+        return sorted(entry.id for entry in self.entries())
 
     def clear(self) -> None:
+        """Every entry of every namespace, and their latent files."""
         with self._ready():
-            for entry in list(self._entries.values()):
-                self._drop_entry(entry)
-            self._compact_indexes()
-            self._write_manifest()
+            if self.unavailable:
+                return
+            try:
+                entries = self._vectors.entries()
+                self._vectors.clear()
+            except StoreUnavailable as error:
+                self._turn_off(error)
+                return
+            for entry in entries:
+                self._remove_files(entry)
+            self._listing = None
 
     def stats(self) -> CacheStats:
         """Entries are stored latents (one per prompt and K); `max_entries` is 0: the limit is bytes."""
         with self._ready():
-            self._expire()
-            items = sum(len(e.items) for e in self._entries.values())
-            return CacheStats(self.name, self.policy, items, 0, self._bytes(), self.hits, self.misses, self.seconds_saved)
+            entries = []
+            if not self.unavailable:
+                try:
+                    self._maintain()
+                    entries = self._entries()
+                except StoreUnavailable as error:
+                    self._turn_off(error)
+            items = sum(len(e.items) for e in entries)
+            return CacheStats(self.name, self.policy, items, 0, sum(e.bytes for e in entries), self.hits, self.misses, self.seconds_saved)
 
 
 def partition_key(*parts) -> str:

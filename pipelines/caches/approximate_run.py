@@ -114,7 +114,8 @@ class ApproximateRun:
     """The approximate cache for one generation (all its batches).
 
     Entries stored by this run are never reused by its own later batches: a batch count asks for
-    different images, not near-copies of the first.
+    different images, not near-copies of the first. The request's `cache_namespace` (a user or API
+    key; "" = the single-user default) keeps lookups and stores within that namespace.
     """
 
     def __init__(self, cache: ApproximateCache, model, request, embeds: dict, hooks: list):
@@ -122,18 +123,21 @@ class ApproximateRun:
         self.total_steps = request.steps
         self.partition = request_partition(model, request, hooks)
         self.vector = prompt_vector(model.family, getattr(model.pipe, "tokenizer", None), request.prompt, embeds) if self.partition else None
+        self.namespace = str(getattr(request, "cache_namespace", "") or "")
         self.stored: set[int] = set()
 
     @property
     def usable(self) -> bool:
-        return self.partition is not None and self.total_steps > 1
+        return self.partition is not None and self.total_steps > 1 and not self.cache.unavailable
 
     def before_batch(self) -> Resume | None:
         if not self.usable:
             return None
-        hit = self.cache.lookup(self.partition, self.vector.numpy(), self.total_steps, skip=self.stored)
+        hit = self.cache.lookup(self.partition, self.vector.numpy(), self.total_steps, skip=self.stored, namespace=self.namespace)
         if hit is not None:
             return Resume(start_step=hit.step, latents=hit.latents, hit=hit)
+        if self.cache.unavailable:  # the store went away during this lookup: nothing to keep latents for
+            return None
         return Resume(keep=frozenset(keep_steps(self.total_steps)))
 
     def after_batch(self, resume: Resume | None, denoise_seconds: float) -> None:
@@ -141,11 +145,13 @@ class ApproximateRun:
         if resume is None or resume.hit is not None or set(resume.kept) != set(resume.keep):
             return
         entry_id = self.cache.store(self.partition, self.vector.numpy(), self.total_steps, resume.kept,
-                                    denoise_seconds / max(self.total_steps, 1))
+                                    denoise_seconds / max(self.total_steps, 1), namespace=self.namespace)
         if entry_id is not None:
             self.stored.add(entry_id)
 
     def note(self, resume: Resume | None) -> str:
+        if resume is None and self.cache.unavailable:
+            return "off for this run (the cache store is unreachable; see the log)"
         if resume is None:
             return "off for this run (a hook without a cache key, or a 1-step run)"
         return resume.hit.describe() if resume.hit else "miss"

@@ -124,27 +124,28 @@ def test_settings_saves_survive_kill_at_every_write_point(tmp_path):
 
 def check_approx(folder: Path) -> int:
     """Restart: the cache opens; every entry it keeps loads, and a lookup with its embedding serves it."""
-    from pipelines.caches.approximate import MANIFEST, ApproximateCache, _load_tensor
+    from pipelines.caches.approximate import ApproximateCache
+    from pipelines.caches.faiss_store import load_tensor
 
     cache = ApproximateCache(folder, writer_child.approx_config())
-    ids = cache.entry_ids()
-    for entry_id in ids:
-        entry = cache._entries[entry_id]
+    entries = cache.entries()
+    ids = [entry.id for entry in entries]
+    for entry in entries:
         for item in entry.items.values():
-            assert _load_tensor(folder / item.file, "latents").shape == (1, 4, 48, 48)
-        hit = cache.lookup(writer_child.APPROX_PARTITION, cache._embedding(entry), writer_child.APPROX_STEPS)
+            assert load_tensor(folder / item.file, "latents", item.sha256).shape == (1, 4, 48, 48)
+        hit = cache.lookup(writer_child.APPROX_PARTITION, cache.vectors.embedding(entry), writer_child.APPROX_STEPS)
         assert hit is not None and hit.latents.shape == (1, 4, 48, 48) and hit.similarity > 0.99
     assert temporaries(folder) == []
-    listed = {MANIFEST} | {f"index-{writer_child.APPROX_PARTITION}.faiss"}
-    for entry in cache._entries.values():
-        listed |= {entry.embedding_file} | {item.file for item in entry.items.values()}
+    listed = cache.vectors.own_files()
+    for entry in entries:
+        listed |= {item.file for item in entry.items.values()}
     assert {p.name for p in folder.iterdir()} <= listed, "files no entry names were left"
     return len(ids)
 
 
 def test_approximate_cache_survives_kill_at_every_write_point(tmp_path):
     rng = random.Random(13)
-    # A store writes the embedding (1), two latents (2, 3), the manifest (4) and the index (5).
+    # A store writes two latents (1, 2), the embedding (3), the manifest (4) and the index (5).
     for point in ("fsync:2", "publish:3", "publish:4", "published:4", "publish:5", "publish:9"):
         kill_child("approx", tmp_path, point, rng)
         check_approx(tmp_path)

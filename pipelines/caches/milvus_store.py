@@ -1,0 +1,256 @@
+"""The approximate cache's vectors and counters in Milvus (pymilvus `MilvusClient`), shared by every client.
+
+- URI `./cache.db` (any path ending in `.db`): Milvus Lite, in-process, data in that folder. Milvus
+  Lite locks its folder: one process at a time (a second process gets a clear message). Several
+  clients in one process share it. For several processes or machines, run a server
+  (`milvus-lite server --data-dir DIR --port 19530`, or Milvus itself) and use `http://host:19530`.
+- One collection per embedding size (`likeness_approx_d<dim>`: SD 1.5 and FLUX.1 prompt vectors
+  are 768 wide, SDXL's 1280), created on first insert: `id` (random 63-bit), `vector` (HNSW, inner
+  product on unit vectors = cosine similarity), `namespace` and `partition` (VARCHAR; every search
+  filters on both, so nothing crosses namespaces or partitions), `created`, and `meta` (JSON: steps,
+  seconds per step, the items with their file, size, hash, uses and last use).
+- Counters are written with a partial upsert of `meta`: two clients counting a use of the same
+  entry at the same moment may count it once (Milvus has no atomic increment); eviction order is
+  approximate in that case, nothing else.
+- Every call has a timeout; any failure is raised as `StoreUnavailable` (the cache turns itself off).
+
+pymilvus is imported here only, when a Milvus URI is configured; without it the message names the
+requirements file to install.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.caches.vector_store import Entry, Item, StoreUnavailable, VectorStore
+
+COLLECTION_PREFIX = "likeness_approx_d"
+CALL_TIMEOUT_S = 10.0
+LITE_FLUSH_EVERY = 64  # Milvus Lite searches unflushed rows by brute force in Python: keep that part small
+INSTALL_HINT = "pip install -r requirements-scale.txt"
+
+
+def _pymilvus():
+    try:
+        import pymilvus
+    except ImportError:
+        raise StoreUnavailable(f"a Milvus URI is set for the approximate cache, but pymilvus is not installed ({INSTALL_HINT})") from None
+    # pymilvus logs every failed call at ERROR with a traceback; the cache reports failures itself, once.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+    return pymilvus
+
+
+def _literal(text: str) -> str:
+    """A partition or namespace as a filter literal: plain names as they are, anything else hashed, so a
+    filter expression never needs escaping (Milvus Lite has no filter templates)."""
+    if re.fullmatch(r"[A-Za-z0-9_.:-]{0,100}", text):
+        return text
+    return "h-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _meta(entry: Entry) -> dict:
+    return {"total_steps": entry.total_steps, "step_seconds": entry.step_seconds, "dim": entry.dim,
+            "items": {str(step): item.__dict__ for step, item in entry.items.items()}}
+
+
+def _entry(row: dict) -> Entry:
+    meta = row["meta"]
+    items = {int(step): Item(**item) for step, item in meta["items"].items()}
+    return Entry(int(row["id"]), row["partition"], int(meta["dim"]), int(meta["total_steps"]), float(row["created"]),
+                 float(meta["step_seconds"]), items, row["namespace"])
+
+
+class MilvusStore(VectorStore):
+    """See the module docstring."""
+
+    shared = True
+    sweep_seconds = 30.0  # listing every entry is a scan of the collection: eviction and expiry run at most this often
+
+    def __init__(self, uri: str, neighbours: int = 32, search_depth: int = 32, timeout: float = CALL_TIMEOUT_S):
+        self.uri = uri
+        self.lite = uri.endswith(".db")
+        self.neighbours = neighbours
+        self.search_depth = search_depth
+        self.timeout = timeout
+        self.client = None
+        self._collections: set[str] = set()
+        self._unflushed: dict[str, int] = {}
+
+    def describe(self) -> str:
+        return f"Milvus Lite in {self.uri}" if self.lite else f"the Milvus server at {self.uri}"
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """One pymilvus call; every failure becomes StoreUnavailable naming the store and the call."""
+        try:
+            return function(*args, timeout=self.timeout, **kwargs)
+        except StoreUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - pymilvus/grpc raise many types; all mean "cannot use it now"
+            raise StoreUnavailable(f"{self.describe()} failed ({what}): {getattr(error, 'message', None) or error}") from error
+
+    def open(self) -> list[str]:
+        pymilvus = _pymilvus()
+        if self.lite:
+            # Milvus Lite's in-process gRPC server logs calls it does not implement (pymilvus asks for a
+            # timestamp when it creates an index, and copes without): noise in our log.
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+            try:
+                Path(self.uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreUnavailable(f"cannot open {self.describe()}: its folder cannot be made ({error.strerror or error})") from error
+        try:
+            self.client = pymilvus.MilvusClient(str(Path(self.uri).expanduser()) if self.lite else self.uri, timeout=self.timeout)
+        except Exception as error:  # noqa: BLE001
+            detail = getattr(error, "message", None) or str(error)
+            if self.lite:
+                detail += (" (Milvus Lite lets one process open a .db folder at a time: for several processes run "
+                           "`milvus-lite server --data-dir DIR --port 19530` and use http://127.0.0.1:19530)")
+            raise StoreUnavailable(f"cannot open {self.describe()}: {detail}") from error
+        for name in self._call("list collections", self.client.list_collections):
+            if name.startswith(COLLECTION_PREFIX):
+                self._call("load", self.client.load_collection, name)
+                self._collections.add(name)
+        return []
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self.client = None
+
+    def _collection(self, dim: int, create: bool) -> str | None:
+        name = f"{COLLECTION_PREFIX}{dim}"
+        if name in self._collections:
+            return name
+        if not self._call("has collection", self.client.has_collection, name):  # another client may have made it
+            if not create:
+                return None
+            self._create(name, dim)
+        self._call("load", self.client.load_collection, name)
+        self._collections.add(name)
+        return name
+
+    def _create(self, name: str, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("namespace", DataType.VARCHAR, max_length=128)
+        schema.add_field("partition", DataType.VARCHAR, max_length=128)
+        schema.add_field("created", DataType.DOUBLE)
+        schema.add_field("meta", DataType.JSON)
+        index = self.client.prepare_index_params()
+        index.add_index("vector", index_type="HNSW", metric_type="IP",
+                        params={"M": self.neighbours, "efConstruction": max(64, 2 * self.neighbours)})
+        try:
+            self._call("create collection", self.client.create_collection, name, schema=schema, index_params=index)
+        except StoreUnavailable:
+            if not self._call("has collection", self.client.has_collection, name):  # not a race with another client
+                raise
+
+    # -- the interface --------------------------------------------------------------------------------
+
+    def new_id(self) -> int:
+        return secrets.randbits(62) + 1  # unique across clients without coordination (a clash is 1 in 2^62)
+
+    def insert(self, entry: Entry, vector: np.ndarray) -> None:
+        name = self._collection(entry.dim, create=True)
+        row = {"id": entry.id, "vector": np.asarray(vector, dtype=np.float32).tolist(), "namespace": _literal(entry.namespace),
+               "partition": _literal(entry.partition), "created": entry.created, "meta": _meta(entry)}
+        self._call("insert", self.client.insert, name, [row])
+        self._flushed_now_and_then(name, 1)
+
+    def insert_many(self, entries: list[Entry], vectors: np.ndarray) -> None:
+        """Bulk insert (benchmarks and imports): the same rows as `insert`, in one call per collection."""
+        by_dim: dict[int, list[dict]] = {}
+        for entry, vector in zip(entries, vectors):
+            by_dim.setdefault(entry.dim, []).append({"id": entry.id, "vector": np.asarray(vector, dtype=np.float32),
+                                                     "namespace": _literal(entry.namespace), "partition": _literal(entry.partition),
+                                                     "created": entry.created, "meta": _meta(entry)})
+        for dim, rows in by_dim.items():
+            name = self._collection(dim, create=True)
+            self._call("insert", self.client.insert, name, rows)
+            self._flushed_now_and_then(name, len(rows))
+
+    def _flushed_now_and_then(self, name: str, rows: int) -> None:
+        if not self.lite:
+            return  # a Milvus server indexes growing segments itself
+        self._unflushed[name] = self._unflushed.get(name, 0) + rows
+        if self._unflushed[name] >= LITE_FLUSH_EVERY:
+            self._call("flush", self.client.flush, name)
+            self._unflushed[name] = 0
+
+    def search(self, namespace, partition, vector, skip=frozenset()):
+        name = self._collection(int(vector.size), create=False)
+        if name is None:
+            return None
+        expression = f'namespace == "{_literal(namespace)}" and partition == "{_literal(partition)}"'
+        if skip:
+            expression += f" and id not in {sorted(int(i) for i in skip)}"
+        found = self._call("search", self.client.search, name, [np.asarray(vector, dtype=np.float32).tolist()], limit=1,
+                           filter=expression, output_fields=["namespace", "partition", "created", "meta"],
+                           search_params={"metric_type": "IP", "params": {"ef": self.search_depth}})
+        hits = found[0] if found else []
+        if not hits:
+            return None
+        hit = hits[0]
+        row = dict(hit["entity"], id=hit["id"])
+        return _entry(row), float(hit["distance"])
+
+    def update(self, entry: Entry) -> None:
+        if not entry.items:
+            self.delete([entry])
+            return
+        name = self._collection(entry.dim, create=False)
+        if name is None:
+            return
+        try:
+            self._call("update", self.client.upsert, name, [{"id": entry.id, "meta": _meta(entry)}], partial_update=True)
+        except StoreUnavailable:
+            # Another client deleted the entry meanwhile (evicted or expired): nothing to update.
+            if self._call("get", self.client.get, name, ids=[entry.id], output_fields=["id"]):
+                raise
+
+    def delete(self, entries: list[Entry]) -> None:
+        by_dim: dict[int, list[int]] = {}
+        for entry in entries:
+            by_dim.setdefault(entry.dim, []).append(entry.id)
+        for dim, ids in by_dim.items():
+            name = self._collection(dim, create=False)
+            if name is not None:
+                self._call("delete", self.client.delete, name, ids=ids)
+
+    def entries(self) -> list[Entry]:
+        listed = []
+        for name in sorted(self._collections | {n for n in self._call("list collections", self.client.list_collections)
+                                                 if n.startswith(COLLECTION_PREFIX)}):
+            self._collection(int(name[len(COLLECTION_PREFIX):]), create=False)
+            fields = ["id", "namespace", "partition", "created", "meta"]
+            if self.lite:  # one call (Milvus Lite has no query limit; its iterator asks for a timestamp it cannot give)
+                listed.extend(_entry(row) for row in self._call("list entries", self.client.query, name, filter="id > 0",
+                                                                   output_fields=fields, limit=1 << 40))
+                continue
+            iterator = self._call("list entries", self.client.query_iterator, name, batch_size=4096, filter="id > 0",
+                                  output_fields=fields)
+            try:
+                while True:
+                    rows = self._call("list entries", lambda timeout: iterator.next())
+                    if not rows:
+                        break
+                    listed.extend(_entry(row) for row in rows)
+            finally:
+                iterator.close()
+        return listed
+
+    def clear(self) -> None:
+        for name in list(self._collections):
+            self._call("clear", self.client.delete, name, filter="id > 0")
