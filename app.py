@@ -118,7 +118,8 @@ def add_face_options(gen: argparse.ArgumentParser) -> None:
     group.add_argument("--face", action="append", metavar="PHOTO", help=f"a reference photo of the person (repeat for up to {MAX_PHOTOS})")
     group.add_argument("--face-index", action="append", type=int, metavar="N",
                        help="which detected face to use, per photo in order (1 = the largest, the default)")
-    group.add_argument("--id-weight", type=float, default=face.id_weight, help="ID weight: SDXL 0-5, FLUX.1 0-3 (0 = PuLID off)")
+    group.add_argument("--id-weight", type=float, default=face.id_weight,
+                       help="ID weight: SDXL 0-5 (default 0.8), FLUX.1 0-3 (default 1), as the official PuLID apps; 0 = PuLID off")
     group.add_argument("--start-step", type=int, default=face.start_step, help="first step with the ID (FLUX.1: 4 photoreal, 0-1 stylised)")
     group.add_argument("--num-zero", type=int, default=face.num_zero, help="SDXL: more = more editable, less likeness (0-80)")
     group.add_argument("--ortho", choices=ORTHO_MODES, default=face.ortho, help="SDXL: orthogonal ID attention")

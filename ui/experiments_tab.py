@@ -97,7 +97,9 @@ def experiment_from_form(axis_values: list, baseline, warmup, repeats, photos, i
     base = _coerce_form(form).to_dict()
     axes = [AxisSpec(setting, values or "") for setting, values in zip(axis_values[::2], axis_values[1::2]) if setting]
     paths = photo_paths(photos)
-    face = {"photos": paths, "id_weight": float(id_weight), "start_step": int(start_step)} if paths else None
+    face = {"photos": paths, "start_step": int(start_step)} if paths else None
+    if face is not None and id_weight is not None:  # left out: each cell's model family's default (SDXL 0.8, FLUX.1 1)
+        face["id_weight"] = float(id_weight)
     if repeats is None or float(repeats) != int(repeats):
         raise LikenessError("Repeats must be a whole number.")
     return Experiment(base, axes, baseline=int(baseline or 0), warmup=bool(warmup), repeats=int(repeats), face=face)
@@ -122,7 +124,8 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     with gr.Accordion("Face reference (PuLID axes, ArcFace similarity)", open=False):
         with gr.Row():
             photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="exp_face_photos")
-            id_weight = inputs.Slider(0, 5, value=0.8, step=0.05, label="PuLID weight", elem_id="exp_face_weight")
+            id_weight = inputs.Slider(0, 5, value=face_form["id_weight"].value if face_form else 0.8, step=0.05, label="PuLID weight",
+                                      elem_id="exp_face_weight")
             start_step = inputs.Slider(0, 10, value=0, step=1, label="PuLID start step", elem_id="exp_face_start")
     if face_form is not None:  # follow the Face tab: photos and controls chosen there apply here too
         for name, component in (("photos", photos), ("id_weight", id_weight), ("start_step", start_step)):

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipelines.errors import LikenessError
-from pipelines.face.service import MAX_PHOTOS, FaceOptions
+from pipelines.face.service import ID_WEIGHTS, MAX_ID_WEIGHT, MAX_PHOTOS, FaceOptions
+from pipelines.families import Family
 from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
@@ -22,6 +23,21 @@ from ui.session import STOP_REPLIES, CancelRegistry, arm_then, result_markdown, 
 
 log = logging.getLogger("likeness")
 DEFAULT_FACE = FaceOptions()  # the official apps' defaults, for the controls and for API callers that leave them out
+
+
+def id_weight_slider(manager: PipelineManager, model: str | None, current: float | None = None) -> tuple[float, float]:
+    """(value, maximum) of the ID weight slider for `model`: its family's official range (FLUX.1 0-3,
+    SDXL 0-5) and default (1 / 0.8). A value the user chose is kept while it fits; another family's
+    default (or nothing yet) becomes this family's default."""
+    try:
+        family = manager.entry(model).family if model else Family.SDXL
+    except LikenessError:
+        family = Family.SDXL
+    limits = ID_WEIGHTS.get(family, ID_WEIGHTS[Family.SDXL])
+    defaults = {r.default for r in ID_WEIGHTS.values()}
+    if current is None or current in defaults or not 0 <= current <= limits.maximum:
+        return limits.default, limits.maximum
+    return float(current), limits.maximum
 
 
 def files_markdown(manager: PipelineManager) -> str:
@@ -75,7 +91,10 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             detect_info = gr.Markdown(elem_id="face_detect_info")
             debug = gr.Gallery(label="Detection", format="png", columns=3, height=300, elem_id="face_debug")
         with gr.Column(scale=2):
-            id_weight = inputs.Slider(0, 5, value=DEFAULT_FACE.id_weight, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
+            # Built with the widest range (API callers send any family's weight; the engine checks the
+            # family's); the browser narrows it to the chosen model's family below.
+            weight, _ = id_weight_slider(manager, generate_form["model"].value)
+            id_weight = inputs.Slider(0, MAX_ID_WEIGHT, value=weight, step=0.05, label="ID weight", info="SDXL 0-5 (0.8), FLUX 0-3 (1.0); 0 = PuLID off", elem_id="face_id_weight")
             start_step = inputs.Slider(0, 10, value=DEFAULT_FACE.start_step, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
             num_zero = inputs.Slider(0, 80, value=DEFAULT_FACE.num_zero, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
             ortho = gr.Radio(list(ORTHO_MODES), value=DEFAULT_FACE.ortho, label="Ortho (SDXL)", elem_id="face_ortho")
@@ -104,6 +123,12 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
         text = f"Detected on {len(faces)} photo(s) with {faces[0].provider or 'onnxruntime'}." + "".join(f"  \n⚠ {n}" for n in notes)
         return text, [view for face in faces for view in debug_view(face)]
 
+    def on_model(model, current):
+        value, most = id_weight_slider(manager, model, current)
+        return gr.update(value=value, maximum=most)
+
+    # The official apps' ID weight range and default follow the model chosen in the Generate tab.
+    generate_form["model"].change(on_model, [generate_form["model"], id_weight], id_weight, api_visibility="private", queue=False)
     photos.change(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
     face_numbers.submit(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
 
@@ -117,7 +142,8 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
         try:
             if not paths:
                 raise LikenessError("Add a reference photo with a face first.")
-            face = FaceOptions(tuple(paths), parse_face_numbers(face_numbers, len(paths)), float(id_weight), int(start_step), int(num_zero),
+            face = FaceOptions(tuple(paths), parse_face_numbers(face_numbers, len(paths)), None if id_weight is None else float(id_weight),
+                               int(start_step), int(num_zero),
                                ortho, float(true_cfg), int(true_cfg_start))
             generation_request = _coerce_form(form)
         except (LikenessError, TypeError, ValueError) as error:

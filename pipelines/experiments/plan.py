@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import Setting, find_setting, parse_values
-from pipelines.face.service import FaceOptions
+from pipelines.face.service import ID_WEIGHTS, FaceOptions
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
 from pipelines.request import MAX_SEED, GenerationRequest, validate_request
@@ -319,6 +319,10 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     """Why `value` cannot be used with the starting settings, or None."""
     if setting.key == "pulid_weight" and not 0 <= value <= MAX_PULID_WEIGHT:
         return f"the PuLID weight must be between 0 and {MAX_PULID_WEIGHT:g} (SDXL; FLUX.1 uses 0-3)."
+    if setting.key == "pulid_weight":  # the starting model's family range: FLUX.1 0-3, as its official app
+        family = manager.entry(base.model).family
+        if (limits := ID_WEIGHTS.get(family)) and (problem := limits.problem(value, family.spec.label)):
+            return problem[0].lower() + problem[1:]
     if setting.key == "pulid_start_step" and not 0 <= value < base.steps:
         return f"the PuLID start step must be between 0 and {base.steps - 1} (the steps minus one)."
     if setting.key == "lora_weight" and not abs(value) <= MAX_LORA_WEIGHT:

@@ -5,6 +5,7 @@ Likeness-only features travel in A1111's own extension point, `alwayson_scripts`
 
     "alwayson_scripts": {
       "pulid":     {"args": [[<base64 photo>, ...], 0.8, 0, 20, "v2", 1.0, 1]},   # or {"args": [{"images": [...], "id_weight": 0.8}]}
+                   # id_weight left out or null: the model family's official default (SDXL 0.8, FLUX.1 1.0)
       "deepcache": {"args": [3, 0, "uniform"]},                                  # N, branch, schedule
       "flux block cache": {"args": ["first-block", 0.08]},
       "approximate cache": {"args": [true]},
@@ -383,7 +384,8 @@ def pulid_options(args: list) -> tuple[list[bytes], FaceOptions]:
     if not isinstance(ortho, str):
         raise InvalidRequest(f"alwayson_scripts.pulid ortho must be off, v1 or v2, got {shown(ortho)}.")
     face = FaceOptions(
-        photos=(), face_index=tuple(face_index), id_weight=number("id_weight", 0.8, float), start_step=number("start_step", 0, int),
+        photos=(), face_index=tuple(face_index), start_step=number("start_step", 0, int),
+        id_weight=None if values.get("id_weight") is None else number("id_weight", None, float),  # None: the family's default
         num_zero=number("num_zero", 20, int), ortho=ortho, true_cfg=number("true_cfg", 1.0, float),
         true_cfg_start=number("true_cfg_start", 1, int),
     )
