@@ -1,33 +1,26 @@
-"""One text-to-image generation on a loaded pipeline, split into honestly timed stages.
+"""What every generation stage shares: the loaded model, the family adapters, the run's options.
 
-Text encoding, denoising and VAE decoding are run as separate calls (the pipeline is asked for
-latents) so each stage has its own synchronized timer, and the per-step callback feeds the live
-readout, the preview and the stop button. Family differences live in the small adapters below.
+Text encoding, denoising and VAE decoding run as separate calls (the pipeline is asked for latents)
+so each stage has its own synchronized timer; the stages themselves live in `pipelines.stages`.
+Family differences live in the small adapters below.
 """
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pipelines import devices
-from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
 from pipelines.caches.memo import MemoCache
-from pipelines.errors import GenerationCancelled, OutputError
+from pipelines.errors import OutputError
 from pipelines.families import Family
-from pipelines.hooks import HookContext, attached, hook_cache_keys
-from pipelines.infotext import build_infotext
 from pipelines.outputs import save_image
-from pipelines.prompts.embeddings import ti_hashes
 from pipelines.prompts.encode import encode_weighted
-from pipelines.prompts.syntax import flux_text, prompt_memo_key
-from pipelines.request import GeneratedImage, ValidatedRequest
+from pipelines.prompts.syntax import flux_text
+from pipelines.request import GeneratedImage
 from pipelines.samplers import find_sampler
-from pipelines.telemetry import EventBus, Notice, PreviewReady, StageClock, StepClock
 from pipelines.vae import DecodeOutcome, VaeChoice, decode, resolve_vae_dtype
 
 APP_VERSION = "Likeness 0.1.0"
@@ -212,142 +205,6 @@ def uses_true_cfg(model: LoadedModel, options: RunOptions) -> bool:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-
-
-def run_generation(model: LoadedModel, validated: ValidatedRequest, clock: StageClock, bus: EventBus, options: RunOptions) -> RunOutput:
-    """Encode once, then denoise, decode and save each batch, with the run's hooks attached."""
-    request = validated.request
-    sampler = find_sampler(model.family, request.sampler)
-    model.pipe.scheduler = sampler.make(model.base_scheduler_config)
-    true_cfg = uses_true_cfg(model, options)
-    use_cfg = (request.cfg_scale > 1 and model.family is not Family.FLUX) or true_cfg
-    warnings = list(validated.warnings)
-    if model.family is Family.FLUX and request.negative_prompt and not true_cfg:
-        warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
-
-    def warn(text: str) -> None:
-        if text not in warnings:
-            warnings.append(text)
-        bus.publish(Notice(text, "warning"))
-
-    cache_notes: dict[str, str] = {}
-    with clock.stage("text encode") as info:
-        warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
-        if model.family is Family.FLUX and (flux_text(request.prompt)[1] or (true_cfg and flux_text(request.negative_prompt)[1])):
-            warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
-        used = options.embeddings.used_in(request.prompt, request.negative_prompt) if options.embeddings and model.family is not Family.FLUX else []
-        if used:
-            options.infotext_extra["TI hashes"] = ti_hashes(used)
-        encode = lambda: encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg, used)  # noqa: E731
-        if options.prompt_memo is None:
-            embeds = encode()
-        else:
-            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt, tuple((e.name, e.shorthash) for e in used)),
-                   request.batch_size, use_cfg)
-            embeds, hit = options.prompt_memo.get_or_compute(key, encode)
-            # Without CFG the negative embeddings are None.
-            embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}
-            info["detail"] = cache_notes["prompt memo"] = "hit" if hit else "miss"
-    for text in warnings:
-        bus.publish(Notice(text, "warning"))
-
-    images: list[GeneratedImage] = []
-    vae_label, fell_back, last_latents = "", False, None
-    steps = StepClock(bus, model.device, request.steps * request.batch_count, synchronize=options.synchronize_steps)
-    context = HookContext(request.steps, request.height, request.width, request.batch_size)
-    approximate = ApproximateRun(options.approximate_cache, model, request, embeds, options.hooks) if options.approximate_cache else None
-    with attached(model.pipe, options.hooks, context):
-        for batch_index, seeds in enumerate(validated.seeds()):
-            latent_key = exact_repeat_key(model, request, seeds, options.hooks) if options.latent_cache is not None else None
-            cached = options.latent_cache.get(latent_key) if latent_key is not None else None
-            with clock.stage("denoise") as info:
-                resume = None
-                if cached is not None:
-                    latents = cached.to(model.device)
-                    info["detail"] = cache_notes["latent cache"] = "hit: denoising skipped"
-                    options.infotext_extra.pop("Approx cache", None)  # an earlier batch's note does not describe this one
-                else:
-                    start = time.perf_counter()
-                    resume = approximate.before_batch() if approximate else None
-                    latents = denoise_batch(model, request, embeds, seeds, batch_index * request.steps, context, steps, bus, options, resume)
-                    if approximate:
-                        info["detail"] = cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
-            if options.cancel.cancelled:
-                raise GenerationCancelled(partial=images)
-            if options.cancel.take_skip():
-                bus.publish(Notice(f"Skipped batch {batch_index + 1} of {request.batch_count}."))
-                continue
-            if cached is None and latent_key is not None and not (resume and resume.hit):  # an approximate result is no exact repeat
-                options.latent_cache.put(latent_key, latents.detach().to("cpu"), time.perf_counter() - start)
-                cache_notes.setdefault("latent cache", "miss")
-            if cached is None and approximate:
-                approximate.after_batch(resume, time.perf_counter() - start)
-            with clock.stage("VAE decode") as info:
-                decoded, outcome = decode_latents(model, latents, request.height, request.width, options.vae)
-                vae_label = info["detail"] = outcome.label()
-            fell_back = fell_back or bool(outcome.fallback_samples)
-            for note in outcome.notes:
-                warn(note)
-            last_latents = latents.detach().to("cpu")
-            del latents
-            batch = [
-                GeneratedImage(image, seed, build_infotext(
-                    request.prompt, request.negative_prompt, infotext_params(model, request, seed, outcome.sample_label(i), clock.seconds, cache_notes) | options.infotext_extra))
-                for i, (image, seed) in enumerate(zip(decoded, seeds))
-            ]
-            images += batch
-            if request.save and options.outputs_dir:
-                with clock.stage("save"):
-                    save_batch(batch, options.outputs_dir, warn)
-    return RunOutput(images, steps.step_seconds, warnings, vae_label, fell_back, last_latents, dict(context.stats), cache_notes)
-
-
-def exact_repeat_key(model: LoadedModel, request, seeds: list[int], hooks: list):
-    """Everything that determines the final latents; None when a hook cannot say what it changes."""
-    hook_keys = hook_cache_keys(hooks)
-    if hook_keys is None:
-        return None
-    return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
-            request.width, request.height, tuple(seeds), hook_keys)
-
-
-def denoise_batch(model: LoadedModel, request, embeds: dict, seeds: list[int], step_offset: int, context: HookContext,
-                  steps: StepClock, bus: EventBus, options: RunOptions, resume: Resume | None = None) -> torch.Tensor:
-    """Run the denoiser for one batch; the per-step callback drives the readout, preview and Stop.
-
-    With `resume` (the approximate cache) the run starts from kept latents after `resume.start_step`
-    steps, or keeps its own latents after the steps `resume.keep` names.
-    """
-    start_step = resume.start_step if resume else 0
-    context.step_index = start_step
-
-    def on_step_end(pipeline, step_index, _timestep, tensors):
-        done = start_step + step_index + 1  # steps completed in the full schedule
-        context.step_index = done
-        steps.step_done(step_offset + done)
-        if resume:
-            resume.on_step(done, tensors["latents"])
-        if options.preview_every and done % options.preview_every == 0 and done < request.steps:
-            bus.publish(PreviewReady(step_offset + done, latent_preview(model, tensors["latents"], request.height, request.width)))
-        if options.cancel.interrupt_requested:
-            pipeline._interrupt = True  # diffusers skips the remaining steps
-        return tensors
-
-    start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
-    with resumed_from(model.pipe, start_step):
-        return model.pipe(
-            **embeds,
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg_scale,
-            height=request.height,
-            width=request.width,
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            latents=start_latents,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **({"true_cfg_scale": options.true_cfg_scale} if uses_true_cfg(model, options) else {}),
-        ).images
 
 
 def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:

@@ -24,7 +24,7 @@ from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
-from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name, run_generation
+from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
 from pipelines.face.service import FaceOptions, FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
@@ -32,7 +32,6 @@ from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCach
 from pipelines.hooks.lora import AppliedLora, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
-from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 from pipelines.metrics import psnr
 from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
@@ -43,6 +42,11 @@ from pipelines.lora.fuse import FusePolicy
 from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
+from pipelines.samplers import find_sampler
+from pipelines.stages import GenerationPlan, run_plan
+from pipelines.stages.denoise import Denoise
+from pipelines.stages.output import Save, VaeDecode, record_batch
+from pipelines.stages.prepare import FaceEmbed, TextEncode
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
 
 log = logging.getLogger("likeness")
@@ -351,7 +355,7 @@ class PipelineManager:
         face: FaceOptions | None = None,
         reuse_latents: bool = True,
     ) -> GenerationResult:
-        """Validate, load, lock, generate. Raises LikenessError subclasses with user-facing messages.
+        """Validate, load, lock, run the plan's stages. Raises LikenessError subclasses with user-facing messages.
 
         With `telemetry=False` no per-step device synchronization happens and no events are sent
         (the benchmark compares both, to measure what the readout costs). With `reuse_latents=False`
@@ -367,54 +371,20 @@ class PipelineManager:
             if listener:
                 bus.subscribe(listener)
             bus.subscribe(self.bus.publish)
-        options = RunOptions(
-            outputs_dir=str(self.config.outputs_dir) if request.save else None,
-            preview_every=self.config.preview_every if telemetry else 0,
-            synchronize_steps=telemetry,
-            cancel=cancel or CancelToken(),
-            vae=self._vae_settings(request.vae_dtype),
-            prompt_memo=self.prompt_memo,
-            embeddings=self.embeddings,
-            latent_cache=self.latent_cache if reuse_latents else None,
-            approximate_cache=self.approximate_cache() if request.approximate_cache else None,
-        )
+        options = self._run_options(request, telemetry, cancel, reuse_latents)
         with self._generation_lock:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
             lora_steps: list[float] = []  # filled after the run, for the fuse policy
             with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model:
-                if face is not None:
-                    with clock.stage("face embed") as info:
-                        hook, identity = self._face_hook(model, face)
-                        info["detail"] = "memoized" if identity.from_memo else f"computed ({self.face.last_provider or 'cpu'})"
-                    for note in identity.notes:
-                        bus.publish(Notice(note, "warning"))
-                    options.hooks.append(hook)
-                    if model.family is Family.FLUX and face.true_cfg > 1:
-                        options.true_cfg_scale = face.true_cfg
-                        options.hooks.append(TrueCfgGateHook(face.true_cfg_start, face.true_cfg))
-                        options.infotext_extra["True CFG"] = f"{face.true_cfg:g} from step {face.true_cfg_start}"
-                    options.infotext_extra.update({
-                        "PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest,
-                    })
-                options.hooks += self._cache_hooks(model, validated.request, options)
-                output = run_generation(model, validated, clock, bus, options)
+                output = run_plan(self._plan(model, validated, options, bus, clock, face), record_batch)
                 lora_steps += output.step_seconds
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
-            kept = None
-            if output.last_latents is not None:
-                last = output.images[-output.last_latents.shape[0]:]
-                kept = KeptLatents(
-                    request.model, output.last_latents, validated.request.height, validated.request.width,
-                    [img.seed for img in last], [img.image for img in last], output.vae_label,
-                )
+            kept = self._kept_latents(request.model, validated.request, output)
         devices.trim_host_heap()
-        self.last_vae_dtype = output.vae_label
-        if output.fell_back and self.config.vae_sticky_fallback and not self.vae_forced_fp32:
-            self.vae_forced_fp32 = True
-            self._notice("The VAE decodes in fp32 for the rest of this session after a NaN fallback (Settings: sticky fallback).")
+        self._note_vae_fallback(output)
         peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
         return GenerationResult(
             images=output.images,
@@ -432,6 +402,45 @@ class PipelineManager:
             hook_stats=output.hook_stats,
             kept_latents=kept,
         )
+
+    def _run_options(self, request: GenerationRequest, telemetry: bool, cancel: CancelToken | None, reuse_latents: bool) -> RunOptions:
+        return RunOptions(
+            outputs_dir=str(self.config.outputs_dir) if request.save else None,
+            preview_every=self.config.preview_every if telemetry else 0,
+            synchronize_steps=telemetry,
+            cancel=cancel or CancelToken(),
+            vae=self._vae_settings(request.vae_dtype),
+            prompt_memo=self.prompt_memo,
+            embeddings=self.embeddings,
+            latent_cache=self.latent_cache if reuse_latents else None,
+            approximate_cache=self.approximate_cache() if request.approximate_cache else None,
+        )
+
+    def _plan(self, model: LoadedModel, validated, options: RunOptions, bus: EventBus, clock: StageClock,
+              face: FaceOptions | None) -> GenerationPlan:
+        """The stages this request asks for, in order, and the hooks they attach."""
+        request = validated.request
+        model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config)
+        options.hooks += self._cache_hooks(model, request, options)
+        prepare = [TextEncode()]
+        if face is not None:
+            prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
+        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), VaeDecode()],
+                              finish=[Save()], steps_per_batch=request.steps)
+
+    def _kept_latents(self, name: str, request: GenerationRequest, output) -> KeptLatents | None:
+        """The last batch's final latents, for Re-decode (kept by the caller, per browser session)."""
+        if output.last_latents is None:
+            return None
+        last = output.images[-output.last_latents.shape[0]:]
+        return KeptLatents(name, output.last_latents, request.height, request.width, [img.seed for img in last],
+                           [img.image for img in last], output.vae_label)
+
+    def _note_vae_fallback(self, output) -> None:
+        self.last_vae_dtype = output.vae_label
+        if output.fell_back and self.config.vae_sticky_fallback and not self.vae_forced_fp32:
+            self.vae_forced_fp32 = True
+            self._notice("The VAE decodes in fp32 for the rest of this session after a NaN fallback (Settings: sticky fallback).")
 
     @contextmanager
     def _applied_loras(self, model: LoadedModel, request: GenerationRequest, clock: StageClock, options: RunOptions,

@@ -223,7 +223,7 @@ def test_an_experiment_over_the_pulid_weight(face_manager):
 
 def test_true_cfg_scale_is_part_of_the_exact_repeat_key():
     """Two true-CFG scales must never share an exact-repeat latent-cache entry."""
-    from pipelines.generate import exact_repeat_key
+    from pipelines.stages.denoise import exact_repeat_key
     from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 
     model = SimpleNamespace(identity=("tiny-flux",))

@@ -1,0 +1,142 @@
+"""A generation as a plan and a sequence of small stages.
+
+The manager builds one `GenerationPlan` from the typed request (model, hooks, caches, metadata extras,
+the stages asked for); `run_plan` runs it. Every stage has the same shape: a `name` (the readout's and
+the per-stage breakdown's label), `wanted(plan)` (skipped when the request does not ask for it) and
+`run(plan, state, info)`, timed by the plan's one StageClock (`info["detail"]` is what the readout
+shows beside the time). New modes add a stage, not branches in one big function.
+
+Two lists: `prepare` stages run once per generation before the hooks attach (face embed, text
+encode, init-image encode); `per_batch` stages run for each batch with the hooks attached (denoise,
+hires pass, VAE decode, face detail), then the batch's images are recorded (infotext) and the
+`finish` stages run on them (save).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from pipelines.generate import LoadedModel, RunOptions, RunOutput
+from pipelines.hooks import HookContext, attached
+from pipelines.request import GeneratedImage, ValidatedRequest
+from pipelines.telemetry import EventBus, Notice, StageClock, StepClock
+
+
+class Stage(Protocol):
+    name: str
+
+    def wanted(self, plan: "GenerationPlan") -> bool:
+        """Whether the request asks for this stage (a stage not wanted is not timed and not shown)."""
+
+    def run(self, plan: "GenerationPlan", state: "RunState", info: dict) -> None:
+        """Do the work, reading and writing `state`; put a short note in info["detail"]."""
+
+
+@dataclass
+class GenerationPlan:
+    """Everything one generation needs, decided before it starts."""
+
+    model: LoadedModel
+    validated: ValidatedRequest
+    options: RunOptions
+    bus: EventBus
+    clock: StageClock
+    prepare: list = field(default_factory=list)
+    per_batch: list = field(default_factory=list)
+    finish: list = field(default_factory=list)
+    steps_per_batch: int = 0  # denoising steps one batch runs in all passes (the readout's total)
+
+    @property
+    def request(self):
+        return self.validated.request
+
+    @property
+    def true_cfg(self) -> bool:
+        """FLUX true CFG (PuLID-FLUX's control): a negative-prompt transformer pass per step."""
+        from pipelines.families import Family
+
+        return self.model.family is Family.FLUX and self.options.true_cfg_scale > 1
+
+    @property
+    def use_cfg(self) -> bool:
+        from pipelines.families import Family
+
+        return (self.request.cfg_scale > 1 and self.model.family is not Family.FLUX) or self.true_cfg
+
+
+@dataclass
+class RunState:
+    """What the stages hand each other: run-level results, then the current batch's."""
+
+    step_clock: StepClock
+    context: HookContext
+    warnings: list[str] = field(default_factory=list)
+    cache_notes: dict[str, str] = field(default_factory=dict)
+    embeds: dict | None = None  # the encoded prompt, as pipeline keyword arguments
+    init: object | None = None  # init-image stage output (img2img / inpaint), when asked for
+    # the current batch
+    batch_index: int = 0
+    seeds: list[int] = field(default_factory=list)
+    latents: torch.Tensor | None = None
+    decoded: list = field(default_factory=list)  # PIL images of the batch
+    outcome: object | None = None  # the VAE decode's DecodeOutcome
+    batch_extra: dict = field(default_factory=dict)  # infotext keys a stage adds for this batch only
+    skip_rest: bool = False  # the batch is over (Skip pressed): no later stage runs for it
+    # across batches
+    images: list[GeneratedImage] = field(default_factory=list)
+    batch: list[GeneratedImage] = field(default_factory=list)  # the current batch's recorded images
+    vae_label: str = ""
+    fell_back: bool = False
+    last_latents: torch.Tensor | None = None
+    stage_seconds_before: dict = field(default_factory=dict)
+
+    def warn(self, bus: EventBus, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+        bus.publish(Notice(text, "warning"))
+
+    def begin_batch(self, index: int, seeds: list[int], clock: StageClock) -> None:
+        self.batch_index, self.seeds = index, seeds
+        self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
+        self.stage_seconds_before = dict(clock.seconds)
+
+    def batch_stage_seconds(self, clock: StageClock, prepare_names: set[str]) -> dict[str, float]:
+        """This batch's own stage times, plus the run-level ones it shares (text encode, face embed, ...)."""
+        return {name: total - (0.0 if name in prepare_names else self.stage_seconds_before.get(name, 0.0))
+                for name, total in clock.seconds.items() if name in prepare_names or total > self.stage_seconds_before.get(name, 0.0)}
+
+
+def run_stage(stage, plan: GenerationPlan, state: RunState) -> None:
+    if stage.wanted(plan):
+        with plan.clock.stage(stage.name) as info:
+            stage.run(plan, state, info)
+
+
+def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
+    """Prepare once, then each batch with the hooks attached; `record_batch(plan, state)` turns a batch's
+    decoded images into GeneratedImages (infotext) before the finish stages (save) see them."""
+    request = plan.request
+    state = RunState(
+        StepClock(plan.bus, plan.model.device, plan.steps_per_batch * request.batch_count, synchronize=plan.options.synchronize_steps),
+        HookContext(request.steps, request.height, request.width, request.batch_size),
+        warnings=list(plan.validated.warnings),
+    )
+    for stage in plan.prepare:
+        run_stage(stage, plan, state)
+    with attached(plan.model.pipe, plan.options.hooks, state.context):
+        for index, seeds in enumerate(plan.validated.seeds()):
+            state.begin_batch(index, seeds, plan.clock)
+            for stage in plan.per_batch:
+                run_stage(stage, plan, state)
+                if state.skip_rest:
+                    break
+            if state.skip_rest:
+                continue
+            record_batch(plan, state)
+            for stage in plan.finish:
+                run_stage(stage, plan, state)
+            state.images += state.batch
+    return RunOutput(state.images, state.step_clock.step_seconds, state.warnings, state.vae_label, state.fell_back,
+                     state.last_latents, dict(state.context.stats), state.cache_notes)

@@ -1,0 +1,120 @@
+"""The denoise stage: the sampler's loop for one batch, or its result from the exact-repeat or the
+approximate latent cache; the per-step callback drives the readout, the preview and Stop/Skip."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
+from pipelines.errors import GenerationCancelled
+from pipelines.generate import latent_preview, uses_true_cfg
+from pipelines.hooks import hook_cache_keys
+from pipelines.telemetry import Notice, PreviewReady
+
+
+def exact_repeat_key(model, request, seeds: list[int], hooks: list):
+    """Everything that determines the final latents; None when a hook cannot say what it changes."""
+    hook_keys = hook_cache_keys(hooks)
+    if hook_keys is None:
+        return None
+    return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
+            request.width, request.height, tuple(seeds), hook_keys)
+
+
+class Denoise:
+    name = "denoise"
+
+    def __init__(self) -> None:
+        self._approximate: ApproximateRun | None = None  # one per generation: made at the first batch
+
+    def wanted(self, plan) -> bool:
+        return True
+
+    def run(self, plan, state, info: dict) -> None:
+        model, request, options = plan.model, plan.request, plan.options
+        key = exact_repeat_key(model, request, state.seeds, options.hooks) if options.latent_cache is not None else None
+        cached = options.latent_cache.get(key) if key is not None else None
+        if cached is not None:
+            state.latents = cached.to(model.device)
+            info["detail"] = state.cache_notes["latent cache"] = "hit: denoising skipped"
+            options.infotext_extra.pop("Approx cache", None)  # an earlier batch's note does not describe this one
+            return
+        if options.approximate_cache is not None and self._approximate is None:
+            self._approximate = ApproximateRun(options.approximate_cache, model, request, state.embeds, options.hooks)
+        approximate = self._approximate
+        start = time.perf_counter()
+        resume = approximate.before_batch() if approximate else None
+        state.latents = denoise_batch(plan, state, resume)
+        if approximate:
+            info["detail"] = state.cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
+        if stopped(plan, state):
+            return
+        seconds = time.perf_counter() - start
+        if key is not None and not (resume and resume.hit):  # an approximate result is no exact repeat
+            options.latent_cache.put(key, state.latents.detach().to("cpu"), seconds)
+            state.cache_notes.setdefault("latent cache", "miss")
+        if approximate:
+            approximate.after_batch(resume, seconds)
+
+
+def stopped(plan, state) -> bool:
+    """Stop raises (with the images so far); Skip ends this batch: True, and no later stage runs for it."""
+    cancel = plan.options.cancel
+    if cancel.cancelled:
+        raise GenerationCancelled(partial=state.images)
+    if cancel.take_skip():
+        plan.bus.publish(Notice(f"Skipped batch {state.batch_index + 1} of {plan.request.batch_count}."))
+        state.skip_rest = True
+        return True
+    return False
+
+
+def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Resume | None = None, total: int | None = None):
+    """diffusers' callback_on_step_end: readout, hook step index, preview, Stop/Skip."""
+    request, options = plan.request, plan.options
+    total = total or request.steps
+
+    def on_step_end(pipeline, step_index, _timestep, tensors):
+        done = start_step + step_index + 1  # steps completed in the full schedule
+        state.context.step_index = done
+        state.step_clock.step_done(step_offset + step_index + 1 + start_step)
+        if resume:
+            resume.on_step(done, tensors["latents"])
+        if options.preview_every and done % options.preview_every == 0 and done < total:
+            plan.bus.publish(PreviewReady(step_offset + done, latent_preview(plan.model, tensors["latents"], request.height, request.width)))
+        if options.cancel.interrupt_requested:
+            pipeline._interrupt = True  # diffusers skips the remaining steps
+        return tensors
+
+    return on_step_end
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
+    """Run the text-to-image denoiser for one batch.
+
+    With `resume` (the approximate cache) the run starts from kept latents after `resume.start_step`
+    steps, or keeps its own latents after the steps `resume.keep` names.
+    """
+    model, request, options = plan.model, plan.request, plan.options
+    start_step = resume.start_step if resume else 0
+    state.context.step_index = start_step
+    start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
+    with resumed_from(model.pipe, start_step):
+        return model.pipe(
+            **state.embeds,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg_scale,
+            height=request.height,
+            width=request.width,
+            generator=generators(state.seeds),
+            latents=start_latents,
+            output_type="latent",
+            callback_on_step_end=step_callback(plan, state, state.batch_index * plan.steps_per_batch, start_step, resume),
+            callback_on_step_end_tensor_inputs=["latents"],
+            **({"true_cfg_scale": options.true_cfg_scale} if uses_true_cfg(model, options) else {}),
+        ).images

@@ -1,0 +1,81 @@
+"""The stages that run once per generation, before the hooks attach: face embed and text encode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipelines.families import Family
+from pipelines.generate import encode_prompts, prompt_token_warnings
+from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
+from pipelines.prompts.embeddings import ti_hashes
+from pipelines.prompts.syntax import flux_text, prompt_memo_key
+from pipelines.telemetry import Notice
+
+
+@dataclass
+class FaceEmbed:
+    """The reference face's ID embedding (memoized by photo content) and the PuLID hook built from it.
+
+    `build()` returns (hook, identity) for the plan's model; the manager supplies it, since the face
+    service and its model files are the manager's. Runs before text encode: PuLID-FLUX's true CFG
+    decides whether the negative prompt is encoded.
+    """
+
+    build: Callable[[], tuple]
+    face: object  # FaceOptions
+    provider: Callable[[], str | None] = lambda: None  # the onnxruntime provider the detector last ran on
+    name: str = "face embed"
+
+    def wanted(self, plan) -> bool:
+        return True
+
+    def run(self, plan, state, info: dict) -> None:
+        hook, identity = self.build()
+        info["detail"] = "memoized" if identity.from_memo else f"computed ({self.provider() or 'cpu'})"
+        for note in identity.notes:
+            plan.bus.publish(Notice(note, "warning"))
+        options, face = plan.options, self.face
+        hooks = [hook]
+        if plan.model.family is Family.FLUX and face.true_cfg > 1:
+            options.true_cfg_scale = face.true_cfg
+            hooks.append(TrueCfgGateHook(face.true_cfg_start, face.true_cfg))
+            options.infotext_extra["True CFG"] = f"{face.true_cfg:g} from step {face.true_cfg_start}"
+        options.hooks[0:0] = hooks  # before the caches' hooks: a block cache must see PuLID's blocks
+        options.infotext_extra.update({"PuLID weight": f"{face.id_weight:g}", "PuLID start step": face.start_step, "Face hash": identity.digest})
+
+
+class TextEncode:
+    """A1111's prompt syntax on SD 1.5 / SDXL (chunks, weights, textual inversions), T5 + CLIP on FLUX.1;
+    memoized by the parsed prompt and everything that changes the encoders (model, LoRA set)."""
+
+    name = "text encode"
+
+    def wanted(self, plan) -> bool:
+        return True
+
+    def run(self, plan, state, info: dict) -> None:
+        model, request, options = plan.model, plan.request, plan.options
+        if model.family is Family.FLUX and request.negative_prompt and not plan.true_cfg:
+            state.warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
+        state.warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
+        if model.family is Family.FLUX and (flux_text(request.prompt)[1] or (plan.true_cfg and flux_text(request.negative_prompt)[1])):
+            state.warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
+        used = options.embeddings.used_in(request.prompt, request.negative_prompt) if options.embeddings and model.family is not Family.FLUX else []
+        if used:
+            options.infotext_extra["TI hashes"] = ti_hashes(used)
+        use_cfg = plan.use_cfg
+
+        def encode() -> dict:
+            return encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg, used)
+
+        if options.prompt_memo is None:
+            state.embeds = encode()
+        else:
+            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt, tuple((e.name, e.shorthash) for e in used)),
+                   request.batch_size, use_cfg)
+            embeds, hit = options.prompt_memo.get_or_compute(key, encode)
+            # Without CFG the negative embeddings are None.
+            state.embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}
+            info["detail"] = state.cache_notes["prompt memo"] = "hit" if hit else "miss"
+        for text in state.warnings:
+            plan.bus.publish(Notice(text, "warning"))
