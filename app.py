@@ -23,6 +23,9 @@ def common_options() -> argparse.ArgumentParser:
     parent.add_argument("--outputs-dir", help="where images are saved (default: ./outputs, or $LIKENESS_OUTPUTS_DIR)")
     parent.add_argument("--cache-dir", help="where the demo model and caches live (default: ./.cache)")
     parent.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    parent.add_argument("--approx-cache-uri", metavar="URI",
+                        help="approximate cache store: ./cache.db (Milvus Lite) or http://host:19530 (a shared Milvus server); "
+                             "default: the embedded faiss index (needs requirements-scale.txt)")
     parent.add_argument("--settings", type=Path, help="settings file (default: settings/user_settings.json)")
     parent.add_argument("--verbose", action="store_true", help="debug logging")
     return parent
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     from ui.cli import EXIT_BAD_INPUT, cmd_generate, cmd_models, run_guarded
 
     quiet_libraries()
-    overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device}
+    overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device,
+                 "approx_cache_uri": args.approx_cache_uri}
     settings, store = load_settings(args.settings, overrides)
     problem = check_device(settings, store)
     if problem:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.atomic import remove_stale_temporaries, write_text_atomically
+from pipelines.caches.vector_store import uri_problem
 from pipelines.lora.fuse import LORA_FUSE_MODES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,9 @@ ENVIRONMENT = {
     "outputs_dir": "LIKENESS_OUTPUTS_DIR",
     "cache_dir": "LIKENESS_CACHE_DIR",
     "device": "LIKENESS_DEVICE",
+    "approx_cache_uri": "LIKENESS_APPROX_CACHE_URI",
 }
-FLAGS = {name: "--" + name.replace("_", "-") for name in ENVIRONMENT}  # the same four as command-line flags
+FLAGS = {name: "--" + name.replace("_", "-") for name in ENVIRONMENT}  # the same names as command-line flags
 PATH_FIELDS = ("models_dir", "outputs_dir", "cache_dir")
 
 
@@ -80,6 +82,7 @@ class AppSettings:
     approx_cache_thresholds: str = "0.95,0.90,0.85,0.75,0.65"
     approx_cache_max_mb: int = 1024
     approx_cache_ttl_hours: float = 0.0
+    approx_cache_uri: str = ""  # empty: the embedded faiss index; a Milvus URI: ./cache.db (Milvus Lite) or http://host:19530
     last_generation: dict = field(default_factory=dict)
 
     def validate(self) -> dict[str, str]:
@@ -100,6 +103,8 @@ class AppSettings:
             "approx_cache_thresholds": (similarity_table_ok(self.approx_cache_thresholds), "must be 5 similarities from high to low, e.g. 0.95,0.90,0.85,0.75,0.65"),
             "approx_cache_max_mb": (self.approx_cache_max_mb >= 1, "must be at least 1"),
             "approx_cache_ttl_hours": (self.approx_cache_ttl_hours >= 0, "must be 0 (no expiry) or more"),
+            "approx_cache_uri": (uri_problem(self.approx_cache_uri) is None,
+                                 "must be empty (the embedded faiss index), a Milvus Lite file ending in .db, or a Milvus URI such as http://host:19530"),
             "vae_dtype": (self.vae_dtype in ("auto", "bf16", "fp16", "fp32"), "must be auto, bf16, fp16 or fp32"),
             "device": (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "must be auto, cpu, cuda[:n] or mps"),
         }
@@ -147,6 +152,9 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "approx_cache_thresholds": SettingInfo("Approximate cache similarity table", "Cosine similarities above which a new prompt resumes after 25, 20, 15, 10 or 5 of 50 steps of a cached one. Higher: fewer, closer hits.", needs_restart=True),
     "approx_cache_max_mb": SettingInfo("Approximate cache size (MiB)", "Disk budget for kept latents under the cache folder; the least beneficial and least used leave first (LCBFU).", needs_restart=True),
     "approx_cache_ttl_hours": SettingInfo("Approximate cache time-to-live (hours)", "Kept latents older than this are dropped; 0 keeps them until evicted.", needs_restart=True),
+    "approx_cache_uri": SettingInfo("Approximate cache store (Milvus URI)", "Empty: the embedded faiss index in the cache folder. ./cache.db: Milvus Lite "
+                                    "in that folder (one process). http://host:19530: a Milvus server shared by several workers or machines "
+                                    "(pip install -r requirements-scale.txt); the latents stay in the cache folder, which they must all see.", needs_restart=True),
     "vae_sticky_fallback": SettingInfo("Keep fp32 after a NaN fallback", "On: like A1111, the rest of the session decodes in fp32. Off: only the failing sample is re-decoded."),
     "torch_compile": SettingInfo("torch.compile the denoiser", "off, default or max-autotune. The first generation after a model loads "
                                    "compiles (about a minute for SDXL); later ones reuse it. Pays on NVIDIA GPUs; see bench --suite gpu.", needs_restart=True),

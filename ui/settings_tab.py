@@ -20,7 +20,7 @@ from ui.last_used import vae_rule_info
 
 # Folders, pickle loading and the device change what the server reads and runs: a browser on another
 # machine may change them only when the app asks for a login (--gradio-auth).
-PROTECTED = ("models_dir", "outputs_dir", "cache_dir", "allow_pickle", "include_hf_cache", "device")
+PROTECTED = ("models_dir", "outputs_dir", "cache_dir", "allow_pickle", "include_hf_cache", "device", "approx_cache_uri")
 
 
 def component_for(name: str, value, override: str | None = None):
