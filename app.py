@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
-    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora"])
+    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale"])
     bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     bench.add_argument("--budget-s", type=float, default=420.0, help="gpu suite: seconds the rows may take; rows that would not fit are skipped")

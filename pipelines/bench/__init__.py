@@ -12,6 +12,8 @@
 - `demo` (`pipelines.demo.checker`): the trained demo on held-out prompts (per-attribute accuracy by
   image analysis), seed diversity, seconds per image, DeepCache and the approximate cache on it.
 - `lora` (`pipelines.bench.lora`): LoRA load cold vs memoized, step time with 0/1/3 LoRAs, fused vs unfused.
+- `scale` (`pipelines.bench.scale`): the shared approximate cache: lookup median/p99 on Milvus Lite vs
+  faiss at 1k/10k/100k entries, and the hit rate of one cache fed by two clients vs one.
 
 Suites report their targets (PASS/FAIL) but never fail on them: the exit code is 0 when they ran.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora")
+SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
@@ -67,4 +69,8 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
         from pipelines.bench import lora
 
         return lora.run(manager, json_file, quick=quick)
+    if suite == "scale":
+        from pipelines.bench import scale
+
+        return scale.run(manager, json_file, quick=quick)
     raise ValueError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")

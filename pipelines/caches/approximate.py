@@ -278,7 +278,8 @@ class ApproximateCache:
             if self.unavailable:
                 return None
             try:
-                self._maintain()
+                if self.config.ttl_seconds or self._vectors.shared:  # a local store's budget changes only when it stores
+                    self._maintain()
                 hit = self._find(namespace_key(namespace), partition, query, total_steps, skip)
             except StoreUnavailable as error:
                 self._turn_off(error)

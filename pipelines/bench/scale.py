@@ -1,0 +1,253 @@
+"""`python app.py bench --suite scale`: Likeness beyond one process (issue 18). The shared approximate cache:
+
+(a) Lookup latency of the approximate cache on Milvus Lite vs the embedded faiss store, at 1k, 10k
+    and 100k entries (768-d unit vectors, as SD 1.5 / FLUX.1 prompt vectors; one namespace and
+    partition). Timed: `ApproximateCache.lookup` end to end with random queries (misses: the vector
+    search with its namespace/partition filter, no latent read). Entries are bulk-loaded (Milvus:
+    `insert_many` in batches, then a flush so the HNSW index is built; faiss: straight into the
+    in-memory index, no files: its search path is the same). Target: p99 < 5 ms at 100k.
+(b) Hit rate of one Milvus Lite cache fed by two clients (alternating prompts) vs one client
+    taking every prompt (target: equal), and two separate faiss caches for contrast (what a worker
+    per GPU without a shared cache gets). The prompt stream: topics with near-duplicates (cosine
+    0.80-0.99 to their topic) and unrelated prompts, seeded.
+
+`sizes` (default 1k, 10k, 100k; `--quick`: 1k, 10k) bounds the run: loading 100k entries into
+Milvus Lite takes minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.bench.system import print_suite_header
+from pipelines.bench.tables import heading, median, seconds, table, verdict
+
+DIM = 768
+P99_TARGET_SECONDS = 0.005
+PARTITION = "bench"
+QUERIES = 400
+BATCH = 5000
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+# -- (a) lookup latency ----------------------------------------------------------------------------------
+
+
+def _faiss_cache(folder: Path):
+    from pipelines.caches.approximate import ApproximateCache, ApproximateCacheConfig
+
+    cache = ApproximateCache(folder, ApproximateCacheConfig(), maintains=False)
+    cache.entries()  # opens the (empty) store
+    return cache
+
+
+def _load_faiss(cache, entries, vectors) -> None:
+    """Straight into the opened store's memory (no embedding files): bench-only, the search path is unchanged."""
+    from pipelines.caches.faiss_store import PartitionIndex
+
+    store = cache.vectors
+    key = ("", PARTITION)
+    index = store._indexes.get(key)
+    if index is None:
+        index = store._indexes[key] = PartitionIndex(DIM, store.neighbours, store.search_depth)
+    index.add_many([e.id for e in entries], vectors)
+    for entry in entries:
+        store._entries[entry.id] = entry
+        store._embedding_files[entry.id] = f"e{entry.id:08d}.emb.safetensors"
+
+
+def _milvus_cache(folder: Path):
+    from pipelines.caches.approximate import ApproximateCache, ApproximateCacheConfig
+
+    cache = ApproximateCache(folder / "latents", ApproximateCacheConfig(uri=str(folder / "bench.db")), maintains=False)
+    cache.entries()
+    if cache.unavailable:
+        raise RuntimeError(cache.unavailable)
+    return cache
+
+
+def _load_milvus(cache, entries, vectors) -> None:
+    store = cache.vectors
+    for start in range(0, len(entries), BATCH):
+        store.insert_many(entries[start:start + BATCH], vectors[start:start + BATCH])
+    for name in store._collections:  # build the index over everything loaded, as a long-running cache has
+        store.client.flush(name)
+
+
+def _entries(first_id: int, count: int, now: float):
+    from pipelines.caches.vector_store import Entry, Item
+
+    return [Entry(first_id + i, PARTITION, DIM, 50, now, 0.1, {25: Item(f"e{first_id + i:08d}.s025.safetensors", 65_536, 1, now, "")})
+            for i in range(count)]
+
+
+def time_lookups(cache, queries: np.ndarray) -> list[float]:
+    for query in queries[:20]:  # warm-up
+        cache.lookup(PARTITION, query, 50)
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        cache.lookup(PARTITION, query, 50)
+        times.append(time.perf_counter() - start)
+    return sorted(times)
+
+
+def lookup_section(sizes: tuple[int, ...], workdir: Path) -> dict:
+    rng = np.random.default_rng(0)
+    queries = unit(rng.standard_normal((QUERIES, DIM), dtype=np.float32))
+    stores = {"faiss": (_faiss_cache(workdir / "faiss"), _load_faiss), "Milvus Lite": (_milvus_cache(workdir / "milvus"), _load_milvus)}
+    rows, loaded, now = [], 0, time.time()
+    for size in sizes:
+        vectors = unit(rng.standard_normal((size - loaded, DIM), dtype=np.float32))
+        entries = _entries(loaded + 1, size - loaded, now)
+        for name, (cache, load) in stores.items():
+            start = time.perf_counter()
+            load(cache, entries, vectors)
+            load_seconds = time.perf_counter() - start
+            times = time_lookups(cache, queries)
+            row = {"store": name, "entries": size, "load_seconds": load_seconds, "median_seconds": median(times),
+                   "p99_seconds": times[int(len(times) * 0.99) - 1], "misses": cache.misses}
+            rows.append(row)
+            say(f"  [a] {name}, {size:,} entries: loaded {size - loaded:,} in {load_seconds:.1f} s; lookup median "
+                f"{row['median_seconds'] * 1e3:.2f} ms, p99 {row['p99_seconds'] * 1e3:.2f} ms")
+        loaded = size
+    for cache, _ in stores.values():
+        cache.vectors.close()
+    return {"dim": DIM, "queries": QUERIES, "rows": rows}
+
+
+def lookup_report(data: dict) -> list[str]:
+    rows = []
+    for row in data["rows"]:
+        target = verdict(row["p99_seconds"] < P99_TARGET_SECONDS) if row["entries"] >= 100_000 else ""
+        rows.append([row["store"], f"{row['entries']:,}", seconds(row["load_seconds"]), seconds(row["median_seconds"]),
+                     seconds(row["p99_seconds"]), target])
+    return [table(["store", "entries (768-d)", "bulk load", "lookup median", "lookup p99", "p99 < 5 ms at 100k"], rows, "llrrrr"),
+            f"  {data['queries']} random queries per row (misses: the search and its filters, no latent read), after 20 warm-up lookups;",
+            "  load = the entries added since the row above (Milvus: inserts of 5,000 rows, then a flush that builds the index)"]
+
+
+# -- (b) hit rate: one shared cache, two clients ----------------------------------------------------------
+
+
+def prompt_stream(count: int, seed: int = 7) -> list[np.ndarray]:
+    """Topics with near-duplicates (cosine 0.80-0.99 to the topic) and unrelated prompts, about 60/40."""
+    rng = np.random.default_rng(seed)
+    topics = unit(rng.standard_normal((max(count // 8, 4), DIM), dtype=np.float32))
+    stream = []
+    for _ in range(count):
+        if rng.random() < 0.6:
+            topic = topics[rng.integers(len(topics))]
+            noise = unit(rng.standard_normal(DIM, dtype=np.float32))
+            noise = unit(noise - noise.dot(topic) * topic)  # orthogonal to the topic
+            cosine = rng.uniform(0.80, 0.99)
+            stream.append(unit(cosine * topic + np.sqrt(1 - cosine**2) * noise))
+        else:
+            stream.append(unit(rng.standard_normal(DIM, dtype=np.float32)))
+    return stream
+
+
+def feed(clients: list, stream: list[np.ndarray]) -> dict:
+    """Prompt i goes to client i mod len(clients): look up; on a miss, store (5 latents, as a 50-step run keeps)."""
+    latents = {step: torch.full((1, 4, 8, 8), float(step)) for step in (5, 10, 15, 20, 25)}
+    hits, steps = 0, 0
+    for number, vector in enumerate(stream):
+        cache = clients[number % len(clients)]
+        hit = cache.lookup(PARTITION, vector, 50)
+        if hit is None:
+            cache.store(PARTITION, vector, 50, latents, 0.1)
+        else:
+            hits += 1
+            steps += hit.step
+    return {"prompts": len(stream), "hits": hits, "hit_rate": hits / len(stream), "steps_saved": steps,
+            "off": [cache.unavailable for cache in clients if cache.unavailable]}
+
+
+def hit_rate_section(count: int, workdir: Path) -> dict:
+    from pipelines.caches.approximate import ApproximateCache, ApproximateCacheConfig
+
+    stream = prompt_stream(count)
+    figures = {}
+    one = ApproximateCache(workdir / "one" / "latents", ApproximateCacheConfig(uri=str(workdir / "one" / "cache.db"), sweep_seconds=0))
+    figures["one cache (Milvus Lite), one client"] = feed([one], stream)
+    shared_uri = str(workdir / "shared" / "cache.db")
+    a = ApproximateCache(workdir / "shared" / "latents", ApproximateCacheConfig(uri=shared_uri, sweep_seconds=0))
+    b = ApproximateCache(workdir / "shared" / "latents", ApproximateCacheConfig(uri=shared_uri, sweep_seconds=0), maintains=False)
+    figures["one cache (Milvus Lite), two clients"] = feed([a, b], stream)
+    separate = [ApproximateCache(workdir / f"faiss-{n}", ApproximateCacheConfig()) for n in (1, 2)]
+    figures["two separate faiss caches"] = feed(separate, stream)
+    for cache in (one, a, b, *separate):
+        if cache.vectors is not None:
+            cache.vectors.close()
+    for name, row in figures.items():
+        say(f"  [b] {name}: {row['hits']} hits of {row['prompts']} ({row['hit_rate']:.1%})")
+    return figures
+
+
+def hit_rate_report(figures: dict) -> list[str]:
+    one = figures["one cache (Milvus Lite), one client"]["hit_rate"]
+    rows = [[name, row["prompts"], row["hits"], f"{row['hit_rate']:.1%}", row["steps_saved"],
+             verdict(abs(row["hit_rate"] - one) < 1e-9) if "two clients" in name else ""] for name, row in figures.items()]
+    lines = [table(["cache", "prompts", "hits", "hit rate", "steps saved (of 50 each)", "equal to one client"], rows, "lrrrrr"),
+             "  synthetic prompt vectors: topics with near-duplicates (cosine 0.80-0.99) and unrelated prompts, about 60/40;",
+             "  the two clients are two pymilvus connections to one Milvus Lite in this process (prompts alternate between them)"]
+    lines += [f"  ! {problem}" for row in figures.values() for problem in row["off"]]
+    return lines
+
+
+# -- the suite -------------------------------------------------------------------------------------------
+
+
+def _release_lite_servers(workdir: Path) -> None:
+    """Stop the in-process Milvus Lite servers this suite started (only those: the app may hold its own)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    for path in workdir.rglob("*.db"):
+        server_manager_instance.release_server(str(path))
+
+
+
+def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tuple[int, ...] | None = None) -> int:
+    try:
+        import pymilvus  # noqa: F401
+    except ImportError:
+        print("bench --suite scale needs pymilvus and milvus-lite: pip install -r requirements-scale.txt", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    sizes = sizes or ((1_000, 10_000) if quick else (1_000, 10_000, 100_000))
+    figures: dict = {"mode": "quick" if quick else "full", "sizes": list(sizes)}
+    print_suite_header(sys.stdout, f"Likeness bench --suite scale ({figures['mode']}): the shared approximate cache", manager.device)
+    workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-scale-"))
+    try:
+        figures["lookup"] = lookup_section(sizes, workdir / "lookup")
+        figures["hit_rate"] = hit_rate_section(120 if quick else 300, workdir / "hits")
+    finally:
+        _release_lite_servers(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    say(heading("(a) Approximate-cache lookup: Milvus Lite vs faiss"))
+    for line in lookup_report(figures["lookup"]):
+        say(line)
+    say(heading("(b) Hit rate: one cache shared by two clients vs one client"))
+    for line in hit_rate_report(figures["hit_rate"]):
+        say(line)
+    figures["total_seconds"] = time.perf_counter() - started
+    say(f"\n  suite took {figures['total_seconds']:.0f} s")
+    if json_file is not None:
+        from pipelines.bench.core import clean_for_json
+
+        Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
+    return 0
