@@ -44,7 +44,8 @@ from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
 from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, run_plan
-from pipelines.stages.denoise import Denoise
+from pipelines.stages.denoise import Denoise, starts_from_init_request
+from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
@@ -371,7 +372,7 @@ class PipelineManager:
             if listener:
                 bus.subscribe(listener)
             bus.subscribe(self.bus.publish)
-        options = self._run_options(request, telemetry, cancel, reuse_latents)
+        options = self._run_options(validated.request, telemetry, cancel, reuse_latents)
         with self._generation_lock:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
@@ -420,13 +421,17 @@ class PipelineManager:
               face: FaceOptions | None) -> GenerationPlan:
         """The stages this request asks for, in order, and the hooks they attach."""
         request = validated.request
+        if is_inpainting_model(model) and request.mode != "inpaint":
+            raise InvalidRequest(f"{model.name} is an inpainting model (a 9-channel UNet): it needs an init image and a mask. "
+                                 "Use the img2img tab's inpaint mode, or a text-to-image model.")
         model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config)
         options.hooks += self._cache_hooks(model, request, options)
-        prepare = [TextEncode()]
+        prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
-        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), VaeDecode()],
-                              finish=[Save()], steps_per_batch=request.steps)
+        steps = denoise_steps(request) if starts_from_init_request(request) else request.steps
+        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), VaeDecode(), PasteBack()],
+                              finish=[Save()], steps_per_batch=steps)
 
     def _kept_latents(self, name: str, request: GenerationRequest, output) -> KeptLatents | None:
         """The last batch's final latents, for Re-decode (kept by the caller, per browser session)."""

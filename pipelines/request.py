@@ -1,14 +1,19 @@
 """A generation request, its validation per family, and what comes back."""
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import asdict, dataclass, field, replace
+
+from PIL import Image
 
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.hooks.deepcache import SCHEDULES as DEEPCACHE_SCHEDULES
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
 from pipelines.lora.tags import LoraSyntaxError, extract_lora_tags
+from pipelines.refine.image_ops import RESIZE_MODES
+from pipelines.refine.masks import MASKED_CONTENT, check_mask
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
 
@@ -41,9 +46,62 @@ class GenerationRequest:
     flux_cache_threshold: float = 0.08
     approximate_cache: bool = False  # resume from a similar earlier prompt's latents: faster, not exact
     save: bool = True
+    # img2img and inpainting (A1111's img2img payload names). The entry points open and size-check the images.
+    init_image: object = None  # PIL image: start from it instead of noise
+    mask: object = None  # PIL image (white or painted = repaint); needs init_image
+    denoising_strength: float = 0.75  # 0 keeps the init image, 1 ignores it
+    resize_mode: str = RESIZE_MODES[0]  # how an init image of another size is fitted
+    mask_blur: int = 4  # px, both axes
+    inpainting_fill: str = "original"  # masked content: fill | original | latent noise | latent nothing
+    inpaint_full_res: bool = False  # "only masked": inpaint a padded crop around the mask at full resolution
+    inpaint_full_res_padding: int = 32  # px around the mask for "only masked"
+    inpainting_mask_invert: bool = False  # repaint what is NOT painted
+    # Hires fix: a second pass at hires_scale x the size (1 = off), as A1111's txt2img "Hires. fix".
+    hires_scale: float = 1.0
+    hires_upscaler: str = "Latent"  # Latent | Lanczos | Nearest | an ESRGAN file's name in models/ESRGAN
+    hires_steps: int = 0  # 0 = the same as steps
+    hires_denoising: float = 0.7
+    # Face detailer: each detected face re-generated at the model's native size and pasted back.
+    face_detail: bool = False
+    face_detail_strength: float = 0.4
+    face_detail_steps: int = 0  # 0 = the same as steps
+    face_detail_prompt: str = ""  # "" = the main prompt
+    face_detail_faces: str = ""  # which faces, 1-based, largest first: "1,3"; "" = all
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-friendly: images as their size and content digest."""
+        values = asdict(self)
+        for name in IMAGE_FIELDS:
+            values[name] = image_summary(getattr(self, name))
+        return values
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint."""
+        return "txt2img" if self.init_image is None else ("inpaint" if self.mask is not None else "img2img")
+
+
+IMAGE_FIELDS = ("init_image", "mask")
+MIN_HIRES_SCALE, MAX_HIRES_SCALE = 1.0, 4.0
+MAX_MASK_BLUR = 64
+MAX_FULL_RES_PADDING = 256
+
+
+def image_digest(image) -> str | None:
+    """A short content hash of a PIL image (cache keys, infotext); None for no image."""
+    if image is None:
+        return None
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:12]
+
+
+def image_summary(image) -> dict | None:
+    if image is None:
+        return None
+    if not isinstance(image, Image.Image):
+        return {"type": type(image).__name__}
+    return {"size": list(image.size), "mode": image.mode, "digest": image_digest(image)}
 
 
 @dataclass(frozen=True)
@@ -163,6 +221,15 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
             extract_lora_tags(request.prompt)  # `<lora:name:weight>`: the weight a number within +-10
         except LoraSyntaxError as error:
             problems.append(str(error))
+    problems += validate_second_passes(request)
+    approximate = request.approximate_cache
+    if request.init_image is not None or request.mask is not None:
+        refine_problems, refine_notes = validate_refine(request)
+        problems += refine_problems
+        warnings += refine_notes
+        if approximate is True and request.init_image is not None:
+            warnings.append("The approximate cache is off for img2img and inpainting: its kept latents come from text-to-image runs.")
+            approximate = False
     if problems:
         raise InvalidRequest(" ".join(problems))
 
@@ -177,8 +244,77 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     seed = request.seed
     if seed == -1:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler)
+    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate)
     return ValidatedRequest(cleaned, seed, tuple(warnings))
+
+
+def validate_second_passes(request: GenerationRequest) -> list[str]:
+    """Hires fix and face detailer fields (the upscaler's name is checked against the files at run time)."""
+    problems: list[str] = []
+
+    def number(name: str, value, low: float, high: float) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:  # NaN fails too
+            problems.append(f"{name} must be between {low:g} and {high:g}, got {shown(value)}.")
+
+    def steps(name: str, value) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEPS:
+            problems.append(f"{name} must be a whole number from 0 (the same as Steps) to {MAX_STEPS}, got {shown(value)}.")
+
+    number("Hires scale", request.hires_scale, MIN_HIRES_SCALE, MAX_HIRES_SCALE)
+    number("Hires denoising strength", request.hires_denoising, 0, 1)
+    steps("Hires steps", request.hires_steps)
+    if not isinstance(request.hires_upscaler, str) or not request.hires_upscaler.strip():
+        problems.append(f"Hires upscaler must be a name (Latent, Lanczos, Nearest or an ESRGAN model), got {shown(request.hires_upscaler)}.")
+    if not isinstance(request.face_detail, bool):
+        problems.append(f"Face detailer must be true or false, got {shown(request.face_detail)}.")
+    number("Face detailer strength", request.face_detail_strength, 0, 1)
+    steps("Face detailer steps", request.face_detail_steps)
+    if problem := text_problem("The face detailer prompt", request.face_detail_prompt):
+        problems.append(problem)
+    faces = request.face_detail_faces
+    if not isinstance(faces, str) or not all(part.strip().isdigit() and int(part) >= 1 for part in faces.split(",") if faces.strip()):
+        problems.append(f"Face detailer faces must be numbers from 1 separated by commas (\"1,3\"; empty for all), got {shown(faces)}.")
+    return problems
+
+
+def face_numbers(text: str) -> list[int]:
+    """'1, 3' -> [1, 3] (validated already); '' -> [] (all faces)."""
+    return sorted({int(part) for part in text.split(",") if part.strip()})
+
+
+def validate_refine(request: GenerationRequest) -> tuple[list[str], list[str]]:
+    """img2img / inpaint fields: (problems, notes). The images must already be PIL images (the UI, the CLI
+    and the API open them with pipelines.images.open_image, which checks the size before decoding)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    init, mask = request.init_image, request.mask
+    if init is None:
+        problems.append("A mask needs an init image to paint on: give the image as well (init_image).")
+    elif not isinstance(init, Image.Image):
+        problems.append(f"The init image must be an image, got {type(init).__name__} {shown(init)}.")
+    if mask is not None and not isinstance(mask, Image.Image):
+        problems.append(f"The mask must be an image, got {type(mask).__name__} {shown(mask)}.")
+    strength = request.denoising_strength
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:  # NaN fails too
+        problems.append(f"Denoising strength must be between 0 and 1, got {shown(strength)}.")
+    if not (isinstance(request.resize_mode, str) and request.resize_mode in RESIZE_MODES):
+        problems.append(f"Resize mode must be one of {', '.join(RESIZE_MODES)}, got {shown(request.resize_mode)}.")
+    if not (isinstance(request.inpainting_fill, str) and request.inpainting_fill in MASKED_CONTENT):
+        problems.append(f"Masked content must be one of {', '.join(MASKED_CONTENT)}, got {shown(request.inpainting_fill)}.")
+    for name, value, high in (("Mask blur", request.mask_blur, MAX_MASK_BLUR), ("Only-masked padding", request.inpaint_full_res_padding, MAX_FULL_RES_PADDING)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name} must be a whole number, got {shown(value)}.")
+        elif not 0 <= value <= high:
+            problems.append(f"{name} must be between 0 and {high}, got {shown(value)}.")
+    for name, value in (("Only masked", request.inpaint_full_res), ("Invert mask", request.inpainting_mask_invert)):
+        if not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {shown(value)}.")
+    if isinstance(init, Image.Image) and isinstance(mask, Image.Image) and isinstance(request.inpainting_mask_invert, bool):
+        try:
+            notes += check_mask(mask, init.size, invert=request.inpainting_mask_invert)
+        except InvalidRequest as error:
+            problems.append(str(error))
+    return problems, notes
 
 
 def _has_sampler(family: Family, name: str) -> bool:

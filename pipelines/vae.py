@@ -126,3 +126,55 @@ def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device,
             samples = ", ".join(str(i + 1) for i in bad)
             notes.append(f"The {dtype_label(dtype)} VAE decode gave NaN/Inf for sample {samples}; re-decoded in fp32.")
     return outcome
+
+
+@dataclass
+class EncodeOutcome:
+    latents: torch.Tensor  # float32, (B, C, h, w): the latent distribution's mean, not yet scaled or shifted
+    dtype: torch.dtype
+    fell_back: bool = False  # re-encoded in fp32 after NaN/Inf
+    tiled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def label(self) -> str:
+        text = f"fp32 (fallback from {dtype_label(self.dtype)})" if self.fell_back else dtype_label(self.dtype)
+        return text + (", tiled" if self.tiled else "")
+
+
+def _encode_once(vae, pixels: torch.Tensor, tiled: bool) -> torch.Tensor:
+    with torch.no_grad():
+        if not tiled:
+            # The mean, not a sample: img2img then starts from the image itself, and strength 0 gives it back.
+            return vae.encode(pixels).latent_dist.mode()
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        tile = min(TILE_LATENT, max(8, (max(pixels.shape[-2:]) // scale + 1) // 2))
+        saved = (vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size)
+        vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size = True, tile, tile * scale
+        try:
+            return vae.encode(pixels).latent_dist.mode()
+        finally:
+            vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size = saved
+
+
+def encode(vae, pixels: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False) -> EncodeOutcome:
+    """Encode `pixels` ((B, 3, H, W) in [-1, 1]) under the same policy as `decode`: the chosen dtype, a
+    re-encode in fp32 when it gives NaN/Inf, tiles when the whole image runs out of memory."""
+    vae.to(dtype=dtype)
+    notes: list[str] = []
+    x = pixels.to(device=device, dtype=dtype)
+    try:
+        latents = _encode_once(vae, x, tiled)
+    except Exception as error:
+        if tiled or not is_out_of_memory(error):
+            raise
+        devices.free_device_memory(device)
+        notes.append("Ran out of memory during VAE encode; retried with tiled encoding.")
+        tiled = True
+        latents = _encode_once(vae, x, tiled)
+    outcome = EncodeOutcome(latents.float(), dtype, tiled=tiled, notes=notes)
+    if dtype != torch.float32 and not torch.isfinite(outcome.latents).all():
+        vae.to(dtype=torch.float32)
+        outcome.latents = _encode_once(vae, pixels.to(device=device, dtype=torch.float32), tiled).float()
+        outcome.fell_back = True
+        notes.append(f"The {dtype_label(dtype)} VAE encode gave NaN/Inf; re-encoded in fp32.")
+    return outcome

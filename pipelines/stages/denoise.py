@@ -13,13 +13,13 @@ from pipelines.hooks import hook_cache_keys
 from pipelines.telemetry import Notice, PreviewReady
 
 
-def exact_repeat_key(model, request, seeds: list[int], hooks: list):
+def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = ()):
     """Everything that determines the final latents; None when a hook cannot say what it changes."""
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
     return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
-            request.width, request.height, tuple(seeds), hook_keys)
+            request.width, request.height, tuple(seeds), hook_keys) + ((init_key,) if init_key else ())
 
 
 class Denoise:
@@ -33,7 +33,8 @@ class Denoise:
 
     def run(self, plan, state, info: dict) -> None:
         model, request, options = plan.model, plan.request, plan.options
-        key = exact_repeat_key(model, request, state.seeds, options.hooks) if options.latent_cache is not None else None
+        init_key = state.init.key if state.init is not None else ()
+        key = exact_repeat_key(model, request, state.seeds, options.hooks, init_key) if options.latent_cache is not None else None
         cached = options.latent_cache.get(key) if key is not None else None
         if cached is not None:
             state.latents = cached.to(model.device)
@@ -45,7 +46,7 @@ class Denoise:
         approximate = self._approximate
         start = time.perf_counter()
         resume = approximate.before_batch() if approximate else None
-        state.latents = denoise_batch(plan, state, resume)
+        state.latents, info["detail"] = denoise_from_init(plan, state) if starts_from_init(plan) else (denoise_batch(plan, state, resume), "")
         if approximate:
             info["detail"] = state.cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
         if stopped(plan, state):
@@ -88,6 +89,52 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
         return tensors
 
     return on_step_end
+
+
+def starts_from_init(plan) -> bool:
+    return starts_from_init_request(plan.request)
+
+
+def starts_from_init_request(request) -> bool:
+    """img2img at strength 1 is text-to-image (A1111 keeps a trace of the image there; "1 ignores it"
+    is what the slider promises); inpainting always starts from the image (the unmasked part is kept)."""
+    return request.init_image is not None and (request.mask is not None or request.denoising_strength < 1)
+
+
+def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
+    """img2img / inpaint: the last `int(steps * strength)` steps of the schedule, from the init latents."""
+    from pipelines.stages.init_image import denoise_steps, packed, refine_pipeline
+
+    model, request, options, init = plan.model, plan.request, plan.options, state.init
+    batch = len(state.seeds)
+    steps = denoise_steps(request)
+    if steps == 0:  # strength 0 (or too small for one step): the image itself, after the VAE round trip
+        return packed(model, init.latents.repeat(batch, 1, 1, 1)), "strength 0: no denoising"
+    inpaint = request.mask is not None
+    pipe = refine_pipeline(model, inpaint)
+    extra = {}
+    if inpaint:
+        masked = init.masked_latents if init.masked_latents is not None else init.latents
+        extra = {"mask_image": init.mask, "masked_image_latents": masked.repeat(batch, 1, 1, 1)}
+    if uses_true_cfg(model, options):
+        extra["true_cfg_scale"] = options.true_cfg_scale
+    skipped = request.steps - steps
+    state.context.step_index = skipped
+    latents = pipe(
+        **state.embeds,
+        image=init.latents.repeat(batch, 1, 1, 1),
+        strength=request.denoising_strength,
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg_scale,
+        height=request.height,
+        width=request.width,
+        generator=generators(state.seeds),
+        output_type="latent",
+        callback_on_step_end=step_callback(plan, state, state.batch_index * plan.steps_per_batch - skipped, skipped),
+        callback_on_step_end_tensor_inputs=["latents"],
+        **extra,
+    ).images
+    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})"
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
