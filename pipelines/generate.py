@@ -196,6 +196,7 @@ class RunOutput:
     last_latents: torch.Tensor | None  # the final latents of the last batch, on the CPU, for re-decoding
     hook_stats: dict = field(default_factory=dict)
     cache_notes: dict = field(default_factory=dict)  # cache name -> "hit" / "miss" for this run
+    latent_size: tuple[int, int] = (0, 0)  # (width, height) the last latents decode to (a hires pass changes it)
 
 
 def uses_true_cfg(model: LoadedModel, options: RunOptions) -> bool:

@@ -438,7 +438,8 @@ class PipelineManager:
         if output.last_latents is None:
             return None
         last = output.images[-output.last_latents.shape[0]:]
-        return KeptLatents(name, output.last_latents, request.height, request.width, [img.seed for img in last],
+        width, height = output.latent_size
+        return KeptLatents(name, output.last_latents, height, width, [img.seed for img in last],
                            [img.image for img in last], output.vae_label)
 
     def _note_vae_fallback(self, output) -> None:

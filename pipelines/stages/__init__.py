@@ -79,6 +79,8 @@ class RunState:
     # the current batch
     batch_index: int = 0
     seeds: list[int] = field(default_factory=list)
+    width: int = 0  # the size `latents` are at: the request's, until a hires pass changes it
+    height: int = 0
     latents: torch.Tensor | None = None
     decoded: list = field(default_factory=list)  # PIL images of the batch
     outcome: object | None = None  # the VAE decode's DecodeOutcome
@@ -97,8 +99,8 @@ class RunState:
             self.warnings.append(text)
         bus.publish(Notice(text, "warning"))
 
-    def begin_batch(self, index: int, seeds: list[int], clock: StageClock) -> None:
-        self.batch_index, self.seeds = index, seeds
+    def begin_batch(self, index: int, seeds: list[int], clock: StageClock, width: int, height: int) -> None:
+        self.batch_index, self.seeds, self.width, self.height = index, seeds, width, height
         self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
         self.stage_seconds_before = dict(clock.seconds)
 
@@ -127,7 +129,7 @@ def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
         run_stage(stage, plan, state)
     with attached(plan.model.pipe, plan.options.hooks, state.context):
         for index, seeds in enumerate(plan.validated.seeds()):
-            state.begin_batch(index, seeds, plan.clock)
+            state.begin_batch(index, seeds, plan.clock, request.width, request.height)
             for stage in plan.per_batch:
                 run_stage(stage, plan, state)
                 if state.skip_rest:
@@ -139,4 +141,4 @@ def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
                 run_stage(stage, plan, state)
             state.images += state.batch
     return RunOutput(state.images, state.step_clock.step_seconds, state.warnings, state.vae_label, state.fell_back,
-                     state.last_latents, dict(state.context.stats), state.cache_notes)
+                     state.last_latents, dict(state.context.stats), state.cache_notes, (state.width, state.height))

@@ -83,7 +83,7 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
         if resume:
             resume.on_step(done, tensors["latents"])
         if options.preview_every and done % options.preview_every == 0 and done < total:
-            plan.bus.publish(PreviewReady(step_offset + done, latent_preview(plan.model, tensors["latents"], request.height, request.width)))
+            plan.bus.publish(PreviewReady(step_offset + done, latent_preview(plan.model, tensors["latents"], state.height, state.width)))
         if options.cancel.interrupt_requested:
             pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
@@ -103,38 +103,54 @@ def starts_from_init_request(request) -> bool:
 
 def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
     """img2img / inpaint: the last `int(steps * strength)` steps of the schedule, from the init latents."""
-    from pipelines.stages.init_image import denoise_steps, packed, refine_pipeline
+    from pipelines.stages.init_image import denoise_steps, packed
 
-    model, request, options, init = plan.model, plan.request, plan.options, state.init
-    batch = len(state.seeds)
+    request, init = plan.request, state.init
     steps = denoise_steps(request)
     if steps == 0:  # strength 0 (or too small for one step): the image itself, after the VAE round trip
-        return packed(model, init.latents.repeat(batch, 1, 1, 1)), "strength 0: no denoising"
-    inpaint = request.mask is not None
-    pipe = refine_pipeline(model, inpaint)
+        return packed(plan.model, init.latents.repeat(len(state.seeds), 1, 1, 1)), "strength 0: no denoising"
+    latents = img2img_denoise(plan, state, init.latents, width=request.width, height=request.height, strength=request.denoising_strength,
+                              steps=request.steps, step_offset=state.batch_index * plan.steps_per_batch,
+                              mask=init.mask if request.mask is not None else None,
+                              masked_latents=init.masked_latents if init.masked_latents is not None else init.latents)
+    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})"
+
+
+def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,
+                    mask=None, masked_latents: torch.Tensor | None = None, prompt_embeds: dict | None = None) -> torch.Tensor:
+    """The last `int(steps * strength)` steps of a `steps`-step schedule from `init_latents` ((1 or B, C, h, w),
+    pipeline convention, unpacked) at `width` x `height`, with diffusers' img2img or (with `mask`) inpaint
+    pipeline on the loaded modules. `step_offset` is the readout's step count before this pass. Used by
+    img2img, inpainting, the hires pass and the face detailer. Returns the denoiser's latents (FLUX packed)."""
+    from pipelines.stages.init_image import refine_pipeline
+
+    model, request, options = plan.model, plan.request, plan.options
+    batch = len(state.seeds)
+
+    def batched(latents: torch.Tensor) -> torch.Tensor:
+        return latents if latents.shape[0] == batch else latents.repeat(batch, 1, 1, 1)
+
     extra = {}
-    if inpaint:
-        masked = init.masked_latents if init.masked_latents is not None else init.latents
-        extra = {"mask_image": init.mask, "masked_image_latents": masked.repeat(batch, 1, 1, 1)}
+    if mask is not None:
+        extra = {"mask_image": mask, "masked_image_latents": batched(masked_latents if masked_latents is not None else init_latents)}
     if uses_true_cfg(model, options):
         extra["true_cfg_scale"] = options.true_cfg_scale
-    skipped = request.steps - steps
+    skipped = steps - min(int(steps * strength), steps)
     state.context.step_index = skipped
-    latents = pipe(
-        **state.embeds,
-        image=init.latents.repeat(batch, 1, 1, 1),
-        strength=request.denoising_strength,
-        num_inference_steps=request.steps,
+    return refine_pipeline(model, mask is not None)(
+        **(prompt_embeds if prompt_embeds is not None else state.embeds),
+        image=batched(init_latents),
+        strength=strength,
+        num_inference_steps=steps,
         guidance_scale=request.cfg_scale,
-        height=request.height,
-        width=request.width,
+        height=height,
+        width=width,
         generator=generators(state.seeds),
         output_type="latent",
-        callback_on_step_end=step_callback(plan, state, state.batch_index * plan.steps_per_batch - skipped, skipped),
+        callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped),
         callback_on_step_end_tensor_inputs=["latents"],
         **extra,
     ).images
-    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})"
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:

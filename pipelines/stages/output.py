@@ -15,8 +15,7 @@ class VaeDecode:
         return True
 
     def run(self, plan, state, info: dict) -> None:
-        request = plan.request
-        state.decoded, state.outcome = decode_latents(plan.model, state.latents, request.height, request.width, plan.options.vae)
+        state.decoded, state.outcome = decode_latents(plan.model, state.latents, state.height, state.width, plan.options.vae)
         state.vae_label = info["detail"] = state.outcome.label()
         state.fell_back = state.fell_back or bool(state.outcome.fallback_samples)
         for note in state.outcome.notes:
