@@ -65,16 +65,13 @@ def detect_layout(header: dict) -> CheckpointLayout:
         return any(k.startswith(prefix) for k in keys)
 
     if has_prefix("conditioner.embedders.1.model.") or has_prefix("conditioner.embedders.0.transformer."):
-        return CheckpointLayout(Family.SDXL, "ldm")
+        return _unet_inputs(header, Family.SDXL)
     if has_prefix("conditioner.embedders.0.model."):
         return CheckpointLayout(None, "ldm", "This is an SDXL refiner checkpoint; only SDXL base models are supported.")
     if has_prefix("cond_stage_model.model.transformer."):
         return CheckpointLayout(None, "ldm", "This is a Stable Diffusion 2.x checkpoint; Likeness supports SD 1.5, SDXL and FLUX.1.")
     if has_prefix("cond_stage_model.transformer.") and has_prefix("model.diffusion_model."):
-        in_shape = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape", [0, 4])
-        if len(in_shape) > 1 and in_shape[1] != 4:
-            return CheckpointLayout(None, "ldm", f"This SD 1.5 checkpoint takes {in_shape[1]} input channels (an inpainting or instruct model); only text-to-image models are supported.")
-        return CheckpointLayout(Family.SD15, "ldm")
+        return _unet_inputs(header, Family.SD15)
     flux_markers = ("double_blocks.0.img_attn.qkv.weight", "model.diffusion_model.double_blocks.0.img_attn.qkv.weight")
     if any(m in keys for m in flux_markers) or (
         "transformer_blocks.0.attn.add_q_proj.weight" in keys and has_prefix("single_transformer_blocks.")
@@ -88,6 +85,25 @@ def detect_layout(header: dict) -> CheckpointLayout:
         return CheckpointLayout(None, "lora", "This file is a LoRA, not a full checkpoint; put it in models/Lora.")
     sample = ", ".join(list(keys)[:3])
     return CheckpointLayout(None, "unknown", f"Unknown checkpoint layout (first keys: {sample}); expected an SD 1.5, SDXL or FLUX.1 checkpoint.")
+
+
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+INPAINTING_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent channels
+
+
+def unet_in_channels(header: dict) -> int:
+    """The UNet's input channels from its first convolution's shape (4 for text-to-image models)."""
+    shape = header.get(UNET_INPUT_KEY, {}).get("shape", [0, 4])
+    return shape[1] if len(shape) > 1 else 4
+
+
+def _unet_inputs(header: dict, family: Family) -> CheckpointLayout:
+    """Text-to-image (4 channels) and inpainting (9) UNets load; others (instruct-pix2pix's 8) do not."""
+    channels = unet_in_channels(header)
+    if channels in (4, INPAINTING_CHANNELS):
+        return CheckpointLayout(family, "ldm")
+    return CheckpointLayout(None, "ldm", f"This {family.spec.label} checkpoint takes {channels} input channels (an instruct or other "
+                                         "special model); text-to-image (4) and inpainting (9) models are supported.")
 
 
 def read_pickle_keys(path: Path) -> dict:

@@ -113,7 +113,8 @@ def _load(entry: ModelEntry, dtype: torch.dtype):
         if family is Family.SDXL:
             tokenizers["tokenizer_2"] = build_clip_tokenizer(pad_token="!")
         config = single_file_config_dir(entry.path, family)
-        return cls.from_single_file(str(entry.path), config=str(config), **common, **tokenizers, **_sd_extras(family))
+        return cls.from_single_file(str(entry.path), config=str(config), **common, **tokenizers, **_sd_extras(family),
+                                    **_inpainting_unet(entry.path, config, dtype))
     if entry.format == "flux-transformer":
         from diffusers import FluxTransformer2DModel
 
@@ -122,6 +123,23 @@ def _load(entry: ModelEntry, dtype: torch.dtype):
         transformer = FluxTransformer2DModel.from_single_file(str(entry.path), config=str(base), subfolder="transformer", **common)
         return cls.from_pretrained(str(base), transformer=transformer, **common)
     raise ModelLoadError(f"{entry.name}: unsupported format {entry.format}.")
+
+
+def _inpainting_unet(path: Path, config: Path, dtype: torch.dtype) -> dict:
+    """An inpainting checkpoint's 9-channel UNet, loaded on its own (the config folders say 4 channels);
+    {} for a text-to-image checkpoint."""
+    from pipelines.checkpoints import INPAINTING_CHANNELS, read_pickle_keys, read_safetensors_header, unet_in_channels
+
+    if path.suffix.lower() == ".safetensors":
+        header = read_safetensors_header(path)
+    else:
+        header = read_pickle_keys(path)
+    if unet_in_channels(header) != INPAINTING_CHANNELS:
+        return {}
+    from diffusers import UNet2DConditionModel
+
+    return {"unet": UNet2DConditionModel.from_single_file(str(path), config=str(config), subfolder="unet", in_channels=INPAINTING_CHANNELS,
+                                                          dtype=dtype, local_files_only=True)}
 
 
 def pipeline_bytes(pipe) -> int:

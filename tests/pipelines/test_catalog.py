@@ -129,11 +129,11 @@ def test_file_without_tensors(tmp_path):
         (["foo.bar.weight", "baz.qux", "random_tensor_17"], None, "Unknown checkpoint layout (first keys: baz.qux, foo.bar.weight, random_tensor_17)"),
         (["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.input_blocks.0.0.weight"], None, "Stable Diffusion 2.x"),
         (["conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", "model.diffusion_model.input_blocks.0.0.weight"], None, "SDXL refiner"),
-        (SD15_KEYS, {SD15_KEYS[1]: (32, 9, 3, 3)}, "takes 9 input channels"),
+        (SD15_KEYS, {SD15_KEYS[1]: (32, 8, 3, 3)}, "takes 8 input channels"),
         (["model.diffusion_model.input_blocks.0.0.weight"], None, "only a UNet"),
         (["encoder.down.0.block.0.conv1.weight", "decoder.up.0.block.0.conv1.weight"], None, "standalone VAE"),
     ],
-    ids=["random-names", "sd2", "sdxl-refiner", "inpainting", "unet-only", "vae"],
+    ids=["random-names", "sd2", "sdxl-refiner", "instruct", "unet-only", "vae"],
 )
 def test_unsupported_layouts_say_what_they_are(tmp_path, make_manager, keys, shapes, expected):
     write_keys(tmp_path / "models" / "odd.safetensors", keys, shapes)

@@ -150,3 +150,38 @@ def test_a_nine_channel_inpainting_unet_loads_and_runs(tmp_path, make_manager, t
     assert np.array_equal(pixels(result)[outside], np.asarray(init, dtype=np.int16)[outside])
     with pytest.raises(InvalidRequest, match="inpainting model.*needs an init image and a mask"):
         manager.generate(tiny_request("sd15", model="tiny-inpainting", steps=2))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_single_file_inpainting_checkpoint_is_usable(tmp_path, make_manager, tiny_pipes, family):
+    """A1111-style inpainting checkpoints (9-channel UNet in the original layout) load from the single file
+    even though the config folder (bundled or beside it) describes the 4-channel text-to-image UNet."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.ldm_layout import export_ldm_checkpoint
+    from tests.tiny_models import save_config_only
+
+    pipe = tiny_pipes[family]
+    unet = UNet2DConditionModel.from_config(pipe.unet.config, in_channels=9)
+    inpainting = type(pipe)(**(pipe.components | {"unet": unet}))
+    models = tmp_path / "models"
+    export_ldm_checkpoint(inpainting, models / f"inpaint-{family}.safetensors", family)
+    save_config_only(pipe, models / f"inpaint-{family}.config")  # says 4 channels, as the bundled configs do
+    manager = make_manager(models)
+    entry = manager.entry(f"inpaint-{family}")
+    assert entry.usable, entry.problem
+    size = tiny_request(family).width
+    init, mask = picture(size), box_mask(size, (size // 4, size // 4, size // 2, size // 2))
+    result = manager.generate(tiny_request(family, model=f"inpaint-{family}", steps=2, init_image=init, mask=mask, mask_blur=0))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(pixels(result)[outside], np.asarray(init, dtype=np.int16)[outside])
+    with manager.use(f"inpaint-{family}") as model:
+        assert model.pipe.unet.config.in_channels == 9
+
+
+def test_an_instruct_checkpoint_is_listed_with_why():
+    from pipelines.checkpoints import detect_layout
+
+    header = {"cond_stage_model.transformer.x": {}, "model.diffusion_model.input_blocks.0.0.weight": {"shape": [320, 8, 3, 3]}}
+    layout = detect_layout(header)
+    assert layout.family is None and "takes 8 input channels" in layout.problem
