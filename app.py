@@ -43,6 +43,7 @@ def pixels(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.bench import SUITES
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
     from pipelines.vae import VAE_CHOICES
     from pipelines.samplers import ALL_SAMPLER_NAMES
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     bench = commands.add_parser("bench", parents=[common], help="run a benchmark suite")
-    bench.add_argument("--suite", default="core", choices=["core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale"])
+    bench.add_argument("--suite", default="core", choices=SUITES)
     bench.add_argument("--json", dest="json_file", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     bench.add_argument("--budget-s", type=float, default=420.0, help="gpu suite: seconds the rows may take; rows that would not fit are skipped")
@@ -159,6 +160,7 @@ def build_manager(settings):
         torch_compile=settings.torch_compile,
         channels_last=settings.channels_last,
         lora_fuse=settings.lora_fuse,
+        max_input_pixels=int(settings.max_input_megapixels * 1e6),
     )
     return PipelineManager(config)
 

@@ -12,6 +12,8 @@
 - `demo` (`pipelines.demo.checker`): the trained demo on held-out prompts (per-attribute accuracy by
   image analysis), seed diversity, seconds per image, DeepCache and the approximate cache on it.
 - `lora` (`pipelines.bench.lora`): LoRA load cold vs memoized, step time with 0/1/3 LoRAs, fused vs unfused.
+- `refine` (`pipelines.bench.refine`): img2img at strength 0.5 and inpainting vs text-to-image (denoise
+  time, init-image encode).
 - `scale` (`pipelines.bench.scale`): the shared approximate cache: lookup median/p99 on Milvus Lite vs
   faiss at 1k/10k/100k entries, and the hit rate of one cache fed by two clients vs one.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale")
+SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale", "refine")
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
@@ -69,6 +71,10 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
         from pipelines.bench import lora
 
         return lora.run(manager, json_file, quick=quick)
+    if suite == "refine":
+        from pipelines.bench import refine
+
+        return refine.run(manager, json_file, quick=quick)
     if suite == "scale":
         from pipelines.bench import scale
 
