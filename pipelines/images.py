@@ -79,6 +79,37 @@ def open_image(source, *, max_pixels: int = MAX_PHOTO_PIXELS, what: str = "The i
     return image
 
 
+INPUT_LIMIT_HINT = "The limit is the max_input_megapixels setting (Settings: Largest input image)."
+PIL_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # PIL refuses to open more than this at all (its decompression-bomb error)
+
+
+def check_input_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
+    """`check_pixels` for init images and masks: the message also names the setting that sets the limit."""
+    try:
+        check_pixels(size, max_pixels, what)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{error} {INPUT_LIMIT_HINT}") from None
+
+
+def open_input_image(source, max_pixels: int, what: str) -> Image.Image:
+    """An init image or mask (a path or bytes) opened and decoded for img2img / inpainting.
+
+    The size is read from the header and refused above `max_pixels` (naming the limit and its
+    setting) before any pixel is decoded; a missing, non-image or damaged file is an InvalidRequest.
+    """
+    image = open_image(source, max_pixels=PIL_PIXEL_LIMIT, what=what)
+    try:
+        check_input_pixels(image.size, max_pixels, what)
+        image.load()
+    except InvalidRequest:
+        image.close()
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as damaged:
+        image.close()
+        raise InvalidRequest(f"{what} is damaged or incomplete and cannot be read ({damaged}).") from None
+    return image
+
+
 def read_embedded_text(source, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | None, list[str]]:
     """The A1111 `parameters` text of an image (a path or its bytes), read without decoding pixels, and notes.
 

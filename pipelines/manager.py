@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from PIL import Image
 
 from pipelines import devices
 from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
@@ -32,6 +33,7 @@ from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCach
 from pipelines.hooks.lora import AppliedLora, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
+from pipelines.images import MAX_PHOTO_PIXELS, check_input_pixels
 from pipelines.metrics import psnr
 from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
@@ -82,6 +84,7 @@ class ManagerConfig:
     channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
     lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
     lora_fuse: str = "auto"  # auto: fuse a repeated LoRA set when measured faster | off | always (pipelines/lora/fuse.py)
+    max_input_pixels: int = MAX_PHOTO_PIXELS  # init images and masks above this are refused (Settings: max_input_megapixels)
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,9 @@ class PipelineManager:
         entry = self.entry(request.model)
         if not entry.usable:
             raise ModelLoadError(entry.problem)
+        for what, image in (("The init image", request.init_image), ("The mask", request.mask)):
+            if isinstance(image, Image.Image):  # anything else is validate_request's to refuse
+                check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()

@@ -37,6 +37,7 @@ ENVIRONMENT = {
 }
 FLAGS = {name: "--" + name.replace("_", "-") for name in ENVIRONMENT}  # the same names as command-line flags
 PATH_FIELDS = ("models_dir", "outputs_dir", "cache_dir")
+MAX_INPUT_MEGAPIXELS = 175.0  # PIL itself refuses to open images above ~179 megapixels (its decompression-bomb limit)
 
 
 def resolve_path(text: str) -> str:
@@ -79,6 +80,7 @@ class AppSettings:
     channels_last: bool = False
     lora_fuse: str = "auto"
     experiment_confirm_cells: int = 16
+    max_input_megapixels: float = 100.0  # init images and masks above this are refused (read from the header, before decoding)
     approx_cache_thresholds: str = "0.95,0.90,0.85,0.75,0.65"
     approx_cache_max_mb: int = 1024
     approx_cache_ttl_hours: float = 0.0
@@ -100,6 +102,8 @@ class AppSettings:
             "torch_compile": (self.torch_compile in ("off", "default", "max-autotune"), "must be off, default or max-autotune"),
             "lora_fuse": (self.lora_fuse in LORA_FUSE_MODES, f"must be {', '.join(LORA_FUSE_MODES[:-1])} or {LORA_FUSE_MODES[-1]}"),
             "experiment_confirm_cells": (self.experiment_confirm_cells >= 1, "must be at least 1"),
+            "max_input_megapixels": (0.01 <= self.max_input_megapixels <= MAX_INPUT_MEGAPIXELS,
+                                     f"must be between 0.01 and {MAX_INPUT_MEGAPIXELS:g}"),
             "approx_cache_thresholds": (similarity_table_ok(self.approx_cache_thresholds), "must be 5 similarities from high to low, e.g. 0.95,0.90,0.85,0.75,0.65"),
             "approx_cache_max_mb": (self.approx_cache_max_mb >= 1, "must be at least 1"),
             "approx_cache_ttl_hours": (self.approx_cache_ttl_hours >= 0, "must be 0 (no expiry) or more"),
@@ -162,6 +166,9 @@ SETTING_INFO: dict[str, SettingInfo] = {
                                    "Applies to models loaded after the change.", needs_restart=True),
     "lora_fuse": SettingInfo("LoRA fusing", "auto: a LoRA set used again is fused into the weights when that measured faster "
                              "(exact restore after each image); off: never; always: every run."),
+    "max_input_megapixels": SettingInfo("Largest input image (megapixels)", "img2img and inpaint images and masks (web UI, command line, "
+                                        "A1111 API) above this are refused, from the file's header, before any pixel is decoded. "
+                                        "100 takes any camera photo; lower it on a small machine.", needs_restart=True),
     "experiment_confirm_cells": SettingInfo("Experiment cells without asking", "An experiment grid with more cells asks to confirm first (the CLI needs --yes)."),
 }
 
