@@ -35,7 +35,8 @@ def rows(manager: PipelineManager) -> list[list]:
         s = cache.stats()
         asked = s.hits + s.misses
         limit = f"/{s.max_entries}" if s.max_entries else ""
-        table.append([s.name, s.policy, f"{s.entries}{limit}", human_bytes(s.bytes), s.hits, s.misses,
+        off = getattr(cache, "unavailable", None)  # the approximate cache's store could not be reached: off for this run
+        table.append([s.name, s.policy, f"off for this run: {off}" if off else f"{s.entries}{limit}", human_bytes(s.bytes), s.hits, s.misses,
                       f"{s.hits / asked:.0%}" if asked else "-", f"{s.seconds_saved:.2f} s"])
     return table
 

@@ -353,3 +353,14 @@ def test_generation_goes_on_when_milvus_is_unreachable(make_manager, shared_mode
     result = manager.generate(tiny_request("sd15", steps=4, seed=1, save=False, approximate_cache=True))
     assert len(result.images) == 1
     assert result.cache_notes["approx cache"].startswith("off for this run (the cache store is unreachable")
+
+
+def test_the_caches_tab_shows_why_the_cache_is_off(tmp_path):
+    from types import SimpleNamespace
+
+    from ui.caches_tab import rows
+
+    cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri="http://127.0.0.1:1"))
+    cache.lookup("p", vector(1.0), 50)
+    [row] = rows(SimpleNamespace(caches=lambda: [cache]))
+    assert row[0] == "approximate latents" and row[2].startswith("off for this run: ") and "127.0.0.1:1" in row[2]
