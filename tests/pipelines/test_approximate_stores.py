@@ -364,3 +364,12 @@ def test_the_caches_tab_shows_why_the_cache_is_off(tmp_path):
     cache.lookup("p", vector(1.0), 50)
     [row] = rows(SimpleNamespace(caches=lambda: [cache]))
     assert row[0] == "approximate latents" and row[2].startswith("off for this run: ") and "127.0.0.1:1" in row[2]
+
+
+def test_a_latents_folder_that_is_not_writable_turns_the_cache_off(tmp_path, monkeypatch):
+    import pipelines.caches.approximate as approximate
+
+    monkeypatch.setattr(approximate.os, "access", lambda path, mode: False)  # as root, a read-only folder is writable
+    cache = ApproximateCache(tmp_path / "shared-latents", ApproximateCacheConfig(uri=str(tmp_path / "c.db")))
+    assert cache.store("p", vector(1.0), 50, kept()) is None and cache.lookup("p", vector(1.0), 50) is None
+    assert "is not writable" in cache.unavailable
