@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     bench.add_argument("--budget-s", type=float, default=420.0, help="gpu suite: seconds the rows may take; rows that would not fit are skipped")
     bench.add_argument("--dry-run", action="store_true", help="gpu suite: the same rows on the CPU with tiny configs (a check, not figures)")
+    bench.add_argument("--sizes", type=lambda text: tuple(int(n) for n in text.split(",")), metavar="N,N,...",
+                       help="scale suite: approximate-cache entries to time lookups at (default 1000,10000,100000; --quick 1000,10000)")
 
     train_demo = commands.add_parser("train-demo", help="train the demo model from procedural scenes (about 1 hour on 2 CPU cores)")
     train_demo.add_argument("--out", type=Path, required=True, help="folder for the trained model (diffusers layout, fp16)")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.bench import run_suite
 
         return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick,
-                                                   budget_s=args.budget_s, dry_run=args.dry_run))
+                                                   budget_s=args.budget_s, dry_run=args.dry_run, sizes=args.sizes))
     from ui.app import launch
 
     try:
