@@ -76,6 +76,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
+def _tiles_on_out_of_memory(run, tiled: bool, device: torch.device, notes: list[str], what: str):
+    """`run(tiled)`; on out-of-memory without tiles, free the cache and run again in tiles. (result, tiled)."""
+    try:
+        return run(tiled), tiled
+    except Exception as error:
+        if tiled or not is_out_of_memory(error):
+            raise
+        devices.free_device_memory(device)
+        notes.append(f"Ran out of memory during VAE {what}; retried with tiled {what[:-1]}ing.")
+        return run(True), True
+
+
 def _decode_once(vae, latents: torch.Tensor, tiled: bool) -> torch.Tensor:
     with torch.no_grad():
         if not tiled:
@@ -105,15 +117,7 @@ def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device,
     if device.type == "cpu" and dtype == torch.float16:
         notes.append("fp16 VAE decoding on the CPU has no fast kernels and can take minutes for a full-size VAE; fp32 or bf16 is faster here.")
     z = latents.to(device=device, dtype=dtype)
-    try:
-        decoded = _decode_once(vae, z, tiled)
-    except Exception as error:
-        if tiled or not is_out_of_memory(error):
-            raise
-        devices.free_device_memory(device)
-        notes.append("Ran out of memory during VAE decode; retried with tiled decoding.")
-        tiled = True
-        decoded = _decode_once(vae, z, tiled)
+    decoded, tiled = _tiles_on_out_of_memory(lambda tiles: _decode_once(vae, z, tiles), tiled, device, notes, "decode")
     decoded = decoded.float()
     outcome = DecodeOutcome(decoded, dtype, tiled=tiled, notes=notes)
     if nan_check and dtype != torch.float32:
@@ -162,15 +166,7 @@ def encode(vae, pixels: torch.Tensor, dtype: torch.dtype, device: torch.device, 
     vae.to(dtype=dtype)
     notes: list[str] = []
     x = pixels.to(device=device, dtype=dtype)
-    try:
-        latents = _encode_once(vae, x, tiled)
-    except Exception as error:
-        if tiled or not is_out_of_memory(error):
-            raise
-        devices.free_device_memory(device)
-        notes.append("Ran out of memory during VAE encode; retried with tiled encoding.")
-        tiled = True
-        latents = _encode_once(vae, x, tiled)
+    latents, tiled = _tiles_on_out_of_memory(lambda tiles: _encode_once(vae, x, tiles), tiled, device, notes, "encode")
     outcome = EncodeOutcome(latents.float(), dtype, tiled=tiled, notes=notes)
     if dtype != torch.float32 and not torch.isfinite(outcome.latents).all():
         vae.to(dtype=torch.float32)

@@ -208,3 +208,49 @@ def test_dtype_shown_is_the_dtype_the_decode_ran_in(tmp_path, demo_cache, monkey
     # Switching dtype casts the one VAE in place: no second copy is kept.
     with manager.use(DEMO_MODEL_NAME) as model:
         assert len({p.dtype for p in model.pipe.vae.parameters()}) == 1
+
+
+# -- the encode (img2img / inpainting) follows the same policy --------------------------------------
+
+
+def test_fp16_encode_overflow_is_reencoded_in_fp32(tmp_path, demo_cache):
+    from pipelines.vae import encode
+
+    manager = make_manager(tmp_path, demo_cache)
+    with manager.use(DEMO_MODEL_NAME) as model:
+        vae = model.pipe.vae
+        pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+        fp32 = encode(vae, pixels, torch.float32, CPU)
+        with torch.no_grad():
+            vae.encoder.conv_in.weight.mul_(2e5)  # fp16 activations overflow; fp32 stays finite
+            vae.encoder.conv_in.bias.mul_(0)
+        try:
+            outcome = encode(vae, pixels, torch.float16, CPU)
+        finally:
+            with torch.no_grad():
+                vae.encoder.conv_in.weight.div_(2e5)
+        assert outcome.fell_back and outcome.label() == "fp32 (fallback from fp16)" and torch.isfinite(outcome.latents).all()
+        assert any("re-encoded in fp32" in note for note in outcome.notes)
+        assert fp32.latents.shape == outcome.latents.shape and not fp32.fell_back
+
+
+def test_out_of_memory_during_encode_retries_tiled(tmp_path, demo_cache, monkeypatch):
+    from pipelines.vae import encode
+
+    manager = make_manager(tmp_path, demo_cache)
+    with manager.use(DEMO_MODEL_NAME) as model:
+        vae = model.pipe.vae
+        pixels = torch.rand(1, 3, 128, 128) * 2 - 1
+        plain = encode(vae, pixels, torch.float32, CPU)
+        real_encoder = vae._encode
+
+        def out_of_memory_unless_tiled(x):
+            if not vae.use_tiling:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real_encoder(x)
+
+        monkeypatch.setattr(vae, "_encode", out_of_memory_unless_tiled)
+        tiled = encode(vae, pixels, torch.float32, CPU)
+    assert tiled.tiled and tiled.label() == "fp32, tiled" and any("retried with tiled encoding" in n for n in tiled.notes)
+    assert tiled.latents.shape == plain.latents.shape
+    assert not vae.use_tiling  # put back
