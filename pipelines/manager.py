@@ -47,6 +47,7 @@ from pipelines.request import GenerationRequest, GenerationResult, shown, valida
 from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, run_plan
 from pipelines.stages.denoise import Denoise, starts_from_init_request
+from pipelines.stages.hires import HiresPass, check_hires, hires_steps
 from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
@@ -372,6 +373,7 @@ class PipelineManager:
             if isinstance(image, Image.Image):  # anything else is validate_request's to refuse
                 check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
+        check_hires(validated.request, self.config.models_dir, self.config.allow_pickle)  # before the model loads
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
         if telemetry:
@@ -435,8 +437,9 @@ class PipelineManager:
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
-        steps = denoise_steps(request) if starts_from_init_request(request) else request.steps
-        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), VaeDecode(), PasteBack()],
+        steps = (denoise_steps(request) if starts_from_init_request(request) else request.steps) + hires_steps(request)
+        hires = HiresPass(self.config.models_dir, self.config.allow_pickle)
+        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), hires, VaeDecode(), PasteBack()],
                               finish=[Save()], steps_per_batch=steps)
 
     def _kept_latents(self, name: str, request: GenerationRequest, output) -> KeptLatents | None:

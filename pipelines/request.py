@@ -222,6 +222,9 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         except LoraSyntaxError as error:
             problems.append(str(error))
     problems += validate_second_passes(request)
+    hires_problems, hires_notes = validate_hires_size(request, family)
+    problems += hires_problems
+    warnings += hires_notes
     approximate = request.approximate_cache
     if request.init_image is not None or request.mask is not None:
         refine_problems, refine_notes = validate_refine(request)
@@ -275,6 +278,36 @@ def validate_second_passes(request: GenerationRequest) -> list[str]:
     if not isinstance(faces, str) or not all(part.strip().isdigit() and int(part) >= 1 for part in faces.split(",") if faces.strip()):
         problems.append(f"Face detailer faces must be numbers from 1 separated by commas (\"1,3\"; empty for all), got {shown(faces)}.")
     return problems
+
+
+def hires_size(width: int, height: int, scale: float, multiple: int) -> tuple[int, int]:
+    """Hires fix's second-pass size: A1111's `int(size * scale)`, down to the family's size multiple (A1111
+    upscales the latents to `size // 8`, so its picture ends on the multiple as well)."""
+    return int(width * scale + 1e-6) // multiple * multiple, int(height * scale + 1e-6) // multiple * multiple
+
+
+def hires_on(request: GenerationRequest) -> bool:
+    """Hires fix is a text-to-image second pass (as in A1111): a scale above 1 and no init image."""
+    scale = request.hires_scale
+    return isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 1 and request.init_image is None
+
+
+def validate_hires_size(request: GenerationRequest, family: Family) -> tuple[list[str], list[str]]:
+    """(problems, notes): the hires target within the family's size range, checked before the model loads."""
+    scale, width, height = request.hires_scale, request.width, request.height
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and MIN_HIRES_SCALE < scale <= MAX_HIRES_SCALE):
+        return [], []  # off, or already refused by validate_second_passes
+    if request.init_image is not None:
+        return [], ["Hires fix is a second pass of text-to-image (as in A1111); it is off for img2img and inpainting."]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1_000_000 for v in (width, height)):
+        return [], []  # the size itself is refused above
+    spec = family.spec
+    target = hires_size(width, height, scale, spec.size_multiple)
+    if max(target) <= spec.max_size:
+        return [], []
+    largest = int(spec.max_size / max(width, height) * 100) / 100
+    return [f"Hires fix at {scale:g}x makes {target[0]}x{target[1]}, beyond the {spec.max_size} px a side {spec.label} supports; "
+            f"lower the Hires scale to at most {largest:g} or the size."], []
 
 
 def face_numbers(text: str) -> list[int]:

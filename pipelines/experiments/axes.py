@@ -85,6 +85,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("deepcache_schedule", "DeepCache schedule", "text", field="deepcache_schedule", choices=DEEPCACHE_SCHEDULES),
     Setting("flux_cache", "Block cache", "text", field="flux_cache", choices=FLUX_CACHE_CHOICES),
     Setting("flux_cache_threshold", "Block cache threshold", "float", field="flux_cache_threshold"),
+    Setting("hires_scale", "Hires scale", "float", field="hires_scale"),
+    Setting("hires_denoising", "Hires denoising", "float", field="hires_denoising"),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),
     Setting("lora_weight", "LoRA weight", "float", target="prompt", field="lora_weight"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),

@@ -101,6 +101,7 @@ class RunState:
 
     def begin_batch(self, index: int, seeds: list[int], clock: StageClock, width: int, height: int) -> None:
         self.batch_index, self.seeds, self.width, self.height = index, seeds, width, height
+        self.context.width, self.context.height = width, height  # a hires pass of the batch before changed them
         self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
         self.stage_seconds_before = dict(clock.seconds)
 

@@ -147,7 +147,7 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
         width=width,
         generator=generators(state.seeds),
         output_type="latent",
-        callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped),
+        callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped, total=steps),
         callback_on_step_end_tensor_inputs=["latents"],
         **extra,
     ).images

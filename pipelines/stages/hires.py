@@ -1,0 +1,146 @@
+"""The hires fix: A1111's txt2img "Hires. fix" as one stage ("hires pass") between the denoise and the decode.
+
+The first pass's picture is made larger and denoised again at the larger size, with its own steps and
+denoising strength: the detail a small first pass cannot hold, without the doubled faces a large first
+pass makes. Two ways to make it larger, as A1111 has them:
+
+- "Latent": the first pass's latents resized with A1111's latent mode (`latent_upscale_modes["Latent"]`:
+  bilinear, no antialias). No VAE round trip, but the resized latents are soft: it wants a denoising
+  strength of about 0.5 or more.
+- an image upscaler ("Lanczos", "Nearest", or an ESRGAN file in models/ESRGAN/): the first pass is decoded
+  and the picture upscaled (`pipelines.upscale`), then encoded again; decode and encode follow the VAE
+  precision policy (NaN re-run in fp32, tiles on out-of-memory, Settings' always-tile).
+
+The second denoise is diffusers' img2img on the loaded modules (`img2img_denoise`), so every hook (LoRA,
+PuLID, DeepCache, block caches) applies to it as well. Like img2img it runs the last
+`int(hires steps x strength)` steps of a `hires steps`-step schedule (A1111 instead stretches the schedule
+so that all the hires steps run); the readout counts them after the first pass's steps.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines.errors import InvalidRequest
+from pipelines.generate import decode_latents, spatial_latents
+from pipelines.request import hires_on, hires_size
+from pipelines.stages.denoise import img2img_denoise, stopped
+from pipelines.stages.init_image import encode_pixels, packed
+from pipelines.upscale import UpscalerChoice, list_upscalers, upscale_image
+
+LATENT_MODE = {"mode": "bilinear", "antialias": False}  # A1111's "Latent"
+
+
+class _Interrupted(Exception):
+    """Stop or Skip pressed while an ESRGAN net upscales (raised from its tile progress callback)."""
+
+
+def hires_steps(request) -> int:
+    """Steps the hires pass runs: the last `int(n * strength)` of an n-step schedule (n = Hires steps, or Steps)."""
+    if not hires_on(request):
+        return 0
+    total = request.hires_steps or request.steps
+    return min(int(total * request.hires_denoising), total)
+
+
+def find_upscaler(name: str, models_dir: Path, allow_pickle: bool = False) -> UpscalerChoice:
+    """The upscaler called `name` (exact, else case-insensitive); InvalidRequest listing the choices, or
+    naming the file and what is wrong with it (reads only safetensors headers: instant)."""
+    choices = list_upscalers(Path(models_dir), allow_pickle)
+    wanted = str(name).strip()
+    choice = next((c for c in choices if c.name == wanted), None) or next((c for c in choices if c.name.lower() == wanted.lower()), None)
+    if choice is None:
+        names = ", ".join(c.name for c in choices if c.usable)
+        raise InvalidRequest(f"No hires upscaler named {wanted!r}. Available: {names} (ESRGAN files go in {Path(models_dir) / 'ESRGAN'}).")
+    if not choice.usable:
+        raise InvalidRequest(f"The hires upscaler {choice.name!r} cannot be used: {choice.problem}")
+    return choice
+
+
+def check_hires(request, models_dir: Path, allow_pickle: bool = False) -> None:
+    """Before the model loads: the upscaler exists and its file is usable (the size was validated with the request)."""
+    if hires_on(request):
+        find_upscaler(request.hires_upscaler, models_dir, allow_pickle)
+
+
+def upscale_latents(latents: torch.Tensor, width: int, height: int, vae_scale_factor: int) -> torch.Tensor:
+    """(B, C, h, w) latents to the latent grid of `width` x `height`, as A1111's "Latent" upscaler."""
+    size = (height // vae_scale_factor, width // vae_scale_factor)
+    return F.interpolate(latents.float(), size=size, **LATENT_MODE).to(latents.dtype)
+
+
+def hires_infotext(request, upscaler: str) -> dict:
+    """The keys A1111 writes: `Hires upscale`, `Hires steps` (only when set), `Hires upscaler`, `Denoising strength`."""
+    return {
+        "Denoising strength": f"{request.hires_denoising:g}",
+        "Hires upscale": f"{request.hires_scale:g}",
+        "Hires steps": request.hires_steps or None,
+        "Hires upscaler": upscaler,
+    }
+
+
+class HiresPass:
+    """Upscale the batch's first pass (latents or picture) and denoise it again at the larger size."""
+
+    name = "hires pass"
+
+    def __init__(self, models_dir: Path, allow_pickle: bool = False) -> None:
+        self.models_dir, self.allow_pickle = Path(models_dir), allow_pickle
+
+    def wanted(self, plan) -> bool:
+        return hires_on(plan.request)
+
+    def run(self, plan, state, info: dict) -> None:
+        model, request = plan.model, plan.request
+        first = (state.width, state.height)
+        width, height = hires_size(*first, request.hires_scale, model.family.spec.size_multiple)
+        choice = find_upscaler(request.hires_upscaler, self.models_dir, self.allow_pickle)
+        if choice.kind == "latent":
+            init = upscale_latents(spatial_latents(model, state.latents, first[1], first[0]), width, height, model.pipe.vae_scale_factor)
+        else:
+            init = self._upscaled_picture(plan, state, choice, width, height)
+            if init is None:  # Skip pressed while upscaling
+                return
+        state.width, state.height = width, height
+        state.context.width, state.context.height = width, height
+        total, steps = request.hires_steps or request.steps, hires_steps(request)
+        if steps == 0:  # strength 0 (or too small for one step): the upscaled first pass itself
+            state.latents = packed(model, init)
+        else:
+            first_steps = plan.steps_per_batch - steps
+            state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising, steps=total,
+                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps)
+        state.batch_extra |= hires_infotext(request, choice.name)
+        info["detail"] = (f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "
+                          f"{steps} of {total} steps (strength {request.hires_denoising:g})")
+        stopped(plan, state)  # Stop raises; Skip ends the batch here (no decode)
+
+    def _upscaled_picture(self, plan, state, choice: UpscalerChoice, width: int, height: int) -> torch.Tensor | None:
+        """Decode the first pass, upscale each picture, encode them again: (B, C, h, w) latents, unpacked."""
+        model, options = plan.model, plan.options
+        pictures, decoded = decode_latents(model, state.latents, state.height, state.width, options.vae)
+        for note in decoded.notes:
+            state.warn(plan.bus, note)
+
+        def on_tile(_done: int, _total: int) -> None:
+            if options.cancel.interrupt_requested:
+                raise _Interrupted
+
+        dtype = torch.float16 if model.device.type == "cuda" else torch.float32  # ESRGAN re-runs in fp32 on overflow
+        scale = max(width / state.width, height / state.height)
+        try:
+            upscaled = [upscale_image(picture, scale, choice.name, self.models_dir, model.device, dtype, allow_pickle=self.allow_pickle,
+                                      progress=on_tile if choice.kind == "esrgan" else None) for picture in pictures]
+        except _Interrupted:
+            stopped(plan, state)  # Stop raises; Skip ends the batch
+            state.skip_rest = True
+            return None
+        upscaled = [p if p.size == (width, height) else p.resize((width, height), Image.Resampling.LANCZOS) for p in upscaled]
+        latents, encoded = encode_pixels(model, upscaled, options.vae)
+        for note in encoded.notes:
+            state.warn(plan.bus, note)
+        return latents
+
