@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="approximate cache: resume from a similar earlier prompt's latents (faster, not exact; see README)")
     gen.add_argument("--no-save", action="store_true", help="do not write images to the outputs folder")
     add_face_options(gen)
+    add_refine_options(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON result instead of text")
 
     models = commands.add_parser("models", parents=[common], help="list the model catalog")
@@ -131,6 +132,42 @@ def add_face_options(gen: argparse.ArgumentParser) -> None:
     group.add_argument("--ortho", choices=ORTHO_MODES, default=face.ortho, help="SDXL: orthogonal ID attention")
     group.add_argument("--true-cfg", type=float, default=face.true_cfg, help="FLUX.1: true CFG scale with the negative prompt (1 = off)")
     group.add_argument("--true-cfg-start", type=int, default=face.true_cfg_start, help="FLUX.1: first step of true CFG")
+
+
+def add_refine_options(gen: argparse.ArgumentParser) -> None:
+    """img2img, inpainting, hires fix and the face detailer as flags (A1111's img2img options, named for a shell).
+
+    Every default is None so that a flag given without the mode it belongs to is an error, not silently
+    ignored; ui/cli.py fills in GenerationRequest's defaults."""
+    from pipelines.refine import MASKED_CONTENT, RESIZE_MODES
+    from pipelines.request import GenerationRequest
+
+    d = GenerationRequest(model="", prompt="")
+    img = gen.add_argument_group("img2img and inpainting (SD 1.5, SDXL, FLUX.1)")
+    img.add_argument("--init-image", metavar="PATH", help="start from this picture instead of noise (img2img)")
+    img.add_argument("--strength", type=float, metavar="S",
+                     help=f"denoising strength 0-1: 0 keeps the picture, 1 ignores it (default {d.denoising_strength:g})")
+    img.add_argument("--resize-mode", metavar="MODE",
+                     help=f"how a picture of another size is fitted: {', '.join(f'{i} = {m}' for i, m in enumerate(RESIZE_MODES))} "
+                          "(or just, crop, fill; default: just resize)")
+    img.add_argument("--mask", metavar="PATH", help="inpaint: white (or painted, in a transparent PNG) = repaint; the rest is kept")
+    img.add_argument("--mask-blur", type=int, metavar="PX", help=f"feather the mask edge by this many pixels (default {d.mask_blur})")
+    img.add_argument("--masked-content", metavar="KIND",
+                     help=f"what the masked area starts from: {', '.join(MASKED_CONTENT)} (default {d.inpainting_fill})")
+    img.add_argument("--only-masked", action="store_true", help="inpaint a padded crop around the mask at full resolution")
+    img.add_argument("--only-masked-padding", type=int, metavar="PX", help=f"pixels around the mask for --only-masked (default {d.inpaint_full_res_padding})")
+    img.add_argument("--invert-mask", action="store_true", help="repaint what the mask does NOT cover")
+    hires = gen.add_argument_group("hires fix (a second pass at a larger size)")
+    hires.add_argument("--hires-scale", type=float, metavar="X", help="1-4; 1 = off (default). E.g. 1.5 or 2")
+    hires.add_argument("--hires-upscaler", metavar="NAME", help="Latent (default), Lanczos, Nearest or an ESRGAN file in models/ESRGAN")
+    hires.add_argument("--hires-steps", type=int, metavar="N", help="steps of the second pass (default 0 = the same as --steps)")
+    hires.add_argument("--hires-denoising", type=float, metavar="S", help=f"denoising strength of the second pass, 0-1 (default {d.hires_denoising:g})")
+    detail = gen.add_argument_group("face detailer (each detected face redrawn at full resolution; keeps --face's identity)")
+    detail.add_argument("--face-detail", action="store_true", help="turn the face detailer on")
+    detail.add_argument("--face-detail-strength", type=float, metavar="S", help=f"denoising strength on the faces, 0-1 (default {d.face_detail_strength:g})")
+    detail.add_argument("--face-detail-steps", type=int, metavar="N", help="steps per face (default 0 = the same as --steps)")
+    detail.add_argument("--face-detail-prompt", metavar="TEXT", help="prompt for the faces (default: the main prompt)")
+    detail.add_argument("--face-detail-faces", metavar="LIST", help='which faces, 1 = the largest: "1,3" (default: all)')
 
 
 def build_manager(settings):

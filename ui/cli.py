@@ -10,11 +10,13 @@ import sys
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.face.service import FaceOptions
 from pipelines.generate import CancelToken
+from pipelines.images import open_input_image
 from pipelines.lora.files import lora_folders
 from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
+from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("likeness")
@@ -57,6 +59,67 @@ def face_options(args) -> FaceOptions | None:
                        args.true_cfg, args.true_cfg_start)
 
 
+# flag -> (GenerationRequest field, what it needs). A flag of a mode that is off is an error, not ignored.
+IMG2IMG_FLAGS = {"strength": "denoising_strength", "resize_mode": "resize_mode"}
+INPAINT_FLAGS = {"mask_blur": "mask_blur", "masked_content": "inpainting_fill", "only_masked": "inpaint_full_res",
+                 "only_masked_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert"}
+HIRES_FLAGS = {"hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps", "hires_denoising": "hires_denoising"}
+DETAIL_FLAGS = {"face_detail_strength": "face_detail_strength", "face_detail_steps": "face_detail_steps",
+                "face_detail_prompt": "face_detail_prompt", "face_detail_faces": "face_detail_faces"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(args, names) -> dict:
+    """The flags of `names` the user gave (a default of None or False means not given)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
+
+
+def refine_fields(args, manager: PipelineManager) -> dict:
+    """GenerationRequest fields from the img2img / inpaint / hires / detailer flags; InvalidRequest for a
+    flag without its mode, a file that is missing, not an image or too large. The files are opened
+    (header first, against the max_input_megapixels setting) before any model loads."""
+    fields: dict = {}
+    init_path, mask_path = getattr(args, "init_image", None), getattr(args, "mask", None)
+    img2img, inpaint = _given(args, IMG2IMG_FLAGS), _given(args, INPAINT_FLAGS)
+    if init_path is None and (img2img or mask_path is not None):
+        flag = "--mask" if mask_path is not None else _flag(next(iter(img2img)))
+        raise InvalidRequest(f"{flag} needs --init-image PATH (the picture to start from).")
+    if mask_path is None and inpaint:
+        raise InvalidRequest(f"{_flag(next(iter(inpaint)))} needs --mask PATH (white = the area to repaint).")
+    hires_scale = getattr(args, "hires_scale", None)
+    hires = _given(args, HIRES_FLAGS)
+    if hires and (hires_scale is None or hires_scale == 1):
+        raise InvalidRequest(f"{_flag(next(iter(hires)))} needs --hires-scale above 1 (the hires pass is off at 1), e.g. --hires-scale 2.")
+    detail = _given(args, DETAIL_FLAGS)
+    if detail and not getattr(args, "face_detail", False):
+        raise InvalidRequest(f"{_flag(next(iter(detail)))} needs --face-detail (the face detailer is off without it).")
+    limit = manager.config.max_input_pixels
+    if init_path is not None:
+        fields["init_image"] = open_input_image(init_path, limit, "The init image")
+        fields.update({IMG2IMG_FLAGS[name]: value for name, value in img2img.items()})
+        if "resize_mode" in fields:
+            fields["resize_mode"] = resize_mode_name(fields["resize_mode"])
+    if mask_path is not None:
+        fields["mask"] = open_input_image(mask_path, limit, "The mask")
+        fields.update({INPAINT_FLAGS[name]: value for name, value in inpaint.items()})
+        if "inpainting_fill" in fields:
+            fields["inpainting_fill"] = masked_content_name(fields["inpainting_fill"])
+    if hires_scale is not None:
+        fields["hires_scale"] = hires_scale
+        fields.update({HIRES_FLAGS[name]: value for name, value in hires.items()})
+        if "hires_upscaler" in fields:
+            fields["hires_upscaler"], note = find_upscaler(manager.config.models_dir, fields["hires_upscaler"], manager.config.allow_pickle)
+            if note:
+                _print_err(f"note: {note}")
+    if getattr(args, "face_detail", False):
+        fields["face_detail"] = True
+        fields.update({DETAIL_FLAGS[name]: value for name, value in detail.items()})
+    return fields
+
+
 def lora_prompt(args) -> str:
     """`--prompt` with each `--lora NAME:WEIGHT` appended as an A1111 `<lora:NAME:WEIGHT>` tag."""
     try:
@@ -75,6 +138,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         batch_count=args.batch_count, vae_dtype=args.vae_dtype, deepcache_interval=args.deepcache,
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
+        **refine_fields(args, manager),
     )
     face = face_options(args)
     cancel = CancelToken()
