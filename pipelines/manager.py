@@ -47,6 +47,7 @@ from pipelines.request import GenerationRequest, GenerationResult, shown, valida
 from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, run_plan
 from pipelines.stages.denoise import Denoise, starts_from_init_request
+from pipelines.stages.face_detail import FaceDetail
 from pipelines.stages.hires import HiresPass, check_hires, hires_steps
 from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
@@ -439,7 +440,7 @@ class PipelineManager:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
         steps = (denoise_steps(request) if starts_from_init_request(request) else request.steps) + hires_steps(request)
         hires = HiresPass(self.config.models_dir, self.config.allow_pickle)
-        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), hires, VaeDecode(), PasteBack()],
+        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), hires, VaeDecode(), PasteBack(), FaceDetail(self.face)],
                               finish=[Save()], steps_per_batch=steps)
 
     def _kept_latents(self, name: str, request: GenerationRequest, output) -> KeptLatents | None:
@@ -448,8 +449,9 @@ class PipelineManager:
             return None
         last = output.images[-output.last_latents.shape[0]:]
         width, height = output.latent_size
+        # Re-decode compares against what these latents first decoded to: the picture before any face detailer.
         return KeptLatents(name, output.last_latents, height, width, [img.seed for img in last],
-                           [img.image for img in last], output.vae_label)
+                           [img.image if img.before_detail is None else img.before_detail for img in last], output.vae_label)
 
     def _note_vae_fallback(self, output) -> None:
         self.last_vae_dtype = output.vae_label

@@ -364,6 +364,7 @@ class GeneratedImage:
     seed: int
     infotext: str
     path: str | None = None
+    before_detail: object = None  # PIL.Image.Image before the face detailer re-drew its faces (the UI's before/after); None: not detailed
 
 
 @dataclass

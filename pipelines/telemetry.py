@@ -17,7 +17,7 @@ import torch
 from pipelines import devices
 
 
-STAGES = ("model load", "text encode", "face embed", "denoise", "VAE decode", "save")
+STAGES = ("model load", "text encode", "face embed", "denoise", "VAE decode", "face detail", "save")
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,10 @@ class StepClock:
 
     With `synchronize=True` each step waits for its kernels so the step time is real; the
     benchmark measures what that costs (telemetry on vs off).
+
+    `total` is what the plan counted ahead. A pass whose length is known only during the run (the
+    face detailer: one pass per face it finds) is wrapped in `added_steps`, so "step i/N" stays true:
+    N grows when the pass is known, and every later index moves up by its length.
     """
 
     def __init__(self, bus: EventBus, device: torch.device, total: int, synchronize: bool = True):
@@ -145,11 +149,23 @@ class StepClock:
         self.step_seconds: list[float] = []
         self._start = time.perf_counter()
         self._last = self._start
+        self._added = 0  # steps of finished added passes: later indices come after them
+
+    @contextmanager
+    def added_steps(self, count: int) -> Iterator[None]:
+        """Steps the plan did not count. Inside, the pass reports indices as if it came right after the
+        batch's planned steps; after it (finished, skipped or failed) later indices move up by `count`."""
+        self.total += count
+        try:
+            yield
+        finally:
+            self._added += count
 
     def step_done(self, index: int) -> StepDone:
         if self.synchronize:
             devices.synchronize(self.device)
         now = time.perf_counter()
+        index += self._added
         event = StepDone(index=index, total=self.total, step_seconds=now - self._last, elapsed_seconds=now - self._start)
         self._last = now
         self.step_seconds.append(event.step_seconds)

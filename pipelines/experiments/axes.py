@@ -42,6 +42,7 @@ def _range_patterns(number: str) -> tuple[re.Pattern, re.Pattern, re.Pattern]:
 INT_RANGES = _range_patterns(_INT)
 FLOAT_RANGES = _range_patterns(_FLOAT)
 SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*$")
+BOOL_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Setting:
 
     key: str  # the name in experiment files, e.g. "cfg_scale"
     label: str  # the grid label, A1111 style: "CFG scale: 7"
-    kind: str  # int | float | text | size | search_replace (Prompt S/R: (search, replacement) pairs)
+    kind: str  # int | float | bool (on/off) | text | size | search_replace (Prompt S/R: (search, replacement) pairs)
     target: str = "request"  # request: a GenerationRequest field; face: a FaceOptions field; prompt: an edit of the prompt
     field: str = ""  # the request/face field it sets (size sets width and height)
     choices: tuple[str, ...] = ()  # the allowed text values, when the set is fixed
@@ -61,6 +62,8 @@ class Setting:
             return f"{value[0]}x{value[1]}"
         if self.kind == "float":
             return f"{value:g}"
+        if self.kind == "bool":
+            return "on" if value else "off"
         if self.kind == "search_replace":
             return value[1]
         return str(value)
@@ -91,6 +94,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("lora_weight", "LoRA weight", "float", target="prompt", field="lora_weight"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),
     Setting("pulid_start_step", "PuLID start step", "int", target="face", field="start_step"),
+    Setting("face_detail", "Face detailer", "bool", field="face_detail"),
+    Setting("face_detail_strength", "Face detailer strength", "float", field="face_detail_strength"),
 )}
 
 
@@ -135,6 +140,10 @@ def _parse_item(setting: Setting, item: str) -> list:
         return _parse_number(setting, item, int, INT_RANGES)
     if setting.kind == "float":
         return _parse_number(setting, item, float, FLOAT_RANGES)
+    if setting.kind == "bool":
+        if item.lower() in BOOL_WORDS:
+            return [BOOL_WORDS[item.lower()]]
+        raise InvalidRequest(f"The {setting.label} axis value {shown(item)} is not on or off.")
     if setting.kind == "size":
         match = SIZE_PATTERN.match(item)
         if not match:
@@ -215,5 +224,5 @@ def _dedupe(values: list) -> list:
 
 
 def _example(setting: Setting) -> str:
-    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "size": "512x512, 768x512", "search_replace": "dog, cat, fox"}.get(
+    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "bool": "on, off", "size": "512x512, 768x512", "search_replace": "dog, cat, fox"}.get(
         setting.kind, ", ".join(setting.choices[:2]) if setting.choices else "a, b")

@@ -85,6 +85,8 @@ class RunState:
     decoded: list = field(default_factory=list)  # PIL images of the batch
     outcome: object | None = None  # the VAE decode's DecodeOutcome
     batch_extra: dict = field(default_factory=dict)  # infotext keys a stage adds for this batch only
+    image_extra: list[dict] = field(default_factory=list)  # per image of the batch: infotext keys of that image only
+    before_detail: list = field(default_factory=list)  # per image: the picture before the face detailer (None: unchanged)
     skip_rest: bool = False  # the batch is over (Skip pressed): no later stage runs for it
     # across batches
     images: list[GeneratedImage] = field(default_factory=list)
@@ -103,6 +105,7 @@ class RunState:
         self.batch_index, self.seeds, self.width, self.height = index, seeds, width, height
         self.context.width, self.context.height = width, height  # a hires pass of the batch before changed them
         self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
+        self.image_extra, self.before_detail = [], []
         self.stage_seconds_before = dict(clock.seconds)
 
     def batch_stage_seconds(self, clock: StageClock, prepare_names: set[str]) -> dict[str, float]:

@@ -33,7 +33,9 @@ def record_batch(plan, state) -> None:
     state.batch = [
         GeneratedImage(image, seed, build_infotext(
             request.prompt, request.negative_prompt,
-            infotext_params(model, request, seed, state.outcome.sample_label(i), seconds, state.cache_notes) | extra))
+            infotext_params(model, request, seed, state.outcome.sample_label(i), seconds, state.cache_notes) | extra
+            | (state.image_extra[i] if i < len(state.image_extra) else {})),
+            before_detail=state.before_detail[i] if i < len(state.before_detail) else None)
         for i, (image, seed) in enumerate(zip(state.decoded, state.seeds))
     ]
 

@@ -54,28 +54,45 @@ class TextEncode:
         return True
 
     def run(self, plan, state, info: dict) -> None:
-        model, request, options = plan.model, plan.request, plan.options
-        if model.family is Family.FLUX and request.negative_prompt and not plan.true_cfg:
-            state.warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
-        state.warnings += prompt_token_warnings(model, request.prompt, request.negative_prompt)
-        if model.family is Family.FLUX and (flux_text(request.prompt)[1] or (plan.true_cfg and flux_text(request.negative_prompt)[1])):
-            state.warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
-        used = options.embeddings.used_in(request.prompt, request.negative_prompt) if options.embeddings and model.family is not Family.FLUX else []
+        request = plan.request
+        state.warnings += prompt_warnings(plan, request.prompt, request.negative_prompt)
+        state.embeds, memo_note, used = encode_prompt(plan, request.prompt, request.negative_prompt, request.batch_size)
         if used:
-            options.infotext_extra["TI hashes"] = ti_hashes(used)
-        use_cfg = plan.use_cfg
-
-        def encode() -> dict:
-            return encode_prompts(model, request.prompt, request.negative_prompt, request.batch_size, use_cfg, used)
-
-        if options.prompt_memo is None:
-            state.embeds = encode()
-        else:
-            key = (model.identity, prompt_memo_key(request.prompt, request.negative_prompt, tuple((e.name, e.shorthash) for e in used)),
-                   request.batch_size, use_cfg)
-            embeds, hit = options.prompt_memo.get_or_compute(key, encode)
-            # Without CFG the negative embeddings are None.
-            state.embeds = {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}
-            info["detail"] = state.cache_notes["prompt memo"] = "hit" if hit else "miss"
+            plan.options.infotext_extra["TI hashes"] = ti_hashes(used)
+        if memo_note:
+            info["detail"] = state.cache_notes["prompt memo"] = memo_note
         for text in state.warnings:
             plan.bus.publish(Notice(text, "warning"))
+
+
+def prompt_warnings(plan, prompt: str, negative: str) -> list[str]:
+    """What the model will not read of a prompt as written (FLUX.1: the negative prompt, weights, long prompts)."""
+    model = plan.model
+    warnings = []
+    if model.family is Family.FLUX and negative and not plan.true_cfg:
+        warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
+    warnings += prompt_token_warnings(model, prompt, negative)
+    if model.family is Family.FLUX and (flux_text(prompt)[1] or (plan.true_cfg and flux_text(negative)[1])):
+        warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
+    return warnings
+
+
+def encode_prompt(plan, prompt: str, negative: str, batch_size: int) -> tuple[dict, str | None, list]:
+    """`prompt` and `negative` as pipeline keyword arguments for `batch_size` images, through the prompt memo
+    (keyed by the parsed prompt, the textual inversions it names, the model and its LoRA set).
+
+    Returns (embeds on the device, "hit" / "miss" or None without a memo, the textual inversions used).
+    The text encode stage and the face detailer's own prompt both encode through here."""
+    model, options = plan.model, plan.options
+    used = options.embeddings.used_in(prompt, negative) if options.embeddings and model.family is not Family.FLUX else []
+    use_cfg = plan.use_cfg
+
+    def encode() -> dict:
+        return encode_prompts(model, prompt, negative, batch_size, use_cfg, used)
+
+    if options.prompt_memo is None:
+        return encode(), None, used
+    key = (model.identity, prompt_memo_key(prompt, negative, tuple((e.name, e.shorthash) for e in used)), batch_size, use_cfg)
+    embeds, hit = options.prompt_memo.get_or_compute(key, encode)
+    # Without CFG the negative embeddings are None.
+    return {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}, "hit" if hit else "miss", used
