@@ -306,8 +306,8 @@ def validate_hires_size(request: GenerationRequest, family: Family) -> tuple[lis
     if max(target) <= spec.max_size:
         return [], []
     largest = int(spec.max_size / max(width, height) * 100) / 100
-    return [f"Hires fix at {scale:g}x makes {target[0]}x{target[1]}, beyond the {spec.max_size} px a side {spec.label} supports; "
-            f"lower the Hires scale to at most {largest:g} or the size."], []
+    return [f"Hires fix at {scale:g}x makes {target[0]}x{target[1]}; {spec.label} supports up to {spec.max_size} px a side: "
+            f"lower the Hires scale to at most {largest:g}, or the size."], []
 
 
 def face_numbers(text: str) -> list[int]:
