@@ -254,3 +254,14 @@ def test_experiment_axes_for_hires_scale_and_denoising(manager):
         build_plan(Experiment(base, [AxisSpec("hires_scale", "1, 5")]), manager)
     with pytest.raises(InvalidRequest, match="supports up to 2048 px"):
         build_plan(Experiment(dict(base, width=1024, height=1024), [AxisSpec("hires_scale", "1, 3")]), manager)
+
+
+def test_an_exact_repeat_reuses_the_first_pass_and_still_runs_the_hires_pass(make_manager, hires_models):
+    cached = make_manager(hires_models, latent_cache_entries=8)
+    first = cached.generate(hires_request())
+    again = cached.generate(hires_request())
+    assert again.cache_notes["latent cache"].startswith("hit") and "hires pass" in again.stage_seconds
+    assert len(again.step_seconds) == 2  # only the hires steps ran
+    assert np.array_equal(pixels(first), pixels(again))
+    other = cached.generate(hires_request(hires_denoising=0.75))  # the cache holds the first pass: hires settings still apply
+    assert other.cache_notes["latent cache"].startswith("hit") and not np.array_equal(pixels(other), pixels(first))
