@@ -16,7 +16,7 @@ from pipelines import devices
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from ui import caches_tab, experiments_tab, face_tab, generate_tab, models_tab, png_info_tab, settings_tab
+from ui import caches_tab, experiments_tab, face_tab, generate_tab, img2img_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 
@@ -28,7 +28,8 @@ SHORTCUTS_JS = """
 () => {
   document.addEventListener('keydown', (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') {
-      const button = document.querySelector('#generate');
+      // the Generate button of the tab on screen (Generate or img2img)
+      const button = [...document.querySelectorAll('#generate, #i2i_generate')].find((b) => b.offsetParent !== null);
       if (button) { event.preventDefault(); button.click(); }
     }
   });
@@ -59,18 +60,22 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id=GENERATE_TAB_ID):
                 generate = generate_tab.build(manager, settings, store, cancels)
+            with gr.Tab("img2img", id=img2img_tab.TAB_ID):
+                img2img = img2img_tab.build(manager, settings, cancels, tabs)
             with gr.Tab("Face", id="face"):
                 face = face_tab.build(manager, settings, store, generate["form"], cancels, generate["kept_latents"])
             with gr.Tab("Experiments", id="experiments"):
                 experiments = experiments_tab.build(manager, settings, generate["form"], cancels, face)
             with gr.Tab("Models", id="models"):
-                models = models_tab.build(manager, [generate["form"]["model"]])
+                models = models_tab.build(manager, [generate["form"]["model"], img2img.model])
             with gr.Tab("PNG Info", id="png_info"):
-                png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
+                png_info = png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
             with gr.Tab("Settings", id="settings") as settings_page:
                 settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
             with gr.Tab("Caches", id="caches"):
                 caches = caches_tab.build(manager)
+        img2img_tab.wire_send_from_gallery(img2img, generate["gallery"], generate["selected"], generate["send_img2img"], generate["send_inpaint"])
+        img2img_tab.wire_send_from_file(img2img, png_info["upload"], png_info["raw"], png_info["send_img2img"], png_info["send_inpaint"])
         refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
         kept = generate["kept_latents"]
         generate["generate_event"].then(refresh_status, kept, status, api_visibility="private")

@@ -101,7 +101,10 @@ def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate
             message = gr.Markdown(elem_id="png_message")
             table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id="png_table")
             raw = gr.Textbox(label="Parameters text", lines=4, interactive=False, elem_id="png_raw")
-            send = gr.Button("Send to Generate", variant="primary", elem_id="png_send")
+            with gr.Row():
+                send = gr.Button("Send to Generate", variant="primary", elem_id="png_send")
+                send_img2img = gr.Button("Send to img2img", elem_id="png_send_img2img")
+                send_inpaint = gr.Button("Send to inpaint", elem_id="png_send_inpaint")
 
     upload.change(read_image_parameters, upload, [raw, table, message], api_name="png_info")
     fields = list(generate_form)
@@ -116,4 +119,4 @@ def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate
         return (message_text, gr.Tabs(selected=generate_tab_id), *updates)
 
     send.click(send_to_generate, [raw, *generate_form.values()], [message, tabs, *generate_form.values()], api_visibility="private")
-    return {"upload": upload}
+    return {"upload": upload, "raw": raw, "send_img2img": send_img2img, "send_inpaint": send_inpaint}

@@ -1,0 +1,301 @@
+"""The generation controls shared by the Generate and img2img tabs, built once here and laid out by each tab.
+
+Each builder lays its components out inside the caller's current Gradio context and returns them
+keyed by the `GenerationRequest` field they edit, so a tab's handler receives named values
+(`inputs_kwargs`), never a positional list. `prefix` keeps the element ids of two tabs apart
+(Generate uses "", img2img "i2i_"): `#prompt` and `#i2i_prompt`.
+
+    model, demo_note = model_row(manager, chosen, is_demo, prefix)
+    fields, extras = prompt_fields(manager, last, prefix)
+    fields |= sampling_fields(manager, settings, last, family, defaults, prefix)
+    fields |= hires_fields(manager, last, prefix) | detailer_fields(last, prefix)
+    wire_model(manager, model, fields, extras, demo_note)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.errors import LikenessError
+from pipelines.families import Family
+from pipelines.lora.tags import extract_lora_tags
+from pipelines.manager import PipelineManager
+from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_HIRES_SCALE,
+                               MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
+from pipelines.samplers import sampler_names
+from pipelines.upscale import list_upscalers
+from pipelines.vae import VAE_CHOICES
+from ui import inputs
+from ui.last_used import vae_rule_info
+
+FAMILY_SHORT = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL", Family.FLUX: "FLUX.1"}
+# Request fields that are whole numbers: Gradio numbers arrive as floats.
+WHOLE_FIELDS = ("steps", "seed", "width", "height", "batch_size", "batch_count", "deepcache_interval", "deepcache_branch",
+                "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding")
+HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
+DETAILER_FIELDS = ("face_detail", "face_detail_strength", "face_detail_steps", "face_detail_prompt", "face_detail_faces")
+
+
+def model_choices(manager: PipelineManager) -> list[tuple[str, str]]:
+    return [(e.name + (" — demo, not a real model" if e.format == "demo" else ""), e.name) for e in manager.models() if e.usable]
+
+
+def lora_choices(manager: PipelineManager) -> list[tuple[str, str]]:
+    """The usable LoRAs, of any family, for the picker: ("name (family)", name), after an empty choice."""
+    loras = sorted((e for e in manager.loras() if e.usable), key=lambda e: e.name.lower())
+    return [("", "")] + [(f"{e.name} ({FAMILY_SHORT.get(e.family, '?')})", e.name) for e in loras]
+
+
+def upscaler_choices(manager: PipelineManager) -> list[tuple[str, str]]:
+    """Hires upscalers as A1111 names them; a file that cannot be used says why in its label."""
+    choices = list_upscalers(manager.config.models_dir, manager.config.allow_pickle)
+    return [(c.name if c.usable else f"{c.name} — cannot be used: {c.problem}", c.name) for c in choices]
+
+
+def upscaler_problem(manager: PipelineManager, name) -> str | None:
+    """Why the chosen upscaler cannot run (checked before the job queues for the GPU); None when it can."""
+    if not isinstance(name, str):
+        return None  # validate_request names a wrong type
+    for choice in list_upscalers(manager.config.models_dir, manager.config.allow_pickle):
+        if choice.name == name:
+            return None if choice.usable else f"Hires upscaler {name!r} cannot be used: {choice.problem}"
+    return None  # an unknown name: the hires stage lists what there is
+
+
+def add_lora_tag(prompt: str | None, name: str | None) -> str:
+    """The prompt with ` <lora:name:1>` appended, unless a tag for that LoRA is already in it."""
+    prompt = prompt or ""
+    if not name:
+        return prompt
+    try:
+        present = {ref.name for ref in extract_lora_tags(prompt)[1]}
+    except (LikenessError, ValueError):  # a malformed tag elsewhere: fall back to a plain text check
+        present = {name} if f"<lora:{name}:" in prompt or f"<lora:{name}>" in prompt else set()
+    if name in present:
+        return prompt
+    return f"{prompt.rstrip()} <lora:{name}:1>".lstrip()
+
+
+def coerce_form(values: dict) -> GenerationRequest:
+    """Gradio numbers arrive as floats (or None when the box is empty); the request wants ints."""
+    cleaned = dict(values)
+    for name in WHOLE_FIELDS:
+        if name not in cleaned:
+            continue
+        value = cleaned[name]
+        if value is None:
+            raise LikenessError(f"{name.replace('_', ' ').capitalize()} is empty; enter a number.")
+        if isinstance(value, float) and value.is_integer():
+            cleaned[name] = int(value)
+    for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength"):
+        if name in cleaned and cleaned[name] is None:
+            raise LikenessError(f"{name.replace('_', ' ').capitalize().replace('Cfg', 'CFG')} is empty; enter a number.")
+    return GenerationRequest(**cleaned)
+
+
+def model_row(manager: PipelineManager, chosen: str, prefix: str = "") -> gr.Dropdown:
+    with gr.Row():
+        return gr.Dropdown(model_choices(manager), value=chosen, label="Model", scale=3, elem_id=f"{prefix}model", allow_custom_value=True)
+
+
+@dataclass
+class FormExtras:
+    """Controls that edit no request field themselves but act on those that do."""
+
+    lora_picker: gr.Dropdown
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+
+
+def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tuple[dict, gr.Dropdown]:
+    """Prompt, negative prompt and the LoRA picker."""
+    prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id=f"{prefix}prompt", placeholder="a portrait photo of …")
+    negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id=f"{prefix}negative_prompt")
+    with gr.Row():
+        lora_picker = gr.Dropdown(lora_choices(manager), value="", label="LoRA", elem_id=f"{prefix}lora_picker", scale=1,
+                                  info="adds <lora:name:1> to the prompt; edit the weight there")
+    return {"prompt": prompt, "negative_prompt": negative}, lora_picker
+
+
+def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, default_steps: int,
+                    default_size: tuple[int, int], prefix: str = "") -> tuple[dict, gr.Button, gr.Button]:
+    """Steps, CFG, size, sampler, seed, batch, VAE precision and the cache panels."""
+    spec = family.spec
+    with gr.Row():
+        steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", default_steps), step=1, label="Steps", elem_id=f"{prefix}steps")
+        cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id=f"{prefix}cfg")
+    with gr.Row():
+        width = inputs.Slider(64, 2048, value=last.get("width", default_size[0]), step=8, label="Width", elem_id=f"{prefix}width")
+        height = inputs.Slider(64, 2048, value=last.get("height", default_size[1]), step=8, label="Height", elem_id=f"{prefix}height")
+    with gr.Row():
+        sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id=f"{prefix}sampler")
+        seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
+        random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=60, scale=0, size="sm")
+        reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=60, scale=0, size="sm")
+    with gr.Row():
+        batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
+        batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
+    vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
+                         info=vae_rule_info(settings.vae_dtype, manager.vae_status()), elem_id=f"{prefix}vae_dtype")
+    with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
+        with gr.Row():
+            deepcache_interval = inputs.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
+                                               info="one full UNet step, then N-1 cached", elem_id=f"{prefix}deepcache_interval")
+            deepcache_branch = inputs.Slider(0, 8, value=last.get("deepcache_branch", 0), step=1, label="Branch",
+                                             info="layers on the shallow path: 0 = fastest; higher = closer to the uncached image (SD 1.5 0-8, SDXL 0-5)",
+                                             elem_id=f"{prefix}deepcache_branch")
+            deepcache_schedule = gr.Radio(list(DEEPCACHE_SCHEDULES), value=last.get("deepcache_schedule", "uniform"),
+                                          label="Schedule", elem_id=f"{prefix}deepcache_schedule")
+    with gr.Accordion("Block cache (FLUX.1)", open=False):
+        with gr.Row():
+            flux_cache = gr.Radio(list(FLUX_CACHE_CHOICES), value=last.get("flux_cache", "off"), label="Cache", elem_id=f"{prefix}flux_cache")
+            flux_cache_threshold = inputs.Slider(0.01, 0.5, value=last.get("flux_cache_threshold", 0.08), step=0.01, label="Threshold",
+                                                 info="first-block: 0.08 nearly lossless (~1.5x), 0.12 ~1.9x", elem_id=f"{prefix}flux_cache_threshold")
+    with gr.Accordion("Approximate cache (trades exactness for speed)", open=False):
+        approximate_cache = gr.Checkbox(
+            value=last.get("approximate_cache", False), label="Resume from a similar earlier prompt", elem_id=f"{prefix}approximate_cache",
+            info="A prompt close to one generated before (same model, size, sampler, steps, CFG) starts from that run's "
+                 "latents after K steps and runs only the rest: faster, but the image keeps some of the earlier "
+                 "composition and its seed no longer reproduces it alone. Kept on disk for this user; see the Caches tab. "
+                 "Off for img2img and inpainting.")
+    fields = {"steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height, "sampler": sampler,
+              "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
+              "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
+              "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache}
+    return fields, random_seed, reuse_seed
+
+
+def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict:
+    """A1111's "Hires. fix": a second pass at `scale` x the size (1 = off)."""
+    with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}hires_panel"):
+        with gr.Row():
+            scale = inputs.Slider(MIN_HIRES_SCALE, MAX_HIRES_SCALE, value=last.get("hires_scale", 1.0), step=0.05, label="Upscale by (1 = off)",
+                                  elem_id=f"{prefix}hires_scale")
+            upscaler = gr.Dropdown(upscaler_choices(manager), value=last.get("hires_upscaler", "Latent"), label="Upscaler",
+                                   elem_id=f"{prefix}hires_upscaler", info="ESRGAN files go in models/ESRGAN")
+        with gr.Row():
+            steps = inputs.Slider(0, MAX_STEPS, value=last.get("hires_steps", 0), step=1, label="Hires steps (0 = same as Steps)",
+                                  elem_id=f"{prefix}hires_steps")
+            denoising = inputs.Slider(0, 1, value=last.get("hires_denoising", 0.7), step=0.01, label="Denoising strength",
+                                      elem_id=f"{prefix}hires_denoising")
+    return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising}
+
+
+def detailer_fields(last: dict, prefix: str = "") -> dict:
+    """The face detailer: each detected face re-drawn at the model's native size (with PuLID's identity in the Face tab)."""
+    with gr.Accordion("Face detailer", open=False, elem_id=f"{prefix}detailer_panel"):
+        with gr.Row():
+            enabled = gr.Checkbox(value=last.get("face_detail", False), label="Re-draw each face", elem_id=f"{prefix}face_detail",
+                                  info="after the image: detect faces, re-generate each at full resolution, paste back")
+            faces = gr.Textbox(value=last.get("face_detail_faces", ""), label="Faces (1 = largest)", placeholder="all; or e.g. 1,3",
+                               elem_id=f"{prefix}face_detail_faces")
+        with gr.Row():
+            strength = inputs.Slider(0, 1, value=last.get("face_detail_strength", 0.4), step=0.01, label="Denoising strength",
+                                     elem_id=f"{prefix}face_detail_strength")
+            steps = inputs.Slider(0, MAX_STEPS, value=last.get("face_detail_steps", 0), step=1, label="Steps (0 = same as Steps)",
+                                  elem_id=f"{prefix}face_detail_steps")
+        prompt = gr.Textbox(value=last.get("face_detail_prompt", ""), label="Face prompt", lines=1, placeholder="empty = the main prompt",
+                            elem_id=f"{prefix}face_detail_prompt")
+    return {"face_detail": enabled, "face_detail_strength": strength, "face_detail_steps": steps,
+            "face_detail_prompt": prompt, "face_detail_faces": faces}
+
+
+@dataclass
+class RunPanel:
+    """The right-hand column: buttons, live readout, preview, results."""
+
+    generate: gr.Button
+    skip: gr.Button
+    stop: gr.Button
+    readout: gr.Markdown
+    preview: gr.Image
+    gallery: gr.Gallery
+
+
+def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
+    with gr.Row():
+        generate = gr.Button(label, variant="primary", elem_id=f"{prefix}generate")
+        skip = gr.Button("Skip", elem_id=f"{prefix}skip", scale=0, min_width=70)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}stop")
+    readout = gr.Markdown("Ready.", elem_id=f"{prefix}readout")
+    preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview")
+    gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, elem_id=f"{prefix}gallery")
+    return RunPanel(generate, skip, stop, readout, preview, gallery)
+
+
+def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
+              reuse_seed: gr.Button, last_seed: gr.State, follows_model: tuple = (), on_model_extra=None) -> None:
+    """The form's own events: the model picks the sampler list and LoRA choices, the LoRA picker adds a tag, the seed buttons.
+
+    `on_model_extra(entry)` returns updates for the `follows_model` components (e.g. the demo note).
+    """
+    sampler, prompt, seed = fields["sampler"], fields["prompt"], fields["seed"]
+
+    def on_model_change(name, current_sampler):
+        try:
+            entry = manager.entry(name)
+        except LikenessError:
+            return (gr.update(), gr.update(choices=lora_choices(manager))) + (gr.update(),) * len(follows_model)
+        names = sampler_names(entry.family)
+        keep = current_sampler if current_sampler in names else entry.family.spec.default_sampler
+        extra = tuple(on_model_extra(entry)) if on_model_extra else ()
+        return (gr.update(choices=names, value=keep), gr.update(choices=lora_choices(manager))) + extra
+
+    model.change(on_model_change, [model, sampler], [sampler, lora_picker, *follows_model], api_visibility="private")
+
+    def on_lora_pick(name, current_prompt):
+        if not name:
+            return gr.update(), gr.update()
+        return add_lora_tag(current_prompt, name), ""
+
+    lora_picker.input(on_lora_pick, [lora_picker, prompt], [prompt, lora_picker], api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private")
+    reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
+
+
+def first_model(manager: PipelineManager, last: dict) -> tuple[str, bool]:
+    """The model the form starts on (the last-used one when it is still usable) and whether it is the demo."""
+    chosen = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else manager.default_model()
+    return chosen, chosen == DEMO_MODEL_NAME
+
+
+def selected_index(event: gr.SelectData) -> int:
+    """The gallery image the user clicked (the Send buttons send it)."""
+    return event.index if isinstance(event.index, int) else 0
+
+
+@dataclass
+class BeforeAfter:
+    """The face detailer's before/after view: a slider over the first detailed image of the last run."""
+
+    pairs: gr.State  # [(before, after)] of the last run, per session
+    panel: gr.Accordion
+    slider: gr.ImageSlider
+
+    @property
+    def outputs(self) -> list:
+        return [self.panel, self.slider]
+
+    @staticmethod
+    def show(pairs):
+        if not pairs:
+            return gr.update(visible=False), gr.update(value=None)
+        return gr.update(visible=True, label=f"Face detailer: before / after ({len(pairs)} image(s); first shown)"), gr.update(value=pairs[0])
+
+
+def before_after_panel(prefix: str = "") -> BeforeAfter:
+    with gr.Accordion("Face detailer: before / after", open=True, visible=False, elem_id=f"{prefix}before_after") as panel:
+        slider = gr.ImageSlider(label="before | after (drag)", format="png", interactive=False, elem_id=f"{prefix}before_after_slider")
+    return BeforeAfter(gr.State([]), panel, slider)
+
+
+def before_after_pairs(result) -> list:
+    """(before, after) for each image the face detailer changed: `GeneratedImage.before_detail` when the engine keeps it."""
+    pairs = []
+    for item in result.images:
+        before = getattr(item, "before_detail", None)
+        if before is not None:
+            pairs.append((before, item.path or item.image))
+    return pairs

@@ -1,0 +1,354 @@
+"""The img2img tab: start from a picture (img2img) or repaint what the user paints on it (Inpaint), as A1111 lays it out.
+
+Two sub-tabs hold the picture: *img2img* a plain upload, *Inpaint* an ImageEditor whose brush strokes
+are the mask (any colour; the eraser takes strokes back). Below them the refine controls (resize
+mode, denoising strength; for inpainting mask blur, mask mode, masked content, inpaint area and
+padding), then every Generate control, built by the same builders (`ui.generation_form`).
+
+Every picture is size-checked from its file header before it is decoded (`open_image`, the Settings
+limit *Largest input image*), on upload and again when the job runs: the handlers take raw payloads
+(`preprocess=False`) and open the files themselves, so a bad upload, an empty mask or a strength of
+1.5 is a message in the readout, never a Gradio error.
+
+Other tabs send pictures here with `receive` (Generate's and PNG Info's *Send to img2img / inpaint*).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from pipelines import demo
+from pipelines.errors import InvalidRequest, LikenessError
+from pipelines.images import MAX_PHOTO_PIXELS, open_image, read_embedded_text
+from pipelines.manager import PipelineManager
+from pipelines.refine import EMPTY_MASK_MESSAGE, MASKED_CONTENT, RESIZE_MODES, check_mask, flatten_image, mask_from_layers
+from pipelines.request import MAX_FULL_RES_PADDING, MAX_MASK_BLUR
+from ui import generation_form, inputs
+from ui.last_used import clean_last_generation
+from ui.png_info_tab import generate_form_values
+from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
+
+log = logging.getLogger("likeness")
+PREFIX = "i2i_"
+TAB_ID = "img2img"
+MODES = ("img2img", "inpaint")  # the sub-tabs' ids, and what the run does
+INPAINT_AREAS = ("Whole picture", "Only masked")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+
+
+def max_pixels(settings) -> int:
+    """The Settings limit on input pictures (`max_input_megapixels`), else the photo default."""
+    limit = getattr(settings, "max_input_megapixels", None)
+    return int(limit * 1_000_000) if isinstance(limit, (int, float)) and limit > 0 else MAX_PHOTO_PIXELS
+
+
+def open_checked(source, limit: int, what: str) -> Image.Image:
+    """A picture from a path or bytes: refused from its header when too large or not an image, then decoded."""
+    image = open_image(source, max_pixels=limit, what=what)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidRequest(f"{what} is damaged or incomplete and cannot be read ({error}).") from None
+    return image
+
+
+def upload_path(raw) -> str | None:
+    """The file path of a raw gr.Image / gr.File payload (a FileData dict, or a path)."""
+    if isinstance(raw, dict):
+        return raw.get("path")
+    return raw if isinstance(raw, str) else None
+
+
+def editor_sources(editor: gr.ImageEditor, raw) -> tuple[object, list]:
+    """(background, layers) of a raw ImageEditor payload as paths or bytes, nothing decoded, nothing consumed."""
+    if not isinstance(raw, dict):
+        return None, []
+    if raw.get("id") is not None and raw.get("background") is None:
+        cached = editor.blob_storage.get(raw["id"])
+        if cached is None:
+            return None, []
+        return cached.background, [layer for layer in cached.layers if layer is not None]
+    background = upload_path(raw.get("background"))
+    return background, [upload_path(layer) for layer in raw.get("layers") or [] if upload_path(layer)]
+
+
+def read_editor(editor: gr.ImageEditor, raw, limit: int) -> tuple[Image.Image | None, Image.Image | None]:
+    """The editor's picture (transparency flattened on white) and the painted mask (None when no layer), size-checked."""
+    background, layers = editor_sources(editor, raw)
+    if background is None:
+        return None, None
+    image = flatten_image(open_checked(background, limit, "The picture"))
+    painted = [open_checked(layer, limit, "The painted mask") for layer in layers]
+    if isinstance(raw, dict) and raw.get("id") is not None:
+        editor.blob_storage.pop(raw["id"], None)  # the editor's own preprocess would drop it too
+    return image, mask_from_layers(painted)
+
+
+def fitted_size(size: tuple[int, int], family) -> tuple[int, int]:
+    """The picture's size as the model can generate it: each side rounded down to the family's multiple, within its range."""
+    spec = family.spec
+    return tuple(max(spec.min_size, min(spec.max_size, side // spec.size_multiple * spec.size_multiple)) for side in size)
+
+
+def size_note(image: Image.Image, fitted: tuple[int, int]) -> str:
+    if tuple(image.size) == tuple(fitted):
+        return f"Size set to the picture's {fitted[0]}x{fitted[1]}."
+    return (f"The picture is {image.width}x{image.height}; size set to {fitted[0]}x{fitted[1]} (the model needs these steps and limits), "
+            "the resize mode fits the picture to it.")
+
+
+@dataclass
+class Img2ImgTab:
+    """What other tabs need: the components `receive` fills, in `targets` order."""
+
+    targets: list
+    receive: object  # (path, text, mode, current model) -> updates for `targets`
+    run_event: object
+    model: gr.Dropdown
+
+
+def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.Tabs) -> Img2ImgTab:
+    last, _dropped = clean_last_generation(manager, settings.last_generation)
+    chosen_model, is_demo = generation_form.first_model(manager, last)
+    family = manager.entry(chosen_model).family
+    spec = family.spec
+    default_size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size
+    default_steps = demo.DEFAULT_STEPS if is_demo else spec.default_steps
+    limit_mp = max_pixels(settings) / 1e6
+
+    model = generation_form.model_row(manager, chosen_model, PREFIX)
+    with gr.Row():
+        with gr.Column(scale=3):
+            fields, lora_picker = generation_form.prompt_fields(manager, last, PREFIX)
+            message = gr.Markdown(elem_id=f"{PREFIX}message")
+            with gr.Tabs(selected="img2img", elem_id=f"{PREFIX}modes") as modes:
+                with gr.Tab("img2img", id="img2img", elem_id=f"{PREFIX}tab_img2img") as img2img_page:
+                    image = gr.Image(label=f"Picture to start from (PNG, JPEG or WebP; at most {limit_mp:g} megapixels)", type="pil",
+                                     format="png", image_mode="RGBA", sources=("upload", "clipboard"), height=420, elem_id=f"{PREFIX}image")
+                with gr.Tab("Inpaint", id="inpaint", elem_id=f"{PREFIX}tab_inpaint") as inpaint_page:
+                    editor = gr.ImageEditor(
+                        label="Paint over what to change (brush); the eraser takes strokes back",
+                        type="pil", image_mode="RGBA", format="png", sources=("upload", "clipboard"), height=460,
+                        brush=gr.Brush(colors=[("#ffffff", 0.75), ("#ff3399", 0.6), ("#000000", 0.6)], default_color=("#ffffff", 0.75),
+                                       color_mode="fixed", default_size=24),
+                        eraser=gr.Eraser(default_size=24), layers=False, transforms=(), elem_id=f"{PREFIX}editor")
+            with gr.Row():
+                resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", elem_id=f"{PREFIX}resize_mode",
+                                       info="when the picture is not the generation size")
+                denoising = inputs.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{PREFIX}denoising_strength",
+                                          info="0 keeps the picture, 1 ignores it")
+            with gr.Group(visible=False, elem_id=f"{PREFIX}inpaint_options") as inpaint_options:
+                with gr.Row():
+                    mask_blur = inputs.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur", elem_id=f"{PREFIX}mask_blur")
+                    mask_mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode", elem_id=f"{PREFIX}mask_mode")
+                with gr.Row():
+                    inpainting_fill = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content", elem_id=f"{PREFIX}inpainting_fill")
+                with gr.Row():
+                    inpaint_area = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], label="Inpaint area", elem_id=f"{PREFIX}inpaint_area",
+                                            info="Only masked: a crop around the mask, generated at the full size, pasted back")
+                    padding = inputs.Slider(0, MAX_FULL_RES_PADDING, value=32, step=4, label="Only masked padding, pixels",
+                                            elem_id=f"{PREFIX}inpaint_full_res_padding")
+            sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, default_steps, default_size, PREFIX)
+            fields |= sampling
+            fields |= generation_form.hires_fields(manager, last, PREFIX)
+            fields |= generation_form.detailer_fields(last, PREFIX)
+        with gr.Column(scale=2):
+            panel = generation_form.run_panel(PREFIX)
+            infotext = gr.Textbox(label="Parameters of the selected image", lines=4, interactive=False, elem_id=f"{PREFIX}infotext")
+            before_after = generation_form.before_after_panel(PREFIX)
+            breakdown = gr.Markdown(elem_id=f"{PREFIX}breakdown")
+    mode = gr.State("img2img")
+    last_seed = gr.State(-1)
+    infotexts = gr.State([])
+    form = {"model": model} | fields
+    generation_form.wire_form(manager, model, form, lora_picker, random_seed, reuse_seed, last_seed)
+
+    for page, page_mode in ((img2img_page, "img2img"), (inpaint_page, "inpaint")):
+        page.select(lambda m=page_mode: (m, gr.update(visible=m == "inpaint")), None, [mode, inpaint_options],
+                    api_visibility="private", queue=False)
+
+    def family_of(name):
+        try:
+            return manager.entry(name).family
+        except LikenessError:
+            return family
+
+    def on_image_upload(raw, model_name):
+        """Check the upload from its header; on success the size follows the picture."""
+        path = upload_path(raw)
+        if not path:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        try:
+            picture = open_checked(path, max_pixels(settings), "The picture")
+        except InvalidRequest as error:
+            return f"⚠ {error}", None, gr.update(), gr.update()
+        fitted = fitted_size(picture.size, family_of(model_name))
+        return size_note(picture, fitted), gr.update(), fitted[0], fitted[1]
+
+    def on_editor_upload(raw, model_name):
+        background, _layers = editor_sources(editor, raw)
+        if background is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        try:
+            picture = open_checked(background, max_pixels(settings), "The picture")
+        except InvalidRequest as error:
+            return f"⚠ {error}", None, gr.update(), gr.update()
+        fitted = fitted_size(picture.size, family_of(model_name))
+        return size_note(picture, fitted) + " Paint over what to change.", gr.update(), fitted[0], fitted[1]
+
+    image.upload(on_image_upload, [image, model], [message, image, fields["width"], fields["height"]], preprocess=False,
+                 api_visibility="private")
+    editor.upload(on_editor_upload, [editor, model], [message, editor, fields["width"], fields["height"]], preprocess=False,
+                  api_visibility="private")
+
+    def refine_values(mode, image, editor_value, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
+                      inpaint_full_res_padding, mask_mode) -> tuple[dict, list[str]]:
+        """The img2img request fields from the raw controls, and notes; LikenessError with a message for the user."""
+        limit = max_pixels(settings)
+        values = {"denoising_strength": denoising_strength, "resize_mode": resize_mode}
+        notes: list[str] = []
+        if mode == "inpaint":
+            picture, mask = read_editor(editor, editor_value, limit)
+            if picture is None:
+                raise LikenessError("Add a picture to the Inpaint tab first (drop one on it, or use Send to inpaint).")
+            invert = mask_mode == MASK_MODES[1]
+            if mask is None:
+                raise LikenessError(EMPTY_MASK_MESSAGE)
+            notes += check_mask(mask, picture.size, invert=invert)
+            values |= {"init_image": picture, "mask": mask, "mask_blur": mask_blur, "inpainting_fill": inpainting_fill,
+                       "inpaint_full_res": inpaint_area == INPAINT_AREAS[1], "inpaint_full_res_padding": inpaint_full_res_padding,
+                       "inpainting_mask_invert": invert}
+        else:
+            path = upload_path(image)
+            if not path:
+                raise LikenessError("Add a picture to start from first (drop one on the img2img tab, or use Send to img2img).")
+            values["init_image"] = flatten_image(open_checked(path, limit, "The picture"))
+        return values, notes
+
+    # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter is named.
+    def run(request: gr.Request, mode="img2img", image=None, editor=None, denoising_strength=0.75, resize_mode=RESIZE_MODES[0],
+            mask_blur=4, inpainting_fill="original", inpaint_area=INPAINT_AREAS[0], inpaint_full_res_padding=32, mask_mode=MASK_MODES[0],
+            **form):
+        session = session_id(request)
+        unchanged = (gr.update(),) * 4  # infotext, last seed, infotexts, before/after
+        try:
+            refine, notes = refine_values(mode, image, editor, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
+                                          inpaint_full_res_padding, mask_mode)
+            generation_request = generation_form.coerce_form(form | refine)
+            if generation_request.hires_scale != 1 and (problem := generation_form.upscaler_problem(manager, generation_request.hires_upscaler)):
+                raise LikenessError(problem)
+        except (LikenessError, TypeError, ValueError) as error:
+            cancels.forget_armed(session)
+            yield f"⚠ {error}", None, gr.update(), "", *unchanged
+            return
+        for update in stream_generation(manager, generation_request, cancels, session):
+            if update.message:
+                yield f"⚠ {update.message}", update.preview, gr.update(), "", *unchanged
+                return
+            if update.result is None:
+                yield update.readout, update.preview, gr.update(), gr.update(), *unchanged
+                continue
+            result = update.result
+            images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
+            texts = [item.infotext for item in result.images]
+            readout = update.readout + "".join(f"  \n⚠ {note}" for note in notes)
+            yield (readout, None, images, result_markdown(result), texts[0] if texts else "", result.seeds[0], texts,
+                   generation_form.before_after_pairs(result))
+
+    refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode]
+    run_event = arm_then(panel.generate.click, cancels).then(
+        run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
+        inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=1,
+        preprocess=False,  # raw values: the pictures are opened and checked here, numbers named by validate_request
+    )
+    run_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)
+
+    def on_select(texts, event: gr.SelectData):
+        index = event.index if isinstance(event.index, int) else 0
+        return texts[index] if 0 <= index < len(texts) else ""
+
+    panel.gallery.select(on_select, infotexts, infotext, api_visibility="private", queue=False)
+
+    def stop_run(request: gr.Request = None):
+        return STOP_REPLIES[cancels.signal(session_id(request))]
+
+    def skip_run(request: gr.Request = None):
+        return SKIP_REPLIES[cancels.signal(session_id(request), skip=True)]
+
+    panel.stop.click(stop_run, None, panel.readout, api_visibility="private", concurrency_limit=None)
+    panel.skip.click(skip_run, None, panel.readout, api_visibility="private", concurrency_limit=None)
+
+    # What Send to img2img / inpaint fills: the outer tab, the sub-tab, the mode, both pictures, the message, then the form.
+    sent_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "vae_dtype", "width", "height")
+    targets = [tabs, modes, mode, inpaint_options, image, editor, message, *[form[name] for name in sent_fields]]
+
+    def receive(path, text, target_mode, current_model):
+        """Updates for `targets`: the picture at `path` (checked) with the parameters `text` it carried."""
+        keep = [gr.update()] * len(sent_fields)
+        if not path:
+            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                    "⚠ Nothing to send: there is no image yet.", *keep)
+        try:
+            picture = flatten_image(open_checked(path, max_pixels(settings), "The image"))
+        except InvalidRequest as error:
+            return (gr.Tabs(selected=TAB_ID), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), f"⚠ {error}", *keep)
+        values, notes = generate_form_values(text, manager, {"model": current_model}) if text else ({}, [])
+        fitted = fitted_size(picture.size, family_of(values.get("model", current_model)))
+        values["width"], values["height"] = fitted
+        if not text:
+            notes.append("The image carries no generation parameters: only the picture was sent.")
+        where = "Inpaint: paint over what to change, then Generate." if target_mode == "inpaint" else "img2img."
+        text_out = f"Sent to {where} {size_note(picture, fitted)}" + "".join(f"  \n⚠ {n}" for n in notes)
+        editor_value = {"background": picture, "layers": [], "composite": picture} if target_mode == "inpaint" else gr.update()
+        image_value = picture if target_mode == "img2img" else gr.update()
+        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in sent_fields]
+        return (gr.Tabs(selected=TAB_ID), gr.Tabs(selected=target_mode), target_mode, gr.update(visible=target_mode == "inpaint"),
+                image_value, editor_value, text_out, *updates)
+
+    return Img2ImgTab(targets, receive, run_event, model)
+
+
+def gallery_path(gallery, index) -> str | None:
+    """The file of the `index`-th image of a raw gr.Gallery payload (the first when the index is off)."""
+    if not gallery:
+        return None
+    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+    item = gallery[index]
+    if isinstance(item, dict):
+        item = item.get("image") or item
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    return upload_path(item)
+
+
+def parameters_of(path: str | None) -> str:
+    """The A1111 parameters text of a picture file, or "" (a bad file is reported when it is opened)."""
+    if not path:
+        return ""
+    try:
+        text, _notes = read_embedded_text(path)
+    except (LikenessError, OSError):
+        return ""
+    return text or ""
+
+
+def wire_send_from_gallery(tab: Img2ImgTab, gallery: gr.Gallery, selected: gr.State, send_img2img: gr.Button, send_inpaint: gr.Button) -> None:
+    """Generate's Send to img2img / inpaint: the selected image of the gallery, with its parameters."""
+    for button, target_mode in ((send_img2img, "img2img"), (send_inpaint, "inpaint")):
+        def send(gallery_value, index, current_model, target_mode=target_mode):
+            path = gallery_path(gallery_value, index)
+            return tab.receive(path, parameters_of(path), target_mode, current_model)
+
+        button.click(send, [gallery, selected, tab.model], tab.targets, preprocess=False, api_visibility="private")
+
+
+def wire_send_from_file(tab: Img2ImgTab, upload: gr.File, raw_text: gr.Textbox, send_img2img: gr.Button, send_inpaint: gr.Button) -> None:
+    """PNG Info's Send to img2img / inpaint: the dropped file and the parameters read from it."""
+    for button, target_mode in ((send_img2img, "img2img"), (send_inpaint, "inpaint")):
+        def send(file_value, text, current_model, target_mode=target_mode):
+            return tab.receive(upload_path(file_value), text, target_mode, current_model)
+
+        button.click(send, [upload, raw_text, tab.model], tab.targets, preprocess=False, api_visibility="private")
