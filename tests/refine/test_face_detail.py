@@ -286,3 +286,49 @@ def test_experiment_axes_for_the_detailer(manager):
     assert request.face_detail is True and request.face_detail_strength == 0.4
     with pytest.raises(Exception, match="on or off"):
         parse_values(toggle, "maybe")
+
+
+def test_skip_during_a_face_pass_ends_that_batch_and_stop_ends_the_run(manager):
+    from pipelines.errors import GenerationCancelled
+    from pipelines.generate import CancelToken
+
+    cancel = CancelToken()
+    pressed = []
+
+    def skip_in_first_detail(event):
+        if isinstance(event, StageStarted) and event.stage == "face detail" and not pressed:
+            pressed.append(event)
+            cancel.skip()
+
+    result = manager.generate(detail_request(batch_count=2), listener=skip_in_first_detail, cancel=cancel)
+    assert len(result.images) == 1 and result.images[0].seed == detail_request().seed + 1  # the second batch
+    assert result.images[0].before_detail is not None
+
+    stop = CancelToken()
+
+    def stop_in_detail(event):
+        if isinstance(event, StageStarted) and event.stage == "face detail":
+            stop.cancel()
+
+    with pytest.raises(GenerationCancelled):
+        manager.generate(detail_request(), listener=stop_in_detail, cancel=stop)
+
+
+def test_an_experiment_compares_the_detailer_off_and_on_with_arcface(manager):
+    """Detailer on/off x strength as experiment axes with a reference face: each cell gets its ArcFace
+    similarity to the reference, and the cells with the detailer on show its stage."""
+    from pipelines.experiments.plan import AxisSpec, Experiment, build_plan
+    from pipelines.experiments.report import table_rows
+    from pipelines.experiments.runner import run_experiment
+
+    base = {"model": "tiny-sdxl", "prompt": "a portrait photo", "width": 256, "height": 256, "steps": 2, "seed": 4,
+            "sampler": tiny_request("sdxl").sampler, "face_detail_steps": 4}
+    experiment = Experiment(base, [AxisSpec("Face detailer", "off, on"), AxisSpec("face_detail_strength", "0.5, 1")],
+                            warmup=False, face={"photos": [str(HANKS)], "id_weight": 1.0})
+    result = run_experiment(manager, build_plan(experiment, manager))
+    cells = [result.cells[i] for i in range(4)]
+    assert [c.cell.label for c in cells][:2] == ["Face detailer: off, Face detailer strength: 0.5",
+                                                 "Face detailer: on, Face detailer strength: 0.5"]
+    assert ["face detail" in c.stage_seconds() for c in cells] == [False, True, False, True]
+    assert all(result.fidelity[i].arcface is not None for i in range(4))
+    assert "ArcFace cos" in table_rows(result)[0]
