@@ -52,7 +52,7 @@ class Job:
         return cls(source, kind, token, steps, count)
 
     def describe(self) -> str:
-        return "an API txt2img job" if self.source == "api" else "a job from a browser tab"
+        return f"an API {self.kind.removeprefix('scripts_')} job" if self.source == "api" else "a job from a browser tab"
 
 
 class JobBoard:

@@ -94,6 +94,20 @@ class ImgEncode:
         key = (request.mode, image_digest(request.init_image), image_digest(request.mask), float(request.denoising_strength), request.resize_mode,
                request.mask_blur, request.inpainting_fill, request.inpaint_full_res, request.inpaint_full_res_padding, request.inpainting_mask_invert)
         state.init = InitImage(latents, image, original, mask, overlay, region, masked_latents, key)
+        plan.options.infotext_extra.update(refine_infotext(request))
+
+
+def refine_infotext(request) -> dict:
+    """The img2img / inpaint keys A1111 writes in the infotext (and its PNG Info reads back)."""
+    extra = {"Denoising strength": f"{request.denoising_strength:g}"}
+    if request.mask is not None:
+        extra["Mask blur"] = request.mask_blur
+        if request.inpainting_mask_invert:
+            extra["Mask mode"] = "Inpaint not masked"
+        extra["Masked content"] = request.inpainting_fill
+        if request.inpaint_full_res:
+            extra.update({"Inpaint area": "Only masked", "Masked area padding": request.inpaint_full_res_padding})
+    return extra
 
 
 def denoise_steps(request) -> int:

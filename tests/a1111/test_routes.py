@@ -63,7 +63,7 @@ def test_list_routes_answer_with_a1111_items(api_app):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= samplers
     assert "karras" in {s["name"] for s in client.get("/sdapi/v1/schedulers").json()}
     assert client.get("/sdapi/v1/loras").json() == []
-    for empty in ("sd-vae", "latent-upscale-modes", "prompt-styles", "hypernetworks", "face-restorers", "script-info"):
+    for empty in ("sd-vae", "prompt-styles", "hypernetworks", "face-restorers", "script-info"):
         assert client.get(f"/sdapi/v1/{empty}").json() == [], empty
     assert "pulid" in client.get("/sdapi/v1/scripts").json()["txt2img"]
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
@@ -118,17 +118,17 @@ def test_defaults_unknown_fields_and_unsupported_values_give_warnings(api_app):
     client = api_app["client"]
     response = client.post("/sdapi/v1/txt2img", json={
         "prompt": "x", "steps": 2, "width": 64, "height": 64, "my_client_field": {"a": 1}, "restore_faces": True,
-        "enable_hr": True, "hr_scale": 1.5, "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": DEMO_MODEL_NAME},
+        "tiling": True, "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": DEMO_MODEL_NAME},
         "sampler_name": None, "cfg_scale": None, "send_images": False})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["images"] == []  # send_images=false
     for key, value in A1111_TXT2IMG_DEFAULTS.items():
-        if key not in ("steps", "width", "height", "enable_hr", "hr_scale", "send_images"):
+        if key not in ("steps", "width", "height", "send_images"):
             assert body["parameters"][key] == value, key
     assert "my_client_field" not in body["parameters"]
     warnings = " ".join(json.loads(body["info"])["warnings"])
-    for fragment in ("'my_client_field'", "restore_faces=True", "enable_hr=True", "CLIP_stop_at_last_layers"):
+    for fragment in ("'my_client_field'", "restore_faces=True", "tiling=True", "CLIP_stop_at_last_layers"):
         assert fragment in warnings
     info = json.loads(body["info"])
     assert info["sampler_name"] == "Euler" and info["cfg_scale"] == 7.0  # null = A1111's default (sampler_index "Euler")
@@ -175,10 +175,17 @@ def test_png_info_reads_back_the_infotext(api_app):
     assert info["parameters"]["Negative prompt"] == "blurry" and info["parameters"]["Size-1"] == "64"
 
 
-def test_img2img_is_a_clear_501(api_app):
-    response = api_app["client"].post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": []})
-    assert response.status_code == 501
-    assert set(response.json()) == A1111_ERROR_KEYS and "img2img" in response.json()["detail"]
+def test_img2img_on_the_live_app(api_app):
+    """img2img on the served app (tests/a1111/test_img2img.py covers it in depth)."""
+    client = api_app["client"]
+    init = client.post("/sdapi/v1/txt2img", json=QUICK).json()["images"][0]
+    response = client.post("/sdapi/v1/img2img", json=dict(QUICK, init_images=[init], denoising_strength=0.5))
+    assert response.status_code == 200, response.text
+    assert png_of(response.json()["images"][0]).size == (64, 64)
+    assert "Denoising strength: 0.5" in png_of(response.json()["images"][0]).info["parameters"]
+    refused = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": []})
+    assert refused.status_code == 422
+    assert set(refused.json()) == A1111_ERROR_KEYS and "init_images" in refused.json()["detail"]
 
 
 def test_api_auth_refuses_a_wrong_password_and_takes_the_right_one(auth_app):

@@ -32,13 +32,14 @@ from pipelines.catalog import ModelEntry
 from pipelines.errors import InvalidRequest, ModelNotFound
 from pipelines.face.service import MAX_PHOTOS, FaceOptions
 from pipelines.families import Family
-from pipelines.images import MAX_PHOTO_PIXELS, open_image
+from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import png_with_parameters
 from pipelines.request import GenerationRequest, GenerationResult, shown
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
-from ui.a1111.models import Txt2ImgRequest
+from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest
+from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
 # A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs "automatic", "karras"
 # (with DPM++ 2M) and "simple" (FLUX's flow-match Euler); the others are accepted with a warning.
@@ -68,8 +69,15 @@ UNSUPPORTED_DEFAULTS = {
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
     "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
     "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
-    "firstpass_image": (None, ""), "enable_hr": (False,), "script_args": ([],), "infotext": (None, ""),
+    "firstpass_image": (None, ""), "script_args": ([],), "infotext": (None, ""),
+    # img2img: instruct-pix2pix's image CFG (webuiapi sends 1.5), A1111's mask rounding, the noise multiplier.
+    "image_cfg_scale": (None, 1.0, 1.5), "mask_round": (True,), "initial_noise_multiplier": (None, 1.0), "latent_mask": (None, ""),
 }
+# Hires fix fields Likeness runs with the first pass's own: another value is warned about (with enable_hr only).
+HIRES_SAME_AS_FIRST = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
+                       "hr_scheduler": (None, "", "Use same scheduler"), "hr_negative_prompt": ("",), "firstphase_width": (0,),
+                       "firstphase_height": (0,)}
+LATENT_RESIZE = 3  # A1111's img2img resize_mode 3, "Just resize (latent upscale)"
 MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 PULID_KEYS = ("images", "id_weight", "start_step", "num_zero", "ortho", "true_cfg", "true_cfg_start", "face_index")
 
@@ -234,6 +242,11 @@ def decode_image(text, what: str, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[b
     return data, image
 
 
+def decode_input_image(text, what: str, max_pixels: int) -> Image.Image:
+    """An img2img init image or mask from base64: refused from its header above `max_pixels` (the setting named)."""
+    return open_input_image(decode_base64(text, what), max_pixels, what)
+
+
 def encode_png(image: Image.Image, infotext: str) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_with_parameters(image, infotext))
@@ -248,10 +261,13 @@ def image_b64(image: Image.Image) -> str:
 
 # -- the body ---------------------------------------------------------------------------------------
 
-def prepare(body: Txt2ImgRequest, manager, defaults: ApiDefaults) -> Prepared:
-    """Check the body and build the request; InvalidRequest/ModelNotFound with every reason found."""
+def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefaults) -> Prepared:
+    """Check the body and build the request; InvalidRequest/ModelNotFound with every reason found.
+    An img2img body's images are decoded here, header first, against the max_input_megapixels setting."""
     warnings = [f"Unknown field {name!r} was ignored." for name in body.extras()]
     for name, allowed in UNSUPPORTED_DEFAULTS.items():
+        if name not in type(body).model_fields:
+            continue
         value = getattr(body, name)
         if value not in allowed:
             warnings.append(f"{name}={shown(value)} is not supported by Likeness and was ignored.")
@@ -315,8 +331,92 @@ def prepare(body: Txt2ImgRequest, manager, defaults: ApiDefaults) -> Prepared:
         seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images),
     )
+    fields |= detailer_fields(body, warnings)
+    if isinstance(body, Img2ImgRequest):
+        fields |= img2img_fields(body, manager, warnings)
+    else:
+        fields |= hires_fields(body, manager, warnings)
     prepared.request = replace(prepared.request, **fields)
     return prepared
+
+
+def img2img_fields(body: Img2ImgRequest, manager, warnings: list[str]) -> dict:
+    """A1111's img2img / inpaint fields -> GenerationRequest's (the images decoded and size-checked)."""
+    images = body.init_images
+    if not isinstance(images, list) or not images:
+        raise InvalidRequest("img2img needs init_images: a list with one base64 image (the picture to start from).")
+    if len(images) > 1:
+        warnings.append(f"init_images has {len(images)} images; Likeness uses the first for every image of the batch.")
+    limit = manager.config.max_input_pixels
+    fields = {"init_image": decode_input_image(images[0], "init_images[0]", limit), "denoising_strength": body.denoising_strength}
+    mode = body.resize_mode
+    if mode == LATENT_RESIZE:
+        warnings.append("resize_mode 3 (Just resize, latent upscale) runs as 0 (Just resize): Likeness resizes the picture, not its latents.")
+        mode = 0
+    fields["resize_mode"] = resize_mode_name(mode)
+    if body.mask in (None, ""):
+        return fields
+    fields["mask"] = decode_input_image(body.mask, "mask", limit)
+    if body.mask_blur is not None:
+        blur = body.mask_blur
+    else:
+        blur = max(body.mask_blur_x, body.mask_blur_y)
+        if body.mask_blur_x != body.mask_blur_y:
+            warnings.append(f"mask_blur_x={body.mask_blur_x} and mask_blur_y={body.mask_blur_y}: Likeness blurs both axes alike, by {blur}.")
+    if body.inpainting_mask_invert not in (0, 1):
+        raise InvalidRequest(f"inpainting_mask_invert must be 0 (inpaint masked) or 1 (inpaint not masked), got {shown(body.inpainting_mask_invert)}.")
+    fields.update(mask_blur=blur, inpainting_fill=masked_content_name(body.inpainting_fill), inpaint_full_res=bool(body.inpaint_full_res),
+                  inpaint_full_res_padding=body.inpaint_full_res_padding, inpainting_mask_invert=bool(body.inpainting_mask_invert))
+    return fields
+
+
+def hires_fields(body: Txt2ImgRequest, manager, warnings: list[str]) -> dict:
+    """A1111's Hires. fix (`enable_hr`) -> hires_*; txt2img's denoising_strength is the second pass's, as in A1111."""
+    if not body.enable_hr:
+        return {}
+    scale = body.hr_scale
+    sizes = [(target, size, name) for target, size, name in ((body.hr_resize_x, body.width, "hr_resize_x"),
+                                                              (body.hr_resize_y, body.height, "hr_resize_y")) if target]
+    if sizes:  # "Resize width/height to" wins over hr_scale, as in A1111; Likeness scales both sides by one factor
+        if any(size <= 0 or target < 0 for target, size, _ in sizes):
+            raise InvalidRequest(f"{sizes[0][2]} must be a positive size and the first pass's size positive, got {sizes[0][0]} for {sizes[0][1]}.")
+        scales = [target / size for target, size, _ in sizes]
+        if len(scales) == 2 and abs(scales[0] - scales[1]) > 0.01 * max(scales):
+            raise InvalidRequest(f"hr_resize_x={body.hr_resize_x} and hr_resize_y={body.hr_resize_y} scale {body.width}x{body.height} by "
+                                 f"{scales[0]:.3g} and {scales[1]:.3g}; Likeness scales both sides by one factor: give one of them, or hr_scale.")
+        scale = max(scales)
+    upscaler, note = find_upscaler(manager.config.models_dir, body.hr_upscaler or "Latent", manager.config.allow_pickle)
+    if note:
+        warnings.append(note)
+    for name, allowed in HIRES_SAME_AS_FIRST.items():
+        if getattr(body, name) not in allowed:
+            warnings.append(f"{name}={shown(getattr(body, name))}: Likeness's hires pass uses the first pass's; ignored.")
+    if body.hr_prompt not in ("", body.prompt):
+        warnings.append("hr_prompt: Likeness's hires pass uses the main prompt; ignored.")
+    fields = {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": body.hr_second_pass_steps}
+    if body.denoising_strength is not None:
+        fields["hires_denoising"] = body.denoising_strength
+    return fields
+
+
+def detailer_fields(body, warnings: list[str]) -> dict:
+    """Likeness's face detailer fields (top level of the body) -> GenerationRequest's."""
+    sent = [name for name in ("face_detail_strength", "face_detail_steps", "face_detail_prompt", "face_detail_faces")
+            if name in body.model_fields_set]
+    if not body.face_detail:
+        if sent:
+            warnings.append(f"{', '.join(sent)} ignored: face_detail is false.")
+        return {}
+    faces = body.face_detail_faces
+    if isinstance(faces, list):
+        if not all(isinstance(n, int) and n >= 1 for n in faces):
+            raise InvalidRequest(f"face_detail_faces must be face numbers from 1 (1 = the largest), got {shown(faces)}.")
+        faces = ",".join(str(n) for n in faces)
+    fields = {"face_detail": True, "face_detail_steps": body.face_detail_steps, "face_detail_prompt": body.face_detail_prompt,
+              "face_detail_faces": faces}
+    if body.face_detail_strength is not None:
+        fields["face_detail_strength"] = body.face_detail_strength
+    return fields
 
 
 def script_args(name, script) -> tuple[list, bool]:
@@ -392,9 +492,11 @@ def pulid_options(args: list) -> tuple[list[bytes], FaceOptions]:
     return photos, face
 
 
-def echo_parameters(body: Txt2ImgRequest) -> dict:
-    """`parameters` as A1111 echoes it, with photo data shortened (A1111 drops init_images the same way)."""
+def echo_parameters(body: Txt2ImgRequest | Img2ImgRequest) -> dict:
+    """`parameters` as A1111 echoes it: init_images and mask set to null (as A1111 does), photo data shortened."""
     parameters = body.known()
+    if isinstance(body, Img2ImgRequest):
+        parameters.update(init_images=None, mask=None)
     scripts = parameters.get("alwayson_scripts") or {}
     for name, script in list(scripts.items()):
         if isinstance(name, str) and SCRIPT_NAMES.get(name.strip().lower()) == "pulid" and isinstance(script, dict):
@@ -417,7 +519,7 @@ def _short_images(value):
 STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Version", "Prompt", "Negative prompt"}
 
 
-def info_json(body: Txt2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
+def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
     """A1111's `Processed.js()` keys, from what really ran; Likeness's own figures under `likeness`."""
     request = result.request if result is not None else None
     infotexts = [item.infotext for item in images]

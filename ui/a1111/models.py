@@ -7,7 +7,7 @@ ones set to something that would change the image); unknown fields are kept as e
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,8 +31,23 @@ class _Body(BaseModel):
         return self.model_dump(exclude=set(self.model_extra or {}))
 
 
-class Txt2ImgRequest(_Body):
-    """`StableDiffusionProcessingTxt2Img` as the API takes it (A1111 1.10)."""
+class LikenessExtras(BaseModel):
+    """Likeness's own fields (the face detailer), accepted at the top level of txt2img and img2img bodies
+    as A1111 clients add extra keys; echoed in `parameters` only when sent."""
+
+    face_detail: bool = Field(default=False, description="Likeness: re-draw each detected face at full resolution "
+                              "(with a face reference in alwayson_scripts.pulid, the same identity).")
+    face_detail_strength: Optional[float] = Field(default=None, description="Likeness: the detailer's denoising strength, 0-1 (default 0.4).")
+    face_detail_steps: int = Field(default=0, description="Likeness: the detailer's steps (0 = the same as steps).")
+    face_detail_prompt: str = Field(default="", description="Likeness: the detailer's prompt (empty = the main prompt).")
+    face_detail_faces: Union[str, list[int]] = Field(default="", description='Likeness: which faces, 1 = the largest: "1,3" or [1, 3]; empty = all.')
+
+
+LIKENESS_FIELDS = tuple(LikenessExtras.model_fields)
+
+
+class _Processing(_Body, LikenessExtras):
+    """The fields txt2img and img2img share (`StableDiffusionProcessing`, A1111 1.10)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -68,6 +83,28 @@ class Txt2ImgRequest(_Body):
     disable_extra_networks: bool = False
     firstpass_image: Optional[str] = None
     comments: Optional[dict] = None
+    force_task_id: Optional[str] = None
+    sampler_index: str = "Euler"
+    script_name: Optional[str] = None
+    script_args: list = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: Optional[str] = None
+
+    def known(self) -> dict:
+        """The body as A1111 echoes it in `parameters`: every A1111 field, defaults included; Likeness's
+        own fields only when the client sent them."""
+        values = super().known()
+        for name in LIKENESS_FIELDS:
+            if name not in self.model_fields_set:
+                values.pop(name, None)
+        return values
+
+
+class Txt2ImgRequest(_Processing):
+    """`StableDiffusionProcessingTxt2Img` as the API takes it (A1111 1.10)."""
+
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -81,28 +118,26 @@ class Txt2ImgRequest(_Body):
     hr_scheduler: Optional[str] = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    force_task_id: Optional[str] = None
-    sampler_index: str = "Euler"
-    script_name: Optional[str] = None
-    script_args: list = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: Optional[str] = None
 
 
-class Img2ImgRequest(Txt2ImgRequest):
-    """Accepted so the route documents A1111's body; Likeness answers 501 until img2img exists."""
+class Img2ImgRequest(_Processing):
+    """`StableDiffusionProcessingImg2Img` as the API takes it (A1111 1.10), with A1111's API defaults
+    (note `inpaint_full_res` true and padding 0, unlike the web UI's)."""
 
     init_images: Optional[list] = None
     resize_mode: int = 0
     image_cfg_scale: Optional[float] = None
     mask: Optional[str] = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
     mask_blur: Optional[int] = None
+    mask_round: bool = True
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
+    initial_noise_multiplier: Optional[float] = None
+    latent_mask: Optional[str] = None
     include_init_images: bool = False
     denoising_strength: float = 0.75
 

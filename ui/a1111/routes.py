@@ -37,6 +37,7 @@ from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.generate import CancelToken
 from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
+from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
 from ui.a1111 import mapping, models
 from ui.jobs import Job, board_for
@@ -167,14 +168,19 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         token = CancelToken()
         watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))  # a client that went away does not keep the GPU
         try:
-            return await anyio.to_thread.run_sync(run_txt2img, context, body, prepared, token)
+            return await anyio.to_thread.run_sync(run_generation, context, body, prepared, token)
         finally:
             watcher.cancel()
 
     @router.post("/img2img", response_model=models.ImageToImageResponse)
-    async def img2img(body: models.Img2ImgRequest):
-        return error_response(501, "NotImplementedError", "img2img is not available in Likeness yet; use /sdapi/v1/txt2img "
-                              "(a face reference goes in alwayson_scripts.pulid).")
+    async def img2img(body: models.Img2ImgRequest, request: Request):
+        prepared = await anyio.to_thread.run_sync(mapping.prepare, body, manager, context.defaults)  # images decoded and checked here
+        token = CancelToken()
+        watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))
+        try:
+            return await anyio.to_thread.run_sync(run_generation, context, body, prepared, token)
+        finally:
+            watcher.cancel()
 
     @router.get("/progress", response_model=models.ProgressResponse)
     async def progress(skip_current_image: bool = False):
@@ -231,7 +237,11 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
 
     @router.get("/upscalers", response_model=list[models.UpscalerItem])
     async def upscalers():
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}]
+        return await anyio.to_thread.run_sync(upscaler_items, manager)
+
+    @router.get("/latent-upscale-modes")
+    async def latent_upscale_modes():
+        return [{"name": LATENT}]
 
     @router.get("/loras", response_model=list[models.LoraItem])
     async def loras():
@@ -251,12 +261,13 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         return []
 
     # Lists A1111 clients read at start-up; Likeness has none of these (yet).
-    for route in ("latent-upscale-modes", "prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
+    for route in ("prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
         router.add_api_route(f"/{route}", nothing, methods=["GET"], name=route)
 
     @router.get("/scripts")
     async def scripts():
-        return {"txt2img": ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision"], "img2img": []}
+        names = ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision"]
+        return {"txt2img": names, "img2img": names}
 
     @router.post("/png-info", response_model=models.PNGInfoResponse)
     async def png_info(req: models.PNGInfoRequest):
@@ -274,7 +285,20 @@ def api_app_kwargs(manager, settings, options) -> dict:
     return {"routes": list(build_router(manager, settings, options).routes), "docs_url": "/docs"}
 
 
-# -- txt2img ----------------------------------------------------------------------------------------
+# -- txt2img and img2img ----------------------------------------------------------------------------
+
+def upscaler_items(manager) -> list[dict]:
+    """A1111's /upscalers: "None" first (a plain resize), then Lanczos, Nearest and each usable ESRGAN file.
+    "Latent" is a latent upscale mode (/latent-upscale-modes), as in A1111."""
+    items = [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}]
+    for choice in list_upscalers(Path(manager.config.models_dir), manager.config.allow_pickle):
+        if choice.kind == "latent" or not choice.usable:
+            continue
+        path = str(choice.path) if choice.path else None
+        items.append({"name": choice.name, "model_name": "ESRGAN" if choice.kind == "esrgan" else None, "model_path": path,
+                      "model_url": None, "scale": float(choice.scale) if choice.scale else 4.0})
+    return items
+
 
 async def cancel_on_disconnect(request: Request, token: CancelToken, poll_s: float = 0.5) -> None:
     while not await request.is_disconnected():
@@ -283,10 +307,12 @@ async def cancel_on_disconnect(request: Request, token: CancelToken, poll_s: flo
     token.cancel()
 
 
-def run_txt2img(context: ApiContext, body: models.Txt2ImgRequest, prepared: mapping.Prepared, token: CancelToken) -> dict:
+def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img2ImgRequest, prepared: mapping.Prepared,
+                   token: CancelToken) -> dict:
     """Wait for the GPU, generate, answer A1111's response; the photos' temp folder is always removed."""
     manager = context.manager
-    job = Job.for_request("api", "scripts_txt2img", prepared.request, token)
+    img2img = isinstance(body, models.Img2ImgRequest)
+    job = Job.for_request("api", "scripts_img2img" if img2img else "scripts_txt2img", prepared.request, token)
     folder = None
     result, images, notes = None, [], []
     try:
@@ -311,6 +337,8 @@ def run_txt2img(context: ApiContext, body: models.Txt2ImgRequest, prepared: mapp
             context.defaults.vae_dtype = prepared.request.vae_dtype
     warnings = prepared.warnings + (result.warnings if result else []) + notes
     encoded = [mapping.encode_png(item.image, item.infotext) for item in images] if body.send_images else []
+    if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
+        encoded.append(mapping.image_b64(prepared.request.init_image))
     return {"images": encoded, "parameters": mapping.echo_parameters(body),
             "info": mapping.info_json(body, result, images, warnings, job.timestamp)}
 
