@@ -185,6 +185,7 @@ def build_plan(experiment: Experiment, manager, rng: random.Random | None = None
     base, face, notes = starting_point(experiment, manager, rng)
     axes = tuple(_checked_axis(name, spec, base, face, manager) for name, spec in zip(AXIS_NAMES, experiment.axes))
     _refuse_overlaps(axes)
+    _refuse_idle_detailer(axes, base)
     cells = tuple(_cells(axes, base, face, manager, tuple(notes)))
     if face is not None:
         _require_face_files(cells, manager)
@@ -369,6 +370,15 @@ def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
             if target in claimed:
                 raise InvalidRequest(f"The {claimed[target]} and {axis.name} axes both set {target}; use one axis per setting.")
             claimed[target] = axis.name
+
+
+def _refuse_idle_detailer(axes: tuple[Axis, ...], base: GenerationRequest) -> None:
+    """A Face detailer strength axis with the detailer off in every cell would make a grid of identical pictures."""
+    switched_on = base.face_detail or any(a.setting.key == "face_detail" and True in a.values for a in axes)
+    for axis in axes:
+        if axis.setting.key == "face_detail_strength" and not switched_on:
+            raise InvalidRequest(f"The {axis.name} axis (Face detailer strength) changes nothing with the face detailer off: "
+                                 "turn it on in the starting settings, or add a Face detailer axis.")
 
 
 def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):

@@ -332,3 +332,13 @@ def test_an_experiment_compares_the_detailer_off_and_on_with_arcface(manager):
     assert ["face detail" in c.stage_seconds() for c in cells] == [False, True, False, True]
     assert all(result.fidelity[i].arcface is not None for i in range(4))
     assert "ArcFace cos" in table_rows(result)[0]
+
+
+def test_a_strength_axis_with_the_detailer_off_everywhere_is_refused(manager):
+    from pipelines.errors import InvalidRequest
+    from pipelines.experiments.plan import AxisSpec, Experiment, build_plan
+
+    base = {"model": "tiny-sd15", "prompt": "a portrait photo", "width": 64, "height": 64, "steps": 2}
+    with pytest.raises(InvalidRequest, match="changes nothing with the face detailer off"):
+        build_plan(Experiment(base, [AxisSpec("face_detail_strength", "0.3, 0.6")], warmup=False), manager)
+    assert build_plan(Experiment(base | {"face_detail": True}, [AxisSpec("face_detail_strength", "0.3, 0.6")], warmup=False), manager)
