@@ -184,6 +184,7 @@ def build_manager(settings):
         include_hf_cache=settings.include_hf_cache,
         allow_pickle=settings.allow_pickle,
         preview_every=settings.preview_every,
+        live_preview=settings.live_preview,
         vae_tiling=settings.vae_tiling,
         vae_slicing=settings.vae_slicing,
         vae_honour_force_upcast=settings.vae_honour_force_upcast,

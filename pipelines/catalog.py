@@ -22,7 +22,7 @@ PIPELINE_CLASS_FAMILIES = {
     "FluxPipeline": Family.FLUX,
 }
 # Folders that hold auxiliary weights (face models, adapters), not checkpoints to list.
-AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "embeddings", "controlnet"}
+AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "vae-approx", "embeddings", "controlnet"}
 DEMO_MODEL_NAME = "demo (trained on simple shapes and faces)" if SHIP_TRAINED_DEMO else "demo (tiny random weights)"
 
 

@@ -32,6 +32,8 @@ class FamilySpec:
     default_sampler: str
     # A fixed latent -> RGB map for cheap previews (A1111's "Approx cheap"): rows are latent channels.
     preview_rgb: tuple[tuple[float, float, float], ...]
+    # madebyollin's tiny autoencoder for full-size previews: its name in models/VAE-approx (pipelines/preview).
+    tiny_autoencoder: str
 
 
 FAMILY_SPECS: dict[Family, FamilySpec] = {
@@ -46,6 +48,7 @@ FAMILY_SPECS: dict[Family, FamilySpec] = {
         default_cfg=7.0,
         default_sampler="Euler a",
         preview_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
+        tiny_autoencoder="taesd",
     ),
     Family.SDXL: FamilySpec(
         label="Stable Diffusion XL",
@@ -58,6 +61,7 @@ FAMILY_SPECS: dict[Family, FamilySpec] = {
         default_cfg=6.0,
         default_sampler="DPM++ 2M Karras",
         preview_rgb=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
+        tiny_autoencoder="taesdxl",
     ),
     Family.FLUX: FamilySpec(
         label="FLUX.1",
@@ -75,5 +79,6 @@ FAMILY_SPECS: dict[Family, FamilySpec] = {
             (-0.0245, 0.0250, 0.1180), (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
             (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499), (-0.1262, -0.0982, -0.0778),
         ),
+        tiny_autoencoder="taef1",
     ),
 }

@@ -174,6 +174,7 @@ class VaeSettings:
 class RunOptions:
     outputs_dir: str | None
     preview_every: int = 0  # 0 = no preview
+    live_preview: object | None = None  # pipelines.preview.live.LivePreview (cheap or TAESD); None: cheap
     synchronize_steps: bool = True
     cancel: CancelToken = field(default_factory=CancelToken)
     vae: VaeSettings = field(default_factory=VaeSettings)

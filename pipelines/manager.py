@@ -35,6 +35,7 @@ from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.images import MAX_PHOTO_PIXELS, check_input_pixels
 from pipelines.metrics import psnr
+from pipelines.preview.live import LivePreview, TinyDecoders
 from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
@@ -70,6 +71,7 @@ class ManagerConfig:
     hf_cache_dir: Path | None = None
     allow_pickle: bool = False
     preview_every: int = 5
+    live_preview: str = "cheap"  # cheap | TAESD (pipelines/preview: the tiny autoencoders in models/VAE-approx)
     vae_tiling: bool = False  # always decode in tiles (large images on small GPUs)
     vae_slicing: bool = False  # decode a batch one image at a time
     vae_honour_force_upcast: bool = True  # a VAE whose config says force_upcast never runs in fp16
@@ -163,6 +165,7 @@ class PipelineManager:
                                 config.onnx_gpu_mem_limit_mb)
         self.lora_memo = StateDictMemo(config.lora_memo_bytes)
         self.lora_fuse = FusePolicy(config.lora_fuse)
+        self.tiny_decoders = TinyDecoders()  # TAESD previews: loaded once per file, a bad file named once
         self._loras: dict[str, LoraEntry] = {}
         self.refresh()
 
@@ -417,6 +420,7 @@ class PipelineManager:
         return RunOptions(
             outputs_dir=str(self.config.outputs_dir) if request.save else None,
             preview_every=self.config.preview_every if telemetry else 0,
+            live_preview=LivePreview(self.config.live_preview, self.config.models_dir, self.config.allow_pickle, self.tiny_decoders),
             synchronize_steps=telemetry,
             cancel=cancel or CancelToken(),
             vae=self._vae_settings(request.vae_dtype),

@@ -25,6 +25,7 @@ from pathlib import Path
 from pipelines.atomic import remove_stale_temporaries, write_text_atomically
 from pipelines.caches.vector_store import uri_problem
 from pipelines.lora.fuse import LORA_FUSE_MODES
+from pipelines.preview import PREVIEW_CHOICES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings" / "user_settings.json"
@@ -65,6 +66,7 @@ class AppSettings:
     include_hf_cache: bool = True
     allow_pickle: bool = False
     preview_every: int = 5
+    live_preview: str = "cheap"  # cheap | TAESD
     max_queue_size: int = 16
     vae_dtype: str = "auto"
     vae_tiling: bool = False
@@ -93,6 +95,7 @@ class AppSettings:
             "ram_cache_gb": (self.ram_cache_gb > 0, "must be positive"),
             "vram_reserve_gb": (self.vram_reserve_gb >= 0, "must not be negative"),
             "preview_every": (self.preview_every >= 0, "must be 0 (off) or more"),
+            "live_preview": (self.live_preview in PREVIEW_CHOICES, f"must be {' or '.join(PREVIEW_CHOICES)}"),
             "max_queue_size": (self.max_queue_size >= 1, "must be at least 1"),
             "prompt_memo_policy": (self.prompt_memo_policy in ("lru", "lfu", "fifo", "lifo", "random", "ttl"), "must be lru, lfu, fifo, lifo, random or ttl"),
             "prompt_memo_entries": (self.prompt_memo_entries >= 1, "must be at least 1"),
@@ -142,6 +145,9 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "include_hf_cache": SettingInfo("List the Hugging Face cache", "Also list pipelines in ~/.cache/huggingface (read-only, offline)."),
     "allow_pickle": SettingInfo("Allow pickle checkpoints", "Load .ckpt/.pt/.bin files with torch.load(weights_only=True). Off: safetensors only."),
     "preview_every": SettingInfo("Live preview every N steps", "0 turns the preview off."),
+    "live_preview": SettingInfo("Live preview kind", "cheap: a fixed latent-to-RGB map, small and free. TAESD: the tiny autoencoder "
+                                "(taesd_decoder, taesdxl_decoder or taef1_decoder .safetensors in models/VAE-approx), full size, a few ms "
+                                "on a GPU; without its file the preview stays cheap."),
     "max_queue_size": SettingInfo("Maximum queue size", "Requests waiting beyond this are refused.", needs_restart=True),
     "vae_dtype": SettingInfo("Default VAE precision", "auto (bf16 on NVIDIA GPUs of compute capability 8+, else fp32), bf16, fp16 or fp32. The Generate tab starts from this "
                                            "(not from the last-used value); saving a new default here sets it there at once."),

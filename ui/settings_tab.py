@@ -47,6 +47,7 @@ def apply_live(manager: PipelineManager, settings: AppSettings) -> None:
     config.include_hf_cache = settings.include_hf_cache
     config.allow_pickle = settings.allow_pickle
     config.preview_every = settings.preview_every
+    config.live_preview = settings.live_preview
     manager.cache.ram_budget_bytes = int(settings.ram_cache_gb * 2**30)
     if settings.lora_fuse != config.lora_fuse:
         config.lora_fuse = settings.lora_fuse

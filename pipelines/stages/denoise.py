@@ -8,8 +8,9 @@ import torch
 
 from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
 from pipelines.errors import GenerationCancelled
-from pipelines.generate import latent_preview, uses_true_cfg
+from pipelines.generate import uses_true_cfg
 from pipelines.hooks import hook_cache_keys
+from pipelines.preview.live import render_preview
 from pipelines.telemetry import Notice, PreviewReady
 
 
@@ -83,7 +84,8 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
         if resume:
             resume.on_step(done, tensors["latents"])
         if options.preview_every and done % options.preview_every == 0 and done < total:
-            plan.bus.publish(PreviewReady(step_offset + done, latent_preview(plan.model, tensors["latents"], state.height, state.width)))
+            image = render_preview(options.live_preview, plan.model, tensors["latents"], state.height, state.width, plan.bus.publish)
+            plan.bus.publish(PreviewReady(step_offset + done, image))
         if options.cancel.interrupt_requested:
             pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
