@@ -88,6 +88,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("deepcache_schedule", "DeepCache schedule", "text", field="deepcache_schedule", choices=DEEPCACHE_SCHEDULES),
     Setting("flux_cache", "Block cache", "text", field="flux_cache", choices=FLUX_CACHE_CHOICES),
     Setting("flux_cache_threshold", "Block cache threshold", "float", field="flux_cache_threshold"),
+    Setting("denoising_strength", "Denoising strength", "float", field="denoising_strength"),
     Setting("hires_scale", "Hires scale", "float", field="hires_scale"),
     Setting("hires_denoising", "Hires denoising", "float", field="hires_denoising"),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),

@@ -10,13 +10,15 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import Setting, find_setting, parse_values
 from pipelines.face.service import ID_WEIGHTS, FaceOptions
+from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
-from pipelines.request import MAX_SEED, GenerationRequest, validate_request
+from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, validate_request
 from pipelines.samplers import sampler_names
 
 AXIS_NAMES = ("X", "Y", "Z")
@@ -132,6 +134,9 @@ class Plan:
         """The experiment file that runs this plan again: the drawn seed and the defaults written out."""
         data = self.experiment.to_dict()
         data["base"] = {k: v for k, v in self.base.to_dict().items() if k not in ("save", "batch_size", "batch_count")}
+        for name in IMAGE_FIELDS:  # an init image / mask given as a file runs again from that file
+            if isinstance(self.experiment.base.get(name), str):
+                data["base"][name] = self.experiment.base[name]
         return data
 
     @property
@@ -215,6 +220,9 @@ def starting_point(experiment: Experiment, manager, rng: random.Random | None = 
         notes.append("Each cell makes one image: the batch size and count were set to 1.")
     if values.get("seed", -1) == -1:
         values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    for name, what in (("init_image", "The starting init image"), ("mask", "The starting mask")):
+        if isinstance(values.get(name), (str, Path)):  # a file's path in an experiment file: opened header-first, as the CLI does
+            values[name] = open_input_image(values[name], manager.config.max_input_pixels, what)
     try:
         base = GenerationRequest(**values)
         validate_request(base, entry.family)
@@ -303,6 +311,9 @@ def _checked_axis(name: str, spec: AxisSpec, base: GenerationRequest, face: Face
         raise InvalidRequest(f"{name} axis: {error}") from None
     if setting.target == "face" and face is None:
         raise InvalidRequest(f"{name} axis ({setting.label}) needs a face reference: add a photo, or choose another setting.")
+    if setting.key == "denoising_strength" and base.init_image is None:
+        raise InvalidRequest(f"{name} axis (Denoising strength) changes nothing without an init image: add init_image (a picture's path) "
+                             "to the starting settings; for text-to-image with hires fix, vary Hires denoising.")
     if setting.target == "prompt" and (problem := _prompt_edit_problem(setting, values, base)):
         raise InvalidRequest(f"{name} axis: {problem}")
     for value in values:
