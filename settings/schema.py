@@ -146,8 +146,8 @@ SETTING_INFO: dict[str, SettingInfo] = {
     "allow_pickle": SettingInfo("Allow pickle checkpoints", "Load .ckpt/.pt/.bin files with torch.load(weights_only=True). Off: safetensors only."),
     "preview_every": SettingInfo("Live preview every N steps", "0 turns the preview off."),
     "live_preview": SettingInfo("Live preview kind", "cheap: a fixed latent-to-RGB map, small and free. TAESD: the tiny autoencoder "
-                                "(taesd_decoder, taesdxl_decoder or taef1_decoder .safetensors in models/VAE-approx), full size, a few ms "
-                                "on a GPU; without its file the preview stays cheap."),
+                                "(taesd_decoder, taesdxl_decoder or taef1_decoder .safetensors in models/VAE-approx), full size: a few ms "
+                                "per preview on a GPU, seconds on a CPU at 512 px. Without its file the preview stays cheap."),
     "max_queue_size": SettingInfo("Maximum queue size", "Requests waiting beyond this are refused.", needs_restart=True),
     "vae_dtype": SettingInfo("Default VAE precision", "auto (bf16 on NVIDIA GPUs of compute capability 8+, else fp32), bf16, fp16 or fp32. The Generate tab starts from this "
                                            "(not from the last-used value); saving a new default here sets it there at once."),

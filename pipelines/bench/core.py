@@ -8,7 +8,8 @@ user's device and cache settings. Ratios always compare runs interleaved in the 
 Sections:
 1. per model: cold load, then per-stage times (text encode, denoise, VAE decode, save), step times;
 2. readout overhead: telemetry on (a UI-like listener formatting every step line) vs off,
-   interleaved with the same seed; target: median denoise time on/off <= 1.03x;
+   interleaved with the same seed; target: median denoise time on/off <= 1.03x; then the live
+   preview per call, cheap map vs TAESD (pipelines/bench/previews.py, no target);
 3. model swap: load A, load B, load A again (from the RAM cache) vs A's cold load from disk;
    target <= 0.25x;
 4. RSS growth over 20 generations after one warm-up; target < 2 %.
@@ -412,6 +413,15 @@ class CoreBench:
                  f"  'off range' is the run-to-run spread (max-min)/median of the off runs: a ratio within it is noise, not overhead; 'on/off min'\n"
                  f"  compares the fastest run of each arm (contention only ever adds time). The verdict uses the medians.")
 
+    def preview_cost(self) -> None:
+        """The live preview per call, cheap vs TAESD (pipelines/bench/previews.py); informative, no target."""
+        from pipelines.bench import previews
+
+        self.say(heading(previews.TITLE))
+        self.figures["previews"] = previews.measure(self.device, self.quick)
+        for line in previews.report(self.figures["previews"]):
+            self.say(line)
+
     # 3: model swap
 
     def swap(self, plan: Plan) -> None:
@@ -651,6 +661,7 @@ class CoreBench:
                 self.say(f"  skipped: {line}")
             with quiet_engine_log():
                 self.per_model(plan)
+                self.preview_cost()
                 self.swap(plan)
                 self.rss_growth(plan)
             self.summary(plan)

@@ -56,7 +56,8 @@ class TinyDecoders:
             kept = self._memo.get(key)
             if kept is None:
                 try:
-                    kept = build_tiny_decoder(found, allow_pickle).to(device=device, dtype=dtype)
+                    kept = build_tiny_decoder(found, allow_pickle)
+                    kept.decoder.to(device=device, dtype=dtype)  # the decoder alone: ModelMixin.to warns about fp32 modules it has none of
                     log.info("live preview: loaded %s from %s (%s, %s)", found.label, found.path, device, str(dtype).removeprefix("torch."))
                 except ModelLoadError as error:
                     kept = str(error)
