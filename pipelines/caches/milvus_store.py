@@ -186,7 +186,12 @@ class MilvusStore(VectorStore):
             return  # a Milvus server indexes growing segments itself
         self._unflushed[name] = self._unflushed.get(name, 0) + rows
         if self._unflushed[name] >= LITE_FLUSH_EVERY:
-            self._call("flush", self.client.flush, name)
+            try:
+                self._call("flush", self.client.flush, name)
+            except StoreUnavailable as error:
+                # Only speed depends on it (Milvus Lite may be busy compacting): try again after the next insert.
+                logging.getLogger("likeness").debug("approximate cache: %s", error)
+                return
             self._unflushed[name] = 0
 
     def search(self, namespace, partition, vector, skip=frozenset()):
