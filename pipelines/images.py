@@ -80,7 +80,6 @@ def open_image(source, *, max_pixels: int = MAX_PHOTO_PIXELS, what: str = "The i
 
 
 INPUT_LIMIT_HINT = "The limit is the max_input_megapixels setting (Settings: Largest input image)."
-PIL_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # PIL refuses to open more than this at all (its decompression-bomb error)
 
 
 def check_input_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
@@ -97,13 +96,14 @@ def open_input_image(source, max_pixels: int, what: str) -> Image.Image:
     The size is read from the header and refused above `max_pixels` (naming the limit and its
     setting) before any pixel is decoded; a missing, non-image or damaged file is an InvalidRequest.
     """
-    image = open_image(source, max_pixels=PIL_PIXEL_LIMIT, what=what)
     try:
-        check_input_pixels(image.size, max_pixels, what)
-        image.load()
-    except InvalidRequest:
-        image.close()
+        image = open_image(source, max_pixels=max_pixels, what=what)
+    except InvalidRequest as error:
+        if f"at most {megapixels(max_pixels)}" in str(error):  # too large: say which setting sets the limit
+            raise InvalidRequest(f"{error} {INPUT_LIMIT_HINT}") from None
         raise
+    try:
+        image.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as damaged:
         image.close()
         raise InvalidRequest(f"{what} is damaged or incomplete and cannot be read ({damaged}).") from None

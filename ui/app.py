@@ -19,6 +19,7 @@ from pipelines.manager import PipelineManager
 from ui import caches_tab, experiments_tab, face_tab, generate_tab, img2img_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
+from ui.style import CSS
 
 log = logging.getLogger("likeness")
 GENERATE_TAB_ID = "generate"
@@ -66,14 +67,14 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 face = face_tab.build(manager, settings, store, generate["form"], cancels, generate["kept_latents"])
             with gr.Tab("Experiments", id="experiments"):
                 experiments = experiments_tab.build(manager, settings, generate["form"], cancels, face)
-            with gr.Tab("Models", id="models"):
-                models = models_tab.build(manager, [generate["form"]["model"], img2img.model])
+            with gr.Tab("Models", id="models") as models_page:
+                models = models_tab.build(manager, [generate["form"]["model"], img2img.model], models_page)
             with gr.Tab("PNG Info", id="png_info"):
                 png_info = png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
             with gr.Tab("Settings", id="settings") as settings_page:
                 settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
-            with gr.Tab("Caches", id="caches"):
-                caches = caches_tab.build(manager)
+            with gr.Tab("Caches", id="caches") as caches_page:
+                caches = caches_tab.build(manager, caches_page)
         img2img_tab.wire_send_from_gallery(img2img, generate["gallery"], generate["selected"], generate["send_img2img"], generate["send_inpaint"])
         img2img_tab.wire_send_from_file(img2img, png_info["upload"], png_info["raw"], png_info["send_img2img"], png_info["send_inpaint"])
         refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
@@ -116,6 +117,7 @@ def launch(manager: PipelineManager, settings, store, options: ServerOptions = S
         app_kwargs=app_kwargs,
         allowed_paths=[str(manager.config.outputs_dir)],
         js=SHORTCUTS_JS,
+        css=CSS,
         prevent_thread_lock=True,
         show_error=False,
         quiet=True,

@@ -45,11 +45,17 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower())
 
 
-def build(manager: PipelineManager) -> dict:
-    """Lay out the tab; returns `table` and `refresh` so the app can refresh it after a generation."""
-    table = gr.Dataframe(rows(manager), headers=HEADERS, interactive=False, elem_id="caches_table", wrap=True)
-    message = gr.Markdown(elem_id="caches_message")
+def build(manager: PipelineManager, tab: gr.Tab | None = None) -> dict:
+    """Lay out the tab; returns `table` and `refresh` so the app can refresh it after a generation.
+
+    The table is read when a page opens (a callable value) and whenever `tab` (this tab) is shown,
+    so a fresh page never shows build-time zeros until the timer ticks.
+    """
     refresh = lambda: rows(manager)  # noqa: E731
+    table = gr.Dataframe(refresh, headers=HEADERS, interactive=False, elem_id="caches_table", wrap=True)
+    message = gr.Markdown(elem_id="caches_message")
+    if tab is not None:
+        tab.select(refresh, None, table, api_visibility="private", queue=False)
 
     with gr.Row():
         for cache in manager.caches():

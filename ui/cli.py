@@ -74,7 +74,8 @@ def _flag(name: str) -> str:
 
 def _given(args, names) -> dict:
     """The flags of `names` the user gave (a default of None or False means not given)."""
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
+    values = {name: getattr(args, name, None) for name in names}
+    return {name: value for name, value in values.items() if value is not None and value is not False}  # 0 is given (0 == False)
 
 
 def refine_fields(args, manager: PipelineManager) -> dict:

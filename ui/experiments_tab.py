@@ -31,6 +31,15 @@ from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_t
 log = logging.getLogger("likeness")
 NO_AXIS = ""
 AXIS_CHOICES = [("(none)", NO_AXIS)] + [(s.label, s.key) for s in SETTINGS.values()]
+EMPTY_STATE = (
+    "**Nothing run yet.** Pick a setting for at least one axis and its values, then **Run experiment**. "
+    "Here you will then see:\n"
+    "- the **grid** of images, labelled by axis values (X across, Y down, one block per Z value);\n"
+    "- a **table** with one row per cell: stage times, it/s, peak memory, cache hits, the VAE dtype really used, "
+    "and PSNR / SSIM against the baseline cell (wide: scroll it sideways);\n"
+    "- **stage-time bars** per cell and **per-step latency** lines;\n"
+    "- the **exported files**: grid PNG, CSV, JSON and the experiment definition, also saved under the outputs folder."
+)
 EXAMPLES = "Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `0.5-1 [3]` · `\"a, b\", c` · sizes `512x768`"
 
 
@@ -109,13 +118,13 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     gr.Markdown("Starts from the **Generate** tab's current settings (and the **Face** tab's photo and PuLID controls); each "
                 "axis varies one of them. Every cell uses the same seed (a random seed is drawn once). " + EXAMPLES)
     axis_inputs = []
-    with gr.Row():
+    with gr.Row(elem_id="exp_axes"):
         for name in AXIS_NAMES:
             with gr.Column():
                 setting = gr.Dropdown(AXIS_CHOICES, value=NO_AXIS, label=f"{name} axis", elem_id=f"exp_{name.lower()}_setting")
                 values = gr.Textbox(label=f"{name} values", placeholder="e.g. 10,20,30", elem_id=f"exp_{name.lower()}_values")
                 axis_inputs += [setting, values]
-    with gr.Row():
+    with gr.Row(elem_id="exp_options"):
         baseline = gr.Dropdown([("first cell", 0)], value=0, label="Baseline cell (PSNR / SSIM against it)", elem_id="exp_baseline", scale=2)
         warmup = gr.Checkbox(True, label="Warm-up run per model (not timed)", elem_id="exp_warmup")
         repeats = inputs.Slider(1, MAX_REPEATS, value=1, step=1, label="Repeats (medians)", elem_id="exp_repeats")
@@ -130,17 +139,23 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
     if face_form is not None:  # follow the Face tab: photos and controls chosen there apply here too
         for name, component in (("photos", photos), ("id_weight", id_weight), ("start_step", start_step)):
             face_form[name].change(lambda value: value, face_form[name], component, api_visibility="private")
-    with gr.Row():
-        run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run")
-        cancel_button = gr.Button("Cancel", variant="stop", elem_id="exp_cancel")
+    with gr.Row(elem_id="exp_buttons"):
+        run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run", scale=4)
+        # Secondary and small: stopping a grid is the exception, and must not look like the main action.
+        cancel_button = gr.Button("Cancel", variant="secondary", size="sm", elem_id="exp_cancel", scale=1, min_width=100)
     progress = gr.Markdown("Ready.", elem_id="exp_progress")
-    grid = gr.Image(label="Grid", format="png", interactive=False, elem_id="exp_grid")
-    table = gr.Dataframe(label="Cells (medians over the repeats)", interactive=False, wrap=True, elem_id="exp_table")
+    # Until a run has results, one note says what will appear; the result components stay hidden
+    # (an empty Dataframe shows headers "1 2 3", an empty File looks like an upload drop zone).
+    empty = gr.Markdown(EMPTY_STATE, elem_id="exp_empty")
+    grid = gr.Image(label="Grid", format="png", interactive=False, elem_id="exp_grid", visible=False)
+    table = gr.Dataframe(label="Cells (medians over the repeats; scroll sideways for PSNR / SSIM and the baseline)", interactive=False,
+                         wrap=True, elem_id="exp_table", visible=False)
     with gr.Row():
         stage_plot = gr.BarPlot(x="cell", y="seconds", color="stage", title="Stage times per cell", x_label_angle=-30,
-                                elem_id="exp_stage_plot")
-        step_plot = gr.LinePlot(x="step", y="seconds", color="cell", title="Per-step latency", elem_id="exp_step_plot")
-    files = gr.File(label="Export: grid PNG, CSV, JSON, experiment definition", file_count="multiple", interactive=False, elem_id="exp_files")
+                                elem_id="exp_stage_plot", visible=False)
+        step_plot = gr.LinePlot(x="step", y="seconds", color="cell", title="Per-step latency", elem_id="exp_step_plot", visible=False)
+    files = gr.File(label="Export: grid PNG, CSV, JSON, experiment definition", file_count="multiple", interactive=False, elem_id="exp_files",
+                    visible=False)
 
     def on_axes_change(*axis_values):
         """Offer the cells as baseline choices once the axes parse; keep the old choice while they do not."""
@@ -208,17 +223,19 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
         return (
             f"**{result.status()}** Seed {result.plan.seed}; timings on {result.device or 'the device'}, peak memory is "
             f"{result.memory_kind or 'not measured'}.{saved}{notes}",
-            grid_image(result),
-            table_frame(table_rows(result)),
-            gr.update(value=bars, sort=order) if len(bars) else gr.update(value=None),
-            gr.update(value=lines) if len(lines) else gr.update(value=None),
-            exported,
+            gr.update(value=grid_image(result), visible=True),
+            gr.update(value=table_frame(table_rows(result)), visible=True),
+            gr.update(value=bars, sort=order, visible=True) if len(bars) else gr.update(value=None, visible=False),
+            gr.update(value=lines, visible=True) if len(lines) else gr.update(value=None, visible=False),
+            gr.update(value=exported, visible=bool(exported)),
         )
 
     run_event = arm_then(run_button.click, cancels).then(
         run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step], [progress, grid, table, stage_plot, step_plot, files],
         inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
     )
+    # The empty-state note goes once a run has shown its results (a refused or failed run keeps it).
+    run_event.then(lambda image: gr.update(visible=image is None), grid, empty, api_visibility="private", queue=False)
 
     def cancel_experiment(request: gr.Request = None):
         state = cancels.signal(session_id(request))

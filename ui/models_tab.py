@@ -5,8 +5,9 @@ import gradio as gr
 
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
+from ui.caches_tab import human_bytes
 
-COLUMNS = ["name", "family", "format", "size (GiB)", "in memory", "last load", "path", "problem"]
+COLUMNS = ["name", "family", "format", "size", "in memory", "last load", "path", "problem"]
 LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "text encoder", "with the selected model", "path"]
 
 
@@ -16,12 +17,12 @@ def catalog_rows(manager: PipelineManager) -> list[list]:
     for entry in manager.models():
         record = resident.get(entry.name)
         report = manager.last_load(entry.name)
-        size = (record.size_bytes if record else entry.size_bytes) / 2**30
+        size = record.size_bytes if record else entry.size_bytes
         rows.append([
             entry.name,
             entry.family.spec.label if entry.family else "?",
             entry.format,
-            round(size, 2),
+            human_bytes(size) if size else "-",  # in MiB for the small demo model; "-": not measured until loaded
             f"{record.level}{' (locked)' if record.locked else ''}" if record else "",
             f"{report.source} {report.seconds:.2f} s" if report else "",
             str(entry.path),
@@ -56,8 +57,8 @@ def lora_rows(manager: PipelineManager, model_name: str | None) -> list[list]:
 def memory_summary(manager: PipelineManager) -> str:
     status = manager.status()
     return (
-        f"RAM cache {status['ram_cache_bytes'] / 2**30:.2f} GiB of {manager.cache.ram_budget_bytes / 2**30:.1f} GiB · "
-        f"VRAM {status['vram_cache_bytes'] / 2**30:.2f} GiB · {status['memory']}"
+        f"RAM cache {human_bytes(status['ram_cache_bytes'])} of {manager.cache.ram_budget_bytes / 2**30:.1f} GiB · "
+        f"VRAM {human_bytes(status['vram_cache_bytes'])} · {status['memory']}"
     )
 
 
@@ -75,18 +76,25 @@ def model_list(manager: PipelineManager) -> list[dict]:
     ]
 
 
-def build(manager: PipelineManager, model_dropdowns: list) -> dict:
+def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = None) -> dict:
+    """Lay out the tab. Its figures are read when a page opens and whenever `tab` (this tab) is shown:
+    models are loaded by other tabs, sessions and the API, so figures kept from build time would be stale."""
     usable = [e.name for e in manager.models() if e.usable]
+    first = usable[0] if usable else None
     with gr.Row():
-        chosen = gr.Dropdown(usable, value=usable[0] if usable else None, label="Model", scale=3, elem_id="models_choice", allow_custom_value=True)
+        chosen = gr.Dropdown(usable, value=first, label="Model", scale=3, elem_id="models_choice", allow_custom_value=True)
         load = gr.Button("Load", elem_id="models_load", scale=0)
         unload = gr.Button("Unload", elem_id="models_unload", scale=0)
         refresh = gr.Button("Refresh", elem_id="models_refresh", scale=0)
     message = gr.Markdown(elem_id="models_message")
-    memory = gr.Markdown(memory_summary(manager), elem_id="models_memory")
-    table = gr.Dataframe(catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
-    loras = gr.Dataframe(lora_rows(manager, chosen.value), headers=LORA_COLUMNS, interactive=False, wrap=True, elem_id="models_loras",
+    # A callable value is read again on every page load.
+    memory = gr.Markdown(lambda: memory_summary(manager), elem_id="models_memory")
+    table = gr.Dataframe(lambda: catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
+    loras = gr.Dataframe(lambda: lora_rows(manager, first), headers=LORA_COLUMNS, interactive=False, wrap=True, elem_id="models_loras",
                          label=f"LoRAs in {manager.config.models_dir / 'Lora'} (use <lora:name:weight> in the prompt)")
+    if tab is not None:
+        tab.select(lambda name: (memory_summary(manager), catalog_rows(manager), lora_rows(manager, name)), chosen,
+                   [memory, table, loras], api_visibility="private", queue=False)
 
     def on_load(name):
         try:

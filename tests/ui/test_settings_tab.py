@@ -59,3 +59,31 @@ def test_a_remote_browser_without_login_saves_only_unprotected_fields(make_manag
     message, *rest = tab["on_save"](fake_request("192.168.1.20", username="alice"), fresh,
                                     *[dict(fresh, allow_pickle=True)[name] for name in names])
     assert "Saved Allow pickle checkpoints" in message and settings.allow_pickle is True and manager.config.allow_pickle is True
+
+
+def test_every_setting_has_one_section_and_every_choice_is_valid():
+    import dataclasses
+
+    from settings.schema import AppSettings
+    from ui.settings_tab import SECTIONS, SETTING_CHOICES, device_choices, sections
+
+    grouped = sections(list(SETTING_INFO))
+    placed = [name for members in grouped.values() for name in members]
+    assert sorted(placed) == sorted(SETTING_INFO), "each setting shows exactly once"
+    assert "Other" not in grouped, f"place these in a section: {grouped.get('Other')}"
+    assert {name for members in SECTIONS.values() for name in members} <= set(SETTING_INFO), "a section names an unknown setting"
+    assert sections(["preview_every", "brand_new"])["Other"] == ["brand_new"], "a new setting still shows"
+
+    for name, choices in {**SETTING_CHOICES, "device": tuple(device_choices())}.items():
+        assert getattr(AppSettings(), name) in choices, name
+        for choice in choices:
+            assert name not in dataclasses.replace(AppSettings(), **{name: choice}).validate(), (name, choice)
+        assert name in dataclasses.replace(AppSettings(), **{name: "no-such-choice"}).validate(), name
+
+
+def test_problems_are_kept_per_field():
+    from ui.settings_tab import find_changes
+
+    loaded = {"preview_every": 5, "ram_cache_gb": 16.0}
+    changes, problems = find_changes(["preview_every", "ram_cache_gb"], [None, 2.5], loaded)
+    assert changes == {"ram_cache_gb": 2.5} and problems == {"preview_every": "enter a value"}

@@ -1,0 +1,45 @@
+"""The app's own CSS, in one place (Gradio 6 takes it in `launch(css=...)`).
+
+Each rule says which tab or issue it serves; selectors use our `elem_id`s and `elem_classes`, and
+Gradio's own class names only where there is no other hook (the Dataframe's header cells and
+scroll viewport), so a Gradio upgrade that renames them loses the polish, not the function.
+"""
+from __future__ import annotations
+
+TABLES = """
+/* Tables: a header breaks between words, never inside one ("forma/t", "St/ep/s"): its column is at
+   least as wide as its longest word; a table wider than the page scrolls, with a scrollbar one can see. */
+.table-wrap th.header-cell .header-content > span {
+  word-break: keep-all !important;
+  overflow-wrap: normal !important;
+  hyphens: none;
+  min-width: min-content !important;
+}
+.table-wrap .virtual-table-viewport { scrollbar-width: auto !important; scrollbar-color: #8a8a8a #e5e5e5 !important; }
+.table-wrap .virtual-table-viewport::-webkit-scrollbar { height: 10px !important; width: 10px !important; }
+.table-wrap .virtual-table-viewport::-webkit-scrollbar-thumb { background-color: #8a8a8a !important; border-radius: 5px; }
+.table-wrap .virtual-table-viewport::-webkit-scrollbar-track { background-color: #e5e5e5; }
+"""
+
+EXPERIMENTS = """
+/* Experiments: the empty state, and room between the axis columns and option rows. */
+#exp_empty { border: 1px dashed var(--border-color-primary); border-radius: var(--radius-lg); padding: var(--size-4) var(--size-6);
+             color: var(--body-text-color); background: var(--background-fill-secondary); }
+#exp_axes, #exp_options { gap: var(--size-4) !important; }
+#exp_buttons { align-items: center; }
+"""
+
+SETTINGS = """
+/* Settings: Save stays in view while the form scrolls; help text readable; a refused field marked.
+   Gradio's container is overflow: hidden, which makes it the scroll box a sticky element sticks in (and it
+   never scrolls); clip cuts overflow the same way without being a scroll box. */
+.gradio-container { overflow: clip !important; }
+#settings_bar { position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary);
+                padding: var(--size-2) 0; border-bottom: 1px solid var(--border-color-primary); align-items: center; }
+#settings_form .info-text { color: var(--body-text-color) !important; opacity: 0.85; }
+#settings_form [data-testid=block-info], #settings_form .label-text { color: var(--body-text-color) !important; }
+#settings_form .setting-error { border: 2px solid #d92d20 !important; border-radius: var(--radius-md); }
+#settings_form .setting-error .info-text { color: #b42318 !important; opacity: 1; font-weight: 600; }
+"""
+
+CSS = TABLES + EXPERIMENTS + SETTINGS
