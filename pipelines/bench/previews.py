@@ -93,5 +93,5 @@ def report(data: dict) -> list[str]:
              seconds(r["taesd_seconds"]), ratio(r["ratio"])] for r in data["rows"]]
     return [table(["row", "decoder", "latents", "preview", "cheap", "TAESD", "TAESD/cheap"], rows, align="lllrrrr"),
             f"  {data['device']}, {data['dtype']}, {data['threads']} torch thread(s); medians of {data['repeats']} calls after one that loads the "
-            f"decoder. The cheap map is {data['rows'][0]['latent']}x smaller than the image (1 pixel per latent); TAESD decodes the full size.",
+            f"decoder. The cheap map is 1/8 of the image's width (1 pixel per latent); TAESD decodes the full size.",
             "  A preview runs every N steps (Settings: preview_every), so its share of a step is this time / N / the step time."]

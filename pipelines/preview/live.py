@@ -26,7 +26,7 @@ from PIL import Image
 from pipelines.errors import ModelLoadError
 from pipelines.families import Family
 from pipelines.generate import LoadedModel, latent_preview, spatial_latents
-from pipelines.preview.tiny_vae import build_tiny_decoder, find_tiny_decoder
+from pipelines.preview.tiny_vae import approx_folder, build_tiny_decoder, find_tiny_decoder
 from pipelines.telemetry import Notice
 
 log = logging.getLogger("likeness")
@@ -112,6 +112,9 @@ def render_preview(preview: LivePreview | None, model: LoadedModel, latents: tor
                 problem = f"the {model.family.spec.tiny_autoencoder.upper()} preview decode failed ({error.__class__.__name__}: {str(error)[:200]})."
         if problem is not None:
             _report(preview.decoders, problem, publish)
+        elif decoder is None and preview.decoders.first_report(f"no {model.family.spec.tiny_autoencoder} file"):  # not an error: logged once
+            log.info("live preview: TAESD is chosen, but %s holds no %s_decoder file or %s/ folder: the cheap preview is shown",
+                     approx_folder(preview.models_dir), model.family.spec.tiny_autoencoder, model.family.spec.tiny_autoencoder)
     return latent_preview(model, latents, height, width)
 
 

@@ -73,7 +73,7 @@ def candidates(models_dir: Path, family: Family) -> list[Path]:
 
 def find_tiny_decoder(models_dir: Path, family: Family) -> TinyDecoderFile | None:
     for path in candidates(models_dir, family):
-        if path.is_file() or (path.is_dir() and path.name == family.spec.tiny_autoencoder):
+        if path.is_file() or (path.is_dir() and path.suffix == ""):  # a file, or the diffusers folder
             return TinyDecoderFile(path, family)
     return None
 
