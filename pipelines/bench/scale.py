@@ -84,7 +84,7 @@ def _milvus_cache(folder: Path):
 def _load_milvus(cache, entries, vectors) -> None:
     store = cache.vectors
     for start in range(0, len(entries), BATCH):
-        store.insert_many(entries[start:start + BATCH], vectors[start:start + BATCH])
+        store.insert_many(entries[start:start + BATCH], vectors[start:start + BATCH], timeout=600)
     for name in store._collections:  # the index over everything loaded, as a long-running cache has it
         store.client.flush(name, timeout=600)
         deadline = time.monotonic() + 600

@@ -30,7 +30,8 @@ import numpy as np
 from pipelines.caches.vector_store import Entry, Item, StoreUnavailable, VectorStore
 
 COLLECTION_PREFIX = "likeness_approx_d"
-CALL_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 10.0  # lookups: a generation waits on them
+WRITE_TIMEOUT_S = 60.0  # inserts, flushes: Milvus Lite can be slow while it compacts in the background
 LITE_FLUSH_EVERY = 64  # Milvus Lite searches unflushed rows by brute force in Python: keep that part small
 INSTALL_HINT = "pip install -r requirements-scale.txt"
 
@@ -85,10 +86,10 @@ class MilvusStore(VectorStore):
     def describe(self) -> str:
         return f"Milvus Lite in {self.uri}" if self.lite else f"the Milvus server at {self.uri}"
 
-    def _call(self, what: str, function, *args, **kwargs):
+    def _call(self, what: str, function, *args, timeout: float | None = None, **kwargs):
         """One pymilvus call; every failure becomes StoreUnavailable naming the store and the call."""
         try:
-            return function(*args, timeout=self.timeout, **kwargs)
+            return function(*args, timeout=timeout or self.timeout, **kwargs)
         except StoreUnavailable:
             raise
         except Exception as error:  # noqa: BLE001 - pymilvus/grpc raise many types; all mean "cannot use it now"
@@ -105,7 +106,10 @@ class MilvusStore(VectorStore):
             except OSError as error:
                 raise StoreUnavailable(f"cannot open {self.describe()}: its folder cannot be made ({error.strerror or error})") from error
         try:
-            self.client = pymilvus.MilvusClient(str(Path(self.uri).expanduser()) if self.lite else self.uri, timeout=self.timeout)
+            options = {}
+            if self.lite:  # the in-process server refuses pymilvus' default 10 s keepalive pings ("too_many_pings")
+                options["grpc_options"] = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
+            self.client = pymilvus.MilvusClient(str(Path(self.uri).expanduser()) if self.lite else self.uri, timeout=self.timeout, **options)
         except Exception as error:  # noqa: BLE001
             detail = getattr(error, "message", None) or str(error)
             if self.lite:
@@ -152,7 +156,8 @@ class MilvusStore(VectorStore):
         index.add_index("vector", index_type="HNSW", metric_type="IP",
                         params={"M": self.neighbours, "efConstruction": max(64, 2 * self.neighbours)})
         try:
-            self._call("create collection", self.client.create_collection, name, schema=schema, index_params=index)
+            self._call("create collection", self.client.create_collection, name, schema=schema, index_params=index,
+                       timeout=WRITE_TIMEOUT_S)
         except StoreUnavailable:
             if not self._call("has collection", self.client.has_collection, name):  # not a race with another client
                 raise
@@ -166,10 +171,10 @@ class MilvusStore(VectorStore):
         name = self._collection(entry.dim, create=True)
         row = {"id": entry.id, "vector": np.asarray(vector, dtype=np.float32).tolist(), "namespace": _literal(entry.namespace),
                "partition": _literal(entry.partition), "created": entry.created, "meta": _meta(entry)}
-        self._call("insert", self.client.insert, name, [row])
+        self._call("insert", self.client.insert, name, [row], timeout=WRITE_TIMEOUT_S)
         self._flushed_now_and_then(name, 1)
 
-    def insert_many(self, entries: list[Entry], vectors: np.ndarray) -> None:
+    def insert_many(self, entries: list[Entry], vectors: np.ndarray, timeout: float = WRITE_TIMEOUT_S) -> None:
         """Bulk insert (benchmarks and imports): the same rows as `insert`, in one call per collection."""
         by_dim: dict[int, list[dict]] = {}
         for entry, vector in zip(entries, vectors):
@@ -178,7 +183,7 @@ class MilvusStore(VectorStore):
                                                      "created": entry.created, "meta": _meta(entry)})
         for dim, rows in by_dim.items():
             name = self._collection(dim, create=True)
-            self._call("insert", self.client.insert, name, rows)
+            self._call("insert", self.client.insert, name, rows, timeout=timeout)
             self._flushed_now_and_then(name, len(rows))
 
     def _flushed_now_and_then(self, name: str, rows: int) -> None:
@@ -187,7 +192,7 @@ class MilvusStore(VectorStore):
         self._unflushed[name] = self._unflushed.get(name, 0) + rows
         if self._unflushed[name] >= LITE_FLUSH_EVERY:
             try:
-                self._call("flush", self.client.flush, name)
+                self._call("flush", self.client.flush, name, timeout=WRITE_TIMEOUT_S)
             except StoreUnavailable as error:
                 # Only speed depends on it (Milvus Lite may be busy compacting): try again after the next insert.
                 logging.getLogger("likeness").debug("approximate cache: %s", error)
@@ -232,7 +237,7 @@ class MilvusStore(VectorStore):
         for dim, ids in by_dim.items():
             name = self._collection(dim, create=False)
             if name is not None:
-                self._call("delete", self.client.delete, name, ids=ids)
+                self._call("delete", self.client.delete, name, ids=ids, timeout=WRITE_TIMEOUT_S)
 
     def entries(self) -> list[Entry]:
         listed = []
@@ -258,4 +263,4 @@ class MilvusStore(VectorStore):
 
     def clear(self) -> None:
         for name in list(self._collections):
-            self._call("clear", self.client.delete, name, filter="id > 0")
+            self._call("clear", self.client.delete, name, filter="id > 0", timeout=WRITE_TIMEOUT_S)
