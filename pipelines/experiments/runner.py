@@ -19,7 +19,7 @@ from pipelines.experiments.fidelity import ArcFaceScorer, Fidelity, compare
 from pipelines.experiments.plan import Cell, Plan
 from pipelines.generate import CancelToken
 from pipelines.request import GenerationResult
-from pipelines.telemetry import StepDone
+from pipelines.telemetry import PreviewReady, StepDone
 
 log = logging.getLogger("likeness")
 
@@ -34,6 +34,7 @@ class ExperimentProgress:
     phase: str  # "warm-up" or "run 2 of 3"
     step: int = 0
     steps: int = 0
+    preview: object = None  # the running cell's latest live preview (PIL; cheap or TAESD, as Settings says)
 
     @property
     def fraction(self) -> float:
@@ -179,9 +180,9 @@ class _Progress:
         self.done = 0
         self.listener = listener
 
-    def send(self, label: str, phase: str, step: int = 0, steps: int = 0) -> None:
+    def send(self, label: str, phase: str, step: int = 0, steps: int = 0, preview=None) -> None:
         if self.listener:
-            self.listener(ExperimentProgress(self.done, self.total, label, phase, step, steps))
+            self.listener(ExperimentProgress(self.done, self.total, label, phase, step, steps, preview))
 
     def skip(self, runs: int) -> None:
         self.done += runs
@@ -193,9 +194,16 @@ def _run_once(manager, cell: Cell, phase: str, progress: _Progress, cancel: Canc
         raise GenerationCancelled()
     progress.send(cell.label, phase)
 
+    latest = {"step": 0, "steps": 0, "preview": None}  # a preview follows its step's StepDone
+
     def on_event(event) -> None:
         if isinstance(event, StepDone):
-            progress.send(cell.label, phase, event.index, event.total)
+            latest.update(step=event.index, steps=event.total)
+        elif isinstance(event, PreviewReady):
+            latest["preview"] = event.image
+        else:
+            return
+        progress.send(cell.label, phase, latest["step"], latest["steps"], latest["preview"])
 
     try:
         run = manager.generate(cell.request, listener=on_event, cancel=cancel, face=cell.face, reuse_latents=False)

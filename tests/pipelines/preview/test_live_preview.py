@@ -133,12 +133,18 @@ def test_experiment_runs_publish_the_chosen_preview(family_manager):
     """Experiments run through manager.generate: their previews (the manager's bus, A1111's /progress) follow the setting."""
     manager, models = family_manager("sd15", live_preview="TAESD")
     write_diffusers_folder(models, Family.SD15)
-    seen = []
+    seen, progress = [], []
     unsubscribe = manager.bus.subscribe(lambda e: seen.append(e.image) if isinstance(e, PreviewReady) else None)
     try:
         base = {"model": DEMO_MODEL_NAME, "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3}
-        result = run_experiment(manager, build_plan(Experiment(base, [AxisSpec("cfg_scale", "1, 7")], repeats=1, warmup=False), manager))
+        plan = build_plan(Experiment(base, [AxisSpec("cfg_scale", "1, 7")], repeats=1, warmup=False), manager)
+        result = run_experiment(manager, plan, progress.append)
     finally:
         unsubscribe()
     assert result.finished_cells == 2
     assert [p.size for p in seen] == [(64, 64)] * 2
+    # The experiment's own progress carries the running cell's latest preview, from its step 1 on.
+    carried = [(p.cell_label, p.step, p.preview.size) for p in progress if p.preview is not None]
+    assert {label for label, _, _ in carried} == {cell.label for cell in plan.cells}
+    assert all(step >= 1 and size == (64, 64) for _, step, size in carried)
+    assert all(p.preview is None for p in progress if p.step == 0)
