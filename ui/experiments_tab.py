@@ -140,9 +140,9 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
         for name, component in (("photos", photos), ("id_weight", id_weight), ("start_step", start_step)):
             face_form[name].change(lambda value: value, face_form[name], component, api_visibility="private")
     with gr.Row(elem_id="exp_buttons"):
-        run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run", scale=4)
+        run_button = gr.Button("Run experiment", variant="primary", elem_id="exp_run", scale=0, min_width=280)
         # Secondary and small: stopping a grid is the exception, and must not look like the main action.
-        cancel_button = gr.Button("Cancel", variant="secondary", size="sm", elem_id="exp_cancel", scale=1, min_width=100)
+        cancel_button = gr.Button("Cancel", variant="secondary", size="sm", elem_id="exp_cancel", scale=0, min_width=100)
     progress = gr.Markdown("Ready.", elem_id="exp_progress")
     # Until a run has results, one note says what will appear; the result components stay hidden
     # (an empty Dataframe shows headers "1 2 3", an empty File looks like an upload drop zone).
@@ -223,19 +223,22 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
         return (
             f"**{result.status()}** Seed {result.plan.seed}; timings on {result.device or 'the device'}, peak memory is "
             f"{result.memory_kind or 'not measured'}.{saved}{notes}",
-            gr.update(value=grid_image(result), visible=True),
-            gr.update(value=table_frame(table_rows(result)), visible=True),
-            gr.update(value=bars, sort=order, visible=True) if len(bars) else gr.update(value=None, visible=False),
-            gr.update(value=lines, visible=True) if len(lines) else gr.update(value=None, visible=False),
-            gr.update(value=exported, visible=bool(exported)),
+            grid_image(result),
+            table_frame(table_rows(result)),
+            gr.update(value=bars, sort=order) if len(bars) else gr.update(value=None),
+            gr.update(value=lines) if len(lines) else gr.update(value=None),
+            exported,
         )
 
     run_event = arm_then(run_button.click, cancels).then(
         run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step], [progress, grid, table, stage_plot, step_plot, files],
         inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
     )
-    # The empty-state note goes once a run has shown its results (a refused or failed run keeps it).
-    run_event.then(lambda image: gr.update(visible=image is None), grid, empty, api_visibility="private", queue=False)
+    # Once a run has results, they replace the empty-state note (a refused or failed run keeps it). A
+    # separate step, so the experiment API returns plain values, not visibility updates.
+    results = [grid, table, stage_plot, step_plot, files]
+    run_event.then(lambda image: (gr.update(visible=image is None), *[gr.update(visible=image is not None)] * len(results)),
+                   grid, [empty, *results], api_visibility="private", queue=False)
 
     def cancel_experiment(request: gr.Request = None):
         state = cancels.signal(session_id(request))

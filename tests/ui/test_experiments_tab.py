@@ -50,6 +50,7 @@ def test_two_by_two_grid_on_the_demo_model(page, live_app):
     page.click("#exp_run")
     progress_shows(page, "Done: 4 of 4 cells", timeout=120000)
 
+    page.wait_for_selector("#exp_grid img", timeout=15000)  # the results show in a step right after "Done"
     assert page.locator("#exp_grid img").count() == 1
     table = page.inner_text("#exp_table")
     for label in ("Steps: 2, CFG scale: 1", "Steps: 3, CFG scale: 1", "Steps: 2, CFG scale: 7", "Steps: 3, CFG scale: 7"):
