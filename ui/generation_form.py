@@ -132,8 +132,8 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     with gr.Row():
         sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id=f"{prefix}sampler")
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
-        random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=60, scale=0, size="sm")
-        reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=60, scale=0, size="sm")
+        random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=80, scale=0, size="sm")
+        reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=96, scale=0, size="sm")  # one line
     with gr.Row():
         batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
         batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
@@ -221,7 +221,8 @@ def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}stop")
     readout = gr.Markdown("Ready.", elem_id=f"{prefix}readout")
     preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview")
-    gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, elem_id=f"{prefix}gallery")
+    # Not an upload box, though the Send buttons read it as an input.
+    gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, interactive=False, elem_id=f"{prefix}gallery")
     return RunPanel(generate, skip, stop, readout, preview, gallery)
 
 

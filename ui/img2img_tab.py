@@ -161,6 +161,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             before_after = generation_form.before_after_panel(PREFIX)
             breakdown = gr.Markdown(elem_id=f"{PREFIX}breakdown")
     mode = gr.State("img2img")
+    sent_to_editor = gr.State(False)  # Send just put a picture in the editor
     last_seed = gr.State(-1)
     infotexts = gr.State([])
     form = {"model": model} | fields
@@ -182,27 +183,29 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         if not path:
             return gr.update(), gr.update(), gr.update(), gr.update()
         try:
-            picture = open_checked(path, max_pixels(settings), "The picture")
+            picture = open_checked(path, max_pixels(settings), "The uploaded file")
         except InvalidRequest as error:
             return f"⚠ {error}", None, gr.update(), gr.update()
         fitted = fitted_size(picture.size, family_of(model_name))
         return size_note(picture, fitted), gr.update(), fitted[0], fitted[1]
 
-    def on_editor_upload(raw, model_name):
+    def on_editor_upload(raw, model_name, sent):
         background, _layers = editor_sources(editor, raw)
         if background is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), False
         try:
-            picture = open_checked(background, max_pixels(settings), "The picture")
-        except InvalidRequest as error:
-            return f"⚠ {error}", None, gr.update(), gr.update()
+            picture = open_checked(background, max_pixels(settings), "The uploaded file")
+        except InvalidRequest as error:  # the editor keeps it (an update to it would wipe strokes): the run refuses it
+            return f"⚠ {error} Drop another picture.", gr.update(), gr.update(), False
+        if sent:  # the picture Send put here (the editor reports it as an upload): Send's message and size stand
+            return gr.update(), gr.update(), gr.update(), False
         fitted = fitted_size(picture.size, family_of(model_name))
-        return size_note(picture, fitted) + " Paint over what to change.", gr.update(), fitted[0], fitted[1]
+        return size_note(picture, fitted) + " Paint over what to change.", fitted[0], fitted[1], False
 
     image.upload(on_image_upload, [image, model], [message, image, fields["width"], fields["height"]], preprocess=False,
                  api_visibility="private")
-    editor.upload(on_editor_upload, [editor, model], [message, editor, fields["width"], fields["height"]], preprocess=False,
-                  api_visibility="private")
+    editor.upload(on_editor_upload, [editor, model, sent_to_editor], [message, fields["width"], fields["height"], sent_to_editor],
+                  preprocess=False, api_visibility="private")
 
     def refine_values(mode, image, editor_value, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
                       inpaint_full_res_padding, mask_mode) -> tuple[dict, list[str]]:
@@ -283,18 +286,19 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
 
     # What Send to img2img / inpaint fills: the outer tab, the sub-tab, the mode, both pictures, the message, then the form.
     sent_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "vae_dtype", "width", "height")
-    targets = [tabs, modes, mode, inpaint_options, image, editor, message, *[form[name] for name in sent_fields]]
+    targets = [tabs, modes, mode, inpaint_options, image, editor, sent_to_editor, message, *[form[name] for name in sent_fields]]
 
     def receive(path, text, target_mode, current_model):
         """Updates for `targets`: the picture at `path` (checked) with the parameters `text` it carried."""
         keep = [gr.update()] * len(sent_fields)
-        if not path:
-            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+        if not path:  # the user stays where they are: say it there
+            gr.Warning("Nothing to send: there is no image yet.")
+            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
                     "⚠ Nothing to send: there is no image yet.", *keep)
         try:
             picture = flatten_image(open_checked(path, max_pixels(settings), "The image"))
         except InvalidRequest as error:
-            return (gr.Tabs(selected=TAB_ID), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), f"⚠ {error}", *keep)
+            return (gr.Tabs(selected=TAB_ID), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), f"⚠ {error}", *keep)
         values, notes = generate_form_values(text, manager, {"model": current_model}) if text else ({}, [])
         fitted = fitted_size(picture.size, family_of(values.get("model", current_model)))
         values["width"], values["height"] = fitted
@@ -306,7 +310,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         image_value = picture if target_mode == "img2img" else gr.update()
         updates = [gr.update(value=values[name]) if name in values else gr.update() for name in sent_fields]
         return (gr.Tabs(selected=TAB_ID), gr.Tabs(selected=target_mode), target_mode, gr.update(visible=target_mode == "inpaint"),
-                image_value, editor_value, text_out, *updates)
+                image_value, editor_value, target_mode == "inpaint", text_out, *updates)
 
     return Img2ImgTab(targets, receive, run_event, model)
 

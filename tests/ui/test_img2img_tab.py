@@ -1,0 +1,261 @@
+"""The img2img tab in a real browser: upload, paint a mask with the mouse, inpaint, img2img, Send to img2img, hires fix.
+
+Each state is kept as a screenshot under test-artifacts/ (and LIKENESS_SHOTS, when set, for a person to look at).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.ui.conftest import ARTIFACTS
+from tests.ui.test_generate_tab import set_number
+
+SIZE = 128  # the demo model's own size: the picture is generated at its size, so nothing is resized
+STEP = re.compile(r"step (\d+)/(\d+)")
+
+
+def shot(page, name: str) -> None:
+    for folder in filter(None, (ARTIFACTS, os.environ.get("LIKENESS_SHOTS"))):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"img2img-{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    """A smooth gradient, so a changed pixel is easy to tell from a kept one."""
+    ramp = np.arange(SIZE, dtype=np.uint8) * 2
+    pixels = np.stack([np.broadcast_to(ramp[None, :], (SIZE, SIZE)), np.broadcast_to(ramp[:, None], (SIZE, SIZE)),
+                       np.full((SIZE, SIZE), 90, np.uint8)], axis=-1)
+    path = tmp_path_factory.mktemp("pictures") / "gradient.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def open_img2img(page, sub_tab: str = "img2img") -> None:
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    page.wait_for_selector("#i2i_generate", state="visible")
+    if sub_tab == "inpaint":
+        page.get_by_role("tab", name="Inpaint", exact=True).click()
+        page.wait_for_selector("#i2i_editor", state="visible")
+
+
+def wait_idle(page, elem_id: str, timeout: float = 30) -> None:
+    """Past Gradio's "processing" overlay on a component (an upload handler still running)."""
+    page.wait_for_function(f"!(document.querySelector('#{elem_id}')?.innerText || '').match(/queue|processing/i)", timeout=timeout * 1000)
+
+
+def upload_to_editor(page, path: Path) -> None:
+    page.locator("#i2i_editor input[type=file]").set_input_files(str(path))
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
+    wait_idle(page, "i2i_editor")
+
+
+def pixels_at(page, x: float, y: float) -> np.ndarray:
+    """What the screen shows in a 4x4 square at (x, y): the editor's WebGL canvas cannot be read back directly."""
+    import io
+
+    png = page.screenshot(clip={"x": x - 2, "y": y - 2, "width": 4, "height": 4})
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def paint_stroke(page) -> None:
+    """A short horizontal brush stroke across the middle of the picture, drawn with the mouse.
+
+    The editor builds its canvas after the upload settles; a stroke drawn before that selects page
+    text instead, so the stroke is drawn again until the screen shows it.
+    """
+    for _attempt in range(5):
+        page.locator("#i2i_editor button[aria-label=Brush]").click()
+        box = page.locator("#i2i_editor canvas").first.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + 2, box["y"] + 2)  # the brush's outline follows the mouse: keep it off the spot
+        before = pixels_at(page, x, y)
+        page.mouse.move(x - 30, y)
+        page.mouse.down()
+        for i in range(13):
+            page.mouse.move(x - 30 + 5 * i, y, steps=2)
+        page.mouse.up()
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        time.sleep(0.5)  # the editor sends its layers after the stroke
+        if np.abs(pixels_at(page, x, y) - before).mean() > 20:
+            return
+        time.sleep(1)
+    raise AssertionError("the editor never took the brush stroke")
+
+
+def run_and_wait(page, prefix: str = "i2i_", timeout: float = 120, running_shot: str | None = None) -> str:
+    page.click(f"#{prefix}generate")
+    deadline, shot_taken = time.time() + timeout, running_shot is None
+    while time.time() < deadline:
+        readout = page.inner_text(f"#{prefix}readout")
+        if not shot_taken and STEP.search(readout):
+            shot(page, running_shot)
+            shot_taken = True
+        if readout.startswith("⚠") or page.locator(f"#{prefix}breakdown table").count():
+            return readout
+        time.sleep(0.2)
+    raise AssertionError(f"the run never finished: {page.inner_text(f'#{prefix}readout')!r}")
+
+
+def newest_output(root: Path, after: float) -> Image.Image:
+    files = [p for p in (root / "outputs").rglob("*.png") if p.stat().st_mtime >= after and "experiments" not in p.parts]
+    assert files, "no image was saved"
+    return Image.open(max(files, key=lambda p: p.stat().st_mtime)).convert("RGB")
+
+
+def test_fresh_tab_then_inpaint_a_painted_stroke_keeps_the_rest(page, live_app, picture):
+    open_img2img(page)
+    shot(page, "1-fresh")
+    open_img2img(page, "inpaint")
+    page.wait_for_selector("#i2i_inpaint_options", state="visible", timeout=10000)
+    upload_to_editor(page, picture)
+    assert page.input_value("#i2i_width input[type=number]") == str(SIZE)
+    paint_stroke(page)
+    shot(page, "2-painted-mask")
+    page.fill("#i2i_prompt textarea", "a red circle")
+    set_number(page, "i2i_steps", 20)
+    set_number(page, "i2i_denoising_strength", 1)
+    set_number(page, "i2i_seed", 7)
+    started = time.time()
+    readout = run_and_wait(page, running_shot="3-running")
+    assert not readout.startswith("⚠"), readout
+    shot(page, "4-done")
+    assert page.locator("#i2i_gallery img").count() >= 1
+    assert "Denoising strength" in page.input_value("#i2i_infotext textarea") or "a red circle" in page.input_value("#i2i_infotext textarea")
+    result = np.asarray(newest_output(live_app["root"], started), dtype=np.int16)
+    original = np.asarray(Image.open(picture).convert("RGB"), dtype=np.int16)
+    assert result.shape == original.shape
+    # The stroke crosses the middle: the corners are far outside it (and its 4 px blur) and are the original, bit for bit.
+    for rows, cols in ((slice(0, 24), slice(0, 24)), (slice(0, 24), slice(-24, None)), (slice(-24, None), slice(0, 24)),
+                       (slice(-24, None), slice(-24, None))):
+        assert np.abs(result[rows, cols] - original[rows, cols]).max() <= 1, "a pixel outside the mask changed"
+    middle = np.abs(result[54:74, 54:74] - original[54:74, 54:74]).mean()
+    assert middle > 8, f"the painted area did not change (mean difference {middle:.1f})"
+
+
+def test_empty_mask_is_a_message(page, picture):
+    open_img2img(page, "inpaint")
+    upload_to_editor(page, picture)
+    set_number(page, "i2i_steps", 2)
+    readout = run_and_wait(page)
+    shot(page, "5-error-empty-mask")
+    assert readout.startswith("⚠") and "mask is empty" in readout, readout
+    assert "Traceback" not in page.content()
+
+
+def test_img2img_at_half_strength(page, live_app, picture):
+    open_img2img(page)
+    page.locator("#i2i_image input[type=file]").set_input_files(str(picture))
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
+    page.fill("#i2i_prompt textarea", "a blue square")
+    set_number(page, "i2i_steps", 10)
+    set_number(page, "i2i_denoising_strength", 0.5)
+    started = time.time()
+    readout = run_and_wait(page)
+    assert not readout.startswith("⚠"), readout
+    assert "5/5" in readout, f"strength 0.5 of 10 steps runs 5: {readout!r}"
+    breakdown = page.inner_text("#i2i_breakdown")
+    assert "img encode" in breakdown and "denoise" in breakdown
+    result = newest_output(live_app["root"], started)
+    assert result.size == (SIZE, SIZE)
+    shot(page, "6-img2img-done")
+
+
+def test_bad_input_gives_messages(page, tmp_path, picture):
+    open_img2img(page)
+    fake = tmp_path / "not-a-picture.png"
+    fake.write_text("this is text, not a PNG")
+    page.locator("#i2i_image input[type=file]").set_input_files(str(fake))
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('⚠')", timeout=30000)
+    assert "not an image" in page.inner_text("#i2i_message")
+    shot(page, "7-error-not-an-image")
+    page.locator("#i2i_image input[type=file]").set_input_files(str(picture))
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
+    set_number(page, "i2i_steps", 2)
+    set_number(page, "i2i_denoising_strength", 1.5)
+    readout = run_and_wait(page)
+    value = page.input_value("#i2i_denoising_strength input[type=number]")
+    # Either the browser kept 1.5 and the engine names the field, or the slider clamped it to its maximum and it ran.
+    assert ("Denoising strength must be between 0 and 1" in readout) or (float(value) <= 1 and not readout.startswith("⚠")), (readout, value)
+    shot(page, "8-strength-out-of-range")
+
+
+def test_send_to_img2img_from_generate(page):
+    page.fill("#prompt textarea", "a green star")
+    set_number(page, "steps", 2)
+    run_and_wait(page, prefix="")
+    page.click("#send_img2img")
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Sent to img2img')", timeout=30000)
+    assert page.locator("#i2i_generate").is_visible()
+    assert page.input_value("#i2i_prompt textarea") == "a green star"
+    assert page.locator("#i2i_image img").count() == 1
+    shot(page, "9-sent-to-img2img")
+    page.get_by_role("tab", name="Generate", exact=True).first.click()
+    page.click("#send_inpaint")
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Sent to Inpaint')", timeout=30000)
+    page.wait_for_selector("#i2i_editor", state="visible", timeout=10000)
+    page.wait_for_selector("#i2i_inpaint_options", state="visible", timeout=10000)
+
+
+def test_hires_fix_doubles_the_size(page, live_app):
+    page.fill("#prompt textarea", "a lighthouse")
+    set_number(page, "steps", 2)
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    page.locator("#hires_panel").get_by_text("Hires. fix").click()
+    page.wait_for_selector("#hires_scale input[type=number]", state="visible")
+    time.sleep(0.5)  # the accordion's opening
+    for elem_id in ("hires_scale", "hires_steps"):
+        set_number(page, elem_id, 2)
+        assert float(page.input_value(f"#{elem_id} input[type=number]")) == 2
+    shot(page, "10-hires-panel")
+    started = time.time()
+    readout = run_and_wait(page, prefix="")
+    assert not readout.startswith("⚠"), readout
+    assert newest_output(live_app["root"], started).size == (128, 128)
+    assert "hires" in page.inner_text("#breakdown")
+
+
+def test_png_info_sends_the_picture_to_inpaint(page, live_app, picture):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a blue heart\nSteps: 3, Sampler: Euler, CFG scale: 6, Seed: 42, Size: 128x128")
+    path = live_app["root"] / "with-parameters.png"
+    Image.open(picture).save(path, pnginfo=info)
+    page.get_by_role("tab", name="PNG Info", exact=True).click()
+    page.locator("#png_upload input[type=file]").set_input_files(str(path))
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30000)
+    page.click("#png_send_inpaint")
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Sent to Inpaint')", timeout=30000)
+    page.wait_for_selector("#i2i_editor canvas", state="visible", timeout=10000)
+    assert page.input_value("#i2i_prompt textarea") == "a blue heart"
+    assert page.input_value("#i2i_seed input") == "42"
+    page.locator("#i2i_detailer_panel").get_by_text("Face detailer").click()
+    wait_idle(page, "i2i_editor")
+    time.sleep(1)
+    assert "Sent to Inpaint" in page.inner_text("#i2i_message"), "the editor's own upload event replaced Send's message"
+    shot(page, "11-sent-from-png-info-to-inpaint")
+
+
+def test_api_img2img_bad_values_are_messages(live_app, picture, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(live_app["url"], verbose=False)
+    readout = client.predict(image=handle_file(str(picture)), denoising_strength=1.5, steps=2, api_name="/img2img")[0]
+    assert readout.startswith("⚠") and "Denoising strength must be between 0 and 1, got 1.5" in readout, readout
+    fake = tmp_path / "fake.png"
+    fake.write_text("text")
+    readout = client.predict(image=handle_file(str(fake)), steps=2, api_name="/img2img")[0]
+    assert readout.startswith("⚠") and "not an image" in readout, readout
+    readout = client.predict(steps=2, api_name="/img2img")[0]
+    assert readout.startswith("⚠ Add a picture"), readout
+    readout, _preview, gallery, breakdown, infotext = client.predict(image=handle_file(str(picture)), denoising_strength=0.5, steps=4,
+                                                                   seed=3, prompt="by the api", api_name="/img2img")
+    assert gallery and "img encode" in breakdown and "by the api" in infotext, readout
