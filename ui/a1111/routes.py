@@ -359,6 +359,8 @@ def write_photos(cache_dir: Path, photos: list[bytes]) -> tuple[str, list[str]]:
 
 # -- options ----------------------------------------------------------------------------------------
 
+LIVE_PREVIEW_TYPES = {"cheap": "Approx cheap", "TAESD": "TAESD"}  # Settings live_preview -> A1111's show_progress_type
+
 def current_options(context: ApiContext) -> dict:
     """A1111 option names Likeness has a value for, and Likeness's own (prefixed `likeness_`)."""
     manager, defaults = context.manager, context.defaults
@@ -377,6 +379,7 @@ def current_options(context: ApiContext) -> dict:
         "show_progress_every_n_steps": preview,
         "live_previews_enable": preview > 0,
         "live_previews_image_format": "png",
+        "show_progress_type": LIVE_PREVIEW_TYPES.get(manager.config.live_preview, "Approx cheap"),
         "samples_format": "png",
         "samples_save": False,
         "outdir_samples": str(manager.config.outputs_dir),
@@ -409,6 +412,9 @@ def apply_options(context: ApiContext, req: dict) -> dict:
                 raise InvalidRequest(f"live_previews_enable must be true or false, got {value!r}.")
             every = manager.config.preview_every or getattr(context.settings, "preview_every", 5) or 5
             changes.append(lambda on=value, every=every: setattr(manager.config, "preview_every", every if on else 0))
+        elif key == "show_progress_type" and value in LIVE_PREVIEW_TYPES.values():  # "Full" and "Approx NN" are not offered
+            choice = next(name for name, a1111 in LIVE_PREVIEW_TYPES.items() if a1111 == value)
+            changes.append(lambda choice=choice: setattr(manager.config, "live_preview", choice))
         elif key in ("likeness_vae_tiling", "likeness_vae_slicing"):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{key} must be true or false, got {value!r}.")
