@@ -61,6 +61,8 @@ class TinyDecoders:
                     log.info("live preview: loaded %s from %s (%s, %s)", found.label, found.path, device, str(dtype).removeprefix("torch."))
                 except ModelLoadError as error:
                     kept = str(error)
+                except Exception as error:  # noqa: BLE001 - e.g. out of memory moving it: a preview must never cost the generation
+                    kept = f"{found.path.name} could not be loaded ({error.__class__.__name__}: {str(error)[:200]})."
                 self._memo[key] = kept
             self._memo.move_to_end(key)
             while len(self._memo) > MEMO_SIZE:

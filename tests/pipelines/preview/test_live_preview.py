@@ -148,3 +148,20 @@ def test_experiment_runs_publish_the_chosen_preview(family_manager):
     assert {label for label, _, _ in carried} == {cell.label for cell in plan.cells}
     assert all(step >= 1 and size == (64, 64) for _, step, size in carried)
     assert all(p.preview is None for p in progress if p.step == 0)
+
+
+def test_a_failing_decoder_never_costs_the_generation(family_manager, monkeypatch):
+    """An error while loading or decoding (out of memory, say) is named once; the run finishes with cheap previews."""
+    from pipelines.preview import live
+
+    manager, models = family_manager("sd15", live_preview="TAESD")
+    write_diffusers_folder(models, Family.SD15)
+    monkeypatch.setattr(live, "tiny_preview", lambda *args: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    result, previews, notices = run(manager, tiny_request("sd15", steps=STEPS))
+    assert len(result.images) == 1 and [p.size for p in previews] == [(8, 8)] * (STEPS - 1)
+    assert [n.text for n in notices] == ["Live preview: the TAESD preview decode failed (RuntimeError: out of memory). Showing the cheap preview instead."]
+    monkeypatch.setattr(live, "build_tiny_decoder", lambda *args: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    manager.tiny_decoders.clear()
+    result, previews, notices = run(manager, tiny_request("sd15", steps=STEPS))
+    assert len(result.images) == 1 and previews[0].size == (8, 8)
+    assert len(notices) == 1 and "taesd could not be loaded (RuntimeError: CUDA out of memory)" in notices[0].text
