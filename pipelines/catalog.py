@@ -20,9 +20,12 @@ PIPELINE_CLASS_FAMILIES = {
     "StableDiffusionPipeline": Family.SD15,
     "StableDiffusionXLPipeline": Family.SDXL,
     "FluxPipeline": Family.FLUX,
+    # Inpainting checkpoints (9-channel UNets) as diffusers saves them: the same components.
+    "StableDiffusionInpaintPipeline": Family.SD15,
+    "StableDiffusionXLInpaintPipeline": Family.SDXL,
 }
 # Folders that hold auxiliary weights (face models, adapters), not checkpoints to list.
-AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "vae-approx", "embeddings", "controlnet"}
+AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "vae-approx", "embeddings", "controlnet", "esrgan"}
 DEMO_MODEL_NAME = "demo (trained on simple shapes and faces)" if SHIP_TRAINED_DEMO else "demo (tiny random weights)"
 
 

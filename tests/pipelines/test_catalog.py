@@ -243,7 +243,7 @@ def test_a_lora_file_is_not_listed_as_a_model(tmp_path, make_manager):
 
 def test_auxiliary_hidden_and_other_files_are_not_listed(tmp_path, real_checkpoint):
     models = tmp_path / "models"
-    for folder in ("lora", "VAE", "embeddings", ".hidden"):
+    for folder in ("lora", "VAE", "embeddings", ".hidden", "ESRGAN", "VAE-approx"):
         (models / folder).mkdir(parents=True)
         (models / folder / "x.safetensors").write_bytes(real_checkpoint.read_bytes())
     (models / "notes.txt").write_text("not a model")
@@ -255,12 +255,12 @@ def test_diffusers_folder_of_another_pipeline_or_broken_index(tmp_path, model_zo
     models = tmp_path / "models"
     inpaint = copy_model(model_zoo["sd15"], models, "inpaint")
     index = json.loads((inpaint / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionInpaintPipeline"
+    index["_class_name"] = "StableDiffusionInstructPix2PixPipeline"
     (inpaint / "model_index.json").write_text(json.dumps(index))
     (models / "broken").mkdir()
     (models / "broken" / "model_index.json").write_text("{not json")
     entries = {e.name: e for e in scan_models_folder(models)}
-    assert "StableDiffusionInpaintPipeline" in entries["inpaint"].problem
+    assert "StableDiffusionInstructPix2PixPipeline" in entries["inpaint"].problem
     assert "cannot be read" in entries["broken"].problem
     # A diffusers folder's subfolders are its components, not models.
     assert set(entries) == {"inpaint", "broken"}
@@ -274,7 +274,7 @@ def test_a_file_and_a_folder_with_the_same_stem_are_both_listed(tmp_path, tiny_p
     save_config_only(tiny_pipes["sd15"], models / "x.config")
     folder = copy_model(model_zoo["sd15"], models, "x")
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionInpaintPipeline"
+    index["_class_name"] = "StableDiffusionInstructPix2PixPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     manager = make_manager(models)
     real = [e for e in manager.models() if e.format != "demo"]

@@ -185,3 +185,21 @@ def test_an_instruct_checkpoint_is_listed_with_why():
     header = {"cond_stage_model.transformer.x": {}, "model.diffusion_model.input_blocks.0.0.weight": {"shape": [320, 8, 3, 3]}}
     layout = detect_layout(header)
     assert layout.family is None and "takes 8 input channels" in layout.problem
+
+
+def test_a_diffusers_inpainting_folder_is_listed_and_inpaints(tmp_path, make_manager, tiny_pipes):
+    """What diffusers saves for an inpainting model: `StableDiffusionInpaintPipeline` in model_index.json."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from pipelines.bench.tiny_models import save_tiny_pipeline
+
+    pipe = tiny_pipes["sd15"]
+    unet = UNet2DConditionModel.from_config(pipe.unet.config, in_channels=9)
+    folder = save_tiny_pipeline(StableDiffusionInpaintPipeline(**(pipe.components | {"unet": unet})), tmp_path / "models" / "sd-inpainting")
+    assert "StableDiffusionInpaintPipeline" in (folder / "model_index.json").read_text()
+    manager = make_manager(tmp_path / "models")
+    assert manager.entry("sd-inpainting").usable, manager.entry("sd-inpainting").problem
+    init, mask = picture(64), box_mask(64, (16, 16, 40, 40))
+    result = manager.generate(tiny_request("sd15", model="sd-inpainting", steps=2, init_image=init, mask=mask, mask_blur=0))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(pixels(result)[outside], np.asarray(init, dtype=np.int16)[outside])
