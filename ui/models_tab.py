@@ -7,7 +7,7 @@ from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui.caches_tab import human_bytes
 
-COLUMNS = ["name", "family", "format", "size", "in memory", "last load", "path", "problem"]
+COLUMNS = ["name", "family", "format", "size", "in memory", "last load", "problem", "path"]  # a long path last: scrolled to, not in the way
 LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "text encoder", "with the selected model", "path"]
 
 
@@ -25,8 +25,8 @@ def catalog_rows(manager: PipelineManager) -> list[list]:
             human_bytes(size) if size else "-",  # in MiB for the small demo model; "-": not measured until loaded
             f"{record.level}{' (locked)' if record.locked else ''}" if record else "",
             f"{report.source} {report.seconds:.2f} s" if report else "",
-            str(entry.path),
             entry.problem or "",
+            str(entry.path),
         ])
     return rows
 

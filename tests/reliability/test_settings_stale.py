@@ -156,7 +156,8 @@ def test_vae_precision_starts_from_the_settings_default_and_follows_it(browser, 
     page = open_page(browser, live_app["url"])
     try:
         show_settings(page)
-        field(page, "vae_dtype").fill("bf16")
+        page.click("#setting_vae_dtype input")  # a dropdown of the engine's choices
+        page.locator("#setting_vae_dtype").get_by_role("option", name="bf16", exact=True).click()
         assert "Default VAE precision" in save(page)
         page.get_by_role("tab", name="Generate").click()
         page.wait_for_function("document.querySelector('#vae_dtype input[value=bf16]')?.checked === true", timeout=15000)
