@@ -104,8 +104,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         unchanged = (gr.update(),) * 2  # the before/after pairs and the selected image
         try:
             generation_request = _coerce_form(values)
-            if problem := generation_form.upscaler_problem(manager, generation_request.hires_upscaler) if generation_request.hires_scale > 1 else None:
-                raise LikenessError(problem)
+            generation_form.check_upscaler(manager, generation_request)
         except (LikenessError, TypeError) as error:
             cancels.forget_armed(session_id(request))
             yield f"⚠ {error}", None, gr.update(), "", -1, gr.update(), *unchanged

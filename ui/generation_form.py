@@ -64,6 +64,14 @@ def upscaler_problem(manager: PipelineManager, name) -> str | None:
     return None  # an unknown name: the hires stage lists what there is
 
 
+def check_upscaler(manager: PipelineManager, request: GenerationRequest) -> None:
+    """LikenessError when hires fix is on with an upscaler file that cannot be used (before the job waits for the GPU)."""
+    scale = request.hires_scale
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 1:
+        if problem := upscaler_problem(manager, request.hires_upscaler):
+            raise LikenessError(problem)
+
+
 def add_lora_tag(prompt: str | None, name: str | None) -> str:
     """The prompt with ` <lora:name:1>` appended, unless a tag for that LoRA is already in it."""
     prompt = prompt or ""
@@ -283,7 +291,8 @@ class BeforeAfter:
     def show(pairs):
         if not pairs:
             return gr.update(visible=False), gr.update(value=None)
-        return gr.update(visible=True, label=f"Face detailer: before / after ({len(pairs)} image(s); first shown)"), gr.update(value=pairs[0])
+        label = "Face detailer: before / after" + (f" (the first of {len(pairs)} detailed images)" if len(pairs) > 1 else "")
+        return gr.update(visible=True, label=label), gr.update(value=pairs[0])
 
 
 def before_after_panel(prefix: str = "") -> BeforeAfter:

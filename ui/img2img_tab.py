@@ -135,11 +135,10 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                         brush=gr.Brush(colors=[("#ffffff", 0.75), ("#ff3399", 0.6), ("#000000", 0.6)], default_color=("#ffffff", 0.75),
                                        color_mode="fixed", default_size=24),
                         eraser=gr.Eraser(default_size=24), layers=False, transforms=(), elem_id=f"{PREFIX}editor")
-            with gr.Row():
-                resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", elem_id=f"{PREFIX}resize_mode",
-                                       info="when the picture is not the generation size")
-                denoising = inputs.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{PREFIX}denoising_strength",
-                                          info="0 keeps the picture, 1 ignores it")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", elem_id=f"{PREFIX}resize_mode",
+                                   info="how a picture of another size than Width x Height is fitted")
+            denoising = inputs.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{PREFIX}denoising_strength",
+                                      info="0 keeps the picture, 1 ignores it; runs Steps x strength steps")
             with gr.Group(visible=False, elem_id=f"{PREFIX}inpaint_options") as inpaint_options:
                 with gr.Row():
                     mask_blur = inputs.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur", elem_id=f"{PREFIX}mask_blur")
@@ -241,8 +240,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             refine, notes = refine_values(mode, image, editor, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
                                           inpaint_full_res_padding, mask_mode)
             generation_request = generation_form.coerce_form(form | refine)
-            if generation_request.hires_scale != 1 and (problem := generation_form.upscaler_problem(manager, generation_request.hires_upscaler)):
-                raise LikenessError(problem)
+            generation_form.check_upscaler(manager, generation_request)
         except (LikenessError, TypeError, ValueError) as error:
             cancels.forget_armed(session)
             yield f"⚠ {error}", None, gr.update(), "", *unchanged

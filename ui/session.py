@@ -86,7 +86,8 @@ class GenerationSession:
     def _run(self) -> None:
         try:
             # One GPU job at a time, shared with the A1111 API: while another job holds it, the readout says so.
-            job = Job.for_request("browser", "txt2img", self.request, self.cancel)
+            kind = "txt2img" if self.request.init_image is None else "img2img"  # A1111's job names (inpaint is img2img)
+            job = Job.for_request("browser", kind, self.request, self.cancel)
             with board_for(self.manager).turn(job, on_wait=self._waiting):
                 self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel, face=self.face)
         except BaseException as error:  # handed to the UI thread, which turns it into a message

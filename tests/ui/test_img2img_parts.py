@@ -104,3 +104,13 @@ def test_upscalers_listed_with_why_a_file_cannot_be_used(tmp_path):
     assert "cannot be used" in choices["old"]
     assert generation_form.upscaler_problem(manager, "broken").startswith("Hires upscaler 'broken' cannot be used")
     assert generation_form.upscaler_problem(manager, "Lanczos") is None
+
+
+def test_check_upscaler_refuses_an_unusable_file_only_when_hires_is_on(tmp_path):
+    (tmp_path / "ESRGAN").mkdir()
+    (tmp_path / "ESRGAN" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    manager = SimpleNamespace(config=SimpleNamespace(models_dir=tmp_path, allow_pickle=False))
+    generation_form.check_upscaler(manager, GenerationRequest("m", "p", hires_scale=1.0, hires_upscaler="broken"))
+    generation_form.check_upscaler(manager, GenerationRequest("m", "p", hires_scale="abc", hires_upscaler="broken"))  # validate_request says it
+    with pytest.raises(LikenessError, match="'broken' cannot be used"):
+        generation_form.check_upscaler(manager, GenerationRequest("m", "p", hires_scale=2.0, hires_upscaler="broken"))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.ui.conftest import ARTIFACTS
+from tests.ui.test_face_tab import face_app  # noqa: F401  (tiny SDXL + every face file)
 from tests.ui.test_generate_tab import set_number
 
 SIZE = 128  # the demo model's own size: the picture is generated at its size, so nothing is resized
@@ -259,3 +260,28 @@ def test_api_img2img_bad_values_are_messages(live_app, picture, tmp_path):
     readout, _preview, gallery, breakdown, infotext = client.predict(image=handle_file(str(picture)), denoising_strength=0.5, steps=4,
                                                                    seed=3, prompt="by the api", api_name="/img2img")
     assert gallery and "img encode" in breakdown and "by the api" in infotext, readout
+
+
+def test_face_detailer_shows_before_and_after(browser, face_app):  # noqa: F811
+    """On the tiny SDXL model with the tiny face files (a detector that finds one planted face in any picture)."""
+    from tests.ui.conftest import open_page
+    from tests.ui.test_experiments_tab import choose
+
+    page = open_page(browser, face_app["url"])
+    try:
+        choose(page, "model", "tiny-sdxl")
+        page.fill("#prompt textarea", "a portrait")
+        for elem_id, value in (("steps", 2), ("width", 256), ("height", 256)):
+            set_number(page, elem_id, value)
+        page.locator("#detailer_panel").get_by_text("Face detailer", exact=True).click()
+        page.locator("#face_detail input[type=checkbox]").check()
+        set_number(page, "face_detail_steps", 2)
+        set_number(page, "face_detail_strength", 0.6)
+        readout = run_and_wait(page, prefix="", timeout=240)
+        assert not readout.startswith("⚠"), readout
+        assert "face detail" in page.inner_text("#breakdown")
+        page.wait_for_selector("#before_after", state="visible", timeout=30000)
+        page.wait_for_function("document.querySelectorAll('#before_after_slider img').length >= 2", timeout=30000)
+        shot(page, "12-face-detailer-before-after")
+    finally:
+        page.context.close()
