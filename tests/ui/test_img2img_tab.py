@@ -168,13 +168,22 @@ def test_img2img_at_half_strength(page, live_app, picture):
     shot(page, "6-img2img-done")
 
 
-def test_bad_input_gives_messages(page, tmp_path, picture):
+def test_bad_input_gives_messages(page, live_app, tmp_path, picture):
     open_img2img(page)
+    settings = live_app["settings"]
+    kept, settings.max_input_megapixels = settings.max_input_megapixels, 0.01  # Settings' limit applies at once: 10,000 pixels
+    try:
+        page.locator("#i2i_image input[type=file]").set_input_files(str(picture))
+        page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('⚠')", timeout=30000)
+        assert "128x128 pixels (16,384 pixels); Likeness opens images of at most 10,000 pixels" in page.inner_text("#i2i_message")
+        shot(page, "7a-error-too-large")
+    finally:
+        settings.max_input_megapixels = kept
     fake = tmp_path / "not-a-picture.png"
     fake.write_text("this is text, not a PNG")
     page.locator("#i2i_image input[type=file]").set_input_files(str(fake))
-    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('⚠')", timeout=30000)
-    assert "not an image" in page.inner_text("#i2i_message")
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('not an image')", timeout=30000)
+    assert page.inner_text("#i2i_message").startswith("⚠ The uploaded file is not an image Likeness can read")
     shot(page, "7-error-not-an-image")
     page.locator("#i2i_image input[type=file]").set_input_files(str(picture))
     page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
