@@ -82,6 +82,8 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
         generate["generate_event"].then(refresh_status, kept, status, api_visibility="private")
         experiments["run_event"].then(refresh_status, kept, status, api_visibility="private")
         generate["generate_event"].then(caches["refresh"], None, caches["table"], api_visibility="private")
+        img2img.run_event.then(refresh_status, kept, status, api_visibility="private")
+        img2img.run_event.then(caches["refresh"], None, caches["table"], api_visibility="private")
         timer = gr.Timer(5.0)  # memory and residency change outside this tab too (other sessions, loads)
         timer.tick(refresh_status, kept, status, api_visibility="private", queue=False)
         demo.load(refresh_status, kept, status, api_visibility="private")

@@ -177,7 +177,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
 
 def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict:
     """A1111's "Hires. fix": a second pass at `scale` x the size (1 = off)."""
-    with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}hires_panel"):
+    with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}hires_panel") as panel:
         with gr.Row():
             scale = inputs.Slider(MIN_HIRES_SCALE, MAX_HIRES_SCALE, value=last.get("hires_scale", 1.0), step=0.05, label="Upscale by (1 = off)",
                                   elem_id=f"{prefix}hires_scale")
@@ -188,6 +188,8 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict
                                   elem_id=f"{prefix}hires_steps")
             denoising = inputs.Slider(0, 1, value=last.get("hires_denoising", 0.7), step=0.01, label="Denoising strength",
                                       elem_id=f"{prefix}hires_denoising")
+    # ESRGAN files dropped into the folder since the page was built show up when the panel opens (headers only: instant).
+    panel.expand(lambda: gr.update(choices=upscaler_choices(manager)), None, upscaler, api_visibility="private", queue=False)
     return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising}
 
 

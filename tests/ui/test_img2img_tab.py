@@ -294,3 +294,21 @@ def test_face_detailer_shows_before_and_after(browser, face_app):  # noqa: F811
         shot(page, "12-face-detailer-before-after")
     finally:
         page.context.close()
+
+
+def test_hires_upscalers_listed_when_the_panel_opens_with_why_a_file_is_unusable(page, live_app):
+    folder = live_app["root"] / "models" / "ESRGAN"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "damaged_x4.safetensors").write_bytes(b"not a safetensors file")  # dropped in after the page was built
+    try:
+        open_img2img(page)
+        page.locator("#i2i_hires_panel").get_by_text("Hires. fix").click()
+        page.wait_for_selector("#i2i_hires_upscaler input", state="visible")
+        time.sleep(1)  # the panel's expand event refreshes the list
+        page.click("#i2i_hires_upscaler input")
+        options = [o.replace("✓", "").strip() for o in page.locator("#i2i_hires_upscaler").get_by_role("option").all_inner_texts()]
+        assert options[:3] == ["Latent", "Lanczos", "Nearest"], options
+        assert any(o.startswith("damaged_x4 — cannot be used: ") for o in options), options
+        shot(page, "13-hires-upscalers")
+    finally:
+        (folder / "damaged_x4.safetensors").unlink()
