@@ -195,6 +195,7 @@ def build_manager(settings):
         approx_cache_thresholds=parse_thresholds(settings.approx_cache_thresholds),
         approx_cache_max_bytes=settings.approx_cache_max_mb * 2**20,
         approx_cache_ttl_seconds=settings.approx_cache_ttl_hours * 3600,
+        approx_cache_uri=settings.approx_cache_uri,
         face_memo_entries=settings.face_memo_entries,
         onnx_gpu_mem_limit_mb=settings.onnx_gpu_mem_limit_mb,
         torch_compile=settings.torch_compile,

@@ -84,6 +84,7 @@ class ManagerConfig:
     approx_cache_thresholds: tuple = DEFAULT_THRESHOLDS  # (similarity, K of 50), highest first
     approx_cache_max_bytes: int = 1 << 30  # disk budget of the approximate latent cache (under cache_dir/approximate)
     approx_cache_ttl_seconds: float = 0.0  # 0 = entries stay until evicted
+    approx_cache_uri: str = ""  # "" = the embedded faiss index; a Milvus Lite .db folder or a Milvus server URI
     torch_compile: str = "off"  # off | default | max-autotune: the denoiser, compiled on first use after each load
     channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
     lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
@@ -233,7 +234,8 @@ class PipelineManager:
             if self._approximate_cache is None:
                 config = self.config
                 self._approximate_cache = ApproximateCache(config.cache_dir / "approximate", ApproximateCacheConfig(
-                    config.approx_cache_thresholds, config.approx_cache_max_bytes, config.approx_cache_ttl_seconds))
+                    config.approx_cache_thresholds, config.approx_cache_max_bytes, config.approx_cache_ttl_seconds,
+                    uri=config.approx_cache_uri))
             return self._approximate_cache
 
     def models(self) -> list[ModelEntry]:

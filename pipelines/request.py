@@ -67,6 +67,7 @@ class GenerationRequest:
     face_detail_steps: int = 0  # 0 = the same as steps
     face_detail_prompt: str = ""  # "" = the main prompt
     face_detail_faces: str = ""  # which faces, 1-based, largest first: "1,3"; "" = all
+    cache_namespace: str = ""  # whose approximate-cache entries this run may see and add to: the login user or API user; "" = single user
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -222,6 +223,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         except LoraSyntaxError as error:
             problems.append(str(error))
     problems += validate_second_passes(request)
+    if not isinstance(request.cache_namespace, str) or len(request.cache_namespace) > 256:
+        problems.append(f"The cache namespace must be text of at most 256 characters, got {shown(request.cache_namespace)}.")
     hires_problems, hires_notes = validate_hires_size(request, family)
     problems += hires_problems
     warnings += hires_notes
