@@ -16,7 +16,9 @@ def choose(page, elem_id: str, option: str) -> None:
 def fill_values(page, elem_id: str, text: str) -> None:
     field = page.locator(f"#{elem_id} textarea")
     field.fill(text)
-    field.press("Tab")
+    # Blur, not Tab: Tab focuses the next axis dropdown, which opens its list over the controls below
+    # (a page too short to scroll never closes it).
+    field.evaluate("element => element.blur()")
 
 
 def progress_shows(page, text: str, timeout: int = 30000) -> None:
