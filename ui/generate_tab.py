@@ -20,8 +20,10 @@ log = logging.getLogger("likeness")
 # Request fields the img2img tab edits and Generate does not.
 IMG2IMG_FIELDS = ("init_image", "mask", "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
                   "inpaint_full_res_padding", "inpainting_mask_invert")
+# Request fields the app sets, never the form: whether to save, and whose approximate-cache entries a run may use.
+APP_FIELDS = ("save", "cache_namespace")
 # The request fields the form edits, in the order of the handler's inputs (the request's own order).
-FORM_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "save" and f.name not in IMG2IMG_FIELDS)
+FORM_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in APP_FIELDS + IMG2IMG_FIELDS)
 KEPT_LATENTS_TTL_S = 6 * 3600  # a session's kept latents are dropped after this long without a new run
 RANDOM_DEMO_NOTE = (
     "**Demo model**: a tiny model with random weights, so images are colourful noise. It shows the whole "

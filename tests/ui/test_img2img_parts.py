@@ -11,12 +11,12 @@ from pipelines.families import Family
 from pipelines.images import MAX_PHOTO_PIXELS
 from pipelines.request import GenerationRequest
 from ui import generation_form
-from ui.generate_tab import FORM_FIELDS, IMG2IMG_FIELDS
+from ui.generate_tab import APP_FIELDS, FORM_FIELDS, IMG2IMG_FIELDS
 from ui.img2img_tab import editor_sources, fitted_size, gallery_path, max_pixels, open_checked, parameters_of, upload_path
 
 
-def test_generate_form_is_every_request_field_but_save_and_img2img():
-    names = [name for name in GenerationRequest.__dataclass_fields__ if name != "save"]
+def test_generate_form_is_every_request_field_but_the_apps_and_img2img():
+    names = [name for name in GenerationRequest.__dataclass_fields__ if name not in APP_FIELDS]
     assert list(FORM_FIELDS) == [n for n in names if n not in IMG2IMG_FIELDS]
     assert set(generation_form.HIRES_FIELDS + generation_form.DETAILER_FIELDS) <= set(FORM_FIELDS)
 

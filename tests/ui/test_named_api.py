@@ -13,10 +13,10 @@ from pipelines.face.service import FaceOptions
 from pipelines.infotext import parse_infotext
 from pipelines.request import GenerationRequest
 from tests.ui.test_face_tab import face_app  # noqa: F401  (tiny SDXL + every face file)
-from ui.generate_tab import FORM_FIELDS, IMG2IMG_FIELDS
+from ui.generate_tab import APP_FIELDS, FORM_FIELDS, IMG2IMG_FIELDS
 
-# Generate edits every request field but `save` and the img2img ones (the img2img tab's own endpoint has those).
-REQUEST_FIELDS = [f.name for f in dataclasses.fields(GenerationRequest) if f.name != "save" and f.name not in IMG2IMG_FIELDS]
+# Generate edits every request field but those the app sets and the img2img ones (the img2img tab's own endpoint has those).
+REQUEST_FIELDS = [f.name for f in dataclasses.fields(GenerationRequest) if f.name not in APP_FIELDS + IMG2IMG_FIELDS]
 FACE_FIELDS = ["photos", "face_numbers", "id_weight", "start_step", "num_zero", "ortho", "true_cfg", "true_cfg_start"]
 
 
