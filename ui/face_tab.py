@@ -19,7 +19,7 @@ from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.generate_tab import FORM_FIELDS, _coerce_form
-from ui.session import STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
+from ui.session import STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
 DEFAULT_FACE = FaceOptions()  # the official apps' defaults, for the controls and for API callers that leave them out
@@ -150,7 +150,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             cancels.forget_armed(session)
             yield f"⚠ {error}", gr.update(), "", gr.update()
             return
-        for update in stream_generation(manager, generation_request, cancels, session, face=face):
+        for update in stream_generation(manager, generation_request, cancels, session, face=face, namespace=cache_namespace(request)):
             if update.message:
                 yield f"⚠ {update.message}", gr.update(), "", gr.update()
                 return

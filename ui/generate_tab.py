@@ -14,7 +14,7 @@ from pipelines.vae import VAE_CHOICES
 from ui import generation_form
 from ui.generation_form import add_lora_tag, lora_choices, model_choices  # noqa: F401  (imported from here by other modules)
 from ui.last_used import clean_last_generation
-from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
+from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
 # Request fields the img2img tab edits and Generate does not.
@@ -112,7 +112,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             yield f"⚠ {error}", None, gr.update(), "", -1, gr.update(), *unchanged
             return
         result = None
-        for update in stream_generation(manager, generation_request, cancels, session_id(request)):
+        for update in stream_generation(manager, generation_request, cancels, session_id(request), namespace=cache_namespace(request)):
             if update.message:
                 yield f"⚠ {update.message}", update.preview, gr.update(), "", gr.update(), gr.update(), *unchanged
                 return

@@ -29,7 +29,7 @@ from pipelines.request import MAX_FULL_RES_PADDING, MAX_MASK_BLUR
 from ui import generation_form, inputs
 from ui.last_used import clean_last_generation
 from ui.png_info_tab import generate_form_values
-from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, result_markdown, session_id, stream_generation
+from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
 PREFIX = "i2i_"
@@ -245,7 +245,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             cancels.forget_armed(session)
             yield f"⚠ {error}", None, gr.update(), "", *unchanged
             return
-        for update in stream_generation(manager, generation_request, cancels, session):
+        for update in stream_generation(manager, generation_request, cancels, session, namespace=cache_namespace(request)):
             if update.message:
                 yield f"⚠ {update.message}", update.preview, gr.update(), "", *unchanged
                 return

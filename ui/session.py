@@ -1,6 +1,8 @@
 """Running one generation for the UI: the engine works in a thread, the handler streams its events."""
 from __future__ import annotations
 
+import dataclasses
+
 import queue
 import threading
 import time
@@ -223,12 +225,19 @@ class StreamUpdate:
     message: str | None = None  # set on the last update of a failed or stopped run
 
 
-def stream_generation(manager: PipelineManager, request: GenerationRequest, cancels: CancelRegistry, session: str, face=None):
+def cache_namespace(request) -> str:
+    """A logged-in user's own approximate-cache namespace; "" (the single-user default) without a login."""
+    return str(getattr(request, "username", None) or "")
+
+
+def stream_generation(manager: PipelineManager, request: GenerationRequest, cancels: CancelRegistry, session: str, face=None,
+                      namespace: str = ""):
     """Run one generation for a browser session and yield readout updates until it ends.
 
     If the consumer goes away (the browser closed, Gradio cancelled the event), the engine is told
-    to stop at the next step, so the model lock is released.
+    to stop at the next step, so the model lock is released. `namespace` is the user's cache namespace.
     """
+    request = dataclasses.replace(request, cache_namespace=namespace)
     token = cancels.claim(session)
     if token.cancelled:  # Stop was pressed while this job waited in the queue
         cancels.forget(session, token)

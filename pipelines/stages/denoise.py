@@ -19,8 +19,9 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
+    # The namespace too: one user's repeat is never served from another user's run (nor its timing).
     return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
-            request.width, request.height, tuple(seeds), hook_keys) + ((init_key,) if init_key else ())
+            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", "")) + ((init_key,) if init_key else ())
 
 
 class Denoise:

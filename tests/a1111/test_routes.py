@@ -10,7 +10,7 @@ import httpx
 from PIL import Image
 
 from pipelines.catalog import DEMO_MODEL_NAME
-from pipelines.infotext import PARAM_PATTERN
+from pipelines.infotext import PARAM_PATTERN, parse_infotext
 from tests.a1111.conftest import API_PASSWORD, API_USER
 from tests.ui.conftest import start_app
 
@@ -214,3 +214,32 @@ def test_without_api_flag_there_is_no_sdapi(tmp_path):
         assert httpx.get(info["url"]).status_code == 200
     finally:
         demo.close()
+
+
+def test_each_api_user_has_its_own_approximate_cache(auth_app):
+    """With --api-auth, a user's cached latents are never served to another user (the cache namespace is the user)."""
+    url = auth_app["url"]
+    body = {**QUICK, "steps": 10, "seed": 8, "prompt": "a red circle on a blue square",
+            "alwayson_scripts": {"approximate cache": {"args": [True]}}}
+    similar = {**body, "prompt": "a red circle on a blue square!"}
+
+    def approx(response) -> str:
+        assert response.status_code == 200, response.text
+        text = json.loads(response.json()["info"])["infotexts"][0]
+        return parse_infotext(text).get("Approx cache", "") or text
+
+    approx(httpx.post(f"{url}/sdapi/v1/txt2img", json=body, auth=(API_USER, API_PASSWORD), timeout=300))
+    assert approx(httpx.post(f"{url}/sdapi/v1/txt2img", json=similar, auth=("bob", "other"), timeout=300)).startswith("miss")
+    assert approx(httpx.post(f"{url}/sdapi/v1/txt2img", json=similar, auth=(API_USER, API_PASSWORD), timeout=300)).startswith("hit")
+
+
+def test_api_user_is_the_authenticated_name_only():
+    import base64
+
+    from ui.a1111.routes import api_user
+
+    header = "Basic " + base64.b64encode(b"alice:pw").decode()
+    assert api_user(header, (("alice", "pw"),)) == "alice"
+    assert api_user(header, (("alice", "other"),)) == ""  # a wrong password names nobody
+    assert api_user(header, ()) == ""  # no --api-auth: the single-user default
+    assert api_user(None, (("alice", "pw"),)) == ""

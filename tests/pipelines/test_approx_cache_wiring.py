@@ -44,3 +44,20 @@ def test_a_bad_namespace_is_refused(make_manager, shared_models_dir):
     manager = make_manager(shared_models_dir)
     with pytest.raises(InvalidRequest, match="cache namespace must be text"):
         manager.generate(tiny_request("sd15", cache_namespace=["x"]))
+
+
+def test_a_logged_in_browser_user_is_its_own_namespace():
+    from types import SimpleNamespace
+
+    from ui.session import cache_namespace
+
+    assert cache_namespace(SimpleNamespace(username="alice")) == "alice"
+    assert cache_namespace(SimpleNamespace(username=None)) == "" and cache_namespace(None) == ""
+
+
+def test_the_exact_repeat_cache_is_per_namespace_too(make_manager, shared_models_dir):
+    manager = make_manager(shared_models_dir, latent_cache_entries=8)
+    request = tiny_request("sd15", seed=9, steps=3)
+    manager.generate(dataclasses.replace(request, cache_namespace="alice"))
+    assert manager.generate(dataclasses.replace(request, cache_namespace="bob")).cache_notes["latent cache"] == "miss"
+    assert manager.generate(dataclasses.replace(request, cache_namespace="alice")).cache_notes["latent cache"].startswith("hit")

@@ -88,6 +88,13 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def api_user(header: str | None, credentials: tuple[tuple[str, str], ...]) -> str:
+    """The authenticated API user's name ("" without --api-auth: the single-user default)."""
+    if not credentials or not basic_auth_ok(header, credentials):
+        return ""
+    return base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")[0]
+
+
 def basic_auth_ok(header: str | None, credentials: tuple[tuple[str, str], ...]) -> bool:
     """HTTP Basic against every user:password pair, in constant time for a given header."""
     if not header or not header[:6].lower() == "basic ":
@@ -162,9 +169,10 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
     router = APIRouter(prefix=PREFIX, route_class=route_class(credentials, max_body_bytes), dependencies=dependencies, tags=["A1111 API"])
     board = context.board
 
-    @router.post("/txt2img", response_model=models.TextToImageResponse)
-    async def txt2img(body: models.Txt2ImgRequest, request: Request):
-        prepared = await anyio.to_thread.run_sync(mapping.prepare, body, manager, context.defaults)
+    async def generate(body: models.Txt2ImgRequest | models.Img2ImgRequest, request: Request):
+        prepared = await anyio.to_thread.run_sync(mapping.prepare, body, manager, context.defaults)  # images decoded and checked here
+        # Each API user's approximate-cache entries are its own (no login: the single-user default).
+        prepared.request = replace(prepared.request, cache_namespace=api_user(request.headers.get("authorization"), credentials))
         token = CancelToken()
         watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))  # a client that went away does not keep the GPU
         try:
@@ -172,15 +180,13 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         finally:
             watcher.cancel()
 
+    @router.post("/txt2img", response_model=models.TextToImageResponse)
+    async def txt2img(body: models.Txt2ImgRequest, request: Request):
+        return await generate(body, request)
+
     @router.post("/img2img", response_model=models.ImageToImageResponse)
     async def img2img(body: models.Img2ImgRequest, request: Request):
-        prepared = await anyio.to_thread.run_sync(mapping.prepare, body, manager, context.defaults)  # images decoded and checked here
-        token = CancelToken()
-        watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))
-        try:
-            return await anyio.to_thread.run_sync(run_generation, context, body, prepared, token)
-        finally:
-            watcher.cancel()
+        return await generate(body, request)
 
     @router.get("/progress", response_model=models.ProgressResponse)
     async def progress(skip_current_image: bool = False):
