@@ -174,7 +174,7 @@ SETTING_INFO: dict[str, SettingInfo] = {
                              "(exact restore after each image); off: never; always: every run."),
     "max_input_megapixels": SettingInfo("Largest input image (megapixels)", "img2img and inpaint images and masks (web UI, command line, "
                                         "A1111 API) above this are refused, from the file's header, before any pixel is decoded. "
-                                        "100 takes any camera photo; lower it on a small machine.", needs_restart=True),
+                                        "100 takes any camera photo; lower it on a small machine."),
     "experiment_confirm_cells": SettingInfo("Experiment cells without asking", "An experiment grid with more cells asks to confirm first (the CLI needs --yes)."),
 }
 

@@ -24,7 +24,10 @@ from ui.last_used import vae_rule_info
 
 # Folders, pickle loading and the device change what the server reads and runs: a browser on another
 # machine may change them only when the app asks for a login (--gradio-auth).
-PROTECTED = ("models_dir", "outputs_dir", "cache_dir", "allow_pickle", "include_hf_cache", "device", "approx_cache_uri")
+# What a remote browser without a login may not change: folders, code-running files, the device, the shared
+# cache store, and the input size limit (raising it lets a client make the server decode huge pictures).
+PROTECTED = ("models_dir", "outputs_dir", "cache_dir", "allow_pickle", "include_hf_cache", "device", "approx_cache_uri",
+             "max_input_megapixels")
 
 # The tab's sections, in order; a setting not named here (a new one) goes under "Other".
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -102,6 +105,7 @@ def apply_live(manager: PipelineManager, settings: AppSettings) -> None:
     config.allow_pickle = settings.allow_pickle
     config.preview_every = settings.preview_every
     config.live_preview = settings.live_preview
+    config.max_input_pixels = int(settings.max_input_megapixels * 1e6)
     manager.cache.ram_budget_bytes = int(settings.ram_cache_gb * 2**30)
     if settings.lora_fuse != config.lora_fuse:
         config.lora_fuse = settings.lora_fuse

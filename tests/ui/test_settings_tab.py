@@ -87,3 +87,15 @@ def test_problems_are_kept_per_field():
     loaded = {"preview_every": 5, "ram_cache_gb": 16.0}
     changes, problems = find_changes(["preview_every", "ram_cache_gb"], [None, 2.5], loaded)
     assert changes == {"ram_cache_gb": 2.5} and problems == {"preview_every": "enter a value"}
+
+
+def test_the_input_size_limit_applies_at_once_and_is_protected(make_manager):
+    from settings.schema import AppSettings
+    from ui.settings_tab import PROTECTED, apply_live
+
+    manager = make_manager()
+    settings = AppSettings(models_dir=str(manager.config.models_dir), outputs_dir=str(manager.config.outputs_dir),
+                           include_hf_cache=False, max_input_megapixels=2.5)
+    apply_live(manager, settings)
+    assert manager.config.max_input_pixels == 2_500_000
+    assert "max_input_megapixels" in PROTECTED  # a remote browser cannot make the server decode bigger pictures
