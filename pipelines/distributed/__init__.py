@@ -1,0 +1,11 @@
+"""Generation workers on Ray (issue 18): one `PipelineManager` per worker, one scheduler in the UI process.
+
+- `worker.py`: `GenerationWorker`, the Ray actor that owns one manager on one device.
+- `pool.py`: `WorkerPool`, whose `generate` has `PipelineManager.generate`'s signature and result, so
+  the tabs, the CLI and the APIs can call either; it routes each job, relays events and Stop/Skip,
+  retries a job once when its worker dies, and saves the images (once, in the UI process).
+- `wire.py`: what crosses the process boundary (PNG bytes, not live objects).
+
+Nothing here imports Ray at import time of `pipelines`: only `--workers ray` imports this package's
+`pool` module, and Ray is an optional extra (requirements-scale.txt).
+"""

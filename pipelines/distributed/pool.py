@@ -1,0 +1,375 @@
+"""`WorkerPool`: the one scheduler in the UI process, in front of generation workers on Ray.
+
+Policy, in a dozen lines:
+- One worker (a Ray actor owning one PipelineManager) per GPU, `num_gpus=1` each, or N CPU workers
+  sharing the CPU cores (`--worker-count N`); local Ray on loopback, or an existing cluster by address.
+- A job goes to an idle worker that already holds its model (the status each worker sent back with
+  its last job), else to the least busy worker (fewest jobs in flight, then fewest jobs done).
+- `generate` has `PipelineManager.generate`'s signature and returns a `GenerationResult`, so the tabs,
+  the CLI and the APIs can call either. Events are relayed to the listener in order; Stop/Skip on the
+  caller's CancelToken are forwarded to the worker's token for the job.
+- Images come back as PNG bytes through Ray's object store and are saved once, here, with a
+  `Worker` key (worker name and device) in the infotext. Workers never write to the outputs folder.
+- A worker that dies mid-job is restarted; the job is retried once on another worker (the restarted
+  one if there is no other) and the listener gets a Notice saying so. A second death is an error.
+- Ray is imported by `start()`, never at import time of anything the default install runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipelines import errors
+from pipelines.errors import LikenessError, OutputError
+from pipelines.generate import CancelToken
+from pipelines.infotext import quote
+from pipelines.outputs import save_image
+from pipelines.request import GenerationRequest, GenerationResult
+from pipelines.telemetry import Event, Notice
+from pipelines.distributed.wire import WireResult, WorkerFailure, unpack_images, unpack_result
+
+log = logging.getLogger("likeness")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLL_SECONDS = 0.02  # how often a running job's events are drained and Stop/Skip checked
+ACTOR_CONCURRENCY = 4  # generate + cancel/skip + drain + status at once (the manager still runs one job at a time)
+
+
+class WorkerStartError(LikenessError):
+    """Ray is missing, the cluster cannot be reached, or the workers did not start."""
+
+
+class WorkerDied(LikenessError):
+    """A job's worker died twice in a row (the first death is retried)."""
+
+
+@dataclass
+class PoolConfig:
+    count: int | None = None  # workers; None: one per GPU in the cluster, else 1 CPU worker
+    address: str | None = None  # None: a local Ray on loopback; "host:6379" (or "auto"): an existing cluster
+    device: str = "auto"  # auto: GPU workers when the cluster has GPUs | cpu | gpu
+    start_timeout_s: float = 300.0  # workers build their manager (torch, diffusers imports) before answering
+    env: dict = field(default_factory=dict)  # extra environment for the workers (LIKENESS_* are passed anyway)
+
+
+@dataclass
+class _Slot:
+    name: str
+    gpu: bool
+    threads: int | None
+    handle: object = None
+    in_flight: int = 0
+    status: dict = field(default_factory=dict)  # the worker's own status(), from its last job or ping
+    restarts: int = 0
+
+    def holds(self, model: str) -> bool:
+        return any(record["name"] == model for record in self.status.get("loaded", ()))
+
+    @property
+    def device(self) -> str:
+        return self.status.get("device") or ("cuda" if self.gpu else "cpu")
+
+
+class _Died(Exception):
+    def __init__(self, slot: _Slot, reason: str):
+        super().__init__(reason)
+        self.slot, self.reason = slot, reason
+
+
+class WorkerPool:
+    def __init__(self, manager_config, config: PoolConfig | None = None):
+        """`manager_config`: the UI process's ManagerConfig; each worker gets a copy with its own device."""
+        self.manager_config = manager_config
+        self.config = config or PoolConfig()
+        self._slots: list[_Slot] = []
+        self._running: dict[str, str] = {}  # job id -> worker name: what the queue shows
+        self._lock = threading.Lock()
+        self._ray = None
+        self._started_ray = False
+
+    # -- start and stop -----------------------------------------------------------------------------
+
+    def start(self) -> "WorkerPool":
+        ray = self._import_ray()
+        env = {key: value for key, value in os.environ.items() if key.startswith("LIKENESS_")} | self.config.env
+        # Workers import `pipelines` from this checkout: every node needs Likeness at the same path.
+        runtime_env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
+        if not ray.is_initialized():
+            if self.config.address:
+                check_reachable(self.config.address)
+                try:
+                    ray.init(address=self.config.address, runtime_env=runtime_env, logging_level="WARNING")
+                except (ConnectionError, RuntimeError, ValueError) as error:
+                    raise WorkerStartError(f"Could not join the Ray cluster at {self.config.address}: {error}. "
+                                           "Start it with `ray start --head` on that machine, check the address "
+                                           "(host:port of the head, default port 6379) and that this machine can reach it.") from None
+            else:
+                count = self.config.count or 1
+                ray.init(address="local", num_cpus=max(count, os.cpu_count() or 1), include_dashboard=False,
+                         _node_ip_address="127.0.0.1", runtime_env=runtime_env, logging_level="WARNING")
+            self._started_ray = True
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        use_gpus = self.config.device == "gpu" or (self.config.device == "auto" and gpus > 0 and self.manager_config.device != "cpu")
+        if use_gpus and gpus == 0:
+            raise WorkerStartError("GPU workers were asked for, but the Ray cluster has no GPU.")
+        count = self.config.count or (gpus if use_gpus else 1)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        threads = None if use_gpus else max(1, cpus // count)
+        self._env = env
+        self._slots = [_Slot(f"worker-{i + 1}", use_gpus, threads) for i in range(count)]
+        for slot in self._slots:
+            self._spawn(slot)
+        self._wait_ready(self._slots)
+        log.info("Ray workers: %s", ", ".join(f"{slot.name} on {slot.status.get('device_label', slot.device)}" for slot in self._slots))
+        return self
+
+    def _import_ray(self):
+        try:
+            import ray
+        except ImportError:
+            raise WorkerStartError("--workers ray needs Ray: .venv/bin/python -m pip install -r requirements-scale.txt") from None
+        self._ray = ray
+        return ray
+
+    def _spawn(self, slot: _Slot) -> None:
+        from pipelines.distributed.worker import GenerationWorker
+
+        ray = self._ray
+        config = dataclasses.replace(self.manager_config, device="cuda" if slot.gpu else "cpu")  # Ray shows each actor its one GPU
+        options = {"max_concurrency": ACTOR_CONCURRENCY, "num_cpus": slot.threads or 1, "num_gpus": 1 if slot.gpu else 0}
+        slot.handle = ray.remote(GenerationWorker).options(**options).remote(slot.name, config, self._env, slot.threads)
+        slot.status = {}
+
+    def _wait_ready(self, slots: list[_Slot]) -> None:
+        ray = self._ray
+        refs = {slot.name: slot.handle.status.remote() for slot in slots}
+        try:
+            statuses = ray.get(list(refs.values()), timeout=self.config.start_timeout_s)
+        except Exception as error:  # GetTimeoutError, RayActorError (a worker that failed to build its manager)
+            raise WorkerStartError(f"The Ray workers did not start: {first_line(error)}") from None
+        for slot, status in zip(slots, statuses):
+            slot.status = status
+
+    def shutdown(self) -> None:
+        """Stop the workers (and the local Ray this pool started)."""
+        ray = self._ray
+        if ray is None:
+            return
+        for slot in self._slots:
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self._slots = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        listener: Callable[[Event], None] | None = None,
+        cancel: CancelToken | None = None,
+        telemetry: bool = True,
+        face=None,
+        reuse_latents: bool = True,
+    ) -> GenerationResult:
+        """Run the job on a worker; the same contract as PipelineManager.generate (LikenessError subclasses
+        with user-facing sentences; GenerationCancelled keeps the images finished before a Stop)."""
+        cancel = cancel or CancelToken()
+        job_id = uuid.uuid4().hex[:12]
+        remote_request = dataclasses.replace(request, save=False)  # saved here, once
+        tried: set[str] = set()
+        for attempt in (1, 2):
+            slot = self._choose(request.model, avoid=tried)
+            try:
+                wire = self._run_on(slot, job_id, remote_request, face, listener, cancel)
+                break
+            except _Died as died:
+                tried.add(slot.name)
+                self._restart(slot)
+                if attempt == 2:
+                    raise WorkerDied(f"{slot.name} ({slot.device}) stopped during the job too ({died.reason}), after a first "
+                                     "worker had. It is being restarted; the job was not run. Try again, and check the "
+                                     "workers' logs (Ray's session folder) if it happens again.") from None
+                text = (f"{slot.name} ({slot.device}) stopped during the job ({died.reason}); it is being restarted "
+                        "and the job is retried once on another worker.")
+                log.warning(text)
+                if listener:
+                    listener(Notice(text, "warning"))
+        if isinstance(wire, WorkerFailure):
+            raise rebuild_error(wire)
+        return self._finish(wire, request)
+
+    def _choose(self, model: str, avoid: set[str]) -> _Slot:
+        """An idle worker holding the model, else the least busy (fewest in flight, then fewest jobs done)."""
+        with self._lock:
+            slots = [slot for slot in self._slots if slot.name not in avoid] or list(self._slots)
+            if not slots:
+                raise WorkerStartError("The worker pool is not started (or was shut down).")
+            holding = [slot for slot in slots if slot.in_flight == 0 and slot.holds(model)]
+            slot = holding[0] if holding else min(slots, key=lambda s: (s.in_flight, s.status.get("jobs_done", 0)))
+            slot.in_flight += 1  # counted before the job is sent, so a second caller sees this worker busy
+            return slot
+
+    def _run_on(self, slot: _Slot, job_id: str, request, face, listener, cancel: CancelToken):
+        from ray.exceptions import RayActorError, RayTaskError
+
+        ray = self._ray
+        handle = slot.handle
+        with self._lock:
+            self._running[job_id] = slot.name
+        try:
+            ref = handle.generate.remote(job_id, request, face)
+            stop_sent = False
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
+                if cancel.cancelled and not stop_sent:
+                    handle.cancel.remote(job_id)
+                    stop_sent = True
+                elif cancel.take_skip():
+                    handle.skip.remote(job_id)
+                if ready:
+                    break
+                if listener:
+                    self._relay(handle, job_id, listener, final=False)
+            try:
+                wire = ray.get(ref)
+            except RayActorError as error:
+                raise _Died(slot, first_line(error)) from None
+            except RayTaskError as error:  # a bug in the worker, not a user error: show its cause
+                cause = getattr(error, "cause", None)
+                raise (cause if isinstance(cause, Exception) else error) from None
+            self._relay(handle, job_id, listener, final=True)
+            if isinstance(wire, WireResult) and wire.status:
+                slot.status = wire.status
+            return wire
+        finally:
+            with self._lock:
+                slot.in_flight -= 1
+                self._running.pop(job_id, None)
+
+    def _relay(self, handle, job_id: str, listener, final: bool) -> None:
+        from ray.exceptions import RayActorError
+
+        try:
+            events = self._ray.get(handle.drain.remote(job_id, final))
+        except RayActorError:  # the worker died between two drains: the job's own get reports it
+            return
+        if listener:
+            for event in events:
+                listener(event)
+
+    def _restart(self, slot: _Slot) -> None:
+        with self._lock:
+            try:
+                self._ray.kill(slot.handle, no_restart=True)
+            except Exception:  # already dead
+                pass
+            slot.restarts += 1
+            self._spawn(slot)  # not waited for: a job sent to it queues until its manager is built
+        log.warning("%s restarted (restart %d).", slot.name, slot.restarts)
+
+    def _finish(self, wire: WireResult, request: GenerationRequest) -> GenerationResult:
+        """The result as the manager would return it, with the Worker key, saved here if asked."""
+        result = unpack_result(wire)
+        worker = f"{wire.worker} ({wire.device})"
+        for item in result.images:
+            item.infotext = f"{item.infotext}, Worker: {quote(worker)}"
+        result.request = dataclasses.replace(result.request, save=request.save)
+        if request.save:
+            start = time.perf_counter()
+            for item in result.images:
+                try:
+                    item.path = str(save_image(item.image, item.infotext, self.manager_config.outputs_dir, item.seed))
+                except OutputError as error:
+                    result.warnings.append(str(error))
+            result.stage_seconds["save"] = time.perf_counter() - start
+        return result
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def statuses(self, timeout_s: float = 2.0) -> list[dict]:
+        """Every worker: device, models in VRAM/RAM, busy or idle, jobs done, restarts (Models tab, status bar)."""
+        ray = self._ray
+        refs = [(slot, slot.handle.status.remote()) for slot in self._slots]
+        rows = []
+        for slot, ref in refs:
+            try:
+                status = ray.get(ref, timeout=timeout_s)
+                slot.status = status
+                state = "busy" if status["busy"] or slot.in_flight else "idle"
+            except Exception as error:  # starting (building its manager) or gone
+                status, state = {"name": slot.name, "device": slot.device}, f"not answering ({first_line(error)})"
+            rows.append(status | {"state": state, "in_flight": slot.in_flight, "restarts": slot.restarts})
+        return rows
+
+    def running(self) -> dict[str, str]:
+        """job id -> the worker running it (what the queue shows)."""
+        with self._lock:
+            return dict(self._running)
+
+    def handle(self, name: str):
+        """The Ray actor handle of a worker (tests and tools: kill it, call it directly)."""
+        return next(slot.handle for slot in self._slots if slot.name == name)
+
+    @property
+    def names(self) -> list[str]:
+        return [slot.name for slot in self._slots]
+
+
+class DispatchingManager:
+    """A PipelineManager whose `generate` runs on the pool; everything else (catalog, status, defaults)
+    is the UI process's own manager. What `app.py --workers ray` hands to the CLI."""
+
+    def __init__(self, manager, pool: WorkerPool):
+        self._manager, self.pool = manager, pool
+
+    def generate(self, request, listener=None, cancel=None, telemetry=True, face=None, reuse_latents=True):
+        self._manager.entry(request.model)  # an unknown name is refused here, with the list of models
+        return self.pool.generate(request, listener=listener, cancel=cancel, telemetry=telemetry, face=face,
+                                  reuse_latents=reuse_latents)
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
+
+
+def rebuild_error(failure: WorkerFailure) -> LikenessError:
+    """The worker's LikenessError, same class and sentence (a Stop keeps its finished images)."""
+    cls = getattr(errors, failure.error_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, LikenessError)):
+        cls = LikenessError
+    if cls is errors.GenerationCancelled:
+        return errors.GenerationCancelled(failure.message, partial=unpack_images(failure.partial))
+    return cls(failure.message)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A quick TCP check of host:port before Ray's own (which retries for a minute): a clear message now."""
+    if address == "auto":  # Ray finds the cluster itself (RAY_ADDRESS, or a `ray start` on this machine)
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkerStartError(f"--ray-address {address!r} is not host:port (for example 192.168.1.10:6379).")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        raise WorkerStartError(f"Cannot reach the Ray cluster at {address}: {error.strerror or error}. Start the head with "
+                               "`ray start --head --port 6379` on that machine, or check the address and the firewall.") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
