@@ -26,6 +26,10 @@ def common_options() -> argparse.ArgumentParser:
     parent.add_argument("--approx-cache-uri", metavar="URI",
                         help="approximate cache store: ./cache.db (Milvus Lite) or http://host:19530 (a shared Milvus server); "
                              "default: the embedded faiss index (needs requirements-scale.txt)")
+    parent.add_argument("--workers", choices=("ray",), help="run generations on Ray workers (needs requirements-scale.txt; "
+                        "so far `generate` only): one per GPU, or --worker-count CPU workers")
+    parent.add_argument("--worker-count", type=int, metavar="N", help="--workers ray: how many workers (default: one per GPU, else 1)")
+    parent.add_argument("--ray-address", metavar="ADDR", help="--workers ray: join an existing Ray cluster (host:6379) instead of a local one")
     parent.add_argument("--settings", type=Path, help="settings file (default: settings/user_settings.json)")
     parent.add_argument("--verbose", action="store_true", help="debug logging")
     return parent
@@ -253,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "generate":
         args.vae_dtype = args.vae_dtype or settings.vae_dtype
+        if args.workers == "ray":
+            return generate_on_workers(manager, args, lambda front: run_guarded(lambda: cmd_generate(front, fill_family_defaults(front, args))))
         return run_guarded(lambda: cmd_generate(manager, fill_family_defaults(manager, args)))
+    if args.workers or args.worker_count or args.ray_address:
+        print(f"error: --workers ray runs `app.py generate` only so far (issue 18); {args.command or 'the web UI'} "
+              "uses the in-process manager: leave out --workers, --worker-count and --ray-address", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "models":
         return run_guarded(lambda: cmd_models(manager, args))
     if args.command == "experiment":
@@ -273,6 +283,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return launch(manager, settings, store, options)
+
+
+def generate_on_workers(manager, args, run) -> int:
+    """`generate --workers ray`: the same command, its job dispatched to a Ray worker (pipelines/distributed)."""
+    from pipelines.distributed.pool import DispatchingManager, PoolConfig, WorkerPool, WorkerStartError
+    from ui.cli import EXIT_BAD_INPUT
+
+    if args.worker_count is not None and args.worker_count < 1:
+        print(f"error: --worker-count must be at least 1, got {args.worker_count}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    pool = WorkerPool(manager.config, PoolConfig(count=args.worker_count, address=args.ray_address))
+    try:
+        pool.start()
+    except WorkerStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        pool.shutdown()
+        return EXIT_BAD_INPUT
+    try:
+        return run(DispatchingManager(manager, pool))
+    finally:
+        pool.shutdown()
 
 
 def server_options(args):
