@@ -221,6 +221,102 @@ def hit_rate_report(figures: dict) -> list[str]:
     return lines
 
 
+# -- generation workers on Ray (pipelines/distributed) ---------------------------------------------------
+
+DISPATCH_TARGET_SECONDS = 0.020
+
+
+def _demo_job(seed: int, size: int, steps: int):
+    from pipelines.catalog import DEMO_MODEL_NAME
+    from pipelines.request import GenerationRequest
+
+    return GenerationRequest(model=DEMO_MODEL_NAME, prompt="a red circle on a blue square", steps=steps, width=size,
+                             height=size, seed=seed, save=False)
+
+
+def _timed(generate, request) -> float:
+    start = time.perf_counter()
+    generate(request)
+    return time.perf_counter() - start
+
+
+def _throughput(generate, jobs: int, size: int, steps: int) -> float:
+    """Jobs per minute with `jobs` submitted at once (one thread each, as browser tabs would)."""
+    import concurrent.futures
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(jobs) as threads:
+        list(threads.map(lambda seed: generate(_demo_job(seed, size, steps)), range(jobs)))
+    return jobs * 60 / (time.perf_counter() - start)
+
+
+def workers_section(manager, quick: bool = False) -> dict:
+    """(c) Dispatch overhead of one Ray worker against the in-process manager (the same demo job, medians
+    of a block each; the manager's own caches see repeats on both sides alike), and throughput
+    with 1 and 2 CPU workers (a local Ray on loopback each time; 1 worker gets every core, 2 get half each)."""
+    from pipelines.distributed.pool import PoolConfig, WorkerPool
+
+    repeats, jobs = (6, 4) if quick else (15, 8)
+    size, steps = 128, 4  # the overhead job: small, so the added milliseconds are not lost in its noise
+    load_size, load_steps = (128, 10) if quick else (256, 20)
+    figures: dict = {"overhead_job": f"{size} px, {steps} steps", "throughput_job": f"{load_size} px, {load_steps} steps",
+                     "jobs": jobs}
+    local = lambda request: manager.generate(request)  # noqa: E731
+    # One torch thread on both sides, in blocks (not alternated): on a shared 2-core machine two OpenMP
+    # threads per job swing a 4-step job between 0.15 s and 7 s, which would drown the milliseconds
+    # measured here; alternating also let one side's spinning threads starve the other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local(_demo_job(0, size, steps))  # warm: the demo loaded
+        figures["in_process_s"] = median([_timed(local, _demo_job(i, size, steps)) for i in range(repeats)])
+    finally:
+        torch.set_num_threads(threads)
+    pool = WorkerPool(manager.config, PoolConfig(count=1, threads=1)).start()
+    try:
+        pool.generate(_demo_job(0, size, steps))
+        figures["worker_s"] = median([_timed(pool.generate, _demo_job(i, size, steps)) for i in range(repeats)])
+        handle = pool.handle(pool.names[0])
+        figures["round_trip_s"] = median([_timed(lambda _: pool._ray.get(handle.ping.remote()), None) for _ in range(50)])
+    finally:
+        pool.shutdown()
+    figures["added_s"] = figures["worker_s"] - figures["in_process_s"]
+    figures["throughput_in_process"] = _throughput(local, jobs, load_size, load_steps)
+    pool = WorkerPool(manager.config, PoolConfig(count=1)).start()
+    try:
+        pool.generate(_demo_job(0, size, steps))
+        figures["throughput_1"] = _throughput(pool.generate, jobs, load_size, load_steps)
+    finally:
+        pool.shutdown()
+    pool = WorkerPool(manager.config, PoolConfig(count=2)).start()
+    try:
+        pool.generate(_demo_job(0, size, steps))
+        pool.generate(_demo_job(1, size, steps))  # the second worker is the least busy one: both warm
+        time.sleep(1.0)
+        figures["throughput_2"] = _throughput(pool.generate, jobs, load_size, load_steps)
+    finally:
+        pool.shutdown()
+    figures["ratio_2_vs_1"] = figures["throughput_2"] / figures["throughput_1"]
+    return figures
+
+
+def workers_report(figures: dict) -> list[str]:
+    added = figures["added_s"]
+    overhead = table(["demo job (" + figures["overhead_job"] + ", 1 torch thread)", "median"], [
+        ["in process", seconds(figures["in_process_s"])],
+        ["Ray worker (1 CPU worker, same job)", seconds(figures["worker_s"])],
+        ["one Ray call to an idle worker (ping, round trip)", seconds(figures["round_trip_s"])],
+        ["added by dispatch (worker - in process)", f"{added * 1e3:+.1f} ms ({verdict(added <= DISPATCH_TARGET_SECONDS)}: target <= 20 ms)"],
+    ], "lr")
+    load = table([f"{figures['jobs']} jobs at once ({figures['throughput_job']})", "jobs/min"], [
+        ["in process (one job at a time)", f"{figures['throughput_in_process']:.1f}"],
+        ["1 CPU worker", f"{figures['throughput_1']:.1f}"],
+        ["2 CPU workers", f"{figures['throughput_2']:.1f} ({figures['ratio_2_vs_1']:.2f} x 1 worker)"],
+    ], "lr")
+    return [overhead, "", load, "  2 CPU workers share the same cores as 1 (each gets half): the ratio shows what splitting "
+                                "costs or gains on a CPU, not what a second GPU would add."]
+
+
 # -- the suite -------------------------------------------------------------------------------------------
 
 
@@ -231,6 +327,16 @@ def _release_lite_servers(workdir: Path) -> None:
     for path in workdir.rglob("*.db"):
         server_manager_instance.release_server(str(path))
 
+
+
+def _workers_skip_reason(manager) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install -r requirements-scale.txt)"
+    if not hasattr(manager, "generate"):  # a stand-in manager (the suite's own tests of sections (a) and (b))
+        return "no pipeline manager to compare against"
+    return None
 
 
 def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tuple[int, ...] | None = None) -> int:
@@ -247,6 +353,8 @@ def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tupl
     try:
         figures["lookup"] = lookup_section(sizes, workdir / "lookup")
         figures["hit_rate"] = hit_rate_section(120 if quick else 300, workdir / "hits")
+        skip = _workers_skip_reason(manager)
+        figures["workers"] = workers_section(manager, quick) if skip is None else {"skipped": skip}
     finally:
         _release_lite_servers(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -255,6 +363,10 @@ def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tupl
         say(line)
     say(heading("(b) Hit rate: one cache shared by two clients vs one client"))
     for line in hit_rate_report(figures["hit_rate"]):
+        say(line)
+    say(heading("(c) Generation workers on Ray: dispatch overhead and throughput"))
+    skipped = figures["workers"].get("skipped")
+    for line in [f"  skipped: {skipped}"] if skipped else workers_report(figures["workers"]):
         say(line)
     figures["total_seconds"] = time.perf_counter() - started
     say(f"\n  suite took {figures['total_seconds']:.0f} s")

@@ -56,6 +56,7 @@ class PoolConfig:
     count: int | None = None  # workers; None: one per GPU in the cluster, else 1 CPU worker
     address: str | None = None  # None: a local Ray on loopback; "host:6379" (or "auto"): an existing cluster
     device: str = "auto"  # auto: GPU workers when the cluster has GPUs | cpu | gpu
+    threads: int | None = None  # CPU workers' torch threads; None: the cluster's cores shared equally
     start_timeout_s: float = 300.0  # workers build their manager (torch, diffusers imports) before answering
     env: dict = field(default_factory=dict)  # extra environment for the workers (LIKENESS_* are passed anyway)
 
@@ -122,7 +123,7 @@ class WorkerPool:
             raise WorkerStartError("GPU workers were asked for, but the Ray cluster has no GPU.")
         count = self.config.count or (gpus if use_gpus else 1)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        threads = None if use_gpus else max(1, cpus // count)
+        threads = None if use_gpus else (self.config.threads or max(1, cpus // count))
         self._env = env
         self._slots = [_Slot(f"worker-{i + 1}", use_gpus, threads) for i in range(count)]
         for slot in self._slots:
