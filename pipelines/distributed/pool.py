@@ -209,6 +209,8 @@ class WorkerPool:
                 if listener:
                     listener(Notice(text, "warning"))
         if isinstance(wire, WorkerFailure):
+            if wire.error_class in ("ModelNotFound", "ModelLoadError"):  # a worker whose folder differs: say which
+                wire = dataclasses.replace(wire, message=f"On {slot.name} ({slot.device}, {slot.status.get('host', '?')}): {wire.message}")
             raise rebuild_error(wire)
         return self._finish(wire, request)
 

@@ -117,7 +117,7 @@ class GenerationWorker:
             "device_label": manager_status["device"],
             "loaded": loaded,
             "memory": manager_status["memory"],
-            "busy": self.manager._generation_lock.locked(),
+            "busy": bool(running),
             "jobs_done": done,
             "pid": os.getpid(),
             "host": os.uname().nodename,

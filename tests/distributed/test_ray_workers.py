@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -
 
 from pipelines.catalog import DEMO_MODEL_NAME  # noqa: E402
 from pipelines.distributed.pool import REPO_ROOT, PoolConfig, WorkerPool  # noqa: E402
-from pipelines.errors import GenerationCancelled  # noqa: E402
+from pipelines.errors import GenerationCancelled, ModelNotFound  # noqa: E402
 from pipelines.generate import CancelToken  # noqa: E402
 from pipelines.infotext import param_pairs  # noqa: E402
 from pipelines.manager import ManagerConfig  # noqa: E402
@@ -112,6 +112,16 @@ def test_stop_reaches_the_worker(pool):
     assert time.monotonic() - stopped_at < 10
     assert max(e.index for e in steps if isinstance(e, StepDone)) < 150
     assert wait_for(lambda: all(row["state"] == "idle" for row in pool.statuses()), 30)
+
+
+def test_a_model_a_worker_lacks_is_named_with_the_worker_and_every_worker_reports_its_state(pool):
+    with pytest.raises(ModelNotFound, match=r"^On worker-\d \(cpu, .*\): No model named 'nope'"):
+        pool.generate(demo_job(model="nope"))
+    rows = pool.statuses()
+    assert [row["name"] for row in rows] == ["worker-1", "worker-2"]
+    for row in rows:
+        assert row["device"] == "cpu" and row["state"] == "idle" and row["jobs_done"] >= 1 and row["running"] == []
+        assert all(record["level"] in ("RAM", "VRAM") for record in row["loaded"])
 
 
 def test_a_worker_killed_mid_job_is_restarted_and_the_job_retried(pool):
