@@ -114,6 +114,19 @@ def test_stop_reaches_the_worker(pool):
     assert wait_for(lambda: all(row["state"] == "idle" for row in pool.statuses()), 30)
 
 
+def test_skip_reaches_the_worker_and_the_next_batch_runs(pool):
+    import dataclasses
+
+    steps, cancel = [], CancelToken()
+    request = dataclasses.replace(demo_job(steps=40, size=256, seed=11), batch_count=2)
+    thread, box = in_thread(lambda: pool.generate(request, listener=steps.append, cancel=cancel))
+    assert wait_for(lambda: any(isinstance(e, StepDone) for e in steps) or not thread.is_alive())
+    cancel.skip()
+    thread.join(120)
+    result = box["result"]
+    assert len(result.images) == 1 and result.seeds == [12]  # the first batch (seed 11) was dropped
+
+
 def test_a_model_a_worker_lacks_is_named_with_the_worker_and_every_worker_reports_its_state(pool):
     with pytest.raises(ModelNotFound, match=r"^On worker-\d \(cpu, .*\): No model named 'nope'"):
         pool.generate(demo_job(model="nope"))
