@@ -161,6 +161,10 @@ class StepClock:
         finally:
             self._added += count
 
+    def restart(self) -> None:
+        """Start the clock now: the first step is timed from here, not from before the prompt was encoded."""
+        self._start = self._last = time.perf_counter()
+
     def step_done(self, index: int) -> StepDone:
         if self.synchronize:
             devices.synchronize(self.device)

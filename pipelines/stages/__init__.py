@@ -131,6 +131,7 @@ def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
     )
     for stage in plan.prepare:
         run_stage(stage, plan, state)
+    state.step_clock.restart()  # the face embed, text and image encode are stages of their own, not part of step 1
     with attached(plan.model.pipe, plan.options.hooks, state.context):
         for index, seeds in enumerate(plan.validated.seeds()):
             state.begin_batch(index, seeds, plan.clock, request.width, request.height)

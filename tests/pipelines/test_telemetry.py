@@ -190,3 +190,23 @@ def test_previews_for_sdxl_and_packed_flux_latents(make_manager, shared_models_d
     # 256 px / VAE factor 8 = 32x32 latents (FLUX's 2x2-packed sequence is unpacked first).
     assert all(p.image.size == (32, 32) and p.image.mode == "RGB" for p in previews)
     assert result.images[0].image.size == (256, 256)
+
+
+def test_the_first_step_is_not_charged_with_the_prompt_encode(shared_manager, monkeypatch):
+    """The text encode is its own stage: a slow encode must not show up as a slow first step."""
+    import time as time_module
+
+    from pipelines.stages import prepare
+    from tests.tiny_models import tiny_request
+
+    real, slow_seconds = prepare.encode_prompts, 0.5
+
+    def slow_encode(*args, **kwargs):
+        time_module.sleep(slow_seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "encode_prompts", slow_encode)
+    shared_manager.prompt_memo.clear()
+    result = shared_manager.generate(tiny_request("sd15", seed=3, steps=2, prompt="a slow prompt to encode"))
+    assert result.stage_seconds["text encode"] >= slow_seconds
+    assert result.step_seconds[0] < slow_seconds
