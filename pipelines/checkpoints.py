@@ -121,6 +121,25 @@ def read_pickle_keys(path: Path) -> dict:
     return {k: {"shape": list(v.shape)} for k, v in data.items() if hasattr(v, "shape")}
 
 
+def read_pickle_tensors(path: Path, wrappers: tuple[str, ...] = ()) -> dict:
+    """The tensors of a small pickle file (an upscaler, a tiny autoencoder) with torch.load(weights_only=True):
+    no code runs. Training checkpoints keep the weights under one of `wrappers` (the first found is used).
+    ModelLoadError naming the file when it is not a weights-only dictionary of tensors."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses code; a truncated zip or an HTML page fails here too
+        raise ModelLoadError(f"{path.name} could not be read as a weights-only pickle: {error.__class__.__name__}: {str(error)[:200]}") from error
+    for wrapper in wrappers:
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path.name} does not hold a dictionary of tensors.")
+    return state
+
+
 def inspect_checkpoint(path: Path, allow_pickle: bool = False) -> CheckpointLayout:
     """Family and layout of a single file, or a layout carrying the problem (never raises for bad files)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.checkpoints import pickle_refusal, read_safetensors_header
+from pipelines.checkpoints import pickle_refusal, read_pickle_tensors, read_safetensors_header
 from pipelines.errors import ModelLoadError
 from pipelines.families import Family
 
@@ -86,17 +86,7 @@ def read_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ModelLoadError(pickle_refusal(path))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # weights_only refuses code; a truncated zip or an HTML page fails here too
-            raise ModelLoadError(f"{path.name} could not be read as a weights-only pickle: {error.__class__.__name__}: {str(error)[:200]}") from error
-        for wrapper in WRAPPERS:
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelLoadError(f"{path.name} does not hold a dictionary of tensors.")
-        return state
+        return read_pickle_tensors(path, WRAPPERS)
     if not path.is_file():
         raise ModelLoadError(f"{path.parent.name}/ has no {path.name}: a diffusers AutoencoderTiny folder holds {DIFFUSERS_WEIGHTS} and config.json.")
     read_safetensors_header(path)  # a truncated or corrupt file gets its own message, naming it

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.checkpoints import pickle_refusal, read_safetensors_header
+from pipelines.checkpoints import pickle_refusal, read_pickle_tensors, read_safetensors_header
 from pipelines.errors import ModelLoadError
 from pipelines.upscale.rrdbnet import RRDBConfig, RRDBNet, config_from_shapes, to_basicsr_names
 
@@ -69,17 +69,7 @@ def read_state(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor
     if is_pickle(path):
         if not allow_pickle:
             raise ModelLoadError(pickle_refusal(path))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # weights_only refuses code; a truncated zip or an HTML page fails here too
-            raise ModelLoadError(f"{path.name} could not be read as a weights-only pickle: {error.__class__.__name__}: {str(error)[:200]}") from error
-        for wrapper in WRAPPERS:
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelLoadError(f"{path.name} does not hold a dictionary of tensors.")
-        return state
+        return read_pickle_tensors(path, WRAPPERS)
     read_safetensors_header(path)  # a truncated or corrupt file gets its own message, naming it
     from safetensors.torch import load_file
 
