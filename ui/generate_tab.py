@@ -49,10 +49,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     last, dropped = clean_last_generation(manager, settings.last_generation)
     chosen_model, is_demo = generation_form.first_model(manager, last)
     family = manager.entry(chosen_model).family
-    spec = family.spec
-    # The demo was trained at 128x128: its own defaults, unless the user's last values say otherwise.
-    default_size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size
-    default_steps = demo.DEFAULT_STEPS if is_demo else spec.default_steps
+    default_size, default_steps = generation_form.starting_size_and_steps(manager, chosen_model, is_demo)
 
     model = generation_form.model_row(manager, chosen_model)
     demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=is_demo)

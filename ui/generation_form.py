@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines import demo
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.families import Family
@@ -270,6 +271,14 @@ def first_model(manager: PipelineManager, last: dict) -> tuple[str, bool]:
     """The model the form starts on (the last-used one when it is still usable) and whether it is the demo."""
     chosen = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else manager.default_model()
     return chosen, chosen == DEMO_MODEL_NAME
+
+
+def starting_size_and_steps(manager: PipelineManager, model: str, is_demo: bool) -> tuple[tuple[int, int], int]:
+    """The size and steps a form starts with: the family's, or the demo's own (it was trained at 128x128)."""
+    spec = manager.entry(model).family.spec
+    if is_demo:
+        return (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS
+    return spec.default_size, spec.default_steps
 
 
 def selected_index(event: gr.SelectData) -> int:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
-from pipelines import demo
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, read_embedded_text
 from pipelines.manager import PipelineManager
@@ -114,9 +113,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     last, _dropped = clean_last_generation(manager, settings.last_generation)
     chosen_model, is_demo = generation_form.first_model(manager, last)
     family = manager.entry(chosen_model).family
-    spec = family.spec
-    default_size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size
-    default_steps = demo.DEFAULT_STEPS if is_demo else spec.default_steps
+    default_size, default_steps = generation_form.starting_size_and_steps(manager, chosen_model, is_demo)
     limit_mp = max_pixels(settings) / 1e6
 
     model = generation_form.model_row(manager, chosen_model, PREFIX)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipelines.bench import models as bench_models
-from pipelines.bench.tables import heading, median, ratio, seconds, table, verdict
+from pipelines.bench.tables import finish_suite, heading, median, ratio, seconds, table, verdict
 from pipelines.metrics import psnr
 
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
@@ -377,10 +377,4 @@ def run(manager, json_file: Path | None = None, quick: bool = False) -> int:
     say(heading("(d) Prompt memo"))
     for line in memo_report(figures["memo"]):
         say(line)
-    figures["total_seconds"] = time.perf_counter() - started
-    say(f"\n  suite took {figures['total_seconds']:.0f} s")
-    if json_file is not None:
-        from pipelines.bench.core import clean_for_json
-
-        Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
-    return 0
+    return finish_suite(figures, started, json_file, say)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipelines.bench.system import print_suite_header
-from pipelines.bench.tables import heading, median, seconds, table, verdict
+from pipelines.bench.tables import finish_suite, heading, median, seconds, table, verdict
 
 DIM = 768
 P99_TARGET_SECONDS = 0.005
@@ -368,10 +368,4 @@ def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tupl
     skipped = figures["workers"].get("skipped")
     for line in [f"  skipped: {skipped}"] if skipped else workers_report(figures["workers"]):
         say(line)
-    figures["total_seconds"] = time.perf_counter() - started
-    say(f"\n  suite took {figures['total_seconds']:.0f} s")
-    if json_file is not None:
-        from pipelines.bench.core import clean_for_json
-
-        Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
-    return 0
+    return finish_suite(figures, started, json_file, say)

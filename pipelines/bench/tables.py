@@ -53,3 +53,18 @@ def median(values: list[float]) -> float:
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+def finish_suite(figures: dict, started: float, json_file, say) -> int:
+    """Every suite's last lines: its total time, and the figures as JSON when asked for."""
+    import json
+    import time
+    from pathlib import Path
+
+    from pipelines.bench.core import clean_for_json
+
+    figures["total_seconds"] = time.perf_counter() - started
+    say(f"\n  suite took {figures['total_seconds']:.0f} s")
+    if json_file is not None:
+        Path(json_file).write_text(json.dumps(clean_for_json(figures), indent=2))
+    return 0
