@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import random
 import shutil
 import tempfile

@@ -17,7 +17,6 @@ Milvus Lite takes minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
