@@ -26,10 +26,12 @@ def common_options() -> argparse.ArgumentParser:
     parent.add_argument("--approx-cache-uri", metavar="URI",
                         help="approximate cache store: ./cache.db (Milvus Lite) or http://host:19530 (a shared Milvus server); "
                              "default: the embedded faiss index (needs requirements-scale.txt)")
-    parent.add_argument("--workers", choices=("ray",), help="run generations on Ray workers (needs requirements-scale.txt; "
-                        "so far `generate` only): one per GPU, or --worker-count CPU workers")
+    parent.add_argument("--workers", choices=("ray",), help="run generations on Ray workers (needs requirements-scale.txt): "
+                        "the web UI, its API, `generate` and `experiment`; one per GPU, or --worker-count CPU workers")
     parent.add_argument("--worker-count", type=int, metavar="N", help="--workers ray: how many workers (default: one per GPU, else 1)")
     parent.add_argument("--ray-address", metavar="ADDR", help="--workers ray: join an existing Ray cluster (host:6379) instead of a local one")
+    parent.add_argument("--workers-fallback", action="store_true",
+                        help="--workers ray: when the workers cannot start, say why and run in this process instead of exiting")
     parent.add_argument("--settings", type=Path, help="settings file (default: settings/user_settings.json)")
     parent.add_argument("--verbose", action="store_true", help="debug logging")
     return parent
@@ -255,50 +257,70 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     logging.getLogger("likeness").info("VAE decode: %s", manager.vae_status())
 
+    problem = workers_flags_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "generate":
         args.vae_dtype = args.vae_dtype or settings.vae_dtype
-        if args.workers == "ray":
-            return generate_on_workers(manager, args, lambda front: run_guarded(lambda: cmd_generate(front, fill_family_defaults(front, args))))
-        return run_guarded(lambda: cmd_generate(manager, fill_family_defaults(manager, args)))
-    if args.workers or args.worker_count or args.ray_address:
-        print(f"error: --workers ray runs `app.py generate` only so far (issue 18); {args.command or 'the web UI'} "
-              "uses the in-process manager: leave out --workers, --worker-count and --ray-address", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_generate(front, fill_family_defaults(front, args))))
     if args.command == "models":
         return run_guarded(lambda: cmd_models(manager, args))
     if args.command == "experiment":
         from pipelines.experiments.cli import cmd_experiment
 
-        return run_guarded(lambda: cmd_experiment(manager, args, settings.experiment_confirm_cells))
+        return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_experiment(front, args, settings.experiment_confirm_cells)))
     if args.command == "bench":
         from pipelines.bench import run_suite
 
         return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick,
                                                    budget_s=args.budget_s, dry_run=args.dry_run, sizes=args.sizes))
-    from ui.app import launch
+    from ui.app import launch, prepare_models
 
     try:
         options = server_options(args)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return launch(manager, settings, store, options)
+    if args.workers:
+        prepare_models(manager)  # the demo model is built before the workers read the catalog
+    return with_workers(manager, args, lambda front: launch(front, settings, store, options))
 
 
-def generate_on_workers(manager, args, run) -> int:
-    """`generate --workers ray`: the same command, its job dispatched to a Ray worker (pipelines/distributed)."""
-    from pipelines.distributed.pool import DispatchingManager, PoolConfig, WorkerPool, WorkerStartError
+def workers_flags_problem(args) -> str | None:
+    """--worker-count, --ray-address or --workers-fallback without --workers ray, a count below 1, or a
+    command that does not run on workers (models, bench): what to say."""
+    extras = [flag for flag, value in (("--worker-count", args.worker_count), ("--ray-address", args.ray_address),
+                                       ("--workers-fallback", args.workers_fallback)) if value]
+    if not args.workers:
+        return f"{', '.join(extras)} only mean something with --workers ray" if extras else None
+    if args.command in ("models", "bench"):
+        return (f"`app.py {args.command}` runs in this process (it does not generate on workers): "
+                "leave out --workers, --worker-count and --ray-address")
+    if args.worker_count is not None and args.worker_count < 1:
+        return f"--worker-count must be at least 1, got {args.worker_count}"
+    return None
+
+
+def with_workers(manager, args, run) -> int:
+    """`run(manager)`, or with `--workers ray` `run(front)`: the same command with its generations on a Ray
+    worker pool (pipelines/distributed), which is shut down afterwards. A pool that cannot start is a
+    one-line error (exit 2), or with --workers-fallback a warning and the command in this process."""
+    if not args.workers:
+        return run(manager)
+    from pipelines.distributed.front import DispatchingManager
+    from pipelines.distributed.pool import PoolConfig, WorkerPool, WorkerStartError
     from ui.cli import EXIT_BAD_INPUT
 
-    if args.worker_count is not None and args.worker_count < 1:
-        print(f"error: --worker-count must be at least 1, got {args.worker_count}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     pool = WorkerPool(manager.config, PoolConfig(count=args.worker_count, address=args.ray_address))
     try:
         pool.start()
     except WorkerStartError as error:
-        print(f"error: {error}", file=sys.stderr)
         pool.shutdown()
+        if args.workers_fallback:
+            logging.getLogger("likeness").warning("%s Running in this process instead (--workers-fallback).", error)
+            return run(manager)
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return run(DispatchingManager(manager, pool))

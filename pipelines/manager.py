@@ -85,6 +85,8 @@ class ManagerConfig:
     approx_cache_max_bytes: int = 1 << 30  # disk budget of the approximate latent cache (under cache_dir/approximate)
     approx_cache_ttl_seconds: float = 0.0  # 0 = entries stay until evicted
     approx_cache_uri: str = ""  # "" = the embedded faiss index; a Milvus Lite .db folder or a Milvus server URI
+    approx_cache_folder: Path | None = None  # None: cache_dir/approximate (a Ray worker with an embedded store gets its own)
+    approx_cache_maintains: bool = True  # eviction and expiry run here (for a shared Milvus server: the UI process only)
     torch_compile: str = "off"  # off | default | max-autotune: the denoiser, compiled on first use after each load
     channels_last: bool = False  # UNet and VAE convolutions in NHWC (pays on recent NVIDIA GPUs only)
     lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
@@ -233,9 +235,9 @@ class PipelineManager:
         with self._state_lock:
             if self._approximate_cache is None:
                 config = self.config
-                self._approximate_cache = ApproximateCache(config.cache_dir / "approximate", ApproximateCacheConfig(
+                self._approximate_cache = ApproximateCache(config.approx_cache_folder or config.cache_dir / "approximate", ApproximateCacheConfig(
                     config.approx_cache_thresholds, config.approx_cache_max_bytes, config.approx_cache_ttl_seconds,
-                    uri=config.approx_cache_uri))
+                    uri=config.approx_cache_uri), maintains=config.approx_cache_maintains)
             return self._approximate_cache
 
     def models(self) -> list[ModelEntry]:

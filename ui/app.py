@@ -20,6 +20,7 @@ from ui import caches_tab, experiments_tab, face_tab, generate_tab, img2img_tab,
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 from ui.style import CSS
+from ui.workers_view import has_workers, workers_status
 
 log = logging.getLogger("likeness")
 GENERATE_TAB_ID = "generate"
@@ -39,7 +40,10 @@ SHORTCUTS_JS = """
 
 
 def status_line(manager: PipelineManager, kept_latents=None) -> str:
-    """The status bar; "last run" is this browser session's own last decode (`kept_latents`), not another user's."""
+    """The status bar; "last run" is this browser session's own last decode (`kept_latents`), not another user's.
+    With Ray workers: every worker instead (this process loads no model then)."""
+    if has_workers(manager):
+        return workers_status(manager)
     status = manager.status()
     loaded = ", ".join(f"{r['name']} ({r['level']})" for r in status["loaded"]) or "none"
     last_run = kept_latents.vae_label if kept_latents is not None else None
@@ -90,13 +94,18 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
     return demo
 
 
-def launch(manager: PipelineManager, settings, store, options: ServerOptions = ServerOptions(), block: bool = True):
+def prepare_models(manager: PipelineManager) -> None:
+    """Without real models, build the demo model (a warning, not a stop, when that fails)."""
     if not manager.has_real_models():
         log.info("No models in %s: preparing the %s…", manager.config.models_dir, DEMO_MODEL_NAME)
         try:
             manager.prepare_demo_model()
         except LikenessError as error:  # the app still starts: real models can be added and refreshed
             log.warning("%s", error)
+
+
+def launch(manager: PipelineManager, settings, store, options: ServerOptions = ServerOptions(), block: bool = True):
+    prepare_models(manager)
     log.info("Device: %s", devices.describe_device(manager.device))
     # Gradio's uploads and the copies of shown images live under Likeness's cache folder, not /tmp.
     os.environ["GRADIO_TEMP_DIR"] = str(Path(manager.config.cache_dir).resolve() / "gradio")

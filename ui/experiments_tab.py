@@ -25,7 +25,7 @@ from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.face_tab import DEFAULT_FACE, photo_paths
 from ui.generate_tab import _coerce_form
-from ui.jobs import Job, board_for
+from ui.jobs import Job, board_for, parallel_jobs
 from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, session_id
 
 log = logging.getLogger("likeness")
@@ -232,7 +232,7 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
 
     run_event = arm_then(run_button.click, cancels).then(
         run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step], [progress, grid, table, stage_plot, step_plot, files],
-        inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=1,
+        inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
     )
     # Once a run has results, they replace the empty-state note (a refused or failed run keeps it). A
     # separate step, so the experiment API returns plain values, not visibility updates.

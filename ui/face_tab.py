@@ -19,6 +19,7 @@ from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.generate_tab import FORM_FIELDS, _coerce_form
+from ui.jobs import parallel_jobs
 from ui.session import STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
@@ -165,7 +166,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
     arm_then(generate.click, cancels).then(
         run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start], [readout, gallery, breakdown, kept_latents],
         inputs_kwargs=generate_form,
-        api_name="generate_face", concurrency_id="gpu", concurrency_limit=1,
+        api_name="generate_face", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
     )
 
     def stop_face(request: gr.Request = None):

@@ -14,6 +14,7 @@ from pipelines.vae import VAE_CHOICES
 from ui import generation_form
 from ui.generation_form import add_lora_tag, lora_choices, model_choices  # noqa: F401  (imported from here by other modules)
 from ui.last_used import clean_last_generation
+from ui.jobs import parallel_jobs
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
@@ -127,7 +128,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
 
     generate_event = arm_then(panel.generate.click, cancels).then(
         run, list(form.values()), [readout, preview, gallery, breakdown, last_seed, kept_latents, before_after.pairs, selected],
-        api_name="generate", concurrency_id="gpu", concurrency_limit=1,
+        api_name="generate", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
         # Raw values: Gradio's own slider step would fail first on an API client's None, "abc" or NaN
         # with no message; `_coerce_form` and `validate_request` name the field and the fix instead.
         preprocess=False,
@@ -153,7 +154,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         return text, [(image, f"seed {seed} · {result.vae_label}") for image, seed in zip(result.images, kept.seeds)]
 
     redecode.click(on_redecode, [redecode_dtype, kept_latents], [redecode_info, redecode_gallery], api_name="redecode",
-                   concurrency_id="gpu", concurrency_limit=1)
+                   concurrency_id="gpu", concurrency_limit=parallel_jobs(manager))
 
     # Not queued behind the GPU work they interrupt.
     panel.stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)

@@ -28,6 +28,7 @@ from pipelines.request import MAX_FULL_RES_PADDING, MAX_MASK_BLUR
 from ui import generation_form, inputs
 from ui.last_used import clean_last_generation
 from ui.png_info_tab import generate_form_values
+from ui.jobs import parallel_jobs
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
@@ -259,7 +260,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode]
     run_event = arm_then(panel.generate.click, cancels).then(
         run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
-        inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=1,
+        inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
         preprocess=False,  # raw values: the pictures are opened and checked here, numbers named by validate_request
     )
     run_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)

@@ -56,12 +56,16 @@ class Job:
 
 
 class JobBoard:
-    """Who holds the GPU now, and how far it is. One per manager (`board_for`)."""
+    """Who holds the GPU now, and how far it is. One per manager (`board_for`).
 
-    def __init__(self, bus) -> None:
-        self._turn = threading.Lock()
+    `slots`: jobs that may run at once: 1 in process; one per worker with `--workers ray`. A job's
+    events are its own thread's (each job runs `manager.generate` in the thread that took its turn);
+    A1111's one "current" job is the one that started first."""
+
+    def __init__(self, bus, slots: int = 1) -> None:
+        self._turn = threading.BoundedSemaphore(max(1, slots))
         self._lock = threading.Lock()
-        self._current: Job | None = None
+        self._running: dict[int, Job] = {}  # thread id -> the job that thread runs, in start order
         self.finished: deque[Job] = deque(maxlen=64)  # most recent last; the tests read the order
         self._unsubscribe = bus.subscribe(self._on_event)
 
@@ -80,18 +84,26 @@ class JobBoard:
             with self._lock:
                 job.started_at = time.time()
                 job.timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
-                self._current = job
+                self._running[threading.get_ident()] = job
             yield job
         finally:
             with self._lock:
                 job.ended_at = time.time()
-                self._current = None
+                self._running.pop(threading.get_ident(), None)
                 self.finished.append(job)
             self._turn.release()
 
     def current(self) -> Job | None:
+        """The running job that started first (None when nothing runs)."""
         with self._lock:
-            return self._current
+            return self._first()
+
+    def _first(self) -> Job | None:
+        return next(iter(self._running.values()), None)
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running.values())
 
     def interrupt(self) -> bool:
         """Stop the running job (A1111: global). False when nothing runs."""
@@ -112,7 +124,7 @@ class JobBoard:
 
     def _on_event(self, event: Event) -> None:
         with self._lock:
-            job = self._current
+            job = self._running.get(threading.get_ident()) or self._first()
             if job is None:
                 return
             if isinstance(event, StepDone):
@@ -126,7 +138,7 @@ class JobBoard:
     def progress(self) -> dict:
         """A1111's progress figures for the running job: progress 0-1, eta_relative, state, the preview."""
         with self._lock:
-            job = self._current
+            job = self._first()
             if job is None:
                 return {"progress": 0.0, "eta_relative": 0.0, "state": idle_state(), "preview": None, "textinfo": None}
             total = job.steps * job.batch_count
@@ -160,10 +172,15 @@ _boards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _boards_lock = threading.Lock()
 
 
+def parallel_jobs(manager) -> int:
+    """Jobs that may run at once: one per Ray worker (`DispatchingManager`), else 1 (one device)."""
+    return getattr(manager, "parallel_jobs", 1)
+
+
 def board_for(manager) -> JobBoard:
     """The manager's board, made on first use (nothing starts at import)."""
     with _boards_lock:
         board = _boards.get(manager)
         if board is None:
-            board = _boards[manager] = JobBoard(manager.bus)
+            board = _boards[manager] = JobBoard(manager.bus, parallel_jobs(manager))
         return board

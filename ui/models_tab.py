@@ -5,7 +5,9 @@ import gradio as gr
 
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
+from ui.jobs import parallel_jobs
 from ui.caches_tab import human_bytes
+from ui.workers_view import WORKER_COLUMNS, has_workers, residency, worker_table
 
 COLUMNS = ["name", "family", "format", "size", "in memory", "last load", "problem", "path"]  # a long path last: scrolled to, not in the way
 LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "text encoder", "with the selected model", "path"]
@@ -13,9 +15,11 @@ LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "
 
 def catalog_rows(manager: PipelineManager) -> list[list]:
     resident = {r.name: r for r in manager.cache.records()}
+    on_workers = residency(manager) if has_workers(manager) else None  # this process loads nothing then
     rows = []
     for entry in manager.models():
         record = resident.get(entry.name)
+        in_memory = f"{record.level}{' (locked)' if record.locked else ''}" if record else ""
         report = manager.last_load(entry.name)
         size = record.size_bytes if record else entry.size_bytes
         rows.append([
@@ -23,7 +27,7 @@ def catalog_rows(manager: PipelineManager) -> list[list]:
             entry.family.spec.label if entry.family else "?",
             entry.format,
             human_bytes(size) if size else "-",  # in MiB for the small demo model; "-": not measured until loaded
-            f"{record.level}{' (locked)' if record.locked else ''}" if record else "",
+            on_workers.get(entry.name, "") if on_workers is not None else in_memory,
             f"{report.source} {report.seconds:.2f} s" if report else "",
             entry.problem or "",
             str(entry.path),
@@ -55,6 +59,8 @@ def lora_rows(manager: PipelineManager, model_name: str | None) -> list[list]:
 
 
 def memory_summary(manager: PipelineManager) -> str:
+    if has_workers(manager):
+        return f"Models load on the {len(manager.workers())} Ray workers below; Load picks an idle worker without the model."
     status = manager.status()
     return (
         f"RAM cache {human_bytes(status['ram_cache_bytes'])} of {manager.cache.ram_budget_bytes / 2**30:.1f} GiB · "
@@ -89,12 +95,14 @@ def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = 
     message = gr.Markdown(elem_id="models_message")
     # A callable value is read again on every page load.
     memory = gr.Markdown(lambda: memory_summary(manager), elem_id="models_memory")
+    workers = gr.Dataframe(lambda: worker_rows(manager), headers=WORKER_COLUMNS, interactive=False, wrap=True,
+                           elem_id="models_workers", label="Ray workers", visible=has_workers(manager))
     table = gr.Dataframe(lambda: catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
     loras = gr.Dataframe(lambda: lora_rows(manager, first), headers=LORA_COLUMNS, interactive=False, wrap=True, elem_id="models_loras",
                          label=f"LoRAs in {manager.config.models_dir / 'Lora'} (use <lora:name:weight> in the prompt)")
     if tab is not None:
-        tab.select(lambda name: (memory_summary(manager), catalog_rows(manager), lora_rows(manager, name)), chosen,
-                   [memory, table, loras], api_visibility="private", queue=False)
+        tab.select(lambda name: (memory_summary(manager), catalog_rows(manager), lora_rows(manager, name), worker_rows(manager)), chosen,
+                   [memory, table, loras, workers], api_visibility="private", queue=False)
 
     def on_load(name):
         try:
@@ -120,8 +128,11 @@ def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = 
         updates = [gr.update(choices=model_choices(manager)) for _ in model_dropdowns]
         return (text, catalog_rows(manager), memory_summary(manager), gr.update(choices=names), *updates)
 
-    load.click(on_load, chosen, [message, table, memory], api_name="load_model", concurrency_id="gpu", concurrency_limit=1)
-    unload.click(on_unload, chosen, [message, table, memory], api_name="unload_model", concurrency_id="gpu", concurrency_limit=1)
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": parallel_jobs(manager)}
+    for button, handler, api_name in ((load, on_load, "load_model"), (unload, on_unload, "unload_model")):
+        event = button.click(handler, chosen, [message, table, memory], api_name=api_name, **gpu)
+        if has_workers(manager):  # not an output of the API routes: their replies keep A1111-era shapes
+            event.then(lambda: worker_rows(manager), None, workers, api_visibility="private", queue=False)
     refresh.click(on_refresh, None, [message, table, memory, chosen, *model_dropdowns], api_visibility="private").then(
         lambda name: lora_rows(manager, name), chosen, loras, api_visibility="private")
     chosen.change(lambda name: lora_rows(manager, name), chosen, loras, api_visibility="private")
@@ -129,4 +140,9 @@ def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = 
         return model_list(manager)
 
     gr.api(list_models, api_name="list_models")
-    return {"table": table, "memory": memory, "loras": loras}
+    return {"table": table, "memory": memory, "loras": loras, "workers": workers}
+
+
+def worker_rows(manager) -> list[list]:
+    """The Ray workers' table (empty without workers: the table is hidden then)."""
+    return worker_table(manager) if has_workers(manager) else []

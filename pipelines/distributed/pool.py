@@ -130,6 +130,7 @@ class WorkerPool:
             self._spawn(slot)
         self._wait_ready(self._slots)
         log.info("Ray workers: %s", ", ".join(f"{slot.name} on {slot.status.get('device_label', slot.device)}" for slot in self._slots))
+        log.info("approximate cache with workers: %s", approx_cache_scope(self.manager_config.approx_cache_uri))
         return self
 
     def _import_ray(self):
@@ -144,7 +145,7 @@ class WorkerPool:
         from pipelines.distributed.worker import GenerationWorker
 
         ray = self._ray
-        config = dataclasses.replace(self.manager_config, device="cuda" if slot.gpu else "cpu")  # Ray shows each actor its one GPU
+        config = worker_manager_config(self.manager_config, slot.name, slot.gpu)
         options = {"max_concurrency": ACTOR_CONCURRENCY, "num_cpus": slot.threads or 1, "num_gpus": 1 if slot.gpu else 0}
         slot.handle = ray.remote(GenerationWorker).options(**options).remote(slot.name, config, self._env, slot.threads)
         slot.status = {}
@@ -300,6 +301,61 @@ class WorkerPool:
             result.stage_seconds["save"] = time.perf_counter() - start
         return result
 
+    # -- models and caches on the workers -----------------------------------------------------------
+
+    def load(self, name: str) -> str:
+        """Load a model on one worker ahead of jobs: an idle one that does not hold it yet (the least busy)."""
+        slot = self._choose_for_load(name)
+        try:
+            return f"{slot.name}: {self._ray.get(slot.handle.load.remote(name))}"
+        except Exception as error:  # RayTaskError around the worker's LikenessError: its sentence, with the worker
+            cause = getattr(error, "cause", None)
+            if isinstance(cause, LikenessError):
+                raise type(cause)(f"On {slot.name} ({slot.device}): {cause}") from None
+            raise LikenessError(f"{slot.name} could not load {name}: {first_line(error)}") from None
+        finally:
+            with self._lock:
+                slot.in_flight -= 1
+
+    def _choose_for_load(self, name: str) -> _Slot:
+        with self._lock:
+            if not self._slots:
+                raise WorkerStartError("The worker pool is not started (or was shut down).")
+            slot = min(self._slots, key=lambda s: (s.holds(name), s.in_flight, len(s.status.get("loaded", ()))))
+            slot.in_flight += 1
+            return slot
+
+    def unload(self, name: str) -> list[str]:
+        """Drop a model from every worker holding it; the names of those workers. RuntimeError while a job uses it."""
+        dropped = []
+        for slot in list(self._slots):
+            try:
+                if self._ray.get(slot.handle.unload.remote(name)):
+                    dropped.append(slot.name)
+            except Exception as error:
+                cause = getattr(error, "cause", None)
+                raise RuntimeError(f"{slot.name}: {cause or first_line(error)}") from None
+        self.statuses()  # routing must not send the model's next job to a worker for a model it dropped
+        return dropped
+
+    def cache_stats(self, timeout_s: float = 2.0) -> list[list[dict]]:
+        """Per worker that answers, its caches' figures (`GenerationWorker.cache_stats`), in the manager's cache order."""
+        refs = [slot.handle.cache_stats.remote() for slot in self._slots]
+        rows = []
+        for ref in refs:
+            try:
+                rows.append(self._ray.get(ref, timeout=timeout_s))
+            except Exception:  # a worker starting or restarting: left out of the sums for now
+                continue
+        return rows
+
+    def refresh(self) -> None:
+        """Every worker rescans the models folder (a file added or replaced since they started)."""
+        self._ray.get([slot.handle.refresh.remote() for slot in self._slots])
+
+    def clear_caches(self, name: str | None = None) -> None:
+        self._ray.get([slot.handle.clear_caches.remote(name) for slot in self._slots])
+
     # -- status -------------------------------------------------------------------------------------
 
     def statuses(self, timeout_s: float = 2.0) -> list[dict]:
@@ -331,20 +387,33 @@ class WorkerPool:
         return [slot.name for slot in self._slots]
 
 
-class DispatchingManager:
-    """A PipelineManager whose `generate` runs on the pool; everything else (catalog, status, defaults)
-    is the UI process's own manager. What `app.py --workers ray` hands to the CLI."""
+def shares_approx_cache(uri: str) -> bool:
+    """A Milvus server (http, https, tcp): one store every worker reads and writes. Milvus Lite (a .db
+    folder) and the embedded faiss index open in one process only."""
+    return (uri or "").strip().startswith(("http://", "https://", "tcp://"))
 
-    def __init__(self, manager, pool: WorkerPool):
-        self._manager, self.pool = manager, pool
 
-    def generate(self, request, listener=None, cancel=None, telemetry=True, face=None, reuse_latents=True):
-        self._manager.entry(request.model)  # an unknown name is refused here, with the list of models
-        return self.pool.generate(request, listener=listener, cancel=cancel, telemetry=telemetry, face=face,
-                                  reuse_latents=reuse_latents)
+def approx_cache_scope(uri: str) -> str:
+    if shares_approx_cache(uri):
+        return f"shared by every worker ({uri.strip()}); eviction and expiry run in this process"
+    return ("one per worker, not shared (the embedded store opens in one process only): a prompt cached on one worker "
+            "is not a hit on another. For one shared cache run a Milvus server and pass --approx-cache-uri http://HOST:19530")
 
-    def __getattr__(self, name):
-        return getattr(self._manager, name)
+
+def worker_manager_config(config, worker: str, gpu: bool):
+    """The UI process's ManagerConfig as one worker runs it: its device (Ray shows each actor its one GPU)
+    and its approximate cache, which is either the shared Milvus server, maintained by the UI process
+    only, or the worker's own embedded store (its own folder, its own Milvus Lite file)."""
+    changes = {"device": "cuda" if gpu else "cpu"}
+    uri = (config.approx_cache_uri or "").strip()
+    if shares_approx_cache(uri):
+        changes["approx_cache_maintains"] = False
+    else:
+        changes["approx_cache_folder"] = Path(config.cache_dir) / "approximate-workers" / worker
+        if uri:  # Milvus Lite: a .db folder per worker, next to the one named
+            lite = Path(uri)
+            changes["approx_cache_uri"] = str(lite.with_name(f"{lite.stem}-{worker}{lite.suffix}"))
+    return dataclasses.replace(config, **changes)
 
 
 def rebuild_error(failure: WorkerFailure) -> LikenessError:

@@ -129,5 +129,27 @@ class GenerationWorker:
         """Load a model ahead of jobs (the Models tab's Load on this worker)."""
         return self.manager.load(name).describe()
 
+    def unload(self, name: str) -> bool:
+        """Drop a model from this worker's RAM and VRAM (the Models tab's Unload). RuntimeError while a job uses it."""
+        return self.manager.unload(name)
+
+    def cache_stats(self) -> list[dict]:
+        """Every cache's figures on this worker (the Caches tab adds them up over the workers)."""
+        rows = []
+        for cache in self.manager.caches():
+            opened = getattr(cache, "is_open", True)  # the approximate cache is read on first use only
+            rows.append({"stats": cache.stats() if opened else None, "unavailable": getattr(cache, "unavailable", None)})
+        return rows
+
+    def refresh(self) -> int:
+        """Rescan the models folder (the UI's Refresh); how many models this worker now sees."""
+        return len(self.manager.refresh())
+
+    def clear_caches(self, name: str | None = None) -> None:
+        """Clear one cache by name (None: every cache) on this worker."""
+        for cache in self.manager.caches():
+            if name is None or cache.name == name:
+                cache.clear()
+
     def ping(self) -> str:
         return self.name

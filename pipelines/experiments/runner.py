@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import statistics
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -136,14 +137,80 @@ ProgressListener = Callable[[ExperimentProgress], None]
 
 
 def run_experiment(manager, plan: Plan, on_progress: ProgressListener | None = None, cancel: CancelToken | None = None) -> ExperimentResult:
-    """Run every cell in the plan's order; a stop keeps the finished cells (`result.cancelled`)."""
+    """Run every cell; a stop keeps the finished cells (`result.cancelled`).
+
+    With several workers (`manager.parallel_jobs`, `--workers ray`) the cells run in that many lanes
+    at once, each lane one model's cells in plan order (`plan_lanes`), so each worker loads a model
+    once; a cell's request, seed included, is the same whichever lane runs it."""
     cancel = cancel or CancelToken()
     result = ExperimentResult(plan, notes=list(dict.fromkeys(note for cell in plan.cells for note in cell.notes)))
-    progress = _Progress(plan.total_runs, on_progress)
-    to_warm = set(plan.warmup_models)
+    lanes = plan_lanes(plan, getattr(manager, "parallel_jobs", 1))
+    warmups = sum(len(_lane_models(plan, lane)) for lane in lanes) if plan.warmup_models else 0  # each lane warms its own worker
+    progress = _Progress(plan.total_runs - len(plan.warmup_models) + warmups, on_progress)
+    if len(lanes) == 1:
+        _run_lane(manager, plan, lanes[0], result, progress, cancel)
+    else:
+        threads = [threading.Thread(target=_run_lane, args=(manager, plan, lane, result, progress, cancel),
+                                    name=f"likeness-experiment-lane-{number}", daemon=True) for number, lane in enumerate(lanes, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if result.cancelled:
+        result.cells = {i: c for i, c in sorted(result.cells.items()) if c.runs or c.error}
+    else:
+        result.cells = dict(sorted(result.cells.items()))  # grid order, whichever lane finished first
+    repeats = plan.experiment.repeats
+    for cell in result.cells.values():
+        if cell.error is None and len(cell.runs) < repeats:
+            cell.error = f"stopped after {len(cell.runs)} of {repeats} runs"
+    measure_fidelity(manager, result)
+    return result
+
+
+def plan_lanes(plan: Plan, count: int) -> list[list[int]]:
+    """The run order split into at most `count` lanes that can run at once, grouped by model.
+
+    With at least as many models as lanes, whole models go to the lane with the fewest cells (largest
+    first). With fewer, each model gets lanes in proportion to its cells (at least one) and its cells
+    are cut into that many consecutive runs, so a lane never switches models."""
+    groups: dict[str, list[int]] = {}
+    for index in plan.run_order:
+        groups.setdefault(plan.cells[index].request.model, []).append(index)
+    if count <= 1 or len(plan.run_order) <= 1:
+        return [list(plan.run_order)]
+    if len(groups) >= count:
+        lanes: list[list[int]] = [[] for _ in range(count)]
+        for cells in sorted(groups.values(), key=len, reverse=True):
+            min(lanes, key=len).extend(cells)
+        return [lane for lane in lanes if lane]
+    share = {model: 1 for model in groups}
+    for _ in range(count - len(groups)):  # each spare lane to the model with the most cells per lane
+        model = max(groups, key=lambda m: len(groups[m]) / share[m])
+        share[model] += 1
+    lanes = []
+    for model, cells in groups.items():
+        parts = min(share[model], len(cells))
+        size, extra = divmod(len(cells), parts)
+        start = 0
+        for part in range(parts):
+            end = start + size + (1 if part < extra else 0)
+            lanes.append(cells[start:end])
+            start = end
+    return lanes
+
+
+def _lane_models(plan: Plan, lane: list[int]) -> list[str]:
+    return list(dict.fromkeys(plan.cells[index].request.model for index in lane))
+
+
+def _run_lane(manager, plan: Plan, lane: list[int], result: ExperimentResult, progress: "_Progress", cancel: CancelToken) -> None:
+    """One lane's cells, in order, with a warm-up run per model when the plan has them. A stop here
+    stops the other lanes too (the token is shared)."""
+    to_warm = set(_lane_models(plan, lane)) if plan.warmup_models else set()
     repeats = plan.experiment.repeats
     try:
-        for index in plan.run_order:
+        for index in lane:
             cell = plan.cells[index]
             outcome = CellResult(cell)
             result.cells[index] = outcome
@@ -163,29 +230,28 @@ def run_experiment(manager, plan: Plan, on_progress: ProgressListener | None = N
                 outcome.runs.append(run)
                 result.device, result.memory_kind = run.device, run.memory_kind
             if not outcome.runs and not outcome.error:
-                del result.cells[index]
+                result.cells.pop(index, None)
     except GenerationCancelled:
         result.cancelled = True
-        result.cells = {i: c for i, c in result.cells.items() if c.runs or c.error}
-    for cell in result.cells.values():
-        if cell.error is None and len(cell.runs) < repeats:
-            cell.error = f"stopped after {len(cell.runs)} of {repeats} runs"
-    measure_fidelity(manager, result)
-    return result
+        cancel.cancel()
 
 
 class _Progress:
+    """Runs done over the whole grid; lanes running at once report through the same one."""
+
     def __init__(self, total: int, listener: ProgressListener | None):
         self.total = total
         self.done = 0
         self.listener = listener
+        self._lock = threading.Lock()
 
     def send(self, label: str, phase: str, step: int = 0, steps: int = 0, preview=None) -> None:
         if self.listener:
             self.listener(ExperimentProgress(self.done, self.total, label, phase, step, steps, preview))
 
     def skip(self, runs: int) -> None:
-        self.done += runs
+        with self._lock:
+            self.done += runs
 
 
 def _run_once(manager, cell: Cell, phase: str, progress: _Progress, cancel: CancelToken) -> GenerationResult | str:

@@ -1,7 +1,7 @@
 """Generation workers on a real local Ray cluster: 2 CPU workers, the random demo and a tiny SD 1.5.
 
-One cluster for the module (starting Ray and two workers, each building a PipelineManager, takes
-tens of seconds on 2 cores). Tests run in file order and some rely on the workers' job counts.
+The cluster is the session's `pool` (tests/distributed/conftest.py). Tests run in file order and
+some rely on the workers' job counts (this file runs before the other files that use the pool).
 """
 from __future__ import annotations
 
@@ -13,25 +13,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-scale.txt")
 
 from pipelines.catalog import DEMO_MODEL_NAME  # noqa: E402
-from pipelines.distributed.pool import REPO_ROOT, PoolConfig, WorkerPool  # noqa: E402
 from pipelines.errors import GenerationCancelled, ModelNotFound  # noqa: E402
 from pipelines.generate import CancelToken  # noqa: E402
 from pipelines.infotext import param_pairs  # noqa: E402
-from pipelines.manager import ManagerConfig  # noqa: E402
 from pipelines.request import GenerationRequest  # noqa: E402
 from pipelines.telemetry import Notice, StepDone  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory, shared_models_dir, demo_cache_dir):
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
-    config = ManagerConfig(models_dir=shared_models_dir, outputs_dir=tmp_path_factory.mktemp("ray-outputs"),
-                           cache_dir=demo_cache_dir, device="cpu", include_hf_cache=False, latent_cache_entries=0)
-    workers = WorkerPool(config, PoolConfig(count=2, device="cpu")).start()
-    yield workers
-    workers.shutdown()
-    ray.shutdown()
 
 
 def demo_job(steps=6, seed=1, size=128, save=False, model=DEMO_MODEL_NAME) -> GenerationRequest:

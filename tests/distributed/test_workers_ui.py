@@ -1,0 +1,86 @@
+"""The web UI and the A1111 API with `--workers ray`: a live app over the session's Ray pool (2 CPU
+workers), checked in Chromium and over HTTP. Screenshots land in test-artifacts/."""
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import pytest
+
+pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-scale.txt")
+
+from PIL import Image  # noqa: E402
+
+from pipelines.catalog import DEMO_MODEL_NAME  # noqa: E402
+from pipelines.distributed.front import DispatchingManager  # noqa: E402
+from pipelines.infotext import parse_infotext  # noqa: E402
+from pipelines.manager import PipelineManager  # noqa: E402
+from tests.ui.conftest import browser, free_port, keep_screenshot, open_page  # noqa: E402, F401  (browser: a fixture)
+from tests.ui.test_generate_tab import set_number  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def worker_app(pool, tmp_path_factory):
+    """Settings -> the UI's manager -> DispatchingManager over the pool -> the UI and the API, as app.py does."""
+    from settings import load_settings
+    from ui.app import launch
+    from ui.server import ServerOptions
+
+    config = pool.manager_config
+    root = tmp_path_factory.mktemp("worker-app")
+    settings, store = load_settings(root / "settings.json", {"models_dir": str(config.models_dir), "outputs_dir": str(config.outputs_dir),
+                                                             "cache_dir": str(config.cache_dir), "device": "cpu"})
+    front = DispatchingManager(PipelineManager(config), pool)
+    port = free_port()
+    demo = launch(front, settings, store, ServerOptions(port=port, api=True), block=False)
+    yield {"url": f"http://127.0.0.1:{port}", "front": front}
+    demo.close()
+
+
+@pytest.fixture
+def page(browser, worker_app, request):  # noqa: F811
+    page = open_page(browser, worker_app["url"])
+    yield page
+    keep_screenshot(page, f"workers_{request.node.name}")
+    page.context.close()
+
+
+def test_generate_tab_runs_on_a_worker_and_redecode_says_why_not(page, worker_app):
+    page.fill("#prompt textarea", "a red circle")
+    set_number(page, "steps", 3)
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    page.click("#generate")
+    page.wait_for_selector("#breakdown table", timeout=120000)
+    assert page.locator("#gallery img").count() >= 1
+    assert "cpu" in page.inner_text("#breakdown")
+    saved = sorted(worker_app["front"].config.outputs_dir.rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert parse_infotext(Image.open(saved[-1]).info["parameters"])["Worker"].startswith("worker-")
+    page.get_by_text("Re-decode the last latents").click()
+    page.click("#redecode")
+    page.wait_for_function("document.querySelector('#redecode_info').innerText.includes('not available')", timeout=30000)
+    assert "Ray workers" in page.inner_text("#redecode_info")
+
+
+def test_status_bar_and_models_tab_list_every_worker(page, worker_app):
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Workers 2')", timeout=30000)
+    status = page.inner_text("#status")
+    assert "worker-1 (cpu, " in status and "worker-2 (cpu, " in status
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("document.querySelector('#models_workers').innerText.includes('worker-2')", timeout=30000)
+    table = page.inner_text("#models_workers")
+    assert "worker-1" in table and "idle" in table
+    page.click("#models_load")
+    page.wait_for_function("/worker-\\d: /.test(document.querySelector('#models_message').innerText)", timeout=120000)
+    page.wait_for_function(f"document.querySelector('#models_workers').innerText.includes('{DEMO_MODEL_NAME} (')", timeout=30000)
+    assert "worker-" in page.inner_text("#models_table")  # the catalog's "in memory" names the worker
+
+
+def test_a1111_txt2img_runs_on_a_worker(worker_app):
+    body = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 31}
+    response = httpx.post(f"{worker_app['url']}/sdapi/v1/txt2img", json=body, timeout=300)
+    assert response.status_code == 200, response.text[:500]
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    assert image.size == (64, 64)
+    assert "Worker: worker-" in response.json()["info"]
