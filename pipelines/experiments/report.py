@@ -143,15 +143,19 @@ def _in_grid_order(result: ExperimentResult):
 
 
 def grid_image(result: ExperimentResult) -> Image.Image:
-    """A1111-style labelled grid: X across, Y down, one sub-grid per Z value side by side."""
+    """A1111-style labelled grid: X across, Y down, one sub-grid per Z value side by side.
+
+    Tiles sit `cell_gap` apart on the background, so two neighbouring pictures never read as one."""
     plan = result.plan
     nx, ny, nz = plan.shape
     images = {i: c.image for i, c in result.cells.items() if c.image is not None}
     tile_w = max((im.width for im in images.values()), default=plan.base.width)
     tile_h = max((im.height for im in images.values()), default=plan.base.height)
-    font_size = max(12, min(tile_w, tile_h) // 12)
+    font_size = label_font_size(tile_w, tile_h)
     font = _font(font_size)
     line = font_size + 4
+    gap = cell_gap(tile_w, tile_h)
+    step_x, step_y = tile_w + gap, tile_h + gap
     axes = list(plan.axes) + [None, None, None]
     x_axis, y_axis, z_axis = axes[0], axes[1], axes[2]
     chars_per_tile = max(6, int(tile_w / (font_size * 0.55)))
@@ -162,34 +166,49 @@ def grid_image(result: ExperimentResult) -> Image.Image:
     left = (max(max((len(s) for s in lines), default=0) for lines in y_labels) * font_size * 0.6 + 12) if y_axis else 0
     left = int(left)
     title = (line + 8) if z_axis else 0
-    gap = font_size * 2 if nz > 1 else 0
-    sub_w, sub_h = left + nx * tile_w, title + top + ny * tile_h
-    canvas = Image.new("RGB", (nz * sub_w + (nz - 1) * gap, sub_h), BACKGROUND)
+    z_gap = font_size * 2 if nz > 1 else 0
+    sub_w, sub_h = left + nx * step_x - gap, title + top + ny * step_y - gap
+    canvas = Image.new("RGB", (nz * sub_w + (nz - 1) * z_gap, sub_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for z in range(nz):
-        origin = z * (sub_w + gap)
+        origin = z * (sub_w + z_gap)
         if z_axis:
-            _centred(draw, [z_axis.labels()[z]], origin + left, 4, nx * tile_w, font, line)
+            _centred(draw, [z_axis.labels()[z]], origin + left, 4, sub_w - left, font, line)
         for x in range(nx):
             if x_axis:
-                _centred(draw, x_labels[x], origin + left + x * tile_w, title + 4, tile_w, font, line)
+                _centred(draw, x_labels[x], origin + left + x * step_x, title + 4, tile_w, font, line)
         for y in range(ny):
             if y_axis:
                 lines = y_labels[y]
-                y0 = title + top + y * tile_h + (tile_h - len(lines) * line) // 2
+                y0 = title + top + y * step_y + (tile_h - len(lines) * line) // 2
                 for number, text in enumerate(lines):
                     draw.text((origin + 6, y0 + number * line), text, fill=TEXT, font=font)
             for x in range(nx):
                 index = x + nx * (y + ny * z)
-                box = (origin + left + x * tile_w, title + top + y * tile_h)
-                image = images.get(index)
-                if image is None:
-                    draw.rectangle([box[0] + 1, box[1] + 1, box[0] + tile_w - 2, box[1] + tile_h - 2], fill=EMPTY_TILE)
-                    outcome = result.cells.get(index)
-                    _centred(draw, ["failed" if outcome and outcome.error else "not run"], box[0], box[1] + tile_h // 2 - line // 2, tile_w, font, line)
-                else:
-                    canvas.paste(image.convert("RGB"), (box[0] + (tile_w - image.width) // 2, box[1] + (tile_h - image.height) // 2))
+                box = (origin + left + x * step_x, title + top + y * step_y)
+                _draw_tile(canvas, draw, box, (tile_w, tile_h), images.get(index), result.cells.get(index), font, line)
     return canvas
+
+
+def label_font_size(tile_w: int, tile_h: int) -> int:
+    """Labels readable at the grid's own size: at least 16 px, growing with the tiles (A1111 scales them too)."""
+    return max(16, min(tile_w, tile_h) // 10)
+
+
+def cell_gap(tile_w: int, tile_h: int) -> int:
+    """The background between two tiles: a few pixels, more for big tiles."""
+    return max(4, min(tile_w, tile_h) // 40)
+
+
+def _draw_tile(canvas: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int], size: tuple[int, int], image, outcome, font,
+               line: int) -> None:
+    """The cell's picture centred in its tile, or a grey tile saying why there is none."""
+    tile_w, tile_h = size
+    if image is None:
+        draw.rectangle([box[0], box[1], box[0] + tile_w - 1, box[1] + tile_h - 1], fill=EMPTY_TILE)
+        _centred(draw, ["failed" if outcome and outcome.error else "not run"], box[0], box[1] + tile_h // 2 - line // 2, tile_w, font, line)
+    else:
+        canvas.paste(image.convert("RGB"), (box[0] + (tile_w - image.width) // 2, box[1] + (tile_h - image.height) // 2))
 
 
 def _font(size: int):
