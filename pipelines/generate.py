@@ -21,7 +21,7 @@ from pipelines.prompts.encode import encode_weighted
 from pipelines.prompts.syntax import flux_text
 from pipelines.request import GeneratedImage
 from pipelines.samplers import find_sampler
-from pipelines.vae import DecodeOutcome, VaeChoice, decode, resolve_vae_dtype
+from pipelines.vae import STICKY_FALLBACK_WHY, DecodeOutcome, VaeChoice, decode, resolve_vae_dtype
 
 APP_VERSION = "Likeness 0.1.0"
 
@@ -145,7 +145,8 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, height: int, width
     autoencoder = model.pipe.vae
     choice = vae.choose(model.device, autoencoder)
     autoencoder.use_slicing = vae.slicing
-    outcome = decode(autoencoder, vae_input(model, latents, height, width), choice.dtype, model.device, tiled=vae.tiling)
+    outcome = decode(autoencoder, vae_input(model, latents, height, width), choice.dtype, model.device, tiled=vae.tiling,
+                     substituted_because=choice.substituted_because)
     images = model.pipe.image_processor.postprocess(outcome.images, output_type="pil")
     return images, outcome
 
@@ -164,10 +165,11 @@ class VaeSettings:
     forced_fp32: bool = False  # a sticky NaN fallback happened earlier in this session
 
     def choose(self, device: torch.device, autoencoder) -> VaeChoice:
-        if self.forced_fp32:
-            return VaeChoice(torch.float32, "fp32: kept after an earlier NaN fallback in this session")
         force_upcast = bool(getattr(autoencoder.config, "force_upcast", False))
-        return resolve_vae_dtype(self.requested, device, force_upcast, self.honour_force_upcast)
+        choice = resolve_vae_dtype(self.requested, device, force_upcast, self.honour_force_upcast)
+        if self.forced_fp32 and choice.dtype != torch.float32:
+            return VaeChoice(torch.float32, "fp32: kept after an earlier NaN fallback in this session", STICKY_FALLBACK_WHY)
+        return choice
 
 
 @dataclass

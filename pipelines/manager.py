@@ -542,6 +542,12 @@ class PipelineManager:
         choice = resolve_vae_dtype("auto", self.device)
         return f"{choice.name} ({choice.reason})"
 
+    def vae_auto_brief(self) -> str:
+        """What 'auto' decodes in here, in a few words: the VAE radio's hint ('fp32 on this CPU')."""
+        if self.vae_forced_fp32:
+            return "fp32 (kept after a NaN fallback this session)"
+        return resolve_vae_dtype("auto", self.device).short
+
     def redecode(self, kept: KeptLatents | None, vae_dtype: str) -> Redecode:
         """Decode a generation's kept latents (`GenerationResult.kept_latents`) again in another dtype.
 

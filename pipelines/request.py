@@ -391,6 +391,17 @@ class GenerationResult:
     def seeds(self) -> list[int]:
         return [img.seed for img in self.images]
 
+    def denoise_summary(self) -> str:
+        """'20 steps at 0.123 s/step (8.13 it/s)'; an exact repeat, whose denoise the latent cache skipped,
+        says so instead of '0 steps at 0.000 s/step' (the readout, the CLI and the API's info)."""
+        skipped = str(self.cache_notes.get("latent cache", "")).startswith("hit")
+        steps = self.step_seconds
+        if not steps:
+            return "denoise skipped (exact repeat)" if skipped else "no denoise steps"
+        mean = sum(steps) / len(steps)
+        text = f"{len(steps)} step{'s' if len(steps) != 1 else ''} at {mean:.3f} s/step ({1 / mean if mean else 0:.2f} it/s)"
+        return text + ("; other batches skipped the denoise (exact repeat)" if skipped else "")
+
     def summary(self) -> dict:
         """A JSON-friendly view (the CLI's --json output and the API's)."""
         return {
@@ -399,6 +410,7 @@ class GenerationResult:
             "infotexts": [img.infotext for img in self.images],
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "step_seconds": [round(s, 4) for s in self.step_seconds],
+            "denoise": self.denoise_summary(),
             "total_seconds": round(self.total_seconds, 4),
             "peak_memory_bytes": self.peak_memory_bytes,
             "memory_kind": self.memory_kind,

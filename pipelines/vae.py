@@ -18,10 +18,17 @@ VAE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 TILE_LATENT = 64
 
 
+# Why a dtype the user asked for was not the one that ran: the readout and infotext say it after the dtype.
+FORCE_UPCAST_WHY = "this VAE overflows in fp16 (force_upcast)"
+STICKY_FALLBACK_WHY = "kept after a NaN fallback earlier this session"
+
+
 @dataclass(frozen=True)
 class VaeChoice:
     dtype: torch.dtype
     reason: str
+    substituted_because: str = ""  # set when the dtype asked for was replaced; "" when honoured (or "auto")
+    short: str = ""  # "auto"'s choice in a few words, for a form hint: "fp32 on this CPU"
 
     @property
     def name(self) -> str:
@@ -39,16 +46,27 @@ def resolve_vae_dtype(requested: str, device: torch.device, force_upcast: bool =
     if requested == "auto":
         capability = devices.cuda_capability(device)
         if capability is None:
-            return VaeChoice(torch.float32, f"auto: fp32 on {device.type} (bf16 is only fast on NVIDIA GPUs of compute capability 8+)")
+            return VaeChoice(torch.float32, f"auto: fp32 on {device.type} (bf16 is only fast on NVIDIA GPUs of compute capability 8+)",
+                             short=f"fp32 on this {device.type.upper()}")
         if devices.is_amd(device):
-            return VaeChoice(torch.float32, "auto: fp32 on an AMD GPU (bf16 VAE decode is unreliable there)")
+            return VaeChoice(torch.float32, "auto: fp32 on an AMD GPU (bf16 VAE decode is unreliable there)", short="fp32 on this AMD GPU")
+        version = f"{capability[0]}.{capability[1]}"
         if capability >= (8, 0):
-            return VaeChoice(torch.bfloat16, f"auto: bf16 (compute capability {capability[0]}.{capability[1]} supports it)")
-        return VaeChoice(torch.float32, f"auto: fp32 (compute capability {capability[0]}.{capability[1]} has no fast bf16)")
+            return VaeChoice(torch.bfloat16, f"auto: bf16 (compute capability {version} supports it)", short="bf16 on this GPU")
+        return VaeChoice(torch.float32, f"auto: fp32 (compute capability {version} has no fast bf16)", short="fp32 on this GPU (no fast bf16)")
     dtype = VAE_DTYPES[requested]
     if dtype == torch.float16 and force_upcast and honour_force_upcast:
-        return VaeChoice(torch.float32, "fp32: this VAE's config sets force_upcast (it overflows in fp16); turn off 'honour force_upcast' to run fp16 anyway")
+        return VaeChoice(torch.float32, "fp32: this VAE's config sets force_upcast (it overflows in fp16); turn off 'honour force_upcast' to run fp16 anyway",
+                         FORCE_UPCAST_WHY)
     return VaeChoice(dtype, f"{requested}: as chosen")
+
+
+def outcome_label(dtype: torch.dtype, fell_back: bool, tiled: bool, substituted_because: str) -> str:
+    """Readout and infotext wording: 'bf16', 'fp32 (fallback from fp16)', 'fp32, tiled',
+    'fp32: this VAE overflows in fp16 (force_upcast)' (the dtype asked for was replaced, and why)."""
+    text = f"fp32 (fallback from {dtype_label(dtype)})" if fell_back else dtype_label(dtype)
+    text += ", tiled" if tiled else ""
+    return f"{text}: {substituted_because}" if substituted_because and not fell_back else text
 
 
 @dataclass
@@ -58,18 +76,15 @@ class DecodeOutcome:
     fallback_samples: list[int] = field(default_factory=list)  # re-decoded in fp32 after NaN/Inf
     tiled: bool = False
     notes: list[str] = field(default_factory=list)
+    substituted_because: str = ""  # the dtype asked for was replaced by `dtype`, and why (VaeChoice)
 
     def label(self) -> str:
         """Readout wording for the batch, e.g. 'fp32 (fallback from fp16)' or 'bf16, tiled'."""
-        return self._label(bool(self.fallback_samples))
+        return outcome_label(self.dtype, bool(self.fallback_samples), self.tiled, self.substituted_because)
 
     def sample_label(self, index: int) -> str:
         """Infotext wording for one sample: only the re-decoded ones say 'fallback'."""
-        return self._label(index in self.fallback_samples)
-
-    def _label(self, fell_back: bool) -> str:
-        text = f"fp32 (fallback from {dtype_label(self.dtype)})" if fell_back else dtype_label(self.dtype)
-        return text + (", tiled" if self.tiled else "")
+        return outcome_label(self.dtype, index in self.fallback_samples, self.tiled, self.substituted_because)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -107,8 +122,10 @@ def tiled_decode(vae, latents: torch.Tensor) -> torch.Tensor:
         vae.tile_latent_min_size, vae.tile_sample_min_size = saved
 
 
-def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False, nan_check: bool = True) -> DecodeOutcome:
+def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False, nan_check: bool = True,
+           substituted_because: str = "") -> DecodeOutcome:
     """Decode `latents` (already scaled for the VAE) in `dtype`; fall back per sample and on OOM.
+    `substituted_because`: why `dtype` is not the one asked for (the label says it).
 
     The VAE is cast in place, so switching dtype between generations never keeps two copies.
     """
@@ -119,7 +136,7 @@ def decode(vae, latents: torch.Tensor, dtype: torch.dtype, device: torch.device,
     z = latents.to(device=device, dtype=dtype)
     decoded, tiled = _tiles_on_out_of_memory(lambda tiles: _decode_once(vae, z, tiles), tiled, device, notes, "decode")
     decoded = decoded.float()
-    outcome = DecodeOutcome(decoded, dtype, tiled=tiled, notes=notes)
+    outcome = DecodeOutcome(decoded, dtype, tiled=tiled, notes=notes, substituted_because=substituted_because)
     if nan_check and dtype != torch.float32:
         bad = [i for i in range(decoded.shape[0]) if not torch.isfinite(decoded[i]).all()]
         if bad:
@@ -139,10 +156,10 @@ class EncodeOutcome:
     fell_back: bool = False  # re-encoded in fp32 after NaN/Inf
     tiled: bool = False
     notes: list[str] = field(default_factory=list)
+    substituted_because: str = ""
 
     def label(self) -> str:
-        text = f"fp32 (fallback from {dtype_label(self.dtype)})" if self.fell_back else dtype_label(self.dtype)
-        return text + (", tiled" if self.tiled else "")
+        return outcome_label(self.dtype, self.fell_back, self.tiled, self.substituted_because)
 
 
 def _encode_once(vae, pixels: torch.Tensor, tiled: bool) -> torch.Tensor:
@@ -160,14 +177,15 @@ def _encode_once(vae, pixels: torch.Tensor, tiled: bool) -> torch.Tensor:
             vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size = saved
 
 
-def encode(vae, pixels: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False) -> EncodeOutcome:
+def encode(vae, pixels: torch.Tensor, dtype: torch.dtype, device: torch.device, tiled: bool = False,
+           substituted_because: str = "") -> EncodeOutcome:
     """Encode `pixels` ((B, 3, H, W) in [-1, 1]) under the same policy as `decode`: the chosen dtype, a
     re-encode in fp32 when it gives NaN/Inf, tiles when the whole image runs out of memory."""
     vae.to(dtype=dtype)
     notes: list[str] = []
     x = pixels.to(device=device, dtype=dtype)
     latents, tiled = _tiles_on_out_of_memory(lambda tiles: _encode_once(vae, x, tiles), tiled, device, notes, "encode")
-    outcome = EncodeOutcome(latents.float(), dtype, tiled=tiled, notes=notes)
+    outcome = EncodeOutcome(latents.float(), dtype, tiled=tiled, notes=notes, substituted_because=substituted_because)
     if dtype != torch.float32 and not torch.isfinite(outcome.latents).all():
         vae.to(dtype=torch.float32)
         outcome.latents = _encode_once(vae, pixels.to(device=device, dtype=torch.float32), tiled).float()

@@ -154,6 +154,7 @@ def test_generate_text_output(runs):
     assert 0 <= int(seed) < 2**32 and Path(path).is_file()
     assert Path(path).name.endswith(f"-{seed}.png")
     assert completed.stdout.startswith("stages: ")
+    assert "denoise: 2 steps at " in completed.stdout and " it/s); total " in completed.stdout
     assert "step 2/2" in completed.stderr
 
 

@@ -165,8 +165,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         return EXIT_OK
     stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.stage_seconds.items())
     print(f"stages: {stages}")
-    mean_step = sum(result.step_seconds) / max(len(result.step_seconds), 1)
-    print(f"steps: {len(result.step_seconds)} at {mean_step:.3f} s/step ({1 / mean_step if mean_step else 0:.2f} it/s); total {result.total_seconds:.2f} s")
+    print(f"denoise: {result.denoise_summary()}; total {result.total_seconds:.2f} s")
     print(f"device {result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype}; peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB")
     for image in result.images:
         print(f"seed {image.seed}: {image.path or '(not saved)'}")

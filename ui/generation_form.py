@@ -147,7 +147,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
         batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
         batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
     vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
-                         info=vae_rule_info(settings.vae_dtype, manager.vae_status()), elem_id=f"{prefix}vae_dtype")
+                         info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()), elem_id=f"{prefix}vae_dtype")
     with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
         with gr.Row():
             deepcache_interval = inputs.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",

@@ -51,6 +51,6 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "…"
 
 
-def vae_rule_info(default: str, auto_status: str) -> str:
-    """What the Generate tab's VAE precision radio says about where its value comes from."""
-    return f"Default from Settings: {default} (not the last-used value) · auto here: {auto_status}"
+def vae_rule_info(default: str, auto_brief: str) -> str:
+    """The VAE precision radio's hint, one short sentence: where its value comes from, what auto means here."""
+    return f"Default from Settings: {default} (not last-used); auto is {auto_brief}."

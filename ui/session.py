@@ -56,8 +56,7 @@ def result_markdown(result: GenerationResult) -> str:
     steps = result.step_seconds
     mean = sum(steps) / len(steps) if steps else 0
     summary = (
-        f"**Done in {result.total_seconds:.2f} s** · {len(steps)} steps at {mean:.3f} s/step "
-        f"({(1 / mean) if mean else 0:.2f} it/s) · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
+        f"**Done in {result.total_seconds:.2f} s** · {result.denoise_summary()} · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
         f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"
     )
     warnings = "".join(f"  \n⚠ {w}" for w in result.warnings)

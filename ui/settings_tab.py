@@ -233,7 +233,7 @@ def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore,
         if elsewhere:
             text += f" Kept what was saved elsewhere since this page was shown: {labels(elsewhere)} (the form now shows it)."
         fresh = current()
-        vae = (gr.update(value=settings.vae_dtype, info=vae_rule_info(settings.vae_dtype, manager.vae_status()))
+        vae = (gr.update(value=settings.vae_dtype, info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()))
                if "vae_dtype" in changes else gr.update())
         return text + refusal, *[gr.update(value=fresh[name], elem_classes=["setting"], info=help_for(name, store.overrides.get(name)))
                                  for name in names], fresh, vae

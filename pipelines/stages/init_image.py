@@ -47,7 +47,7 @@ def encode_pixels(model, image: Image.Image, vae_settings) -> tuple[torch.Tensor
     autoencoder = model.pipe.vae
     choice = vae_settings.choose(model.device, autoencoder)
     pixels = model.pipe.image_processor.preprocess(image)
-    outcome = encode(autoencoder, pixels, choice.dtype, model.device, tiled=vae_settings.tiling)
+    outcome = encode(autoencoder, pixels, choice.dtype, model.device, tiled=vae_settings.tiling, substituted_because=choice.substituted_because)
     config = autoencoder.config
     latents = outcome.latents
     if getattr(config, "shift_factor", None):

@@ -113,7 +113,8 @@ def test_sticky_fallback_keeps_fp32_for_the_session(tmp_path, demo_cache):
     assert first.vae_dtype == "fp32 (fallback from fp16)"
     assert manager.vae_forced_fp32 and "NaN fallback" in manager.vae_status()
     second = manager.generate(request(vae_dtype="fp16"))
-    assert second.vae_dtype == "fp32", "the sticky fallback did not hold"
+    assert second.vae_dtype == "fp32: kept after a NaN fallback earlier this session", "the sticky fallback did not hold, or hid why"
+    assert manager.generate(request(vae_dtype="fp32")).vae_dtype == "fp32", "fp32 asked for is no substitution"
     assert not any("NaN/Inf" in w for w in second.warnings)
 
 
@@ -158,7 +159,32 @@ def test_force_upcast_honoured_by_default(tmp_path, demo_cache):
     manager = make_manager(tmp_path, demo_cache, vae_honour_force_upcast=True)
     with manager.use(DEMO_MODEL_NAME) as model:
         assert model.pipe.vae.config.force_upcast
-    assert manager.generate(request(vae_dtype="fp16")).vae_dtype == "fp32"
+    result = manager.generate(request(vae_dtype="fp16"))
+    # Issue 17 item 2: the substitution says why, in the readout's label and in the infotext.
+    assert result.vae_dtype == "fp32: this VAE overflows in fp16 (force_upcast)"
+    assert parse_infotext(result.images[0].infotext)["VAE dtype"] == result.vae_dtype
+    from ui.session import result_markdown
+
+    assert "VAE fp32: this VAE overflows in fp16 (force_upcast)" in result_markdown(result)
+    assert manager.generate(request(vae_dtype="bf16")).vae_dtype == "bf16", "only fp16 is replaced"
+
+
+def test_substitution_label_wording():
+    from pipelines.vae import outcome_label
+
+    assert outcome_label(torch.float32, False, False, "") == "fp32"
+    assert outcome_label(torch.float32, False, True, "why") == "fp32, tiled: why"
+    # A NaN re-decode already says what it replaced.
+    assert outcome_label(torch.float16, True, False, "why") == "fp32 (fallback from fp16)"
+
+
+def test_auto_hint_is_one_short_sentence(tmp_path, demo_cache):
+    from ui.last_used import vae_rule_info
+
+    manager = make_manager(tmp_path, demo_cache)
+    hint = vae_rule_info("auto", manager.vae_auto_brief())
+    assert hint == "Default from Settings: auto (not last-used); auto is fp32 on this CPU."
+    assert hint.count(".") == 1 and "(" not in hint.split(";")[1]
 
 
 def test_tiling_setting_decodes_in_tiles_close_to_the_plain_decode(tmp_path, demo_cache):
