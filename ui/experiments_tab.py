@@ -230,7 +230,7 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
             exported,
         )
 
-    run_event = arm_then(run_button.click, cancels).then(
+    run_event = arm_then(run_button.click, cancels, progress, manager).then(
         run, [*axis_inputs, baseline, warmup, repeats, confirm, photos, id_weight, start_step], [progress, grid, table, stage_plot, step_plot, files],
         inputs_kwargs=generate_form, api_name="experiment", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
     )

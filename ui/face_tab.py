@@ -12,12 +12,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.errors import LikenessError
+from pipelines.errors import LikenessError, ModelNotFound
 from pipelines.face.service import ID_WEIGHTS, MAX_ID_WEIGHT, MAX_PHOTOS, FaceOptions
 from pipelines.families import Family
 from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
+from ui.generation_form import model_choices
 from ui.generate_tab import FORM_FIELDS, _coerce_form
 from ui.jobs import parallel_jobs
 from ui.session import STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
@@ -30,11 +31,7 @@ def id_weight_slider(manager: PipelineManager, model: str | None, current: float
     """(value, maximum) of the ID weight slider for `model`: its family's official range (FLUX.1 0-3,
     SDXL 0-5) and default (1 / 0.8). A value the user chose is kept while it fits; another family's
     default (or nothing yet) becomes this family's default."""
-    try:
-        family = manager.entry(model).family if model else Family.SDXL
-    except LikenessError:
-        family = Family.SDXL
-    limits = ID_WEIGHTS.get(family, ID_WEIGHTS[Family.SDXL])
+    limits = ID_WEIGHTS[pulid_family(manager, model) or Family.SDXL]
     defaults = {r.default for r in ID_WEIGHTS.values()}
     if current is None or current in defaults or not 0 <= current <= limits.maximum:
         return limits.default, limits.maximum
@@ -42,13 +39,50 @@ def id_weight_slider(manager: PipelineManager, model: str | None, current: float
 
 
 def files_markdown(manager: PipelineManager) -> str:
+    """The face files as a table; each status is a word in a coloured mark (CSS), not an emoji a
+    system without an emoji font draws as an empty box."""
     rows = ["| file | for | status |", "|---|---|---|"]
     for status in manager.face.file_status():
         if not status.required:
             continue
-        state = "✅ found" + (f" ({status.note})" if status.note else "") if status.present else f"❌ missing: put it in `{status.folder}`"
+        if status.present:
+            state = '<span class="file-mark file-found">found</span>' + (f" ({status.note})" if status.note else "")
+        else:
+            state = f'<span class="file-mark file-missing">missing</span> put it in `{status.folder}`'
         rows.append(f"| `{status.name}` | {status.purpose} | {state} |")
     return "\n".join(rows)
+
+
+def pulid_family(manager: PipelineManager, model: str | None) -> Family | None:
+    """The PuLID family (SDXL, FLUX.1) of `model`; None for another family or a model not found."""
+    try:
+        family = manager.entry(model).family if model else None
+    except LikenessError:
+        return None
+    return family if family in ID_WEIGHTS else None
+
+
+def model_note(manager: PipelineManager, model: str | None) -> str:
+    """The Face tab's model hint: which PuLID the model gets, or why it gets none."""
+    family = pulid_family(manager, model)
+    if family is Family.FLUX:
+        return "FLUX.1: PuLID-FLUX. Shared with the Generate tab."
+    if family is Family.SDXL:
+        return "SDXL: PuLID v1.1. Shared with the Generate tab."
+    return "No PuLID for this model: choose an SDXL or FLUX.1 model. Shared with the Generate tab."
+
+
+def missing_files_message(manager: PipelineManager, model: str | None, error: LikenessError) -> str:
+    """A missing face file found while working: name every file the chosen model still lacks (the
+    table's list, not only the one the failing step needed)."""
+    if not isinstance(error, ModelNotFound):
+        return str(error)
+    family = pulid_family(manager, model)
+    return manager.face.missing(family.value if family else None) or str(error)
+
+
+def photo_thumbnails(files) -> list[tuple[str, str]]:
+    return [(path, f"photo {number}") for number, path in enumerate(photo_paths(files), start=1)]
 
 
 def parse_face_numbers(text: str, photos: int) -> tuple[int, ...]:
@@ -85,9 +119,14 @@ def debug_view(face) -> list[tuple[Image.Image, str]]:
 
 def build(manager: PipelineManager, settings, store, generate_form: dict, cancels: CancelRegistry, kept_latents: gr.State) -> dict:
     files = gr.Markdown(files_markdown(manager), elem_id="face_files")
+    chosen = generate_form["model"].value
+    face_model = gr.Dropdown(model_choices(manager), value=chosen, label="Model", info=model_note(manager, chosen), elem_id="face_model",
+                             allow_custom_value=True)
     with gr.Row():
         with gr.Column(scale=2):
             photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="face_photos")
+            thumbnails = gr.Gallery(label="Photos", format="png", columns=MAX_PHOTOS, rows=1, height=170, object_fit="contain",
+                                    allow_preview=False, interactive=False, elem_id="face_thumbnails")
             face_numbers = gr.Textbox(label="Face per photo (1 = largest)", placeholder="e.g. 1, 2", elem_id="face_numbers")
             detect_info = gr.Markdown(elem_id="face_detect_info")
             debug = gr.Gallery(label="Detection", format="png", columns=3, height=300, elem_id="face_debug")
@@ -99,9 +138,9 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             start_step = inputs.Slider(0, 10, value=DEFAULT_FACE.start_step, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
             num_zero = inputs.Slider(0, 80, value=DEFAULT_FACE.num_zero, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
             ortho = gr.Radio(list(ORTHO_MODES), value=DEFAULT_FACE.ortho, label="Ortho (SDXL)", elem_id="face_ortho")
-            with gr.Row():
-                true_cfg = inputs.Slider(1, 10, value=DEFAULT_FACE.true_cfg, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
-                true_cfg_start = inputs.Slider(0, 20, value=DEFAULT_FACE.true_cfg_start, step=1, label="True CFG from step (FLUX)", elem_id="face_true_cfg_start")
+            # Full width like the controls above: side by side, one label wrapped to three lines and the other to none.
+            true_cfg = inputs.Slider(1, 10, value=DEFAULT_FACE.true_cfg, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
+            true_cfg_start = inputs.Slider(0, 20, value=DEFAULT_FACE.true_cfg_start, step=1, label="True CFG from step (FLUX)", info="the step it starts at", elem_id="face_true_cfg_start")
             with gr.Row():
                 generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="face_stop")
@@ -109,14 +148,14 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             gallery = gr.Gallery(label="Images", format="png", columns=2, height=360, elem_id="face_gallery")
             breakdown = gr.Markdown(elem_id="face_breakdown")
 
-    def on_photos(files, numbers):
+    def on_photos(files, numbers, model):
         paths = photo_paths(files)
         if not paths:
             return "", []
         try:
             faces = manager.face.inspect(paths, parse_face_numbers(numbers, len(paths)))
         except LikenessError as error:
-            return f"⚠ {error}", []
+            return f"⚠ {missing_files_message(manager, model, error)}", []
         except Exception as error:  # a broken model file must not take the tab down
             log.exception("face detection failed")
             return f"⚠ Face detection failed: {error.__class__.__name__}: {error}", []
@@ -126,12 +165,16 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
 
     def on_model(model, current):
         value, most = id_weight_slider(manager, model, current)
-        return gr.update(value=value, maximum=most)
+        return gr.update(value=value, maximum=most), gr.update(value=model, info=model_note(manager, model))
 
-    # The official apps' ID weight range and default follow the model chosen in the Generate tab.
-    generate_form["model"].change(on_model, [generate_form["model"], id_weight], id_weight, api_visibility="private", queue=False)
-    photos.change(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
-    face_numbers.submit(on_photos, [photos, face_numbers], [detect_info, debug], api_visibility="private")
+    # One model for both tabs: the Face tab's picker sets Generate's (whose change runs as if chosen there), and
+    # the official apps' ID weight range and default follow it. `input`: only the user's choice, so no loop.
+    generate_form["model"].change(on_model, [generate_form["model"], id_weight], [id_weight, face_model], api_visibility="private", queue=False)
+    face_model.input(lambda model: model, face_model, generate_form["model"], api_visibility="private", queue=False)
+    face_model.focus(lambda: gr.update(choices=model_choices(manager)), None, face_model, api_visibility="private", queue=False)
+    photos.change(photo_thumbnails, photos, thumbnails, api_visibility="private", queue=False)
+    photos.change(on_photos, [photos, face_numbers, generate_form["model"]], [detect_info, debug], api_visibility="private")
+    face_numbers.submit(on_photos, [photos, face_numbers, generate_form["model"]], [detect_info, debug], api_visibility="private")
 
     # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter is named: the face controls here, then the request's own field names
     # (`inputs_kwargs`), so `client.predict(photos=[...], prompt="...", api_name="/generate_face")` works.
@@ -163,7 +206,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
             yield update.readout, images, result_markdown(result), result.kept_latents
 
-    arm_then(generate.click, cancels).then(
+    arm_then(generate.click, cancels, readout, manager).then(
         run, [photos, face_numbers, id_weight, start_step, num_zero, ortho, true_cfg, true_cfg_start], [readout, gallery, breakdown, kept_latents],
         inputs_kwargs=generate_form,
         api_name="generate_face", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),

@@ -112,10 +112,10 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         result = None
         for update in stream_generation(manager, generation_request, cancels, session_id(request), namespace=cache_namespace(request)):
             if update.message:
-                yield f"⚠ {update.message}", update.preview, gr.update(), "", gr.update(), gr.update(), *unchanged
+                yield f"⚠ {update.message}", update.preview_output(), gr.update(), "", gr.update(), gr.update(), *unchanged
                 return
             if update.result is None:
-                yield update.readout, update.preview, gr.update(), gr.update(), gr.update(), gr.update(), *unchanged
+                yield update.readout, update.preview_output(), gr.update(), gr.update(), gr.update(), gr.update(), *unchanged
             result = update.result
         settings.last_generation = dataclasses.asdict(generation_request)
         try:
@@ -126,7 +126,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         yield (update.readout, None, images, result_markdown(result), result.seeds[0], result.kept_latents,
                generation_form.before_after_pairs(result), 0)
 
-    generate_event = arm_then(panel.generate.click, cancels).then(
+    generate_event = arm_then(panel.generate.click, cancels, readout, manager).then(
         run, list(form.values()), [readout, preview, gallery, breakdown, last_seed, kept_latents, before_after.pairs, selected],
         api_name="generate", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
         # Raw values: Gradio's own slider step would fail first on an API client's None, "abc" or NaN

@@ -231,7 +231,8 @@ def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
         skip = gr.Button("Skip", elem_id=f"{prefix}skip", scale=0, min_width=70)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}stop")
     readout = gr.Markdown("Ready.", elem_id=f"{prefix}readout")
-    preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview")
+    preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview",
+                       elem_classes=["live-preview"])  # scaled up to the box, pixelated (ui/style.py)
     # Not an upload box, though the Send buttons read it as an input.
     gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, interactive=False, elem_id=f"{prefix}gallery")
     return RunPanel(generate, skip, stop, readout, preview, gallery)

@@ -27,7 +27,7 @@ from pipelines.refine import EMPTY_MASK_MESSAGE, MASKED_CONTENT, RESIZE_MODES, c
 from pipelines.request import MAX_FULL_RES_PADDING, MAX_MASK_BLUR
 from ui import generation_form, inputs
 from ui.last_used import clean_last_generation
-from ui.png_info_tab import generate_form_values
+from ui.png_info_tab import generate_form_values, sent_report
 from ui.jobs import parallel_jobs
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
@@ -245,10 +245,10 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             return
         for update in stream_generation(manager, generation_request, cancels, session, namespace=cache_namespace(request)):
             if update.message:
-                yield f"⚠ {update.message}", update.preview, gr.update(), "", *unchanged
+                yield f"⚠ {update.message}", update.preview_output(), gr.update(), "", *unchanged
                 return
             if update.result is None:
-                yield update.readout, update.preview, gr.update(), gr.update(), *unchanged
+                yield update.readout, update.preview_output(), gr.update(), gr.update(), *unchanged
                 continue
             result = update.result
             images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
@@ -258,7 +258,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                    generation_form.before_after_pairs(result))
 
     refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode]
-    run_event = arm_then(panel.generate.click, cancels).then(
+    run_event = arm_then(panel.generate.click, cancels, panel.readout, manager).then(
         run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
         inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
         preprocess=False,  # raw values: the pictures are opened and checked here, numbers named by validate_request
@@ -301,7 +301,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         if not text:
             notes.append("The image carries no generation parameters: only the picture was sent.")
         where = "Inpaint: paint over what to change, then Generate." if target_mode == "inpaint" else "img2img."
-        text_out = f"Sent to {where} {size_note(picture, fitted)}" + "".join(f"  \n⚠ {n}" for n in notes)
+        text_out = sent_report(f"{where} {size_note(picture, fitted)}", notes, text, sent_fields)
         editor_value = {"background": picture, "layers": [], "composite": picture} if target_mode == "inpaint" else gr.update()
         image_value = picture if target_mode == "img2img" else gr.update()
         updates = [gr.update(value=values[name]) if name in values else gr.update() for name in sent_fields]

@@ -53,8 +53,6 @@ def result_markdown(result: GenerationResult) -> str:
     rows = ["| stage | seconds | |", "|---|---:|---|"]
     for stage, seconds in result.stage_seconds.items():
         rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} |")
-    steps = result.step_seconds
-    mean = sum(steps) / len(steps) if steps else 0
     summary = (
         f"**Done in {result.total_seconds:.2f} s** · {result.denoise_summary()} · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
         f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"
@@ -144,13 +142,31 @@ class CancelRegistry:
     def __init__(self) -> None:
         self._tokens: dict[str, CancelToken] = {}
         self._running: set[int] = set()  # ids of the tokens whose job has started
+        self._armed_at: dict[str, float] = {}  # when each session's job joined the queue: the queue's order
         self._lock = threading.Lock()
 
     def arm(self, session: str) -> CancelToken:
         """A fresh token for the job this session is about to queue (it replaces an older one)."""
         with self._lock:
             token = self._tokens[session] = CancelToken()
+            self._armed_at[session] = time.monotonic()
             return token
+
+    def queue_position(self, session: str) -> int | None:
+        """This session's place among the browser jobs still waiting (1 = next), or None when it has none waiting.
+
+        Jobs armed more than QUEUE_FORGET_S ago and never started (a page closed while queued) do not count."""
+        with self._lock:
+            if not self._is_waiting(session):
+                return None
+            now, mine = time.monotonic(), self._armed_at[session]
+            ahead = [other for other in self._tokens if other != session and self._is_waiting(other)
+                     and now - QUEUE_FORGET_S < self._armed_at[other] < mine]
+            return len(ahead) + 1
+
+    def _is_waiting(self, session: str) -> bool:
+        token = self._tokens.get(session)
+        return token is not None and id(token) not in self._running and not token.cancelled and session in self._armed_at
 
     def claim(self, session: str) -> CancelToken:
         """The token of the job that starts now: the armed one, else a fresh one (API calls arm nothing)."""
@@ -180,12 +196,14 @@ class CancelRegistry:
             token = self._tokens.get(session)
             if token is not None and id(token) not in self._running:
                 del self._tokens[session]
+                self._armed_at.pop(session, None)
 
     def forget(self, session: str, token: CancelToken) -> None:
         with self._lock:
             self._running.discard(id(token))
             if self._tokens.get(session) is token:
                 del self._tokens[session]
+                self._armed_at.pop(session, None)
 
 
 STOP_REPLIES = {
@@ -199,6 +217,8 @@ SKIP_REPLIES = {
     None: "Nothing is running.",
 }
 STOPPED_BEFORE_START = "Stopped before it started."
+QUEUE_POLL_S = 1.0  # how often a waiting job's readout is refreshed
+QUEUE_FORGET_S = 3600.0  # a job armed this long ago that never started is not counted as ahead
 
 
 def session_id(request) -> str:
@@ -206,22 +226,74 @@ def session_id(request) -> str:
     return getattr(request, "session_hash", None) or "api"
 
 
-def arm_then(listener, cancels: CancelRegistry):
+def arm_then(listener, cancels: CancelRegistry, readout: gr.Markdown | None = None, manager: PipelineManager | None = None):
     """`listener` (e.g. `button.click`) arms a cancel token for the session at once, outside the queue;
-    chain the queued GPU job with `.then(...)`, so Stop reaches it even while it waits."""
+    chain the queued GPU job with `.then(...)`, so Stop reaches it even while it waits.
 
-    def arm(request: gr.Request):
-        cancels.arm(session_id(request))
+    With a `readout` (and the `manager`), the readout says where the job stands in the queue and which job runs
+    ahead of it, every QUEUE_POLL_S seconds until the job starts (Gradio's own estimate is only a guess from past runs).
+    """
+    if readout is None:
+        def arm(request: gr.Request):
+            cancels.arm(session_id(request))
 
-    return listener(arm, None, None, queue=False, api_visibility="private")
+        return listener(arm, None, None, queue=False, api_visibility="private")
+    timer = gr.Timer(QUEUE_POLL_S, active=False)
+
+    def arm_and_watch(request: gr.Request):
+        session = session_id(request)
+        cancels.arm(session)
+        return queue_readout(cancels, manager, session), gr.Timer(active=True)
+
+    def watch(request: gr.Request):
+        session = session_id(request)
+        if cancels.queue_position(session) is None:  # started, stopped or refused: the run's own readout takes over
+            return gr.update(), gr.Timer(active=False)
+        return queue_readout(cancels, manager, session), gr.update()
+
+    timer.tick(watch, None, [readout, timer], queue=False, api_visibility="private")
+    return listener(arm_and_watch, None, [readout, timer], queue=False, api_visibility="private")
+
+
+def queue_readout(cancels: CancelRegistry, manager: PipelineManager | None, session: str):
+    """The readout of a job still waiting: its place in the queue and what runs ahead of it (no update once it started)."""
+    position = cancels.queue_position(session)
+    if position is None:
+        return gr.update()
+    board = board_for(manager) if manager is not None else None
+    holder = board.current() if board is not None else None
+    return queue_markdown(position, holder.describe() if holder else None, board.progress() if holder else None)
+
+
+def queue_markdown(position: int, holder: str | None, progress: dict | None) -> str:
+    """`position` among the waiting browser jobs (1 = next); `holder` describes the job on the GPU, `progress` is its JobBoard figures."""
+    if position == 1 and holder is None:
+        return "**starting…**"
+    waiting = "yours is next" if position == 1 else f"{position - 1} job{'s' if position > 2 else ''} ahead of yours"
+    lines = [f"**waiting in the queue** · {waiting}"]
+    if holder is None:
+        lines.append("waiting for the job ahead to start")
+    else:
+        left = f", about {progress['eta_relative']:.0f} s left" if progress["eta_relative"] > 0 else ""
+        lines.append(f"running now: {holder} · {progress['textinfo']}{left}")
+    return "  \n".join(lines)
 
 
 @dataclass
 class StreamUpdate:
     readout: str
-    preview: object = None
+    preview: object = None  # the latest preview so far
     result: GenerationResult | None = None  # set on the last update of a finished run
     message: str | None = None  # set on the last update of a failed or stopped run
+    preview_is_new: bool = False  # `preview` arrived since the previous update
+
+    def preview_output(self):
+        """For the preview image: the picture when it is new, else no update, so the last one stays on screen.
+
+        Sending the same picture again is not harmless: Gradio rewrites its cached file in place (same content,
+        same name), and a browser still reading that file gets a body shorter than the Content-Length it was
+        promised (h11: "Too little data for declared Content-Length")."""
+        return self.preview if self.preview_is_new else gr.update()
 
 
 def cache_namespace(request) -> str:
@@ -249,8 +321,9 @@ def stream_generation(manager: PipelineManager, request: GenerationRequest, canc
         for events in job.stream():
             for event in events:
                 readout.apply(event)
-            preview = latest_preview(events) or preview
-            yield StreamUpdate(readout.markdown(), preview)
+            fresh = latest_preview(events)
+            preview = fresh or preview
+            yield StreamUpdate(readout.markdown(), preview, preview_is_new=fresh is not None)
     finally:
         if job.result is None and job.error is None:
             token.cancel()

@@ -42,4 +42,19 @@ SETTINGS = """
 #settings_form .setting-error .info-text { color: #b42318 !important; opacity: 1; font-weight: 600; }
 """
 
-CSS = TABLES + EXPERIMENTS + SETTINGS
+GENERATE = """
+/* Live preview (Generate, img2img): the preview is a few dozen pixels (the latent's size); fill the box and show
+   its pixels as blocks, not a blur, the way a preview of a picture still being made should look. */
+.live-preview img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+"""
+
+FACE = """
+/* The face files' status: a word in a coloured mark, readable without an emoji font. */
+.file-mark { display: inline-block; padding: 0 0.45em; border-radius: 4px; font-weight: 600; font-size: 0.9em; }
+.file-found { background: #dcfce7; color: #14532d; }
+.file-missing { background: #fee2e2; color: #7f1d1d; }
+/* Reference photo thumbnails: always a quarter of the row each (Gradio stretches fewer photos than columns to the full width). */
+#face_thumbnails .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+"""
+
+CSS = TABLES + EXPERIMENTS + SETTINGS + GENERATE + FACE

@@ -1,0 +1,44 @@
+"""ui/session.py without a browser: what the live preview sends, and the readout of a job waiting in the queue."""
+from __future__ import annotations
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.request import GenerationRequest
+from ui.session import CancelRegistry, queue_markdown, stream_generation
+
+
+def test_the_same_preview_is_never_sent_twice(make_manager):
+    """The stream polls every 0.1 s; re-sending an unchanged preview made Gradio rewrite its cached PNG in place
+    while the browser was still reading it (h11: "Too little data for declared Content-Length")."""
+    manager = make_manager(preview_every=1)
+    request = GenerationRequest(DEMO_MODEL_NAME, "a red circle", steps=4, width=64, height=64, seed=3, save=False)
+    updates = list(stream_generation(manager, request, CancelRegistry(), "session-a"))
+    sent = [update.preview_output() for update in updates]
+    pictures = [item for item in sent if not isinstance(item, dict)]
+    assert updates[-1].result is not None
+    assert 1 <= len(pictures) <= 4, f"one picture per new preview (preview every step of 4): {len(pictures)}"
+    assert len({id(picture) for picture in pictures}) == len(pictures), "a picture was sent twice"
+    assert len(updates) > len(pictures), "updates without a new preview exist (the readout ticks) and send none"
+    assert all(item == {"__type__": "update"} for item in sent if isinstance(item, dict)), "no update keeps the shown picture"
+
+
+def test_queue_positions_follow_the_order_of_the_clicks():
+    cancels = CancelRegistry()
+    for session in ("first", "second", "third"):
+        cancels.arm(session)
+    assert [cancels.queue_position(s) for s in ("first", "second", "third")] == [1, 2, 3]
+    cancels.claim("first")  # the first job starts: the others move up
+    assert cancels.queue_position("first") is None
+    assert [cancels.queue_position(s) for s in ("second", "third")] == [1, 2]
+    cancels.signal("second")  # Stop while queued: no longer waiting, nobody waits behind it
+    assert cancels.queue_position("second") is None and cancels.queue_position("third") == 1
+    cancels.forget_armed("third")
+    assert cancels.queue_position("third") is None
+
+
+def test_queue_readout_names_the_place_and_the_job_ahead():
+    progress = {"eta_relative": 42.4, "textinfo": "denoise: step 12/40"}
+    text = queue_markdown(1, "a job from a browser tab", progress)
+    assert "yours is next" in text and "a job from a browser tab · denoise: step 12/40, about 42 s left" in text
+    assert "2 jobs ahead of yours" in queue_markdown(3, "an API txt2img job", progress)
+    assert queue_markdown(1, None, None) == "**starting…**"
+    assert "waiting for the job ahead to start" in queue_markdown(2, None, None)
