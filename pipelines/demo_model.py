@@ -13,11 +13,13 @@ Two kinds live here:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import shutil
 from pathlib import Path
 
+log = logging.getLogger("likeness")
 DEMO_VERSION = "v1"
 SEED = 1234
 
@@ -189,6 +191,7 @@ def ensure_random_demo(cache_dir: Path) -> Path:
     target = random_demo_dir(cache_dir)
     if (target / "model_index.json").is_file():
         return target
+    log.info("No demo model yet: building the tiny random demo into %s (once)…", target)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)

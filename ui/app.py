@@ -13,30 +13,18 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from pipelines import devices
-from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui import caches_tab, experiments_tab, face_tab, generate_tab, img2img_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
+from ui.shortcuts import SHORTCUTS_JS
 from ui.style import CSS
 from ui.workers_view import has_workers, workers_status
 
 log = logging.getLogger("likeness")
 GENERATE_TAB_ID = "generate"
 GRADIO_CACHE_SWEEP_S, GRADIO_CACHE_AGE_S = 600, 3600
-# Ctrl+Enter generates from anywhere on the page, as in A1111.
-SHORTCUTS_JS = """
-() => {
-  document.addEventListener('keydown', (event) => {
-    if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') {
-      // the Generate button of the tab on screen (Generate or img2img)
-      const button = [...document.querySelectorAll('#generate, #i2i_generate')].find((b) => b.offsetParent !== null);
-      if (button) { event.preventDefault(); button.click(); }
-    }
-  });
-}
-"""
 
 
 def status_line(manager: PipelineManager, kept_latents=None) -> str:
@@ -96,8 +84,7 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
 
 def prepare_models(manager: PipelineManager) -> None:
     """Without real models, build the demo model (a warning, not a stop, when that fails)."""
-    if not manager.has_real_models():
-        log.info("No models in %s: preparing the %s…", manager.config.models_dir, DEMO_MODEL_NAME)
+    if not manager.has_real_models():  # the demo model logs its own build, the first time only
         try:
             manager.prepare_demo_model()
         except LikenessError as error:  # the app still starts: real models can be added and refreshed
@@ -129,6 +116,8 @@ def launch(manager: PipelineManager, settings, store, options: ServerOptions = S
         allowed_paths=[str(manager.config.outputs_dir)],
         js=SHORTCUTS_JS,
         css=CSS,
+        # Gradio's footer "Settings" (its theme and language) next to our Settings tab read as the same thing.
+        footer_links=["api", "gradio"],
         prevent_thread_lock=True,
         show_error=False,
         quiet=True,
