@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from pipelines import devices
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from ui import caches_tab, experiments_tab, face_tab, generate_tab, img2img_tab, models_tab, png_info_tab, settings_tab
+from ui import caches_tab, experiments_tab, face_tab, generate_tab, history_tab, img2img_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 from ui.shortcuts import SHORTCUTS_JS
@@ -57,18 +57,21 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 img2img = img2img_tab.build(manager, settings, cancels, tabs)
             with gr.Tab("Face", id="face"):
                 face = face_tab.build(manager, settings, store, generate["form"], cancels, generate["kept_latents"])
+            with gr.Tab("History", id=history_tab.TAB_ID) as history_page:
+                history = history_tab.build(manager, history_page)
             with gr.Tab("Experiments", id="experiments"):
                 experiments = experiments_tab.build(manager, settings, generate["form"], cancels, face)
             with gr.Tab("Models", id="models") as models_page:
                 models = models_tab.build(manager, [generate["form"]["model"], img2img.model], models_page)
             with gr.Tab("PNG Info", id="png_info"):
-                png_info = png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID)
+                png_info = png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID, generate["readout"])
             with gr.Tab("Settings", id="settings") as settings_page:
                 settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
             with gr.Tab("Caches", id="caches") as caches_page:
                 caches = caches_tab.build(manager, caches_page)
         img2img_tab.wire_send_from_gallery(img2img, generate["gallery"], generate["selected"], generate["send_img2img"], generate["send_inpaint"])
         img2img_tab.wire_send_from_file(img2img, png_info["upload"], png_info["raw"], png_info["send_img2img"], png_info["send_inpaint"])
+        wire_history(manager, history, generate, img2img, tabs)
         refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
         kept = generate["kept_latents"]
         generate["generate_event"].then(refresh_status, kept, status, api_visibility="private")
@@ -89,6 +92,16 @@ def prepare_models(manager: PipelineManager) -> None:
             manager.prepare_demo_model()
         except LikenessError as error:  # the app still starts: real models can be added and refreshed
             log.warning("%s", error)
+
+
+def wire_history(manager: PipelineManager, history: history_tab.HistoryTab, generate: dict, img2img, tabs: gr.Tabs) -> None:
+    """History sends as PNG Info does, and lists a run's new images as soon as the run ends."""
+    png_info_tab.wire_send_to_generate(manager, generate["form"], tabs, GENERATE_TAB_ID, history.send_generate, history.raw,
+                                       history.message, nothing_to_send="⚠ Click an image first, then Send to Generate.",
+                                       landing=generate["readout"])
+    img2img_tab.wire_send_from_file(img2img, history.selected_path, history.raw, history.send_img2img, history.send_inpaint)
+    for run_event in (generate["generate_event"], img2img.run_event):
+        run_event.then(history.refresh, history.refresh_inputs, history.refresh_outputs, api_visibility="private")
 
 
 def launch(manager: PipelineManager, settings, store, options: ServerOptions = ServerOptions(), block: bool = True):

@@ -12,6 +12,7 @@ from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
 from pipelines.samplers import sampler_from_infotext
+from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
 
 NO_PARAMETERS = "This image carries no generation parameters (no A1111 `parameters` text chunk or EXIF comment)."
@@ -33,9 +34,26 @@ def read_image_parameters(path: str | None) -> tuple[str, list[list[str]], str]:
         return "", [], "⚠ This file is not an image Likeness can read (PNG, JPEG or WebP)."
     if not text:
         return "", [], f"⚠ {NO_PARAMETERS}"
-    parsed = parse_infotext(text)
-    rows = [[key, value] for key, value in parsed.items() if not key.endswith(("-1", "-2"))]
+    rows = parameter_rows(parse_infotext(text))
     return text, rows, f"Read {len(rows)} parameters." + "".join(f"  \n⚠ {note}" for note in notes)
+
+
+def parameter_rows(parsed: dict) -> list[list[str]]:
+    """[parameter, value] rows of parsed infotext, without the split-size helpers ("Size-1", "Size-2")."""
+    return [[key, value] for key, value in parsed.items() if not key.endswith(("-1", "-2"))]
+
+
+# Infotext keys that describe a run rather than set it: nothing to apply, listed as "recorded only".
+RECORD_ONLY = ("Model hash", "Version", "Stage times", "Caches", "Denoiser dtype", "Face hash", "Lora hashes", "TI hashes")
+# The form field each applied infotext key sets ("Denoising strength" only belongs to Generate with hires fix).
+KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "CFG scale": "cfg_scale", "Seed": "seed",
+              "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
+              "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
+              "Denoising strength": "hires_denoising"}
+
+NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int))
+# Hires fix numbers, read only when the image had hires fix ("Denoising strength" alone is img2img's).
+HIRES_NUMBERS = (("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int), ("hires_denoising", "Denoising strength", float))
 
 
 def generate_form_values(text: str, manager: PipelineManager, current: dict) -> tuple[dict, list[str]]:
@@ -56,14 +74,13 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
             notes.append(f"{key} {parsed[key]!r} is not a number; left as it was.")
             return None
 
-    for field, key, cast in (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int),
-                             ("width", "Size-1", int), ("height", "Size-2", int)):
+    for field, key, cast in NUMBERS + (HIRES_NUMBERS if "Hires upscale" in parsed else ()):
         value = number(key, cast)
         if value is not None:
             values[field] = value
     if "Sampler" in parsed:
         values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
-    vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",")
+    vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32
     if vae in VAE_CHOICES:
         values["vae_dtype"] = vae
     if "Model" in parsed:
@@ -74,9 +91,57 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
             values["model"] = model
         else:
             notes.append(f"Model {parsed['Model']!r} is not installed; kept {current.get('model')!r}.")
+    values |= hires_values(parsed, manager, notes)
     if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
         notes += lora_hash_notes(parsed["Lora hashes"], manager)
     return values, notes
+
+
+def hires_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:
+    """Hires fix as the image had it: off (scale 1) when it had none, as A1111's paste does; its upscaler if installed."""
+    if "Hires upscale" not in parsed:
+        return {"hires_scale": 1.0}
+    name = parsed.get("Hires upscaler")
+    if name is None:
+        return {}
+    if name in {choice.name for choice in list_upscalers(manager.config.models_dir, manager.config.allow_pickle)}:
+        return {"hires_upscaler": name}
+    notes.append(f"Hires upscaler {name!r} is not installed; kept the one chosen.")
+    return {}
+
+
+def unapplied_keys(text: str, takes) -> tuple[list[str], list[str]]:
+    """(settings the image had that the form `takes` cannot set, keys that only record the run), as 'key: value'.
+
+    A key with its own note (a model not installed, a value that is not a number) is counted as applied:
+    the note already says what happened to it.
+    """
+    parsed = parse_infotext(text)
+    settings, records = [], []
+    for key, value in parsed.items():
+        if key in ("Prompt", "Negative prompt") or key.endswith(("-1", "-2")):
+            continue
+        if key in RECORD_ONLY:
+            records.append(key)
+            continue
+        field = KEY_FIELDS.get(key)
+        if key == "Denoising strength" and "Hires upscale" not in parsed:
+            field = "denoising_strength"  # img2img's strength
+        if field is None or field not in takes:
+            settings.append(f"{key}: {value}")
+    return settings, records
+
+
+def sent_report(where: str, notes: list[str], text: str, takes) -> str:
+    """The message shown where the user lands after a Send: what was sent, each warning, then every
+    field of the image that was not applied (and those that only record the run)."""
+    settings, records = unapplied_keys(text, takes) if text else ([], [])
+    lines = [f"Sent to {where}"] + [f"⚠ {note}" for note in notes]
+    if settings:
+        lines.append("⚠ Not applied (no such setting here): " + "; ".join(settings))
+    if records:
+        lines.append("Recorded only, nothing to set: " + ", ".join(records))
+    return "  \n".join(lines)
 
 
 def lora_hash_notes(value: str, manager: PipelineManager) -> list[str]:
@@ -92,31 +157,52 @@ def lora_hash_notes(value: str, manager: PipelineManager) -> list[str]:
     return notes
 
 
-def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str) -> dict:
+def wire_send_to_generate(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str,
+                          button: gr.Button, text: gr.Textbox, message: gr.Markdown, nothing_to_send: str,
+                          landing: gr.Markdown | None = None) -> None:
+    """`button` puts the parameters text in `text` onto the Generate form and shows Generate. What could
+    not be applied is said where the user lands: `landing` (Generate's readout) when given, else `message`;
+    `message` (where the user was) keeps a short "Sent" and says `nothing_to_send` when there is nothing.
+    PNG Info and History both send this way."""
+    fields = list(generate_form)
+    landed = [landing] if landing is not None else []
+
+    def send_to_generate(text, *current_values):
+        current = dict(zip(fields, current_values))
+        if not text:  # the user stays where they are: say it there
+            return (nothing_to_send, gr.update(), *[gr.update()] * len(landed), *[gr.update()] * len(fields))
+        values, notes = generate_form_values(text, manager, current)
+        report = sent_report("Generate.", notes, text, fields)
+        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in fields]
+        here = "Sent to Generate." if landed else report
+        return (here, gr.Tabs(selected=generate_tab_id), *[report] * len(landed), *updates)
+
+    button.click(send_to_generate, [text, *generate_form.values()], [message, tabs, *landed, *generate_form.values()],
+                 api_visibility="private")
+
+
+def parameters_panel(prefix: str, raw_lines: int) -> tuple[gr.Dataframe, gr.Textbox, gr.Button, gr.Button, gr.Button]:
+    """An image's parameters (table and text) with its Send buttons, as PNG Info and History show them;
+    elem_ids `<prefix>_table`, `<prefix>_raw`, `<prefix>_send`, `<prefix>_send_img2img`, `<prefix>_send_inpaint`."""
+    table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id=f"{prefix}_table")
+    raw = gr.Textbox(label="Parameters text", lines=raw_lines, interactive=False, elem_id=f"{prefix}_raw")
+    with gr.Row():
+        send = gr.Button("Send to Generate", variant="primary", elem_id=f"{prefix}_send")
+        send_img2img = gr.Button("Send to img2img", elem_id=f"{prefix}_send_img2img")
+        send_inpaint = gr.Button("Send to inpaint", elem_id=f"{prefix}_send_inpaint")
+    return table, raw, send, send_img2img, send_inpaint
+
+
+def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str, generate_message: gr.Markdown | None = None) -> dict:
     with gr.Row():
         with gr.Column():
             # A file, not gr.Image: Gradio would decode (and fail on) the upload before our checks see it.
             upload = gr.File(label="Image (PNG, JPEG or WebP)", type="filepath", file_types=["image"], elem_id="png_upload")
         with gr.Column():
             message = gr.Markdown(elem_id="png_message")
-            table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id="png_table")
-            raw = gr.Textbox(label="Parameters text", lines=4, interactive=False, elem_id="png_raw")
-            with gr.Row():
-                send = gr.Button("Send to Generate", variant="primary", elem_id="png_send")
-                send_img2img = gr.Button("Send to img2img", elem_id="png_send_img2img")
-                send_inpaint = gr.Button("Send to inpaint", elem_id="png_send_inpaint")
+            table, raw, send, send_img2img, send_inpaint = parameters_panel("png", raw_lines=4)
 
     upload.change(read_image_parameters, upload, [raw, table, message], api_name="png_info")
-    fields = list(generate_form)
-
-    def send_to_generate(text, *current_values):
-        current = dict(zip(fields, current_values))
-        if not text:
-            return ("⚠ Nothing to send: drop an image with generation parameters first.", gr.update(), *[gr.update()] * len(fields))
-        values, notes = generate_form_values(text, manager, current)
-        message_text = "Sent to Generate." + "".join(f"  \n⚠ {n}" for n in notes)
-        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in fields]
-        return (message_text, gr.Tabs(selected=generate_tab_id), *updates)
-
-    send.click(send_to_generate, [raw, *generate_form.values()], [message, tabs, *generate_form.values()], api_visibility="private")
+    wire_send_to_generate(manager, generate_form, tabs, generate_tab_id, send, raw, message,
+                          nothing_to_send="⚠ Nothing to send: drop an image with generation parameters first.", landing=generate_message)
     return {"upload": upload, "raw": raw, "send_img2img": send_img2img, "send_inpaint": send_inpaint}
