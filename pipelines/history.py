@@ -78,6 +78,12 @@ class HistoryPage:
     page_count: int
     matched: int  # images that pass the filter
     total: int  # images in the folder
+    page_size: int
+
+    @property
+    def first_number(self) -> int:
+        """The 1-based number, among the matched images, of this page's first image."""
+        return (self.page - 1) * self.page_size + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +151,19 @@ class HistoryIndex:
             self._cache = {path: entry for path, entry in self._cache.items() if not path.is_relative_to(root)} | fresh
         return sorted(fresh.values(), key=lambda entry: (entry.mtime_ns, entry.relative), reverse=True)
 
+    def entry(self, outputs_dir: str | os.PathLike, relative: str) -> HistoryEntry | None:
+        """One image's entry (from the cache when the file has not changed); None when it is gone."""
+        path = Path(outputs_dir) / relative
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with self._lock:
+            known = self._cache.get(path)
+            if known is None or (known.mtime_ns, known.size) != (stat.st_mtime_ns, stat.st_size):
+                known = self._cache[path] = self._read(path, relative, stat.st_mtime_ns, stat.st_size)
+        return known
+
 
 def _image_files(root: Path):
     """(path, relative, mtime_ns, size) of the images under `root`, without the skipped folders."""
@@ -188,7 +207,7 @@ def page_of(entries: list[HistoryEntry], query: HistoryQuery) -> HistoryPage:
     size = max(1, query.page_size)
     page_count = max(1, math.ceil(len(chosen) / size))
     page = min(max(1, query.page), page_count)
-    return HistoryPage(chosen[(page - 1) * size: page * size], page, page_count, len(chosen), len(entries))
+    return HistoryPage(chosen[(page - 1) * size: page * size], page, page_count, len(chosen), len(entries), size)
 
 
 def _inside(root: Path, relative: str) -> Path:

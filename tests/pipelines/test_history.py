@@ -155,3 +155,14 @@ def test_paths_outside_the_outputs_folder_are_refused(outputs, relative):
     with pytest.raises(HistoryError):
         delete_image(outputs, relative)
     assert (outputs.parent / "outside.png").exists()
+
+
+def test_one_entry_is_read_from_the_cache_and_none_once_gone(outputs):
+    reads = []
+    index = HistoryIndex(read=lambda *args: reads.append(args[1]) or read_entry(*args))
+    write_png(outputs / "d" / "00000-1.png", prompt="kept")
+    index.entries(outputs)
+    assert index.entry(outputs, "d/00000-1.png").prompt == "kept"
+    assert reads == ["d/00000-1.png"]  # listed once, not read again for the details
+    (outputs / "d" / "00000-1.png").unlink()
+    assert index.entry(outputs, "d/00000-1.png") is None
