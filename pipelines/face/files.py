@@ -98,7 +98,8 @@ def missing_message(statuses: Iterable[FileStatus]) -> str:
     for status in missing:
         line = f"- {status.name} ({status.purpose}): put it in {status.folder}"
         lines.append(f"{line} ({status.note})" if status.note else line)
-    lines.append("Likeness cannot download them; add the files and try again.")
+    # A blank line first: in Markdown, a line right after a list item would run into that item.
+    lines += ["", "Likeness cannot download them; add the files and try again."]
     return "\n".join(lines)
 
 
