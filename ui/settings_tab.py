@@ -50,6 +50,7 @@ SETTING_CHOICES: dict[str, tuple[str, ...]] = {
     "live_preview": PREVIEW_CHOICES,
 }
 ERROR_CLASS = "setting-error"
+OPEN_SECTIONS = 1  # sections open when the page is shown; the others open on a click, or when they hold a refused field
 
 
 def device_choices() -> list[str]:
@@ -169,8 +170,12 @@ def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore,
         with gr.Row(elem_id="settings_bar"):  # sticky (ui/style.py): Save stays in view while the form scrolls
             save = gr.Button("Save settings", variant="primary", elem_id="settings_save", scale=0, min_width=160)
             message = gr.Markdown(elem_id="settings_message")
-        for title, members in sections(names).items():
-            with gr.Accordion(title, open=True, elem_id="settings_section_" + title.split()[0].lower()):
+        grouped = sections(names)
+        accordions = []
+        for number, (title, members) in enumerate(grouped.items()):
+            # Only the first section starts open: all open, the page is several screens long.
+            with gr.Accordion(title, open=number < OPEN_SECTIONS, elem_id="settings_section_" + title.split()[0].lower()) as accordion:
+                accordions.append(accordion)
                 half = (len(members) + 1) // 2
                 with gr.Row():
                     for column in (members[:half], members[half:]):
@@ -238,8 +243,15 @@ def build(manager: PipelineManager, settings: AppSettings, store: SettingsStore,
         return text + refusal, *[gr.update(value=fresh[name], elem_classes=["setting"], info=help_for(name, store.overrides.get(name)))
                                  for name in names], fresh, vae
 
+    def on_save_opening_refused(request: gr.Request, snapshot: dict, *values):
+        """on_save, and the sections holding a refused field open, so the field marked in red is in view."""
+        outputs = on_save(request, snapshot, *values)
+        refused = {name for name, update in zip(names, outputs[1:]) if ERROR_CLASS in (update.get("elem_classes") or ())}
+        return *outputs, *[gr.update(open=True) if refused & set(members) else gr.update() for members in grouped.values()]
+
     vae_output = [generate_vae] if generate_vae is not None else [gr.State()]
-    save.click(on_save, [loaded, *components], [message, *components, loaded, *vae_output], api_name="save_settings")
+    save.click(on_save_opening_refused, [loaded, *components], [message, *components, loaded, *vae_output, *accordions],
+               api_name="save_settings")
     if tab is not None:
         tab.select(on_show, [loaded, *components], [*components, loaded], api_visibility="private", queue=False)
     return {"components": dict(zip(names, components)), "loaded": loaded, "on_save": on_save}

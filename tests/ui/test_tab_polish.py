@@ -189,10 +189,25 @@ def test_empty_experiments_then_a_run_with_readable_tables(page, live_app):
     shot(page, "polish_experiments_done")
 
 
+SECTION_IDS = ("models", "generation", "vae", "caches", "face", "experiments", "server")
+
+
+def open_section(page, section: str) -> None:
+    """Click a Settings section's title: it opens when closed, closes when open."""
+    page.locator(f"#settings_section_{section} .label-wrap").first.click()
+
+
 def test_settings_sections_choices_sticky_save_and_the_bad_field_marked(page, live_app):
     """Item 7."""
     settings = live_app["settings"]
     page.get_by_role("tab", name="Settings").click()
+    page.wait_for_selector("#setting_ram_cache_gb input", state="visible")
+    # Only the first section starts open: the page is about one screen, not several.
+    assert not page.locator("#setting_preview_every").is_visible() and not page.locator("#setting_max_queue_size").is_visible()
+    assert page.evaluate("document.querySelector('#settings_form').getBoundingClientRect().height") < 1000
+    shot(page, "polish_settings_first_section_open")
+    for section in SECTION_IDS[1:]:
+        open_section(page, section)
     page.wait_for_selector("#setting_preview_every input", state="visible")
     titles = page.locator("#settings_form .label-wrap").all_inner_texts()
     for title in ("Models and memory", "Generation", "VAE", "Caches", "Face", "Experiments", "Server"):
@@ -222,9 +237,12 @@ def test_settings_sections_choices_sticky_save_and_the_bad_field_marked(page, li
     # A choice saved from its dropdown; a bad number refused, its field marked with its message.
     choose(page, "setting_lora_fuse", "off")
     page.locator("#setting_preview_every input").fill("-4")
+    open_section(page, "generation")  # closed again: Save opens the section of the refused field
+    page.wait_for_selector("#setting_preview_every input", state="hidden")
     page.click("#settings_save")
     page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Not saved')", timeout=15000)
     page.wait_for_selector("#setting_preview_every.setting-error", timeout=15000)
+    page.wait_for_selector("#setting_preview_every input", state="visible", timeout=15000)
     assert "must be 0 (off) or more" in text_of(page, "#setting_preview_every .info-text")
     assert page.locator(".setting-error").count() == 1, "only the bad field is marked"
     border = page.evaluate("getComputedStyle(document.querySelector('#setting_preview_every')).borderTopColor")
