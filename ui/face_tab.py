@@ -138,7 +138,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
             start_step = inputs.Slider(0, 10, value=DEFAULT_FACE.start_step, step=1, label="Start step", info="FLUX: 4 for photoreal, 0-1 for stylised", elem_id="face_start")
             num_zero = inputs.Slider(0, 80, value=DEFAULT_FACE.num_zero, step=1, label="Num zero (SDXL)", info="more = more editable, less likeness", elem_id="face_num_zero")
             ortho = gr.Radio(list(ORTHO_MODES), value=DEFAULT_FACE.ortho, label="Ortho (SDXL)", elem_id="face_ortho")
-            # Full width like the controls above: side by side, one label wrapped to three lines and the other to none.
+            # Full width, like the controls above (side by side, one label wrapped to three lines and the other to none).
             true_cfg = inputs.Slider(1, 10, value=DEFAULT_FACE.true_cfg, step=0.5, label="True CFG (FLUX)", info="1 = off; >1 adds a negative-prompt pass per step (2x the time)", elem_id="face_true_cfg")
             true_cfg_start = inputs.Slider(0, 20, value=DEFAULT_FACE.true_cfg_start, step=1, label="True CFG from step (FLUX)", info="the step it starts at", elem_id="face_true_cfg_start")
             with gr.Row():
@@ -171,7 +171,6 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
     # the official apps' ID weight range and default follow it. `input`: only the user's choice, so no loop.
     generate_form["model"].change(on_model, [generate_form["model"], id_weight], [id_weight, face_model], api_visibility="private", queue=False)
     face_model.input(lambda model: model, face_model, generate_form["model"], api_visibility="private", queue=False)
-    face_model.focus(lambda: gr.update(choices=model_choices(manager)), None, face_model, api_visibility="private", queue=False)
     photos.change(photo_thumbnails, photos, thumbnails, api_visibility="private", queue=False)
     photos.change(on_photos, [photos, face_numbers, generate_form["model"]], [detect_info, debug], api_visibility="private")
     face_numbers.submit(on_photos, [photos, face_numbers, generate_form["model"]], [detect_info, debug], api_visibility="private")
@@ -216,4 +215,5 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
         return STOP_REPLIES[cancels.signal(session_id(request))]
 
     stop.click(stop_face, None, readout, api_visibility="private", concurrency_limit=None)
-    return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step}
+    # "model": the Models tab's refresh lists new models in it too.
+    return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step, "model": face_model}

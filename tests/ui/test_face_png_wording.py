@@ -1,0 +1,71 @@
+"""Issue 17 items 4 and 5, the wording: the Face tab's missing-files message and status marks, and the
+report of a Send to Generate (every field of the image that was not applied)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.face.files import face_file_status, missing_message
+from pipelines.manager import ManagerConfig, PipelineManager
+from ui.face_tab import files_markdown, missing_files_message, model_note
+from ui.png_info_tab import generate_form_values, sent_report, unapplied_keys
+
+A1111_TEXT = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x768, "
+              "Model hash: 0123456789, Model: sd_xl_base, Clip skip: 2, ENSD: 31337, Version: v1.10.1")
+GENERATE_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "vae_dtype",
+                   "hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wording45")
+    return PipelineManager(ManagerConfig(root / "models", root / "outputs", root / "cache", device="cpu", include_hf_cache=False))
+
+
+def test_missing_files_message_ends_after_a_blank_line(tmp_path):
+    message = missing_message(face_file_status(tmp_path, insightface_root=tmp_path / "home"))
+    *items, blank, closing = message.splitlines()
+    assert blank == "" and closing == "Likeness cannot download them; add the files and try again."
+    assert items[-1].startswith("- ") and not items[-1].endswith("again.")
+
+
+def test_face_tab_names_every_missing_file_and_marks_status_in_words(manager):
+    from pipelines.errors import ModelNotFound
+
+    # Detection fails on its 2 files; the message names all 6 the table lists (the demo model has no PuLID family).
+    text = missing_files_message(manager, DEMO_MODEL_NAME, ModelNotFound("needs 2 files"))
+    table = files_markdown(manager)
+    named = re.findall(r"^- (\S+)", text, re.M)
+    assert len(named) == 6 and all(f"`{name}`" in table for name in named), text
+    assert "needs 6 files" in text
+    assert not re.search("[\u2600-\u27bf\U0001f300-\U0001faff]", table), "an emoji status mark"
+    assert table.count('class="file-mark file-missing">missing</span>') == 6
+    assert "choose an SDXL or FLUX.1 model" in model_note(manager, DEMO_MODEL_NAME)
+
+
+def test_send_report_lists_every_field_not_applied(manager):
+    values, notes = generate_form_values(A1111_TEXT, manager, {"model": DEMO_MODEL_NAME})
+    assert values["steps"] == 20 and values["width"] == 512 and values["height"] == 768 and values["hires_scale"] == 1.0
+    assert notes == [f"Model 'sd_xl_base' is not installed; kept {DEMO_MODEL_NAME!r}."]
+    settings, records = unapplied_keys(A1111_TEXT, GENERATE_FIELDS)
+    assert settings == ["Clip skip: 2", "ENSD: 31337"] and records == ["Model hash", "Version"]
+    report = sent_report("Generate.", notes, A1111_TEXT, GENERATE_FIELDS)
+    assert report.splitlines()[0] == "Sent to Generate.  "
+    assert "⚠ Model 'sd_xl_base' is not installed" in report
+    assert "⚠ Not applied (no such setting here): Clip skip: 2; ENSD: 31337" in report
+    assert report.endswith("Recorded only, nothing to set: Model hash, Version")
+
+
+def test_a_form_without_hires_reports_the_hires_fields(manager):
+    text = A1111_TEXT + ", Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent, Hires steps: 10"
+    values, _ = generate_form_values(text, manager, {})
+    assert values["hires_scale"] == 2.0 and values["hires_steps"] == 10 and values["hires_denoising"] == 0.5
+    assert values["hires_upscaler"] == "Latent"
+    img2img_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "vae_dtype", "width", "height")
+    settings, _ = unapplied_keys(text, img2img_fields)
+    assert settings == ["Clip skip: 2", "ENSD: 31337", "Denoising strength: 0.5", "Hires upscale: 2", "Hires upscaler: Latent",
+                        "Hires steps: 10"]
+    # img2img's own strength (no hires fix) is not Generate's: listed there.
+    assert "Denoising strength: 0.4" in unapplied_keys(A1111_TEXT + ", Denoising strength: 0.4", GENERATE_FIELDS)[0]
