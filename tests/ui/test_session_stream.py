@@ -6,6 +6,43 @@ from pipelines.request import GenerationRequest
 from ui.session import CancelRegistry, queue_markdown, stream_generation
 
 
+def test_gradio_rewrites_a_resent_picture_in_place_so_a_reader_can_get_less_than_promised(tmp_path):
+    """The cause of the console's h11 "Too little data for declared Content-Length": Gradio saves every picture a
+    handler yields under a name made from its content, with `write_bytes` (truncate, then write). Yield the same
+    preview again and the file is truncated and rewritten while the browser may be fetching it; the file route
+    promised the size it read first (Content-Length) and sends what is left. Here a reader does what the route
+    does (size, then read) while the same picture is saved again and again, until a read comes up short."""
+    import os
+    import threading
+    import time
+
+    import numpy as np
+    from gradio.processing_utils import save_pil_to_cache
+    from PIL import Image
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    path = save_pil_to_cache(picture, str(tmp_path), format="png")
+    done, short = threading.Event(), []
+
+    def resend():
+        while not done.is_set():
+            assert save_pil_to_cache(picture, str(tmp_path), format="png") == path  # same content, same file
+    writer = threading.Thread(target=resend, daemon=True)
+    writer.start()
+    deadline = time.time() + 60
+    try:
+        while not short and time.time() < deadline:
+            promised = os.path.getsize(path)
+            with open(path, "rb") as file:
+                sent = len(file.read())
+            if sent < promised:
+                short.append((promised, sent))
+    finally:
+        done.set()
+        writer.join()
+    assert short, "no short read in 60 s (the race is timing-dependent; Gradio may have stopped rewriting in place)"
+
+
 def test_the_same_preview_is_never_sent_twice(make_manager):
     """The stream polls every 0.1 s; re-sending an unchanged preview made Gradio rewrite its cached PNG in place
     while the browser was still reading it (h11: "Too little data for declared Content-Length")."""

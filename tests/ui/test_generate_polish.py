@@ -1,0 +1,162 @@
+"""Issue 17 items 8, 9 and 12 in Chromium: the live preview kept and scaled up, the queue in our own readout,
+Esc stops, Ctrl+Up/Down weights prompt text, Gradio's footer Settings link gone, one-line status bar.
+Each state leaves a screenshot in test-artifacts/."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from PIL import Image
+
+from pipelines.infotext import parse_infotext
+from tests.ui.conftest import keep_screenshot, open_page
+from tests.ui.test_generate_tab import set_number
+from tests.ui.test_img2img_tab import open_img2img, picture  # noqa: F401  (picture: a fixture)
+
+READOUT = "document.querySelector('#readout').innerText"
+
+
+def shortcuts_ready(page) -> None:
+    """Gradio runs the page's js after the app mounts: keys pressed before would meet no listener."""
+    page.wait_for_function("window.likenessShortcuts === true", timeout=60000)
+
+
+def prompt_value(page) -> str:
+    return page.input_value("#prompt textarea")
+
+
+def put_cursor(page, start: int, end: int | None = None) -> None:
+    shortcuts_ready(page)
+    page.locator("#prompt textarea").focus()
+    page.evaluate("([s, e]) => document.querySelector('#prompt textarea').setSelectionRange(s, e)", [start, start if end is None else end])
+
+
+def start_run(page, steps: int, prompt: str = "a red circle") -> None:
+    page.fill("#prompt textarea", prompt)
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    set_number(page, "steps", steps)
+    page.click("#generate")
+
+
+@pytest.fixture
+def every_step_preview(live_app):
+    config = live_app["manager"].config
+    before, config.preview_every = config.preview_every, 1
+    yield
+    config.preview_every = before
+
+
+def test_ctrl_up_down_weights_the_word_under_the_cursor_and_the_selection(page):
+    page.fill("#prompt textarea", "a red circle on blue")
+    put_cursor(page, 8)  # inside "circle", nothing selected
+    page.keyboard.press("Control+ArrowUp")
+    assert prompt_value(page) == "a red (circle:1.1) on blue"
+    page.keyboard.press("Control+ArrowUp")
+    assert prompt_value(page) == "a red (circle:1.2) on blue", "the existing weight is edited in place"
+    keep_screenshot(page, "keys_weight_up")
+    page.keyboard.press("Control+ArrowDown")
+    page.keyboard.press("Control+ArrowDown")
+    assert prompt_value(page) == "a red circle on blue", "at 1.0 the parentheses go"
+    put_cursor(page, 2, 12)  # "red circle" selected
+    page.keyboard.press("Control+ArrowDown")
+    assert prompt_value(page) == "a (red circle:0.9) on blue"
+    selected = page.evaluate("(() => { const a = document.querySelector('#prompt textarea'); return a.value.slice(a.selectionStart, a.selectionEnd); })()")
+    assert selected == "red circle", "the weighted text stays selected for the next press"
+    put_cursor(page, 15)  # inside the group's weight, "0.9": the group's own text is weighted, back to 1.0
+    page.keyboard.press("Control+ArrowUp")
+    assert prompt_value(page) == "a red circle on blue"
+    # Negative prompt too; plain arrows still move the cursor.
+    page.fill("#negative_prompt textarea", "blurry")
+    page.locator("#negative_prompt textarea").press("Control+ArrowUp")
+    assert page.input_value("#negative_prompt textarea") == "(blurry:1.1)"
+    page.locator("#negative_prompt textarea").press("ArrowUp")
+    assert page.input_value("#negative_prompt textarea") == "(blurry:1.1)"
+
+
+def test_preview_stays_scaled_up_until_the_image_and_the_weighted_prompt_is_what_runs(page, live_app, every_step_preview):
+    page.fill("#prompt textarea", "a red circle")
+    put_cursor(page, 7)
+    page.keyboard.press("Control+ArrowUp")  # typed by keys: Gradio must see it (the saved prompt says so)
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    set_number(page, "steps", 8)
+    page.click("#generate")
+    page.wait_for_selector("#preview img", timeout=120000)
+    shown = page.evaluate("""() => { const img = document.querySelector('#preview img'), box = document.querySelector('#preview');
+        return {natural: img.naturalWidth, width: img.getBoundingClientRect().width, height: img.getBoundingClientRect().height,
+                box: box.getBoundingClientRect().height, rendering: getComputedStyle(img).imageRendering}; }""")
+    assert shown["rendering"] == "pixelated", shown
+    assert shown["height"] >= 0.8 * shown["box"] and shown["width"] >= 2 * shown["natural"], f"the preview is not scaled up: {shown}"
+    keep_screenshot(page, "preview_running_scaled_up")
+    emptied = []
+    deadline = time.time() + 120
+    while time.time() < deadline and not page.locator("#gallery img").count():
+        if not page.locator("#preview img").count() and not page.locator("#gallery img").count():
+            emptied.append(page.inner_text("#readout"))
+        time.sleep(0.05)
+    assert page.locator("#gallery img").count(), "the run never finished"
+    assert not emptied, f"the preview emptied before the image arrived: {emptied[:3]}"
+    keep_screenshot(page, "preview_done")
+    saved = sorted((live_app["root"] / "outputs").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    assert parse_infotext(Image.open(saved).info["parameters"])["Prompt"] == "a (red:1.1) circle"
+
+
+def test_a_second_tab_shows_its_queue_place_and_esc_stops_each_run(browser, live_app):
+    first, second = open_page(browser, live_app["url"]), open_page(browser, live_app["url"])
+    try:
+        # Esc with nothing running leaves the readout alone (it only closes menus then).
+        shortcuts_ready(first)
+        first.keyboard.press("Escape")
+        assert first.inner_text("#readout") == "Ready."
+        start_run(first, 40)
+        first.wait_for_function(f"{READOUT}.includes('step')", timeout=120000)
+        start_run(second, 3, "a blue square")
+        second.wait_for_function(f"{READOUT}.includes('waiting in the queue')", timeout=30000)
+        second.wait_for_function(f"{READOUT}.includes('running now')", timeout=30000)
+        text = second.inner_text("#readout")
+        assert "yours is next" in text and "a job from a browser tab" in text and "step" in text, text
+        keep_screenshot(second, "queue_second_tab_waiting")
+        keep_screenshot(first, "queue_first_tab_running")
+
+        first.keyboard.press("Escape")  # stops the first run...
+        first.wait_for_function(f"{READOUT}.includes('Stopped')", timeout=60000)
+        keep_screenshot(first, "esc_stopped_first_tab")
+        second.wait_for_selector("#gallery img", timeout=120000)  # ...and the second one runs
+        assert "waiting in the queue" not in second.inner_text("#readout")
+        keep_screenshot(second, "queue_second_tab_done")
+    finally:
+        first.context.close()
+        second.context.close()
+
+
+def test_esc_stops_a_run_in_the_img2img_tab_too(page, picture):
+    open_img2img(page)
+    page.locator("#i2i_image input[type=file]").set_input_files(str(picture))
+    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
+    set_number(page, "i2i_steps", 60)
+    page.click("#i2i_generate")
+    page.wait_for_function("document.querySelector('#i2i_readout').innerText.includes('step')", timeout=120000)
+    shortcuts_ready(page)
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.querySelector('#i2i_readout').innerText.includes('Stopped')", timeout=60000)
+    keep_screenshot(page, "esc_stopped_img2img")
+
+
+def test_no_gradio_settings_link_in_the_footer_and_one_line_status_bar(page, live_app):
+    footer = page.locator("footer")
+    assert footer.locator("text=Settings").count() == 0, "Gradio's footer Settings link is still there"
+    assert footer.locator("text=Use via API").count() == 1, "the API link stays"
+    assert page.get_by_role("tab", name="Settings").count() == 1
+    start_run(page, 2)
+    page.wait_for_selector("#gallery img", timeout=120000)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('last run')", timeout=30000)
+    lines = page.evaluate("""() => { const el = document.querySelector('#status p') || document.querySelector('#status');
+        const range = document.createRange(); range.selectNodeContents(el);
+        return new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.bottom))).size; }""")
+    assert lines == 1, f"the status bar wraps to {lines} lines: {page.inner_text('#status')}"
+    reuse = page.locator("#reuse_seed").bounding_box()
+    random_seed = page.locator("#random_seed").bounding_box()
+    assert reuse["height"] <= random_seed["height"] + 1, "Reuse last wraps"
+    page.locator("footer").scroll_into_view_if_needed()
+    keep_screenshot(page, "footer_and_status_bar")
