@@ -46,6 +46,8 @@ GENERATE = """
 /* Live preview (Generate, img2img): the preview is a few dozen pixels (the latent's size); fill the box and show
    its pixels as blocks, not a blur, the way a preview of a picture still being made should look. */
 .live-preview img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+/* The status bar takes the header row's width beside the short title, so it stays on one line at 1400 px. */
+#status { flex: 5 1 0 !important; text-align: right; }
 """
 
 FACE = """
