@@ -117,7 +117,7 @@ def build(manager: PipelineManager, tab: gr.Tab) -> HistoryTab:
         listing = page_of(entries, HistoryQuery(text=text_value or "", model=model_value, page=int(page_number or 1)))
         why_empty = empty_state(outputs_dir(), listing, text_value or "", model_value)
         return (
-            [(str(entry.path), caption(entry)) for entry in listing.entries],
+            gr.update(value=[(str(entry.path), caption(entry)) for entry in listing.entries], visible=bool(listing.entries)),
             position_text(listing),
             gr.update(value=why_empty, visible=bool(why_empty)),
             gr.update(choices=[("All models", ALL_MODELS)] + [(name, name) for name in names], value=model_value),
