@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--out", type=Path, required=True, help="folder for the trained model (diffusers layout, fp16)")
     train_demo.add_argument("--seed", type=int, default=0)
     train_demo.add_argument("--max-minutes", type=float, default=60.0, help="stop the UNet phase early (and say so) past this")
+    train_demo.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other work)")
+    train_demo.add_argument("--resume-from", type=Path, help="a finished model folder: train its UNet and text encoder further "
+                            "(its VAE is kept)")
+    train_demo.add_argument("--vae-from", type=Path, help="use a trained VAE (an earlier run's DIR/vae-phase1 while it runs, or DIR/vae): skip the VAE phases")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -231,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train-demo":  # needs no settings or manager
         from pipelines.demo.train import TrainConfig, train
 
-        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes))
+        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
+                                    vae_from=str(args.vae_from) if args.vae_from else None,
+                                    resume_from=str(args.resume_from) if args.resume_from else None))
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
     for chatty in ("httpx", "httpcore", "urllib3"):

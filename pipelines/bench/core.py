@@ -207,7 +207,7 @@ class CoreBench:
         demo_dir = self.user_manager.prepare_demo_model()
 
         size, steps, pairs = settings["demo"]
-        plans = [ModelPlan(DEMO_MODEL_NAME, "demo", size, steps, pairs, demo_dir, "tiny SD 1.5 layout (32/64/64), cross-attn 64")]
+        plans = [ModelPlan(DEMO_MODEL_NAME, "demo", size, steps, pairs, demo_dir, _unet_description(demo_dir))]
         size, steps, pairs = settings["mid"]
         plans.append(ModelPlan(bench_models.MID_NAME, "mid-size", size, steps, pairs, folder, description))
 
@@ -712,3 +712,11 @@ def clean_for_json(value):
 
 def run(manager: PipelineManager, json_file: Path | None = None, quick: bool = False, out=None) -> int:
     return CoreBench(manager, quick, out).run(json_file)
+
+
+def _unet_description(folder: Path) -> str:
+    """"tiny SD 1.5 layout (64/96/128/128), cross-attn 128": read from the folder, so the row names
+    whichever demo the app lists (the trained one or the random one)."""
+    config = json.loads((Path(folder) / "unet" / "config.json").read_text())
+    widths = "/".join(str(width) for width in config["block_out_channels"])
+    return f"tiny SD 1.5 layout ({widths}), cross-attn {config['cross_attention_dim']}"

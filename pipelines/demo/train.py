@@ -4,8 +4,8 @@ Recipe (chosen by trial runs on a 2-core CPU; the module docstring of `pipelines
 the architecture):
 1. VAE: L1 + an edge loss (L1 between the image gradients of input and reconstruction, which keeps
    shape corners sharp) + a small KL, on random 64x64 crops (the VAE is fully convolutional).
-2. The training scenes are encoded once (posterior mean and std, sampled afresh every step).
-3. UNet + text encoder together: v-prediction on a zero-terminal-SNR schedule, 10 % empty captions
+2. The decoder alone is sharpened on whole scenes, then the training scenes are encoded once (posterior mean and std, sampled afresh every step).
+3. UNet + text encoder together, until `unet_steps` or the deadline: v-prediction on a zero-terminal-SNR schedule, 10 % empty captions
    (so classifier-free guidance works), each caption in a random phrasing every time, an EMA of
    the UNet weights is what gets saved.
 Seeded throughout: the same arguments give the same weights (on the same torch build and threads).
@@ -26,15 +26,15 @@ import numpy as np
 class TrainConfig:
     seed: int = 0
     scenes: int = 8000
-    vae_steps: int = 1500
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_crop: int = 64
     vae_lr: float = 1e-3
     vae_clip: float = 1.0
     edge_weight: float = 1.0
     kl_weight: float = 1e-5
-    unet_steps: int = 1500
-    decoder_steps: int = 1200
+    unet_steps: int = 4000  # an upper bound: the deadline (max_minutes) usually ends the phase, annealed
+    decoder_steps: int = 800
     decoder_batch: int = 8
     decoder_lr: float = 5e-4
     decoder_edge_weight: float = 2.0
@@ -49,16 +49,21 @@ class TrainConfig:
     # group a flat background's colour can only leak through the zero-padded borders (with 8 groups:
     # colours washed out, L1 0.14 after 800 steps); with one group the channel pattern carries it.
     vae_groups: int = 1
-    # One thread: on 2 cores shared with anything else, OpenMP's spinning second thread made a UNet step
-    # 10x slower (measured 0.9 s vs 9-14 s for a batch of 32); on an idle machine 2 gains little.
-    threads: int = 1
+    # Two threads on an idle machine (a VAE step 0.21 s vs 0.31 s on one). On 2 cores shared with other
+    # work, OpenMP's spinning second thread made steps up to 10x slower: pass --threads 1 there.
+    threads: int = 2
     max_minutes: float = 60.0  # a safety stop: the UNet phase ends early (and says so) past this
+    vae_from: str | None = None  # a trained VAE folder (an earlier run's vae-phase1): skip the VAE phases
+    resume_from: str | None = None  # a finished model folder: train its UNet and text encoder further
 
 
-def _lr_factor(step: int, total: int, warmup: int = 100) -> float:
+def _lr_factor(step: int, total: int, warmup: int = 100, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine down to 5 %. `elapsed` (0-1, the share of the phase's time budget
+    used) moves the cosine along too, so a phase cut short by the deadline still ends annealed."""
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.95 + 0.05
+    progress = max((step - warmup) / max(1, total - warmup), elapsed)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * 0.95 + 0.05
 
 
 def _progress(total: int, desc: str):
@@ -230,6 +235,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: f
     text_encoder.train()
     done, stopped_early = 0, False
     smoothed = None
+    started = time.monotonic()
+    budget = max(1.0, deadline - started)
     with _progress(config.unet_steps, "UNet+text") as bar:
         for step in range(config.unet_steps):
             if time.monotonic() > deadline:
@@ -249,7 +256,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: f
             hidden = text_encoder(ids)[0]
             pred = unet(noisy, t, hidden).sample
             loss = torch.nn.functional.mse_loss(pred, target)
-            factor = _lr_factor(step, config.unet_steps, warmup=200)
+            factor = _lr_factor(step, config.unet_steps, warmup=200, elapsed=(time.monotonic() - started) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
             optimizer.zero_grad(set_to_none=True)
@@ -270,6 +277,30 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: f
     unet.eval()
     text_encoder.eval()
     return {"unet_steps_done": done, "stopped_early": stopped_early, "final_loss_smoothed": smoothed}
+
+
+def _trained_vae(folder: Path, timings: dict):
+    """A VAE from an earlier run's `vae-phase1` (or a model's `vae/`): its two phases are skipped and the
+    time they took there is carried over, so `total_s` stays the cost of the whole recipe."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=None).float().eval()
+    log_file = folder.parent / "train_log.jsonl"
+    if log_file.is_file():
+        seconds = [json.loads(line)["seconds"] for line in log_file.read_text().splitlines() if '"phase": "decoder"' in line]
+        timings["vae_and_decoder_s_in_earlier_run"] = seconds[-1] if seconds else None
+    timings["vae_from"] = str(folder)
+    return vae
+
+
+def _trained_unet_and_text(folder: Path):
+    """A finished model's text encoder and UNet in fp32, to train further."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").float()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").float()
+    return text_encoder, unet
 
 
 def train(out: Path, config: TrainConfig | None = None) -> dict:
@@ -299,32 +330,48 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
 
     words = scenes.vocabulary()
     tokenizer = model.build_tokenizer(words)
-    vae = model.build_vae(config.seed, config.vae_channels, config.vae_groups)
-    phase = time.monotonic()
-    train_vae(vae, images, config, log)
-    timings["vae_s"] = round(time.monotonic() - phase, 1)
-    vae.save_pretrained(out / "vae-phase1")  # inspectable while the UNet trains; removed at the end
+    earlier = None
+    if config.resume_from:  # a finished model: its VAE, and the UNet and text encoder to train further
+        earlier = json.loads((Path(config.resume_from) / "training.json").read_text())
+        vae = _trained_vae(Path(config.resume_from) / "vae", timings)
+    elif config.vae_from:
+        vae = _trained_vae(Path(config.vae_from), timings)
+    else:
+        vae = model.build_vae(config.seed, config.vae_channels, config.vae_groups)
+        phase = time.monotonic()
+        train_vae(vae, images, config, log)
+        timings["vae_s"] = round(time.monotonic() - phase, 1)
+        # The decoder is sharpened before the UNet trains: it leaves the encoder (so the latents the UNet
+        # learns) unchanged, and the UNet phase then gets whatever time is left before the deadline.
+        phase = time.monotonic()
+        finetune_decoder(vae, images, config, log)
+        timings["decoder_s"] = round(time.monotonic() - phase, 1)
+        vae.save_pretrained(out / "vae-phase1")  # inspectable while the UNet trains; `--vae-from` resumes from it
 
     phase = time.monotonic()
     means, stds = encode_scenes(vae, images)
-    scaling = float(1.0 / means.std())
+    # Resuming keeps the scale the UNet learnt with (the fp16-saved VAE encodes a hair differently).
+    scaling = earlier["scaling_factor"] if earlier else float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
     timings["encode_s"] = round(time.monotonic() - phase, 1)
 
-    text_encoder = model.build_text_encoder(tokenizer, config.seed)
-    unet = model.build_unet(config.seed, config.unet_channels)
+    if earlier:
+        text_encoder, unet = _trained_unet_and_text(Path(config.resume_from))
+    else:
+        text_encoder = model.build_text_encoder(tokenizer, config.seed)
+        unet = model.build_unet(config.seed, config.unet_channels)
     token_ids = tokenize_captions(tokenizer, captions)
     phase = time.monotonic()
     result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling, config, log, deadline)
     timings["unet_s"] = round(time.monotonic() - phase, 1)
-    phase = time.monotonic()
-    finetune_decoder(vae, images, config, log)
-    timings["decoder_s"] = round(time.monotonic() - phase, 1)
     timings["total_s"] = round(time.monotonic() - start, 1)
     log_file.close()
 
     facts = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}, "timings": timings,
              "scaling_factor": scaling, "torch": torch.__version__, **result}
+    if earlier:  # the whole history: this phase on top of the run it resumed
+        facts["resumed"] = earlier
+        facts["unet_steps_total"] = earlier.get("unet_steps_total", earlier["unet_steps_done"]) + result["unet_steps_done"]
     model.save_fp16(model.assemble(vae, text_encoder, tokenizer, unet), out, facts)
     shutil.rmtree(out / "vae-phase1", ignore_errors=True)
     print(json.dumps(facts, indent=2), flush=True)

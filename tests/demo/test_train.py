@@ -28,3 +28,37 @@ def test_a_few_steps_write_a_loadable_diffusers_folder(tmp_path):
     image = pipe("a red circle", num_inference_steps=2, width=128, height=128, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (128, 128, 3) and np.isfinite(image).all()
+
+
+def test_vae_from_resumes_with_the_earlier_runs_vae_and_skips_its_phases(tmp_path):
+    from diffusers import AutoencoderKL
+
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=2, unet_batch=2, decoder_steps=2, decoder_batch=2, threads=1)
+    first = tmp_path / "first"
+    train(first, TrainConfig(**small, max_minutes=0.0))  # the deadline ends the UNet phase at once
+    resumed = tmp_path / "resumed"
+    facts = train(resumed, TrainConfig(**small, vae_from=str(first / "vae")))
+    phases = {json.loads(line)["phase"] for line in (resumed / "train_log.jsonl").read_text().splitlines()}
+    assert phases == {"unet"}  # the VAE and decoder phases were skipped
+    assert facts["timings"]["vae_from"] == str(first / "vae") and facts["timings"]["vae_and_decoder_s_in_earlier_run"] is not None
+    earlier = AutoencoderKL.from_pretrained(first / "vae").state_dict()
+    shipped = AutoencoderKL.from_pretrained(resumed / "vae").state_dict()
+    key = "decoder.conv_out.weight"
+    assert torch.equal(earlier[key], shipped[key])  # the same VAE
+
+
+def test_resume_from_trains_a_finished_models_unet_further_and_keeps_its_history(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=2, unet_batch=2, decoder_steps=2, decoder_batch=2, threads=1)
+    first = tmp_path / "first"
+    before = train(first, TrainConfig(**small, seed=1))  # another seed: a rebuilt UNet would start elsewhere
+    resumed = tmp_path / "resumed"
+    facts = train(resumed, TrainConfig(**small, seed=0, resume_from=str(first)))
+    assert facts["resumed"]["unet_steps_done"] == 2 and facts["unet_steps_total"] == 4
+    assert facts["scaling_factor"] == before["scaling_factor"]  # the scale the UNet learnt with
+    key = "conv_in.weight"
+    old = UNet2DConditionModel.from_pretrained(first / "unet").state_dict()[key]
+    new = UNet2DConditionModel.from_pretrained(resumed / "unet").state_dict()[key]
+    assert old.shape == new.shape and not torch.equal(old, new)  # trained further, not rebuilt from scratch...
+    assert (new.float() - old.float()).abs().max() < 1e-3  # ...and close to where it started (seed 0's init is not)
