@@ -13,6 +13,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from pipelines import devices
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui import caches_tab, experiments_tab, face_tab, generate_tab, history_tab, img2img_tab, models_tab, png_info_tab, settings_tab
@@ -33,7 +34,8 @@ def status_line(manager: PipelineManager, kept_latents=None) -> str:
     if has_workers(manager):
         return workers_status(manager)
     status = manager.status()
-    loaded = ", ".join(f"{r['name']} ({r['level']})" for r in status["loaded"]) or "none"
+    # The demo's long catalog name ("demo (trained on ...)") would wrap the bar; the Model dropdown shows it in full.
+    loaded = ", ".join(f"{'demo' if r['name'] == DEMO_MODEL_NAME else r['name']} ({r['level']})" for r in status["loaded"]) or "none"
     last_run = kept_latents.vae_label if kept_latents is not None else None
     vae = "auto → " + status["vae_policy"].split(" (")[0] + (f", last run {last_run}" if last_run else "")
     return f"**Device** {status['device']} · **Loaded** {loaded} · **VAE** {vae} · **Memory** {status['memory']}"

@@ -13,12 +13,7 @@ from pathlib import Path
 from gradio_client import Client
 
 from settings.schema import PROJECT_ROOT, SETTING_INFO
-from tests.ui.conftest import free_port, keep_screenshot, open_page, start_app
-
-
-def show_settings(page) -> None:
-    page.get_by_role("tab", name="Settings").click()
-    page.wait_for_selector("#setting_preview_every input", state="visible")
+from tests.ui.conftest import free_port, keep_screenshot, open_page, show_settings, start_app
 
 
 def field(page, name: str):

@@ -75,3 +75,12 @@ def page(browser, live_app, request):
     yield page
     keep_screenshot(page, request.node.name)
     page.context.close()
+
+
+def show_settings(page) -> None:
+    """The Settings tab with every section open (only the first starts open; a test reads fields anywhere)."""
+    page.get_by_role("tab", name="Settings").click()
+    page.wait_for_selector("[id^=settings_section_] .label-wrap", state="visible")
+    page.evaluate("""() => document.querySelectorAll('[id^=settings_section_] > .label-wrap:not(.open)')
+                          .forEach((title) => title.click())""")
+    page.wait_for_selector("#setting_preview_every input", state="visible")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.request import GenerationRequest
-from tests.ui.conftest import keep_screenshot, open_page, start_app
+from tests.ui.conftest import keep_screenshot, open_page, show_settings, start_app
 from tests.ui.test_generate_tab import set_number
 
 STEP = re.compile(r"step (\d+)/(\d+)")
@@ -80,7 +80,7 @@ def test_png_info_bad_files_give_messages(page, tmp_path):
 
 
 def test_setting_saved_and_back_after_restart(page, live_app, browser):
-    page.get_by_role("tab", name="Settings").click()
+    show_settings(page)
     field = page.locator("#setting_preview_every input")
     field.fill("3")
     page.click("#settings_save")
@@ -99,7 +99,7 @@ def test_setting_saved_and_back_after_restart(page, live_app, browser):
     restarted, demo = start_app(live_app["root"])
     try:
         second = open_page(browser, restarted["url"])
-        second.get_by_role("tab", name="Settings").click()
+        show_settings(second)
         assert second.input_value("#setting_preview_every input") == "3"
         second.context.close()
     finally:
@@ -109,7 +109,7 @@ def test_setting_saved_and_back_after_restart(page, live_app, browser):
 def test_settings_file_corrupted_or_deleted_while_running(page, live_app):
     path = live_app["root"] / "settings.json"
     path.write_text("{ not json")
-    page.get_by_role("tab", name="Settings").click()
+    show_settings(page)
     page.locator("#setting_preview_every input").fill("4")  # only changed fields are saved
     page.click("#settings_save")
     page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Saved')", timeout=15000)
