@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipelines.atomic import write_new
 from pipelines.errors import LikenessError
-from pipelines.images import read_embedded_text
+from pipelines.images import PNG_SIGNATURE, read_embedded_text
 from pipelines.infotext import parse_infotext
 
 TRASH_FOLDER = ".trash"  # a dot folder: never listed, and save_image never numbers into it
@@ -35,7 +35,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # of cells per run would bury the images the user generated.
 SKIPPED_FOLDERS = frozenset({TRASH_FOLDER, "experiments"})
 PAGE_SIZE = 24
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
 
 
@@ -116,10 +115,10 @@ def read_entry(path: Path, relative: str, mtime_ns: int, size: int) -> HistoryEn
 def _cut_short(path: Path) -> bool:
     """A PNG that does not end with IEND: a copy or download that stopped half way (two small reads)."""
     with open(path, "rb") as file:
-        if file.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+        if file.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
             return False
         file.seek(0, os.SEEK_END)
-        if file.tell() < len(_PNG_SIGNATURE) + len(_PNG_END):
+        if file.tell() < len(PNG_SIGNATURE) + len(_PNG_END):
             return True
         file.seek(-len(_PNG_END), os.SEEK_END)
         return file.read() != _PNG_END

@@ -27,7 +27,7 @@ from pipelines.outputs import read_parameters
 MAX_PHOTO_PIXELS = 100_000_000  # 100 megapixels: any camera photo; 13000x13000 (169 MP, ~2 GB RGB) is not
 MAX_TEXT_CHARS = 64 * 1024  # A1111 parameters are a few hundred characters; 64 KiB is far beyond any real one
 _MAX_TEXT_BYTES = 4 * MAX_TEXT_CHARS  # bytes read from one text chunk (UTF-8 takes up to 4 bytes a character)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
@@ -119,9 +119,9 @@ def read_embedded_text(source, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | N
     InvalidRequest for a file that is not an image or is damaged before its text.
     """
     with (io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")) as file:
-        head = file.read(len(_PNG_SIGNATURE))
+        head = file.read(len(PNG_SIGNATURE))
         file.seek(0)
-        if head == _PNG_SIGNATURE:
+        if head == PNG_SIGNATURE:
             text = _png_text(file)
         else:
             with open_image(file, what="This file") as image:  # header and EXIF only: no pixel is decoded
@@ -138,7 +138,7 @@ def read_embedded_text(source, max_chars: int = MAX_TEXT_CHARS) -> tuple[str | N
 
 def _png_text(file) -> str | None:
     """Walk a PNG's chunks, skipping the pixel data unread, to the `parameters` text chunk."""
-    file.seek(len(_PNG_SIGNATURE))
+    file.seek(len(PNG_SIGNATURE))
     seen_header = False
     while True:
         header = file.read(8)

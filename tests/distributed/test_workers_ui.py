@@ -17,7 +17,7 @@ from pipelines.distributed.front import DispatchingManager  # noqa: E402
 from pipelines.infotext import parse_infotext  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from tests.ui.conftest import browser, free_port, keep_screenshot, open_page  # noqa: E402, F401  (browser: a fixture)
-from tests.ui.test_generate_tab import set_number  # noqa: E402
+from tests.ui.test_generate_tab import generate_small  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,7 @@ def test_generate_tab_runs_on_a_worker_and_redecode_says_why_not(page, worker_ap
     # The shared models folder may hold other tests' tiny models (the first real one is the default): pick the demo.
     page.click("#model input")
     page.locator("#model").get_by_role("option", name=DEMO_MODEL_NAME).first.click()
-    page.fill("#prompt textarea", "a red circle")
-    set_number(page, "steps", 3)
-    set_number(page, "width", 64)
-    set_number(page, "height", 64)
-    page.click("#generate")
-    page.wait_for_selector("#breakdown table", timeout=120000)
+    generate_small(page, "a red circle", steps=3, size=64, timeout_ms=120000)
     assert page.locator("#gallery img").count() >= 1
     assert "cpu" in page.inner_text("#breakdown")
     saved = sorted(worker_app["front"].config.outputs_dir.rglob("*.png"), key=lambda p: p.stat().st_mtime)

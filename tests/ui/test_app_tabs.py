@@ -10,7 +10,7 @@ from PIL import Image
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.request import GenerationRequest
 from tests.ui.conftest import keep_screenshot, open_page, show_settings, start_app
-from tests.ui.test_generate_tab import set_number
+from tests.ui.test_generate_tab import generate_small, set_number
 
 STEP = re.compile(r"step (\d+)/(\d+)")
 
@@ -116,12 +116,7 @@ def test_settings_file_corrupted_or_deleted_while_running(page, live_app):
     assert isinstance(json.loads(path.read_text()), dict)
     path.unlink()
     page.get_by_role("tab", name="Generate").click()
-    page.fill("#prompt textarea", "after delete")
-    set_number(page, "steps", 2)
-    set_number(page, "width", 128)
-    set_number(page, "height", 128)
-    page.click("#generate")
-    page.wait_for_selector("#breakdown table", timeout=60000)
+    generate_small(page, "after delete", steps=2, size=128, timeout_ms=60000)
     assert json.loads(path.read_text())["last_generation"]["prompt"] == "after delete"
 
 

@@ -18,6 +18,16 @@ def set_number(page, elem_id: str, value) -> None:
     field.press("Tab")
 
 
+
+def generate_small(page, prompt: str, steps: int, size: int, timeout_ms: int) -> None:
+    """Fill the Generate form with a small run, press Generate and wait for the stage breakdown."""
+    page.fill("#prompt textarea", prompt)
+    set_number(page, "steps", steps)
+    set_number(page, "width", size)
+    set_number(page, "height", size)
+    page.click("#generate")
+    page.wait_for_selector("#breakdown table", timeout=timeout_ms)
+
 def test_generate_on_demo_model_shows_live_steps_and_breakdown(page, live_app):
     page.fill("#prompt textarea", "a lighthouse at dusk")
     set_number(page, "steps", 40)
