@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train-demo":  # needs no settings or manager
         from pipelines.demo.train import TrainConfig, train
 
+        for flag, folder, needed in (("--vae-from", args.vae_from, "config.json"), ("--resume-from", args.resume_from, "training.json")):
+            if folder is not None and not (folder / needed).is_file():
+                print(f"error: {flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
+                      "for --vae-from, a finished train-demo folder for --resume-from", file=sys.stderr)
+                return 2
         train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
                                     vae_from=str(args.vae_from) if args.vae_from else None,
                                     resume_from=str(args.resume_from) if args.resume_from else None))

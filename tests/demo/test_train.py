@@ -62,3 +62,14 @@ def test_resume_from_trains_a_finished_models_unet_further_and_keeps_its_history
     new = UNet2DConditionModel.from_pretrained(resumed / "unet").state_dict()[key]
     assert old.shape == new.shape and not torch.equal(old, new)  # trained further, not rebuilt from scratch...
     assert (new.float() - old.float()).abs().max() < 1e-3  # ...and close to where it started (seed 0's init is not)
+
+
+def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys):
+    import app
+
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path / "nothing")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --resume-from") and "no training.json there" in error
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--vae-from", str(tmp_path)]) == 2
+    assert "--vae-from" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
