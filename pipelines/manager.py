@@ -143,6 +143,8 @@ class PipelineManager:
         self.config = config
         self.bus = bus or EventBus()
         self.device = devices.pick_device(config.device)
+        if self.device.type == "cpu":  # denoising on the host: step buffers reused, not faulted in again
+            devices.reuse_freed_host_memory()
         vram_budget = config.vram_budget_bytes
         total = devices.device_total_memory(self.device)
         if vram_budget is None and total is not None:
