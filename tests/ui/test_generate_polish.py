@@ -147,6 +147,11 @@ def test_a_second_tab_shows_its_queue_place_and_esc_stops_each_run(browser, live
         keep_screenshot(second, "queue_second_tab_waiting")
         keep_screenshot(first, "queue_first_tab_running")
 
+        second.keyboard.press("Escape")  # a queued run stops too, before it starts...
+        second.wait_for_function(f"{READOUT}.includes('Stopped before it started')", timeout=20000)
+        keep_screenshot(second, "esc_stopped_queued_second_tab")
+        second.click("#generate")  # ...and queues again
+        second.wait_for_function(f"{READOUT}.includes('waiting in the queue')", timeout=20000)
         first.keyboard.press("Escape")  # stops the first run...
         first.wait_for_function(f"{READOUT}.includes('Stopped')", timeout=30000)
         keep_screenshot(first, "esc_stopped_first_tab")
