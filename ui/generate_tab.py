@@ -130,6 +130,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     generate_event = arm_then(panel.generate.click, cancels, readout, manager).then(
         run, list(form.values()), [readout, preview, gallery, breakdown, last_seed, kept_latents, before_after.pairs, selected],
         api_name="generate", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
+        show_progress_on=generation_form.progress_shown_on(panel),
         # Raw values: Gradio's own slider step would fail first on an API client's None, "abc" or NaN
         # with no message; `_coerce_form` and `validate_request` name the field and the fix instead.
         preprocess=False,

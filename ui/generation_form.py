@@ -238,6 +238,15 @@ def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
     return RunPanel(generate, skip, stop, readout, preview, gallery)
 
 
+def progress_shown_on(panel: RunPanel) -> list:
+    """Where Gradio draws its progress for a run: the preview and the images, never the readout.
+
+    The readout is ours (stage, step, and while queued the place in the queue and the job ahead); under Gradio's
+    tracker it would be faded and overlaid with Gradio's own guess ("queue: 1/1 | 3.4/39.7s"). The Esc shortcut
+    reads the gallery's tracker to know that a run is queued or running (ui/shortcuts.py)."""
+    return [panel.preview, panel.gallery]
+
+
 def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
               reuse_seed: gr.Button, last_seed: gr.State, follows_model: tuple = (), on_model_extra=None) -> None:
     """The form's own events: the model picks the sampler list and LoRA choices, the LoRA picker adds a tag, the seed buttons.

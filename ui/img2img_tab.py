@@ -261,6 +261,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     run_event = arm_then(panel.generate.click, cancels, panel.readout, manager).then(
         run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
         inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
+        show_progress_on=generation_form.progress_shown_on(panel),
         preprocess=False,  # raw values: the pictures are opened and checked here, numbers named by validate_request
     )
     run_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)

@@ -8,7 +8,9 @@
   under it; an existing `(text:1.2)` is edited in place, and at weight 1.0 the parentheses go.
 
 Each generating tab is one row of TABS: its Generate button, its Stop button, and the output whose
-Gradio status tracker shows that its run is queued or running. Prompt boxes are the textareas inside
+Gradio status tracker shows that its run is queued or running. Generate and img2img draw that tracker on
+their gallery only (generation_form.progress_shown_on): the readout is ours, and the timer that writes the
+queue place into it would hide a tracker there while the run still waits. Prompt boxes are the textareas inside
 an element whose id ends in "prompt" (prompt, negative_prompt, i2i_prompt, face_detail_prompt).
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 
 # (generate button, stop button, an output of the run) per generating tab, by elem_id.
-TABS = (("generate", "stop", "readout"), ("i2i_generate", "i2i_stop", "i2i_readout"),
+TABS = (("generate", "stop", "gallery"), ("i2i_generate", "i2i_stop", "i2i_gallery"),
         ("face_generate", "face_stop", "face_readout"), ("exp_run", "exp_cancel", "exp_progress"))
 WEIGHT_STEP = 0.1
 # Characters that end a word when the cursor picks the word to weight (A1111's default delimiters, and space).

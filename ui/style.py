@@ -46,6 +46,12 @@ GENERATE = """
 /* Live preview (Generate, img2img): the preview is a few dozen pixels (the latent's size); fill the box and show
    its pixels as blocks, not a blur, the way a preview of a picture still being made should look. */
 .live-preview img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+/* While a run waits or works, Gradio's tracker on the preview and the images keeps its spinner but not its text
+   ("queue: 1/1 | 3.4/39.7s", an ETA guessed from past runs, for a 260 s wait): the readout says where the run
+   stands in the queue, which job runs ahead and how long it has left. */
+:is(#preview, #gallery, #i2i_preview, #i2i_gallery) [data-testid=status-tracker] :is(.eta-bar, .progress-text) {
+  display: none !important;
+}
 /* The status bar takes the header row's width beside the short title, so it stays on one line at 1400 px. */
 #status { flex: 5 1 0 !important; text-align: right; }
 """
