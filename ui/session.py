@@ -17,7 +17,7 @@ from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.telemetry import Event, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
 from ui.jobs import Job, board_for
-from ui.workers_view import jobs_of, running_text
+from ui.workers_view import has_workers, jobs_of, running_text, worker_of_session
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Readout:
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    worker: str = ""  # with Ray workers: the worker running the job ("worker-2 (cuda)")
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StageStarted):
@@ -42,7 +43,7 @@ class Readout:
 
     def markdown(self) -> str:
         elapsed = time.perf_counter() - self.started
-        lines = [f"**{self.stage}** · elapsed {elapsed:.1f} s"]
+        lines = [f"**{self.stage}** · elapsed {elapsed:.1f} s" + (f" · on {self.worker}" if self.worker else "")]
         if self.last_step:
             lines.append(format_step(self.last_step))
         lines += self.notices[-4:]
@@ -328,6 +329,8 @@ def stream_generation(manager: PipelineManager, request: GenerationRequest, canc
         for events in job.stream():
             for event in events:
                 readout.apply(event)
+            if has_workers(manager) and not readout.worker:
+                readout.worker = worker_of_session(manager, session)
             fresh = latest_preview(events)
             preview = fresh or preview
             yield StreamUpdate(readout.markdown(), preview, preview_is_new=fresh is not None)

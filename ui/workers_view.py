@@ -78,6 +78,11 @@ def queue_rows(manager, viewer: str | None = None) -> list[list]:
     return [[job.tag.kind, owner_text(job, viewer), job.where(), job.model, job.prompt[:PROMPT_SHOWN]] for job in jobs_of(manager)]
 
 
+def worker_of_session(manager, session: str) -> str:
+    """The worker running this browser session's job ("worker-1 (cpu)"), or "" while it waits or after it ended."""
+    return next((job.where() for job in jobs_of(manager) if job.state == "running" and job.tag.owner == session), "")
+
+
 def running_text(job: JobView, viewer: str | None = None) -> str:
     """One running job for the waiting readout: "txt2img from a browser tab on worker-1 (cpu)"."""
     return f"{job.tag.kind} from {owner_text(job, viewer)} on {job.where()}"

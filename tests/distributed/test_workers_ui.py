@@ -98,11 +98,12 @@ def test_models_tab_queue_names_the_worker_running_each_job(page, worker_app):
     page.locator("#model").get_by_role("option", name=DEMO_MODEL_NAME).first.click()
     page.fill("#prompt textarea", "a lighthouse at dusk")
     set_number(page, "steps", 150)
-    set_number(page, "width", 256)
-    set_number(page, "height", 256)
+    set_number(page, "width", 192)
+    set_number(page, "height", 192)
     page.click("#generate")
     page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
-    api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=256, height=256, seed=2)
+    page.wait_for_function("/ · on worker-\\d \\(cpu\\)/.test(document.querySelector('#readout').innerText)", timeout=10000)
+    api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=192, height=192, seed=2)
     front = worker_app["front"]
 
     def from_the_api():

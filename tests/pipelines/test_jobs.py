@@ -8,7 +8,7 @@ from pipelines.jobs import IN_PROCESS, JobTag, carrying_tag, current_tag, ordina
 from pipelines.request import GenerationRequest
 from pipelines.telemetry import StepDone
 from ui.session import queue_markdown
-from ui.workers_view import queue_rows, running_text
+from ui.workers_view import queue_rows, running_text, worker_of_session
 
 
 def test_a_tag_nests_keeps_what_it_does_not_change_and_crosses_to_a_thread_only_when_carried():
@@ -65,6 +65,7 @@ def test_the_in_process_manager_names_this_process_for_the_running_job_and_a_pla
         text = queue_markdown(1, "a job from a browser tab", {"eta_relative": 3.0, "textinfo": "denoise: step 1/2"},
                               [running_text(now, viewer="tab-b")])
         assert text.endswith("where: txt2img from a browser tab on this process (cpu)")
+        assert worker_of_session(manager, "tab-a") == "this process (cpu)" and worker_of_session(manager, "tab-b") == ""
     finally:
         release.set()
         running.join(60)
