@@ -34,6 +34,7 @@ from pipelines.hooks.lora import AppliedLora, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.images import MAX_PHOTO_PIXELS, check_input_pixels
+from pipelines.jobs import JobView, LocalJobs
 from pipelines.metrics import psnr
 from pipelines.preview.live import LivePreview, TinyDecoders
 from pipelines.prompts.embeddings import EmbeddingLibrary
@@ -155,6 +156,7 @@ class PipelineManager:
         self._load_locks: dict[str, threading.Lock] = {}
         self._state_lock = threading.Lock()
         self._generation_lock = threading.Lock()  # one generation at a time on the compute device
+        self._jobs = LocalJobs(lambda: self.device.type)  # what the queue readouts show: "this process (cpu)"
         # diffusers loads under accelerate's init_empty_weights, which patches torch.nn.Module
         # process-wide: two loads interleaving corrupt each other, so disk loads take turns.
         self._disk_load_lock = threading.Lock()
@@ -391,7 +393,8 @@ class PipelineManager:
                 bus.subscribe(listener)
             bus.subscribe(self.bus.publish)
         options = self._run_options(validated.request, telemetry, cancel, reuse_latents)
-        with self._generation_lock:
+        with self._jobs.track(request) as started, self._generation_lock:
+            started()
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
@@ -568,6 +571,10 @@ class PipelineManager:
         return Redecode(images, outcome.label(), seconds, outcome.notes, [psnr(a, b) for a, b in zip(kept.images, images)])
 
     # -- status -----------------------------------------------------------------------------------
+
+    def jobs(self) -> list[JobView]:
+        """The generation running here (worker: "this process") and those waiting for it, in order."""
+        return self._jobs.snapshot()
 
     def status(self) -> dict:
         return {

@@ -21,6 +21,7 @@ from pipelines.experiments.axes import SETTINGS
 from pipelines.experiments.report import export, grid_image, stage_bars, step_lines, table_rows
 from pipelines.experiments.runner import run_experiment
 from pipelines.face.service import MAX_PHOTOS
+from pipelines.jobs import tagged
 from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.face_tab import DEFAULT_FACE, photo_paths
@@ -46,7 +47,8 @@ EXAMPLES = "Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `
 class ExperimentJob:
     """Runs the experiment in a worker thread; the handler polls its latest progress."""
 
-    def __init__(self, manager: PipelineManager, plan, cancel):
+    def __init__(self, manager: PipelineManager, plan, cancel, owner: str = ""):
+        self.owner = owner  # the browser session (its cells are tagged with it)
         self.progress = None
         self.result = None
         self.error: BaseException | None = None
@@ -54,11 +56,12 @@ class ExperimentJob:
         self._thread = threading.Thread(target=self._run, args=(manager, plan, cancel), name="likeness-experiment", daemon=True)
 
     def _run(self, manager, plan, cancel) -> None:
-        # The grid takes its turn on the GPU like any other job, so the A1111 API's progress and
-        # interrupt see it, and an API job waits behind it (and it behind one).
+        # The grid takes one turn on the GPU like any other job, so the A1111 API's progress and
+        # interrupt see it, and an API job waits behind it (and it behind one). With Ray workers its
+        # cells fan out to every worker but yield to other jobs waiting for one (`pipelines.jobs`).
         job = Job("browser", "experiment", cancel, steps=max(cell.request.steps for cell in plan.cells), batch_count=1)
         try:
-            with board_for(manager).turn(job):
+            with tagged(owner=self.owner, source="browser", kind="experiment"), board_for(manager).turn(job):
                 self.result = run_experiment(manager, plan, self._on_progress, cancel)
         except BaseException as error:  # handed to the UI thread, which turns it into a message
             self.error = error
@@ -195,7 +198,7 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
             cancels.forget(session, token)
             yield (STOPPED_BEFORE_START,) + unchanged
             return
-        job = ExperimentJob(manager, plan, token).start()
+        job = ExperimentJob(manager, plan, token, owner=session).start()
         try:
             for latest in job.updates():
                 yield (progress_markdown(latest),) + unchanged

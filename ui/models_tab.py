@@ -7,8 +7,10 @@ from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from ui.jobs import parallel_jobs
 from ui.caches_tab import human_bytes
-from ui.workers_view import WORKER_COLUMNS, has_workers, residency, worker_table
+from ui.session import session_id
+from ui.workers_view import QUEUE_COLUMNS, WORKER_COLUMNS, has_workers, queue_rows, residency, worker_table
 
+QUEUE_REFRESH_S = 2.0  # the queue table follows jobs starting and ending (reading it asks no worker anything)
 COLUMNS = ["name", "family", "format", "size", "in memory", "last load", "problem", "path"]  # a long path last: scrolled to, not in the way
 LORA_COLUMNS = ["LoRA (<lora:name:weight>)", "family", "layout", "size (MiB)", "text encoder", "with the selected model", "path"]
 
@@ -97,7 +99,15 @@ def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = 
     memory = gr.Markdown(lambda: memory_summary(manager), elem_id="models_memory")
     workers = gr.Dataframe(lambda: worker_rows(manager), headers=WORKER_COLUMNS, interactive=False, wrap=True,
                            elem_id="models_workers", label="Ray workers", visible=has_workers(manager))
-    table = gr.Dataframe(lambda: catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table")
+    queue = gr.Dataframe(lambda: queue_rows(manager), headers=QUEUE_COLUMNS, interactive=False, wrap=True, elem_id="models_queue",
+                         label="Queue: running jobs and where they run, then waiting jobs in line (empty: nothing running)")
+
+    def queue_now(request: gr.Request):
+        return queue_rows(manager, session_id(request))
+
+    gr.Timer(QUEUE_REFRESH_S).tick(queue_now, None, queue, api_visibility="private", queue=False)
+    table = gr.Dataframe(lambda: catalog_rows(manager), headers=COLUMNS, interactive=False, wrap=True, elem_id="models_table",
+                         label="Models")
     loras = gr.Dataframe(lambda: lora_rows(manager, first), headers=LORA_COLUMNS, interactive=False, wrap=True, elem_id="models_loras",
                          label=f"LoRAs in {manager.config.models_dir / 'Lora'} (use <lora:name:weight> in the prompt)")
     if tab is not None:
@@ -140,7 +150,7 @@ def build(manager: PipelineManager, model_dropdowns: list, tab: gr.Tab | None = 
         return model_list(manager)
 
     gr.api(list_models, api_name="list_models")
-    return {"table": table, "memory": memory, "loras": loras, "workers": workers}
+    return {"table": table, "memory": memory, "loras": loras, "workers": workers, "queue": queue}
 
 
 def worker_rows(manager) -> list[list]:

@@ -12,10 +12,12 @@ import gradio as gr
 
 from pipelines.errors import GenerationCancelled, LikenessError
 from pipelines.generate import CancelToken
+from pipelines.jobs import tagged
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.telemetry import Event, Notice, PreviewReady, StageEnded, StageStarted, StepDone, format_step
 from ui.jobs import Job, board_for
+from ui.workers_view import has_workers, jobs_of, running_text, worker_of_session
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Readout:
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    worker: str = ""  # with Ray workers: the worker running the job ("worker-2 (cuda)")
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StageStarted):
@@ -40,7 +43,7 @@ class Readout:
 
     def markdown(self) -> str:
         elapsed = time.perf_counter() - self.started
-        lines = [f"**{self.stage}** · elapsed {elapsed:.1f} s"]
+        lines = [f"**{self.stage}** · elapsed {elapsed:.1f} s" + (f" · on {self.worker}" if self.worker else "")]
         if self.last_step:
             lines.append(format_step(self.last_step))
         lines += self.notices[-4:]
@@ -72,8 +75,9 @@ _DONE = object()
 class GenerationSession:
     """Runs `manager.generate` in a worker thread and hands its events to the caller as they come."""
 
-    def __init__(self, manager: PipelineManager, request: GenerationRequest, cancel: CancelToken, face=None):
+    def __init__(self, manager: PipelineManager, request: GenerationRequest, cancel: CancelToken, face=None, owner: str = ""):
         self.manager = manager
+        self.owner = owner  # the browser session: the queue readouts tell "yours" from others'
         self.request = request
         self.cancel = cancel
         self.face = face
@@ -87,7 +91,7 @@ class GenerationSession:
             # One GPU job at a time, shared with the A1111 API: while another job holds it, the readout says so.
             kind = "txt2img" if self.request.init_image is None else "img2img"  # A1111's job names (inpaint is img2img)
             job = Job.for_request("browser", kind, self.request, self.cancel)
-            with board_for(self.manager).turn(job, on_wait=self._waiting):
+            with tagged(owner=self.owner, source="browser", kind=kind), board_for(self.manager).turn(job, on_wait=self._waiting):
                 self.result = self.manager.generate(self.request, listener=self.events.put, cancel=self.cancel, face=self.face)
         except BaseException as error:  # handed to the UI thread, which turns it into a message
             self.error = error
@@ -262,20 +266,24 @@ def queue_readout(cancels: CancelRegistry, manager: PipelineManager | None, sess
         return gr.update()
     board = board_for(manager) if manager is not None else None
     holder = board.current() if board is not None else None
-    return queue_markdown(position, holder.describe() if holder else None, board.progress() if holder else None)
+    running = [running_text(job, session) for job in jobs_of(manager) if job.state == "running"] if manager is not None else []
+    return queue_markdown(position, holder.describe() if holder else None, board.progress() if holder else None, running)
 
 
-def queue_markdown(position: int, holder: str | None, progress: dict | None) -> str:
-    """`position` among the waiting browser jobs (1 = next); `holder` describes the job on the GPU, `progress` is its JobBoard figures."""
-    if position == 1 and holder is None:
+def queue_markdown(position: int, holder: str | None, progress: dict | None, running: list[str] = ()) -> str:
+    """`position` among the waiting browser jobs (1 = next); `holder` describes the job on the GPU, `progress` is its
+    JobBoard figures; `running`: each running job and the worker running it (`workers_view.running_text`), when known."""
+    if position == 1 and holder is None and not running:
         return "**starting…**"
     waiting = "yours is next" if position == 1 else f"{position - 1} job{'s' if position > 2 else ''} ahead of yours"
     lines = [f"**waiting in the queue** · {waiting}"]
-    if holder is None:
+    if holder is None and not running:
         lines.append("waiting for the job ahead to start")
-    else:
+    elif holder is not None:
         left = f", about {progress['eta_relative']:.0f} s left" if progress["eta_relative"] > 0 else ""
         lines.append(f"running now: {holder} · {progress['textinfo']}{left}")
+    if running:
+        lines.append("where: " + "; ".join(running))
     return "  \n".join(lines)
 
 
@@ -315,12 +323,14 @@ def stream_generation(manager: PipelineManager, request: GenerationRequest, canc
         yield StreamUpdate("Stopped.", message=STOPPED_BEFORE_START)
         return
     readout = Readout()
-    job = GenerationSession(manager, request, token, face).start()
+    job = GenerationSession(manager, request, token, face, owner=session).start()
     preview = None
     try:
         for events in job.stream():
             for event in events:
                 readout.apply(event)
+            if has_workers(manager) and not readout.worker:
+                readout.worker = worker_of_session(manager, session)
             fresh = latest_preview(events)
             preview = fresh or preview
             yield StreamUpdate(readout.markdown(), preview, preview_is_new=fresh is not None)

@@ -10,6 +10,8 @@ same models folder. The UI process never loads a model in this mode.
   job board see a worker's job as they see a local one.
 - `parallel_jobs`: how many jobs may run at once (one per worker): the UI's GPU queue allows that many.
 - `load` / `unload` / `workers`: the Models tab and status bar, per worker.
+- `jobs`: the queue as the readouts show it: each running job with its worker and device, each
+  waiting one with its place in line (`WorkerPool.jobs`).
 - `caches`: each cache's figures added up over the workers (the approximate cache: per worker, or
   the one shared Milvus server, whose entries this process counts and maintains).
 - `redecode`: not available: a job's latents stay on the worker that made them.
@@ -74,6 +76,10 @@ class DispatchingManager:
     def workers(self) -> list[dict]:
         """Every worker: name, device, models in VRAM/RAM, busy or idle, jobs done (`WorkerPool.statuses`)."""
         return self.pool.statuses()
+
+    def jobs(self) -> list:
+        """Running jobs with their worker and device, then waiting ones in line (`pipelines.jobs.JobView`)."""
+        return self.pool.jobs()
 
     def load(self, name: str) -> WorkerLoad:
         self._manager.entry(name)

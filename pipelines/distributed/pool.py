@@ -4,7 +4,12 @@ Policy, in a dozen lines:
 - One worker (a Ray actor owning one PipelineManager) per GPU, `num_gpus=1` each, or N CPU workers
   sharing the CPU cores (`--worker-count N`); local Ray on loopback, or an existing cluster by address.
 - A job goes to an idle worker that already holds its model (the status each worker sent back with
-  its last job), else to the least busy worker (fewest jobs in flight, then fewest jobs done).
+  its last job), else to the idle worker with the fewest jobs done. While no worker is idle it waits
+  here, in line: first come, first served, except that an experiment's cells (`JobTag.yields`) let
+  every other waiting job go first. So an experiment takes one turn in the user-facing queue while its
+  cells fan out to every worker, and another user's job waits for one running cell, not for the grid.
+- `jobs()`: every job running (with its worker and device) and waiting (with its place in line),
+  as `pipelines.jobs.JobView`s: what the queue readouts show.
 - `generate` has `PipelineManager.generate`'s signature and returns a `GenerationResult`, so the tabs,
   the CLI and the APIs can call either. Events are relayed to the listener in order; Stop/Skip on the
   caller's CancelToken are forwarded to the worker's token for the job.
@@ -17,6 +22,7 @@ Policy, in a dozen lines:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -28,8 +34,9 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines import errors
-from pipelines.errors import LikenessError, OutputError
+from pipelines.errors import GenerationCancelled, LikenessError, OutputError
 from pipelines.generate import CancelToken
+from pipelines.jobs import JobTag, JobView, current_tag
 from pipelines.infotext import quote
 from pipelines.outputs import save_image
 from pipelines.request import GenerationRequest, GenerationResult
@@ -40,6 +47,7 @@ log = logging.getLogger("likeness")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.02  # how often a running job's events are drained and Stop/Skip checked
+LINE_POLL_SECONDS = 0.1  # how often a job waiting for a worker checks its Stop (a freed worker wakes it at once)
 ACTOR_CONCURRENCY = 4  # generate + cancel/skip + drain + status at once (the manager still runs one job at a time)
 
 
@@ -79,6 +87,29 @@ class _Slot:
         return self.status.get("device") or ("cuda" if self.gpu else "cpu")
 
 
+@dataclass
+class _PoolJob:
+    """One `generate` call, from joining the line to its end (a retry keeps the same job)."""
+
+    id: str
+    tag: JobTag
+    model: str
+    prompt: str
+    arrival: int  # first come, first served among jobs of the same kind
+    since: float = field(default_factory=time.time)
+    slot: _Slot | None = None  # set while it runs
+    avoid: set = field(default_factory=set)  # workers that died under it
+
+    @property
+    def line_key(self) -> tuple:
+        return (self.tag.yields, self.arrival)
+
+    def view(self, position: int | None = None) -> JobView:
+        if self.slot is None:
+            return JobView(self.id, "waiting", self.tag, self.model, self.prompt, position=position, since=self.since)
+        return JobView(self.id, "running", self.tag, self.model, self.prompt, self.slot.name, self.slot.device, since=self.since)
+
+
 class _Died(Exception):
     def __init__(self, slot: _Slot, reason: str):
         super().__init__(reason)
@@ -91,8 +122,11 @@ class WorkerPool:
         self.manager_config = manager_config
         self.config = config or PoolConfig()
         self._slots: list[_Slot] = []
-        self._running: dict[str, str] = {}  # job id -> worker name: what the queue shows
+        self._running: dict[str, _PoolJob] = {}  # job id -> the job, running on its slot
+        self._waiting: list[_PoolJob] = []  # jobs waiting for an idle worker, in arrival order
+        self._arrivals = itertools.count()
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a worker became idle (or the line changed)
         self._ray = None
         self._started_ray = False
 
@@ -189,16 +223,15 @@ class WorkerPool:
         """Run the job on a worker; the same contract as PipelineManager.generate (LikenessError subclasses
         with user-facing sentences; GenerationCancelled keeps the images finished before a Stop)."""
         cancel = cancel or CancelToken()
-        job_id = uuid.uuid4().hex[:12]
+        job = _PoolJob(uuid.uuid4().hex[:12], current_tag(), request.model, request.prompt, next(self._arrivals))
         remote_request = dataclasses.replace(request, save=False)  # saved here, once
-        tried: set[str] = set()
         for attempt in (1, 2):
-            slot = self._choose(request.model, avoid=tried)
+            slot = self._take_worker(job, cancel)
             try:
-                wire = self._run_on(slot, job_id, remote_request, face, listener, cancel)
+                wire = self._run_on(slot, job, remote_request, face, listener, cancel)
                 break
             except _Died as died:
-                tried.add(slot.name)
+                job.avoid.add(slot.name)
                 self._restart(slot)
                 if attempt == 2:
                     raise WorkerDied(f"{slot.name} ({slot.device}) stopped during the job too ({died.reason}), after a first "
@@ -215,24 +248,57 @@ class WorkerPool:
             raise rebuild_error(wire)
         return self._finish(wire, request)
 
-    def _choose(self, model: str, avoid: set[str]) -> _Slot:
-        """An idle worker holding the model, else the least busy (fewest in flight, then fewest jobs done)."""
-        with self._lock:
-            slots = [slot for slot in self._slots if slot.name not in avoid] or list(self._slots)
-            if not slots:
+    def _take_worker(self, job: _PoolJob, cancel: CancelToken) -> _Slot:
+        """Wait in line for an idle worker (see the module's policy); a Stop while waiting ends the job unrun."""
+        with self._freed:
+            if not self._slots:
                 raise WorkerStartError("The worker pool is not started (or was shut down).")
-            holding = [slot for slot in slots if slot.in_flight == 0 and slot.holds(model)]
-            slot = holding[0] if holding else min(slots, key=lambda s: (s.in_flight, s.status.get("jobs_done", 0)))
-            slot.in_flight += 1  # counted before the job is sent, so a second caller sees this worker busy
+            job.since, job.slot = time.time(), None
+            self._waiting.append(job)
+            try:
+                while (slot := self._granted(job)) is None:
+                    if cancel.cancelled:
+                        raise GenerationCancelled("Stopped before it started: the job was still waiting for a worker.")
+                    self._freed.wait(LINE_POLL_SECONDS)
+            finally:
+                self._waiting.remove(job)
+                self._freed.notify_all()  # the line moved: the next job may take another idle worker
+            slot.in_flight += 1  # counted before the job is sent, so the next job in line sees this worker busy
+            job.slot, job.since = slot, time.time()
+            self._running[job.id] = job
             return slot
 
-    def _run_on(self, slot: _Slot, job_id: str, request, face, listener, cancel: CancelToken):
+    def _granted(self, job: _PoolJob) -> _Slot | None:
+        """The idle worker `job` gets now, if any: the jobs ahead of it in line pick theirs first. (Lock held.)"""
+        taken: set[str] = set()
+        for waiting in self._line():
+            slot = self._idle_worker_for(waiting, taken)
+            if slot is None:
+                continue
+            if waiting is job:
+                return slot
+            taken.add(slot.name)
+        return None
+
+    def _line(self) -> list[_PoolJob]:
+        return sorted(self._waiting, key=lambda job: job.line_key)
+
+    def _idle_worker_for(self, job: _PoolJob, taken: set[str]) -> _Slot | None:
+        """An idle worker holding the job's model, else the idle one with the fewest jobs done; a worker that
+        died under this job only when there is no other."""
+        eligible = [slot for slot in self._slots if slot.name not in job.avoid] or list(self._slots)
+        idle = [slot for slot in eligible if slot.in_flight == 0 and slot.name not in taken]
+        if not idle:
+            return None
+        holding = [slot for slot in idle if slot.holds(job.model)]
+        return holding[0] if holding else min(idle, key=lambda s: s.status.get("jobs_done", 0))
+
+    def _run_on(self, slot: _Slot, job: _PoolJob, request, face, listener, cancel: CancelToken):
         from ray.exceptions import RayActorError, RayTaskError
 
         ray = self._ray
         handle = slot.handle
-        with self._lock:
-            self._running[job_id] = slot.name
+        job_id = job.id
         try:
             ref = handle.generate.remote(job_id, request, face)
             stop_sent = False
@@ -259,9 +325,11 @@ class WorkerPool:
                 slot.status = wire.status
             return wire
         finally:
-            with self._lock:
+            with self._freed:
                 slot.in_flight -= 1
                 self._running.pop(job_id, None)
+                job.slot = None
+                self._freed.notify_all()
 
     def _relay(self, handle, job_id: str, listener, final: bool) -> None:
         from ray.exceptions import RayActorError
@@ -314,8 +382,9 @@ class WorkerPool:
                 raise type(cause)(f"On {slot.name} ({slot.device}): {cause}") from None
             raise LikenessError(f"{slot.name} could not load {name}: {first_line(error)}") from None
         finally:
-            with self._lock:
+            with self._freed:
                 slot.in_flight -= 1
+                self._freed.notify_all()
 
     def _choose_for_load(self, name: str) -> _Slot:
         with self._lock:
@@ -374,9 +443,16 @@ class WorkerPool:
         return rows
 
     def running(self) -> dict[str, str]:
-        """job id -> the worker running it (what the queue shows)."""
+        """job id -> the name of the worker running it."""
         with self._lock:
-            return dict(self._running)
+            return {job_id: job.slot.name for job_id, job in self._running.items() if job.slot is not None}
+
+    def jobs(self) -> list[JobView]:
+        """Running jobs (worker, device) in start order, then waiting ones in the order they will get a worker."""
+        with self._lock:
+            running = [job.view() for job in sorted(self._running.values(), key=lambda job: job.since) if job.slot is not None]
+            waiting = [job.view(place) for place, job in enumerate(self._line(), 1)]
+        return running + waiting
 
     def handle(self, name: str):
         """The Ray actor handle of a worker (tests and tools: kill it, call it directly)."""

@@ -19,6 +19,7 @@ from pipelines.errors import GenerationCancelled, LikenessError
 from pipelines.experiments.fidelity import ArcFaceScorer, Fidelity, compare
 from pipelines.experiments.plan import Cell, Plan
 from pipelines.generate import CancelToken
+from pipelines.jobs import carrying_tag, tagged
 from pipelines.request import GenerationResult
 from pipelines.telemetry import PreviewReady, StepDone
 
@@ -141,7 +142,9 @@ def run_experiment(manager, plan: Plan, on_progress: ProgressListener | None = N
 
     With several workers (`manager.parallel_jobs`, `--workers ray`) the cells run in that many lanes
     at once, each lane one model's cells in plan order (`plan_lanes`), so each worker loads a model
-    once; a cell's request, seed included, is the same whichever lane runs it."""
+    once; a cell's request, seed included, is the same whichever lane runs it. The cells are tagged
+    `yields` (`pipelines.jobs`): the experiment holds one turn in the user-facing queue, and another
+    job waiting for a worker goes before its next cell, so it is not starved behind the grid."""
     cancel = cancel or CancelToken()
     result = ExperimentResult(plan, notes=list(dict.fromkeys(note for cell in plan.cells for note in cell.notes)))
     lanes = plan_lanes(plan, getattr(manager, "parallel_jobs", 1))
@@ -150,7 +153,7 @@ def run_experiment(manager, plan: Plan, on_progress: ProgressListener | None = N
     if len(lanes) == 1:
         _run_lane(manager, plan, lanes[0], result, progress, cancel)
     else:
-        threads = [threading.Thread(target=_run_lane, args=(manager, plan, lane, result, progress, cancel),
+        threads = [threading.Thread(target=carrying_tag(_run_lane), args=(manager, plan, lane, result, progress, cancel),
                                     name=f"likeness-experiment-lane-{number}", daemon=True) for number, lane in enumerate(lanes, 1)]
         for thread in threads:
             thread.start()
@@ -207,33 +210,42 @@ def _lane_models(plan: Plan, lane: list[int]) -> list[str]:
 def _run_lane(manager, plan: Plan, lane: list[int], result: ExperimentResult, progress: "_Progress", cancel: CancelToken) -> None:
     """One lane's cells, in order, with a warm-up run per model when the plan has them. A stop here
     stops the other lanes too (the token is shared)."""
-    to_warm = set(_lane_models(plan, lane)) if plan.warmup_models else set()
-    repeats = plan.experiment.repeats
     try:
-        for index in lane:
-            cell = plan.cells[index]
-            outcome = CellResult(cell)
-            result.cells[index] = outcome
-            if cell.request.model in to_warm:
-                to_warm.discard(cell.request.model)
-                warm = _run_once(manager, cell, "warm-up", progress, cancel)
-                if isinstance(warm, str):
-                    outcome.error = warm
-                    progress.skip(repeats)
-                    continue
-            for repeat in range(repeats):
-                run = _run_once(manager, cell, f"run {repeat + 1} of {repeats}", progress, cancel)
-                if isinstance(run, str):
-                    outcome.error = run
-                    progress.skip(repeats - repeat - 1)
-                    break
-                outcome.runs.append(run)
-                result.device, result.memory_kind = run.device, run.memory_kind
-            if not outcome.runs and not outcome.error:
-                result.cells.pop(index, None)
+        with tagged(kind="experiment cell", yields=True):
+            for index in lane:
+                _run_cell(manager, plan, index, result, progress, cancel, warm=bool(plan.warmup_models) and _first_of_model(plan, lane, index))
     except GenerationCancelled:
         result.cancelled = True
         cancel.cancel()
+
+
+def _first_of_model(plan: Plan, lane: list[int], index: int) -> bool:
+    """Whether `index` is its model's first cell in the lane (the one that warms the model up)."""
+    model = plan.cells[index].request.model
+    return next(i for i in lane if plan.cells[i].request.model == model) == index
+
+
+def _run_cell(manager, plan: Plan, index: int, result: ExperimentResult, progress: "_Progress", cancel: CancelToken, warm: bool) -> None:
+    cell = plan.cells[index]
+    repeats = plan.experiment.repeats
+    outcome = CellResult(cell)
+    result.cells[index] = outcome
+    if warm:
+        run = _run_once(manager, cell, "warm-up", progress, cancel)
+        if isinstance(run, str):
+            outcome.error = run
+            progress.skip(repeats)
+            return
+    for repeat in range(repeats):
+        run = _run_once(manager, cell, f"run {repeat + 1} of {repeats}", progress, cancel)
+        if isinstance(run, str):
+            outcome.error = run
+            progress.skip(repeats - repeat - 1)
+            break
+        outcome.runs.append(run)
+        result.device, result.memory_kind = run.device, run.memory_kind
+    if not outcome.runs and not outcome.error:
+        result.cells.pop(index, None)
 
 
 class _Progress:

@@ -13,10 +13,12 @@ from pipelines.distributed.front import REDECODE_UNAVAILABLE, DispatchingManager
 from pipelines.errors import InvalidRequest, ModelNotFound  # noqa: E402
 from pipelines.experiments.plan import AxisSpec, Experiment, build_plan  # noqa: E402
 from pipelines.experiments.runner import run_experiment  # noqa: E402
+from pipelines.generate import CancelToken  # noqa: E402
+from pipelines.jobs import tagged  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from pipelines.request import GenerationRequest  # noqa: E402
 from pipelines.telemetry import StepDone  # noqa: E402
-from tests.distributed.test_ray_workers import demo_job, worker_of  # noqa: E402
+from tests.distributed.test_ray_workers import demo_job, in_thread, wait_for, worker_of  # noqa: E402
 from ui.app import status_line  # noqa: E402
 from ui.jobs import Job, board_for  # noqa: E402
 from ui.models_tab import catalog_rows  # noqa: E402
@@ -119,3 +121,67 @@ def test_a_grid_split_across_two_workers_gives_the_same_cells_as_one(front, pool
     assert {worker_of(cell.runs[0]).split()[0] for cell in split.cells.values()} == {"worker-1", "worker-2"}
     for index in split.cells:
         assert split.cells[index].image.tobytes() == one.cells[index].image.tobytes(), split.cells[index].cell.label
+
+
+class JobWatch:
+    """Samples `front.jobs()` in a thread: every job seen, with its first waiting and running views."""
+
+    def __init__(self, front):
+        self.front, self.waiting, self.running = front, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            for job in self.front.jobs():
+                (self.waiting if job.state == "waiting" else self.running).setdefault(job.id, job)
+            self._stop.wait(0.01)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_an_experiment_takes_one_turn_while_its_cells_use_both_workers_and_another_users_job_gets_the_next_free_worker(front):
+    base = {"model": DEMO_MODEL_NAME, "prompt": "a red circle", "steps": 10, "width": 128, "height": 128, "seed": 3}
+    plan = build_plan(Experiment(base, [AxisSpec("steps", "10,12"), AxisSpec("cfg_scale", "3,7")], warmup=False), front)
+    board = board_for(front)
+    watch = JobWatch(front)
+    try:
+        def run_grid():  # as the Experiments tab does: one turn on the board for the whole grid
+            with tagged(owner="tab-a", source="browser", kind="experiment"):
+                with board.turn(Job("browser", "experiment", CancelToken(), steps=12, batch_count=1)):
+                    return run_experiment(front, plan)
+
+        grid_thread, grid_box = in_thread(run_grid)
+        both_busy = lambda: sorted(j.worker for j in front.jobs() if j.state == "running") == ["worker-1", "worker-2"]  # noqa: E731
+        assert wait_for(both_busy, 120), "the grid's cells never ran on both workers at once"
+        assert [job.kind for job in board.running()] == ["experiment"]  # the grid holds one of the two turns
+
+        user_request = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square", steps=4, width=64, height=64, seed=9)
+
+        def run_user():  # as a Generate tab does: its own turn, then the manager
+            with tagged(owner="tab-b", source="browser", kind="txt2img"):
+                with board.turn(Job.for_request("browser", "txt2img", user_request, CancelToken())):
+                    return front.generate(user_request)
+
+        user_thread, user_box = in_thread(run_user)
+        user_thread.join(180)
+        grid_thread.join(300)
+    finally:
+        watch.stop()
+    assert "error" not in user_box and "error" not in grid_box, (user_box.get("error"), grid_box.get("error"))
+    grid_result = grid_box["result"]
+    assert grid_result.status() == "Done: 4 of 4 cells."
+    assert {worker_of(cell.runs[0]).split()[0] for cell in grid_result.cells.values()} == {"worker-1", "worker-2"}
+
+    [user_wait] = [job for job in watch.waiting.values() if job.tag.owner == "tab-b"]
+    [user_run] = [job for job in watch.running.values() if job.tag.owner == "tab-b"]
+    assert user_wait.position == 1 and user_wait.tag.kind == "txt2img"  # both workers were busy: it waited, first in line
+    assert user_run.worker in ("worker-1", "worker-2") and worker_of(user_box["result"]) == f"{user_run.worker} (cpu)"
+    cells = [job for job in watch.running.values() if job.tag.kind == "experiment cell"]
+    assert len(cells) == 4 and {job.tag.owner for job in cells} == {"tab-a"} and all(job.tag.yields for job in cells)
+    started_while_it_waited = [job for job in cells if user_wait.since < job.since < user_run.since]
+    assert started_while_it_waited == [], "an experiment cell took a worker ahead of the waiting job"
+    assert any(job.since > user_run.since for job in cells), "the user's job only ran after the whole grid"

@@ -14,10 +14,12 @@ from PIL import Image  # noqa: E402
 
 from pipelines.catalog import DEMO_MODEL_NAME  # noqa: E402
 from pipelines.distributed.front import DispatchingManager  # noqa: E402
+from pipelines.generate import CancelToken  # noqa: E402
 from pipelines.infotext import parse_infotext  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
-from tests.ui.conftest import browser, free_port, keep_screenshot, open_page  # noqa: E402, F401  (browser: a fixture)
-from tests.ui.test_generate_tab import generate_small  # noqa: E402
+from tests.ui.conftest import ARTIFACTS, browser, free_port, keep_screenshot, open_page  # noqa: E402, F401  (browser: a fixture)
+from tests.ui.test_app_extras import queue_table  # noqa: E402
+from tests.ui.test_generate_tab import generate_small, set_number  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,50 @@ def test_a1111_txt2img_runs_on_a_worker(worker_app):
     image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
     assert image.size == (64, 64)
     assert "Worker: worker-" in response.json()["info"]
+
+
+def test_models_tab_queue_names_the_worker_running_each_job(page, worker_app):
+    """A run from this tab and one from the API at once: the queue table says which worker runs each."""
+    import threading
+
+    from pipelines.jobs import tagged
+    from pipelines.request import GenerationRequest
+
+    page.click("#model input")
+    page.locator("#model").get_by_role("option", name=DEMO_MODEL_NAME).first.click()
+    page.fill("#prompt textarea", "a lighthouse at dusk")
+    set_number(page, "steps", 150)
+    set_number(page, "width", 192)
+    set_number(page, "height", 192)
+    page.click("#generate")
+    page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
+    page.wait_for_function("/ · on worker-\\d \\(cpu\\)/.test(document.querySelector('#readout').innerText)", timeout=10000)
+    api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=192, height=192, seed=2)
+    front = worker_app["front"]
+
+    def from_the_api():
+        with tagged(source="api", kind="txt2img"):
+            try:
+                front.generate(api_job, cancel=stop_api)
+            except Exception:  # stopped below
+                pass
+
+    stop_api = CancelToken()
+    api_thread = threading.Thread(target=from_the_api, daemon=True)
+    api_thread.start()
+    try:
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_function("(t => t.includes('you') && t.includes('the API'))(document.querySelector('#models_queue').innerText)",
+                               timeout=60000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "workers_models_queue_two_workers.png"), full_page=True)
+        rows = queue_table(page)
+        by_prompt = {row[4]: row for row in rows}  # job, from, where, model, prompt
+        mine, theirs = by_prompt["a lighthouse at dusk"], by_prompt["a blue square on grey"]
+        assert mine[:2] == ["txt2img", "you"] and theirs[:2] == ["txt2img", "the API"]
+        assert {mine[2], theirs[2]} == {"worker-1 (cpu)", "worker-2 (cpu)"}, rows  # one job on each worker, each named
+    finally:
+        stop_api.cancel()
+        page.get_by_role("tab", name="Generate").click()
+        page.click("#stop")
+        api_thread.join(60)

@@ -8,7 +8,7 @@ from gradio_client import Client
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.demo_model import demo_model_dir
-from tests.ui.conftest import open_page, start_app
+from tests.ui.conftest import keep_screenshot, open_page, start_app
 from tests.ui.test_generate_tab import set_number
 
 
@@ -43,6 +43,34 @@ def test_models_tab_load_unload_and_refresh(page, live_app):
     finally:
         shutil.rmtree(copied)
         manager.refresh()
+
+
+def queue_table(page) -> list[list[str]]:
+    """The Models tab's queue table as rows of cells (job, from, where, model, prompt), as the page shows them."""
+    lines = [line.strip() for line in page.inner_text("#models_queue").splitlines() if line.strip()]
+    body = lines[lines.index("prompt") + 1:]  # after the last column's header; every cell has text
+    return [body[start:start + 5] for start in range(0, len(body), 5)]
+
+
+def test_models_tab_queue_shows_this_process_running_the_tabs_job(page, live_app):
+    """Without workers the queue table names "this process" and its device for the running job."""
+    page.fill("#prompt textarea", "a lighthouse at dusk")
+    set_number(page, "steps", 150)
+    set_number(page, "width", 256)
+    set_number(page, "height", 256)
+    page.click("#generate")
+    try:
+        page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_function("document.querySelector('#models_queue').innerText.includes('this process')", timeout=30000)
+        keep_screenshot(page, "models_queue_in_process")
+        assert queue_table(page) == [["txt2img", "you", "this process (cpu)", DEMO_MODEL_NAME, "a lighthouse at dusk"]]
+    finally:
+        page.get_by_role("tab", name="Generate").click()
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#readout').innerText.includes('Stopped')", timeout=60000)
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("!document.querySelector('#models_queue').innerText.includes('lighthouse')", timeout=30000)
 
 
 def test_ctrl_enter_generates_and_seed_buttons(page):

@@ -37,6 +37,7 @@ from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.generate import CancelToken
 from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
+from pipelines.jobs import tagged
 from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
 from ui.a1111 import mapping, models
@@ -322,7 +323,7 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
     folder = None
     result, images, notes = None, [], []
     try:
-        with context.board.turn(job):
+        with tagged(source="api", kind=job.kind.removeprefix("scripts_")), context.board.turn(job):
             face = prepared.face
             if face is not None:
                 folder, paths = write_photos(Path(manager.config.cache_dir), prepared.photos)
