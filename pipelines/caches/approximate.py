@@ -21,7 +21,8 @@ Policy, in brief:
   use; the lowest score leaves first (oldest first among equals), until the bytes fit the budget.
   Entries older than the time-to-live (when set) are dropped, and never served meanwhile. Both run
   here, for every store, in the process that `maintains` the cache (for a shared store: one
-  process, the UI's; other clients only look up and store).
+  process, the UI's; other clients only look up and store). A shared store's sweep runs in a
+  background thread: its listing scans the collection, seconds at 100k entries in Milvus Lite.
 - The embedded store keeps everything under the folder and checks it on first use: entries whose
   files are missing, truncated or unreadable are dropped, files no entry names (a write cut short)
   are deleted, an unreadable index is rebuilt. So a process killed at any point leaves a readable
@@ -188,6 +189,7 @@ class ApproximateCache:
         self._is_open = False  # the folder is read and checked on first use, not when the app starts
         self._swept_at = -math.inf  # time.monotonic() of the last eviction/expiry pass
         self._listing: tuple[float, list[Entry]] | None = None  # (monotonic time, entries) for a shared store's stats
+        self._sweeper: threading.Thread | None = None  # a shared store's sweep in progress
 
     @contextmanager
     def _ready(self):
@@ -393,14 +395,49 @@ class ApproximateCache:
 
     def _maintain(self, force: bool = False) -> set[int]:
         """Expire and evict (when this process maintains the cache, at most every `sweep_seconds`);
-        returns the ids of the entries dropped whole."""
+        returns the ids of the entries dropped whole (none yet when the sweep runs in the background)."""
         if not self.maintains:
             return set()
         sweep = self._vectors.sweep_seconds if self.config.sweep_seconds is None else self.config.sweep_seconds
         if not force and sweep and time.monotonic() - self._swept_at < sweep:
             return set()
         self._swept_at = time.monotonic()
-        entries = self._vectors.entries()
+        if self._vectors.shared and sweep:
+            self._sweep_in_background()
+            return set()
+        return self._sweep(self._vectors.entries())
+
+    def _sweep_in_background(self) -> None:
+        """A shared store's sweep, off the caller's path: listing every entry scans the collection (about
+        15 s for 100k entries in Milvus Lite), which a lookup must not wait for, nor hold the lock
+        through. The listing runs without the lock; the eviction, with it, from that listing (entries
+        stored meanwhile wait for the next sweep; a use counted meanwhile may be overwritten, as
+        between two clients already). One sweep at a time."""
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        vectors = self._vectors
+
+        def sweep() -> None:
+            try:
+                entries = vectors.entries()
+                with self._lock:
+                    if self._vectors is vectors and not self.unavailable:
+                        self._sweep(entries)
+            except StoreUnavailable as error:
+                with self._lock:
+                    if self._vectors is vectors and not self.unavailable:
+                        self._turn_off(error)
+
+        self._sweeper = threading.Thread(target=sweep, name="approximate-cache-sweep", daemon=True)
+        self._sweeper.start()
+
+    def wait_for_sweep(self, timeout: float | None = None) -> None:
+        """Until a background sweep in progress is done (tests, shutdown)."""
+        sweeper = self._sweeper
+        if sweeper is not None:
+            sweeper.join(timeout)
+
+    def _sweep(self, entries: list[Entry]) -> set[int]:
         gone: dict[int, Entry] = {}
         if self.config.ttl_seconds:
             oldest = self._clock() - self.config.ttl_seconds

@@ -32,6 +32,7 @@ from pipelines.caches.vector_store import Entry, Item, StoreUnavailable, VectorS
 COLLECTION_PREFIX = "likeness_approx_d"
 CALL_TIMEOUT_S = 10.0  # lookups: a generation waits on them
 WRITE_TIMEOUT_S = 60.0  # inserts, flushes: Milvus Lite can be slow while it compacts in the background
+LIST_TIMEOUT_S = 300.0  # listing every entry (the cache's background sweep): Milvus Lite takes ~15 s per 100k entries
 LITE_FLUSH_EVERY = 64  # Milvus Lite searches unflushed rows by brute force in Python: keep that part small
 INSTALL_HINT = "pip install -r requirements-scale.txt"
 
@@ -71,7 +72,7 @@ class MilvusStore(VectorStore):
     """See the module docstring."""
 
     shared = True
-    sweep_seconds = 30.0  # listing every entry is a scan of the collection: eviction and expiry run at most this often
+    sweep_seconds = 30.0  # listing every entry is a scan of the collection: eviction and expiry run at most this often, in the background
 
     def __init__(self, uri: str, neighbours: int = 32, search_depth: int = 32, timeout: float = CALL_TIMEOUT_S):
         self.uri = uri
@@ -240,14 +241,15 @@ class MilvusStore(VectorStore):
                 self._call("delete", self.client.delete, name, ids=ids, timeout=WRITE_TIMEOUT_S)
 
     def entries(self) -> list[Entry]:
+        """Every entry; the cache calls this from its sweep thread, without its lock (see VectorStore)."""
         listed = []
-        for name in sorted(self._collections | {n for n in self._call("list collections", self.client.list_collections)
+        for name in sorted(set(self._collections) | {n for n in self._call("list collections", self.client.list_collections)
                                                  if n.startswith(COLLECTION_PREFIX)}):
             self._collection(int(name[len(COLLECTION_PREFIX):]), create=False)
             fields = ["id", "namespace", "partition", "created", "meta"]
             if self.lite:  # one call (Milvus Lite has no query limit; its iterator asks for a timestamp it cannot give)
                 listed.extend(_entry(row) for row in self._call("list entries", self.client.query, name, filter="id > 0",
-                                                                   output_fields=fields, limit=1 << 40))
+                                                                   output_fields=fields, limit=1 << 40, timeout=LIST_TIMEOUT_S))
                 continue
             iterator = self._call("list entries", self.client.query_iterator, name, batch_size=4096, filter="id > 0",
                                   output_fields=fields)

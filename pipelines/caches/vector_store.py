@@ -55,7 +55,9 @@ class Entry:
 
 
 class VectorStore(ABC):
-    """The vectors and metadata of the approximate cache. Callers hold the cache's lock around every call.
+    """The vectors and metadata of the approximate cache. Callers hold the cache's lock around every call,
+    except `entries()` of a shared store: the cache's background sweep lists without it (a listing of a
+    large Milvus collection takes seconds), so a shared store's `entries()` must be safe alongside other calls.
 
     `shared`: other processes may write the same store at the same time (the cache then spares young
     files it does not know yet, and checks latent files only when it reads them).

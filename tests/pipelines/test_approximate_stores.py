@@ -229,6 +229,43 @@ def test_two_clients_on_one_milvus_lite_file_see_each_other(tmp_path):
         release_lite(uri)
 
 
+def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(tmp_path):
+    """Listing every entry scans the collection (about 15 s at 100k entries in Milvus Lite): the sweep
+    (expiry, eviction) lists in a thread of its own, and lookups and stores go on meanwhile."""
+    import threading
+
+    from pipelines.caches.milvus_store import MilvusStore
+
+    listing_may_go = threading.Event()
+
+    class SlowListing(MilvusStore):
+        def entries(self):
+            if threading.current_thread() is not threading.main_thread():
+                listing_may_go.wait(60)
+            return super().entries()
+
+    uri, clock = str(tmp_path / "cache.db"), Clock()
+    cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=30, ttl_seconds=60),
+                             clock=clock, vectors=SlowListing(uri))
+    try:
+        entry = cache.store("p", vector(1.0), 50, kept())  # opening the cache started a sweep: its listing is held
+        files = [cache.folder / item.file for item in cache.vectors.entries()[0].items.values()]
+        assert cache.lookup("p", vector(0.99), 50).entry_id == entry
+        clock.now += 61
+        assert cache.lookup("p", vector(1.0), 50) is None, "expired: never served, swept or not"
+        assert cache._sweeper.is_alive() and not listing_may_go.is_set(), "the lookups did not wait for the listing"
+        assert all(path.exists() for path in files)
+        listing_may_go.set()
+        cache.wait_for_sweep(60)
+        assert not cache._sweeper.is_alive() and cache.unavailable is None
+        assert cache.vectors.entries() == [] and not any(path.exists() for path in files), "the sweep expired the entry"
+    finally:
+        listing_may_go.set()
+        cache.wait_for_sweep(60)
+        cache.vectors.close()
+        release_lite(uri)
+
+
 def test_a_second_process_on_one_milvus_lite_file_gets_a_clear_notice(tmp_path):
     uri = str(tmp_path / "held.db")
     cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri))
