@@ -51,9 +51,11 @@ def round_trip(vae, images: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
-def score(held_out: list[scenes.Scene], images: np.ndarray) -> tuple[dict[str, float], list[tuple[int, list[str], str]]]:
-    """Per-attribute accuracy (plus 'all'), and each miss as (index, wrong attributes, what was read)."""
+def score(held_out: list[scenes.Scene], images: np.ndarray) -> tuple[dict[str, float], list[tuple[int, list[str], str]], dict[str, str]]:
+    """Per-attribute accuracy (plus 'all'), each miss as (index, wrong attributes, what was read), and
+    shape accuracy per drawn shape and size ("right/count")."""
     right, total = Counter(), Counter()
+    shape_right, shape_total = Counter(), Counter()
     misses = []
     for index, (scene, image) in enumerate(zip(held_out, images)):
         analysis = classify.analyse(image)
@@ -64,11 +66,16 @@ def score(held_out: list[scenes.Scene], images: np.ndarray) -> tuple[dict[str, f
         if scene.kind == "face":
             total["hair*"] += 1
             right["hair*"] += analysis.face and hair_after_skin_run(image) == scene.hair
+        if scene.kind == "shape":
+            key = f"{scene.objects[0].size} {scene.objects[0].shape}"
+            shape_total[key] += 1
+            shape_right[key] += marks["shape"]
         total["all"] += 1
         right["all"] += all(marks.values())
         if not all(marks.values()):
             misses.append((index, [k for k, v in marks.items() if not v], _reading(analysis)))
-    return {name: right[name] / total[name] for name in total}, misses
+    per_shape = {key: f"{shape_right[key]}/{shape_total[key]}" for key in sorted(shape_total)}
+    return {name: right[name] / total[name] for name in total}, misses, per_shape
 
 
 def hair_after_skin_run(image: np.ndarray, run: int = 4) -> str:
@@ -151,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'attribute':<11}" + "".join(f"{label[-28:]:>30}" for label in columns))
     for name in names:
         print(f"{name:<11}" + "".join(f"{columns[label][0].get(name, float('nan')):>30.1%}" for label in columns))
+    print("\nshape right per drawn shape and size")
+    for key in columns["originals"][2]:
+        print(f"{key:<14}" + "".join(f"{columns[label][2][key]:>30}" for label in columns))
     if "hair*" in columns["originals"][0]:
         print("hair*: not the checker's figure; the checker's hair reader with the skin starting at the first run of 4 skin rows")
     return 0
