@@ -63,9 +63,6 @@ def score(held_out: list[scenes.Scene], images: np.ndarray) -> tuple[dict[str, f
         for name, ok in marks.items():
             total[name] += 1
             right[name] += ok
-        if scene.kind == "face":
-            total["hair*"] += 1
-            right["hair*"] += analysis.face and hair_after_skin_run(image) == scene.hair
         if scene.kind == "shape":
             key = f"{scene.objects[0].size} {scene.objects[0].shape}"
             shape_total[key] += 1
@@ -76,24 +73,6 @@ def score(held_out: list[scenes.Scene], images: np.ndarray) -> tuple[dict[str, f
             misses.append((index, [k for k, v in marks.items() if not v], _reading(analysis)))
     per_shape = {key: f"{shape_right[key]}/{shape_total[key]}" for key in sorted(shape_total)}
     return {name: right[name] / total[name] for name in total}, misses, per_shape
-
-
-def hair_after_skin_run(image: np.ndarray, run: int = 4) -> str:
-    """The hair colour as the checker reads it, except that the skin starts at the first *run* of
-    `run` skin rows, not the first single one: on a slightly blurred image (any VAE's output) the
-    hair/background edge has one row of skin-like blended colours, and the checker then reads the
-    "hair" above that row, i.e. the background. A diagnostic: is a hair miss the picture or the reader?"""
-    pixels = image.astype(np.float32)
-    _, model = classify._background(pixels)
-    band = pixels[:92, 54:74]
-    labels = classify._LABEL_VALUES
-    skin = classify._IS_SKIN[np.argmin(((band.reshape(-1, 3)[:, None, :] - labels[None]) ** 2).sum(axis=2), axis=1)]
-    skin &= np.linalg.norm(band - model[:92, 54:74], axis=2).reshape(-1) > classify.FACE_DISTANCE
-    rows = skin.reshape(band.shape[:2]).mean(axis=1) >= 0.6
-    starts = [y for y in range(len(rows) - run) if rows[y:y + run].all()]
-    top = starts[0] if starts else 48
-    strip = pixels[max(0, top - 8):max(1, top - 2), 54:74].reshape(-1, 3)
-    return classify._nearest(np.median(strip, 0), scenes.HAIRS)
 
 
 def _reading(analysis: classify.Analysis) -> str:
@@ -151,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.failures:
             save_failures(args.failures, label.replace("/", "_"), held_out, originals, images, columns[label][1])
 
-    names = [n for n in ("colour", "shape", "position", "size", "background", "face", "hair", "hair*", "skin", "all")
+    names = [n for n in ("colour", "shape", "position", "size", "background", "face", "hair", "skin", "all")
              if n in columns["originals"][0]]
     kinds = Counter(scene.kind for scene in held_out)
     print(f"\n{args.count} held-out scenes ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
@@ -161,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\nshape right per drawn shape and size")
     for key in columns["originals"][2]:
         print(f"{key:<14}" + "".join(f"{columns[label][2][key]:>30}" for label in columns))
-    if "hair*" in columns["originals"][0]:
-        print("hair*: not the checker's figure; the checker's hair reader with the skin starting at the first run of 4 skin rows")
     return 0
 
 

@@ -108,6 +108,9 @@ _LABEL_VALUES = np.asarray(list(_LABELS.values()), np.float32)
 _IS_SKIN = np.asarray([name.startswith("skin:") for name in _LABELS])
 
 
+SKIN_RUN = 4
+
+
 def _read_face(pixels: np.ndarray, background: np.ndarray) -> tuple[str, str] | None:
     """(hair, skin) when the middle of the picture is a face: the cheeks' box mostly skin-coloured
     (and not background: a gradient passes through skin-like colours)."""
@@ -121,7 +124,10 @@ def _read_face(pixels: np.ndarray, background: np.ndarray) -> tuple[str, str] | 
     band_skin = _IS_SKIN[np.argmin(((band.reshape(-1, 3)[:, None, :] - _LABEL_VALUES[None]) ** 2).sum(axis=2), axis=1)]
     band_skin &= np.linalg.norm(band - background[:92, 54:74], axis=2).reshape(-1) > FACE_DISTANCE
     rows = band_skin.reshape(band.shape[:2]).mean(axis=1) >= 0.6
-    top = int(np.argmax(rows)) if rows.any() else 48
+    # The skin starts at the first run of SKIN_RUN skin rows: on a slightly blurred picture (any VAE's
+    # output) the hair/background edge blends into one skin-like row, and the strip above that is background.
+    starts = [y for y in range(len(rows) - SKIN_RUN + 1) if rows[y:y + SKIN_RUN].all()]
+    top = starts[0] if starts else 48
     strip = pixels[max(0, top - 8):max(1, top - 2), 54:74].reshape(-1, 3)
     return _nearest(np.median(strip, 0), scenes.HAIRS), skin_name
 
