@@ -210,19 +210,22 @@ def _lane_models(plan: Plan, lane: list[int]) -> list[str]:
 def _run_lane(manager, plan: Plan, lane: list[int], result: ExperimentResult, progress: "_Progress", cancel: CancelToken) -> None:
     """One lane's cells, in order, with a warm-up run per model when the plan has them. A stop here
     stops the other lanes too (the token is shared)."""
+    to_warm = _first_cell_per_model(plan, lane) if plan.warmup_models else set()
     try:
         with tagged(kind="experiment cell", yields=True):
             for index in lane:
-                _run_cell(manager, plan, index, result, progress, cancel, warm=bool(plan.warmup_models) and _first_of_model(plan, lane, index))
+                _run_cell(manager, plan, index, result, progress, cancel, warm=index in to_warm)
     except GenerationCancelled:
         result.cancelled = True
         cancel.cancel()
 
 
-def _first_of_model(plan: Plan, lane: list[int], index: int) -> bool:
-    """Whether `index` is its model's first cell in the lane (the one that warms the model up)."""
-    model = plan.cells[index].request.model
-    return next(i for i in lane if plan.cells[i].request.model == model) == index
+def _first_cell_per_model(plan: Plan, lane: list[int]) -> set[int]:
+    """Each model's first cell in the lane: the one that warms the model up."""
+    first: dict[str, int] = {}
+    for index in lane:
+        first.setdefault(plan.cells[index].request.model, index)
+    return set(first.values())
 
 
 def _run_cell(manager, plan: Plan, index: int, result: ExperimentResult, progress: "_Progress", cancel: CancelToken, warm: bool) -> None:
