@@ -407,12 +407,13 @@ class ApproximateCache:
             return set()
         return self._sweep(self._vectors.entries())
 
-    def _sweep_in_background(self) -> None:
+    def _sweep_in_background(self, evict: bool = True) -> None:
         """A shared store's sweep, off the caller's path: listing every entry scans the collection (about
         15 s for 100k entries in Milvus Lite), which a lookup must not wait for, nor hold the lock
         through. The listing runs without the lock; the eviction, with it, from that listing (entries
         stored meanwhile wait for the next sweep; a use counted meanwhile may be overwritten, as
-        between two clients already). One sweep at a time."""
+        between two clients already). One sweep at a time. `evict=False` only refreshes the listing
+        the Caches panel and `eviction_order` read."""
         if self._sweeper is not None and self._sweeper.is_alive():
             return
         vectors = self._vectors
@@ -422,7 +423,10 @@ class ApproximateCache:
                 entries = vectors.entries()
                 with self._lock:
                     if self._vectors is vectors and not self.unavailable:
-                        self._sweep(entries)
+                        if evict:
+                            self._sweep(entries)
+                        else:
+                            self._listing = (time.monotonic(), entries)
             except StoreUnavailable as error:
                 with self._lock:
                     if self._vectors is vectors and not self.unavailable:
@@ -487,12 +491,17 @@ class ApproximateCache:
                 pass
 
     def _entries(self) -> list[Entry]:
-        """Every entry: fresh from a local store; for a shared one, a listing at most `sweep_seconds` old."""
+        """Every entry: fresh from a local store (or a shared one with `sweep_seconds` 0). A shared store
+        answers from its last listing and, once that is `sweep_seconds` old, lists again in the
+        background: a full listing takes seconds (15 s at 100k entries in Milvus Lite) and the caller
+        holds the lock every lookup needs. Only a process that never listed waits, once."""
         if not self._vectors.shared:
             return self._vectors.entries()
         sweep = self._vectors.sweep_seconds if self.config.sweep_seconds is None else self.config.sweep_seconds
-        if self._listing is None or time.monotonic() - self._listing[0] >= sweep:
+        if not sweep or self._listing is None:
             self._listing = (time.monotonic(), self._vectors.entries())
+        elif time.monotonic() - self._listing[0] >= sweep:
+            self._sweep_in_background(evict=False)
         return self._listing[1]
 
     # -- the Caches panel ---------------------------------------------------------------------------

@@ -266,6 +266,42 @@ def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(
         release_lite(uri)
 
 
+def test_a_shared_store_answers_stats_from_its_last_listing_while_it_lists_again(tmp_path):
+    """The Caches panel (stats) and eviction_order hold the lock every lookup needs: past
+    `sweep_seconds` they answer from the last listing and list again in the background."""
+    import threading
+
+    from pipelines.caches.milvus_store import MilvusStore
+
+    listing_may_go = threading.Event()
+
+    class SlowListing(MilvusStore):
+        def entries(self):
+            if threading.current_thread() is not threading.main_thread():
+                listing_may_go.wait(60)
+            return super().entries()
+
+    uri = str(tmp_path / "cache.db")
+    cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=0.05),
+                             vectors=SlowListing(uri), maintains=False)
+    try:
+        first = cache.store("p", vector(1.0), 50, {25: latents(1)})
+        assert cache.stats().entries == 1, "a process that never listed lists once, at once"
+        second = cache.store("p", vector(1.0, axis=3), 50, {25: latents(2)})
+        time.sleep(0.1)
+        assert cache.stats().entries == 1 and [e for e, _ in cache.eviction_order()] == [first], "the last listing, not a wait"
+        assert cache._sweeper.is_alive(), "listing again, in the background"
+        assert cache.lookup("p", vector(0.99, axis=3), 50).entry_id == second, "lookups go on meanwhile"
+        listing_may_go.set()
+        cache.wait_for_sweep(60)
+        assert cache.stats().entries == 2 and {e for e, _ in cache.eviction_order()} == {first, second}
+    finally:
+        listing_may_go.set()
+        cache.wait_for_sweep(60)
+        cache.vectors.close()
+        release_lite(uri)
+
+
 def test_a_second_process_on_one_milvus_lite_file_gets_a_clear_notice(tmp_path):
     uri = str(tmp_path / "held.db")
     cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri))
