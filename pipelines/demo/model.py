@@ -94,7 +94,7 @@ def build_vae(seed: int, channels=(16, 32, 64, 64), groups: int = 1):
     )
 
 
-def build_unet(seed: int, channels=(64, 96, 128, 128), layers: int = 1):
+def build_unet(seed: int, channels=(64, 96, 128, 128), layers: int = 1, heads: int = 8):
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -103,7 +103,8 @@ def build_unet(seed: int, channels=(64, 96, 128, 128), layers: int = 1):
         sample_size=16, block_out_channels=channels, layers_per_block=layers,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=8,
+        # diffusers reads `attention_head_dim` as the number of heads here (a naming kept from SD 1.5's config)
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=heads, norm_num_groups=8,
     )
 
 

@@ -192,7 +192,9 @@ def _downsample(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(h // _SS, _SS, w // _SS, _SS).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, colour) -> None:
+def _paint(image: np.ndarray, mask: np.ndarray, colour, foreground: np.ndarray | None = None) -> None:
+    if foreground is not None:
+        foreground |= mask
     alpha = _downsample(mask)[..., None]
     image *= 1 - alpha
     image += alpha * np.asarray(colour, np.float32)
@@ -233,30 +235,36 @@ def _pair_layout(relation: str, rng: np.random.Generator | None) -> list[tuple[f
 
 def render(scene: Scene, rng: np.random.Generator | None = None) -> np.ndarray:
     """The scene as a uint8 HxWx3 array (rng: jitter; None draws the canonical picture)."""
+    return render_with_mask(scene, rng)[0]
+
+
+def render_with_mask(scene: Scene, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The scene and its foreground: uint8 HxWx3, and float32 HxW coverage (0 background, 1 object or face)."""
     image = _background(scene.background, rng if rng is not None else np.random.default_rng(0))
+    foreground = np.zeros((SIZE * _SS, SIZE * _SS), bool)
     if scene.kind == "face":
-        _draw_face(image, scene, rng)
+        _draw_face(image, scene, rng, foreground)
     elif scene.kind == "pair":
         for obj, (cx, cy) in zip(scene.objects, _pair_layout(scene.relation, rng)):
             r = 18.0 * (1.0 if rng is None else float(rng.uniform(0.9, 1.1)))
-            _paint(image, shape_mask(obj.shape, cx, cy, r), COLOURS[obj.colour])
+            _paint(image, shape_mask(obj.shape, cx, cy, r), COLOURS[obj.colour], foreground)
     else:
         obj = scene.objects[0]
         cx, cy, r = object_centre(obj.position, obj.size, rng)
-        _paint(image, shape_mask(obj.shape, cx, cy, r), COLOURS[obj.colour])
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+        _paint(image, shape_mask(obj.shape, cx, cy, r), COLOURS[obj.colour], foreground)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), _downsample(foreground)
 
 
-def _draw_face(image: np.ndarray, scene: Scene, rng: np.random.Generator | None) -> None:
+def _draw_face(image: np.ndarray, scene: Scene, rng: np.random.Generator | None, foreground: np.ndarray | None = None) -> None:
     j = (lambda s: 0.0) if rng is None else (lambda s: float(rng.uniform(-s, s)))
     cx, cy = 64 + j(4), 68 + j(4)
     rx, ry = 30 + j(2), 38 + j(2)
     hair = HAIRS[scene.hair]
     # Hair: a larger oval behind the head, cut off below the ears, plus a fringe over the forehead.
     back = (((_XX - cx) / (rx + 7)) ** 2 + ((_YY - cy + 6) / (ry + 6)) ** 2 <= 1) & (_YY <= cy + 10)
-    _paint(image, back, hair)
+    _paint(image, back, hair, foreground)
     head = ((_XX - cx) / rx) ** 2 + ((_YY - cy) / ry) ** 2 <= 1
-    _paint(image, head, SKINS[scene.skin])
+    _paint(image, head, SKINS[scene.skin], foreground)
     fringe = head & (_YY <= cy - ry * 0.55 + j(2))
     _paint(image, fringe, hair)
     for side in (-1, 1):
@@ -319,5 +327,5 @@ class FixedStyle:
         return self.style % n
 
 
-__all__ = ["Scene", "Shape", "render", "caption", "random_scene", "is_held_out", "training_pairs", "held_out_scenes",
+__all__ = ["Scene", "Shape", "render", "render_with_mask", "caption", "random_scene", "is_held_out", "training_pairs", "held_out_scenes",
            "vocabulary", "shape_mask"]
