@@ -35,14 +35,16 @@ class TrainConfig:
     vae_clip: float = 1.0
     edge_weight: float = 1.0
     kl_weight: float = 1e-5
-    unet_steps: int = 4000  # an upper bound: the deadline (max_minutes) usually ends the phase, annealed
+    unet_steps: int = 12000  # an upper bound: the deadline (max_minutes) ends the phase, annealed
     decoder_steps: int = 800
     decoder_batch: int = 8
     decoder_lr: float = 5e-4
     decoder_edge_weight: float = 2.0
-    unet_batch: int = 32
-    unet_lr: float = 4e-4
-    text_lr: float = 4e-4
+    # 16 scenes a step: twice the updates of 32 for the same time, and ahead on every object attribute
+    # after 13 minutes (trial runs side by side, 1 thread each: colour 58 vs 47 %, position 28 vs 17 %).
+    unet_batch: int = 16
+    unet_lr: float = 6e-4
+    text_lr: float = 6e-4
     uncond_fraction: float = 0.1
     ema_decay: float = 0.997
     unet_channels: tuple = (64, 96, 128, 128)

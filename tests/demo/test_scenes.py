@@ -44,3 +44,15 @@ def test_every_caption_word_is_in_the_vocabulary():
     for _ in range(200):
         text = scenes.caption(scenes.random_scene(rng, held_out=None), rng)
         assert set(text.replace(",", " , ").split()) <= words
+
+
+def test_the_foreground_mask_covers_the_object_and_nothing_else():
+    scene = scenes.Scene("shape", "white", (scenes.Shape("square", "red", "top left", "big"),))
+    image, coverage = scenes.render_with_mask(scene, None)
+    assert np.array_equal(image, scenes.render(scene, None)), "the same picture as render"
+    assert coverage.shape == (128, 128) and coverage.dtype == np.float32
+    red = (image[..., 0] > 200) & (image[..., 1] < 80)
+    assert coverage[red].min() > 0.5 and coverage[~red].max() < 0.6
+    assert coverage[64:, :].max() == 0 and coverage[:, 64:].max() == 0, "nothing outside the top left"
+    face, face_coverage = scenes.render_with_mask(scenes.Scene("face", "navy", hair="red", skin="dark"), None)
+    assert 0.2 < (face_coverage > 0.5).mean() < 0.6 and face_coverage[0, 0] == 0 and face_coverage[64, 64] == 1

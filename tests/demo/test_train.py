@@ -73,3 +73,17 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--vae-from", str(tmp_path)]) == 2
     assert "--vae-from" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
+    from pipelines.demo.train import TrainConfig, loss_weights, render_scenes, sample_timesteps
+
+    _, _, touched = render_scenes(TrainConfig(scenes=6, seed=2))
+    assert touched.shape == (6, 16, 16) and 0 < touched.mean() < 0.7, "objects touch some latent pixels, not all"
+    weights = loss_weights(torch.from_numpy(touched), 3.0)
+    assert weights.shape == (6, 1, 16, 16) and set(weights.unique().tolist()) == {1.0, 3.0}
+    assert torch.equal(weights[:, 0] == 3.0, torch.from_numpy(touched))
+    t = sample_timesteps(20000, 0.5, 1000, torch.Generator().manual_seed(0))
+    assert 0 <= t.min() and t.max() < 1000
+    assert abs((t >= 500).float().mean().item() - 0.75) < 0.02, "half redrawn from the noisier half: 75 % there"
+    assert abs((sample_timesteps(20000, 0.0, 1000, torch.Generator().manual_seed(0)) >= 500).float().mean().item() - 0.5) < 0.02
