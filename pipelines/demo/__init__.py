@@ -5,9 +5,9 @@ Nothing here imports torch at import time; the app only needs `WEIGHTS_DIR` at s
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# On since the second training run (2358 UNet steps, README "Demo model"): it draws backgrounds, faces and
-# most colours right, which beats the random demo's noise as a first picture, though shapes still come
-# out as blobs. Off, the app builds the random demo instead (the test suite always uses that one).
+# On since the second training run (README "Demo model"): it draws backgrounds, faces, skin and most colours
+# right, which beats the random demo's noise as a first picture, though small shapes still come out as
+# blobs. Off, the app builds the random demo instead (the test suite always uses that one).
 SHIP_TRAINED_DEMO = True
 
 DEMO_KNOWS = "the demo knows only shapes, colours, positions and simple faces"
@@ -33,13 +33,13 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[a-z]+", prompt.lower())
 
 # The Generate tab's example prompts (128x128, 20 steps): one click fills the form.
-EXAMPLE_PROMPTS = (  # the ones the shipped weights draw best (colour, background, place or face), 4 seeds each
-    "a big red circle in the centre on a white background",
-    "a portrait of a person with black hair and light skin on a white background",
-    "a big pink circle at the top on an olive background",
-    "a big red square on the right on a white background",
-    "a portrait of a person with black hair and dark skin on a gradient background",
-    "a big red heart in the centre on a cream background",
+EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier) on 4 seeds out of 4 by the shipped weights
+    "a big yellow star in the centre on a navy background",
+    "a portrait of a person with red hair and tan skin on a white background",
+    "a big red triangle at the top on a black background",
+    "a big orange ring on the left on a navy background",
+    "a portrait of a person with white hair and brown skin on a gradient background",
+    "a big orange circle on the left on an olive background",
 )
 DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
