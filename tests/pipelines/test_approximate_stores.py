@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -229,14 +230,9 @@ def test_two_clients_on_one_milvus_lite_file_see_each_other(tmp_path):
         release_lite(uri)
 
 
-def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(tmp_path):
-    """Listing every entry scans the collection (about 15 s at 100k entries in Milvus Lite): the sweep
-    (expiry, eviction) lists in a thread of its own, and lookups and stores go on meanwhile."""
-    import threading
-
+def slow_listing(uri: str, listing_may_go: threading.Event):
+    """A Milvus store whose full listing, off the main thread (the cache's background sweep), waits for the event."""
     from pipelines.caches.milvus_store import MilvusStore
-
-    listing_may_go = threading.Event()
 
     class SlowListing(MilvusStore):
         def entries(self):
@@ -244,9 +240,17 @@ def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(
                 listing_may_go.wait(60)
             return super().entries()
 
+    return SlowListing(uri)
+
+
+def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(tmp_path):
+    """Listing every entry scans the collection (about 15 s at 100k entries in Milvus Lite): the sweep
+    (expiry, eviction) lists in a thread of its own, and lookups and stores go on meanwhile."""
+    listing_may_go = threading.Event()
+
     uri, clock = str(tmp_path / "cache.db"), Clock()
     cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=30, ttl_seconds=60),
-                             clock=clock, vectors=SlowListing(uri))
+                             clock=clock, vectors=slow_listing(uri, listing_may_go))
     try:
         entry = cache.store("p", vector(1.0), 50, kept())  # opening the cache started a sweep: its listing is held
         files = [cache.folder / item.file for item in cache.vectors.entries()[0].items.values()]
@@ -269,21 +273,11 @@ def test_a_shared_store_sweeps_in_the_background_and_lookups_do_not_wait_for_it(
 def test_a_shared_store_answers_stats_from_its_last_listing_while_it_lists_again(tmp_path):
     """The Caches panel (stats) and eviction_order hold the lock every lookup needs: past
     `sweep_seconds` they answer from the last listing and list again in the background."""
-    import threading
-
-    from pipelines.caches.milvus_store import MilvusStore
-
     listing_may_go = threading.Event()
-
-    class SlowListing(MilvusStore):
-        def entries(self):
-            if threading.current_thread() is not threading.main_thread():
-                listing_may_go.wait(60)
-            return super().entries()
 
     uri = str(tmp_path / "cache.db")
     cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=0.05),
-                             vectors=SlowListing(uri), maintains=False)
+                             vectors=slow_listing(uri, listing_may_go), maintains=False)
     try:
         first = cache.store("p", vector(1.0), 50, {25: latents(1)})
         assert cache.stats().entries == 1, "a process that never listed lists once, at once"
