@@ -31,10 +31,10 @@ RANDOM_DEMO_NOTE = (
     "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
 )
 TRAINED_DEMO_NOTE = (
-    "**Demo model** (tiny, trained here for under an hour on a CPU, 128x128): it knows simple shapes (circle, square, "
+    "**Demo model** (tiny, trained here in one hour on a CPU, 128x128): it knows simple shapes (circle, square, "
     "triangle, star, heart, ring) in 8 colours, 9 positions and 2 sizes on plain or gradient backgrounds, and simple "
-    "portraits (hair colour, skin tone). It gets backgrounds, faces and most colours right; shapes still come out as "
-    "rounded blobs and positions are hit and miss. Try an example below. For real pictures, put SD 1.5 / SDXL / "
+    "portraits (hair colour, skin tone). It gets backgrounds, faces, skin and most colours right and big shapes often; "
+    "small shapes come out as blobs and positions are right about half the time. Try an example below. For real pictures, put SD 1.5 / SDXL / "
     "FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
 )
 DEMO_NOTE = TRAINED_DEMO_NOTE if demo.SHIP_TRAINED_DEMO else RANDOM_DEMO_NOTE
