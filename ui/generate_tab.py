@@ -65,8 +65,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             fields |= generation_form.hires_fields(manager, last)
             fields |= generation_form.detailer_fields(last)
             with gr.Column(visible=is_demo and demo.SHIP_TRAINED_DEMO) as demo_examples:
-                gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS] for p in demo.EXAMPLE_PROMPTS],
-                            [fields["prompt"], fields["width"], fields["height"], fields["steps"]],
+                gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS, demo.DEFAULT_CFG] for p in demo.EXAMPLE_PROMPTS],
+                            [fields["prompt"], fields["width"], fields["height"], fields["steps"], fields["cfg_scale"]],
                             label="Demo prompts (click one, then Generate)", examples_per_page=6)
         with gr.Column(scale=2):
             panel = generation_form.run_panel()

@@ -43,3 +43,6 @@ EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier
 )
 DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
+# The examples' CFG: on 96 held-out prompts CFG 4 drew every attribute right in 35 % against 24 % at
+# SD 1.5's usual 7 (README "Demo model"), so a click on an example sets it too.
+DEFAULT_CFG = 4.0

@@ -28,6 +28,18 @@ def generate_small(page, prompt: str, steps: int, size: int, timeout_ms: int) ->
     page.click("#generate")
     page.wait_for_selector("#breakdown table", timeout=timeout_ms)
 
+def test_a_demo_example_fills_the_prompt_size_steps_and_its_cfg(page, live_app):
+    from pipelines import demo
+
+    set_number(page, "cfg", 9)
+    page.get_by_text(demo.EXAMPLE_PROMPTS[0]).first.click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value.length > 0", timeout=10000)
+    assert page.input_value("#prompt textarea") == demo.EXAMPLE_PROMPTS[0]
+    assert float(page.input_value("#cfg input[type=number]")) == demo.DEFAULT_CFG
+    assert int(page.input_value("#width input[type=number]")) == demo.DEFAULT_SIZE
+    assert int(page.input_value("#steps input[type=number]")) == demo.DEFAULT_STEPS
+
+
 def test_generate_on_demo_model_shows_live_steps_and_breakdown(page, live_app):
     page.fill("#prompt textarea", "a lighthouse at dusk")
     set_number(page, "steps", 40)
