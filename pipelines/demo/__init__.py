@@ -33,13 +33,13 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[a-z]+", prompt.lower())
 
 # The Generate tab's example prompts (128x128, 20 steps): one click fills the form.
-EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier) on 4 seeds out of 4 by the shipped weights
-    "a big yellow star in the centre on a navy background",
+EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier) on 4 seeds out of 4 at CFG 4 by the shipped weights
+    "a big yellow circle in the centre on a cream background",
     "a portrait of a person with red hair and tan skin on a white background",
-    "a big red triangle at the top on a black background",
     "a big orange ring on the left on a navy background",
     "a portrait of a person with white hair and brown skin on a gradient background",
     "a big orange circle on the left on an olive background",
+    "a portrait of a person with black hair and brown skin on a cream background",
 )
 DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
