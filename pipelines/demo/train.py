@@ -246,8 +246,8 @@ def loss_weights(touched, object_weight: float):
     return 1.0 + (object_weight - 1.0) * touched.unsqueeze(1).float()
 
 
-def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: float, config: TrainConfig, log, deadline: float,
-               touched=None) -> dict:
+def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, scaling: float, config: TrainConfig, log,
+               deadline: float) -> dict:
     import copy
 
     import torch
@@ -288,7 +288,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling: f
             target = noise_scheduler.get_velocity(latents, noise, t)
             hidden = text_encoder(ids)[0]
             pred = unet(noisy, t, hidden).sample
-            weights = loss_weights(touched[index], config.object_weight) if touched is not None else torch.ones_like(pred[:, :1])
+            weights = loss_weights(touched[index], config.object_weight)
             loss = torch.mean(weights * (pred - target) ** 2) / torch.mean(weights)
             factor = _lr_factor(step, config.unet_steps, warmup=200, elapsed=(time.monotonic() - started) / budget)
             for group in optimizer.param_groups:
@@ -396,8 +396,7 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
         unet = model.build_unet(config.seed, config.unet_channels, heads=config.unet_heads)
     token_ids = tokenize_captions(tokenizer, captions)
     phase = time.monotonic()
-    result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, scaling, config, log, deadline,
-                        touched=torch.from_numpy(touched))
+    result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, torch.from_numpy(touched), scaling, config, log, deadline)
     timings["unet_s"] = round(time.monotonic() - phase, 1)
     timings["total_s"] = round(time.monotonic() - start, 1)
     log_file.close()
