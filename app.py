@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply models/Lora/NAME.safetensors (weight default 1, -10..10); repeatable; same as <lora:NAME:WEIGHT> in --prompt")
     gen.add_argument("--model", help="model name as `app.py models` lists it (default: first real model, else the demo)")
     gen.add_argument("--steps", type=int, default=defaults.steps)
-    gen.add_argument("--cfg-scale", "--cfg", type=float, default=defaults.cfg_scale)
+    gen.add_argument("--cfg-scale", "--cfg", type=float, default=None,
+                     help=f"default: the model family's (SD 1.5 {defaults.cfg_scale:g}, SDXL 6, FLUX.1 3.5; the trained demo 4)")
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
     gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")
     gen.add_argument("--height", type=pixels, default=None)
@@ -359,20 +360,27 @@ def server_options(args):
 
 
 def fill_family_defaults(manager, args):
-    """Size and sampler default to the chosen model's family (512 for SD 1.5, 1024 for SDXL/FLUX)."""
+    """Size, CFG and sampler default to the chosen model's family (512 for SD 1.5, 1024 for SDXL/FLUX), or the demo's."""
+    from pipelines import demo
     from pipelines.errors import ModelNotFound
+    from pipelines.request import GenerationRequest
 
     try:
         entry = manager.entry(args.model or manager.default_model())
     except ModelNotFound:
-        return args  # generate() reports the unknown name with the list of models
-    family = entry.family
+        entry = None  # generate() reports the unknown name with the list of models
+    family = entry.family if entry is not None else None
     if family is not None:
         spec = family.spec
-        size = (128, 128) if entry.format == "demo" else spec.default_size  # the demo was trained at 128x128
+        is_demo = entry.format == "demo"
+        size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size  # the demo was trained at 128x128
         args.width = args.width or size[0]
         args.height = args.height or size[1]
         args.sampler = args.sampler or spec.default_sampler
+        if args.cfg_scale is None:
+            args.cfg_scale = demo.DEFAULT_CFG if is_demo and demo.SHIP_TRAINED_DEMO else spec.default_cfg
+    if args.cfg_scale is None:
+        args.cfg_scale = GenerationRequest.cfg_scale
     return args
 
 

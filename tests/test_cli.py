@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines import demo
 from pipelines.catalog import DEMO_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,10 +138,11 @@ def test_generate_json(runs):
     assert Path(image).is_relative_to(root / "outputs")
     assert result["seeds"] == [7]
     assert result["request"]["model"] == DEMO_MODEL_NAME and result["request"]["steps"] == 2
+    assert result["request"]["cfg_scale"] == demo.DEFAULT_CFG  # no --cfg: the demo's own (the form's and the examples')
     assert len(result["step_seconds"]) == 2
     assert {"text encode", "denoise", "VAE decode"} <= set(result["stage_seconds"])
     assert "Traceback" not in completed.stderr
-    assert "using the demo model" in completed.stderr
+    assert "using the demo model (tiny, trained on simple shapes and faces: try --prompt" in completed.stderr
     # The CLI wrote only to its own folders: a settings file is never created by a generation.
     assert not (root / "settings.json").exists()
 
@@ -217,3 +219,24 @@ def test_ctrl_c_stops_at_the_next_step(tmp_path, demo_cache_dir):
     assert "step 150/150" not in stderr
     assert "Traceback" not in stderr
     assert not list(tmp_path.rglob("*.png")), "a stopped run saves nothing"
+
+
+def test_cfg_defaults_to_the_chosen_models_family_and_an_explicit_one_is_kept(tmp_path, model_zoo, make_manager):
+    import argparse
+
+    from app import fill_family_defaults
+    from pipelines.families import Family
+    from tests.tiny_models import copy_model
+
+    copy_model(model_zoo["sdxl"], tmp_path / "models", "xl")
+    manager = make_manager(tmp_path / "models")
+
+    def filled(model, cfg=None):
+        args = argparse.Namespace(model=model, width=None, height=None, sampler=None, cfg_scale=cfg)
+        return fill_family_defaults(manager, args)
+
+    xl = filled("xl")
+    assert xl.cfg_scale == Family.SDXL.spec.default_cfg and (xl.width, xl.height) == Family.SDXL.spec.default_size
+    assert filled(DEMO_MODEL_NAME).cfg_scale == demo.DEFAULT_CFG
+    assert filled("xl", cfg=9.5).cfg_scale == 9.5  # the user's --cfg wins
+    assert filled("no such model").cfg_scale == 7.0  # generate() then names the unknown model; the CFG is not the problem

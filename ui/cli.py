@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from pipelines import demo
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.face.service import FaceOptions
 from pipelines.generate import CancelToken
@@ -121,6 +122,13 @@ def refine_fields(args, manager: PipelineManager) -> dict:
     return fields
 
 
+def demo_brief() -> str:
+    """What the demo model draws, in a few words (the CLI's notes)."""
+    if demo.SHIP_TRAINED_DEMO:
+        return f"tiny, trained on simple shapes and faces: try --prompt '{demo.EXAMPLE_PROMPTS[0]}'"
+    return "tiny, random weights: noise-like images"
+
+
 def lora_prompt(args) -> str:
     """`--prompt` with each `--lora NAME:WEIGHT` appended as an A1111 `<lora:NAME:WEIGHT>` tag."""
     try:
@@ -132,7 +140,7 @@ def lora_prompt(args) -> str:
 def cmd_generate(manager: PipelineManager, args) -> int:
     model = args.model or manager.default_model()
     if model == manager.default_model() and not manager.has_real_models():
-        _print_err(f"note: no models found in {manager.config.models_dir}; using the demo model (tiny, random weights: noise-like images).")
+        _print_err(f"note: no models found in {manager.config.models_dir}; using the demo model ({demo_brief()}).")
     request = GenerationRequest(
         model=model, prompt=lora_prompt(args), negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
         seed=args.seed, width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
@@ -195,5 +203,5 @@ def cmd_models(manager: PipelineManager, args) -> int:
             family = lora.family.spec.label if lora.family else "?"
             print(f"  {lora.name}  [{family}, {lora.layout}, {lora.size_bytes / 2**20:.1f} MiB]" + (f"  ! {lora.problem}" if lora.problem else ""))
     if not manager.has_real_models():
-        print(f"No real models yet: only the demo model (tiny, random weights). Put SD 1.5 / SDXL / FLUX.1 weights in {manager.config.models_dir} (see README).")
+        print(f"No real models yet: only the demo model ({demo_brief()}). Put SD 1.5 / SDXL / FLUX.1 weights in {manager.config.models_dir} (see README).")
     return EXIT_OK

@@ -33,8 +33,8 @@ RANDOM_DEMO_NOTE = (
 TRAINED_DEMO_NOTE = (
     "**Demo model** (tiny, trained here in one hour on a CPU, 128x128): it knows simple shapes (circle, square, "
     "triangle, star, heart, ring) in 8 colours, 9 positions and 2 sizes on plain or gradient backgrounds, and simple "
-    "portraits (hair colour, skin tone). It gets backgrounds, faces, skin and most colours right and big shapes often; "
-    "small shapes come out as blobs and positions are right about half the time. Try an example below. For real pictures, put SD 1.5 / SDXL / "
+    "portraits (hair colour, skin tone). It gets backgrounds, faces, colours and positions right most of the time and "
+    "shapes about half the time (small stars and triangles come out as blobs). Try an example below. For real pictures, put SD 1.5 / SDXL / "
     "FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
 )
 DEMO_NOTE = TRAINED_DEMO_NOTE if demo.SHIP_TRAINED_DEMO else RANDOM_DEMO_NOTE
@@ -51,7 +51,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     last, dropped = clean_last_generation(manager, settings.last_generation)
     chosen_model, is_demo = generation_form.first_model(manager, last)
     family = manager.entry(chosen_model).family
-    default_size, default_steps = generation_form.starting_size_and_steps(manager, chosen_model, is_demo)
+    start = generation_form.starting_values(manager, chosen_model, is_demo)
 
     model = generation_form.model_row(manager, chosen_model)
     demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=is_demo)
@@ -60,14 +60,14 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     with gr.Row():
         with gr.Column(scale=3):
             fields, lora_picker = generation_form.prompt_fields(manager, last)
-            sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, default_steps, default_size)
+            sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start)
             fields |= sampling
             fields |= generation_form.hires_fields(manager, last)
             fields |= generation_form.detailer_fields(last)
             with gr.Column(visible=is_demo and demo.SHIP_TRAINED_DEMO) as demo_examples:
                 gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS, demo.DEFAULT_CFG] for p in demo.EXAMPLE_PROMPTS],
                             [fields["prompt"], fields["width"], fields["height"], fields["steps"], fields["cfg_scale"]],
-                            label="Demo prompts (click one, then Generate)", examples_per_page=6)
+                            label="Demo prompts (click one, then Generate)", examples_per_page=len(demo.EXAMPLE_PROMPTS))
         with gr.Column(scale=2):
             panel = generation_form.run_panel()
             readout, preview, gallery = panel.readout, panel.preview, panel.gallery

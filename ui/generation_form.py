@@ -128,16 +128,16 @@ def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tup
     return {"prompt": prompt, "negative_prompt": negative}, lora_picker
 
 
-def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, default_steps: int,
-                    default_size: tuple[int, int], prefix: str = "") -> tuple[dict, gr.Button, gr.Button]:
+def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, start: StartingValues,
+                    prefix: str = "") -> tuple[dict, gr.Button, gr.Button]:
     """Steps, CFG, size, sampler, seed, batch, VAE precision and the cache panels."""
     spec = family.spec
     with gr.Row():
-        steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", default_steps), step=1, label="Steps", elem_id=f"{prefix}steps")
-        cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", spec.default_cfg), step=0.5, label="CFG scale", elem_id=f"{prefix}cfg")
+        steps = inputs.Slider(1, MAX_STEPS, value=last.get("steps", start.steps), step=1, label="Steps", elem_id=f"{prefix}steps")
+        cfg = inputs.Slider(0, MAX_CFG, value=last.get("cfg_scale", start.cfg), step=0.5, label="CFG scale", elem_id=f"{prefix}cfg")
     with gr.Row():
-        width = inputs.Slider(64, 2048, value=last.get("width", default_size[0]), step=8, label="Width", elem_id=f"{prefix}width")
-        height = inputs.Slider(64, 2048, value=last.get("height", default_size[1]), step=8, label="Height", elem_id=f"{prefix}height")
+        width = inputs.Slider(64, 2048, value=last.get("width", start.size[0]), step=8, label="Width", elem_id=f"{prefix}width")
+        height = inputs.Slider(64, 2048, value=last.get("height", start.size[1]), step=8, label="Height", elem_id=f"{prefix}height")
     with gr.Row():
         sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id=f"{prefix}sampler")
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
@@ -283,12 +283,21 @@ def first_model(manager: PipelineManager, last: dict) -> tuple[str, bool]:
     return chosen, chosen == DEMO_MODEL_NAME
 
 
-def starting_size_and_steps(manager: PipelineManager, model: str, is_demo: bool) -> tuple[tuple[int, int], int]:
-    """The size and steps a form starts with: the family's, or the demo's own (it was trained at 128x128)."""
+@dataclass(frozen=True)
+class StartingValues:
+    """What a form starts with when nothing was used before: the family's, or the demo's own."""
+
+    size: tuple[int, int]
+    steps: int
+    cfg: float
+
+
+def starting_values(manager: PipelineManager, model: str, is_demo: bool) -> StartingValues:
+    """The family's size, steps and CFG, or the demo's (trained at 128x128; CFG 4 draws it best)."""
     spec = manager.entry(model).family.spec
     if is_demo:
-        return (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS
-    return spec.default_size, spec.default_steps
+        return StartingValues((demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS, demo.DEFAULT_CFG)
+    return StartingValues(spec.default_size, spec.default_steps, spec.default_cfg)
 
 
 def selected_index(event: gr.SelectData) -> int:

@@ -114,7 +114,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     last, _dropped = clean_last_generation(manager, settings.last_generation)
     chosen_model, is_demo = generation_form.first_model(manager, last)
     family = manager.entry(chosen_model).family
-    default_size, default_steps = generation_form.starting_size_and_steps(manager, chosen_model, is_demo)
+    start = generation_form.starting_values(manager, chosen_model, is_demo)
     limit_mp = max_pixels(settings) / 1e6
 
     model = generation_form.model_row(manager, chosen_model, PREFIX)
@@ -148,7 +148,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                                             info="Only masked: a crop around the mask, generated at the full size, pasted back")
                     padding = inputs.Slider(0, MAX_FULL_RES_PADDING, value=32, step=4, label="Only masked padding, pixels",
                                             elem_id=f"{PREFIX}inpaint_full_res_padding")
-            sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, default_steps, default_size, PREFIX)
+            sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start, PREFIX)
             fields |= sampling
             fields |= generation_form.hires_fields(manager, last, PREFIX)
             fields |= generation_form.detailer_fields(last, PREFIX)

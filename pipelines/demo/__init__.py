@@ -38,11 +38,12 @@ EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier
     "a portrait of a person with red hair and tan skin on a white background",
     "a big orange ring on the left on a navy background",
     "a portrait of a person with white hair and brown skin on a gradient background",
-    "a big orange circle on the left on an olive background",
+    "a big purple ring in the top right corner on an olive background",
     "a portrait of a person with black hair and brown skin on a cream background",
+    "a big cyan heart in the top left corner on a white background",
 )
 DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
-# The examples' CFG: on 96 held-out prompts CFG 4 drew every attribute right in 35 % against 24 % at
+# The examples' CFG: on 96 held-out prompts CFG 4 drew every attribute right in 59 % against 47 % at
 # SD 1.5's usual 7 (README "Demo model"), so a click on an example sets it too.
 DEFAULT_CFG = 4.0

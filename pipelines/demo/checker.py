@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.demo import classify, scenes
+from pipelines.demo import DEFAULT_CFG, classify, scenes
 
 STEPS = 20
 SIZE = 128
-CFG = 7.0
+CFG = DEFAULT_CFG  # the demo's own default in the app (form, examples, CLI): what a newcomer gets
 SAMPLER = "Euler a"  # SD 1.5's default in the app
 PRIMARY = ("colour", "shape", "position", "background", "face")
 

@@ -87,3 +87,30 @@ def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
     assert 0 <= t.min() and t.max() < 1000
     assert abs((t >= 500).float().mean().item() - 0.75) < 0.02, "half redrawn from the noisier half: 75 % there"
     assert abs((sample_timesteps(20000, 0.0, 1000, torch.Generator().manual_seed(0)) >= 500).float().mean().item() - 0.5) < 0.02
+
+
+def test_the_learning_rate_holds_its_peak_then_anneals_and_a_deadline_ends_it_annealed():
+    from pipelines.demo.train import _lr_factor
+
+    assert _lr_factor(0, 1000, warmup=100, hold=0.7) == 0.01  # warm-up from near zero
+    assert [_lr_factor(s, 1000, warmup=100, hold=0.7) for s in (99, 300, 700)] == [1.0, 1.0, 1.0]  # held at the peak
+    falling = [_lr_factor(s, 1000, warmup=100, hold=0.7) for s in (750, 850, 950, 999)]
+    assert falling == sorted(falling, reverse=True) and falling[0] < 1.0 and abs(falling[-1] - 0.05) < 1e-3
+    # with no hold the cosine starts at once (the earlier recipe)
+    assert _lr_factor(550, 1000, warmup=100, hold=0.0) < 0.55
+    # time decides when steps do not: 99 % of the budget spent at step 200 of 16000 is near the floor
+    assert _lr_factor(200, 16000, warmup=100, elapsed=0.99, hold=0.7) < 0.06
+
+
+def test_the_axis_probe_tells_a_learnt_axis_from_an_unlearnt_one():
+    from pipelines.demo import WEIGHTS_DIR, model
+    from pipelines.demo.train import axis_response
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(WEIGHTS_DIR, local_files_only=True).to(torch.float32)
+    trained = axis_response(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    # the shipped model places objects by the prompt along both axes; the probe reads a clear response on each
+    assert min(trained.values()) > 0.2, trained
+    # a model before training (the recipe's initial UNet and text encoder): the words barely move its first step
+    untrained = axis_response(model.build_unet(0, (64, 96, 128, 128), heads=2), model.build_text_encoder(pipe.tokenizer, 0), pipe.tokenizer)
+    assert set(untrained) == {"vertical", "horizontal"} and max(untrained.values()) < 0.1, untrained

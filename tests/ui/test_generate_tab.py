@@ -31,6 +31,12 @@ def generate_small(page, prompt: str, steps: int, size: int, timeout_ms: int) ->
 def test_a_demo_example_fills_the_prompt_size_steps_and_its_cfg(page, live_app):
     from pipelines import demo
 
+    # a fresh form on the demo starts at the demo's own size, steps and CFG (SD 1.5's 7 draws it worse)
+    assert float(page.input_value("#cfg input[type=number]")) == demo.DEFAULT_CFG
+    assert int(page.input_value("#width input[type=number]")) == demo.DEFAULT_SIZE
+    # every example on one page (Gradio pages them otherwise), the last one too
+    assert page.locator("text=Pages:").count() == 0
+    assert page.get_by_text(demo.EXAMPLE_PROMPTS[-1][:40]).count() == 1
     set_number(page, "cfg", 9)
     page.get_by_text(demo.EXAMPLE_PROMPTS[0]).first.click()
     page.wait_for_function("document.querySelector('#prompt textarea').value.length > 0", timeout=10000)
