@@ -228,21 +228,21 @@ def test_lora_and_pulid_together(lora_manager, family):
 def test_cli_lora_flag_and_tags_in_the_prompt(make_manager, lora_models, capsys):
     import json
 
-    from app import build_parser
+    from app import build_parser, fill_family_defaults
     from ui.cli import cmd_generate, cmd_models
 
     args = build_parser().parse_args(["generate", "--prompt", "a <lora:sd15-kohya:0.5>", "--lora", "sd15-second:-0.7", "--lora", "sd15-diffusers",
                                       "--model", "tiny-sd15", "--steps", "2", "--width", "64", "--height", "64", "--seed", "3", "--json", "--no-save",
                                       "--sampler", "Euler", "--vae-dtype", "auto"])
     manager = make_manager(lora_models)
-    assert cmd_generate(manager, args) == 0
+    assert cmd_generate(manager, fill_family_defaults(manager, args)) == 0  # as `app.py generate` calls it
     result = json.loads(capsys.readouterr().out)
     params = parse_infotext(result["infotexts"][0])
     assert params["Prompt"] == "a <lora:sd15-kohya:0.5> <lora:sd15-second:-0.7> <lora:sd15-diffusers:1>"
     assert set(parse_infotext_hashes(params["Lora hashes"])) == {"sd15-kohya", "sd15-second", "sd15-diffusers"}
     bad = build_parser().parse_args(["generate", "--prompt", "a", "--lora", "sd15-kohya:loud", "--model", "tiny-sd15"])
     with pytest.raises(InvalidRequest, match="must be a number, got 'loud'"):
-        cmd_generate(manager, bad)
+        cmd_generate(manager, fill_family_defaults(manager, bad))
     assert cmd_models(manager, build_parser().parse_args(["models"])) == 0
     listing = capsys.readouterr().out
     assert "sdxl-kohya  [Stable Diffusion XL, kohya" in listing
