@@ -360,8 +360,7 @@ def server_options(args):
 
 
 def fill_family_defaults(manager, args):
-    """Size, CFG and sampler default to the chosen model's family (512 for SD 1.5, 1024 for SDXL/FLUX), or the demo's."""
-    from pipelines import demo
+    """Size, CFG and sampler default to the chosen model's (its family's, or the demo's own)."""
     from pipelines.errors import ModelNotFound
     from pipelines.request import GenerationRequest
 
@@ -369,16 +368,13 @@ def fill_family_defaults(manager, args):
         entry = manager.entry(args.model or manager.default_model())
     except ModelNotFound:
         entry = None  # generate() reports the unknown name with the list of models
-    family = entry.family if entry is not None else None
-    if family is not None:
-        spec = family.spec
-        is_demo = entry.format == "demo"
-        size = (demo.DEFAULT_SIZE, demo.DEFAULT_SIZE) if is_demo else spec.default_size  # the demo was trained at 128x128
-        args.width = args.width or size[0]
-        args.height = args.height or size[1]
-        args.sampler = args.sampler or spec.default_sampler
+    if entry is not None and entry.family is not None:
+        start = entry.starting_values()
+        args.width = args.width or start.size[0]
+        args.height = args.height or start.size[1]
+        args.sampler = args.sampler or entry.family.spec.default_sampler
         if args.cfg_scale is None:
-            args.cfg_scale = demo.DEFAULT_CFG if is_demo and demo.SHIP_TRAINED_DEMO else spec.default_cfg
+            args.cfg_scale = start.cfg
     if args.cfg_scale is None:
         args.cfg_scale = GenerationRequest.cfg_scale
     return args

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint
+from pipelines import demo
 from pipelines.demo import SHIP_TRAINED_DEMO
 from pipelines.families import Family
 
@@ -47,6 +48,22 @@ class ModelEntry:
     def label(self) -> str:
         family = self.family.spec.label if self.family else "unknown"
         return f"{self.name} [{family}, {self.format}]"
+
+    def starting_values(self) -> StartingValues:
+        """What a generation on this model starts with when the user sets nothing (the forms on a fresh
+        start, the CLI without --width/--height/--cfg): the family's, or the demo's own (trained at
+        128x128; CFG 4 draws it best)."""
+        if self.format == "demo":
+            return StartingValues((demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS, demo.DEFAULT_CFG)
+        spec = self.family.spec
+        return StartingValues(spec.default_size, spec.default_steps, spec.default_cfg)
+
+
+@dataclass(frozen=True)
+class StartingValues:
+    size: tuple[int, int]
+    steps: int
+    cfg: float
 
 
 def folder_size(path: Path) -> int:

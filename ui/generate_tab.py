@@ -50,8 +50,8 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     """Lay out the tab inside the current gr.Blocks; return its components for other tabs to use."""
     last, dropped = clean_last_generation(manager, settings.last_generation)
     chosen_model, is_demo = generation_form.first_model(manager, last)
-    family = manager.entry(chosen_model).family
-    start = generation_form.starting_values(manager, chosen_model, is_demo)
+    entry = manager.entry(chosen_model)
+    family, start = entry.family, entry.starting_values()
 
     model = generation_form.model_row(manager, chosen_model)
     demo_note = gr.Markdown(DEMO_NOTE.format(models_dir=manager.config.models_dir), visible=is_demo)

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines import demo
-from pipelines.catalog import DEMO_MODEL_NAME
+from pipelines.catalog import DEMO_MODEL_NAME, StartingValues
 from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.lora.tags import extract_lora_tags
@@ -281,23 +280,6 @@ def first_model(manager: PipelineManager, last: dict) -> tuple[str, bool]:
     """The model the form starts on (the last-used one when it is still usable) and whether it is the demo."""
     chosen = last.get("model") if last.get("model") in [n for _, n in model_choices(manager)] else manager.default_model()
     return chosen, chosen == DEMO_MODEL_NAME
-
-
-@dataclass(frozen=True)
-class StartingValues:
-    """What a form starts with when nothing was used before: the family's, or the demo's own."""
-
-    size: tuple[int, int]
-    steps: int
-    cfg: float
-
-
-def starting_values(manager: PipelineManager, model: str, is_demo: bool) -> StartingValues:
-    """The family's size, steps and CFG, or the demo's (trained at 128x128; CFG 4 draws it best)."""
-    spec = manager.entry(model).family.spec
-    if is_demo:
-        return StartingValues((demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS, demo.DEFAULT_CFG)
-    return StartingValues(spec.default_size, spec.default_steps, spec.default_cfg)
 
 
 def selected_index(event: gr.SelectData) -> int:

@@ -112,9 +112,9 @@ class Img2ImgTab:
 
 def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.Tabs) -> Img2ImgTab:
     last, _dropped = clean_last_generation(manager, settings.last_generation)
-    chosen_model, is_demo = generation_form.first_model(manager, last)
-    family = manager.entry(chosen_model).family
-    start = generation_form.starting_values(manager, chosen_model, is_demo)
+    chosen_model = generation_form.first_model(manager, last)[0]
+    entry = manager.entry(chosen_model)
+    family, start = entry.family, entry.starting_values()
     limit_mp = max_pixels(settings) / 1e6
 
     model = generation_form.model_row(manager, chosen_model, PREFIX)

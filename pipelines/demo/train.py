@@ -259,6 +259,7 @@ def loss_weights(touched, object_weight: float):
 
 AXIS_PROBES = {"vertical": ("in the top left corner", "in the bottom left corner"),
                "horizontal": ("in the top left corner", "in the top right corner")}
+AXIS_PROBE_OBJECTS = (("yellow", "circle", "a white"), ("red", "square", "a navy"), ("blue", "heart", "a cream"))
 
 
 def axis_response(unet, text_encoder, tokenizer) -> dict[str, float]:
@@ -267,14 +268,13 @@ def axis_response(unet, text_encoder, tokenizer) -> dict[str, float]:
     about 0.01 when it is not). Logged while training: the two axes are learnt one after the other."""
     import torch
 
-    prompts = [f"a big {colour} {shape} {where} on {scene_background} background" for colour, shape, scene_background in
-               (("yellow", "circle", "a white"), ("red", "square", "a navy"), ("blue", "heart", "a cream"))
+    prompts = [f"a big {colour} {shape} {where} on {background} background" for colour, shape, background in AXIS_PROBE_OBJECTS
                for pair in AXIS_PROBES.values() for where in pair]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     noise = torch.randn((1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         v = unet(noise.expand(len(prompts), -1, -1, -1), torch.full((len(prompts),), 999), text_encoder(ids)[0]).sample
-    v = v.view(3, len(AXIS_PROBES), 2, *v.shape[1:])  # scenes x axes x (one end, the other) x latent
+    v = v.view(len(AXIS_PROBE_OBJECTS), len(AXIS_PROBES), 2, *v.shape[1:])  # objects x axes x (one end, the other) x latent
     change = (v[:, :, 0] - v[:, :, 1]).abs().mean(dim=(0, 2, 3, 4)) / v.abs().mean()
     return {axis: round(float(value), 3) for axis, value in zip(AXIS_PROBES, change)}
 
