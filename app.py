@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.bench import SUITES
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
     from pipelines.vae import VAE_CHOICES
+    from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.samplers import ALL_SAMPLER_NAMES
 
     common = common_options()
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="model name as `app.py models` lists it (default: first real model, else the demo)")
     gen.add_argument("--steps", type=int, default=defaults.steps)
     gen.add_argument("--cfg-scale", "--cfg", type=float, default=None,
-                     help=f"default: the model family's (SD 1.5 {defaults.cfg_scale:g}, SDXL 6, FLUX.1 3.5; the trained demo 4)")
+                     help=f"default: the model family's (SD 1.5 {defaults.cfg_scale:g}, SDXL 6, FLUX.1 3.5; the trained demo {DEMO_CFG:g})")
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
     gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")
     gen.add_argument("--height", type=pixels, default=None)

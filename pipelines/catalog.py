@@ -52,7 +52,7 @@ class ModelEntry:
     def starting_values(self) -> StartingValues:
         """What a generation on this model starts with when the user sets nothing (the forms on a fresh
         start, the CLI without --width/--height/--cfg): the family's, or the demo's own (trained at
-        128x128; CFG 4 draws it best)."""
+        128x128; CFG 2 draws it best)."""
         if self.format == "demo":
             return StartingValues((demo.DEFAULT_SIZE, demo.DEFAULT_SIZE), demo.DEFAULT_STEPS, demo.DEFAULT_CFG)
         spec = self.family.spec

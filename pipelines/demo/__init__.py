@@ -33,17 +33,17 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[a-z]+", prompt.lower())
 
 # The Generate tab's example prompts (128x128, 20 steps): one click fills the form.
-EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier) on 4 seeds out of 4 at CFG 4 by the shipped weights
+EXAMPLE_PROMPTS = (  # drawn right (every attribute, by the checker's classifier) on 8 seeds of 8 (seeds 0-7) at DEFAULT_CFG by the shipped weights
     "a big yellow circle in the centre on a cream background",
     "a portrait of a person with red hair and tan skin on a white background",
     "a big orange ring on the left on a navy background",
-    "a portrait of a person with white hair and brown skin on a gradient background",
-    "a big purple ring in the top right corner on an olive background",
+    "a portrait of a person with blonde hair and dark skin on a navy background",
+    "a big orange triangle in the bottom left corner on a gray background",
     "a portrait of a person with black hair and brown skin on a cream background",
     "a big cyan heart in the top left corner on a white background",
 )
 DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
-# The examples' CFG: on 96 held-out prompts CFG 4 drew every attribute right in 59 % against 47 % at
-# SD 1.5's usual 7 (README "Demo model"), so a click on an example sets it too.
-DEFAULT_CFG = 4.0
+# The demo's CFG: on 96 held-out prompts every attribute was drawn right in 83 % at CFG 2, 80 % at 1.5 and
+# 2.5, 78 % at 3, 71 % at 4 and 58 % at SD 1.5's usual 7 (README "Demo model"); a click on an example sets it too.
+DEFAULT_CFG = 2.0

@@ -114,3 +114,17 @@ def test_the_axis_probe_tells_a_learnt_axis_from_an_unlearnt_one():
     # a model before training (the recipe's initial UNet and text encoder): the words barely move its first step
     untrained = axis_response(model.build_unet(0, (64, 96, 128, 128), heads=2), model.build_text_encoder(pipe.tokenizer, 0), pipe.tokenizer)
     assert set(untrained) == {"vertical", "horizontal"} and max(untrained.values()) < 0.1, untrained
+
+
+def test_the_vae_kl_is_taken_in_float32_from_a_bfloat16_posterior():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from pipelines.demo.train import _kl
+
+    parameters = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    reference = DiagonalGaussianDistribution(parameters.double()).kl().mean()
+    low = _kl(DiagonalGaussianDistribution(parameters.to(torch.bfloat16)))
+    assert low.dtype == torch.float32
+    # its parameters are rounded to bfloat16, the sum is not: within that rounding of the float64 figure
+    assert abs(low.item() - reference.item()) / reference.item() < 0.02
+    assert abs(_kl(DiagonalGaussianDistribution(parameters)).item() - reference.item()) / reference.item() < 1e-5
