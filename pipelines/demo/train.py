@@ -32,7 +32,7 @@ class TrainConfig:
     seed: int = 0
     scenes: int = 8000
     # VAE steps matter more than its width (trials, 1 thread each, classifier after a round trip, before the
-    # decoder phase): 3300 steps all attributes 88.5 %, shape 87 %; 2000 steps 70 %, 65 %; twice the width
+    # decoder phase): 3300 steps all attributes 88.5 %, shape 87 %; 2000 steps (fp32, KL weight 1e-7) 70 %, 65 %; twice the width
     # (32/64/128/128) for 1600 steps in more time 38.5 %. bfloat16 and channels-last make a step 1.6x cheaper.
     vae_steps: int = 4500
     vae_batch: int = 16
