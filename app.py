@@ -50,9 +50,9 @@ def pixels(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.bench import SUITES
+    from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
     from pipelines.vae import VAE_CHOICES
-    from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.samplers import ALL_SAMPLER_NAMES
 
     common = common_options()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pipelines.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint
 from pipelines import demo
-from pipelines.demo import SHIP_TRAINED_DEMO
 from pipelines.families import Family
 
 PIPELINE_CLASS_FAMILIES = {
@@ -27,7 +26,7 @@ PIPELINE_CLASS_FAMILIES = {
 }
 # Folders that hold auxiliary weights (face models, adapters), not checkpoints to list.
 AUXILIARY_FOLDERS = {"insightface", "pulid", "eva_clip", "facexlib", "lora", "loras", "vae", "vae-approx", "embeddings", "controlnet", "esrgan"}
-DEMO_MODEL_NAME = "demo (trained on simple shapes and faces)" if SHIP_TRAINED_DEMO else "demo (tiny random weights)"
+DEMO_MODEL_NAME = "demo (trained on simple shapes and faces)" if demo.SHIP_TRAINED_DEMO else "demo (tiny random weights)"
 
 
 @dataclass(frozen=True)

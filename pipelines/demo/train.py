@@ -142,6 +142,19 @@ def _kl(posterior):
     return torch.mean(0.5 * torch.sum(mean * mean + torch.exp(logvar) - 1.0 - logvar, dim=(1, 2, 3)))
 
 
+def _round_trip(vae, batch, bf16: bool, train_encoder: bool = True):
+    """Encode, sample the posterior, decode (bfloat16 autocast, channels-last): the posterior and the float32
+    reconstruction. Without `train_encoder` no gradient reaches the encoder (the decoder phase)."""
+    import torch
+
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            posterior = vae.encode(batch).latent_dist
+            latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
+        return posterior, vae.decode(latents).sample.float()
+
+
 def train_vae(vae, images: np.ndarray, config: TrainConfig, log) -> None:
     import torch
 
@@ -157,11 +170,8 @@ def train_vae(vae, images: np.ndarray, config: TrainConfig, log) -> None:
     with _progress(config.vae_steps, "VAE") as bar:
         for step in range(config.vae_steps):
             index = generator.integers(len(images), size=config.vae_batch)
-            batch = _to_tensor(np.stack([_crop(images[i], crop, generator) for i in index])).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                posterior = vae.encode(batch).latent_dist
-                latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
-                recon = vae.decode(latents).sample.float()
+            batch = _to_tensor(np.stack([_crop(images[i], crop, generator) for i in index]))
+            posterior, recon = _round_trip(vae, batch, config.bf16)
             l1 = torch.mean(torch.abs(recon - batch))
             edge = _edge_loss(recon, batch)
             kl = _kl(posterior)
@@ -213,12 +223,8 @@ def finetune_decoder(vae, images: np.ndarray, config: TrainConfig, log) -> None:
     with _progress(config.decoder_steps, "decoder") as bar:
         for step in range(config.decoder_steps):
             index = generator.integers(len(images), size=config.decoder_batch)
-            batch = _to_tensor(images[index]).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                with torch.no_grad():
-                    posterior = vae.encode(batch).latent_dist
-                    latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
-                recon = vae.decode(latents).sample.float()
+            batch = _to_tensor(images[index])
+            _, recon = _round_trip(vae, batch, config.bf16, train_encoder=False)
             l1 = torch.mean(torch.abs(recon - batch))
             edge = _edge_loss(recon, batch)
             loss = l1 + config.decoder_edge_weight * edge
