@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="gpu suite: the same rows on the CPU with tiny configs (a check, not figures)")
     bench.add_argument("--sizes", type=lambda text: tuple(int(n) for n in text.split(",")), metavar="N,N,...",
                        help="scale suite: approximate-cache entries to time lookups at (default 1000,10000,100000; --quick 1000,10000)")
+    bench.add_argument("--milvus-uri", metavar="URI", help="scale suite: also time lookups on this Milvus server (http://host:19530), "
+                       "in collections of the bench's own")
 
     train_demo = commands.add_parser("train-demo", help="train the demo model from procedural scenes (about 1 hour on 2 CPU cores)")
     train_demo.add_argument("--out", type=Path, required=True, help="folder for the trained model (diffusers layout, fp16)")
@@ -287,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.bench import run_suite
 
         return run_guarded(lambda: run_suite(args.suite, manager, args.json_file, quick=args.quick,
-                                                   budget_s=args.budget_s, dry_run=args.dry_run, sizes=args.sizes))
+                                                   budget_s=args.budget_s, dry_run=args.dry_run, sizes=args.sizes,
+                                                   milvus_uri=args.milvus_uri))
     from ui.app import launch, prepare_models
 
     try:

@@ -28,11 +28,11 @@ SUITES = ("core", "vae", "pulid", "cache", "gpu", "soak", "demo", "lora", "scale
 
 
 def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = False, budget_s: float = 420.0,
-              dry_run: bool = False, sizes: tuple[int, ...] | None = None) -> int:
+              dry_run: bool = False, sizes: tuple[int, ...] | None = None, milvus_uri: str | None = None) -> int:
     """Run one suite against the app's manager (its device and settings); returns the exit code.
 
     `budget_s` and `dry_run` are the gpu suite's (its time budget; its CPU run on tiny configs); `sizes`
-    the scale suite's (approximate-cache entries to time lookups at).
+    and `milvus_uri` the scale suite's (approximate-cache entries to time lookups at; a Milvus server to time too).
     """
     if suite == "gpu":
         from pipelines.bench import gpu
@@ -79,5 +79,5 @@ def run_suite(suite: str, manager, json_file: Path | None = None, quick: bool = 
     if suite == "scale":
         from pipelines.bench import scale
 
-        return scale.run(manager, json_file, quick=quick, sizes=sizes)
+        return scale.run(manager, json_file, quick=quick, sizes=sizes, server_uri=milvus_uri)
     raise ValueError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")

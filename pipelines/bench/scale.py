@@ -13,7 +13,9 @@
     0.80-0.99 to their topic) and unrelated prompts, seeded.
 
 `sizes` (default 1k, 10k, 100k; `--quick`: 1k, 10k) bounds the run: loading 100k entries into
-Milvus Lite takes minutes on 2 CPU cores.
+Milvus Lite takes minutes on 2 CPU cores. `server_uri` (`--milvus-uri http://host:19530`) adds a
+Milvus server to (a): the same lookups through the same store, in collections of the bench's own
+(`likeness_bench_d768`, dropped at the end), so a server that holds a real cache is left as it was.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ P99_TARGET_SECONDS = 0.005
 PARTITION = "bench"
 QUERIES = 400
 BATCH = 5000
+BENCH_COLLECTIONS = "likeness_bench_d"  # the server rows' collections: never the app's `likeness_approx_d...`
 
 
 def say(text: str = "") -> None:
@@ -93,6 +96,62 @@ def _load_milvus(cache, entries, vectors) -> float:
     return time.perf_counter() - started
 
 
+def _server_cache(folder: Path, uri: str):
+    """A cache on a Milvus server, in the bench's own collections (emptied first: a run before may have
+    been stopped)."""
+    from pipelines.caches.approximate import ApproximateCache, ApproximateCacheConfig
+    from pipelines.caches.milvus_store import MilvusStore
+
+    store = MilvusStore(uri, collection_prefix=BENCH_COLLECTIONS, timeout=600)  # measure the latency, whatever it is
+    store.open()
+    store.drop_collections()
+    cache = ApproximateCache(folder, ApproximateCacheConfig(uri=uri), vectors=store, maintains=False)
+    cache.entries()
+    if cache.unavailable:
+        raise RuntimeError(cache.unavailable)
+    return cache
+
+
+def server_problem(uri: str) -> str | None:
+    """Why `--milvus-uri` cannot be timed (None when the server answers): checked before any row is loaded."""
+    from pipelines.caches.milvus_store import MilvusStore
+    from pipelines.caches.vector_store import StoreUnavailable, uri_problem
+
+    if uri.strip().endswith(".db") or not uri.strip():
+        return f"--milvus-uri takes a Milvus server (http://host:19530), not {uri!r}: Milvus Lite has its own rows already"
+    problem = uri_problem(uri)
+    if problem:
+        return problem
+    store = MilvusStore(uri)
+    try:
+        store.open()
+    except StoreUnavailable as error:
+        return str(error)
+    finally:
+        store.close()
+    return None
+
+
+def _load_server(cache, entries, vectors, limit_seconds: float = 1800) -> float:
+    """Insert and flush, then wait until the server has built the HNSW index of every row (as a cache
+    that has sat a while has it); returns the seconds that wait took."""
+    store = cache.vectors
+    for start in range(0, len(entries), BATCH):
+        store.insert_many(entries[start:start + BATCH], vectors[start:start + BATCH], timeout=600)
+    started = time.perf_counter()
+    for name in store._collections:
+        store.client.flush(name, timeout=600)
+        total = store.client.query(name, filter="", output_fields=["count(*)"], timeout=600)[0]["count(*)"]
+        while True:
+            index = store.client.describe_index(name, store.client.list_indexes(name, timeout=60)[0], timeout=60)
+            if index.get("indexed_rows", 0) >= total and not index.get("pending_index_rows", 0):
+                break
+            if time.perf_counter() - started > limit_seconds:
+                raise RuntimeError(f"the Milvus server indexed {index.get('indexed_rows')} of {total} rows in {limit_seconds:.0f} s")
+            time.sleep(0.5)
+    return time.perf_counter() - started
+
+
 def _lite_collections(store) -> list:
     """The engine's collections behind a Milvus Lite URI in this process ([] if this milvus-lite has no such internals)."""
     import os
@@ -146,10 +205,12 @@ def time_lookups(cache, queries: np.ndarray) -> list[float]:
     return sorted(times)
 
 
-def lookup_section(sizes: tuple[int, ...], workdir: Path) -> dict:
+def lookup_section(sizes: tuple[int, ...], workdir: Path, server_uri: str | None = None) -> dict:
     rng = np.random.default_rng(0)
     queries = unit(rng.standard_normal((QUERIES, DIM), dtype=np.float32))
     stores = {"faiss": (_faiss_cache(workdir / "faiss"), _load_faiss), "Milvus Lite": (_milvus_cache(workdir / "milvus"), _load_milvus)}
+    if server_uri:
+        stores["Milvus server"] = (_server_cache(workdir / "server", server_uri), _load_server)
     rows, loaded, now = [], 0, time.time()
     for size in sizes:
         vectors = unit(rng.standard_normal((size - loaded, DIM), dtype=np.float32))
@@ -171,8 +232,10 @@ def lookup_section(sizes: tuple[int, ...], workdir: Path) -> dict:
         loaded = size
     for cache, _ in stores.values():
         if cache.vectors is not None:
+            if getattr(cache.vectors, "prefix", None) == BENCH_COLLECTIONS:
+                cache.vectors.drop_collections()
             cache.vectors.close()
-    return {"dim": DIM, "queries": QUERIES, "rows": rows}
+    return {"dim": DIM, "queries": QUERIES, "rows": rows, "server": server_uri}
 
 
 def lookup_report(data: dict) -> list[str]:
@@ -187,7 +250,10 @@ def lookup_report(data: dict) -> list[str]:
             "  load = the entries added since the row above (Milvus: inserts of 5,000 rows, a flush, and the wait until Milvus Lite's",
             "  background merge and HNSW builds are done: lookups during those builds brute-force the unindexed segments, far slower);",
             "  Milvus Lite 3.2 is pure Python: besides the HNSW search, each search walks every row of the collection in Python",
-            "  (newest version per id, deletions, the filter), so its lookup grows with the entries; a Milvus server does not"]
+            "  (newest version per id, deletions, the filter), so its lookup grows with the entries; a Milvus server does not",
+            *([f"  Milvus server: {data['server']}, in the bench's own collections ({BENCH_COLLECTIONS}768, dropped at the end);",
+               "  its load waits until the server reports every row in its HNSW index"] if data.get("server") else
+              ["  a Milvus server adds its rows with --milvus-uri http://host:19530"])]
 
 
 # -- (b) hit rate: one shared cache, two clients ----------------------------------------------------------
@@ -376,26 +442,31 @@ def _workers_skip_reason(manager) -> str | None:
     return None
 
 
-def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tuple[int, ...] | None = None) -> int:
+def run(manager, json_file: Path | None = None, quick: bool = False, sizes: tuple[int, ...] | None = None,
+        server_uri: str | None = None) -> int:
     try:
         import pymilvus  # noqa: F401
     except ImportError:
         print("bench --suite scale needs pymilvus and milvus-lite: pip install -r requirements-scale.txt", file=sys.stderr)
         return 1
+    problem = server_problem(server_uri) if server_uri is not None else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     sizes = sizes or ((1_000, 10_000) if quick else (1_000, 10_000, 100_000))
     figures: dict = {"mode": "quick" if quick else "full", "sizes": list(sizes)}
     print_suite_header(sys.stdout, f"Likeness bench --suite scale ({figures['mode']}): the shared approximate cache", manager.device)
     workdir = Path(tempfile.mkdtemp(prefix="likeness-bench-scale-"))
     try:
-        figures["lookup"] = lookup_section(sizes, workdir / "lookup")
+        figures["lookup"] = lookup_section(sizes, workdir / "lookup", server_uri)
         figures["hit_rate"] = hit_rate_section(120 if quick else 300, workdir / "hits")
         skip = _workers_skip_reason(manager)
         figures["workers"] = workers_section(manager, quick) if skip is None else {"skipped": skip}
     finally:
         _release_lite_servers(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-    say(heading("(a) Approximate-cache lookup: Milvus Lite vs faiss"))
+    say(heading("(a) Approximate-cache lookup: Milvus Lite" + (", a Milvus server" if server_uri else "") + " vs faiss"))
     for line in lookup_report(figures["lookup"]):
         say(line)
     say(heading("(b) Hit rate: one cache shared by two clients vs one client"))

@@ -9,9 +9,10 @@
   product on unit vectors = cosine similarity), `namespace` and `partition` (VARCHAR; every search
   filters on both, so nothing crosses namespaces or partitions), `created`, and `meta` (JSON: steps,
   seconds per step, the items with their file, size, hash, uses and last use).
-- Counters are written with a partial upsert of `meta`: two clients counting a use of the same
-  entry at the same moment may count it once (Milvus has no atomic increment); eviction order is
-  approximate in that case, nothing else.
+- Counters are written with a partial upsert of `meta` (Milvus 2.6 and later, Milvus Lite); a server
+  that refuses one (2.3-2.5 want every field) gets the whole row read back and written again. Two clients
+  counting a use of the same entry at the same moment may count it once (Milvus has no atomic increment);
+  eviction order is approximate in that case, nothing else.
 - Every call has a timeout; any failure is raised as `StoreUnavailable` (the cache turns itself off).
 
 pymilvus is imported here only, when a Milvus URI is configured; without it the message names the
@@ -74,8 +75,12 @@ class MilvusStore(VectorStore):
     shared = True
     sweep_seconds = 30.0  # listing every entry is a scan of the collection: eviction and expiry run at most this often, in the background
 
-    def __init__(self, uri: str, neighbours: int = 32, search_depth: int = 32, timeout: float = CALL_TIMEOUT_S):
+    def __init__(self, uri: str, neighbours: int = 32, search_depth: int = 32, timeout: float = CALL_TIMEOUT_S,
+                 collection_prefix: str = COLLECTION_PREFIX):
         self.uri = uri
+        # Collections are named prefix + embedding size: another prefix keeps a benchmark's rows apart
+        # from a shared server's real cache.
+        self.prefix = collection_prefix
         self.lite = uri.endswith(".db")
         self.neighbours = neighbours
         self.search_depth = search_depth
@@ -83,6 +88,7 @@ class MilvusStore(VectorStore):
         self.client = None
         self._collections: set[str] = set()
         self._unflushed: dict[str, int] = {}
+        self.partial_updates = True  # counters are written with a partial upsert until the server refuses one
 
     def describe(self) -> str:
         return f"Milvus Lite in {self.uri}" if self.lite else f"the Milvus server at {self.uri}"
@@ -118,7 +124,7 @@ class MilvusStore(VectorStore):
                            "`milvus-lite server --data-dir DIR --port 19530` and use http://127.0.0.1:19530)")
             raise StoreUnavailable(f"cannot open {self.describe()}: {detail}") from error
         for name in self._call("list collections", self.client.list_collections):
-            if name.startswith(COLLECTION_PREFIX):
+            if name.startswith(self.prefix):
                 self._call("load", self.client.load_collection, name)
                 self._collections.add(name)
         return []
@@ -132,7 +138,7 @@ class MilvusStore(VectorStore):
             self.client = None
 
     def _collection(self, dim: int, create: bool) -> str | None:
-        name = f"{COLLECTION_PREFIX}{dim}"
+        name = f"{self.prefix}{dim}"
         if name in self._collections:
             return name
         if not self._call("has collection", self.client.has_collection, name):  # another client may have made it
@@ -224,12 +230,26 @@ class MilvusStore(VectorStore):
         name = self._collection(entry.dim, create=False)
         if name is None:
             return
-        try:
-            self._call("update", self.client.upsert, name, [{"id": entry.id, "meta": _meta(entry)}], partial_update=True)
-        except StoreUnavailable:
-            # Another client deleted the entry meanwhile (evicted or expired): nothing to update.
-            if self._call("get", self.client.get, name, ids=[entry.id], output_fields=["id"]):
-                raise
+        if self.partial_updates:
+            try:
+                self._call("update", self.client.upsert, name, [{"id": entry.id, "meta": _meta(entry)}], partial_update=True)
+                return
+            except StoreUnavailable:
+                # Another client deleted the entry meanwhile (evicted or expired): nothing to update.
+                if not self._call("get", self.client.get, name, ids=[entry.id], output_fields=["id"]):
+                    return
+                # The row is there, so the server has no partial upsert (Milvus before 2.6 wants every field):
+                # write whole rows from now on.
+                self.partial_updates = False
+        self._update_whole_row(name, entry)
+
+    def _update_whole_row(self, name: str, entry: Entry) -> None:
+        """The entry's row read back and written again with the new counters (servers without partial upsert)."""
+        rows = self._call("get", self.client.get, name, ids=[entry.id], output_fields=["vector", "namespace", "partition", "created"])
+        if not rows:
+            return  # deleted meanwhile
+        row = {key: rows[0][key] for key in ("vector", "namespace", "partition", "created")}
+        self._call("update", self.client.upsert, name, [dict(row, id=entry.id, meta=_meta(entry))], timeout=WRITE_TIMEOUT_S)
 
     def delete(self, entries: list[Entry]) -> None:
         by_dim: dict[int, list[int]] = {}
@@ -244,8 +264,8 @@ class MilvusStore(VectorStore):
         """Every entry; the cache calls this from its sweep thread, without its lock (see VectorStore)."""
         listed = []
         for name in sorted(set(self._collections) | {n for n in self._call("list collections", self.client.list_collections)
-                                                 if n.startswith(COLLECTION_PREFIX)}):
-            self._collection(int(name[len(COLLECTION_PREFIX):]), create=False)
+                                                 if n.startswith(self.prefix)}):
+            self._collection(int(name[len(self.prefix):]), create=False)
             fields = ["id", "namespace", "partition", "created", "meta"]
             if self.lite:  # one call (Milvus Lite has no query limit; its iterator asks for a timestamp it cannot give)
                 listed.extend(_entry(row) for row in self._call("list entries", self.client.query, name, filter="id > 0",
@@ -262,6 +282,13 @@ class MilvusStore(VectorStore):
             finally:
                 iterator.close()
         return listed
+
+    def drop_collections(self) -> None:
+        """Drop every collection with this store's prefix (a benchmark's own, when it is done)."""
+        for name in self._call("list collections", self.client.list_collections):
+            if name.startswith(self.prefix):
+                self._call("drop", self.client.drop_collection, name, timeout=WRITE_TIMEOUT_S)
+        self._collections.clear()
 
     def clear(self) -> None:
         for name in list(self._collections):

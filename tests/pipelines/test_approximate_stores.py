@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -230,6 +229,36 @@ def test_two_clients_on_one_milvus_lite_file_see_each_other(tmp_path):
         release_lite(uri)
 
 
+def test_a_server_without_partial_upsert_gets_whole_rows_and_counts_every_use(tmp_path):
+    """Milvus 2.3-2.5 refuse an upsert without the vector (checked by hand on a Milvus 2.3.5 server: "float
+    vector field 'vector' is illegal ... got nil"); the store then reads the row back and writes it whole."""
+    uri = str(tmp_path / "old-server.db")
+    cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=0))
+    try:
+        first = cache.store("p", vector(1.0), 50, kept())
+        store = cache.vectors
+        real_upsert, refused = store.client.upsert, []
+
+        def upsert_as_before_2_6(collection, rows, partial_update=False, **options):
+            if partial_update:
+                refused.append(rows[0]["id"])
+                raise ValueError("float vector field 'vector' is illegal, array type mismatch")
+            assert all("vector" in row for row in rows), "a whole row"
+            return real_upsert(collection, rows, **options)
+
+        store.client.upsert = upsert_as_before_2_6
+        for similarity in (0.99, 0.98):
+            hit = cache.lookup("p", vector(similarity), 50)
+            assert hit is not None and hit.entry_id == first and not cache.unavailable
+        assert refused == [first] and store.partial_updates is False, "asked once, then whole rows"
+        (entry,) = cache.entries()
+        assert entry.items[25].uses == 3, "the store and both hits counted"
+        assert cache.lookup("p", vector(0.99), 50).entry_id == first, "the vector survived the rewrite"
+    finally:
+        cache.vectors.close()
+        release_lite(uri)
+
+
 def slow_listing(uri: str, listing_may_go: threading.Event):
     """A Milvus store whose full listing, off the main thread (the cache's background sweep), waits for the event."""
     from pipelines.caches.milvus_store import MilvusStore
@@ -314,36 +343,10 @@ def test_a_second_process_on_one_milvus_lite_file_gets_a_clear_notice(tmp_path):
         release_lite(uri)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_child(code: str) -> str:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
-
-
-@pytest.fixture
-def lite_server(tmp_path):
-    """One `milvus-lite server` process on a free loopback port; yields its URI."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "server-data"),
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None, "the Milvus Lite server did not start"
-            time.sleep(0.2)
-    server.uri = f"http://127.0.0.1:{port}"
-    yield server
-    server.kill()
-    server.wait()
 
 
 def test_two_processes_share_one_milvus_lite_server(tmp_path, lite_server):
