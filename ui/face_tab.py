@@ -145,7 +145,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
                 generate = gr.Button("Generate with face", variant="primary", elem_id="face_generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="face_stop")
             readout = gr.Markdown("Ready.", elem_id="face_readout")
-            gallery = gr.Gallery(label="Images", format="png", columns=2, height=360, elem_id="face_gallery")
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", elem_id="face_gallery")  # as on Generate
             breakdown = gr.Markdown(elem_id="face_breakdown")
 
     def on_photos(files, numbers, model):

@@ -232,8 +232,9 @@ def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
     readout = gr.Markdown("Ready.", elem_id=f"{prefix}readout")
     preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview",
                        elem_classes=["live-preview"])  # scaled up to the box, pixelated (ui/style.py)
-    # Not an upload box, though the Send buttons read it as an input.
-    gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, interactive=False, elem_id=f"{prefix}gallery")
+    # Not an upload box, though the Send buttons read it as an input. Its height follows the images: Gradio
+    # gives a single image the whole width, and in a fixed-height box its bottom was cut off behind a scrollbar.
+    gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", interactive=False, elem_id=f"{prefix}gallery")
     return RunPanel(generate, skip, stop, readout, preview, gallery)
 
 

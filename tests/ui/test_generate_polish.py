@@ -192,3 +192,23 @@ def test_no_gradio_settings_link_in_the_footer_and_one_line_status_bar(page, liv
     assert reuse["height"] <= random_seed["height"] + 1, "Reuse last wraps"
     page.locator("footer").scroll_into_view_if_needed()
     keep_screenshot(page, "footer_and_status_bar")
+
+
+GALLERY_FIT = """() => { const wrap = document.querySelector('#gallery .grid-wrap'), box = document.querySelector('#gallery').getBoundingClientRect();
+    const images = [...document.querySelectorAll('#gallery .gallery-item img')].map((img) => img.getBoundingClientRect());
+    return {scrolls: wrap.scrollHeight > wrap.clientHeight + 1, box_bottom: box.bottom,
+            bottoms: images.map((r) => r.bottom), heights: images.map((r) => r.height)}; }"""
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_the_images_box_shows_every_image_whole(page, batch):
+    """Gradio gives a single image the whole width: in the fixed-height box it had, its bottom was hidden
+    behind a scrollbar. The box now grows with its images."""
+    set_number(page, "batch_size", batch)
+    start_run(page, steps=2)
+    page.wait_for_function(f"document.querySelectorAll('#gallery .gallery-item img').length === {batch}", timeout=60000)
+    page.wait_for_timeout(500)  # the images' layout settles after they load
+    fit = page.evaluate(GALLERY_FIT)
+    assert not fit["scrolls"], fit
+    assert all(bottom <= fit["box_bottom"] + 1 for bottom in fit["bottoms"]) and min(fit["heights"]) > 100, fit
+    keep_screenshot(page, f"gallery_whole_{batch}")
