@@ -238,8 +238,8 @@ class MilvusStore(VectorStore):
                 # Another client deleted the entry meanwhile (evicted or expired): nothing to update.
                 if not self._call("get", self.client.get, name, ids=[entry.id], output_fields=["id"]):
                     return
-                # The row is there, so the server has no partial upsert (Milvus before 2.6 wants every field):
-                # write whole rows from now on.
+                # The row is there, so the server most likely has no partial upsert (Milvus before 2.6 wants
+                # every field): write whole rows from now on (they work on every version, at one more call each).
                 self.partial_updates = False
         self._update_whole_row(name, entry)
 
