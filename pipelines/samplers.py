@@ -32,7 +32,10 @@ UNET_SAMPLERS = [
     Sampler("Euler a", EulerAncestralDiscreteScheduler, {}, "Euler a", "Automatic"),
     Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {"use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
     Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
-    Sampler("DDIM", DDIMScheduler, {}, "DDIM", "Automatic"),
+    # diffusers' DDIM clips its x0 guess to [-1, 1] unless the config says otherwise: latents are not
+    # pixels (SD's official config says clip_sample false; an Euler config, as the demo's, says nothing).
+    # A1111 never clips. Measured on the demo: background right 15 % with the clip, 100 % without.
+    Sampler("DDIM", DDIMScheduler, {"clip_sample": False}, "DDIM", "Automatic"),
     Sampler("UniPC", UniPCMultistepScheduler, {}, "UniPC", "Automatic"),
 ]
 FLOW_SAMPLERS = [Sampler("Flow Euler", FlowMatchEulerDiscreteScheduler, {}, "Euler", "Simple")]

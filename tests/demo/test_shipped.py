@@ -75,3 +75,21 @@ def test_beats_chance_by_a_wide_margin_on_held_out_prompts(shipped_pipe):
     # chance: colour 1/8, position 1/9, background 1/7, face 1/2 (loose bounds, for a stable test)
     assert per["background"] >= 0.5 and per["face"] >= 0.75
     assert per.get("colour", 1.0) >= 0.4 and per.get("position", 1.0) >= 0.4
+
+
+def test_every_sampler_draws_on_the_shipped_demo(shipped_pipe):
+    """Its scheduler config is Euler's, which says nothing of clip_sample: diffusers' DDIM then clipped its x0
+    guess to [-1, 1] and drew noise (background right 15 % of held-out prompts)."""
+    from pipelines.demo import checker, scenes
+    from pipelines.families import Family
+    from pipelines.samplers import sampler_names
+
+    euler_a = shipped_pipe.scheduler
+    held_out = [s for s in scenes.held_out_scenes(24) if s.kind == "shape"][:6]
+    try:
+        for name in sampler_names(Family.SD15):
+            checker.use_sampler(shipped_pipe, name)
+            per = checker.accuracy(shipped_pipe, held_out, steps=20)["per_attribute"]  # Karras needs the demo's 20 steps
+            assert per["background"] >= 0.8 and per["colour"] >= 0.5, (name, per)
+    finally:
+        shipped_pipe.scheduler = euler_a
