@@ -142,8 +142,9 @@ def _load_server(cache, entries, vectors, limit_seconds: float = 1800) -> float:
     for name in store._collections:
         store.client.flush(name, timeout=600)
         total = store.client.query(name, filter="", output_fields=["count(*)"], timeout=600)[0]["count(*)"]
+        index_name = store.client.list_indexes(name, timeout=60)[0]
         while True:
-            index = store.client.describe_index(name, store.client.list_indexes(name, timeout=60)[0], timeout=60)
+            index = store.client.describe_index(name, index_name, timeout=60)
             if index.get("indexed_rows", 0) >= total and not index.get("pending_index_rows", 0):
                 break
             if time.perf_counter() - started > limit_seconds:
@@ -230,10 +231,10 @@ def lookup_section(sizes: tuple[int, ...], workdir: Path, server_uri: str | None
             say(f"  [a] {name}, {size:,} entries: loaded {size - loaded:,} in {load_seconds:.1f} s{indexing}; lookup median "
                 f"{seconds(row['median_seconds'])}, p99 {seconds(row['p99_seconds'])}")
         loaded = size
+    if server_uri:
+        stores["Milvus server"][0].vectors.drop_collections()  # the bench's own: the server is left as it was
     for cache, _ in stores.values():
         if cache.vectors is not None:
-            if getattr(cache.vectors, "prefix", None) == BENCH_COLLECTIONS:
-                cache.vectors.drop_collections()
             cache.vectors.close()
     return {"dim": DIM, "queries": QUERIES, "rows": rows, "server": server_uri}
 
