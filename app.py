@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--resume-from", type=Path, help="a finished model folder: train its UNet and text encoder further "
                             "(its VAE is kept)")
     train_demo.add_argument("--vae-from", type=Path, help="use a trained VAE (an earlier run's DIR/vae-phase1 while it runs, or DIR/vae): skip the VAE phases")
+    train_demo.add_argument("--outline-weight", type=float, default=1.0, help="VAE phases: weigh the L1 near drawn outlines this many "
+                            "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -244,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
                       "for --vae-from, a finished train-demo folder for --resume-from", file=sys.stderr)
                 return 2
-        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
+        if not args.outline_weight >= 1.0:
+            print(f"error: --outline-weight {args.outline_weight}: give 1 (an even L1) or more", file=sys.stderr)
+            return 2
+        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                     vae_from=str(args.vae_from) if args.vae_from else None,
                                     resume_from=str(args.resume_from) if args.resume_from else None))
         return 0

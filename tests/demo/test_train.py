@@ -72,6 +72,8 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert error.startswith("error: --resume-from") and "no training.json there" in error
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--vae-from", str(tmp_path)]) == 2
     assert "--vae-from" in capsys.readouterr().err
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--outline-weight", "0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --outline-weight 0.5: give 1")
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -128,3 +130,26 @@ def test_the_vae_kl_is_taken_in_float32_from_a_bfloat16_posterior():
     # its parameters are rounded to bfloat16, the sum is not: within that rounding of the float64 figure
     assert abs(low.item() - reference.item()) / reference.item() < 0.02
     assert abs(_kl(DiagonalGaussianDistribution(parameters)).item() - reference.item()) / reference.item() < 1e-5
+
+
+def test_the_vae_loss_weighs_errors_near_drawn_outlines_more_than_on_flat_colour():
+    from pipelines.demo import scenes
+    from pipelines.demo.train import _outline, _outline_l1, _to_tensor
+
+    square = scenes.Scene("shape", "white", (scenes.Shape("square", "red", "centre", "big"),))
+    gradient = scenes.Scene("shape", scenes.GRADIENT, (scenes.Shape("circle", "blue", "top left", "small"),))
+    batch = _to_tensor(np.stack([scenes.render(square), scenes.render(gradient, np.random.default_rng(0))]))
+    outline = _outline(batch)
+    assert outline.shape == (2, 1, 128, 128) and set(outline.unique().tolist()) == {0.0, 1.0}
+    # the square (half-width 24 * 0.85 around pixel 64) has its left edge at x = 43.6: a band of about 2 px each side
+    row = outline[0, 0, 64]
+    assert row[41:46].eq(1).all() and row[:38].eq(0).all() and row[50:78].eq(0).all()
+    # a gradient background's slope is not an outline; the small circle in its corner is
+    assert outline[1, 0, 64:, 64:].eq(0).all() and outline[1, 0, :50, :50].sum() > 20
+    # weight 1 is the plain L1 (the shipped recipe's, exactly); at 9 the same error counts more where it sits on an outline
+    noise = torch.rand(batch.shape, generator=torch.Generator().manual_seed(0)) * 0.2
+    assert torch.equal(_outline_l1(batch + noise, batch, 1.0), torch.mean(torch.abs(batch + noise - batch)))
+    on_edge, on_flat = torch.zeros_like(batch), torch.zeros_like(batch)
+    on_edge[0, :, 60:68, 43] = 0.5
+    on_flat[0, :, 60:68, 20] = 0.5
+    assert _outline_l1(batch + on_edge, batch, 9.0) > 5 * _outline_l1(batch + on_flat, batch, 9.0)
