@@ -27,6 +27,26 @@ if [ "$(cat .venv/.installed-vocab 2>/dev/null)" != "$(sha256sum < requirements-
   sha256sum < requirements-vocab.txt | cut -d' ' -f1 > .venv/.installed-vocab
 fi
 
+# The tests in two runs: first every test without a browser or Ray on two processes (pytest-xdist, a
+# file per process at a time), then the browser and Ray tests (marked `serial` in tests/conftest.py)
+# one at a time, as they would be alone. Given -n, -m or -p no:xdist, one plain run as asked.
+run_tests() {
+  case " $* " in
+    *" -n"*|*" --numprocesses"*|*" -m"*|*"no:xdist"*) exec .venv/bin/python -m pytest tests "$@" ;;
+  esac
+  local first=0 second=0
+  echo "== tests without a browser or Ray, on two processes =="
+  .venv/bin/python -m pytest tests -n 2 --dist loadfile -m "not serial" "$@" || first=$?
+  echo "== browser and Ray tests, one at a time =="
+  .venv/bin/python -m pytest tests -m serial "$@" || second=$?
+  # pytest's 5 is "no test selected": fine for one half (say -k matched only the other), not for both.
+  if [ "$first" = 5 ] && [ "$second" = 5 ]; then return 5; fi
+  [ "$first" = 5 ] && first=0
+  [ "$second" = 5 ] && second=0
+  if [ "$first" != 0 ]; then return "$first"; fi
+  return "$second"
+}
+
 case "$mode" in
   launch)
     exec .venv/bin/python app.py "$@"
@@ -41,7 +61,7 @@ case "$mode" in
         echo "Chromium is not installed: the browser tests will be skipped (sudo apt-get install chromium)." >&2
       fi
     fi
-    exec .venv/bin/python -m pytest tests "$@"
+    run_tests "$@"
     ;;
   *)
     echo "usage: bash setup.sh [launch|test] [options]" >&2

@@ -137,3 +137,13 @@ def shared_manager(tmp_path_factory, shared_models_dir, demo_cache_dir) -> Pipel
         latent_cache_entries=0,
     )
     return PipelineManager(config)
+
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every browser test and every Ray test `serial`: the test command runs the rest on two xdist
+    workers first, then these alone (two Chromium pages or Ray clusters beside other tests on 2 cores made
+    page waits time out and reordered Ray's least-busy routing)."""
+    for item in items:
+        if item.nodeid.startswith("tests/distributed/") or {"page", "browser"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.serial)
