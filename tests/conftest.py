@@ -139,7 +139,6 @@ def shared_manager(tmp_path_factory, shared_models_dir, demo_cache_dir) -> Pipel
     return PipelineManager(config)
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Marks every browser test and every Ray test `serial`: the test command runs the rest on two xdist
     workers first, then these alone (two Chromium pages or Ray clusters beside other tests on 2 cores made
