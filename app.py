@@ -50,9 +50,9 @@ def pixels(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.bench import SUITES
+    from pipelines.choices import VAE_CHOICES
     from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
-    from pipelines.vae import VAE_CHOICES
     from pipelines.samplers import ALL_SAMPLER_NAMES
 
     common = common_options()
@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_face_options(gen: argparse.ArgumentParser) -> None:
     """The Face tab's controls as flags (PuLID with SDXL or FLUX.1 models)."""
-    from pipelines.face.service import MAX_PHOTOS, FaceOptions
-    from pipelines.hooks.pulid_sdxl import ORTHO_MODES
+    from pipelines.choices import ORTHO_MODES
+    from pipelines.face.options import MAX_PHOTOS, FaceOptions
 
     face = FaceOptions()
     group = gen.add_argument_group("face reference (PuLID, SDXL and FLUX.1)")
@@ -155,7 +155,7 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
 
     Every default is None so that a flag given without the mode it belongs to is an error, not silently
     ignored; ui/cli.py fills in GenerationRequest's defaults."""
-    from pipelines.refine import MASKED_CONTENT, RESIZE_MODES
+    from pipelines.choices import MASKED_CONTENT, RESIZE_MODES
     from pipelines.request import GenerationRequest
 
     d = GenerationRequest(model="", prompt="")
@@ -239,26 +239,27 @@ def check_device(settings, store) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train-demo":  # needs no settings or manager
-        from pipelines.demo.train import TrainConfig, train
+        return train_demo(args)
+    # Flags that are wrong by themselves are refused before torch, the settings or the models load.
+    from ui.exit_status import EXIT_BAD_INPUT
 
-        for flag, folder, needed in (("--vae-from", args.vae_from, "config.json"), ("--resume-from", args.resume_from, "training.json")):
-            if folder is not None and not (folder / needed).is_file():
-                print(f"error: {flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
-                      "for --vae-from, a finished train-demo folder for --resume-from", file=sys.stderr)
-                return 2
-        if not args.outline_weight >= 1.0:
-            print(f"error: --outline-weight {args.outline_weight}: give 1 (an even L1) or more", file=sys.stderr)
-            return 2
-        train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
-                                    vae_from=str(args.vae_from) if args.vae_from else None,
-                                    resume_from=str(args.resume_from) if args.resume_from else None))
-        return 0
+    problem = workers_flags_problem(args)
+    options = None
+    if problem is None and args.command is None:
+        try:
+            options = server_options(args)
+        except (OSError, ValueError) as error:
+            problem = str(error)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
     for chatty in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
-    from ui.cli import EXIT_BAD_INPUT, cmd_generate, cmd_models, run_guarded
+    from ui.cli import cmd_generate, cmd_models, run_guarded
 
     quiet_libraries()
     overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device,
@@ -277,10 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     logging.getLogger("likeness").info("VAE decode: %s", manager.vae_status())
 
-    problem = workers_flags_problem(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     if args.command == "generate":
         args.vae_dtype = args.vae_dtype or settings.vae_dtype
         return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_generate(front, fill_family_defaults(front, args))))
@@ -298,14 +295,29 @@ def main(argv: list[str] | None = None) -> int:
                                                    milvus_uri=args.milvus_uri))
     from ui.app import launch, prepare_models
 
-    try:
-        options = server_options(args)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     if args.workers:
         prepare_models(manager)  # the demo model is built before the workers read the catalog
     return with_workers(manager, args, lambda front: launch(front, settings, store, options))
+
+
+def train_demo(args) -> int:
+    """`app.py train-demo`: needs no settings or manager; unusable folders or weights are refused first."""
+    from ui.exit_status import EXIT_BAD_INPUT, EXIT_OK
+
+    for flag, folder, needed in (("--vae-from", args.vae_from, "config.json"), ("--resume-from", args.resume_from, "training.json")):
+        if folder is not None and not (folder / needed).is_file():
+            print(f"error: {flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
+                  "for --vae-from, a finished train-demo folder for --resume-from", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if not args.outline_weight >= 1.0:
+        print(f"error: --outline-weight {args.outline_weight}: give 1 (an even L1) or more", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from pipelines.demo.train import TrainConfig, train
+
+    train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
+                                vae_from=str(args.vae_from) if args.vae_from else None,
+                                resume_from=str(args.resume_from) if args.resume_from else None))
+    return EXIT_OK
 
 
 def workers_flags_problem(args) -> str | None:
@@ -331,7 +343,7 @@ def with_workers(manager, args, run) -> int:
         return run(manager)
     from pipelines.distributed.front import DispatchingManager
     from pipelines.distributed.pool import PoolConfig, WorkerPool, WorkerStartError
-    from ui.cli import EXIT_BAD_INPUT
+    from ui.exit_status import EXIT_BAD_INPUT
 
     pool = WorkerPool(manager.config, PoolConfig(count=args.worker_count, address=args.ray_address))
     try:

@@ -26,7 +26,8 @@ from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
-from pipelines.face.service import FaceOptions, FaceService
+from pipelines.face.options import FaceOptions
+from pipelines.face.service import FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook

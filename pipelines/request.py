@@ -9,13 +9,10 @@ from PIL import Image
 
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
-from pipelines.hooks.deepcache import SCHEDULES as DEEPCACHE_SCHEDULES
+from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, VAE_CHOICES
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
 from pipelines.lora.tags import LoraSyntaxError, extract_lora_tags
-from pipelines.refine.image_ops import RESIZE_MODES
-from pipelines.refine.masks import MASKED_CONTENT, check_mask
 from pipelines.samplers import find_sampler, sampler_names
-from pipelines.vae import VAE_CHOICES
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150  # A1111's slider limit
@@ -346,6 +343,8 @@ def validate_refine(request: GenerationRequest) -> tuple[list[str], list[str]]:
         if not isinstance(value, bool):
             problems.append(f"{name} must be true or false, got {shown(value)}.")
     if isinstance(init, Image.Image) and isinstance(mask, Image.Image) and isinstance(request.inpainting_mask_invert, bool):
+        from pipelines.refine.masks import check_mask  # here, not above: it imports torch, and the CLI parser imports this module
+
         try:
             notes += check_mask(mask, init.size, invert=request.inpainting_mask_invert)
         except InvalidRequest as error:

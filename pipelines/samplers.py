@@ -1,16 +1,10 @@
-"""Sampler names users know (A1111 spelling) mapped to diffusers schedulers."""
+"""Sampler names users know (A1111 spelling) mapped to diffusers schedulers.
+
+The schedulers are named, not imported: this list is what every entry point checks a request against,
+and the CLI parser reads it before anything has imported diffusers (pipelines/choices.py says why)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 
 from pipelines.families import Family
 
@@ -18,27 +12,29 @@ from pipelines.families import Family
 @dataclass(frozen=True)
 class Sampler:
     name: str
-    scheduler_class: type
+    scheduler: str  # the diffusers scheduler class
     overrides: dict = field(default_factory=dict)
     infotext_sampler: str = ""  # A1111 writes the sampler and the schedule type as two keys
     infotext_schedule: str = ""
 
     def make(self, base_config):
-        return self.scheduler_class.from_config(base_config, **self.overrides)
+        import diffusers  # a model is loaded by now, so diffusers is too
+
+        return getattr(diffusers, self.scheduler).from_config(base_config, **self.overrides)
 
 
 UNET_SAMPLERS = [
-    Sampler("Euler", EulerDiscreteScheduler, {}, "Euler", "Automatic"),
-    Sampler("Euler a", EulerAncestralDiscreteScheduler, {}, "Euler a", "Automatic"),
-    Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {"use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
-    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    Sampler("Euler", "EulerDiscreteScheduler", {}, "Euler", "Automatic"),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, "Euler a", "Automatic"),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
     # diffusers' DDIM clips its x0 guess to [-1, 1] unless the config says otherwise: latents are not
     # pixels (SD's official config says clip_sample false; an Euler config, as the demo's, says nothing).
     # A1111 never clips. Measured on the demo: background right 15 % with the clip, 100 % without.
-    Sampler("DDIM", DDIMScheduler, {"clip_sample": False}, "DDIM", "Automatic"),
-    Sampler("UniPC", UniPCMultistepScheduler, {}, "UniPC", "Automatic"),
+    Sampler("DDIM", "DDIMScheduler", {"clip_sample": False}, "DDIM", "Automatic"),
+    Sampler("UniPC", "UniPCMultistepScheduler", {}, "UniPC", "Automatic"),
 ]
-FLOW_SAMPLERS = [Sampler("Flow Euler", FlowMatchEulerDiscreteScheduler, {}, "Euler", "Simple")]
+FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", {}, "Euler", "Simple")]
 
 
 def samplers_for(family: Family) -> list[Sampler]:

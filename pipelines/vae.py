@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from pipelines import devices
+from pipelines.choices import VAE_CHOICES
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-VAE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 # Forge's tile: 64x64 latents (512 px) with a quarter of overlap.
 TILE_LATENT = 64
 

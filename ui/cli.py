@@ -9,7 +9,7 @@ import sys
 
 from pipelines import demo
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
 from pipelines.lora.files import lora_folders
@@ -17,9 +17,9 @@ from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
+from ui.exit_status import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("likeness")
 
 

@@ -20,7 +20,7 @@ from pipelines.experiments.plan import AXIS_NAMES, MAX_REPEATS, AxisSpec, Experi
 from pipelines.experiments.axes import SETTINGS
 from pipelines.experiments.report import export, grid_image, stage_bars, step_lines, table_rows
 from pipelines.experiments.runner import run_experiment
-from pipelines.face.service import MAX_PHOTOS
+from pipelines.face.options import MAX_PHOTOS
 from pipelines.jobs import tagged
 from pipelines.manager import PipelineManager
 from ui import inputs

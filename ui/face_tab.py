@@ -12,10 +12,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.choices import ORTHO_MODES
 from pipelines.errors import LikenessError, ModelNotFound
-from pipelines.face.service import ID_WEIGHTS, MAX_ID_WEIGHT, MAX_PHOTOS, FaceOptions
+from pipelines.face.options import ID_WEIGHTS, MAX_ID_WEIGHT, MAX_PHOTOS, FaceOptions
 from pipelines.families import Family
-from pipelines.hooks.pulid_sdxl import ORTHO_MODES
 from pipelines.manager import PipelineManager
 from ui import inputs
 from ui.generation_form import model_choices

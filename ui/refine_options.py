@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.errors import InvalidRequest
-from pipelines.refine import MASKED_CONTENT, RESIZE_MODES
+from pipelines.choices import MASKED_CONTENT, RESIZE_MODES
 from pipelines.request import shown
 from pipelines.upscale import LATENT, list_upscalers
 

@@ -97,7 +97,7 @@ def row_flux_block_cache(ctx: GpuContext) -> list[Measure]:
 def row_flux_pulid(ctx: GpuContext) -> list[Measure]:
     """PuLID on vs off, interleaved: step time, VAE decode (the face models must be off the GPU), peak memory."""
     from pipelines.bench.tiny_face import HANKS
-    from pipelines.face.service import FaceOptions
+    from pipelines.face.options import FaceOptions
 
     request = ctx.flux_request()
     face = FaceOptions(photos=(str(HANKS),), id_weight=1.0)
@@ -133,7 +133,7 @@ def row_flux_pulid(ctx: GpuContext) -> list[Measure]:
 def row_face_stage(ctx: GpuContext) -> list[Measure]:
     """insightface + EVA-CLIP + IDFormer for one photo, cold against memoized (the same photo again)."""
     from pipelines.bench.tiny_face import HANKS
-    from pipelines.face.service import FaceOptions
+    from pipelines.face.options import FaceOptions
 
     face = ctx.manager.face
     weights = face.weights(Family.FLUX, transformer=ctx.pipe(FLUX).pipe.transformer)

@@ -28,7 +28,7 @@ from pipelines.bench.system import print_suite_header
 from pipelines.bench.tables import heading, median, mib, ratio, seconds, table, verdict
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from pipelines.bench.tiny_models import build_tiny_flux, build_tiny_sdxl, save_tiny_pipeline
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.request import GenerationRequest
 
 DECODE_TARGET = 1.05

@@ -109,7 +109,7 @@ def measure_detailer(models_dir: Path, manager_config, rounds: int, steps: int, 
     from pipelines.bench import tiny_onnx
     from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
     from pipelines.experiments.fidelity import ArcFaceScorer
-    from pipelines.face.service import FaceOptions
+    from pipelines.face.options import FaceOptions
     from pipelines.manager import PipelineManager
 
     det = tiny_onnx.DET_SIZE

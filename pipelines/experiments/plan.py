@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import Setting, find_setting, parse_values
-from pipelines.face.service import ID_WEIGHTS, FaceOptions
+from pipelines.face.options import ID_WEIGHTS, FaceOptions
 from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags

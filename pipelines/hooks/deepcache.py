@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from pipelines.choices import DEEPCACHE_SCHEDULES as SCHEDULES
 from pipelines.hooks.base import HookContext
 
 DEEPCACHE_HOOK = "deepcache"
-SCHEDULES = ("uniform", "quadratic")  # the one list every entry point offers
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from dataclasses import astuple, dataclass
 import torch
 import torch.nn.functional as F
 
+from pipelines.choices import ORTHO_MODES
 from pipelines.face.pulid_weights import IdProjection, SdxlIdLayers
 from pipelines.hooks.base import HookContext
 
 PULID_SDXL_HOOK = "pulid_sdxl"
-ORTHO_MODES = ("off", "v1", "v2")
 ORTHO_V2_ID_TOKENS = 5  # official v2 sums the attention on the first 5 ID tokens
 
 

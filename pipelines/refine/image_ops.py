@@ -14,14 +14,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from pipelines.choices import RESIZE_MODES
 from pipelines.errors import InvalidRequest
 
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2): left/top inclusive, right/bottom exclusive, like PIL's crop box
 
-# A1111's names, in A1111's order: the index is the `resize_mode` integer of A1111's API (0, 1, 2).
-# The UI, the CLI and the API all read this one tuple. A1111's fourth mode ("Just resize (latent
-# upscale)") resizes latents, not pixels, and is left out.
-RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = RESIZE_MODES
 
 _LANCZOS = Image.Resampling.LANCZOS

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from pipelines.choices import MASKED_CONTENT
 from pipelines.errors import InvalidRequest
 
-# A1111's "Masked content" choices, in A1111's order (the index is its API's `inpainting_fill`).
+# A1111's "Masked content" choices (pipelines/choices.py):
 #   fill            the masked area is replaced by a blur of its surroundings before encoding
 #   original        the masked area starts from the original pixels (most faithful; needs denoise < 1)
 #   latent noise    the image is filled, then the masked latents are replaced by noise
 #   latent nothing  the image is filled, then the masked latents are zeroed
-MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = MASKED_CONTENT
 
 EMPTY_MASK_MESSAGE = "The mask is empty: paint the area to change."

@@ -17,7 +17,7 @@ import pytest
 from pipelines.errors import InvalidRequest, ModelNotFound
 from pipelines.face import encoders as encoders_module
 from pipelines.face import service as service_module
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.infotext import parse_infotext
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from tests.tiny_models import copy_model, tiny_request
@@ -328,7 +328,7 @@ def test_face_stage_runs_in_each_familys_official_precision(face_manager, monkey
 
 def test_id_weight_defaults_and_ranges_follow_each_familys_official_app():
     """PuLID-FLUX's app: id weight 0-3, default 1; SDXL v1.1's: id scale 0-5, default 0.8."""
-    from pipelines.face.service import ID_WEIGHTS, default_id_weight
+    from pipelines.face.options import ID_WEIGHTS, default_id_weight
     from pipelines.families import Family
 
     options = face()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import InvalidRequest, ModelNotFound
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.families import Family
 
 

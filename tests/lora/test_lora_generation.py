@@ -10,7 +10,7 @@ import torch
 
 from pipelines import manager as manager_module
 from pipelines.errors import InvalidRequest, ModelLoadError
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.infotext import parse_infotext
 from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes

@@ -237,3 +237,14 @@ def test_skip_drops_only_the_current_batch(shared_manager):
     # The kept image is the one seed 701 gives on its own.
     alone = shared_manager.generate(tiny_request("sd15", seed=701, save=False))
     assert alone.images[0].image.tobytes() == result.images[0].image.tobytes()
+
+
+def test_every_sampler_names_a_diffusers_scheduler():
+    """The list names its schedulers (pipelines/samplers.py imports no diffusers): each name must be one."""
+    import diffusers
+
+    from pipelines.samplers import FLOW_SAMPLERS
+
+    for sampler in UNET_SAMPLERS + FLOW_SAMPLERS:
+        scheduler = getattr(diffusers, sampler.scheduler, None)
+        assert scheduler is not None and issubclass(scheduler, diffusers.SchedulerMixin), sampler

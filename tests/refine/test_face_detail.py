@@ -15,7 +15,7 @@ from pipelines.bench import tiny_onnx
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
 from pipelines.face import service as service_module
 from pipelines.face.detect import FaceDetector, FaceDetectorConfig
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.infotext import parse_infotext
 from pipelines.refine import face_crop_region
 from pipelines.stages import face_detail as face_detail_module

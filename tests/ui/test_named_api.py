@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipelines.bench.tiny_face import HANKS
 from pipelines.catalog import DEMO_MODEL_NAME
-from pipelines.face.service import FaceOptions
+from pipelines.face.options import FaceOptions
 from pipelines.infotext import parse_infotext
 from pipelines.request import GenerationRequest
 from tests.ui.test_face_tab import face_app  # noqa: F401  (tiny SDXL + every face file)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipelines.catalog import ModelEntry
 from pipelines.errors import InvalidRequest, ModelNotFound
-from pipelines.face.service import MAX_PHOTOS, FaceOptions
+from pipelines.face.options import MAX_PHOTOS, FaceOptions
 from pipelines.families import Family
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext

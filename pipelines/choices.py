@@ -1,0 +1,18 @@
+"""The choice lists a request is checked against, each defined once, in a module that imports nothing heavy.
+
+The modules that act on a choice (the VAE decode, DeepCache, PuLID's attention, img2img's fitting and
+masking) import their list from here, and so do the CLI's flags, the UI's controls and the APIs. Keeping
+the lists free of torch and diffusers lets `app.py` build its argument parser, and refuse a bad flag,
+in well under a second instead of after the ~10 s those libraries take to import.
+"""
+from __future__ import annotations
+
+VAE_CHOICES = ("auto", "bf16", "fp16", "fp32")  # VAE decode precision; auto = bf16 on capable NVIDIA GPUs, else fp32
+DEEPCACHE_SCHEDULES = ("uniform", "quadratic")  # which steps DeepCache runs in full
+ORTHO_MODES = ("off", "v1", "v2")  # PuLID SDXL: orthogonal ID attention
+# img2img: how a picture of another size is fitted. A1111's names in A1111's order: the index is its API's
+# `resize_mode` (0, 1, 2). A1111's fourth mode ("Just resize (latent upscale)") resizes latents, not pixels: left out.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
+# Inpainting: what the masked area starts from (pipelines/refine/masks.py says how each works). A1111's
+# order: the index is its API's `inpainting_fill`.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
