@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
+from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, VAE_CHOICES
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
-from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, VAE_CHOICES
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
 from pipelines.lora.tags import LoraSyntaxError, extract_lora_tags
 from pipelines.samplers import find_sampler, sampler_names

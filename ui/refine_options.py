@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.errors import InvalidRequest
 from pipelines.choices import MASKED_CONTENT, RESIZE_MODES
+from pipelines.errors import InvalidRequest
 from pipelines.request import shown
 from pipelines.upscale import LATENT, list_upscalers
 
