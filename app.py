@@ -240,15 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train-demo":  # needs no settings or manager
         return train_demo(args)
-    # Flags that are wrong by themselves are refused before torch, the settings or the models load.
+    # Flags that are wrong by themselves, and an unusable experiment file, are refused before torch, the
+    # settings or the models load.
+    from pipelines.errors import InvalidRequest
     from ui.exit_status import EXIT_BAD_INPUT
 
     problem = workers_flags_problem(args)
-    options = None
-    if problem is None and args.command is None:
+    options = experiment = None
+    if problem is None:
         try:
-            options = server_options(args)
-        except (OSError, ValueError) as error:
+            options, experiment = early_inputs(args)
+        except (OSError, ValueError, InvalidRequest) as error:
             problem = str(error)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "experiment":
         from pipelines.experiments.cli import cmd_experiment
 
-        return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_experiment(front, args, settings.experiment_confirm_cells)))
+        return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_experiment(front, experiment, args, settings.experiment_confirm_cells)))
     if args.command == "bench":
         from pipelines.bench import run_suite
 
@@ -298,6 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers:
         prepare_models(manager)  # the demo model is built before the workers read the catalog
     return with_workers(manager, args, lambda front: launch(front, settings, store, options))
+
+
+def early_inputs(args):
+    """(server options, experiment): what the web UI and `experiment` read from their flags alone, before
+    anything heavy loads. OSError, ValueError or InvalidRequest name the flag or the file when unusable."""
+    if args.command is None:
+        return server_options(args), None
+    if args.command == "experiment":
+        from pipelines.experiments.plan import read_experiment
+
+        return None, read_experiment(args.config)
+    return None, None
 
 
 def train_demo(args) -> int:

@@ -1,6 +1,6 @@
-"""A bad flag is refused at once: the parser and the checks of flags that are wrong by themselves run
-before torch, diffusers or the models load (pipelines/choices.py). Each case runs in a fresh
-interpreter, the only place where "nothing heavy was imported" can be seen."""
+"""A bad flag is refused at once: the parser, the checks of flags that are wrong by themselves and the
+reading of an experiment file run before torch, diffusers or the models load (pipelines/choices.py).
+Each case runs in a fresh interpreter, the only place where "nothing heavy was imported" can be seen."""
 from __future__ import annotations
 
 import json
@@ -38,6 +38,8 @@ def test_the_parser_imports_nothing_heavy():
     (["generate", "--prompt", "x", "--worker-count", "2"], "--worker-count only mean something with --workers ray"),
     (["models", "--workers", "ray"], "`app.py models` runs in this process"),
     (["train-demo", "--out", "unused", "--outline-weight", "0.5"], "--outline-weight 0.5: give 1"),
+    (["experiment", "--config", "/no/such/experiment.json"], "Cannot read the experiment file /no/such/experiment.json"),
+    (["experiment", "--config", __file__], "is not valid JSON"),
 ])
 def test_flags_wrong_by_themselves_are_refused_before_anything_heavy_loads(argv, message):
     out = heavy_after(f"app.main({argv!r})")

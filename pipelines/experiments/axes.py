@@ -20,10 +20,10 @@ import math
 import re
 from dataclasses import dataclass
 
+from pipelines.choices import VAE_CHOICES
 from pipelines.errors import InvalidRequest
 from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, shown
 from pipelines.samplers import ALL_SAMPLER_NAMES
-from pipelines.vae import VAE_CHOICES
 
 MAX_VALUES_PER_AXIS = 64  # far beyond a readable grid; stops `1-100000` from planning a day of work
 MAX_AXIS_CHARS = 16 * 1024  # 64 values of any setting fit many times over; the CSV reader stops at 128 KiB anyway

@@ -21,16 +21,6 @@ from pipelines.generate import CancelToken
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
-def read_experiment(path: Path) -> Experiment:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InvalidRequest(f"Cannot read the experiment file {path}: {error.strerror or error}.") from None
-    except ValueError as error:
-        raise InvalidRequest(f"The experiment file {path} is not valid JSON: {error}.") from None
-    return Experiment.from_dict(data)
-
-
 def default_folder(outputs_dir: Path) -> Path:
     return Path(outputs_dir) / "experiments" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -45,8 +35,8 @@ def confirm_size(plan, limit: int, confirmed: bool) -> None:
         )
 
 
-def cmd_experiment(manager, args, confirm_cells: int) -> int:
-    experiment = read_experiment(args.config)
+def cmd_experiment(manager, experiment: Experiment, args, confirm_cells: int) -> int:
+    """`experiment` is the file already read (app.py reads it before any model loads: `read_experiment`)."""
     plan = build_plan(experiment, manager)
     confirm_size(plan, confirm_cells, args.yes)
     folder = Path(args.out) if args.out else default_folder(manager.config.outputs_dir)

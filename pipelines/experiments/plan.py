@@ -8,6 +8,7 @@ the value in any message. Every cell uses the same seed; a random starting seed 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -82,6 +83,18 @@ class Experiment:
             repeats=_whole(data.get("repeats", 1), "repeats"),
             face=face,
         )
+
+
+def read_experiment(path: Path) -> Experiment:
+    """An experiment file (JSON, e.g. exported by the Experiments tab); InvalidRequest names what is wrong.
+    Needs no model and imports nothing heavy, so the CLI refuses a bad file before anything loads."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InvalidRequest(f"Cannot read the experiment file {path}: {error.strerror or error}.") from None
+    except ValueError as error:
+        raise InvalidRequest(f"The experiment file {path} is not valid JSON: {error}.") from None
+    return Experiment.from_dict(data)
 
 
 def _values_text(values) -> str:
