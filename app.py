@@ -238,14 +238,12 @@ def check_device(settings, store) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train-demo":  # needs no settings or manager
-        return train_demo(args)
     # Flags that are wrong by themselves, and an unusable experiment file, are refused before torch, the
     # settings or the models load.
     from pipelines.errors import InvalidRequest
     from ui.exit_status import EXIT_BAD_INPUT
 
-    problem = workers_flags_problem(args)
+    problem = train_demo_problem(args) if args.command == "train-demo" else workers_flags_problem(args)
     options = experiment = None
     if problem is None:
         try:
@@ -255,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.command == "train-demo":  # needs no settings or manager
+        return train_demo(args)
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="likeness: %(message)s", stream=sys.stderr)
     for chatty in ("httpx", "httpcore", "urllib3"):
@@ -314,19 +314,22 @@ def early_inputs(args):
     return None, None
 
 
-def train_demo(args) -> int:
-    """`app.py train-demo`: needs no settings or manager; unusable folders or weights are refused first."""
-    from ui.exit_status import EXIT_BAD_INPUT, EXIT_OK
-
+def train_demo_problem(args) -> str | None:
+    """`train-demo`'s folders that hold no trained model, or an outline weight below 1: what to say."""
     for flag, folder, needed in (("--vae-from", args.vae_from, "config.json"), ("--resume-from", args.resume_from, "training.json")):
         if folder is not None and not (folder / needed).is_file():
-            print(f"error: {flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
-                  "for --vae-from, a finished train-demo folder for --resume-from", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return (f"{flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
+                    "for --vae-from, a finished train-demo folder for --resume-from")
     if not args.outline_weight >= 1.0:
-        print(f"error: --outline-weight {args.outline_weight}: give 1 (an even L1) or more", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return f"--outline-weight {args.outline_weight}: give 1 (an even L1) or more"
+    return None
+
+
+def train_demo(args) -> int:
+    """`app.py train-demo` (its flags checked by `train_demo_problem`)."""
     from pipelines.demo.train import TrainConfig, train
+    from ui.exit_status import EXIT_OK
+
 
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
