@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     # Flags that are wrong by themselves, and an unusable experiment file, are refused before torch, the
     # settings or the models load.
     from pipelines.errors import InvalidRequest
-    from ui.exit_status import EXIT_BAD_INPUT
+    from pipelines.exit_status import EXIT_BAD_INPUT
 
     problem = train_demo_problem(args) if args.command == "train-demo" else workers_flags_problem(args)
     options = experiment = None
@@ -328,7 +328,7 @@ def train_demo_problem(args) -> str | None:
 def train_demo(args) -> int:
     """`app.py train-demo` (its flags checked by `train_demo_problem`)."""
     from pipelines.demo.train import TrainConfig, train
-    from ui.exit_status import EXIT_OK
+    from pipelines.exit_status import EXIT_OK
 
 
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
@@ -360,7 +360,7 @@ def with_workers(manager, args, run) -> int:
         return run(manager)
     from pipelines.distributed.front import DispatchingManager
     from pipelines.distributed.pool import PoolConfig, WorkerPool, WorkerStartError
-    from ui.exit_status import EXIT_BAD_INPUT
+    from pipelines.exit_status import EXIT_BAD_INPUT
 
     pool = WorkerPool(manager.config, PoolConfig(count=args.worker_count, address=args.ray_address))
     try:

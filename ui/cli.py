@@ -17,7 +17,7 @@ from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
-from ui.exit_status import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK
+from pipelines.exit_status import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
 log = logging.getLogger("likeness")

@@ -43,9 +43,9 @@ class TrainConfig:
     # The L1 on pixels within 2 px of an edge of the drawn scene counts this many times a flat one (1: an even
     # L1, the recipe of the shipped weights). With an even L1 the VAE rounds a small star's tips off (a five-sided
     # blob, read as a circle). Round trip of 288 held-out scenes, shape: a VAE trained from scratch with 9 reached
-    # 94.5 % (small stars 14 of 25) against the shipped VAE's 88.2 % (0 of 25). The full run with it (2026-12-02)
-    # is not shipped: on a slower machine its UNet got 4116 steps in the hour instead of 7426 and had not learnt
-    # the horizontal axis yet. `--outline-weight 9` for the next run on a quiet machine.
+    # 94.5 % (small stars 14 of 25) against the shipped VAE's 88.2 % (0 of 25). But a UNet learns its latents worse:
+    # the full run at full speed (2026-12-03, 8042 UNet steps) drew held-out shapes 55.0 % right against the shipped
+    # model's 76.8 % (288 prompts), big hearts read as circles, small stars still blobs. So it stays off.
     outline_weight: float = 1.0
     kl_weight: float = 1e-5
     unet_steps: int = 16000  # an upper bound: the deadline (max_minutes) ends the phase, annealed

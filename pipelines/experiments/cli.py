@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import InvalidRequest
+from pipelines.exit_status import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from pipelines.experiments.plan import Experiment, build_plan
 from pipelines.experiments.report import export, table_rows
 from pipelines.experiments.runner import run_experiment
 from pipelines.generate import CancelToken
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
 def default_folder(outputs_dir: Path) -> Path:
