@@ -229,6 +229,29 @@ def test_two_clients_on_one_milvus_lite_file_see_each_other(tmp_path):
         release_lite(uri)
 
 
+def test_the_index_and_the_counter_writes_suit_the_milvus_lite_engine(tmp_path):
+    """Milvus Lite 3 (and a server) index with HNSW and update counters in place; Milvus Lite 2.4's local mode
+    has no HNSW (IVF_FLAT there) and no partial upsert (whole rows). The suite above runs on whichever is installed;
+    the test command runs it on both."""
+    from pipelines.caches.milvus_store import lite_engine
+
+    uri = str(tmp_path / "engine.db")
+    cache = ApproximateCache(tmp_path / "latents", ApproximateCacheConfig(uri=uri, sweep_seconds=0))
+    try:
+        first = cache.store("p", vector(1.0), 50, kept())
+        assert cache.lookup("p", vector(0.99), 50).entry_id == first
+        store = cache.vectors
+        (name,) = store._collections
+        index = store.client.describe_index(name, store.client.list_indexes(name)[0])
+        python_engine = lite_engine() >= 3
+        assert index["index_type"] == ("HNSW" if python_engine else "IVF_FLAT")
+        assert store.partial_updates is python_engine
+        assert cache.entries()[0].items[25].uses == 2, "the store and the hit counted, on either engine"
+    finally:
+        cache.vectors.close()
+        release_lite(uri)
+
+
 def test_a_server_without_partial_upsert_gets_whole_rows_and_counts_every_use(tmp_path):
     """Milvus 2.3-2.5 refuse an upsert without the vector (checked by hand on a Milvus 2.3.5 server: "float
     vector field 'vector' is illegal ... got nil"); the store then reads the row back and writes it whole."""
@@ -247,6 +270,7 @@ def test_a_server_without_partial_upsert_gets_whole_rows_and_counts_every_use(tm
             return real_upsert(collection, rows, **options)
 
         store.client.upsert = upsert_as_before_2_6
+        store.partial_updates = True  # as a server is asked first (a Milvus Lite 2.4 file starts with whole rows)
         for similarity in (0.99, 0.98):
             hit = cache.lookup("p", vector(similarity), 50)
             assert hit is not None and hit.entry_id == first and not cache.unavailable
