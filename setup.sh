@@ -27,9 +27,11 @@ if [ "$(cat .venv/.installed-vocab 2>/dev/null)" != "$(sha256sum < requirements-
   sha256sum < requirements-vocab.txt | cut -d' ' -f1 > .venv/.installed-vocab
 fi
 
-# The tests in two runs: first every test without a browser or Ray on two processes (pytest-xdist, a
+# The tests in three runs: first every test without a browser or Ray on two processes (pytest-xdist, a
 # file per process at a time), then the browser and Ray tests (marked `serial` in tests/conftest.py)
-# one at a time, as they would be alone. Given -n, -m or -p no:xdist, one plain run as asked.
+# one at a time, as they would be alone, then the Milvus store tests on Milvus Lite 2.4 (below). Given -n,
+# -m or -p no:xdist, one plain run as asked.
+#
 # Milvus Lite 2.4 cannot sit beside the pinned 3.x in one environment: it goes to a folder of its own, put
 # first on PYTHONPATH for a third run of the Milvus store tests, so both engines stay tested.
 lite24=.venv/milvus-lite-2.4

@@ -122,8 +122,14 @@ def test_models_tab_queue_names_the_worker_running_each_job(page, worker_app):
                                timeout=60000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "workers_models_queue_two_workers.png"), full_page=True)
-        rows = queue_table(page)
-        by_prompt = {row[4]: row for row in rows}  # job, from, where, model, prompt
+        # The table re-renders every 2 s: read it until both rows are in one reading (at most 30 s).
+        for _ in range(60):
+            rows = queue_table(page)
+            by_prompt = {row[4]: row for row in rows if len(row) == 5}  # job, from, where, model, prompt
+            if {"a lighthouse at dusk", "a blue square on grey"} <= by_prompt.keys():
+                break
+            page.wait_for_timeout(500)
+        assert {"a lighthouse at dusk", "a blue square on grey"} <= by_prompt.keys(), rows
         mine, theirs = by_prompt["a lighthouse at dusk"], by_prompt["a blue square on grey"]
         assert mine[:2] == ["txt2img", "you"] and theirs[:2] == ["txt2img", "the API"]
         assert {mine[2], theirs[2]} == {"worker-1 (cpu)", "worker-2 (cpu)"}, rows  # one job on each worker, each named
