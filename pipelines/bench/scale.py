@@ -88,7 +88,7 @@ def _load_milvus(cache, entries, vectors) -> float:
     """Insert, flush, then wait until Milvus Lite has indexed every row; returns the seconds that wait took."""
     store = cache.vectors
     if not store.python_engine:
-        return _load_lite_cpp(store, entries, vectors)
+        return _load_lite_cpp(cache, entries, vectors)
     _insert_and_flush(store, entries, vectors)
     started = time.perf_counter()
     _wait_until_indexed(store)
@@ -102,20 +102,24 @@ def _insert_and_flush(store, entries, vectors) -> None:
         store.client.flush(name, timeout=600)
 
 
-def _load_lite_cpp(store, entries, vectors, limit_seconds: float = 1800) -> float:
+def _load_lite_cpp(cache, entries, vectors) -> float:
     """Milvus Lite 2.4 (Milvus' C++ engine): insert and flush, then wait until describe_index says the build is
     finished. It reports no row counts (always 0 of 0), and its flush returns after the segment is indexed, so the
     wait is usually nil; returns its seconds."""
-    _insert_and_flush(store, entries, vectors)
+    _insert_and_flush(cache.vectors, entries, vectors)
+    return _wait_for_index_builds(cache.vectors, "Milvus Lite 2.4",
+                                  lambda index, total: index.get("state") == "Finished" and not index.get("pending_index_rows", 0))
+
+
+def _wait_for_index_builds(store, who: str, built, limit_seconds: float = 1800) -> float:
+    """Poll describe_index of each collection until `built(index, rows in the collection)`; returns the seconds waited."""
     started = time.perf_counter()
     for name in store._collections:
+        total = store.client.query(name, filter="", output_fields=["count(*)"], timeout=600)[0]["count(*)"]
         index_name = store.client.list_indexes(name, timeout=60)[0]
-        while True:
-            index = store.client.describe_index(name, index_name, timeout=60)
-            if index.get("state") == "Finished" and not index.get("pending_index_rows", 0):
-                break
+        while not built(index := store.client.describe_index(name, index_name, timeout=60), total):
             if time.perf_counter() - started > limit_seconds:
-                raise RuntimeError(f"Milvus Lite did not finish its index build in {limit_seconds:.0f} s: {index}")
+                raise RuntimeError(f"{who} had not indexed {total} rows after {limit_seconds:.0f} s: {index}")
             time.sleep(0.5)
     return time.perf_counter() - started
 
@@ -156,23 +160,12 @@ def server_problem(uri: str) -> str | None:
     return None
 
 
-def _load_server(cache, entries, vectors, limit_seconds: float = 1800) -> float:
+def _load_server(cache, entries, vectors) -> float:
     """Insert and flush, then wait until the server has built the HNSW index of every row (as a cache
     that has sat a while has it); returns the seconds that wait took."""
-    store = cache.vectors
-    _insert_and_flush(store, entries, vectors)
-    started = time.perf_counter()
-    for name in store._collections:
-        total = store.client.query(name, filter="", output_fields=["count(*)"], timeout=600)[0]["count(*)"]
-        index_name = store.client.list_indexes(name, timeout=60)[0]
-        while True:
-            index = store.client.describe_index(name, index_name, timeout=60)
-            if index.get("indexed_rows", 0) >= total and not index.get("pending_index_rows", 0):
-                break
-            if time.perf_counter() - started > limit_seconds:
-                raise RuntimeError(f"the Milvus server indexed {index.get('indexed_rows')} of {total} rows in {limit_seconds:.0f} s")
-            time.sleep(0.5)
-    return time.perf_counter() - started
+    _insert_and_flush(cache.vectors, entries, vectors)
+    return _wait_for_index_builds(cache.vectors, "the Milvus server",
+                                  lambda index, total: index.get("indexed_rows", 0) >= total and not index.get("pending_index_rows", 0))
 
 
 def _lite_collections(store) -> list:

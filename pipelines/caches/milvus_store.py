@@ -105,7 +105,6 @@ class MilvusStore(VectorStore):
         # Milvus Lite 3.x's own ways (no query limit, unflushed rows searched in Python); a 2.4 file and
         # every server go the server's ways.
         self.python_engine = self.lite and lite_engine() >= 3
-        self.ivf = self.lite and not self.python_engine  # HNSW is not in Milvus Lite 2.4's local mode
         self.neighbours = neighbours
         self.search_depth = search_depth
         self.timeout = timeout
@@ -115,6 +114,10 @@ class MilvusStore(VectorStore):
         # Counters are written with a partial upsert until the server refuses one; Milvus Lite 2.4 (Milvus 2.4's
         # engine) has none: a partial row is refused there ("Lost field vector").
         self.partial_updates = not self.ivf
+
+    @property
+    def ivf(self) -> bool:
+        return self.lite and not self.python_engine  # HNSW is not in Milvus Lite 2.4's local mode
 
     def describe(self) -> str:
         return f"Milvus Lite in {self.uri}" if self.lite else f"the Milvus server at {self.uri}"
