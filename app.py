@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--vae-from", type=Path, help="use a trained VAE (an earlier run's DIR/vae-phase1 while it runs, or DIR/vae): skip the VAE phases")
     train_demo.add_argument("--outline-weight", type=float, default=1.0, help="VAE phases: weigh the L1 near drawn outlines this many "
                             "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
+    train_demo.add_argument("--late-quiet-share", type=float, default=None, help="UNet phase: once the learning rate anneals, draw "
+                            "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -322,6 +324,8 @@ def train_demo_problem(args) -> str | None:
                     "for --vae-from, a finished train-demo folder for --resume-from")
     if not args.outline_weight >= 1.0:
         return f"--outline-weight {args.outline_weight}: give 1 (an even L1) or more"
+    if args.late_quiet_share is not None and not 0.0 <= args.late_quiet_share <= 1.0:
+        return f"--late-quiet-share {args.late_quiet_share}: give a share from 0 (the noisier mix throughout) to 1"
     return None
 
 
@@ -331,9 +335,10 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
+    quiet = {} if args.late_quiet_share is None else {"late_quiet_share": args.late_quiet_share}
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
-                                resume_from=str(args.resume_from) if args.resume_from else None))
+                                resume_from=str(args.resume_from) if args.resume_from else None, **quiet))
     return EXIT_OK
 
 

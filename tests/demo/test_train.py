@@ -74,6 +74,8 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert "--vae-from" in capsys.readouterr().err
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--outline-weight", "0.5"]) == 2
     assert capsys.readouterr().err.startswith("error: --outline-weight 0.5: give 1")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--late-quiet-share", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --late-quiet-share 1.5: give a share from 0")
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -89,6 +91,25 @@ def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
     assert 0 <= t.min() and t.max() < 1000
     assert abs((t >= 500).float().mean().item() - 0.75) < 0.02, "half redrawn from the noisier half: 75 % there"
     assert abs((sample_timesteps(20000, 0.0, 1000, torch.Generator().manual_seed(0)) >= 500).float().mean().item() - 0.5) < 0.02
+
+
+def test_while_the_rate_anneals_most_timesteps_come_from_the_quieter_part():
+    from pipelines.demo.train import sample_timesteps
+
+    quiet = sample_timesteps(20000, 0.5, 1000, torch.Generator().manual_seed(0), quiet_share=0.8, quiet_limit=600)
+    assert 0 <= quiet.min() and quiet.max() < 1000, "a fifth stay uniform over every timestep"
+    assert abs((quiet < 600).float().mean().item() - (0.8 + 0.2 * 0.6)) < 0.02
+    # none redrawn from the noisier half then: t >= 500 only as often as 0.8 x 100/600 + 0.2 x 1/2 (0.75 in the noisier mix)
+    assert abs((quiet >= 500).float().mean().item() - (0.8 / 6 + 0.1)) < 0.02
+
+
+def test_a_run_switches_to_quieter_timesteps_once_its_rate_anneals(tmp_path):
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=260, unet_batch=2, decoder_steps=2, decoder_batch=2,
+                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8)
+    train(tmp_path / "demo", TrainConfig(**small))
+    log = [json.loads(line) for line in (tmp_path / "demo" / "train_log.jsonl").read_text().splitlines()]
+    quiet = {record["step"]: record["quiet_timesteps"] for record in log if record["phase"] == "unet"}
+    assert not quiet[0] and not quiet[200] and quiet[250] and quiet[259]  # 200 warm-up steps, then 30 held, 30 annealed
 
 
 def test_the_learning_rate_holds_its_peak_then_anneals_and_a_deadline_ends_it_annealed():

@@ -97,13 +97,16 @@ def test_models_tab_queue_names_the_worker_running_each_job(page, worker_app):
     page.click("#model input")
     page.locator("#model").get_by_role("option", name=DEMO_MODEL_NAME).first.click()
     page.fill("#prompt textarea", "a lighthouse at dusk")
+    # Both jobs must outlast every reading below: at 192 px 150 steps took about 10 s on two busy workers, and the
+    # tab's job could end before the table was read (it then listed the API job alone). At 512 px a step costs
+    # about 0.35 s: a minute or more; both are stopped at the end.
     set_number(page, "steps", 150)
-    set_number(page, "width", 192)
-    set_number(page, "height", 192)
+    set_number(page, "width", 512)
+    set_number(page, "height", 512)
     page.click("#generate")
     page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
     page.wait_for_function("/ · on worker-\\d \\(cpu\\)/.test(document.querySelector('#readout').innerText)", timeout=10000)
-    api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=192, height=192, seed=2)
+    api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=512, height=512, seed=2)
     front = worker_app["front"]
 
     def from_the_api():
