@@ -85,11 +85,14 @@ def _milvus_cache(folder: Path):
 
 
 def _load_milvus(cache, entries, vectors) -> float:
-    """Insert, flush, then wait until Milvus Lite has indexed every row; returns the seconds that wait took."""
+    """Insert, flush, then wait until Milvus Lite has indexed every row; returns the seconds that wait took.
+    Milvus Lite 2.4 (Milvus' C++ engine) reports no row counts (always 0 of 0) and its flush returns after the
+    segment is indexed, so there the wait is on describe_index's state and usually nil."""
     store = cache.vectors
-    if not store.python_engine:
-        return _load_lite_cpp(cache, entries, vectors)
     _insert_and_flush(store, entries, vectors)
+    if not store.python_engine:
+        return _wait_for_index_builds(store, "Milvus Lite 2.4",
+                                      lambda index, total: index.get("state") == "Finished" and not index.get("pending_index_rows", 0))
     started = time.perf_counter()
     _wait_until_indexed(store)
     return time.perf_counter() - started
@@ -100,15 +103,6 @@ def _insert_and_flush(store, entries, vectors) -> None:
         store.insert_many(entries[start:start + BATCH], vectors[start:start + BATCH], timeout=600)
     for name in store._collections:
         store.client.flush(name, timeout=600)
-
-
-def _load_lite_cpp(cache, entries, vectors) -> float:
-    """Milvus Lite 2.4 (Milvus' C++ engine): insert and flush, then wait until describe_index says the build is
-    finished. It reports no row counts (always 0 of 0), and its flush returns after the segment is indexed, so the
-    wait is usually nil; returns its seconds."""
-    _insert_and_flush(cache.vectors, entries, vectors)
-    return _wait_for_index_builds(cache.vectors, "Milvus Lite 2.4",
-                                  lambda index, total: index.get("state") == "Finished" and not index.get("pending_index_rows", 0))
 
 
 def _wait_for_index_builds(store, who: str, built, limit_seconds: float = 1800) -> float:

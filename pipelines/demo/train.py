@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 LATENT_DOWNSCALE = 8  # the VAE's: a latent pixel is an 8x8 block of the image
+UNET_WARMUP = 200  # UNet phase: steps of linear learning-rate warm-up
 
 
 @dataclass
@@ -102,19 +103,21 @@ class TrainConfig:
     resume_from: str | None = None  # a finished model folder: train its UNet and text encoder further
 
 
-def _progress_after_warmup(step: int, total: int, warmup: int, elapsed: float) -> float:
-    """How far (0-1) a phase is past its warm-up: by steps, or by `elapsed` (the share of its time budget used)
-    when that is further, so a phase cut short by the deadline still ends annealed."""
-    return max((step - warmup) / max(1, total - warmup), elapsed)
+def _annealed(step: int, total: int, warmup: int, elapsed: float, hold: float) -> float:
+    """How far (0-1) the learning rate's anneal has gone: 0 during the warm-up and until `hold` (0-1) of the rest
+    of the phase. `elapsed` (0-1, the share of the phase's time budget used) moves it along too, so a phase cut
+    short by the deadline still ends annealed."""
+    if step < warmup:
+        return 0.0
+    progress = max((step - warmup) / max(1, total - warmup), elapsed)
+    return min(1.0, max(0.0, progress - hold) / max(1e-9, 1.0 - hold))
 
 
 def _lr_factor(step: int, total: int, warmup: int = 100, elapsed: float = 0.0, hold: float = 0.0) -> float:
     """Linear warm-up, the peak rate until `hold` (0-1) of the phase, then cosine down to 5 %."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = _progress_after_warmup(step, total, warmup, elapsed)
-    decay = max(0.0, progress - hold) / max(1e-9, 1.0 - hold)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, decay))) * 0.95 + 0.05
+    return 0.5 * (1 + math.cos(math.pi * _annealed(step, total, warmup, elapsed, hold))) * 0.95 + 0.05
 
 
 def _progress(total: int, desc: str):
@@ -389,7 +392,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, s
             latents = (means[index] + stds[index] * eps) * scaling
             noise = torch.randn(latents.shape, generator=generator)
             elapsed = (time.monotonic() - started) / budget
-            annealing = step >= 200 and _progress_after_warmup(step, config.unet_steps, 200, elapsed) > config.lr_hold
+            annealing = _annealed(step, config.unet_steps, UNET_WARMUP, elapsed, config.lr_hold) > 0
             t = sample_timesteps(config.unet_batch, config.high_noise_share, noise_scheduler.config.num_train_timesteps, generator,
                                  quiet_share=config.late_quiet_share if annealing else 0.0, quiet_limit=config.quiet_limit)
             noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -399,7 +402,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, s
                 pred = unet(noisy, t, hidden).sample
             weights = loss_weights(touched[index], config.object_weight)
             loss = torch.mean(weights * (pred.float() - target) ** 2) / torch.mean(weights)
-            factor = _lr_factor(step, config.unet_steps, warmup=200, elapsed=elapsed, hold=config.lr_hold)
+            factor = _lr_factor(step, config.unet_steps, warmup=UNET_WARMUP, elapsed=elapsed, hold=config.lr_hold)
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
             optimizer.zero_grad(set_to_none=True)
