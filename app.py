@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
     train_demo.add_argument("--late-quiet-share", type=float, default=None, help="UNet phase: once the learning rate anneals, draw "
                             "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
+    train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: the first N steps see scenes placed "
+                            "left/right only, the next N top/bottom only, then all (default: the recipe's; see README)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -326,6 +328,8 @@ def train_demo_problem(args) -> str | None:
         return f"--outline-weight {args.outline_weight}: give 1 (an even L1) or more"
     if args.late_quiet_share is not None and not 0.0 <= args.late_quiet_share <= 1.0:
         return f"--late-quiet-share {args.late_quiet_share}: give a share from 0 (the noisier mix throughout) to 1"
+    if args.axis_phase_steps is not None and args.axis_phase_steps < 0:
+        return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (every scene from the first step) or more steps"
     return None
 
 
@@ -335,10 +339,11 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    quiet = {} if args.late_quiet_share is None else {"late_quiet_share": args.late_quiet_share}
+    recipe = {name: value for name, value in (("late_quiet_share", args.late_quiet_share), ("axis_phase_steps", args.axis_phase_steps))
+              if value is not None}  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
-                                resume_from=str(args.resume_from) if args.resume_from else None, **quiet))
+                                resume_from=str(args.resume_from) if args.resume_from else None, **recipe))
     return EXIT_OK
 
 

@@ -81,6 +81,15 @@ class TrainConfig:
     # (a whole run with it is in the README); `--late-quiet-share 0.8` turns it on.
     late_quiet_share: float = 0.0
     quiet_limit: int = 600
+    # Once the UNet has learnt one position axis (`axis_response`), it sees only scenes placed along the other
+    # (left, right, "left of"; or top, bottom, "above") or not placed at all (faces, the centre), until it has
+    # learnt that one too or for at most `axis_phase_steps` steps; then every scene again. One axis is learnt
+    # first, at random, and the other then often never (the last 3 full runs; the UNet has no position input,
+    # only its zero padding). Measured: the shipped-drawings run that never learnt left/right (vertical 0.60,
+    # horizontal 0.01 after 10,204 steps), 2036 more steps on left/right scenes alone: horizontal 0.16 and
+    # rising (the last 500 steps); with every scene (1250 steps) it stayed at 0.01. But in a run from scratch
+    # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
+    axis_phase_steps: int = 0
     # Every phase runs its matmuls and convolutions in bfloat16 autocast (weights, optimizer and loss stay
     # float32), the VAE also channels-last: the UNet 1.11x the steps in the same time on this CPU (AVX512-BF16;
     # 0.34 vs 0.38 s a training step, interleaved; the bare forward and backward gain 1.3x), a VAE step 1.6x
@@ -234,22 +243,74 @@ def train_vae(vae, images: np.ndarray, config: TrainConfig, log) -> None:
     vae.eval()
 
 
-def render_scenes(config: TrainConfig) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-    """The training scenes (none held out), every phrasing of each caption, and which latent pixels
-    (8x8 image blocks) each scene's objects or face touch (bool N x 16 x 16)."""
+def position_axis(scene) -> str:
+    """The axis a scene's caption places things along: "horizontal", "vertical", "both" (a corner) or ""
+    (a face, a shape in the centre)."""
+    from pipelines.demo import scenes
+
+    if scene.kind == "face":
+        return ""
+    if scene.kind == "pair":
+        return "horizontal" if scene.relation in ("left of", "right of") else "vertical"
+    column, row = scenes.POSITIONS[scene.objects[0].position]
+    return {(False, False): "", (True, False): "horizontal", (False, True): "vertical", (True, True): "both"}[(column != 1, row != 1)]
+
+
+def render_scenes(config: TrainConfig) -> tuple[np.ndarray, list[list[str]], np.ndarray, np.ndarray]:
+    """The training scenes (none held out), every phrasing of each caption, which latent pixels (8x8 image
+    blocks) each scene's objects or face touch (bool N x 16 x 16), and each scene's `position_axis`."""
     from pipelines.demo import scenes
 
     rng = np.random.default_rng(config.seed)
     images = np.empty((config.scenes, scenes.SIZE, scenes.SIZE, 3), np.uint8)
     side = scenes.SIZE // LATENT_DOWNSCALE
     touched = np.empty((config.scenes, side, side), bool)
-    captions = []
+    captions, axes = [], []
     for index in range(config.scenes):
         scene = scenes.random_scene(rng, held_out=False)
+        axes.append(position_axis(scene))
         images[index], coverage = scenes.render_with_mask(scene, rng)
         touched[index] = coverage.reshape(side, LATENT_DOWNSCALE, side, LATENT_DOWNSCALE).max(axis=(1, 3)) > 0.05
         captions.append([scenes.caption(scene, scenes.FixedStyle(style)) for style in range(scenes.CAPTION_STYLES)])
-    return images, captions, touched
+    return images, captions, touched, np.array(axes)
+
+
+AXIS_LEARNT = 0.25  # `axis_response` on EDGE_PROBES above this: the axis is learnt (0.36-0.43 when it is, 0.01 when not)
+
+
+class AxisCurriculum:
+    """Which scenes the UNet draws from (`TrainConfig.axis_phase_steps`): every scene until one position axis
+    is learnt; then only scenes placed along the other axis (or not placed: faces, the centre) until that is
+    learnt too, or for at most `phase_steps`; then every scene again."""
+
+    def __init__(self, axes: np.ndarray, phase_steps: int):
+        self.axes = axes
+        self.phase_steps = phase_steps
+        self.missing: str | None = None  # the axis taught alone, during its phase
+        self.finished = phase_steps <= 0
+        self.phase_start = 0
+
+    @property
+    def positions(self) -> str:
+        return self.missing or "all"
+
+    def pool(self) -> np.ndarray:
+        if self.missing is None:
+            return np.arange(len(self.axes))
+        return np.flatnonzero((self.axes == "") | (self.axes == self.missing))
+
+    def advance(self, step: int, response: dict[str, float] | None = None) -> None:
+        """After `step`, with `response` (`axis_response` on EDGE_PROBES) when it was measured."""
+        if self.finished:
+            return
+        if self.missing is None:
+            learnt = [axis for axis, value in (response or {}).items() if value >= AXIS_LEARNT]
+            if len(learnt) == 1:
+                self.missing = "vertical" if learnt[0] == "horizontal" else "horizontal"
+                self.phase_start = step + 1
+            self.finished = len(learnt) == 2
+        elif (response is not None and response[self.missing] >= AXIS_LEARNT) or step + 1 - self.phase_start >= self.phase_steps:
+            self.missing, self.finished = None, True
 
 
 def finetune_decoder(vae, images: np.ndarray, config: TrainConfig, log) -> None:
@@ -331,27 +392,29 @@ def loss_weights(touched, object_weight: float):
 
 AXIS_PROBES = {"vertical": ("in the top left corner", "in the bottom left corner"),
                "horizontal": ("in the top left corner", "in the top right corner")}
+# The same along each axis alone: the axis curriculum's phases show no corners
+EDGE_PROBES = {"vertical": ("at the top", "at the bottom"), "horizontal": ("on the left", "on the right")}
 AXIS_PROBE_OBJECTS = (("yellow", "circle", "a white"), ("red", "square", "a navy"), ("blue", "heart", "a cream"))
 
 
-def axis_response(unet, text_encoder, tokenizer) -> dict[str, float]:
+def axis_response(unet, text_encoder, tokenizer, probes: dict = AXIS_PROBES) -> dict[str, float]:
     """How much the UNet's first-step prediction (t = 999, pure noise in) changes when the prompt's
     position moves along each axis, relative to the prediction's size (about 0.4 when the axis is learnt,
     about 0.01 when it is not). Logged while training: the two axes are learnt one after the other."""
     import torch
 
     prompts = [f"a big {colour} {shape} {where} on {background} background" for colour, shape, background in AXIS_PROBE_OBJECTS
-               for pair in AXIS_PROBES.values() for where in pair]
+               for pair in probes.values() for where in pair]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     noise = torch.randn((1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         v = unet(noise.expand(len(prompts), -1, -1, -1), torch.full((len(prompts),), 999), text_encoder(ids)[0]).sample
-    v = v.view(len(AXIS_PROBE_OBJECTS), len(AXIS_PROBES), 2, *v.shape[1:])  # objects x axes x (one end, the other) x latent
+    v = v.view(len(AXIS_PROBE_OBJECTS), len(probes), 2, *v.shape[1:])  # objects x axes x (one end, the other) x latent
     change = (v[:, :, 0] - v[:, :, 1]).abs().mean(dim=(0, 2, 3, 4)) / v.abs().mean()
-    return {axis: round(float(value), 3) for axis, value in zip(AXIS_PROBES, change)}
+    return {axis: round(float(value), 3) for axis, value in zip(probes, change)}
 
 
-def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, scaling: float, config: TrainConfig, log,
+def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, axes, scaling: float, config: TrainConfig, log,
                deadline: float) -> dict:
     import copy
 
@@ -374,6 +437,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, s
     ema = copy.deepcopy(unet).requires_grad_(False)
     unet.train()
     text_encoder.train()
+    curriculum = AxisCurriculum(axes, config.axis_phase_steps)
+    edges = None  # the curriculum's measurement, every 250 steps while it has phases left
     done, stopped_early = 0, False
     smoothed = None
     started = time.monotonic()
@@ -383,7 +448,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, s
             if time.monotonic() > deadline:
                 stopped_early = True
                 break
-            index = picker.integers(len(means), size=config.unet_batch)
+            positions, pool = curriculum.positions, curriculum.pool()
+            index = pool[picker.integers(len(pool), size=config.unet_batch)]
             style = picker.integers(token_ids.shape[1], size=config.unet_batch)
             ids = token_ids[index, style].clone()
             drop = picker.random(config.unet_batch) < config.uncond_fraction
@@ -419,10 +485,15 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, s
             if step % 25 == 0 or step == config.unet_steps - 1:
                 bar.set_postfix(loss=f"{smoothed:.4f}")
                 record = {"phase": "unet", "step": step, "loss": loss.item(), "smoothed": smoothed, "lr_factor": round(factor, 4),
+                          "positions": positions,
                           "quiet_timesteps": annealing and config.late_quiet_share > 0}
                 if step % 250 == 0:
                     record["axis_response"] = axis_response(unet, text_encoder, tokenizer)
+                    if not curriculum.finished:
+                        edges = record["edge_response"] = axis_response(unet, text_encoder, tokenizer, EDGE_PROBES)
                 log(record)
+            curriculum.advance(step, edges)
+            edges = None
     unet.load_state_dict(ema.state_dict())
     unet.eval()
     text_encoder.eval()
@@ -476,7 +547,7 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
         log_file.flush()
 
     print(f"rendering {config.scenes} scenes", flush=True)
-    images, captions, touched = render_scenes(config)
+    images, captions, touched, axes = render_scenes(config)
     timings = {"render_s": round(time.monotonic() - start, 1)}
 
     words = scenes.vocabulary()
@@ -513,7 +584,7 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
         unet = model.build_unet(config.seed, config.unet_channels, heads=config.unet_heads)
     token_ids = tokenize_captions(tokenizer, captions)
     phase = time.monotonic()
-    result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, torch.from_numpy(touched), scaling, config, log, deadline)
+    result = train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, torch.from_numpy(touched), axes, scaling, config, log, deadline)
     timings["unet_s"] = round(time.monotonic() - phase, 1)
     timings["total_s"] = round(time.monotonic() - start, 1)
     log_file.close()

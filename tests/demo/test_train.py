@@ -76,13 +76,15 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --outline-weight 0.5: give 1")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--late-quiet-share", "1.5"]) == 2
     assert capsys.readouterr().err.startswith("error: --late-quiet-share 1.5: give a share from 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--axis-phase-steps", "-5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --axis-phase-steps -5: give 0")
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
     from pipelines.demo.train import TrainConfig, loss_weights, render_scenes, sample_timesteps
 
-    _, _, touched = render_scenes(TrainConfig(scenes=6, seed=2))
+    _, _, touched, _ = render_scenes(TrainConfig(scenes=6, seed=2))
     assert touched.shape == (6, 16, 16) and 0 < touched.mean() < 0.7, "objects touch some latent pixels, not all"
     weights = loss_weights(torch.from_numpy(touched), 3.0)
     assert weights.shape == (6, 1, 16, 16) and set(weights.unique().tolist()) == {1.0, 3.0}
@@ -91,6 +93,40 @@ def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
     assert 0 <= t.min() and t.max() < 1000
     assert abs((t >= 500).float().mean().item() - 0.75) < 0.02, "half redrawn from the noisier half: 75 % there"
     assert abs((sample_timesteps(20000, 0.0, 1000, torch.Generator().manual_seed(0)) >= 500).float().mean().item() - 0.5) < 0.02
+
+
+def test_once_one_axis_is_learnt_the_unet_sees_scenes_placed_along_the_other_alone():
+    from pipelines.demo import scenes
+    from pipelines.demo.train import AxisCurriculum, position_axis
+
+    square = lambda where: scenes.Scene("shape", "white", (scenes.Shape("square", "red", where, "big"),))
+    pair = lambda relation: scenes.Scene("pair", "white", (scenes.Shape("circle", "red"), scenes.Shape("star", "blue")), relation=relation)
+    assert [position_axis(square(w)) for w in ("left", "bottom right", "top", "centre")] == ["horizontal", "both", "vertical", ""]
+    assert [position_axis(pair(r)) for r in ("right of", "above")] == ["horizontal", "vertical"]
+    assert position_axis(scenes.Scene("face", "white", hair="red", skin="tan")) == ""
+    axes = np.array(["", "horizontal", "vertical", "both", "horizontal"])
+    curriculum = AxisCurriculum(axes, phase_steps=10)
+    assert curriculum.positions == "all" and curriculum.pool().tolist() == [0, 1, 2, 3, 4], "every scene until an axis is learnt"
+    curriculum.advance(0, {"vertical": 0.01, "horizontal": 0.02})
+    curriculum.advance(1)
+    assert curriculum.positions == "all"
+    curriculum.advance(250, {"vertical": 0.4, "horizontal": 0.02})
+    assert curriculum.positions == "horizontal" and curriculum.pool().tolist() == [0, 1, 4], "then the other axis alone"
+    curriculum.advance(255, {"vertical": 0.4, "horizontal": 0.1})
+    assert curriculum.positions == "horizontal", "neither learnt nor 10 steps spent"
+    curriculum.advance(260)
+    assert curriculum.positions == "all" and curriculum.finished, "its 10 steps spent"
+    curriculum.advance(500, {"vertical": 0.01, "horizontal": 0.5})
+    assert curriculum.positions == "all", "one phase only"
+    learnt = AxisCurriculum(axes, phase_steps=10)
+    learnt.advance(0, {"vertical": 0.02, "horizontal": 0.3})
+    assert learnt.positions == "vertical" and learnt.pool().tolist() == [0, 2]
+    learnt.advance(3, {"vertical": 0.3, "horizontal": 0.3})
+    assert learnt.positions == "all" and learnt.finished, "the vertical axis learnt before its steps were spent"
+    both = AxisCurriculum(axes, phase_steps=10)
+    both.advance(0, {"vertical": 0.3, "horizontal": 0.3})
+    assert both.finished and both.positions == "all", "both learnt together: no phase"
+    assert AxisCurriculum(axes, phase_steps=0).finished, "0: off (the shipped recipe)"
 
 
 def test_while_the_rate_anneals_most_timesteps_come_from_the_quieter_part():
@@ -105,11 +141,15 @@ def test_while_the_rate_anneals_most_timesteps_come_from_the_quieter_part():
 
 def test_a_run_switches_to_quieter_timesteps_once_its_rate_anneals(tmp_path):
     small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=260, unet_batch=2, decoder_steps=2, decoder_batch=2,
-                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8)
+                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8, axis_phase_steps=100)
     train(tmp_path / "demo", TrainConfig(**small))
     log = [json.loads(line) for line in (tmp_path / "demo" / "train_log.jsonl").read_text().splitlines()]
     quiet = {record["step"]: record["quiet_timesteps"] for record in log if record["phase"] == "unet"}
     assert not quiet[0] and not quiet[200] and quiet[250] and quiet[259]  # 200 warm-up steps, then 30 held, 30 annealed
+    # the axis curriculum measures both axes every 250 steps; a model this small learns neither, so it never narrows the scenes
+    measured = [record for record in log if "edge_response" in record]
+    assert [record["step"] for record in measured] == [0, 250] and set(measured[0]["edge_response"]) == {"vertical", "horizontal"}
+    assert {record["positions"] for record in log if record["phase"] == "unet"} == {"all"}
 
 
 def test_the_learning_rate_holds_its_peak_then_anneals_and_a_deadline_ends_it_annealed():
