@@ -87,7 +87,7 @@ class TrainConfig:
     # first, at random, and the other then often never (the last 3 full runs; the UNet has no position input,
     # only its zero padding). Measured: the shipped-drawings run that never learnt left/right (vertical 0.60,
     # horizontal 0.01 after 10,204 steps), 2036 more steps on left/right scenes alone: horizontal 0.16 and
-    # rising (the last 500 steps); with every scene (1250 steps) it stayed at 0.01. But in a run from scratch
+    # rising (the last 500 steps); with every scene and the same schedule it stayed at 0.01. But in a run from scratch
     # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
     axis_phase_steps: int = 0
     # Every phase runs its matmuls and convolutions in bfloat16 autocast (weights, optimizer and loss stay
