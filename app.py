@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
     train_demo.add_argument("--late-quiet-share", type=float, default=None, help="UNet phase: once the learning rate anneals, draw "
                             "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
-    train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: the first N steps see scenes placed "
-                            "left/right only, the next N top/bottom only, then all (default: the recipe's; see README)")
+    train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: once one position axis is learnt, show "
+                            "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, off; see README)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -329,7 +329,7 @@ def train_demo_problem(args) -> str | None:
     if args.late_quiet_share is not None and not 0.0 <= args.late_quiet_share <= 1.0:
         return f"--late-quiet-share {args.late_quiet_share}: give a share from 0 (the noisier mix throughout) to 1"
     if args.axis_phase_steps is not None and args.axis_phase_steps < 0:
-        return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (every scene from the first step) or more steps"
+        return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (off) or more steps"
     return None
 
 

@@ -289,15 +289,18 @@ class AxisCurriculum:
         self.missing: str | None = None  # the axis taught alone, during its phase
         self.finished = phase_steps <= 0
         self.phase_start = 0
+        self._pool = np.arange(len(axes))  # kept between phase changes: the training loop asks every step
 
     @property
     def positions(self) -> str:
         return self.missing or "all"
 
     def pool(self) -> np.ndarray:
-        if self.missing is None:
-            return np.arange(len(self.axes))
-        return np.flatnonzero((self.axes == "") | (self.axes == self.missing))
+        return self._pool
+
+    def _teach_alone(self, axis: str | None) -> None:
+        self.missing = axis
+        self._pool = np.arange(len(self.axes)) if axis is None else np.flatnonzero((self.axes == "") | (self.axes == axis))
 
     def advance(self, step: int, response: dict[str, float] | None = None) -> None:
         """After `step`, with `response` (`axis_response` on EDGE_PROBES) when it was measured."""
@@ -306,11 +309,12 @@ class AxisCurriculum:
         if self.missing is None:
             learnt = [axis for axis, value in (response or {}).items() if value >= AXIS_LEARNT]
             if len(learnt) == 1:
-                self.missing = "vertical" if learnt[0] == "horizontal" else "horizontal"
+                self._teach_alone("vertical" if learnt[0] == "horizontal" else "horizontal")
                 self.phase_start = step + 1
             self.finished = len(learnt) == 2
         elif (response is not None and response[self.missing] >= AXIS_LEARNT) or step + 1 - self.phase_start >= self.phase_steps:
-            self.missing, self.finished = None, True
+            self._teach_alone(None)
+            self.finished = True
 
 
 def finetune_decoder(vae, images: np.ndarray, config: TrainConfig, log) -> None:
