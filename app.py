@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
     train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: once one position axis is learnt, show "
                             "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, off; see README)")
+    train_demo.add_argument("--minimal-pairs", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: half of each "
+                            "batch is the other half with one caption word changed (other side, hair or skin), same noise "
+                            "(default: the recipe's; see README)")
+    train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
+                            "count the pair's difference this many times (default: the recipe's; see README)")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -319,7 +324,7 @@ def early_inputs(args):
 
 
 def train_demo_problem(args) -> str | None:
-    """`train-demo`'s folders that hold no trained model, or an outline weight below 1: what to say."""
+    """`train-demo`'s folders that hold no trained model, or a recipe flag out of range or without its partner: what to say."""
     for flag, folder, needed in (("--vae-from", args.vae_from, "config.json"), ("--resume-from", args.resume_from, "training.json")):
         if folder is not None and not (folder / needed).is_file():
             return (f"{flag} {folder}: no {needed} there; give a trained VAE folder (DIR/vae-phase1 or DIR/vae) "
@@ -330,6 +335,13 @@ def train_demo_problem(args) -> str | None:
         return f"--late-quiet-share {args.late_quiet_share}: give a share from 0 (the noisier mix throughout) to 1"
     if args.axis_phase_steps is not None and args.axis_phase_steps < 0:
         return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (off) or more steps"
+    if args.pair_difference_weight is not None and not args.pair_difference_weight >= 0.0:
+        return f"--pair-difference-weight {args.pair_difference_weight}: give 0 (off) or more"
+    from pipelines.demo.train import TrainConfig  # numpy alone: the flags are checked before torch loads
+
+    pairs = TrainConfig.minimal_pairs if args.minimal_pairs is None else args.minimal_pairs
+    if args.pair_difference_weight and not pairs:
+        return "--pair-difference-weight counts the minimal pairs' difference: give it with --minimal-pairs"
     return None
 
 
@@ -339,7 +351,9 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    recipe = {name: value for name, value in (("late_quiet_share", args.late_quiet_share), ("axis_phase_steps", args.axis_phase_steps))
+    recipe = {name: value for name, value in (("late_quiet_share", args.late_quiet_share), ("axis_phase_steps", args.axis_phase_steps),
+                                                                 ("minimal_pairs", args.minimal_pairs),
+                                                                 ("pair_difference_weight", args.pair_difference_weight))
               if value is not None}  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,

@@ -85,8 +85,8 @@ def random_scene(rng: np.random.Generator, held_out: bool | None = False) -> Sce
         background = BACKGROUND_NAMES[rng.integers(len(BACKGROUND_NAMES))]
         if roll < 0.25:
             scene = Scene("face", background, hair=_pick(rng, HAIRS), skin=_pick(rng, SKINS))
-            if background != GRADIENT and np.linalg.norm(np.subtract(SKINS[scene.skin], BACKGROUNDS[background])) < 60:
-                continue  # a face the colour of its background (light skin on cream) is not a picture
+            if _face_blends(scene):
+                continue
         elif roll < 0.4:
             a, b = _pick(rng, SHAPES), _pick(rng, SHAPES)
             ca = _pick(rng, COLOURS)
@@ -96,6 +96,44 @@ def random_scene(rng: np.random.Generator, held_out: bool | None = False) -> Sce
             scene = Scene("shape", background, (Shape(_pick(rng, SHAPES), _pick(rng, COLOURS), _pick(rng, POSITIONS), _pick(rng, SIZES)),))
         if held_out is None or is_held_out(scene) == held_out:
             return scene
+
+
+_MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def minimal_partner(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A training scene that differs from `scene` in one word of its caption: a placed shape moved to the other
+    side along one axis (a corner along either, the centre to an edge), a pair's relation reversed, a face's hair
+    or skin changed. Held-out partners are avoided (another choice is tried; failing that, any training scene)."""
+    for _ in range(8):
+        partner = _one_change(scene, rng)
+        if not is_held_out(partner) and partner != scene and not (partner.kind == "face" and _face_blends(partner)):
+            return partner
+    return random_scene(rng, held_out=False)
+
+
+def _one_change(scene: Scene, rng: np.random.Generator) -> Scene:
+    if scene.kind == "pair":
+        return Scene("pair", scene.background, scene.objects, relation=_MIRROR[scene.relation])
+    if scene.kind == "face":
+        if rng.random() < 0.5:
+            return Scene("face", scene.background, hair=_pick(rng, [h for h in HAIRS if h != scene.hair]), skin=scene.skin)
+        return Scene("face", scene.background, hair=scene.hair, skin=_pick(rng, [s for s in SKINS if s != scene.skin]))
+    shape = scene.objects[0]
+    column, row = POSITIONS[shape.position]
+    if (column, row) == (1, 1):
+        column, row = [(0, 1), (2, 1), (1, 0), (1, 2)][rng.integers(4)]
+    elif row == 1 or (column != 1 and rng.random() < 0.5):
+        column = 2 - column
+    else:
+        row = 2 - row
+    position = next(name for name, cell in POSITIONS.items() if cell == (column, row))
+    return Scene("shape", scene.background, (Shape(shape.shape, shape.colour, position, shape.size),))
+
+
+def _face_blends(scene: Scene) -> bool:
+    """A face the colour of its background (light skin on cream) is not a picture."""
+    return scene.background != GRADIENT and bool(np.linalg.norm(np.subtract(SKINS[scene.skin], BACKGROUNDS[scene.background])) < 60)
 
 
 def _pick(rng: np.random.Generator, options):
@@ -328,4 +366,5 @@ class FixedStyle:
 
 
 __all__ = ["Scene", "Shape", "render", "render_with_mask", "caption", "random_scene", "is_held_out", "training_pairs", "held_out_scenes",
+           "minimal_partner",
            "vocabulary", "shape_mask"]

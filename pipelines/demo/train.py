@@ -90,6 +90,18 @@ class TrainConfig:
     # rising (the last 500 steps); with every scene and the same schedule it stayed at 0.01. But in a run from scratch
     # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
     axis_phase_steps: int = 0
+    # Half of every UNet batch is the other half's `minimal_partner`s (the same scene with one caption word
+    # changed: the other side, the reversed relation, other hair or skin), with the same caption phrasing, noise
+    # and timestep: at pure noise the prompt is all that tells the two apart, so the word's effect is what the
+    # pair's loss teaches, not averaged out across unrelated scenes. On every scene it did not teach the second
+    # position axis (two full runs, README "Minimal pairs"); with `axis_phase_steps` and `pair_difference_weight` 1 a
+    # missing axis came in 500 steps instead of 1750 (resumed trials side by side). Off: the shipped weights' recipe.
+    minimal_pairs: bool = False
+    # With `minimal_pairs`: the loss also counts the pair's difference, (prediction a - prediction b) against
+    # (target a - target b), this many times. The difference is what the changed word should do (an object on the
+    # other side), so this multiplies the gradient that teaches it (1: 5x the plain loss's weight on it) without
+    # weighting up the background and colour the two share. 0: pairs alone.
+    pair_difference_weight: float = 0.0
     # Every phase runs its matmuls and convolutions in bfloat16 autocast (weights, optimizer and loss stay
     # float32), the VAE also channels-last: the UNet 1.11x the steps in the same time on this CPU (AVX512-BF16;
     # 0.34 vs 0.38 s a training step, interleaved; the bare forward and backward gain 1.3x), a VAE step 1.6x
@@ -258,21 +270,38 @@ def position_axis(scene) -> str:
 
 def render_scenes(config: TrainConfig) -> tuple[np.ndarray, list[list[str]], np.ndarray, np.ndarray]:
     """The training scenes (none held out), every phrasing of each caption, which latent pixels (8x8 image
-    blocks) each scene's objects or face touch (bool N x 16 x 16), and each scene's `position_axis`."""
+    blocks) each scene's objects or face touch (bool N x 16 x 16), and each scene's `position_axis`.
+    With `minimal_pairs` N is twice `scenes`: scene i + `scenes` is scene i's `minimal_partner`, drawn with the
+    same jitter and background (the first `scenes` are the same as without pairs)."""
     from pipelines.demo import scenes
 
     rng = np.random.default_rng(config.seed)
-    images = np.empty((config.scenes, scenes.SIZE, scenes.SIZE, 3), np.uint8)
+    partner_rng = np.random.default_rng(config.seed + 5)
+    count = config.scenes * (2 if config.minimal_pairs else 1)
+    images = np.empty((count, scenes.SIZE, scenes.SIZE, 3), np.uint8)
     side = scenes.SIZE // LATENT_DOWNSCALE
-    touched = np.empty((config.scenes, side, side), bool)
-    captions, axes = [], []
+    touched = np.empty((count, side, side), bool)
+    drawn, render_states = [], []
     for index in range(config.scenes):
-        scene = scenes.random_scene(rng, held_out=False)
-        axes.append(position_axis(scene))
-        images[index], coverage = scenes.render_with_mask(scene, rng)
-        touched[index] = coverage.reshape(side, LATENT_DOWNSCALE, side, LATENT_DOWNSCALE).max(axis=(1, 3)) > 0.05
-        captions.append([scenes.caption(scene, scenes.FixedStyle(style)) for style in range(scenes.CAPTION_STYLES)])
-    return images, captions, touched, np.array(axes)
+        drawn.append(scenes.random_scene(rng, held_out=False))
+        render_states.append(rng.bit_generator.state)
+        images[index], touched[index] = _draw(drawn[-1], rng, side)
+    for index in range(config.scenes, count):
+        original = index - config.scenes
+        drawn.append(scenes.minimal_partner(drawn[original], partner_rng))
+        same_jitter = np.random.default_rng()
+        same_jitter.bit_generator.state = render_states[original]
+        images[index], touched[index] = _draw(drawn[-1], same_jitter, side)
+    captions = [[scenes.caption(scene, scenes.FixedStyle(style)) for style in range(scenes.CAPTION_STYLES)] for scene in drawn]
+    return images, captions, touched, np.array([position_axis(scene) for scene in drawn])
+
+
+def _draw(scene, rng: np.random.Generator, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's image and the latent pixels its objects touch (coverage above 5 % in the 8x8 block)."""
+    from pipelines.demo import scenes
+
+    image, coverage = scenes.render_with_mask(scene, rng)
+    return image, coverage.reshape(side, LATENT_DOWNSCALE, side, LATENT_DOWNSCALE).max(axis=(1, 3)) > 0.05
 
 
 AXIS_LEARNT = 0.25  # `axis_response` on EDGE_PROBES above this: the axis is learnt (0.36-0.43 when it is, 0.01 when not)
@@ -418,6 +447,55 @@ def axis_response(unet, text_encoder, tokenizer, probes: dict = AXIS_PROBES) -> 
     return {axis: round(float(value), 3) for axis, value in zip(probes, change)}
 
 
+@dataclass
+class UNetBatch:
+    index: np.ndarray  # which training scenes
+    ids: object  # their caption token ids (empty for the dropped ones)
+    latents: object  # sampled from each scene's posterior, scaled
+    noise: object
+    timesteps: object
+    dropped: np.ndarray  # whose caption was dropped (empty), for classifier-free guidance
+
+
+def pair_difference_loss(error, weights, dropped: np.ndarray):
+    """The squared difference of the two halves' errors (a minimal pair: same noise and timestep, one word apart),
+    weighted where either scene has an object; pairs whose captions were both dropped tell nothing and are left out."""
+    import torch
+
+    half = error.shape[0] // 2
+    kept = torch.from_numpy(~dropped[:half])
+    if not kept.any():
+        return error.new_zeros(())
+    difference = (error[:half] - error[half:])[kept]
+    where = torch.maximum(weights[:half], weights[half:])[kept]
+    return torch.mean(where * difference**2) / torch.mean(where)
+
+
+def draw_batch(pool: np.ndarray, partners: int, token_ids, empty, means, stds, scaling: float, config: TrainConfig, picker,
+               generator, total_timesteps: int, annealing: bool) -> UNetBatch:
+    """One UNet batch from `pool`. With `minimal_pairs` the second half is the first half's partners (scene
+    index + `partners`) with the same phrasing, dropped caption, noise and timestep. The random draws come in
+    the order of the recipe before pairs existed, so its runs reproduce."""
+    import torch
+
+    drawn = config.unet_batch // 2 if config.minimal_pairs else config.unet_batch
+    index = pool[picker.integers(len(pool), size=drawn)]
+    style = picker.integers(token_ids.shape[1], size=drawn)
+    drop = picker.random(drawn) < config.uncond_fraction
+    if config.minimal_pairs:
+        index, style, drop = np.concatenate([index, index + partners]), np.tile(style, 2), np.tile(drop, 2)
+    ids = token_ids[index, style].clone()
+    ids[torch.from_numpy(drop)] = empty
+    eps = torch.randn(means[index].shape, generator=generator)
+    latents = (means[index] + stds[index] * eps) * scaling
+    noise = torch.randn((drawn, *latents.shape[1:]), generator=generator)
+    t = sample_timesteps(drawn, config.high_noise_share, total_timesteps, generator,
+                         quiet_share=config.late_quiet_share if annealing else 0.0, quiet_limit=config.quiet_limit)
+    if config.minimal_pairs:
+        noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
+    return UNetBatch(index, ids, latents, noise, t, drop)
+
+
 def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, axes, scaling: float, config: TrainConfig, log,
                deadline: float) -> dict:
     import copy
@@ -441,7 +519,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
     ema = copy.deepcopy(unet).requires_grad_(False)
     unet.train()
     text_encoder.train()
-    curriculum = AxisCurriculum(axes, config.axis_phase_steps)
+    partners = config.scenes if config.minimal_pairs else 0  # scene i's partner is scene i + partners
+    curriculum = AxisCurriculum(axes[:config.scenes], config.axis_phase_steps)
     edges = None  # the curriculum's measurement, every 250 steps while it has phases left
     done, stopped_early = 0, False
     smoothed = None
@@ -453,25 +532,21 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
                 stopped_early = True
                 break
             positions, pool = curriculum.positions, curriculum.pool()
-            index = pool[picker.integers(len(pool), size=config.unet_batch)]
-            style = picker.integers(token_ids.shape[1], size=config.unet_batch)
-            ids = token_ids[index, style].clone()
-            drop = picker.random(config.unet_batch) < config.uncond_fraction
-            ids[torch.from_numpy(drop)] = empty
-            eps = torch.randn(means[index].shape, generator=generator)
-            latents = (means[index] + stds[index] * eps) * scaling
-            noise = torch.randn(latents.shape, generator=generator)
             elapsed = (time.monotonic() - started) / budget
             annealing = _annealed(step, config.unet_steps, UNET_WARMUP, elapsed, config.lr_hold) > 0
-            t = sample_timesteps(config.unet_batch, config.high_noise_share, noise_scheduler.config.num_train_timesteps, generator,
-                                 quiet_share=config.late_quiet_share if annealing else 0.0, quiet_limit=config.quiet_limit)
+            batch = draw_batch(pool, partners, token_ids, empty, means, stds, scaling, config, picker, generator,
+                               noise_scheduler.config.num_train_timesteps, annealing)
+            index, ids, latents, noise, t = batch.index, batch.ids, batch.latents, batch.noise, batch.timesteps
             noisy = noise_scheduler.add_noise(latents, noise, t)
             target = noise_scheduler.get_velocity(latents, noise, t)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), sdpa_kernel(SDPBackend.MATH):
                 hidden = text_encoder(ids)[0]
                 pred = unet(noisy, t, hidden).sample
             weights = loss_weights(touched[index], config.object_weight)
-            loss = torch.mean(weights * (pred.float() - target) ** 2) / torch.mean(weights)
+            error = pred.float() - target
+            loss = torch.mean(weights * error**2) / torch.mean(weights)
+            if config.minimal_pairs and config.pair_difference_weight > 0:
+                loss = loss + config.pair_difference_weight * pair_difference_loss(error, weights, batch.dropped)
             factor = _lr_factor(step, config.unet_steps, warmup=UNET_WARMUP, elapsed=elapsed, hold=config.lr_hold)
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
@@ -565,12 +640,12 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
     else:
         vae = model.build_vae(config.seed, config.vae_channels, config.vae_groups)
         phase = time.monotonic()
-        train_vae(vae, images, config, log)
+        train_vae(vae, images[:config.scenes], config, log)  # the partners add nothing new to draw
         timings["vae_s"] = round(time.monotonic() - phase, 1)
         # The decoder is sharpened before the UNet trains: it leaves the encoder (so the latents the UNet
         # learns) unchanged, and the UNet phase then gets whatever time is left before the deadline.
         phase = time.monotonic()
-        finetune_decoder(vae, images, config, log)
+        finetune_decoder(vae, images[:config.scenes], config, log)
         timings["decoder_s"] = round(time.monotonic() - phase, 1)
         vae.save_pretrained(out / "vae-phase1")  # inspectable while the UNet trains; `--vae-from` resumes from it
 

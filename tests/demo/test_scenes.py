@@ -56,3 +56,38 @@ def test_the_foreground_mask_covers_the_object_and_nothing_else():
     assert coverage[64:, :].max() == 0 and coverage[:, 64:].max() == 0, "nothing outside the top left"
     face, face_coverage = scenes.render_with_mask(scenes.Scene("face", "navy", hair="red", skin="dark"), None)
     assert 0.2 < (face_coverage > 0.5).mean() < 0.6 and face_coverage[0, 0] == 0 and face_coverage[64, 64] == 1
+
+
+def _differences(a: scenes.Scene, b: scenes.Scene) -> set[str]:
+    fields = {"background", "relation", "hair", "skin"}
+    changed = {name for name in fields if getattr(a, name) != getattr(b, name)}
+    for x, y in zip(a.objects, b.objects):
+        changed |= {name for name in ("shape", "colour", "position", "size") if getattr(x, name) != getattr(y, name)}
+    return changed
+
+
+def test_a_minimal_partner_changes_one_word_and_is_never_held_out():
+    rng = np.random.default_rng(4)
+    mirrored = {"left": "right", "top left": {"top right", "bottom left"}, "bottom": "top"}
+    fallbacks = 0
+    for _ in range(400):
+        scene = scenes.random_scene(rng)
+        partner = scenes.minimal_partner(scene, rng)
+        assert not scenes.is_held_out(partner)
+        changed = _differences(scene, partner)
+        if partner.kind != scene.kind or (scene.kind == "shape" and changed != {"position"}):
+            fallbacks += 1  # every one-word partner is held out: any training scene instead
+        elif scene.kind == "face":
+            assert changed in ({"hair"}, {"skin"})
+        elif scene.kind == "pair":
+            assert changed == {"relation"} and {scene.relation, partner.relation} in ({"left of", "right of"}, {"above", "below"})
+        else:
+            old, new = scene.objects[0].position, partner.objects[0].position
+            if old == "centre":
+                assert new in ("left", "right", "top", "bottom")
+            elif old in mirrored:
+                assert new in (mirrored[old] if isinstance(mirrored[old], set) else {mirrored[old]})
+            (c0, r0), (c1, r1) = scenes.POSITIONS[old], scenes.POSITIONS[new]
+            assert old == "centre" or (c0 + c1, r0) == (2, r1) or (r0 + r1, c0) == (2, c1), "moved to the other side of one axis"
+    # an edge position has one mirror, held out 1 time in 8; corners and the centre have more than one to try
+    assert fallbacks <= 30, fallbacks

@@ -78,6 +78,10 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --late-quiet-share 1.5: give a share from 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--axis-phase-steps", "-5"]) == 2
     assert capsys.readouterr().err.startswith("error: --axis-phase-steps -5: give 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pair-difference-weight", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
+    assert "give it with --minimal-pairs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -214,3 +218,59 @@ def test_the_vae_loss_weighs_errors_near_drawn_outlines_more_than_on_flat_colour
     on_edge[0, :, 60:68, 43] = 0.5
     on_flat[0, :, 60:68, 20] = 0.5
     assert _outline_l1(batch + on_edge, batch, 9.0) > 5 * _outline_l1(batch + on_flat, batch, 9.0)
+
+
+def test_minimal_pairs_render_each_partner_with_its_scenes_jitter_and_share_noise_and_timestep():
+    from pipelines.demo import scenes
+    from pipelines.demo.train import draw_batch, render_scenes
+
+    alone = render_scenes(TrainConfig(scenes=8, seed=2))
+    images, captions, touched, axes = render_scenes(TrainConfig(scenes=8, seed=2, minimal_pairs=True))
+    assert images.shape[0] == 16 and len(captions) == 16 and touched.shape[0] == 16 and len(axes) == 16
+    assert np.array_equal(images[:8], alone[0]) and captions[:8] == alone[1], "the scenes themselves are the same as without pairs"
+    for index in range(8):
+        assert captions[index] != captions[index + 8] and not np.array_equal(images[index], images[index + 8])
+        # the same background (a gradient's two ends too): the image corners, which no object reaches, agree
+        corners = (slice(0, 4), slice(0, 4)), (slice(-4, None), slice(-4, None))
+        for rows, cols in corners:
+            assert np.array_equal(images[index][rows, cols], images[index + 8][rows, cols])
+    config = TrainConfig(scenes=8, unet_batch=6, minimal_pairs=True, uncond_fraction=0.5)
+    token_ids = torch.arange(16 * 4 * 3).view(16, 4, 3)
+    means, stds = torch.randn(16, 4, 16, 16), torch.rand(16, 4, 16, 16)
+    batch = draw_batch(np.arange(8), 8, token_ids, torch.zeros(3, dtype=torch.long), means, stds, 1.0, config,
+                       np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, annealing=False)
+    assert np.array_equal(batch.index[3:], batch.index[:3] + 8), "the second half is the first half's partners"
+    assert torch.equal(batch.noise[:3], batch.noise[3:]) and torch.equal(batch.timesteps[:3], batch.timesteps[3:])
+    # the same phrasing (token ids differ only by the scene's offset of 8 * 4 * 3) and the same dropped captions
+    dropped = (batch.ids == 0).all(dim=1)
+    assert torch.equal(dropped[:3], dropped[3:])
+    kept = ~dropped[:3]
+    assert torch.equal(batch.ids[3:][kept] - batch.ids[:3][kept], torch.full_like(batch.ids[:3][kept], 8 * 12))
+    assert not torch.equal(batch.latents[:3], batch.latents[3:])
+    unpaired = draw_batch(np.arange(8), 0, token_ids, torch.zeros(3, dtype=torch.long), means, stds, 1.0,
+                          TrainConfig(scenes=8, unet_batch=6), np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, False)
+    assert len(unpaired.index) == 6 and not torch.equal(unpaired.noise[:3], unpaired.noise[3:])
+
+
+def test_the_pair_difference_loss_counts_only_what_differs_within_a_pair():
+    from pipelines.demo.train import pair_difference_loss
+
+    shared = torch.randn(3, 4, 16, 16)
+    weights = torch.ones(6, 1, 16, 16)
+    none_dropped = np.zeros(6, bool)
+    assert pair_difference_loss(torch.cat([shared, shared]), weights, none_dropped).item() == 0.0, "the same error twice: nothing differs"
+    apart = torch.cat([shared, shared + 0.5])
+    assert abs(pair_difference_loss(apart, weights, none_dropped).item() - 0.25) < 1e-6
+    # where either scene of a pair has an object counts more: an error there weighs more than on the background
+    objects = weights.clone()
+    objects[3:, :, :8] = 3.0  # the partners' objects in the top half
+    top, bottom = torch.cat([shared, shared]), torch.cat([shared, shared])
+    top[3:, :, :8] += 0.5
+    bottom[3:, :, 8:] += 0.5
+    assert pair_difference_loss(top, objects, none_dropped) > pair_difference_loss(bottom, objects, none_dropped)
+    # a pair whose captions were both dropped (the same input twice) is left out; all dropped: zero
+    dropped = np.array([True, False, False, True, False, False])
+    first_apart = torch.cat([shared, shared])
+    first_apart[3] += 1.0
+    assert pair_difference_loss(first_apart, weights, dropped).item() == 0.0
+    assert pair_difference_loss(apart, weights, np.ones(6, bool)).item() == 0.0
