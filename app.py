@@ -351,10 +351,8 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    recipe = {name: value for name, value in (("late_quiet_share", args.late_quiet_share), ("axis_phase_steps", args.axis_phase_steps),
-                                                                 ("minimal_pairs", args.minimal_pairs),
-                                                                 ("pair_difference_weight", args.pair_difference_weight))
-              if value is not None}  # flags not given keep TrainConfig's defaults
+    flags = ("late_quiet_share", "axis_phase_steps", "minimal_pairs", "pair_difference_weight")
+    recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep the defaults  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
                                 resume_from=str(args.resume_from) if args.resume_from else None, **recipe))

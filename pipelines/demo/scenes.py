@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -99,6 +99,7 @@ def random_scene(rng: np.random.Generator, held_out: bool | None = False) -> Sce
 
 
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_POSITION_AT = {cell: name for name, cell in POSITIONS.items()}
 
 
 def minimal_partner(scene: Scene, rng: np.random.Generator) -> Scene:
@@ -114,11 +115,11 @@ def minimal_partner(scene: Scene, rng: np.random.Generator) -> Scene:
 
 def _one_change(scene: Scene, rng: np.random.Generator) -> Scene:
     if scene.kind == "pair":
-        return Scene("pair", scene.background, scene.objects, relation=_MIRROR[scene.relation])
+        return replace(scene, relation=_MIRROR[scene.relation])
     if scene.kind == "face":
         if rng.random() < 0.5:
-            return Scene("face", scene.background, hair=_pick(rng, [h for h in HAIRS if h != scene.hair]), skin=scene.skin)
-        return Scene("face", scene.background, hair=scene.hair, skin=_pick(rng, [s for s in SKINS if s != scene.skin]))
+            return replace(scene, hair=_pick(rng, [h for h in HAIRS if h != scene.hair]))
+        return replace(scene, skin=_pick(rng, [s for s in SKINS if s != scene.skin]))
     shape = scene.objects[0]
     column, row = POSITIONS[shape.position]
     if (column, row) == (1, 1):
@@ -127,8 +128,7 @@ def _one_change(scene: Scene, rng: np.random.Generator) -> Scene:
         column = 2 - column
     else:
         row = 2 - row
-    position = next(name for name, cell in POSITIONS.items() if cell == (column, row))
-    return Scene("shape", scene.background, (Shape(shape.shape, shape.colour, position, shape.size),))
+    return replace(scene, objects=(replace(shape, position=_POSITION_AT[column, row]),))
 
 
 def _face_blends(scene: Scene) -> bool:
