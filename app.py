@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
     train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: once one position axis is learnt, show "
                             "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, off; see README)")
+    train_demo.add_argument("--axis-phase-from", type=int, default=None, help="UNet phase, with --axis-phase-steps: start that "
+                            "phase no earlier than step N (default: the recipe's, 0; see README)")
     train_demo.add_argument("--minimal-pairs", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: half of each "
                             "batch is the other half with one caption word changed (other side, hair or skin), same noise "
                             "(default: the recipe's; see README)")
@@ -335,6 +337,8 @@ def train_demo_problem(args) -> str | None:
         return f"--late-quiet-share {args.late_quiet_share}: give a share from 0 (the noisier mix throughout) to 1"
     if args.axis_phase_steps is not None and args.axis_phase_steps < 0:
         return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (off) or more steps"
+    if args.axis_phase_from is not None and args.axis_phase_from < 0:
+        return f"--axis-phase-from {args.axis_phase_from}: give a step, 0 (as soon as one axis is learnt) or more"
     if args.pair_difference_weight is not None and not args.pair_difference_weight >= 0.0:
         return f"--pair-difference-weight {args.pair_difference_weight}: give 0 (off) or more"
     from pipelines.demo.train import TrainConfig  # numpy alone: the flags are checked before torch loads
@@ -351,8 +355,8 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    flags = ("late_quiet_share", "axis_phase_steps", "minimal_pairs", "pair_difference_weight")
-    recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep the defaults  # flags not given keep TrainConfig's defaults
+    flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "minimal_pairs", "pair_difference_weight")
+    recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
                                 resume_from=str(args.resume_from) if args.resume_from else None, **recipe))

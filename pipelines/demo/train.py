@@ -90,6 +90,11 @@ class TrainConfig:
     # rising (the last 500 steps); with every scene and the same schedule it stayed at 0.01. But in a run from scratch
     # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
     axis_phase_steps: int = 0
+    # The phase above starts no earlier than this step. Early in a run (one axis learnt at step ~3250) 1000-3000
+    # steps of the other axis alone taught it nothing (runs 22 and 25); from a model of 10k steps 500 did (with
+    # `minimal_pairs` and `pair_difference_weight` 1): the UNet must first have learnt to draw before a word moves
+    # what it draws. 0: as soon as one axis is learnt.
+    axis_phase_from: int = 0
     # Half of every UNet batch is the other half's `minimal_partner`s (the same scene with one caption word
     # changed: the other side, the reversed relation, other hair or skin), with the same caption phrasing, noise
     # and timestep: at pure noise the prompt is all that tells the two apart, so the word's effect is what the
@@ -310,11 +315,13 @@ AXIS_LEARNT = 0.25  # `axis_response` on EDGE_PROBES above this: the axis is lea
 class AxisCurriculum:
     """Which scenes the UNet draws from (`TrainConfig.axis_phase_steps`): every scene until one position axis
     is learnt; then only scenes placed along the other axis (or not placed: faces, the centre) until that is
-    learnt too, or for at most `phase_steps`; then every scene again."""
+    learnt too, or for at most `phase_steps`; then every scene again. The phase starts no earlier than step
+    `phase_from` (`TrainConfig.axis_phase_from`)."""
 
-    def __init__(self, axes: np.ndarray, phase_steps: int):
+    def __init__(self, axes: np.ndarray, phase_steps: int, phase_from: int = 0):
         self.axes = axes
         self.phase_steps = phase_steps
+        self.phase_from = phase_from
         self.missing: str | None = None  # the axis taught alone, during its phase
         self.finished = phase_steps <= 0
         self.phase_start = 0
@@ -337,7 +344,7 @@ class AxisCurriculum:
             return
         if self.missing is None:
             learnt = [axis for axis, value in (response or {}).items() if value >= AXIS_LEARNT]
-            if len(learnt) == 1:
+            if len(learnt) == 1 and step + 1 >= self.phase_from:
                 self._teach_alone("vertical" if learnt[0] == "horizontal" else "horizontal")
                 self.phase_start = step + 1
             self.finished = len(learnt) == 2
@@ -520,7 +527,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
     unet.train()
     text_encoder.train()
     partners = config.scenes if config.minimal_pairs else 0  # scene i's partner is scene i + partners
-    curriculum = AxisCurriculum(axes[:config.scenes], config.axis_phase_steps)
+    curriculum = AxisCurriculum(axes[:config.scenes], config.axis_phase_steps, config.axis_phase_from)
     edges = None  # the curriculum's measurement, every 250 steps while it has phases left
     done, stopped_early = 0, False
     smoothed = None

@@ -78,11 +78,29 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --late-quiet-share 1.5: give a share from 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--axis-phase-steps", "-5"]) == 2
     assert capsys.readouterr().err.startswith("error: --axis-phase-steps -5: give 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--axis-phase-from", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --axis-phase-from -1: give a step")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pair-difference-weight", "-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
     assert "give it with --minimal-pairs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_train_demo_passes_the_recipe_flags_given_and_keeps_the_defaults_of_the_rest(tmp_path, monkeypatch):
+    import app
+    from pipelines.demo import train as train_module
+
+    configs = []
+    monkeypatch.setattr(train_module, "train", lambda out, config: configs.append(config))
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--minimal-pairs", "--pair-difference-weight", "1",
+                     "--axis-phase-steps", "2000", "--axis-phase-from", "6000"]) == 0
+    assert app.main(["train-demo", "--out", str(tmp_path / "out")]) == 0
+    given, default = configs
+    assert (given.minimal_pairs, given.pair_difference_weight, given.axis_phase_steps, given.axis_phase_from) == (True, 1.0, 2000, 6000)
+    assert given.late_quiet_share == default.late_quiet_share == train_module.TrainConfig.late_quiet_share, "not given: the recipe's"
+    assert (default.minimal_pairs, default.axis_phase_steps, default.axis_phase_from) == (
+        train_module.TrainConfig.minimal_pairs, train_module.TrainConfig.axis_phase_steps, train_module.TrainConfig.axis_phase_from)
 
 
 def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
@@ -131,6 +149,11 @@ def test_once_one_axis_is_learnt_the_unet_sees_scenes_placed_along_the_other_alo
     both.advance(0, {"vertical": 0.3, "horizontal": 0.3})
     assert both.finished and both.positions == "all", "both learnt together: no phase"
     assert AxisCurriculum(axes, phase_steps=0).finished, "0: off (the shipped recipe)"
+    late = AxisCurriculum(axes, phase_steps=10, phase_from=1000)
+    late.advance(250, {"vertical": 0.4, "horizontal": 0.02})
+    assert late.positions == "all" and not late.finished, "one axis learnt, but before the phase's first step"
+    late.advance(999, {"vertical": 0.4, "horizontal": 0.02})
+    assert late.positions == "horizontal" and late.phase_start == 1000, "from step 1000 on"
 
 
 def test_while_the_rate_anneals_most_timesteps_come_from_the_quieter_part():
