@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, off; see README)")
     train_demo.add_argument("--axis-phase-from", type=int, default=None, help="UNet phase, with --axis-phase-steps: start that "
                             "phase no earlier than step N (default: the recipe's, 0; see README)")
+    train_demo.add_argument("--axis-phase-restart", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: "
+                            "start that phase from the averaged weights with a fresh optimizer and learning-rate warm-up "
+                            "(default: the recipe's; see README)")
     train_demo.add_argument("--minimal-pairs", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: half of each "
                             "batch is the other half with one caption word changed (other side, hair or skin), same noise "
                             "(default: the recipe's; see README)")
@@ -355,7 +358,7 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "minimal_pairs", "pair_difference_weight")
+    flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight")
     recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,

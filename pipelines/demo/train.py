@@ -95,6 +95,9 @@ class TrainConfig:
     # `minimal_pairs` and `pair_difference_weight` 1): the UNet must first have learnt to draw before a word moves
     # what it draws. 0: as soon as one axis is learnt.
     axis_phase_from: int = 0
+    # At the phase's start the UNet takes its averaged (EMA) weights and a fresh optimizer, and the learning rate
+    # warms up again: the state a resumed run starts from, the one in which the missing axis was learnt in 500 steps.
+    axis_phase_restart: bool = False
     # Half of every UNet batch is the other half's `minimal_partner`s (the same scene with one caption word
     # changed: the other side, the reversed relation, other hair or skin), with the same caption phrasing, noise
     # and timestep: at pure noise the prompt is all that tells the two apart, so the word's effect is what the
@@ -503,6 +506,15 @@ def draw_batch(pool: np.ndarray, partners: int, token_ids, empty, means, stds, s
     return UNetBatch(index, ids, latents, noise, t, drop)
 
 
+def _unet_optimizer(unet, text_encoder, config: TrainConfig):
+    import torch
+
+    return torch.optim.AdamW([
+        {"params": unet.parameters(), "lr": config.unet_lr, "base": config.unet_lr},
+        {"params": text_encoder.parameters(), "lr": config.text_lr, "base": config.text_lr},
+    ], weight_decay=0.01, fused=True)
+
+
 def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, axes, scaling: float, config: TrainConfig, log,
                deadline: float) -> dict:
     import copy
@@ -519,10 +531,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
     # The fused AdamW and the plain-matmul attention (its backward: CPU flash attention's is 8x its forward
     # here) make a step 1.1x cheaper on this CPU (270 vs 300 ms at batch 16, 2 threads); the same algorithm, other rounding.
-    optimizer = torch.optim.AdamW([
-        {"params": unet.parameters(), "lr": config.unet_lr, "base": config.unet_lr},
-        {"params": text_encoder.parameters(), "lr": config.text_lr, "base": config.text_lr},
-    ], weight_decay=0.01, fused=True)
+    optimizer = _unet_optimizer(unet, text_encoder, config)
     ema = copy.deepcopy(unet).requires_grad_(False)
     unet.train()
     text_encoder.train()
@@ -539,6 +548,9 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
                 stopped_early = True
                 break
             positions, pool = curriculum.positions, curriculum.pool()
+            if config.axis_phase_restart and curriculum.missing and step == curriculum.phase_start:
+                unet.load_state_dict(ema.state_dict())  # the averaged weights and a fresh optimizer, as a resumed run starts
+                optimizer = _unet_optimizer(unet, text_encoder, config)
             elapsed = (time.monotonic() - started) / budget
             annealing = _annealed(step, config.unet_steps, UNET_WARMUP, elapsed, config.lr_hold) > 0
             batch = draw_batch(pool, partners, token_ids, empty, means, stds, scaling, config, picker, generator,
@@ -555,6 +567,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
             if config.minimal_pairs and config.pair_difference_weight > 0:
                 loss = loss + config.pair_difference_weight * pair_difference_loss(error, weights, batch.dropped)
             factor = _lr_factor(step, config.unet_steps, warmup=UNET_WARMUP, elapsed=elapsed, hold=config.lr_hold)
+            if config.axis_phase_restart and curriculum.phase_start:
+                factor *= min(1.0, (step + 1 - curriculum.phase_start) / UNET_WARMUP)  # warmed up again after the restart
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
             optimizer.zero_grad(set_to_none=True)

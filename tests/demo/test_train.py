@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -177,6 +178,23 @@ def test_a_run_switches_to_quieter_timesteps_once_its_rate_anneals(tmp_path):
     measured = [record for record in log if "edge_response" in record]
     assert [record["step"] for record in measured] == [0, 250] and set(measured[0]["edge_response"]) == {"vertical", "horizontal"}
     assert {record["positions"] for record in log if record["phase"] == "unet"} == {"all"}
+
+
+def test_a_restarted_axis_phase_warms_the_learning_rate_up_again(tmp_path, monkeypatch):
+    from pipelines.demo import train as train_module
+
+    # a probe that says the vertical axis is learnt and the horizontal not: the phase starts after step 0
+    monkeypatch.setattr(train_module, "axis_response", lambda *args: {"vertical": 0.5, "horizontal": 0.0})
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=30, unet_batch=2, decoder_steps=2, decoder_batch=2,
+                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=100)
+    logged = {}
+    for restart in (False, True):
+        train(tmp_path / str(restart), TrainConfig(**small, axis_phase_restart=restart))
+        log = [json.loads(line) for line in (tmp_path / str(restart) / "train_log.jsonl").read_text().splitlines()]
+        logged[restart] = {record["step"]: record for record in log if record["phase"] == "unet"}
+    assert logged[True][25]["positions"] == logged[False][25]["positions"] == "horizontal"
+    assert logged[True][0]["lr_factor"] == logged[False][0]["lr_factor"], "the same until the phase starts"
+    assert logged[True][25]["lr_factor"] == pytest.approx(logged[False][25]["lr_factor"] * 25 / 200, abs=1e-4), "step 25 of the new warm-up"
 
 
 def test_the_learning_rate_holds_its_peak_then_anneals_and_a_deadline_ends_it_annealed():
