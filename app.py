@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--minimal-pairs", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: half of each "
                             "batch is the other half with one caption word changed (other side, hair or skin), same noise "
                             "(default: the recipe's; see README)")
+    train_demo.add_argument("--pairs-in-axis-phase-only", action=argparse.BooleanOptionalAction, default=None, help="UNet "
+                            "phase, with --minimal-pairs: pairs only during the axis phase (default: the recipe's; see README)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
                             "count the pair's difference this many times (default: the recipe's; see README)")
 
@@ -349,6 +351,8 @@ def train_demo_problem(args) -> str | None:
     pairs = TrainConfig.minimal_pairs if args.minimal_pairs is None else args.minimal_pairs
     if args.pair_difference_weight and not pairs:
         return "--pair-difference-weight counts the minimal pairs' difference: give it with --minimal-pairs"
+    if args.pairs_in_axis_phase_only and not pairs:
+        return "--pairs-in-axis-phase-only says when the minimal pairs train: give it with --minimal-pairs"
     return None
 
 
@@ -358,7 +362,8 @@ def train_demo(args) -> int:
     from pipelines.exit_status import EXIT_OK
 
 
-    flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight")
+    flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight",
+             "pairs_in_axis_phase_only")
     recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,

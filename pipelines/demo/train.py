@@ -110,6 +110,10 @@ class TrainConfig:
     # other side), so this multiplies the gradient that teaches it (1: 5x the plain loss's weight on it) without
     # weighting up the background and colour the two share. 0: pairs alone.
     pair_difference_weight: float = 0.0
+    # With `minimal_pairs`: pairs only during the axis phase (`axis_phase_steps`), every batch of distinct scenes
+    # otherwise. With pairs throughout, both axes came but shape fell to 57.9 % (half as many distinct scenes a step;
+    # README "The axis phase later, and restarted"); shape is learnt from every scene, the axis from the pairs.
+    pairs_in_axis_phase_only: bool = False
     # Every phase runs its matmuls and convolutions in bfloat16 autocast (weights, optimizer and loss stay
     # float32), the VAE also channels-last: the UNet 1.11x the steps in the same time on this CPU (AVX512-BF16;
     # 0.34 vs 0.38 s a training step, interleaved; the bare forward and backward gain 1.3x), a VAE step 1.6x
@@ -483,16 +487,16 @@ def pair_difference_loss(error, weights, dropped: np.ndarray):
 
 def draw_batch(pool: np.ndarray, partners: int, token_ids, empty, means, stds, scaling: float, config: TrainConfig, picker,
                generator, total_timesteps: int, annealing: bool) -> UNetBatch:
-    """One UNet batch from `pool`. With `minimal_pairs` the second half is the first half's partners (scene
+    """One UNet batch from `pool`. With `partners` (0: unpaired) the second half is the first half's partners (scene
     index + `partners`) with the same phrasing, dropped caption, noise and timestep. The random draws come in
     the order of the recipe before pairs existed, so its runs reproduce."""
     import torch
 
-    drawn = config.unet_batch // 2 if config.minimal_pairs else config.unet_batch
+    drawn = config.unet_batch // 2 if partners else config.unet_batch
     index = pool[picker.integers(len(pool), size=drawn)]
     style = picker.integers(token_ids.shape[1], size=drawn)
     drop = picker.random(drawn) < config.uncond_fraction
-    if config.minimal_pairs:
+    if partners:
         index, style, drop = np.concatenate([index, index + partners]), np.tile(style, 2), np.tile(drop, 2)
     ids = token_ids[index, style].clone()
     ids[torch.from_numpy(drop)] = empty
@@ -501,7 +505,7 @@ def draw_batch(pool: np.ndarray, partners: int, token_ids, empty, means, stds, s
     noise = torch.randn((drawn, *latents.shape[1:]), generator=generator)
     t = sample_timesteps(drawn, config.high_noise_share, total_timesteps, generator,
                          quiet_share=config.late_quiet_share if annealing else 0.0, quiet_limit=config.quiet_limit)
-    if config.minimal_pairs:
+    if partners:
         noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
     return UNetBatch(index, ids, latents, noise, t, drop)
 
@@ -548,12 +552,13 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
                 stopped_early = True
                 break
             positions, pool = curriculum.positions, curriculum.pool()
+            paired = partners if curriculum.missing or not config.pairs_in_axis_phase_only else 0
             if config.axis_phase_restart and curriculum.missing and step == curriculum.phase_start:
                 unet.load_state_dict(ema.state_dict())  # the averaged weights and a fresh optimizer, as a resumed run starts
                 optimizer = _unet_optimizer(unet, text_encoder, config)
             elapsed = (time.monotonic() - started) / budget
             annealing = _annealed(step, config.unet_steps, UNET_WARMUP, elapsed, config.lr_hold) > 0
-            batch = draw_batch(pool, partners, token_ids, empty, means, stds, scaling, config, picker, generator,
+            batch = draw_batch(pool, paired, token_ids, empty, means, stds, scaling, config, picker, generator,
                                noise_scheduler.config.num_train_timesteps, annealing)
             index, ids, latents, noise, t = batch.index, batch.ids, batch.latents, batch.noise, batch.timesteps
             noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -564,7 +569,7 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
             weights = loss_weights(touched[index], config.object_weight)
             error = pred.float() - target
             loss = torch.mean(weights * error**2) / torch.mean(weights)
-            if config.minimal_pairs and config.pair_difference_weight > 0:
+            if paired and config.pair_difference_weight > 0:
                 loss = loss + config.pair_difference_weight * pair_difference_loss(error, weights, batch.dropped)
             factor = _lr_factor(step, config.unet_steps, warmup=UNET_WARMUP, elapsed=elapsed, hold=config.lr_hold)
             if config.axis_phase_restart and curriculum.phase_start:

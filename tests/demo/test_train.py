@@ -85,6 +85,8 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
     assert "give it with --minimal-pairs" in capsys.readouterr().err
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pairs-in-axis-phase-only"]) == 2
+    assert "--pairs-in-axis-phase-only says when the minimal pairs train: give it with --minimal-pairs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -195,6 +197,27 @@ def test_a_restarted_axis_phase_warms_the_learning_rate_up_again(tmp_path, monke
     assert logged[True][25]["positions"] == logged[False][25]["positions"] == "horizontal"
     assert logged[True][0]["lr_factor"] == logged[False][0]["lr_factor"], "the same until the phase starts"
     assert logged[True][25]["lr_factor"] == pytest.approx(logged[False][25]["lr_factor"] * 25 / 200, abs=1e-4), "step 25 of the new warm-up"
+
+
+def test_pairs_in_the_axis_phase_only_pair_the_phases_batches_alone(tmp_path, monkeypatch):
+    from pipelines.demo import train as train_module
+
+    monkeypatch.setattr(train_module, "axis_response", lambda *args: {"vertical": 0.5, "horizontal": 0.0})
+    drawn = []  # each step's partner offset (0: unpaired)
+    real_draw = train_module.draw_batch
+
+    def recording_draw(pool, partners, *args, **kwargs):
+        drawn.append(partners)
+        return real_draw(pool, partners, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "draw_batch", recording_draw)
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=10, unet_batch=4, decoder_steps=2, decoder_batch=2,
+                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=5, minimal_pairs=True, pair_difference_weight=1.0)
+    train(tmp_path / "demo", TrainConfig(**small, pairs_in_axis_phase_only=True))
+    assert drawn == [0] + [16] * 5 + [0] * 4, "paired during the 5 phase steps alone"
+    drawn.clear()
+    train(tmp_path / "always", TrainConfig(**small))
+    assert drawn == [16] * 10, "pairs throughout (the option off)"
 
 
 def test_the_learning_rate_holds_its_peak_then_anneals_and_a_deadline_ends_it_annealed():
