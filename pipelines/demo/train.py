@@ -91,12 +91,13 @@ class TrainConfig:
     # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
     axis_phase_steps: int = 0
     # The phase above starts no earlier than this step. Early in a run (one axis learnt at step ~3250) 1000-3000
-    # steps of the other axis alone taught it nothing (runs 22 and 25); from a model of 10k steps 500 did (with
-    # `minimal_pairs` and `pair_difference_weight` 1): the UNet must first have learnt to draw before a word moves
-    # what it draws. 0: as soon as one axis is learnt.
+    # steps of the other axis alone taught it nothing (runs 22 and 25), and later alone did not help either (from
+    # step 6000: nothing in 1500 steps); with `axis_phase_restart` from step 5500 it came in 500 (README "The axis
+    # phase later, and restarted"). 0: as soon as one axis is learnt.
     axis_phase_from: int = 0
     # At the phase's start the UNet takes its averaged (EMA) weights and a fresh optimizer, and the learning rate
-    # warms up again: the state a resumed run starts from, the one in which the missing axis was learnt in 500 steps.
+    # warms up again: the state a resumed run starts from, in which a resumed trial and a whole run (both with
+    # `minimal_pairs`, `pair_difference_weight` 1) learnt the missing axis in 500 steps.
     axis_phase_restart: bool = False
     # Half of every UNet batch is the other half's `minimal_partner`s (the same scene with one caption word
     # changed: the other side, the reversed relation, other hair or skin), with the same caption phrasing, noise
