@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the recipe's; see README)")
     train_demo.add_argument("--pairs-in-axis-phase-only", action=argparse.BooleanOptionalAction, default=None, help="UNet "
                             "phase, with --minimal-pairs: pairs only during the axis phase (default: the recipe's; see README)")
+    train_demo.add_argument("--lr", type=float, default=None, help="UNet phase: the peak learning rate of the UNet and the text "
+                            "encoder (default: the recipe's, 6e-4; lower to polish a model with --resume-from)")
+    train_demo.add_argument("--lr-hold", type=float, default=None, help="UNet phase: the share (0-1) of its time the learning rate "
+                            "stays at its peak before it anneals (default: the recipe's, 0.7)")
+    train_demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast in every phase "
+                            "(default: where the CPU computes it natively, AVX512-BF16 or AMX; elsewhere it is emulated, ~16x slower)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
                             "count the pair's difference this many times (default: the recipe's; see README)")
 
@@ -344,6 +350,10 @@ def train_demo_problem(args) -> str | None:
         return f"--axis-phase-steps {args.axis_phase_steps}: give 0 (off) or more steps"
     if args.axis_phase_from is not None and args.axis_phase_from < 0:
         return f"--axis-phase-from {args.axis_phase_from}: give a step, 0 (as soon as one axis is learnt) or more"
+    if args.lr is not None and not 0.0 < args.lr < 1.0:
+        return f"--lr {args.lr}: give a learning rate above 0 and below 1 (the recipe's is 6e-4)"
+    if args.lr_hold is not None and not 0.0 <= args.lr_hold < 1.0:
+        return f"--lr-hold {args.lr_hold}: give a share from 0 (anneal at once) to below 1"
     if args.pair_difference_weight is not None and not args.pair_difference_weight >= 0.0:
         return f"--pair-difference-weight {args.pair_difference_weight}: give 0 (off) or more"
     from pipelines.demo.train import TrainConfig  # numpy alone: the flags are checked before torch loads
@@ -363,8 +373,12 @@ def train_demo(args) -> int:
 
 
     flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight",
-             "pairs_in_axis_phase_only")
+             "pairs_in_axis_phase_only", "bf16")
     recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
+    if args.lr is not None:
+        recipe.update(unet_lr=args.lr, text_lr=args.lr)
+    if args.lr_hold is not None:
+        recipe["lr_hold"] = args.lr_hold
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
                                 resume_from=str(args.resume_from) if args.resume_from else None, **recipe))

@@ -81,6 +81,10 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --axis-phase-steps -5: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--axis-phase-from", "-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --axis-phase-from -1: give a step")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--lr", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --lr 0.0: give a learning rate above 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--lr-hold", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --lr-hold 1.0: give a share from 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pair-difference-weight", "-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
@@ -99,17 +103,42 @@ def test_train_demo_passes_the_recipe_flags_given_and_keeps_the_defaults_of_the_
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--minimal-pairs", "--pair-difference-weight", "1",
                      "--axis-phase-steps", "2000", "--axis-phase-from", "6000"]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out")]) == 0
-    given, default = configs
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-bf16"]) == 0
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path), "--lr", "1.5e-4", "--lr-hold", "0"]) == 2
+    (tmp_path / "training.json").write_text("{}")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path), "--lr", "1.5e-4", "--lr-hold", "0"]) == 0
+    given, default, float32, polish = configs
+    assert default.bf16 is None and float32.bf16 is False, "bfloat16 follows the CPU unless given"
+    assert (polish.unet_lr, polish.text_lr, polish.lr_hold, polish.resume_from) == (1.5e-4, 1.5e-4, 0.0, str(tmp_path))
+    assert (default.unet_lr, default.text_lr, default.lr_hold) == (6e-4, 6e-4, 0.7)
     assert (given.minimal_pairs, given.pair_difference_weight, given.axis_phase_steps, given.axis_phase_from) == (True, 1.0, 2000, 6000)
     assert given.late_quiet_share == default.late_quiet_share == train_module.TrainConfig.late_quiet_share, "not given: the recipe's"
     assert (default.minimal_pairs, default.axis_phase_steps, default.axis_phase_from) == (
         train_module.TrainConfig.minimal_pairs, train_module.TrainConfig.axis_phase_steps, train_module.TrainConfig.axis_phase_from)
 
 
+def test_bfloat16_autocast_only_where_the_cpu_computes_it_natively(tmp_path, monkeypatch):
+    from pipelines.demo import train as train_module
+    from pipelines.demo.train import native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, native in (("fpu sse avx avx2 fma", False), ("avx2 avx512f avx512_bf16", True), ("avx2 amx_tile amx_bf16", True),
+                          ("avx512f avx512bw", False)):
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert native_bf16(cpuinfo) is native, flags
+    assert native_bf16(tmp_path / "absent") is False, "flags unreadable (not Linux): float32, never the emulated path"
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=2, unet_batch=2, decoder_steps=2, decoder_batch=2, threads=1)
+    for native in (False, True):
+        monkeypatch.setattr(train_module, "native_bf16", lambda: native)
+        facts = train(tmp_path / str(native), TrainConfig(**small))
+        assert facts["bf16_autocast"] is native and facts["config"]["bf16"] is None, "the recipe records auto, the run what it used"
+    assert train(tmp_path / "forced", TrainConfig(**small, bf16=False))["bf16_autocast"] is False  # given: kept on any CPU
+
+
 def test_objects_weigh_more_in_the_loss_and_noisier_timesteps_come_more_often():
     from pipelines.demo.train import TrainConfig, loss_weights, render_scenes, sample_timesteps
 
-    _, _, touched, _ = render_scenes(TrainConfig(scenes=6, seed=2))
+    _, _, touched, _ = render_scenes(TrainConfig(scenes=6, seed=2, minimal_pairs=False))
     assert touched.shape == (6, 16, 16) and 0 < touched.mean() < 0.7, "objects touch some latent pixels, not all"
     weights = loss_weights(torch.from_numpy(touched), 3.0)
     assert weights.shape == (6, 1, 16, 16) and set(weights.unique().tolist()) == {1.0, 3.0}
@@ -188,7 +217,7 @@ def test_a_restarted_axis_phase_warms_the_learning_rate_up_again(tmp_path, monke
     # a probe that says the vertical axis is learnt and the horizontal not: the phase starts after step 0
     monkeypatch.setattr(train_module, "axis_response", lambda *args: {"vertical": 0.5, "horizontal": 0.0})
     small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=30, unet_batch=2, decoder_steps=2, decoder_batch=2,
-                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=100)
+                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=100, axis_phase_from=0)
     logged = {}
     for restart in (False, True):
         train(tmp_path / str(restart), TrainConfig(**small, axis_phase_restart=restart))
@@ -212,11 +241,12 @@ def test_pairs_in_the_axis_phase_only_pair_the_phases_batches_alone(tmp_path, mo
 
     monkeypatch.setattr(train_module, "draw_batch", recording_draw)
     small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=10, unet_batch=4, decoder_steps=2, decoder_batch=2,
-                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=5, minimal_pairs=True, pair_difference_weight=1.0)
+                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=5, axis_phase_from=0, minimal_pairs=True,
+                 pair_difference_weight=1.0)
     train(tmp_path / "demo", TrainConfig(**small, pairs_in_axis_phase_only=True))
     assert drawn == [0] + [16] * 5 + [0] * 4, "paired during the 5 phase steps alone"
     drawn.clear()
-    train(tmp_path / "always", TrainConfig(**small))
+    train(tmp_path / "always", TrainConfig(**small, pairs_in_axis_phase_only=False))
     assert drawn == [16] * 10, "pairs throughout (the option off)"
 
 
@@ -288,7 +318,7 @@ def test_minimal_pairs_render_each_partner_with_its_scenes_jitter_and_share_nois
     from pipelines.demo import scenes
     from pipelines.demo.train import draw_batch, render_scenes
 
-    alone = render_scenes(TrainConfig(scenes=8, seed=2))
+    alone = render_scenes(TrainConfig(scenes=8, seed=2, minimal_pairs=False))
     images, captions, touched, axes = render_scenes(TrainConfig(scenes=8, seed=2, minimal_pairs=True))
     assert images.shape[0] == 16 and len(captions) == 16 and touched.shape[0] == 16 and len(axes) == 16
     assert np.array_equal(images[:8], alone[0]) and captions[:8] == alone[1], "the scenes themselves are the same as without pairs"
