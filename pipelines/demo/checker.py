@@ -76,6 +76,7 @@ def accuracy(pipe, held_out: list[scenes.Scene], seed: int = 0, steps: int = STE
     prompts = [scenes.caption(scene, scenes.FixedStyle(index % scenes.CAPTION_STYLES)) for index, scene in enumerate(held_out)]
     images = generate(pipe, prompts, [seed + i for i in range(len(prompts))], steps, cfg)
     right, total = Counter(), Counter()
+    shape_right, shape_total = Counter(), Counter()  # single-object scenes, by size and shape ("small star")
     all_right = 0
     misses = []
     for scene, prompt, image in zip(held_out, prompts, images):
@@ -84,10 +85,16 @@ def accuracy(pipe, held_out: list[scenes.Scene], seed: int = 0, steps: int = STE
             total[name] += 1
             right[name] += ok
         all_right += all(marks.values())
+        if scene.kind == "shape" and len(scene.objects) == 1:
+            kind = f"{scene.objects[0].size} {scene.objects[0].shape}"
+            shape_total[kind] += 1
+            shape_right[kind] += marks["shape"]
         if not all(marks.values()) and len(misses) < 8:
             misses.append({"prompt": prompt, "wrong": [k for k, v in marks.items() if not v]})
     per = {name: right[name] / total[name] for name in total}
-    return {"count": len(held_out), "per_attribute": per, "all": all_right / max(1, len(held_out)), "misses": misses, "images": images}
+    per_shape = {kind: [shape_right[kind], shape_total[kind]] for kind in sorted(shape_total)}
+    return {"count": len(held_out), "per_attribute": per, "all": all_right / max(1, len(held_out)), "per_shape": per_shape,
+            "misses": misses, "images": images}
 
 
 def pairwise_distance(images: list[np.ndarray]) -> float:
@@ -206,6 +213,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False, folder: Pat
     say(f"      {'all':<10} {figures['all']:6.1%}  {verdict(figures['all'] >= 0.8)} (>= 80 %)")
     say(f"    two objects: both right {pair_figures['per_attribute'].get('objects', 0):.0%}, relation right "
         f"{pair_figures['per_attribute'].get('relation', 0):.0%}, all {pair_figures['all']:.0%} ({pair_figures['count']} prompts)")
+    say("    shape right, single objects: " + ", ".join(f"{kind} {right}/{total}" for kind, (right, total) in figures["per_shape"].items()))
     for miss in figures["misses"][:5]:
         say(f"      missed: {miss['prompt']!r} ({', '.join(miss['wrong'])})")
     spread = diversity(pipe, diversity_probe()[:2] if quick else diversity_probe())

@@ -1,7 +1,9 @@
 """The shipped demo: loads offline from the repo, is small, and draws what the prompt says far above chance."""
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 
@@ -27,6 +29,26 @@ def test_the_shipped_files_are_whole_and_small():
     assert demo_problem(WEIGHTS_DIR) is None
     weights = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert weights <= 25 * 2**20
+
+
+def test_the_shipped_weights_come_from_train_demos_default_recipe():
+    """`app.py train-demo --out DIR` retrains what ships: every recipe setting the first run recorded is the default (the
+    VAE it started from, the time, threads and bfloat16 are the command line's and the machine's); a polish after it
+    (`--resume-from`, README "Demo model") changes only the learning rate, its hold and the quiet timesteps."""
+    from pipelines.demo.train import TrainConfig
+
+    stages = [json.loads((WEIGHTS_DIR / "training.json").read_text())]
+    while "resumed" in stages[-1]:
+        stages.append(stages[-1]["resumed"])
+    defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(TrainConfig()).items()}
+    per_run = {"max_minutes", "threads", "vae_from", "resume_from", "bf16"}
+    polish = {"unet_lr", "text_lr", "lr_hold", "late_quiet_share"}
+    for depth, stage in enumerate(reversed(stages)):
+        recorded = stage["config"]
+        assert set(recorded) <= set(defaults)  # options added since default to what the run did (off)
+        changed = {name for name in recorded if name not in per_run and recorded[name] != defaults[name]}
+        assert changed <= (polish if depth else set()), (depth, changed)
+        assert bool(depth) == bool(recorded.get("resume_from")), "the first run starts from scratch, each later one resumes"
 
 
 def test_the_app_loads_the_shipped_folder_offline(tmp_path, monkeypatch):
@@ -70,8 +92,14 @@ def test_a_damaged_demo_folder_is_named_with_the_fix(tmp_path, monkeypatch):
 def test_beats_chance_by_a_wide_margin_on_held_out_prompts(shipped_pipe):
     from pipelines.demo import checker, scenes
 
-    figures = checker.accuracy(shipped_pipe, scenes.held_out_scenes(12), steps=12)
+    held_out = scenes.held_out_scenes(12)
+    figures = checker.accuracy(shipped_pipe, held_out, steps=12)
     per = figures["per_attribute"]
+    # the per-shape breakdown counts each single-object scene once, under its size and shape, and agrees with the shape figure
+    singles = [s for s in held_out if s.kind == "shape"]
+    assert sum(total for _, total in figures["per_shape"].values()) == len(singles) > 0
+    assert set(figures["per_shape"]) == {f"{s.objects[0].size} {s.objects[0].shape}" for s in singles}
+    assert sum(right for right, _ in figures["per_shape"].values()) == round(per["shape"] * len(singles))
     # chance: colour 1/8, position 1/9, background 1/7, face 1/2 (loose bounds, for a stable test)
     assert per["background"] >= 0.5 and per["face"] >= 0.75
     assert per.get("colour", 1.0) >= 0.4 and per.get("position", 1.0) >= 0.4
