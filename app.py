@@ -373,12 +373,10 @@ def train_demo(args) -> int:
 
 
     flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight",
-             "pairs_in_axis_phase_only", "bf16")
+             "pairs_in_axis_phase_only", "bf16", "lr_hold")
     recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
     if args.lr is not None:
-        recipe.update(unet_lr=args.lr, text_lr=args.lr)
-    if args.lr_hold is not None:
-        recipe["lr_hold"] = args.lr_hold
+        recipe.update(unet_lr=args.lr, text_lr=args.lr)  # one rate for both, as the recipe has
     train(args.out, TrainConfig(seed=args.seed, max_minutes=args.max_minutes, threads=args.threads, outline_weight=args.outline_weight,
                                 vae_from=str(args.vae_from) if args.vae_from else None,
                                 resume_from=str(args.resume_from) if args.resume_from else None, **recipe))

@@ -85,7 +85,7 @@ def accuracy(pipe, held_out: list[scenes.Scene], seed: int = 0, steps: int = STE
             total[name] += 1
             right[name] += ok
         all_right += all(marks.values())
-        if scene.kind == "shape" and len(scene.objects) == 1:
+        if scene.kind == "shape":  # one object; pairs are their own kind
             kind = f"{scene.objects[0].size} {scene.objects[0].shape}"
             shape_total[kind] += 1
             shape_right[kind] += marks["shape"]
