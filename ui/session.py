@@ -70,6 +70,9 @@ def result_markdown(result: GenerationResult) -> str:
 
 
 _DONE = object()
+# The live readout's pace: a person reads a step count a few times a second at most, and each update costs
+# CPU in the server and the browser that the denoiser shares on a small machine.
+UPDATE_EVERY_S = 0.25
 
 
 class GenerationSession:
@@ -105,25 +108,30 @@ class GenerationSession:
         self._thread.start()
         return self
 
-    def stream(self, poll_seconds: float = 0.1):
-        """Yield lists of events as they arrive, until the generation ends."""
+    def stream(self, every: float | None = None):
+        """Yield lists of events as they arrive, at most one list per `every` seconds (an empty one when none
+        came, so a consumer that went away is noticed), and the rest when the generation ends.
+
+        Each list becomes one page update, and on a machine of few cores the browser drawing it and Gradio
+        sending it take the CPU the denoiser needs: on 2 cores, an update per step made the demo's 100 steps
+        take 0.35 s each instead of 0.08 s (see UPDATE_EVERY_S)."""
+        every = UPDATE_EVERY_S if every is None else every
+        batch: list = []
+        due = time.monotonic() + every
         while True:
-            batch = []
             try:
-                item = self.events.get(timeout=poll_seconds)
+                item = self.events.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
+                item = None
+            if item is _DONE:
                 yield batch
-                continue
-            while True:
-                if item is _DONE:
-                    yield batch
-                    return
+                return
+            if item is not None:
                 batch.append(item)
-                try:
-                    item = self.events.get_nowait()
-                except queue.Empty:
-                    break
-            yield batch
+            if time.monotonic() >= due:
+                yield batch
+                batch = []
+                due = time.monotonic() + every
 
     def error_message(self) -> str | None:
         if self.error is None:

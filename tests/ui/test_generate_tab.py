@@ -50,9 +50,12 @@ def test_generate_on_demo_model_shows_live_steps_and_breakdown(page, live_app):
     page.fill("#prompt textarea", "a lighthouse at dusk")
     set_number(page, "steps", 40)
     page.click("#generate")
-    seen = []
+    seen, pulses = [], set()
     deadline = time.time() + 90
     while time.time() < deadline:
+        # While it runs the images keep Gradio's frame without its pulse (ui/style.py: the pulse redraws 60 times a second).
+        pulses.update(page.evaluate("""() => [...document.querySelectorAll('#gallery [data-testid=status-tracker].generating')]
+                                             .map(tracker => getComputedStyle(tracker).animationName)"""))
         text = page.inner_text("#readout")
         match = STEP.search(text)
         if match:
@@ -62,6 +65,7 @@ def test_generate_on_demo_model_shows_live_steps_and_breakdown(page, live_app):
             break
         time.sleep(0.15)
     assert page.locator("#breakdown table").count(), "the run never finished"
+    assert pulses == {"none"}, f"the running gallery's frame: {pulses or 'never seen'}"
     distinct = sorted(set(seen))
     assert len(distinct) >= 3, f"the readout did not advance step by step: {distinct}"
     assert seen == sorted(seen), "step numbers went backwards"

@@ -44,7 +44,7 @@ def test_gradio_rewrites_a_resent_picture_in_place_so_a_reader_can_get_less_than
 
 
 def test_the_same_preview_is_never_sent_twice(make_manager):
-    """The stream polls every 0.1 s; re-sending an unchanged preview made Gradio rewrite its cached PNG in place
+    """The stream sends an update every 0.25 s; re-sending an unchanged preview made Gradio rewrite its cached PNG in place
     while the browser was still reading it (h11: "Too little data for declared Content-Length")."""
     manager = make_manager(preview_every=1)
     request = GenerationRequest(DEMO_MODEL_NAME, "a red circle", steps=4, width=64, height=64, seed=3, save=False)
@@ -56,6 +56,32 @@ def test_the_same_preview_is_never_sent_twice(make_manager):
     assert len({id(picture) for picture in pictures}) == len(pictures), "a picture was sent twice"
     assert len(updates) > len(pictures), "updates without a new preview exist (the readout ticks) and send none"
     assert all(item == {"__type__": "update"} for item in sent if isinstance(item, dict)), "no update keeps the shown picture"
+
+
+def test_the_stream_paces_its_updates_and_loses_no_event():
+    """Events come as fast as the engine makes them (a tiny model's steps take milliseconds); the stream hands
+    them on in order, at most one batch per `every` seconds, and the rest at once when the run ends."""
+    import threading
+    import time
+
+    from ui.session import _DONE, GenerationSession
+
+    session = GenerationSession(manager=None, request=None, cancel=None)  # not started: its queue is fed by hand
+
+    def engine():
+        for number in range(300):
+            session.events.put(number)
+            time.sleep(0.002)
+        session.events.put(_DONE)
+    threading.Thread(target=engine, daemon=True).start()
+    received, arrivals = [], []
+    for batch in session.stream(every=0.2):
+        arrivals.append(time.monotonic())
+        received.extend(batch)
+    assert received == list(range(300))
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:-1])]  # the last one comes at the end, early
+    assert gaps and min(gaps) >= 0.19, f"batches closer than 0.2 s apart: {gaps}"
+    assert len(arrivals) < 300 / 5, "the stream did not gather events into batches"
 
 
 def test_queue_positions_follow_the_order_of_the_clicks():
