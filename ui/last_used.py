@@ -19,6 +19,17 @@ NOT_RESTORED = ("save", "vae_dtype")
 RESTORED = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name not in NOT_RESTORED)
 
 
+# Gradio's own clients mark their calls: gradio_client with `x-gradio-user: api`, Gradio's MCP server with `mcp`.
+API_CLIENTS = frozenset({"api", "mcp"})
+
+
+def started_on_a_page(request) -> bool:
+    """Whether a run came from a browser page (or a direct call, no request): only those become the last-used
+    values. A script driving the Gradio API would otherwise decide what the form shows at the next start."""
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-gradio-user") not in API_CLIENTS
+
+
 def clean_last_generation(manager, last) -> tuple[dict, list[str]]:
     """The usable last-used values and one line per dropped value (unknown keys are dropped silently)."""
     if not isinstance(last, dict):

@@ -106,3 +106,5 @@ def test_api_generate_and_cancel(live_app):
     info = parse_infotext(Image.open(image_path).info["parameters"])
     assert info["Seed"] == "1234" and info["Size"] == "128x128"
     assert client.predict(api_name="/cancel") == "Nothing is running."
+    # A script's runs do not become the form's last-used values (a run from the page does: test_app_tabs).
+    assert live_app["settings"].last_generation.get("prompt") != "api prompt"

@@ -26,3 +26,14 @@ def test_unknown_model_and_non_dict(make_manager):
     assert cleaned == {"model": manager.default_model(), "seed": 42} and problems == []
     assert clean_last_generation(manager, [1, 2]) == ({}, [])
     assert clean_last_generation(manager, {}) == ({}, [])
+
+
+def test_only_runs_from_a_page_become_the_last_used_values():
+    from types import SimpleNamespace
+
+    from ui.last_used import started_on_a_page
+
+    assert started_on_a_page(None), "a direct call (no request) counts as the page's"
+    assert started_on_a_page(SimpleNamespace(headers={"user-agent": "Mozilla/5.0"}))
+    assert not started_on_a_page(SimpleNamespace(headers={"x-gradio-user": "api"})), "gradio_client"
+    assert not started_on_a_page(SimpleNamespace(headers={"x-gradio-user": "mcp"})), "Gradio's MCP server"
