@@ -5,7 +5,6 @@ face and the PuLID controls, and runs through the same manager, readout and meta
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import gradio as gr
@@ -21,7 +20,7 @@ from ui import inputs
 from ui.generation_form import model_choices
 from ui.generate_tab import FORM_FIELDS, _coerce_form
 from ui.jobs import parallel_jobs
-from ui.last_used import started_on_a_page
+from ui.last_used import remember_last_generation
 from ui.session import STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
 log = logging.getLogger("likeness")
@@ -202,8 +201,7 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
                 yield update.readout, gr.update(), gr.update(), gr.update()
                 continue
             result = update.result
-            if started_on_a_page(request):
-                settings.last_generation = dataclasses.asdict(generation_request)
+            remember_last_generation(settings, request, generation_request)
             images = [(item.path or item.image, f"seed {item.seed}") for item in result.images]
             yield update.readout, images, result_markdown(result), result.kept_latents
 

@@ -13,7 +13,7 @@ from pipelines.request import GenerationRequest
 from pipelines.vae import VAE_CHOICES
 from ui import generation_form
 from ui.generation_form import add_lora_tag, lora_choices, model_choices  # noqa: F401  (imported from here by other modules)
-from ui.last_used import clean_last_generation, started_on_a_page
+from ui.last_used import clean_last_generation, remember_last_generation
 from ui.jobs import parallel_jobs
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
@@ -119,8 +119,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             if update.result is None:
                 yield update.readout, update.preview_output(), gr.update(), gr.update(), gr.update(), gr.update(), *unchanged
             result = update.result
-        if started_on_a_page(request):
-            settings.last_generation = dataclasses.asdict(generation_request)
+        if remember_last_generation(settings, request, generation_request):
             try:
                 store.save(settings)
             except OSError as error:

@@ -30,6 +30,14 @@ def started_on_a_page(request) -> bool:
     return headers.get("x-gradio-user") not in API_CLIENTS
 
 
+def remember_last_generation(settings, request, generation_request) -> bool:
+    """Make a run the form's last-used values when it came from a page (`started_on_a_page`); True when it did."""
+    if not started_on_a_page(request):
+        return False
+    settings.last_generation = dataclasses.asdict(generation_request)
+    return True
+
+
 def clean_last_generation(manager, last) -> tuple[dict, list[str]]:
     """The usable last-used values and one line per dropped value (unknown keys are dropped silently)."""
     if not isinstance(last, dict):
