@@ -117,11 +117,38 @@ def debug_view(face) -> list[tuple[Image.Image, str]]:
     return views
 
 
+def copy_text_js(source_id: str, target_id: str) -> str:
+    """A `change` handler run in the browser (no request per keystroke) that copies the text of the box `source_id`
+    into the box `target_id`. It reads the text on the page: Gradio's `input` event misses a paste or an edit
+    without keys, and the value handed to the handler can be older than the box's. While the user types in the
+    target, the target keeps its own text: the copy back of one keystroke arrives after the next ones."""
+    return ("(value) => { const source = document.querySelector('#%s textarea'), target = document.querySelector('#%s textarea');"
+            " if (target && document.activeElement === target) return target.value; return source ? source.value : value; }"
+            % (source_id, target_id))
+
+
+def shared_prompt_boxes(generate_form: dict) -> tuple[gr.Textbox, gr.Textbox]:
+    """The prompt and negative prompt on the Face tab: the Generate tab's own (a face run uses them), shown and
+    editable here too, so the prompt a face run draws is on the page that runs it. Typing in either box
+    updates the other; so do Send-to-Generate, the examples and the last-used values at start."""
+    boxes = []
+    for field, label in (("prompt", "Prompt"), ("negative_prompt", "Negative prompt")):
+        source = generate_form[field]
+        mirror = gr.Textbox(label=label, lines=source.lines, value=source.value, placeholder=source.placeholder,
+                            info="the same as the Generate tab's", elem_id=f"face_{field}")
+        # Both ways on `change`: the copy of an equal text changes nothing, so the two settle after one round.
+        mirror.change(None, mirror, source, js=copy_text_js(mirror.elem_id, source.elem_id), queue=False, api_visibility="private")
+        source.change(None, source, mirror, js=copy_text_js(source.elem_id, mirror.elem_id), queue=False, api_visibility="private")
+        boxes.append(mirror)
+    return boxes[0], boxes[1]
+
+
 def build(manager: PipelineManager, settings, store, generate_form: dict, cancels: CancelRegistry, kept_latents: gr.State) -> dict:
     files = gr.Markdown(files_markdown(manager), elem_id="face_files")
     chosen = generate_form["model"].value
     face_model = gr.Dropdown(model_choices(manager), value=chosen, label="Model", info=model_note(manager, chosen), elem_id="face_model",
                              allow_custom_value=True)
+    prompt, negative = shared_prompt_boxes(generate_form)
     with gr.Row():
         with gr.Column(scale=2):
             photos = gr.File(label=f"Reference photos (1-{MAX_PHOTOS})", file_count="multiple", file_types=["image"], elem_id="face_photos")
@@ -216,4 +243,5 @@ def build(manager: PipelineManager, settings, store, generate_form: dict, cancel
 
     stop.click(stop_face, None, readout, api_visibility="private", concurrency_limit=None)
     # "model": the Models tab's refresh lists new models in it too.
-    return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step, "model": face_model}
+    return {"files": files, "photos": photos, "id_weight": id_weight, "start_step": start_step, "model": face_model,
+            "prompt": prompt, "negative_prompt": negative}

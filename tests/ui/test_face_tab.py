@@ -73,3 +73,39 @@ def test_generate_face_api_returns_an_image_with_pulid_metadata(face_app):
         with pytest.raises(AppError, match=message):
             client.predict([handle_file(str(HANKS))], "", bad, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")
     assert client.predict([handle_file(str(HANKS))], "", 0.8, 0, 20, "v2", 1, 1, *form.values(), api_name="/generate_face")[1]
+
+
+def test_the_face_tab_shows_and_edits_the_prompt_it_draws(browser, face_app):
+    """A face run draws the Generate tab's prompt: the Face tab shows it and edits it, both ways, typed or pasted."""
+    page = open_page(browser, face_app["url"])
+    try:
+        page.locator("#prompt textarea").fill("a portrait in a garden")
+        page.locator("#negative_prompt textarea").fill("blurry")
+        page.locator("#steps input[type=number]").fill("2")
+        page.locator("#steps input[type=number]").press("Enter")
+        page.get_by_role("tab", name="Face").click()
+        face_prompt, face_negative = page.locator("#face_prompt textarea"), page.locator("#face_negative_prompt textarea")
+        assert face_prompt.input_value() == "a portrait in a garden" and face_negative.input_value() == "blurry"
+        face_prompt.fill("a portrait of a sailor")  # a paste: no key events
+        face_prompt.press("End")
+        face_prompt.press_sequentially(" at sea", delay=10)  # typed: no keystroke lost to the copy back
+        face_negative.fill("")
+        page.wait_for_function("document.querySelector('#prompt textarea').value === 'a portrait of a sailor at sea'"
+                               " && document.querySelector('#negative_prompt textarea').value === ''", timeout=10_000)
+        assert face_prompt.input_value() == "a portrait of a sailor at sea"
+        page.locator("#face_photos input[type=file]").set_input_files(str(HANKS))
+        page.wait_for_function("(document.querySelector('#face_detect_info')?.innerText || '').includes('Detected')", timeout=60_000)
+        page.locator("#face_generate").click()
+        page.wait_for_function("document.querySelectorAll('#face_gallery img').length >= 1", timeout=120_000)
+        keep_screenshot(page, "face_tab_prompt")
+        saved = sorted((face_app["root"] / "outputs").rglob("*.png"), key=lambda path: path.stat().st_mtime)[-1]
+        from PIL import Image
+
+        assert Image.open(saved).info["parameters"].startswith("a portrait of a sailor at sea\n")
+        # And back: a prompt set on the Generate tab shows on the Face tab.
+        page.get_by_role("tab", name="Generate").click()
+        page.locator("#prompt textarea").fill("a portrait at night")
+        page.get_by_role("tab", name="Face").click()
+        page.wait_for_function("document.querySelector('#face_prompt textarea').value === 'a portrait at night'", timeout=10_000)
+    finally:
+        page.context.close()
