@@ -82,11 +82,13 @@ class LoadedModel:
 # -- family adapters: prompt encoding and latent unpacking ------------------------------------------
 
 
-def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool, embeddings: list = ()) -> dict:
+def encode_prompts(model: LoadedModel, prompt: str, negative: str, batch_size: int, use_cfg: bool, embeddings: list = (),
+                   clip_skip: int = 1) -> dict:
     """Return the pipeline keyword arguments that carry the encoded prompt for `batch_size` images."""
     pipe, device = model.pipe, model.device
     if model.family in (Family.SD15, Family.SDXL):  # A1111's syntax, 75-token chunks, emphasis, textual inversions
-        return encode_weighted(pipe, prompt, negative, device, batch_size, use_cfg, sdxl=model.family is Family.SDXL, embeddings=embeddings)
+        return encode_weighted(pipe, prompt, negative, device, batch_size, use_cfg, sdxl=model.family is Family.SDXL, embeddings=embeddings,
+                               clip_skip=clip_skip)
     (prompt, _), (negative, _) = flux_text(prompt), flux_text(negative)  # T5 has no weights: the words only
     with torch.no_grad():
         positive, pooled, _text_ids = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=batch_size)
@@ -232,6 +234,7 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1
         "Version": APP_VERSION,
         "VAE dtype": vae_label,
         "Denoiser dtype": dtype_name(model.dtype),

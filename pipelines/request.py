@@ -19,6 +19,7 @@ MAX_STEPS = 150  # A1111's slider limit
 MAX_CFG = 30.0
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
+MAX_CLIP_SKIP = 12  # A1111's slider: CLIP ViT-L/14 has 12 layers
 MAX_PROMPT_CHARS = 4000  # far beyond what any text encoder reads; keeps infotext and logs sane
 
 
@@ -65,6 +66,10 @@ class GenerationRequest:
     face_detail_prompt: str = ""  # "" = the main prompt
     face_detail_faces: str = ""  # which faces, 1-based, largest first: "1,3"; "" = all
     cache_namespace: str = ""  # whose approximate-cache entries this run may see and add to: the login user or API user; "" = single user
+    # A1111's "Clip skip" (CLIP_stop_at_last_layers): the prompt is read from the text encoder's Nth layer from the end
+    # (1 = the last). SD 1.5 only, as in A1111: SDXL was trained on its penultimate layers, FLUX.1 on T5. Last in the
+    # request so the form's positional API order (parameters before it) stays as it was.
+    clip_skip: int = 1
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -189,6 +194,11 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
     if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+    whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
+    clip_skip = request.clip_skip
+    if is_whole(clip_skip) and clip_skip > 1 and family is not Family.SD15:
+        warnings.append(f"Clip skip {clip_skip} applies to SD 1.5 models only (as in A1111); {spec.label} reads its prompt as trained.")
+        clip_skip = 1
     whole_number("DeepCache interval", request.deepcache_interval, 1, 20)
     whole_number("DeepCache branch", request.deepcache_branch, 0, 8)
     if not choice(request.deepcache_schedule, DEEPCACHE_SCHEDULES):
@@ -247,7 +257,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     seed = request.seed
     if seed == -1:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate)
+    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate, clip_skip=clip_skip)
     return ValidatedRequest(cleaned, seed, tuple(warnings))
 
 

@@ -52,12 +52,13 @@ CASES = {
     "models": ("models",),
     "models-json": ("models", "--json"),
     "models-real": ("models",),
-    "generate-json": (*GEN, "--seed", "7", "--json"),
+    "generate-json": (*GEN, "--seed", "7", "--clip-skip", "2", "--json"),
     "generate-text": (*GEN, "--seed", "-1"),
     "steps-0": ("generate", "--prompt", "x", "--width", "64", "--height", "64", "--steps", "0"),
     "width-65": ("generate", "--prompt", "x", "--height", "64", "--width", "65"),
     "unknown-model": ("generate", "--prompt", "x", "--width", "64", "--height", "64", "--model", "nope"),
-    "many-problems": ("generate", "--prompt", "x", "--width", "64", "--height", "64", "--seed", "-2", "--cfg", "-1", "--sampler", "Flow Euler"),
+    "many-problems": ("generate", "--prompt", "x", "--width", "64", "--height", "64", "--seed", "-2", "--cfg", "-1", "--sampler", "Flow Euler",
+                      "--clip-skip", "13"),
     "device-cuda": ("models", "--device", "cuda"),
     "device-typo": ("models", "--device", "gpu"),
     "corrupt-settings": ("models",),
@@ -139,6 +140,7 @@ def test_generate_json(runs):
     assert result["seeds"] == [7]
     assert result["request"]["model"] == DEMO_MODEL_NAME and result["request"]["steps"] == 2
     assert result["request"]["cfg_scale"] == demo.DEFAULT_CFG  # no --cfg: the demo's own (the form's and the examples')
+    assert result["request"]["clip_skip"] == 2 and ", Clip skip: 2, " in result["infotexts"][0]
     assert len(result["step_seconds"]) == 2
     assert {"text encode", "denoise", "VAE decode"} <= set(result["stage_seconds"])
     assert "Traceback" not in completed.stderr
@@ -167,7 +169,7 @@ def test_generate_text_output(runs):
         ("width-65", ["Width 65 is not a multiple of 8", "try 64"]),
         ("unknown-model", ["No model named 'nope'", DEMO_MODEL_NAME]),
         ("many-problems", ["Seed must be -1 (random)", "CFG scale must be between 0 and 30",
-                           "Sampler 'Flow Euler' is not available for Stable Diffusion 1.5"]),
+                           "Sampler 'Flow Euler' is not available for Stable Diffusion 1.5", "Clip skip must be between 1 and 12, got 13."]),
     ],
 )
 def test_bad_input_exits_2_with_one_line(runs, case, needles):

@@ -22,8 +22,8 @@ from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.lora.tags import extract_lora_tags
 from pipelines.manager import PipelineManager
-from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_HIRES_SCALE,
-                               MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
+from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
+                               MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
 from pipelines.samplers import sampler_names
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
@@ -33,7 +33,7 @@ from ui.last_used import vae_rule_info
 FAMILY_SHORT = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL", Family.FLUX: "FLUX.1"}
 # Request fields that are whole numbers: Gradio numbers arrive as floats.
 WHOLE_FIELDS = ("steps", "seed", "width", "height", "batch_size", "batch_count", "deepcache_interval", "deepcache_branch",
-                "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding")
+                "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding", "clip_skip")
 HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
 DETAILER_FIELDS = ("face_detail", "face_detail_strength", "face_detail_steps", "face_detail_prompt", "face_detail_faces")
 
@@ -145,6 +145,9 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     with gr.Row():
         batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
         batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
+        # A1111 keeps it in Settings (often in the quick settings bar); here it sits with the run's other numbers.
+        clip_skip = inputs.Slider(1, MAX_CLIP_SKIP, value=last.get("clip_skip", 1), step=1, label="Clip skip",
+                                  info="SD 1.5; 1 = last layer", elem_id=f"{prefix}clip_skip")
     vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
                          info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()), elem_id=f"{prefix}vae_dtype")
     with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
@@ -171,7 +174,8 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     fields = {"steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height, "sampler": sampler,
               "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
-              "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache}
+              "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
+              "clip_skip": clip_skip}
     return fields, random_seed, reuse_seed
 
 

@@ -91,8 +91,10 @@ def request_partition(model, request, hooks: list) -> str | None:
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
+    # Clip skip changes every prompt's conditioning; 1 adds nothing, so the entries kept before it existed still match.
+    clip_skip = (("clip skip", request.clip_skip),) if request.clip_skip > 1 else ()
     return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
-                         float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)))
+                         float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)), *clip_skip)
 
 
 @dataclass

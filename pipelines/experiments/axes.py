@@ -78,6 +78,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("steps", "Steps", "int", field="steps"),
     Setting("sampler", "Sampler", "text", field="sampler", choices=tuple(ALL_SAMPLER_NAMES)),
     Setting("cfg_scale", "CFG scale", "float", field="cfg_scale"),
+    Setting("clip_skip", "Clip skip", "int", field="clip_skip"),
     Setting("seed", "Seed", "int", field="seed"),
     Setting("size", "Size", "size"),
     Setting("width", "Width", "int", field="width"),

@@ -131,19 +131,25 @@ def _execution_device(module, fallback: torch.device) -> torch.device:
 
 
 def encode_chunks(text_encoder, chunks: list[Chunk], device: torch.device, penultimate: bool,
-                  key: str = "clip_l") -> tuple[torch.Tensor, torch.Tensor | None]:
+                  key: str = "clip_l", clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Hidden states (1, 77 x chunks, C) with emphasis, and the first chunk's pooled output if the encoder has one.
 
-    `key` names the encoder for textual-inversion files ("clip_l", or SDXL's second "clip_g")."""
+    `key` names the encoder for textual-inversion files ("clip_l", or SDXL's second "clip_g"); `clip_skip`: SD 1.5's
+    layer from the end (A1111's "Clip skip", 1 = the last)."""
     ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
     weights = torch.tensor([chunk.weights for chunk in chunks])
     width = text_encoder.get_input_embeddings().embedding_dim
     fixes = [(row, offset, embedding.for_encoder(key, width)) for row, chunk in enumerate(chunks) for offset, embedding in chunk.fixes]
     with vectors_at(text_encoder, fixes):
-        return _encode(text_encoder, chunks, ids, weights, device, penultimate)
+        return _encode(text_encoder, chunks, ids, weights, device, penultimate, clip_skip)
 
 
-def _encode(text_encoder, chunks, ids, weights, device, penultimate):
+def clip_skip_layers(text_encoder) -> int:
+    """How many layers a clip skip can go back: the encoder's layer count (its first layer's output at most)."""
+    return int(getattr(text_encoder.config, "num_hidden_layers", 1))
+
+
+def _encode(text_encoder, chunks, ids, weights, device, penultimate, clip_skip=1):
     if penultimate:  # SDXL: both encoders' penultimate layer (diffusers' default, no clip skip)
         output = text_encoder(ids.to(_execution_device(text_encoder, device)), output_hidden_states=True)
         hidden = output.hidden_states[-2]
@@ -152,7 +158,13 @@ def _encode(text_encoder, chunks, ids, weights, device, penultimate):
         mask = None
         if getattr(text_encoder.config, "use_attention_mask", False):
             mask = torch.tensor([[1] * (chunk.length + 2) + [0] * (len(chunk.ids) - chunk.length - 2) for chunk in chunks]).to(device)
-        hidden, pooled = text_encoder(ids.to(device), attention_mask=mask)[0], None
+        if clip_skip > 1:  # A1111: the Nth layer from the end, then the final layer norm the last layer's output has
+            output = text_encoder(ids.to(device), attention_mask=mask, output_hidden_states=True)
+            layer = output.hidden_states[-min(clip_skip, clip_skip_layers(text_encoder))]
+            text_model = getattr(text_encoder, "text_model", text_encoder)  # transformers < 5 nests the layers one level down
+            hidden, pooled = text_model.final_layer_norm(layer), None
+        else:
+            hidden, pooled = text_encoder(ids.to(device), attention_mask=mask)[0], None
     hidden = apply_emphasis(hidden, weights)
     return hidden.reshape(1, -1, hidden.shape[-1]), pooled
 
@@ -176,10 +188,11 @@ def _fragments_for(pipe, fragments: list[Fragment], tokenizer) -> list[Fragment]
 
 
 def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batch_size: int, use_cfg: bool, sdxl: bool,
-                    embeddings: list[Embedding] = ()) -> dict:
+                    embeddings: list[Embedding] = (), clip_skip: int = 1) -> dict:
     """The pipeline keyword arguments (`prompt_embeds`, ... ) for `batch_size` images of an SD 1.5 or SDXL pipeline.
 
-    `embeddings`: the textual inversions the prompts may name (`EmbeddingLibrary.used_in`)."""
+    `embeddings`: the textual inversions the prompts may name (`EmbeddingLibrary.used_in`); `clip_skip`: SD 1.5's
+    text layer from the end (SDXL always reads its penultimate layers)."""
     parsed = {"positive": parse_prompt(prompt), "negative": parse_prompt(negative)}
     per_encoder = []
     for index, (tokenizer, encoder) in enumerate(_encoders(pipe)):
@@ -193,7 +206,8 @@ def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batc
     def encode(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden, pooled = [], None
         for tokenizer, encoder, chunks, key in per_encoder:
-            states, pooled_here = encode_chunks(encoder, _pad_to(chunks[name], count, tokenizer), device, penultimate=sdxl, key=key)
+            states, pooled_here = encode_chunks(encoder, _pad_to(chunks[name], count, tokenizer), device, penultimate=sdxl, key=key,
+                                                clip_skip=1 if sdxl else clip_skip)
             hidden.append(states)
             pooled = pooled_here if pooled_here is not None else pooled
         embeds = torch.cat(hidden, dim=-1).to(dtype=dtype, device=device)

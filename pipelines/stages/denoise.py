@@ -20,8 +20,10 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     if hook_keys is None:
         return None
     # The namespace too: one user's repeat is never served from another user's run (nor its timing).
-    return (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
-            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", "")) + ((init_key,) if init_key else ())
+    key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
+           request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", ""))
+    key += (init_key,) if init_key else ()
+    return key + ((("clip skip", request.clip_skip),) if request.clip_skip > 1 else ())
 
 
 class Denoise:

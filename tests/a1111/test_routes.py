@@ -128,10 +128,13 @@ def test_defaults_unknown_fields_and_unsupported_values_give_warnings(api_app):
             assert body["parameters"][key] == value, key
     assert "my_client_field" not in body["parameters"]
     warnings = " ".join(json.loads(body["info"])["warnings"])
-    for fragment in ("'my_client_field'", "restore_faces=True", "tiling=True", "CLIP_stop_at_last_layers"):
+    for fragment in ("'my_client_field'", "restore_faces=True", "tiling=True"):
         assert fragment in warnings
+    assert "CLIP_stop_at_last_layers" not in warnings  # applied: clip skip 2
     info = json.loads(body["info"])
     assert info["sampler_name"] == "Euler" and info["cfg_scale"] == 7.0  # null = A1111's default (sampler_index "Euler")
+    assert info["clip_skip"] == 2 and ", Clip skip: 2, " in info["infotexts"][0]  # for this request only (restore afterwards)
+    assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
 
 
 def test_alwayson_deepcache_and_vae_precision(api_app):
@@ -163,6 +166,13 @@ def test_options_map_onto_likeness(api_app):
     assert refused.status_code == 422 and set(refused.json()) == A1111_ERROR_KEYS
     assert manager.config.preview_every == 2
     client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 5, "likeness_vae_dtype": "auto"})
+    # A1111's Clip skip option: the default of later requests; out of range refused with its range.
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).json()["applied"] == ["CLIP_stop_at_last_layers"]
+    assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+    assert json.loads(client.post("/sdapi/v1/txt2img", json=QUICK).json()["info"])["clip_skip"] == 2
+    refused = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13})
+    assert refused.status_code == 422 and "from 1 to 12" in refused.json()["detail"]
+    client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
 
 
 def test_png_info_reads_back_the_infotext(api_app):

@@ -15,7 +15,7 @@ from ui.png_info_tab import generate_form_values, sent_report, unapplied_keys
 A1111_TEXT = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x768, "
               "Model hash: 0123456789, Model: sd_xl_base, Clip skip: 2, ENSD: 31337, Version: v1.10.1")
 GENERATE_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "vae_dtype",
-                   "hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
+                   "hires_scale", "hires_upscaler", "hires_steps", "hires_denoising", "clip_skip")
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +48,14 @@ def test_face_tab_names_every_missing_file_and_marks_status_in_words(manager):
 def test_send_report_lists_every_field_not_applied(manager):
     values, notes = generate_form_values(A1111_TEXT, manager, {"model": DEMO_MODEL_NAME})
     assert values["steps"] == 20 and values["width"] == 512 and values["height"] == 768 and values["hires_scale"] == 1.0
+    assert values["clip_skip"] == 2
     assert notes == [f"Model 'sd_xl_base' is not installed; kept {DEMO_MODEL_NAME!r}."]
     settings, records = unapplied_keys(A1111_TEXT, GENERATE_FIELDS)
-    assert settings == ["Clip skip: 2", "ENSD: 31337"] and records == ["Model hash", "Version"]
+    assert settings == ["ENSD: 31337"] and records == ["Model hash", "Version"]
     report = sent_report("Generate.", notes, A1111_TEXT, GENERATE_FIELDS)
     assert report.splitlines()[0] == "Sent to Generate.  "
     assert "⚠ Model 'sd_xl_base' is not installed" in report
-    assert "⚠ Not applied (no such setting here): Clip skip: 2; ENSD: 31337" in report
+    assert "⚠ Not applied (no such setting here): ENSD: 31337" in report
     assert report.endswith("Recorded only, nothing to set: Model hash, Version")
 
 
@@ -69,3 +70,11 @@ def test_a_form_without_hires_reports_the_hires_fields(manager):
                         "Hires steps: 10"]
     # img2img's own strength (no hires fix) is not Generate's: listed there.
     assert "Denoising strength: 0.4" in unapplied_keys(A1111_TEXT + ", Denoising strength: 0.4", GENERATE_FIELDS)[0]
+
+
+def test_an_image_without_clip_skip_sends_clip_skip_1(manager):
+    """A1111 writes "Clip skip" only when it is not 1, and its paste sets 1 when the key is absent: so does Send."""
+    values, _ = generate_form_values(A1111_TEXT.replace("Clip skip: 2, ", ""), manager, {})
+    assert values["clip_skip"] == 1
+    values, notes = generate_form_values(A1111_TEXT.replace("Clip skip: 2", "Clip skip: two"), manager, {})
+    assert "clip_skip" not in values and "Clip skip 'two' is not a number; left as it was." in notes

@@ -90,7 +90,8 @@ def test_send_to_generate_reports_on_generate(page, tmp_path):
     landed = page.inner_text("#readout")
     assert page.input_value("#prompt textarea") == "a red fox" and page.input_value("#steps input[type=number]") == "9"
     assert "Model 'sd_xl_base_1.0' is not installed" in landed
-    assert "Not applied (no such setting here): Clip skip: 2; ENSD: 31337" in landed
+    assert "Not applied (no such setting here): ENSD: 31337" in landed
+    assert page.input_value("#clip_skip input[type=number]") == "2"
     assert "Recorded only, nothing to set: Model hash, Version" in landed
     shot(page, "send_to_generate_report")
     page.get_by_role("tab", name="PNG Info").click()

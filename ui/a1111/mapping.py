@@ -89,6 +89,7 @@ class ApiDefaults:
 
     model: str
     vae_dtype: str = "auto"
+    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     keep_model: bool = False  # override_settings_restore_afterwards=false with sd_model_checkpoint: it stays the default
     keep_vae: bool = False
+    keep_clip_skip: bool = False
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         warnings.append("LoRA tags in the negative prompt are not applied (as in A1111, LoRAs come from the prompt).")
 
     prepared = Prepared(GenerationRequest(model=defaults.model, prompt=""), warnings=warnings)
-    model, vae_dtype = defaults.model, defaults.vae_dtype
+    model, vae_dtype, clip_skip = defaults.model, defaults.vae_dtype, defaults.clip_skip
     overrides = body.override_settings or {}
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
@@ -291,8 +293,9 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
             prepared.keep_vae = not body.override_settings_restore_afterwards
         elif key == "sd_vae" and value in ("Automatic", "None", None):
             pass  # the model's own VAE: what Likeness always uses
-        elif key == "CLIP_stop_at_last_layers" and value in (1, None):
-            pass
+        elif key == "CLIP_stop_at_last_layers" and value is not None:
+            clip_skip = value  # the request's check names a value that is not 1-12
+            prepared.keep_clip_skip = not body.override_settings_restore_afterwards
         elif key == "samples_format" and isinstance(value, str) and value.lower() == "png":
             pass
         else:
@@ -329,7 +332,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
     prepared.request = GenerationRequest(
         model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
         seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
-        batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images),
+        batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
     )
     fields |= detailer_fields(body, warnings)
     if isinstance(body, Img2ImgRequest):
@@ -516,7 +519,8 @@ def _short_images(value):
 
 # -- the response -----------------------------------------------------------------------------------
 
-STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Version", "Prompt", "Negative prompt"}
+STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Version", "Prompt",
+                 "Negative prompt"}
 
 
 def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
@@ -557,7 +561,7 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
         "infotexts": infotexts,
         "styles": body.styles or [],
         "job_timestamp": timestamp,
-        "clip_skip": 1,
+        "clip_skip": request.clip_skip if request else 1,
         "is_using_inpainting_conditioning": False,
         "version": parsed.get("Version", ""),
         "warnings": warnings,

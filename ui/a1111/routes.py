@@ -38,6 +38,7 @@ from pipelines.generate import CancelToken
 from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
 from pipelines.jobs import tagged
+from pipelines.request import MAX_CLIP_SKIP
 from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
 from ui.a1111 import mapping, models
@@ -342,6 +343,8 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
             context.defaults.model = prepared.request.model
         if prepared.keep_vae:
             context.defaults.vae_dtype = prepared.request.vae_dtype
+        if prepared.keep_clip_skip:
+            context.defaults.clip_skip = prepared.request.clip_skip
     warnings = prepared.warnings + (result.warnings if result else []) + notes
     encoded = [mapping.encode_png(item.image, item.infotext) for item in images] if body.send_images else []
     if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
@@ -382,7 +385,7 @@ def current_options(context: ApiContext) -> dict:
         "sd_model_checkpoint": title,
         "sd_checkpoint_hash": sha,
         "sd_vae": "Automatic",
-        "CLIP_stop_at_last_layers": 1,
+        "CLIP_stop_at_last_layers": defaults.clip_skip,
         "show_progress_every_n_steps": preview,
         "live_previews_enable": preview > 0,
         "live_previews_image_format": "png",
@@ -428,8 +431,10 @@ def apply_options(context: ApiContext, req: dict) -> dict:
             changes.append(lambda key=key, value=value: setattr(manager.config, key.removeprefix("likeness_"), value))
         elif key == "sd_vae" and value in ("Automatic", "None"):
             pass
-        elif key == "CLIP_stop_at_last_layers" and value == 1:
-            pass
+        elif key == "CLIP_stop_at_last_layers":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIP_SKIP:
+                raise InvalidRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}.")
+            changes.append(lambda value=value: setattr(defaults, "clip_skip", value))
         elif key == "samples_format" and isinstance(value, str) and value.lower() == "png":
             pass
         else:
