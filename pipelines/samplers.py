@@ -26,13 +26,24 @@ class Sampler:
 UNET_SAMPLERS = [
     Sampler("Euler", "EulerDiscreteScheduler", {}, "Euler", "Automatic"),
     Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, "Euler a", "Automatic"),
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
-    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    # The algorithm is named: a model whose own scheduler config is an SDE DPM-Solver would otherwise lend it its own.
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    # The SDE variants add seeded noise at each step (diffusers' own noise: A1111's torchsde Brownian tree draws other
+    # images from the same seed).
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": False},
+            "DPM++ 2M SDE", "Automatic"),
+    Sampler("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+            "DPM++ 2M SDE", "Karras"),
+    Sampler("LMS", "LMSDiscreteScheduler", {"use_karras_sigmas": False}, "LMS", "Automatic"),
+    Sampler("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, "LMS", "Karras"),
     # diffusers' DDIM clips its x0 guess to [-1, 1] unless the config says otherwise: latents are not
     # pixels (SD's official config says clip_sample false; an Euler config, as the demo's, says nothing).
     # A1111 never clips. Measured on the demo: background right 15 % with the clip, 100 % without.
     Sampler("DDIM", "DDIMScheduler", {"clip_sample": False}, "DDIM", "Automatic"),
     Sampler("UniPC", "UniPCMultistepScheduler", {}, "UniPC", "Automatic"),
+    # For LCM models and LoRAs (4-8 steps, CFG 1-2): a few steps instead of 20-30.
+    Sampler("LCM", "LCMScheduler", {}, "LCM", "Automatic"),
 ]
 FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", {}, "Euler", "Simple")]
 

@@ -17,6 +17,11 @@ from ui.a1111.mapping import resolve_sampler
     ("Euler", "Automatic", "Euler", False),
     ("Euler", "Karras", "Euler", True),  # no Karras Euler here: Automatic, with a warning
     ("UniPC", "Exponential", "UniPC", True),
+    ("DPM++ 2M SDE", "Karras", "DPM++ 2M SDE Karras", False),
+    ("DPM++ 2M SDE Karras", None, "DPM++ 2M SDE Karras", False),
+    ("k_dpmpp_2m_sde", None, "DPM++ 2M SDE", False),
+    ("LMS", "Karras", "LMS Karras", False),
+    ("LCM", None, "LCM", False),
 ])
 def test_unet_samplers(sampler, scheduler, expected, warned):
     warnings: list[str] = []
@@ -34,6 +39,12 @@ def test_flux_runs_flow_euler_and_says_so():
 def test_unknown_names_are_refused(sampler, scheduler):
     with pytest.raises(InvalidRequest):
         resolve_sampler(Family.SD15, sampler, scheduler, [])
+
+
+def test_the_refusal_lists_the_samplers_and_their_karras_variants():
+    with pytest.raises(InvalidRequest, match=r"Likeness has: Euler a, Euler, DPM\+\+ 2M, DPM\+\+ 2M SDE, LMS, DDIM, UniPC, LCM "
+                                             r"\(and scheduler Karras with DPM\+\+ 2M, DPM\+\+ 2M SDE, LMS\)"):
+        resolve_sampler(Family.SD15, "DPM++ SDE", None, [])
 
 
 class FolderManager:

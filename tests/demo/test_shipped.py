@@ -121,3 +121,17 @@ def test_every_sampler_draws_on_the_shipped_demo(shipped_pipe):
             assert per["background"] >= 0.8 and per["colour"] >= 0.5, (name, per)
     finally:
         shipped_pipe.scheduler = euler_a
+
+
+def test_the_checker_makes_each_sampler_from_the_saved_config(shipped_pipe):
+    """A Karras sampler does not lend its sigmas to the next one the checker switches to (UniPC and Euler have them too)."""
+    from pipelines.demo import checker
+
+    euler_a = shipped_pipe.scheduler
+    try:
+        checker.use_sampler(shipped_pipe, "DPM++ 2M Karras")
+        assert shipped_pipe.scheduler.config.use_karras_sigmas
+        checker.use_sampler(shipped_pipe, "UniPC")
+        assert type(shipped_pipe.scheduler).__name__ == "UniPCMultistepScheduler" and not shipped_pipe.scheduler.config.use_karras_sigmas
+    finally:
+        shipped_pipe.scheduler = euler_a

@@ -129,6 +129,16 @@ def test_every_unet_sampler_generates(shared_manager, sampler):
     assert pixels(result.images[0].image).std() > 1
 
 
+@pytest.mark.parametrize("sampler", ["DPM++ 2M SDE Karras", "LCM"])
+def test_samplers_that_add_noise_each_step_keep_a1111_seeds(shared_manager, sampler):
+    """Their per-step noise comes from each image's own seed: a batch's second image is the next seed drawn alone,
+    and a repeat draws the same pixels."""
+    batch = shared_manager.generate(tiny_request("sd15", sampler=sampler, seed=500, steps=3, batch_size=2, save=False))
+    alone = shared_manager.generate(tiny_request("sd15", sampler=sampler, seed=501, steps=3, save=False)).images[0].image
+    assert np.abs(pixels(alone) - pixels(batch.images[1].image)).max() <= 1
+    assert np.abs(pixels(batch.images[0].image) - pixels(batch.images[1].image)).max() > 1
+
+
 def test_sampler_name_is_case_insensitive_and_canonicalised(shared_manager):
     result = shared_manager.generate(tiny_request("sd15", sampler="euler A", save=False))
     assert result.request.sampler == "Euler a"

@@ -53,8 +53,11 @@ SAMPLER_ALIASES = {
     "Euler a": ["k_euler_a", "k_euler_ancestral"],
     "Euler": ["k_euler"],
     "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "LMS": ["k_lms"],
     "DDIM": ["ddim"],
     "UniPC": ["unipc"],
+    "LCM": ["k_lcm"],
 }
 SCRIPT_NAMES = {
     "pulid": "pulid", "face": "pulid", "face reference": "pulid",
@@ -209,8 +212,9 @@ def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> 
     try:
         return find_sampler(family, name).name
     except KeyError:
+        with_karras = [n.removesuffix(" Karras") for n in sampler_names(family) if n.endswith(" Karras")]
         raise InvalidRequest(f"Sampler {shown(name)} not found; Likeness has: {', '.join(SAMPLER_ALIASES)} "
-                             "(and scheduler Karras with DPM++ 2M).") from None
+                             f"(and scheduler Karras with {', '.join(with_karras)}).") from None
 
 
 # -- images -----------------------------------------------------------------------------------------
