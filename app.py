@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", parents=[common], help="generate images without the UI")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--style", action="append", default=[], metavar="NAME",
+                     help="apply a prompt style from the models folder's styles.csv (A1111's file); repeatable, applied in order")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply models/Lora/NAME.safetensors (weight default 1, -10..10); repeatable; same as <lora:NAME:WEIGHT> in --prompt")
     gen.add_argument("--model", help="model name as `app.py models` lists it (default: first real model, else the demo)")

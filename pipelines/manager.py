@@ -39,6 +39,7 @@ from pipelines.jobs import JobView, LocalJobs
 from pipelines.metrics import psnr
 from pipelines.preview.live import LivePreview, TinyDecoders
 from pipelines.prompts.embeddings import EmbeddingLibrary
+from pipelines.prompts.styles import STYLES_FILE, StyleLibrary
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
@@ -94,6 +95,7 @@ class ManagerConfig:
     lora_memo_bytes: int = 2 * 2**30  # LoRA state dicts kept in RAM (a repeat does not read the file again)
     lora_fuse: str = "auto"  # auto: fuse a repeated LoRA set when measured faster | off | always (pipelines/lora/fuse.py)
     max_input_pixels: int = MAX_PHOTO_PIXELS  # init images and masks above this are refused (Settings: max_input_megapixels)
+    styles_file: Path | None = None  # A1111's styles.csv; None: the models folder's
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class PipelineManager:
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
         self.embeddings = EmbeddingLibrary(Path(config.models_dir) / "embeddings", config.allow_pickle)  # textual inversions
+        self.styles = StyleLibrary(config.styles_file or Path(config.models_dir) / STYLES_FILE)  # prompt styles
         self._approximate_cache: ApproximateCache | None = None
         self.latent_cache = MemoCache("final latents", "lru", config.latent_cache_entries) if config.latent_cache_entries > 0 else None
         self.face = FaceService(config.models_dir, self.device, MemoCache("face embeddings", "lru", config.face_memo_entries),
@@ -382,6 +385,7 @@ class PipelineManager:
         entry = self.entry(request.model)
         if not entry.usable:
             raise ModelLoadError(entry.problem)
+        request = self.styles.expand(request)  # the styles' words, before any cache key is made of the prompt
         for what, image in (("The init image", request.init_image), ("The mask", request.mask)):
             if isinstance(image, Image.Image):  # anything else is validate_request's to refuse
                 check_input_pixels(image.size, self.config.max_input_pixels, what)

@@ -70,6 +70,9 @@ class GenerationRequest:
     # (1 = the last). SD 1.5 only, as in A1111: SDXL was trained on its penultimate layers, FLUX.1 on T5. Last in the
     # request so the form's positional API order (parameters before it) stays as it was.
     clip_skip: int = 1
+    # A1111's prompt styles by name (styles.csv in the models folder): the manager applies them to the prompt and
+    # negative prompt before anything else, and the request it runs has none left.
+    styles: tuple = ()
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -195,6 +198,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
     whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
+    if isinstance(request.styles, str) or not isinstance(request.styles, (list, tuple)) or not all(isinstance(n, str) for n in request.styles):
+        problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip
     if is_whole(clip_skip) and clip_skip > 1 and family is not Family.SD15:
         warnings.append(f"Clip skip {clip_skip} applies to SD 1.5 models only (as in A1111); {spec.label} reads its prompt as trained.")

@@ -21,6 +21,7 @@ from pipelines.catalog import DEMO_MODEL_NAME, StartingValues
 from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.lora.tags import extract_lora_tags
+from pipelines.prompts.styles import STYLES_FILE
 from pipelines.manager import PipelineManager
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
@@ -100,6 +101,8 @@ def coerce_form(values: dict) -> GenerationRequest:
     for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength"):
         if name in cleaned and cleaned[name] is None:
             raise LikenessError(f"{name.replace('_', ' ').capitalize().replace('Cfg', 'CFG')} is empty; enter a number.")
+    if "styles" in cleaned:  # a multiselect sends a list (or None when cleared)
+        cleaned["styles"] = tuple(cleaned["styles"]) if isinstance(cleaned["styles"], list) else cleaned["styles"] or ()
     return GenerationRequest(**cleaned)
 
 
@@ -118,13 +121,42 @@ class FormExtras:
 
 
 def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tuple[dict, gr.Dropdown]:
-    """Prompt, negative prompt and the LoRA picker."""
+    """Prompt, negative prompt, the LoRA picker and the prompt styles (with saving the prompts as a style)."""
     prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id=f"{prefix}prompt", placeholder="a portrait photo of …")
     negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id=f"{prefix}negative_prompt")
     with gr.Row():
         lora_picker = gr.Dropdown(lora_choices(manager), value="", label="LoRA", elem_id=f"{prefix}lora_picker", scale=1,
                                   info="adds <lora:name:1> to the prompt; edit the weight there")
-    return {"prompt": prompt, "negative_prompt": negative}, lora_picker
+        # A custom value: a remembered style since removed from the file is named by the run, not a page error.
+        styles = gr.Dropdown(manager.styles.names(), value=list(last.get("styles", ())), multiselect=True, label="Styles",
+                             info=f"A1111's {STYLES_FILE} in the models folder; added to the prompts when you generate",
+                             elem_id=f"{prefix}styles", allow_custom_value=True, scale=1)
+    with gr.Accordion("Save the prompts as a style", open=False, elem_id=f"{prefix}style_panel"):
+        with gr.Row():
+            style_name = gr.Textbox(label="Style name", elem_id=f"{prefix}style_name", scale=3,
+                                    placeholder="the same name replaces that style; {prompt} in the prompt marks where yours goes")
+            save_style = gr.Button("Save style", elem_id=f"{prefix}save_style", scale=1)
+        style_message = gr.Markdown(elem_id=f"{prefix}style_message")
+    wire_styles(manager, styles, style_name, save_style, style_message, prompt, negative)
+    return {"prompt": prompt, "negative_prompt": negative, "styles": styles}, lora_picker
+
+
+def wire_styles(manager: PipelineManager, styles: gr.Dropdown, name: gr.Textbox, save: gr.Button, message: gr.Markdown,
+                prompt: gr.Textbox, negative: gr.Textbox) -> None:
+    """The style list is read again when opened (a style saved elsewhere, or the file edited, shows); Save writes
+    the prompts under the name and selects nothing new (a saved style is for the next prompt)."""
+    def choices(chosen):
+        return gr.update(choices=manager.styles.names(), value=chosen)
+
+    def save_style(style_name, prompt_text, negative_text, chosen):
+        try:
+            text = manager.styles.save(style_name, prompt_text, negative_text)
+        except (LikenessError, OSError) as error:
+            return f"⚠ {error}", gr.update()
+        return text, gr.update(choices=manager.styles.names(), value=chosen)
+
+    styles.focus(choices, styles, styles, api_visibility="private", queue=False)
+    save.click(save_style, [name, prompt, negative, styles], [message, styles], api_visibility="private", queue=False)
 
 
 def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, start: StartingValues,

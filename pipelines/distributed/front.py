@@ -56,6 +56,7 @@ class DispatchingManager:
 
     def generate(self, request, listener=None, cancel=None, telemetry=True, face=None, reuse_latents=True):
         self._manager.entry(request.model)  # an unknown name is refused here, with the list of models
+        request = self._manager.styles.expand(request)  # this machine's styles.csv: workers get the finished prompt
         publish = self._manager.bus.publish
 
         def relay(event) -> None:

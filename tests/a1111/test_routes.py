@@ -253,3 +253,16 @@ def test_api_user_is_the_authenticated_name_only():
     assert api_user(header, (("alice", "other"),)) == ""  # a wrong password names nobody
     assert api_user(header, ()) == ""  # no --api-auth: the single-user default
     assert api_user(None, (("alice", "pw"),)) == ""
+
+
+def test_prompt_styles_list_and_apply(api_app):
+    """A1111's `styles` field and /prompt-styles, from the models folder's styles.csv."""
+    client = api_app["client"]
+    (api_app["root"] / "models").mkdir(exist_ok=True)
+    (api_app["root"] / "models" / "styles.csv").write_text("name,prompt,negative_prompt\nPhoto,\"{prompt}, 35mm photo\",cartoon\n")
+    assert client.get("/sdapi/v1/prompt-styles").json() == [{"name": "Photo", "prompt": "{prompt}, 35mm photo", "negative_prompt": "cartoon"}]
+    info = json.loads(client.post("/sdapi/v1/txt2img", json=dict(QUICK, styles=["Photo"])).json()["info"])
+    assert info["prompt"] == "a lighthouse, at dusk, 35mm photo" and info["negative_prompt"] == "blurry, cartoon"
+    assert info["styles"] == ["Photo"] and not any("styles" in w for w in info["warnings"])
+    refused = client.post("/sdapi/v1/txt2img", json=dict(QUICK, styles=["Nope"]))
+    assert refused.status_code == 422 and "No style named 'Nope'" in refused.json()["detail"]

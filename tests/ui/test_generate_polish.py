@@ -11,7 +11,7 @@ from PIL import Image
 from pipelines.infotext import parse_infotext
 from pipelines.telemetry import StepDone
 from tests.ui.conftest import keep_screenshot, open_page
-from tests.ui.test_generate_tab import set_number
+from tests.ui.test_generate_tab import generate_small, set_number
 from tests.ui.test_img2img_tab import open_img2img, picture  # noqa: F401  (picture: a fixture)
 
 READOUT = "document.querySelector('#readout').innerText"
@@ -212,3 +212,25 @@ def test_the_images_box_shows_every_image_whole(page, batch):
     assert not fit["scrolls"], fit
     assert all(bottom <= fit["box_bottom"] + 1 for bottom in fit["bottoms"]) and min(fit["heights"]) > 100, fit
     keep_screenshot(page, f"gallery_whole_{batch}")
+
+
+def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
+    """Save the prompts as a style, pick it in Styles, generate: the PNG's prompt has the style's words; the file is
+    A1111's styles.csv in the models folder."""
+    page.fill("#prompt textarea", "{prompt} on a white background")
+    page.fill("#negative_prompt textarea", "blurry")
+    page.get_by_text("Save the prompts as a style").click()
+    page.fill("#style_name textarea", "White background")
+    page.click("#save_style")
+    page.wait_for_function("(document.querySelector('#style_message')?.innerText || '').includes('saved')", timeout=10_000)
+    assert (live_app["root"] / "models" / "styles.csv").read_text().splitlines()[1] == "White background,{prompt} on a white background,blurry"
+    page.fill("#negative_prompt textarea", "")
+    page.click("#styles input")
+    page.locator("#styles").get_by_role("option", name="White background", exact=True).click()
+    page.keyboard.press("Escape")
+    generate_small(page, "a big red circle", steps=2, size=64, timeout_ms=60_000)
+    keep_screenshot(page, "style_applied")
+    saved = sorted((live_app["root"] / "outputs").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    params = parse_infotext(Image.open(saved).info["parameters"])
+    assert params["Prompt"] == "a big red circle on a white background" and params["Negative prompt"] == "blurry"
+    assert page.input_value("#prompt textarea") == "a big red circle", "the style is applied to the run, not written into the box"

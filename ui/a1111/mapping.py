@@ -68,7 +68,7 @@ SCRIPT_NAMES = {
 }
 # Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
 UNSUPPORTED_DEFAULTS = {
-    "styles": (None, []), "subseed": (-1,), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
+    "subseed": (-1,), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
     "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
     "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
@@ -337,6 +337,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
         seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
+        styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
     )
     fields |= detailer_fields(body, warnings)
     if isinstance(body, Img2ImgRequest):

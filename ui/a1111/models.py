@@ -170,6 +170,12 @@ class ProgressResponse(BaseModel):
     textinfo: Optional[str] = None
 
 
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: Optional[str]
+    negative_prompt: Optional[str]
+
+
 class SamplerItem(BaseModel):
     name: str
     aliases: list[str]

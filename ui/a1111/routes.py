@@ -269,7 +269,12 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         return []
 
     # Lists A1111 clients read at start-up; Likeness has none of these (yet).
-    for route in ("prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
+    @router.get("/prompt-styles", response_model=list[models.PromptStyleItem])
+    async def prompt_styles():
+        styles = await anyio.to_thread.run_sync(manager.styles.styles)
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
+
+    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
         router.add_api_route(f"/{route}", nothing, methods=["GET"], name=route)
 
     @router.get("/scripts")
