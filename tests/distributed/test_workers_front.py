@@ -185,3 +185,18 @@ def test_an_experiment_takes_one_turn_while_its_cells_use_both_workers_and_anoth
     started_while_it_waited = [job for job in cells if user_wait.since < job.since < user_run.since]
     assert started_while_it_waited == [], "an experiment cell took a worker ahead of the waiting job"
     assert any(job.since > user_run.since for job in cells), "the user's job only ran after the whole grid"
+
+
+def test_styles_are_applied_here_and_workers_get_the_finished_prompt(pool, tmp_path):
+    """The styles file is this machine's (the workers never read it): the front applies it before dispatching."""
+    import dataclasses
+
+    from pipelines.infotext import parse_infotext
+
+    styles = tmp_path / "styles.csv"
+    styles.write_text("name,prompt,negative_prompt\nWhite,{prompt} on a white background,blurry\n")
+    here = DispatchingManager(PipelineManager(dataclasses.replace(pool.manager_config, styles_file=styles)), pool)
+    result = here.generate(dataclasses.replace(demo_job(steps=2, seed=5), prompt="a red circle", styles=("White",)))
+    params = parse_infotext(result.images[0].infotext)
+    assert worker_of(result).startswith("worker-")
+    assert params["Prompt"] == "a red circle on a white background" and params["Negative prompt"] == "blurry"
