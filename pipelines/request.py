@@ -201,7 +201,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if isinstance(request.styles, str) or not isinstance(request.styles, (list, tuple)) or not all(isinstance(n, str) for n in request.styles):
         problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip
-    if is_whole(clip_skip) and clip_skip > 1 and family is not Family.SD15:
+    if is_whole(clip_skip) and 1 < clip_skip <= MAX_CLIP_SKIP and family is not Family.SD15:  # out of range: a problem above
         warnings.append(f"Clip skip {clip_skip} applies to SD 1.5 models only (as in A1111); {spec.label} reads its prompt as trained.")
         clip_skip = 1
     whole_number("DeepCache interval", request.deepcache_interval, 1, 20)

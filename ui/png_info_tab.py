@@ -60,8 +60,12 @@ HIRES_NUMBERS = (("hires_scale", "Hires upscale", float), ("hires_steps", "Hires
 def generate_form_values(text: str, manager: PipelineManager, current: dict) -> tuple[dict, list[str]]:
     """Map parsed parameters onto Generate form fields; returns the values and what could not be used."""
     parsed = parse_infotext(text)
-    values: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
-    notes = []
+    # The PNG holds the finished prompts: styles of this folder found in them are chosen again and their words taken
+    # out (A1111's paste does the same); none found clears the choice, so no style is added to the prompt twice.
+    prompt, negative = parsed.get("Prompt", ""), parsed.get("Negative prompt", "")
+    styles, prompt, negative = manager.styles.extract(prompt, negative) if manager is not None else ([], prompt, negative)
+    values: dict = {"prompt": prompt, "negative_prompt": negative, "styles": styles}
+    notes = [f"Styles found in the prompt: {', '.join(styles)}; chosen in Styles, and the prompt shows the rest."] if styles else []
 
     def number(key: str, cast):
         if key not in parsed:

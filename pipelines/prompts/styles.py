@@ -42,6 +42,38 @@ def apply_styles(styles: list[Style], prompt: str, negative: str) -> tuple[str, 
     return prompt, negative
 
 
+def strip_style(style_text: str, prompt: str) -> str | None:
+    """`prompt` without what `merge_prompts` added for `style_text`, or None when it was not merged in."""
+    prompt, style_text = prompt.strip(), style_text.strip()
+    if "{prompt}" in style_text:
+        left, _, right = style_text.partition("{prompt}")
+        if prompt.startswith(left) and prompt.endswith(right) and len(prompt) >= len(left) + len(right):
+            return prompt[len(left):len(prompt) - len(right)]
+        return None
+    if not style_text:
+        return prompt
+    if prompt == style_text:
+        return ""
+    return prompt[:-len(style_text) - 2] if prompt.endswith(", " + style_text) else None
+
+
+def extract_styles(styles: list[Style], prompt: str, negative: str) -> tuple[list[str], str, str]:
+    """The styles whose words end (or wrap) both prompts, outermost first, and the prompts without them: A1111's paste
+    ("Apply if any"), so an image made with styles comes back as the user's own words plus the styles chosen."""
+    found: list[str] = []
+    candidates = [style for style in styles if style.prompt.strip() or style.negative_prompt.strip()]
+    while True:
+        for style in candidates:
+            bare, bare_negative = strip_style(style.prompt, prompt), strip_style(style.negative_prompt, negative)
+            if bare is not None and bare_negative is not None:
+                found.append(style.name)
+                candidates.remove(style)
+                prompt, negative = bare, bare_negative
+                break
+        else:
+            return list(reversed(found)), prompt, negative
+
+
 class StyleLibrary:
     """The styles in one `styles.csv`; a missing file is an empty library, a damaged one a message on use."""
 
@@ -84,6 +116,13 @@ class StyleLibrary:
             return request  # validate_request names the wrong type
         prompt, negative = apply_styles([known[name] for name in names], request.prompt, request.negative_prompt)
         return replace(request, prompt=prompt, negative_prompt=negative, styles=())
+
+    def extract(self, prompt: str, negative: str) -> tuple[list[str], str, str]:
+        """`extract_styles` with this file's styles (none when it cannot be read)."""
+        try:
+            return extract_styles(self.styles(), prompt, negative)
+        except InvalidRequest:
+            return [], prompt, negative
 
     def save(self, name: str, prompt: str, negative: str) -> str:
         """Add or replace the style `name` (atomically: a crash leaves the old file); returns what was done."""

@@ -89,3 +89,30 @@ def test_a_generation_applies_the_styles_before_anything_is_keyed(tmp_path, mode
     assert typed.cache_notes.get("latent cache", "").startswith("hit"), typed.cache_notes
     with pytest.raises(InvalidRequest, match="No style named 'Nope'.*styles here: Photo, Moody"):
         manager.generate(GenerationRequest(**{**base.__dict__, "styles": ("Nope",)}), telemetry=False)
+
+
+def test_extract_takes_back_what_apply_added_as_a1111s_paste_does():
+    from pipelines.prompts.styles import extract_styles
+
+    styles = [Style("Photo", "{prompt}, 35mm photo", "cartoon"), Style("Moody", "dark", ""), Style("Empty", "", "")]
+    for chosen in (["Photo"], ["Moody"], ["Photo", "Moody"], ["Moody", "Photo"], []):
+        by_name = {s.name: s for s in styles}
+        prompt, negative = apply_styles([by_name[n] for n in chosen], "a cat", "ugly")
+        assert extract_styles(styles, prompt, negative) == (chosen, "a cat", "ugly"), chosen
+    # Both prompts must carry a style's words: the prompt's alone is the user's own text.
+    assert extract_styles(styles, "a cat, 35mm photo", "ugly") == ([], "a cat, 35mm photo", "ugly")
+    assert extract_styles(styles, "dark", "") == (["Moody"], "", "")  # a style on an empty prompt
+
+
+def test_send_to_generate_chooses_the_styles_found_and_clears_them_otherwise(tmp_path, make_manager):
+    from ui.png_info_tab import generate_form_values
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / STYLES_FILE).write_text(A1111_FILE, encoding="utf-8")
+    manager = make_manager(tmp_path / "models")
+    text = "a cat, 35mm photo, sharp\nNegative prompt: ugly, cartoon, drawing\nSteps: 20, Seed: 1, Size: 64x64"
+    values, notes = generate_form_values(text, manager, {})
+    assert (values["prompt"], values["negative_prompt"], values["styles"]) == ("a cat", "ugly", ["Photo"])
+    assert notes == ["Styles found in the prompt: Photo; chosen in Styles, and the prompt shows the rest."]
+    values, notes = generate_form_values("a dog\nSteps: 20, Seed: 1, Size: 64x64", manager, {})
+    assert values["styles"] == [] and values["prompt"] == "a dog" and not notes  # a choice left from before is cleared
