@@ -20,7 +20,7 @@ from PIL import Image
 from pipelines import devices
 from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
 from pipelines.caches.memo import MemoCache
-from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover
+from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover, folder_size
 from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
@@ -187,7 +187,9 @@ class PipelineManager:
         self._follow_models_dir()
         found = discover(self.config.models_dir, self.config.include_hf_cache, self.config.allow_pickle, self.config.hf_cache_dir)
         demo_path = demo_model_dir(self.config.cache_dir)
-        demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, 0, problem=demo_problem(demo_path))
+        # Its size on disk (a few small files; 0 for the random demo until it is built on first use).
+        demo_size = folder_size(demo_path) if demo_path.is_dir() else 0
+        demo = ModelEntry(DEMO_MODEL_NAME, Family.SD15, "demo", demo_path, demo_size, problem=demo_problem(demo_path))
         with self._state_lock:
             changed = {e.name: e for e in found} != {n: e for n, e in self._entries.items() if e.format != "demo"}
             self._entries = {e.name: e for e in found}

@@ -115,9 +115,11 @@ def test_models_lists_the_demo(runs):
     assert str(root / "models") in completed.stdout
     as_json = json.loads(runs["models-json"][0].stdout)
     assert as_json == [{
-        "name": DEMO_MODEL_NAME, "family": "sd15", "format": "demo", "size_bytes": 0,
+        "name": DEMO_MODEL_NAME, "family": "sd15", "format": "demo", "size_bytes": as_json[0]["size_bytes"],
         "path": as_json[0]["path"], "problem": None,
     }]
+    files = [path for path in Path(as_json[0]["path"]).rglob("*") if path.is_file()]
+    assert as_json[0]["size_bytes"] == sum(path.stat().st_size for path in files) > 1_000_000  # the shipped weights, on disk
 
 
 def test_models_lists_real_models_and_problems(runs):

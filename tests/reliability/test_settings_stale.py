@@ -20,9 +20,10 @@ def field(page, name: str):
     return page.locator(f"#setting_{name} input, #setting_{name} textarea")
 
 
-# The message's own words: Gradio's tracker writes "processing | 0.4/0.3s" or a timer into the same box while an
-# event runs and for a moment after, so a message read then differs from the same message read later.
-MESSAGE_WORDS = "() => document.querySelector('#settings_message').innerText.replace(/processing \\| [\\d.\\/]+s|^\\s*[\\d.]+s\\b/g, '').trim()"
+# The message's own words: Gradio's tracker writes "processing | 0.4/0.3s", "queue: 1/1 | 0.2/0.3s" (while the save
+# waits its turn) or a timer into the same box, and the message under it may still be the last one.
+MESSAGE_WORDS = ("() => document.querySelector('#settings_message').innerText"
+                 ".replace(/(processing|queue: \\d+\\/\\d+) \\| [\\d.\\/]+s|^\\s*[\\d.]+s\\b/g, '').trim()")
 
 
 def save(page, expect: str = "Saved") -> str:
@@ -30,7 +31,7 @@ def save(page, expect: str = "Saved") -> str:
     page.click("#settings_save")
     handle = page.wait_for_function(
         f"([old, want]) => {{ const raw = document.querySelector('#settings_message').innerText; const words = ({MESSAGE_WORDS})();"
-        " return words !== old && words.includes(want) && !/processing|^\\s*[\\d.]+s\\b/.test(raw) && words; }",
+        " return words !== old && words.includes(want) && !/processing|queue: \\d+\\/\\d+|^\\s*[\\d.]+s\\b/.test(raw) && words; }",
         arg=[before, expect], timeout=15000)
     return handle.json_value()  # the text that met the wait, not a second read that may catch the next redraw
 
