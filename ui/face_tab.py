@@ -132,10 +132,11 @@ def shared_prompt_boxes(generate_form: dict) -> tuple[gr.Textbox, gr.Textbox]:
     editable here too, so the prompt a face run draws is on the page that runs it. Typing in either box
     updates the other; so do Send-to-Generate, the examples and the last-used values at start."""
     boxes = []
-    for field, label in (("prompt", "Prompt"), ("negative_prompt", "Negative prompt")):
+    for field, label, info in (("prompt", "Prompt", "the same as the Generate tab's; its Styles apply too"),
+                               ("negative_prompt", "Negative prompt", "the same as the Generate tab's")):
         source = generate_form[field]
         mirror = gr.Textbox(label=label, lines=source.lines, value=source.value, placeholder=source.placeholder,
-                            info="the same as the Generate tab's", elem_id=f"face_{field}")
+                            info=info, elem_id=f"face_{field}")
         # Both ways on `change`: the copy of an equal text changes nothing, so the two settle after one round.
         mirror.change(None, mirror, source, js=copy_text_js(mirror.elem_id, source.elem_id), queue=False, api_visibility="private")
         source.change(None, source, mirror, js=copy_text_js(source.elem_id, mirror.elem_id), queue=False, api_visibility="private")
