@@ -131,20 +131,30 @@ def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tup
         styles = gr.Dropdown(manager.styles.names(), value=list(last.get("styles", ())), multiselect=True, label="Styles",
                              info=f"A1111's {STYLES_FILE} in the models folder; added to the prompts when you generate",
                              elem_id=f"{prefix}styles", allow_custom_value=True, scale=1)
-    with gr.Accordion("Save the prompts as a style", open=False, elem_id=f"{prefix}style_panel"):
+    with gr.Accordion("Save a style, or write the chosen styles into the prompts", open=False, elem_id=f"{prefix}style_panel"):
         with gr.Row():
             style_name = gr.Textbox(label="Style name", elem_id=f"{prefix}style_name", scale=3,
                                     placeholder="the same name replaces that style; {prompt} in the prompt marks where yours goes")
-            save_style = gr.Button("Save style", elem_id=f"{prefix}save_style", scale=1)
+            save_style = gr.Button("Save as a style", elem_id=f"{prefix}save_style", scale=1, size="sm")
+            apply_styles = gr.Button("Write into the prompts", elem_id=f"{prefix}apply_styles", scale=1, size="sm")
         style_message = gr.Markdown(elem_id=f"{prefix}style_message")
-    wire_styles(manager, styles, style_name, save_style, style_message, prompt, negative)
+    wire_styles(manager, StyleControls(styles, style_name, save_style, apply_styles, style_message), prompt, negative)
     return {"prompt": prompt, "negative_prompt": negative, "styles": styles}, lora_picker
 
 
-def wire_styles(manager: PipelineManager, styles: gr.Dropdown, name: gr.Textbox, save: gr.Button, message: gr.Markdown,
-                prompt: gr.Textbox, negative: gr.Textbox) -> None:
+@dataclass
+class StyleControls:
+    styles: gr.Dropdown
+    name: gr.Textbox
+    save: gr.Button
+    apply: gr.Button  # A1111's "apply the selected styles to the prompts"
+    message: gr.Markdown
+
+
+def wire_styles(manager: PipelineManager, controls: StyleControls, prompt: gr.Textbox, negative: gr.Textbox) -> None:
     """The style list is read again when opened (a style saved elsewhere, or the file edited, shows); Save writes
-    the prompts under the name and selects nothing new (a saved style is for the next prompt)."""
+    the prompts under the name and selects nothing new (a saved style is for the next prompt); Write puts the chosen
+    styles' words into the prompt boxes and clears the choice, so they are not added a second time."""
     def choices(chosen):
         return gr.update(choices=manager.styles.names(), value=chosen)
 
@@ -155,8 +165,20 @@ def wire_styles(manager: PipelineManager, styles: gr.Dropdown, name: gr.Textbox,
             return f"⚠ {error}", gr.update()
         return text, gr.update(choices=manager.styles.names(), value=chosen)
 
-    styles.focus(choices, styles, styles, api_visibility="private", queue=False)
-    save.click(save_style, [name, prompt, negative, styles], [message, styles], api_visibility="private", queue=False)
+    def write_styles(chosen, prompt_text, negative_text):
+        if not chosen:
+            return "⚠ Choose one or more styles first.", gr.update(), gr.update(), gr.update()
+        try:
+            written = manager.styles.apply(chosen, prompt_text or "", negative_text or "")
+        except LikenessError as error:
+            return f"⚠ {error}", gr.update(), gr.update(), gr.update()
+        return f"Wrote {', '.join(chosen)} into the prompts.", written[0], written[1], []
+
+    controls.styles.focus(choices, controls.styles, controls.styles, api_visibility="private", queue=False)
+    controls.save.click(save_style, [controls.name, prompt, negative, controls.styles], [controls.message, controls.styles],
+                        api_visibility="private", queue=False)
+    controls.apply.click(write_styles, [controls.styles, prompt, negative], [controls.message, prompt, negative, controls.styles],
+                         api_visibility="private", queue=False)
 
 
 def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, start: StartingValues,

@@ -107,15 +107,19 @@ class StyleLibrary:
             return request
         if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise InvalidRequest(f"Styles must be a list of style names, got {names!r:.80}.")
+        if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
+            return request  # validate_request names the wrong type
+        prompt, negative = self.apply(names, request.prompt, request.negative_prompt)
+        return replace(request, prompt=prompt, negative_prompt=negative, styles=())
+
+    def apply(self, names, prompt: str, negative: str) -> tuple[str, str]:
+        """The two prompts with the styles `names` applied, in order; InvalidRequest naming any unknown one."""
         known = {style.name: style for style in self.styles()}
         missing = [name for name in names if name not in known]
         if missing:
             have = ", ".join(known) or f"none yet (save one from the Generate tab, or put A1111's {STYLES_FILE} in {self.path.parent})"
             raise InvalidRequest(f"No style named {', '.join(repr(n) for n in missing)} in {self.path}; styles here: {have}.")
-        if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
-            return request  # validate_request names the wrong type
-        prompt, negative = apply_styles([known[name] for name in names], request.prompt, request.negative_prompt)
-        return replace(request, prompt=prompt, negative_prompt=negative, styles=())
+        return apply_styles([known[name] for name in names], prompt, negative)
 
     def extract(self, prompt: str, negative: str) -> tuple[list[str], str, str]:
         """`extract_styles` with this file's styles (none when it cannot be read)."""

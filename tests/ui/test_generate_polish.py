@@ -219,7 +219,7 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
     A1111's styles.csv in the models folder."""
     page.fill("#prompt textarea", "{prompt} on a white background")
     page.fill("#negative_prompt textarea", "blurry")
-    page.get_by_text("Save the prompts as a style").click()
+    page.get_by_text("Save a style, or write the chosen styles into the prompts").click()
     page.fill("#style_name textarea", "White background")
     page.click("#save_style")
     page.wait_for_function("(document.querySelector('#style_message')?.innerText || '').includes('saved')", timeout=10_000)
@@ -234,3 +234,14 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
     params = parse_infotext(Image.open(saved).info["parameters"])
     assert params["Prompt"] == "a big red circle on a white background" and params["Negative prompt"] == "blurry"
     assert page.input_value("#prompt textarea") == "a big red circle", "the style is applied to the run, not written into the box"
+    # A1111's "apply the styles to the prompts": the words go into the boxes and the choice is cleared (not added twice).
+    page.click("#apply_styles")
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'a big red circle on a white background'", timeout=10_000)
+    assert page.input_value("#negative_prompt textarea") == "blurry"
+    assert page.locator("#styles").get_by_text("White background").count() == 0, "the written style is still chosen"
+    assert "Wrote White background into the prompts." in page.inner_text("#style_message")
+    page.click("#apply_styles")  # nothing chosen now: a message, the prompts untouched
+    page.wait_for_function("(document.querySelector('#style_message')?.innerText || '').includes('Choose one or more styles first')",
+                           timeout=10_000)
+    assert page.input_value("#prompt textarea") == "a big red circle on a white background"
+    keep_screenshot(page, "style_written_into_the_prompts")
