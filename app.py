@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-scale", "--cfg", type=float, default=None,
                      help=f"default: the model family's (SD 1.5 {defaults.cfg_scale:g}, SDXL 6, FLUX.1 3.5; the trained demo {DEMO_CFG:g})")
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
+    gen.add_argument("--subseed", type=int, default=-1, metavar="SEED", help="variation seed (A1111's Extra; -1 = random); needs --subseed-strength")
+    gen.add_argument("--subseed-strength", type=float, default=0.0, metavar="S",
+                     help="how far each image's noise turns toward its variation seed's, 0-1 (0 = off; SD 1.5 and SDXL text-to-image)")
     gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")
     gen.add_argument("--height", type=pixels, default=None)
     gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")

@@ -222,7 +222,9 @@ def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:
             warn(str(error))
 
 
-def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict, cache_notes: dict | None = None) -> dict:
+def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict, cache_notes: dict | None = None,
+                    subseed: int | None = None) -> dict:
+    """A1111's keys first (in its order), then Likeness's own; `subseed`: this image's variation seed, if any."""
     sampler = find_sampler(model.family, request.sampler)
     stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items() if name != "save")
     return {
@@ -234,6 +236,8 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        "Variation seed": subseed,
+        "Variation seed strength": f"{request.subseed_strength:g}" if subseed is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1
         "Version": APP_VERSION,
         "VAE dtype": vae_label,

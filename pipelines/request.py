@@ -73,6 +73,11 @@ class GenerationRequest:
     # A1111's prompt styles by name (styles.csv in the models folder): the manager applies them to the prompt and
     # negative prompt before anything else, and the request it runs has none left.
     styles: tuple = ()
+    # A1111's variation seed ("Extra" next to the seed): each image's starting noise is its seed's, turned toward
+    # subseed's (the batch's next images: subseed + 1, ...) by subseed_strength (0 = off, 1 = the subseed's noise).
+    # SD 1.5 and SDXL text-to-image. -1 = a random subseed, drawn once per run.
+    subseed: int = -1
+    subseed_strength: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -115,6 +120,11 @@ class ValidatedRequest:
     request: GenerationRequest
     seed: int  # the real seed, never -1
     warnings: tuple[str, ...] = ()
+
+    def subseeds(self) -> list[list[int]]:
+        """The variation seeds, laid out as `seeds()`: consecutive from the request's subseed."""
+        r = self.request
+        return [[(r.subseed + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
 
     def seeds(self) -> list[list[int]]:
         """Seeds per batch, A1111 style: consecutive seeds across the whole run, wrapping past MAX_SEED
@@ -198,6 +208,9 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
     whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
+    variation, variation_notes = validate_variation(request, family)
+    problems += variation
+    warnings += variation_notes
     if isinstance(request.styles, str) or not isinstance(request.styles, (list, tuple)) or not all(isinstance(n, str) for n in request.styles):
         problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip
@@ -262,8 +275,28 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     seed = request.seed
     if seed == -1:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate, clip_skip=clip_skip)
+    strength = request.subseed_strength if family is not Family.FLUX and request.init_image is None else 0.0
+    subseed = request.subseed
+    if strength > 0 and subseed == -1:
+        subseed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate, clip_skip=clip_skip,
+                      subseed=subseed, subseed_strength=float(strength))
     return ValidatedRequest(cleaned, seed, tuple(warnings))
+
+
+def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str]]:
+    """The variation seed's fields: (problems, notes). FLUX.1 and img2img run without it, and say so."""
+    problems, notes = [], []
+    subseed, strength = request.subseed, request.subseed_strength
+    if not isinstance(subseed, int) or isinstance(subseed, bool) or not -1 <= subseed <= MAX_SEED:
+        problems.append(f"Variation seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(subseed)}.")
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:  # NaN fails too
+        problems.append(f"Variation seed strength must be between 0 and 1, got {shown(strength)}.")
+    elif strength > 0 and family is Family.FLUX:
+        notes.append("The variation seed works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed alone.")
+    elif strength > 0 and request.init_image is not None:
+        notes.append("The variation seed works in text-to-image here; img2img and inpainting use the seed alone.")
+    return problems, notes
 
 
 def validate_second_passes(request: GenerationRequest) -> list[str]:

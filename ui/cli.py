@@ -147,7 +147,8 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         batch_count=args.batch_count, vae_dtype=args.vae_dtype, deepcache_interval=args.deepcache,
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
-        clip_skip=args.clip_skip, styles=tuple(args.style), **refine_fields(args, manager),
+        clip_skip=args.clip_skip, styles=tuple(args.style), subseed=args.subseed, subseed_strength=args.subseed_strength,
+        **refine_fields(args, manager),
     )
     face = face_options(args)
     cancel = CancelToken()

@@ -34,7 +34,7 @@ from ui.last_used import vae_rule_info
 FAMILY_SHORT = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL", Family.FLUX: "FLUX.1"}
 # Request fields that are whole numbers: Gradio numbers arrive as floats.
 WHOLE_FIELDS = ("steps", "seed", "width", "height", "batch_size", "batch_count", "deepcache_interval", "deepcache_branch",
-                "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding", "clip_skip")
+                "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding", "clip_skip", "subseed")
 HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
 DETAILER_FIELDS = ("face_detail", "face_detail_strength", "face_detail_steps", "face_detail_prompt", "face_detail_faces")
 
@@ -98,7 +98,7 @@ def coerce_form(values: dict) -> GenerationRequest:
             raise LikenessError(f"{name.replace('_', ' ').capitalize()} is empty; enter a number.")
         if isinstance(value, float) and value.is_integer():
             cleaned[name] = int(value)
-    for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength"):
+    for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength", "subseed_strength"):
         if name in cleaned and cleaned[name] is None:
             raise LikenessError(f"{name.replace('_', ' ').capitalize().replace('Cfg', 'CFG')} is empty; enter a number.")
     if "styles" in cleaned:  # a multiselect sends a list (or None when cleared)
@@ -196,6 +196,13 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
         random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=80, scale=0, size="sm")
         reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=96, scale=0, size="sm")  # one line
+    with gr.Accordion("Variation seed (A1111's Extra)", open=False, elem_id=f"{prefix}variation_panel"):
+        with gr.Row():
+            subseed = inputs.Number(value=last.get("subseed", -1), precision=0, label="Variation seed (-1 = random)", minimum=-1,
+                                    maximum=MAX_SEED, elem_id=f"{prefix}subseed")
+            subseed_strength = inputs.Slider(0, 1, value=last.get("subseed_strength", 0.0), step=0.01, label="Variation strength",
+                                             info="0 = off; small values: the same picture, a little changed (SD 1.5, SDXL)",
+                                             elem_id=f"{prefix}subseed_strength")
     with gr.Row():
         batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
         batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
@@ -229,7 +236,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
-              "clip_skip": clip_skip}
+              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength}
     return fields, random_seed, reuse_seed
 
 

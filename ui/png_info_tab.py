@@ -49,10 +49,11 @@ RECORD_ONLY = ("Model hash", "Version", "Stage times", "Caches", "Denoiser dtype
 KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "CFG scale": "cfg_scale", "Seed": "seed",
               "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
-              "Denoising strength": "hires_denoising", "Clip skip": "clip_skip"}
+              "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
+              "Variation seed strength": "subseed_strength"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
-           ("clip_skip", "Clip skip", int))
+           ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
 # Hires fix numbers, read only when the image had hires fix ("Denoising strength" alone is img2img's).
 HIRES_NUMBERS = (("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int), ("hires_denoising", "Denoising strength", float))
 
@@ -85,6 +86,8 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
             values[field] = value
     if "Clip skip" not in parsed:  # A1111 writes it only when it is not 1, and its paste sets 1 without it
         values["clip_skip"] = 1
+    if "Variation seed strength" not in parsed:  # written only when on: none means off
+        values["subseed_strength"] = 0.0
     if "Sampler" in parsed:
         values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
     vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32

@@ -80,6 +80,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("cfg_scale", "CFG scale", "float", field="cfg_scale"),
     Setting("clip_skip", "Clip skip", "int", field="clip_skip"),
     Setting("seed", "Seed", "int", field="seed"),
+    Setting("subseed", "Variation seed", "int", field="subseed"),
+    Setting("subseed_strength", "Variation strength", "float", field="subseed_strength"),
     Setting("size", "Size", "size"),
     Setting("width", "Width", "int", field="width"),
     Setting("height", "Height", "int", field="height"),

@@ -14,8 +14,9 @@ from pipelines.preview.live import render_preview
 from pipelines.telemetry import Notice, PreviewReady
 
 
-def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = ()):
-    """Everything that determines the final latents; None when a hook cannot say what it changes."""
+def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = (), subseeds: list[int] = ()):
+    """Everything that determines the final latents; None when a hook cannot say what it changes. `subseeds`: the
+    batch's variation seeds, when the request has a variation strength."""
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
@@ -23,7 +24,8 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", ""))
     key += (init_key,) if init_key else ()
-    return key + ((("clip skip", request.clip_skip),) if request.clip_skip > 1 else ())
+    key += (("clip skip", request.clip_skip),) if request.clip_skip > 1 else ()
+    return key + ((("variation", tuple(subseeds), request.subseed_strength),) if request.subseed_strength > 0 else ())
 
 
 class Denoise:
@@ -38,7 +40,8 @@ class Denoise:
     def run(self, plan, state, info: dict) -> None:
         model, request, options = plan.model, plan.request, plan.options
         init_key = state.init.key if state.init is not None else ()
-        key = exact_repeat_key(model, request, state.seeds, options.hooks, init_key) if options.latent_cache is not None else None
+        subseeds = plan.validated.subseeds()[state.batch_index] if request.subseed_strength > 0 else ()
+        key = exact_repeat_key(model, request, state.seeds, options.hooks, init_key, subseeds) if options.latent_cache is not None else None
         cached = options.latent_cache.get(key) if key is not None else None
         if cached is not None:
             state.latents = cached.to(model.device)
@@ -162,6 +165,36 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
+def slerp(strength: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The point `strength` of the way from `start` to `end` along the great circle (both one image's noise): a
+    noise of the same spread at every strength, where a straight mix would shrink it half way."""
+    a, b = start.flatten().double(), end.flatten().double()
+    cosine = torch.clamp(torch.dot(a, b) / (a.norm() * b.norm()), -1.0, 1.0)
+    angle = torch.acos(cosine)
+    if angle.abs() < 1e-4:  # the same direction: nothing to turn through
+        mixed = (1 - strength) * a + strength * b
+    else:
+        mixed = (torch.sin((1 - strength) * angle) * a + torch.sin(strength * angle) * b) / torch.sin(angle)
+    return mixed.reshape(start.shape).to(start.dtype)
+
+
+def variation_latents(plan, state, seed_generators: list[torch.Generator]) -> torch.Tensor:
+    """The batch's starting noise with A1111's variation seed: each image's seed noise (drawn from its generator
+    exactly as diffusers' prepare_latents draws it, so the generator then goes on to the sampler's own noise as
+    usual) turned toward its subseed's noise by the strength."""
+    pipe, request = plan.model.pipe, plan.request
+    scale = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, state.height // scale, state.width // scale)
+    dtype = state.embeds["prompt_embeds"].dtype
+    subseeds = plan.validated.subseeds()[state.batch_index]
+    noises = []
+    for generator, subseed in zip(seed_generators, subseeds):
+        noise = torch.randn(shape, generator=generator, dtype=dtype)
+        towards = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed), dtype=dtype)
+        noises.append(slerp(request.subseed_strength, noise, towards))
+    return torch.cat(noises).to(plan.model.device)
+
+
 def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     """Run the text-to-image denoiser for one batch.
 
@@ -172,6 +205,9 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     start_step = resume.start_step if resume else 0
     state.context.step_index = start_step
     start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
+    seed_generators = generators(state.seeds)
+    if start_latents is None and request.subseed_strength > 0:
+        start_latents = variation_latents(plan, state, seed_generators)
     with resumed_from(model.pipe, start_step):
         return model.pipe(
             **state.embeds,
@@ -179,7 +215,7 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
             guidance_scale=request.cfg_scale,
             height=request.height,
             width=request.width,
-            generator=generators(state.seeds),
+            generator=seed_generators,
             latents=start_latents,
             output_type="latent",
             callback_on_step_end=step_callback(plan, state, state.batch_index * plan.steps_per_batch, start_step, resume),

@@ -266,3 +266,14 @@ def test_prompt_styles_list_and_apply(api_app):
     assert info["styles"] == ["Photo"] and not any("styles" in w for w in info["warnings"])
     refused = client.post("/sdapi/v1/txt2img", json=dict(QUICK, styles=["Nope"]))
     assert refused.status_code == 422 and "No style named 'Nope'" in refused.json()["detail"]
+
+
+def test_variation_seed_fields(api_app):
+    """A1111's subseed / subseed_strength: applied (no warning), and info lists each image's variation seed."""
+    body = dict(QUICK, sampler_name="Euler", subseed=40, subseed_strength=0.25, batch_size=2)
+    info = json.loads(api_app["client"].post("/sdapi/v1/txt2img", json=body).json()["info"])
+    assert info["subseed"] == 40 and info["all_subseeds"] == [40, 41] and info["subseed_strength"] == 0.25
+    assert "Variation seed: 41, Variation seed strength: 0.25" in info["infotexts"][1]
+    assert not any("subseed" in warning for warning in info["warnings"])
+    refused = api_app["client"].post("/sdapi/v1/txt2img", json=dict(QUICK, subseed_strength=2))
+    assert refused.status_code == 422 and "Variation seed strength must be between 0 and 1" in refused.json()["detail"]

@@ -68,7 +68,7 @@ SCRIPT_NAMES = {
 }
 # Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
 UNSUPPORTED_DEFAULTS = {
-    "subseed": (-1,), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
+    "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
     "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
     "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
@@ -338,6 +338,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
         styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
+        subseed=-1 if body.subseed is None else body.subseed, subseed_strength=body.subseed_strength or 0.0,
     )
     fields |= detailer_fields(body, warnings)
     if isinstance(body, Img2ImgRequest):
@@ -524,8 +525,8 @@ def _short_images(value):
 
 # -- the response -----------------------------------------------------------------------------------
 
-STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Version", "Prompt",
-                 "Negative prompt"}
+STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Variation seed",
+                 "Variation seed strength", "Clip skip", "Version", "Prompt", "Negative prompt"}
 
 
 def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
@@ -536,6 +537,10 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
     seeds = [item.seed for item in images]
     prompt = request.prompt if request else body.prompt
     negative = request.negative_prompt if request else body.negative_prompt
+    varied = request is not None and request.subseed_strength > 0
+    subseed = request.subseed if varied else body.subseed
+    # Each image's variation seed, as its infotext says: the run's subseed, then the next ones.
+    subseeds = [int(parse_infotext(text).get("Variation seed", subseed)) for text in infotexts] if varied else [subseed] * len(images)
     info = {
         "prompt": prompt,
         "all_prompts": [prompt] * len(images),
@@ -543,9 +548,9 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
         "all_negative_prompts": [negative] * len(images),
         "seed": seeds[0] if seeds else body.seed,
         "all_seeds": seeds,
-        "subseed": body.subseed,
-        "all_subseeds": [body.subseed] * len(images),
-        "subseed_strength": body.subseed_strength,
+        "subseed": subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength if varied else body.subseed_strength,
         "width": request.width if request else body.width,
         "height": request.height if request else body.height,
         "sampler_name": parsed.get("Sampler", request.sampler if request else body.sampler_name),
