@@ -245,3 +245,14 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
                            timeout=10_000)
     assert page.input_value("#prompt textarea") == "a big red circle on a white background"
     keep_screenshot(page, "style_written_into_the_prompts")
+
+
+def test_the_variation_seed_panel_reaches_the_image(page, live_app):
+    page.get_by_text("Variation seed (A1111's Extra)").click()
+    page.fill("#subseed input", "77")
+    set_number(page, "subseed_strength", 0.35)
+    generate_small(page, "a big red circle", steps=2, size=64, timeout_ms=60_000)
+    keep_screenshot(page, "variation_seed")
+    saved = sorted((live_app["root"] / "outputs").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    params = parse_infotext(Image.open(saved).info["parameters"])
+    assert params["Variation seed"] == "77" and params["Variation seed strength"] == "0.35"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.ui.conftest import ARTIFACTS
 from tests.ui.test_face_tab import face_app  # noqa: F401  (tiny SDXL + every face file)
@@ -51,9 +52,17 @@ def wait_idle(page, elem_id: str, timeout: float = 30) -> None:
     page.wait_for_function(f"!(document.querySelector('#{elem_id}')?.innerText || '').match(/queue|processing/i)", timeout=timeout * 1000)
 
 
-def upload_to_editor(page, path: Path) -> None:
-    page.locator("#i2i_editor input[type=file]").set_input_files(str(path))
-    page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
+def upload_to_editor(page, path: Path, tries: int = 3) -> None:
+    """Drop `path` on the inpaint editor. Just after the Inpaint tab opens, the editor can drop a file given to its
+    input before it listens (seen once in CI on a loaded machine: the editor stayed empty): then it is given again."""
+    for attempt in range(tries):
+        page.locator("#i2i_editor input[type=file]").set_input_files(str(path))
+        try:
+            page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')",
+                                   timeout=10000 if attempt < tries - 1 else 30000)
+            break
+        except PlaywrightTimeout:
+            continue
     wait_idle(page, "i2i_editor")
 
 
