@@ -21,8 +21,8 @@ from pipelines.catalog import DEMO_MODEL_NAME, StartingValues
 from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.lora.tags import extract_lora_tags
-from pipelines.prompts.styles import STYLES_FILE
 from pipelines.manager import PipelineManager
+from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
 from pipelines.samplers import sampler_names
