@@ -121,16 +121,19 @@ class ValidatedRequest:
     seed: int  # the real seed, never -1
     warnings: tuple[str, ...] = ()
 
-    def subseeds(self) -> list[list[int]]:
-        """The variation seeds, laid out as `seeds()`: consecutive from the request's subseed."""
-        r = self.request
-        return [[(r.subseed + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
-
     def seeds(self) -> list[list[int]]:
         """Seeds per batch, A1111 style: consecutive seeds across the whole run, wrapping past MAX_SEED
         so every recorded seed can be asked for again."""
+        return self._consecutive(self.seed)
+
+    def subseeds(self) -> list[list[int | None]]:
+        """The variation seeds, laid out as `seeds()` (None throughout when the variation is off)."""
         r = self.request
-        return [[(self.seed + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
+        return self._consecutive(r.subseed) if r.subseed_strength > 0 else [[None] * r.batch_size for _ in range(r.batch_count)]
+
+    def _consecutive(self, first: int) -> list[list[int]]:
+        r = self.request
+        return [[(first + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
 
 
 def shown(value, limit: int = 40) -> str:
@@ -208,10 +211,10 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
     whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
-    variation, variation_notes = validate_variation(request, family)
+    variation, variation_notes, strength = validate_variation(request, family)
     problems += variation
     warnings += variation_notes
-    if isinstance(request.styles, str) or not isinstance(request.styles, (list, tuple)) or not all(isinstance(n, str) for n in request.styles):
+    if not is_name_list(request.styles):
         problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip
     if is_whole(clip_skip) and 1 < clip_skip <= MAX_CLIP_SKIP and family is not Family.SD15:  # out of range: a problem above
@@ -275,7 +278,6 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     seed = request.seed
     if seed == -1:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    strength = request.subseed_strength if family is not Family.FLUX and request.init_image is None else 0.0
     subseed = request.subseed
     if strength > 0 and subseed == -1:
         subseed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
@@ -284,19 +286,34 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     return ValidatedRequest(cleaned, seed, tuple(warnings))
 
 
-def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str]]:
-    """The variation seed's fields: (problems, notes). FLUX.1 and img2img run without it, and say so."""
+def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], float]:
+    """The variation seed's fields: (problems, notes, the strength that runs). FLUX.1 and img2img run without it
+    (strength 0), and say so."""
     problems, notes = [], []
     subseed, strength = request.subseed, request.subseed_strength
     if not isinstance(subseed, int) or isinstance(subseed, bool) or not -1 <= subseed <= MAX_SEED:
         problems.append(f"Variation seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(subseed)}.")
     if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:  # NaN fails too
         problems.append(f"Variation seed strength must be between 0 and 1, got {shown(strength)}.")
-    elif strength > 0 and family is Family.FLUX:
+        return problems, notes, 0.0
+    if strength > 0 and family is Family.FLUX:
         notes.append("The variation seed works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed alone.")
+        strength = 0.0
     elif strength > 0 and request.init_image is not None:
         notes.append("The variation seed works in text-to-image here; img2img and inpainting use the seed alone.")
-    return problems, notes
+        strength = 0.0
+    return problems, notes, float(strength)
+
+
+def is_name_list(value) -> bool:
+    """A list or tuple of names (styles): text alone is one name spelt out, not a list."""
+    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+def conditioning_key(request) -> tuple:
+    """What, beyond the prompt words, changes a request's text conditioning, for every cache key made of the prompt
+    (prompt memo, exact repeat, approximate partitions): empty at the defaults, so entries made before stay valid."""
+    return (("clip skip", request.clip_skip),) if request.clip_skip > 1 else ()
 
 
 def validate_second_passes(request: GenerationRequest) -> list[str]:

@@ -25,6 +25,7 @@ import torch
 from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
 from pipelines.families import Family
 from pipelines.hooks.base import hook_cache_keys
+from pipelines.request import conditioning_key
 
 
 @functools.cache
@@ -91,10 +92,9 @@ def request_partition(model, request, hooks: list) -> str | None:
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
-    # Clip skip changes every prompt's conditioning; 1 adds nothing, so the entries kept before it existed still match.
-    clip_skip = (("clip skip", request.clip_skip),) if request.clip_skip > 1 else ()
     return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
-                         float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)), *clip_skip)
+                         float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)),
+                         *conditioning_key(request))
 
 
 @dataclass

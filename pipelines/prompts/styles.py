@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.atomic import write_text_atomically
 from pipelines.errors import InvalidRequest
+from pipelines.request import is_name_list
 
 STYLES_FILE = "styles.csv"
 COLUMNS = ("name", "prompt", "negative_prompt")
@@ -105,7 +106,7 @@ class StyleLibrary:
         names = request.styles
         if not names:
             return request
-        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        if not is_name_list(names):  # checked here too: this runs before validate_request, and a string would iterate
             raise InvalidRequest(f"Styles must be a list of style names, got {names!r:.80}.")
         if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
             return request  # validate_request names the wrong type

@@ -79,6 +79,7 @@ class RunState:
     # the current batch
     batch_index: int = 0
     seeds: list[int] = field(default_factory=list)
+    subseeds: list = field(default_factory=list)  # the batch's variation seeds (None each when the variation is off)
     width: int = 0  # the size `latents` are at: the request's, until a hires pass changes it
     height: int = 0
     latents: torch.Tensor | None = None
@@ -101,8 +102,9 @@ class RunState:
             self.warnings.append(text)
         bus.publish(Notice(text, "warning"))
 
-    def begin_batch(self, index: int, seeds: list[int], clock: StageClock, width: int, height: int) -> None:
+    def begin_batch(self, index: int, seeds: list[int], clock: StageClock, width: int, height: int, subseeds: list | None = None) -> None:
         self.batch_index, self.seeds, self.width, self.height = index, seeds, width, height
+        self.subseeds = subseeds if subseeds is not None else [None] * len(seeds)
         self.context.width, self.context.height = width, height  # a hires pass of the batch before changed them
         self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
         self.image_extra, self.before_detail = [], []
@@ -133,8 +135,8 @@ def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
         run_stage(stage, plan, state)
     state.step_clock.restart()  # the face embed, text and image encode are stages of their own, not part of step 1
     with attached(plan.model.pipe, plan.options.hooks, state.context):
-        for index, seeds in enumerate(plan.validated.seeds()):
-            state.begin_batch(index, seeds, plan.clock, request.width, request.height)
+        for index, (seeds, subseeds) in enumerate(zip(plan.validated.seeds(), plan.validated.subseeds())):
+            state.begin_batch(index, seeds, plan.clock, request.width, request.height, subseeds)
             for stage in plan.per_batch:
                 run_stage(stage, plan, state)
                 if state.skip_rest:

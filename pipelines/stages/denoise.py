@@ -11,12 +11,13 @@ from pipelines.errors import GenerationCancelled
 from pipelines.generate import uses_true_cfg
 from pipelines.hooks import hook_cache_keys
 from pipelines.preview.live import render_preview
+from pipelines.request import conditioning_key
 from pipelines.telemetry import Notice, PreviewReady
 
 
-def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = (), subseeds: list[int] = ()):
+def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = (), subseeds: list = ()):
     """Everything that determines the final latents; None when a hook cannot say what it changes. `subseeds`: the
-    batch's variation seeds, when the request has a variation strength."""
+    batch's variation seeds (read only when the request has a variation strength)."""
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
@@ -24,7 +25,7 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", ""))
     key += (init_key,) if init_key else ()
-    key += (("clip skip", request.clip_skip),) if request.clip_skip > 1 else ()
+    key += conditioning_key(request)
     return key + ((("variation", tuple(subseeds), request.subseed_strength),) if request.subseed_strength > 0 else ())
 
 
@@ -40,8 +41,7 @@ class Denoise:
     def run(self, plan, state, info: dict) -> None:
         model, request, options = plan.model, plan.request, plan.options
         init_key = state.init.key if state.init is not None else ()
-        subseeds = plan.validated.subseeds()[state.batch_index] if request.subseed_strength > 0 else ()
-        key = exact_repeat_key(model, request, state.seeds, options.hooks, init_key, subseeds) if options.latent_cache is not None else None
+        key = exact_repeat_key(model, request, state.seeds, options.hooks, init_key, state.subseeds) if options.latent_cache is not None else None
         cached = options.latent_cache.get(key) if key is not None else None
         if cached is not None:
             state.latents = cached.to(model.device)
@@ -180,17 +180,17 @@ def slerp(strength: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tens
 
 def variation_latents(plan, state, seed_generators: list[torch.Generator]) -> torch.Tensor:
     """The batch's starting noise with A1111's variation seed: each image's seed noise (drawn from its generator
-    exactly as diffusers' prepare_latents draws it, so the generator then goes on to the sampler's own noise as
-    usual) turned toward its subseed's noise by the strength."""
+    with diffusers' own `randn_tensor`, as prepare_latents draws it, so the generator then goes on to the sampler's
+    noise as usual) turned toward its subseed's noise by the strength."""
+    from diffusers.utils.torch_utils import randn_tensor
+
     pipe, request = plan.model.pipe, plan.request
     scale = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, state.height // scale, state.width // scale)
     dtype = state.embeds["prompt_embeds"].dtype
-    subseeds = plan.validated.subseeds()[state.batch_index]
     noises = []
-    for generator, subseed in zip(seed_generators, subseeds):
-        noise = torch.randn(shape, generator=generator, dtype=dtype)
-        towards = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed), dtype=dtype)
+    for generator, towards_generator in zip(seed_generators, generators(state.subseeds)):
+        noise, towards = (randn_tensor(shape, generator=g, dtype=dtype) for g in (generator, towards_generator))
         noises.append(slerp(request.subseed_strength, noise, towards))
     return torch.cat(noises).to(plan.model.device)
 

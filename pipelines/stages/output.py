@@ -30,11 +30,10 @@ def record_batch(plan, state) -> None:
     prepare_names = {stage.name for stage in plan.prepare}
     seconds = state.batch_stage_seconds(plan.clock, prepare_names)
     extra = plan.options.infotext_extra | state.batch_extra
-    subseeds = plan.validated.subseeds()[state.batch_index] if request.subseed_strength > 0 else [None] * len(state.seeds)
     state.batch = [
         GeneratedImage(image, seed, build_infotext(
             request.prompt, request.negative_prompt,
-            infotext_params(model, request, seed, state.outcome.sample_label(i), seconds, state.cache_notes, subseeds[i]) | extra
+            infotext_params(model, request, seed, state.outcome.sample_label(i), seconds, state.cache_notes, state.subseeds[i]) | extra
             | (state.image_extra[i] if i < len(state.image_extra) else {})),
             before_detail=state.before_detail[i] if i < len(state.before_detail) else None)
         for i, (image, seed) in enumerate(zip(state.decoded, state.seeds))

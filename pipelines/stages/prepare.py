@@ -10,6 +10,7 @@ from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 from pipelines.prompts.embeddings import ti_hashes
 from pipelines.prompts.encode import clip_skip_layers
 from pipelines.prompts.syntax import flux_text, prompt_memo_key
+from pipelines.request import conditioning_key
 from pipelines.telemetry import Notice
 
 
@@ -73,10 +74,10 @@ def prompt_warnings(plan, prompt: str, negative: str) -> list[str]:
     if model.family is Family.FLUX and negative and not plan.true_cfg:
         warnings.append("FLUX.1 uses distilled guidance and ignores the negative prompt.")
     warnings += prompt_token_warnings(model, prompt, negative)
-    encoder = getattr(model.pipe, "text_encoder", None)
-    if plan.request.clip_skip > 1 and encoder is not None and plan.request.clip_skip > clip_skip_layers(encoder):
-        warnings.append(f"Clip skip {plan.request.clip_skip} goes past this text encoder's {clip_skip_layers(encoder)} layers; "
-                        f"its first layer is used (clip skip {clip_skip_layers(encoder)}).")
+    encoder, clip_skip = getattr(model.pipe, "text_encoder", None), plan.request.clip_skip
+    layers = clip_skip_layers(encoder) if encoder is not None else clip_skip
+    if clip_skip > layers:
+        warnings.append(f"Clip skip {clip_skip} goes past this text encoder's {layers} layers; its first layer is used (clip skip {layers}).")
     if model.family is Family.FLUX and (flux_text(prompt)[1] or (plan.true_cfg and flux_text(negative)[1])):
         warnings.append("FLUX.1 ignores prompt weights: (word:1.2), [word] and BREAK are read as the plain words.")
     return warnings
@@ -92,15 +93,13 @@ def encode_prompt(plan, prompt: str, negative: str, batch_size: int) -> tuple[di
     used = options.embeddings.used_in(prompt, negative) if options.embeddings and model.family is not Family.FLUX else []
     use_cfg = plan.use_cfg
 
-    clip_skip = plan.request.clip_skip
-
     def encode() -> dict:
-        return encode_prompts(model, prompt, negative, batch_size, use_cfg, used, clip_skip)
+        return encode_prompts(model, prompt, negative, batch_size, use_cfg, used, plan.request.clip_skip)
 
     if options.prompt_memo is None:
         return encode(), None, used
     key = (model.identity, prompt_memo_key(prompt, negative, tuple((e.name, e.shorthash) for e in used)), batch_size, use_cfg)
-    key += (("clip skip", clip_skip),) if clip_skip > 1 else ()
+    key += conditioning_key(plan.request)
     embeds, hit = options.prompt_memo.get_or_compute(key, encode)
     # Without CFG the negative embeddings are None.
     return {name: None if tensor is None else tensor.to(model.device) for name, tensor in embeds.items()}, "hit" if hit else "miss", used
