@@ -1,10 +1,11 @@
 """Test helpers over the tiny pipelines of `pipelines.bench.tiny_models` (built there, so the CPU
 benchmarks can use them too): copying saved models into a models folder, config-only sidecars,
-FLUX's single-file split at tiny width, and small requests per family.
+FLUX's single-file split at tiny width, small requests per family, and what the denoiser reads per call.
 """
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -91,3 +92,41 @@ def demo_request(**fields) -> "GenerationRequest":
     values = dict(model=DEMO_MODEL_NAME, prompt="demo", steps=2, width=64, height=64, seed=1, cfg_scale=3.0, sampler="Euler")
     values.update(fields)
     return GenerationRequest(**values)
+
+
+# -- what the denoiser reads ---------------------------------------------------------------------------
+
+
+@contextmanager
+def recorded_calls(manager, model_name: str):
+    """Every denoiser call's text conditioning, as the denoiser received it (after every other pre-hook)."""
+    calls: list[dict] = []
+    with manager.use(model_name) as model:
+        pipe = model.pipe
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+
+    def record(_module, _args, kwargs):
+        added = kwargs.get("added_cond_kwargs") or {}
+        calls.append({"text": kwargs["encoder_hidden_states"].clone(), "pooled": added.get("text_embeds", kwargs.get("pooled_projections"))})
+
+    handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield pipe, calls
+    finally:
+        handle.remove()
+
+
+def expected_cfg_text(pipe, family: str, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a denoiser call of one image reads for `prompt` / `negative`, encoded on its own: (text, pooled text or
+    None), negative rows first under classifier-free guidance (SD 1.5 / SDXL), the positive alone on FLUX.1."""
+    from pipelines.families import Family
+    from pipelines.generate import LoadedModel, encode_prompts
+
+    model = LoadedModel("x", Family(family), pipe, {}, torch.float32, torch.device("cpu"))
+    use_cfg = family != "flux"
+    embeds = encode_prompts(model, prompt, negative, 1, use_cfg)
+    if not use_cfg:
+        return embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+    text = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
+    pooled = embeds.get("pooled_prompt_embeds")
+    return text, None if pooled is None else torch.cat([embeds["negative_pooled_prompt_embeds"], pooled])

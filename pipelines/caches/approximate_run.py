@@ -25,6 +25,7 @@ import torch
 from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
 from pipelines.families import Family
 from pipelines.hooks.base import hook_cache_keys
+from pipelines.prompts.schedule import has_editing
 from pipelines.request import conditioning_key
 
 
@@ -92,9 +93,11 @@ def request_partition(model, request, hooks: list) -> str | None:
     hook_keys = hook_cache_keys(hooks)
     if hook_keys is None:
         return None
+    # A prompt with A1111's prompt editing changes during the run: only the same edited prompt's latents fit.
+    edited = (("prompt editing", request.prompt),) if has_editing(request.prompt) else ()
     return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
                          float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)),
-                         *conditioning_key(request))
+                         *conditioning_key(request), *edited)
 
 
 @dataclass

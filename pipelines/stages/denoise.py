@@ -9,9 +9,10 @@ import torch
 from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
 from pipelines.errors import GenerationCancelled
 from pipelines.generate import uses_true_cfg
-from pipelines.hooks import hook_cache_keys
+from pipelines.hooks import attached, hook_cache_keys
 from pipelines.preview.live import render_preview
 from pipelines.request import conditioning_key
+from pipelines.stages.prepare import EncodedPrompt
 from pipelines.telemetry import Notice, PreviewReady
 
 
@@ -125,11 +126,13 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
 
 
 def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,
-                    mask=None, masked_latents: torch.Tensor | None = None, prompt_embeds: dict | None = None) -> torch.Tensor:
+                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None) -> torch.Tensor:
     """The last `int(steps * strength)` steps of a `steps`-step schedule from `init_latents` ((1 or B, C, h, w),
     pipeline convention, unpacked) at `width` x `height`, with diffusers' img2img or (with `mask`) inpaint
-    pipeline on the loaded modules. `step_offset` is the readout's step count before this pass. Used by
-    img2img, inpainting, the hires pass and the face detailer. Returns the denoiser's latents (FLUX packed)."""
+    pipeline on the loaded modules. `step_offset` is the readout's step count before this pass; `prompt` the
+    pass's EncodedPrompt (default: the main pass's). Used by img2img, inpainting, the hires pass and the face
+    detailer. Returns the denoiser's latents (FLUX packed). With prompt editing, the pass counts its steps from
+    0 (the steps it runs, as A1111's img2img does)."""
     from pipelines.stages.init_image import refine_pipeline
 
     model, request, options = plan.model, plan.request, plan.options
@@ -145,20 +148,27 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
         extra["true_cfg_scale"] = options.true_cfg_scale
     skipped = steps - min(int(steps * strength), steps)
     state.context.step_index = skipped
-    return refine_pipeline(model, mask is not None)(
-        **(prompt_embeds if prompt_embeds is not None else state.embeds),
-        image=batched(init_latents),
-        strength=strength,
-        num_inference_steps=steps,
-        guidance_scale=request.cfg_scale,
-        height=height,
-        width=width,
-        generator=generators(state.seeds),
-        output_type="latent",
-        callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped, total=steps),
-        callback_on_step_end_tensor_inputs=["latents"],
-        **extra,
-    ).images
+    prompt = prompt or pass_prompt(state)
+    with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context):
+        return refine_pipeline(model, mask is not None)(
+            **prompt.embeds,
+            image=batched(init_latents),
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=request.cfg_scale,
+            height=height,
+            width=width,
+            generator=generators(state.seeds),
+            output_type="latent",
+            callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped, total=steps),
+            callback_on_step_end_tensor_inputs=["latents"],
+            **extra,
+        ).images
+
+
+def pass_prompt(state) -> EncodedPrompt:
+    """The main pass's EncodedPrompt (a state built without the text encode stage: its embeds, no editing)."""
+    return state.prompt if state.prompt is not None else EncodedPrompt(state.embeds)
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
@@ -208,9 +218,10 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     seed_generators = generators(state.seeds)
     if start_latents is None and request.subseed_strength > 0:
         start_latents = variation_latents(plan, state, seed_generators)
-    with resumed_from(model.pipe, start_step):
+    prompt = pass_prompt(state)  # steps count from 0 of the full schedule: a resumed run's first step is `start_step`
+    with resumed_from(model.pipe, start_step), attached(model.pipe, prompt.hooks(plan, first_step=0), state.context):
         return model.pipe(
-            **state.embeds,
+            **prompt.embeds,
             num_inference_steps=request.steps,
             guidance_scale=request.cfg_scale,
             height=request.height,

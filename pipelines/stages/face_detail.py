@@ -39,11 +39,12 @@ from PIL import Image
 from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.detect import DetectedFace, FaceDetector
 from pipelines.generate import decode_latents
+from pipelines.prompts.schedule import has_editing
 from pipelines.refine import crop_to_target, face_crop_region, paste_feathered
 from pipelines.request import face_numbers
 from pipelines.stages.denoise import img2img_denoise, stopped
 from pipelines.stages.init_image import encode_pixels
-from pipelines.stages.prepare import encode_prompt, prompt_warnings
+from pipelines.stages.prepare import EncodedPrompt, encode_schedule
 
 STAGE = "face detail"
 
@@ -79,14 +80,14 @@ class FaceJob:
 
 
 class FaceDetail:
-    """Detect, pick, re-draw and paste back each face; one per generation (it keeps the detail prompt's embeds)."""
+    """Detect, pick, re-draw and paste back each face; one per generation (it keeps the detail prompt encoded)."""
 
     name = STAGE
 
     def __init__(self, face_service, config: FaceDetailConfig = FaceDetailConfig()) -> None:
         self.service = face_service  # the manager's FaceService: its models folder and detector settings
         self.config = config
-        self._embeds: dict | None = None  # the detail prompt at batch 1, encoded once per generation
+        self._prompt: EncodedPrompt | None = None  # the detail prompt at batch 1, encoded once per generation
 
     def wanted(self, plan) -> bool:
         return bool(plan.request.face_detail)
@@ -107,13 +108,13 @@ class FaceDetail:
         info["detail"] = f"{len(jobs)} face{'' if len(jobs) == 1 else 's'}, {request.face_detail_strength:g}"
         if not jobs:
             return
-        embeds = self._prompt_embeds(plan, state)
+        prompt = self._pass_prompt(plan, state)
         before = list(state.decoded)
         images = list(state.decoded)
         first_step = (state.batch_index + 1) * plan.steps_per_batch  # after this batch's planned steps
         with state.step_clock.added_steps(steps * len(jobs)):
             for done, job in enumerate(jobs):
-                detailed = self._detail(plan, state, images[job.image], state.seeds[job.image], job.face, embeds, size,
+                detailed = self._detail(plan, state, images[job.image], state.seeds[job.image], job.face, prompt, size,
                                         first_step + done * steps)
                 if detailed is None:  # Skip: the batch is over; Stop raised
                     return
@@ -160,19 +161,24 @@ class FaceDetail:
             jobs += [FaceJob(index, number, face) for number, face in usable]
         return jobs
 
-    def _prompt_embeds(self, plan, state) -> dict:
-        """The pass's prompt at batch 1: the detail prompt through the prompt memo, or the main prompt's rows."""
-        if self._embeds is None:
+    def _pass_prompt(self, plan, state):
+        """The pass's EncodedPrompt at batch 1: the detail prompt through the prompt memo, or the main prompt's rows;
+        with prompt editing, its schedule over the detailer's steps."""
+        if self._prompt is None:
             request = plan.request
             if request.face_detail_prompt:
-                for text in prompt_warnings(plan, request.face_detail_prompt, request.negative_prompt):
+                warnings: list[str] = []
+                self._prompt, _note, _used = encode_schedule(plan, request.face_detail_prompt, request.negative_prompt, detail_steps(request), 1,
+                                                             warn=warnings)
+                for text in warnings:
                     state.warn(plan.bus, f"Face detailer prompt: {text}")
-                self._embeds, _note, _used = encode_prompt(plan, request.face_detail_prompt, request.negative_prompt, 1)
+            elif has_editing(request.prompt) or has_editing(request.negative_prompt):
+                self._prompt, _note, _used = encode_schedule(plan, request.prompt, request.negative_prompt, detail_steps(request), 1)
             else:  # every row of the batch's embeds is the same prompt: one row serves a one-face pass
-                self._embeds = {name: first_row(value) for name, value in state.embeds.items()}
-        return self._embeds
+                self._prompt = EncodedPrompt({name: first_row(value) for name, value in state.embeds.items()})
+        return self._prompt
 
-    def _detail(self, plan, state, image: Image.Image, seed: int, face: DetectedFace, embeds: dict, size: int,
+    def _detail(self, plan, state, image: Image.Image, seed: int, face: DetectedFace, prompt: EncodedPrompt, size: int,
                 step_offset: int) -> Image.Image | None:
         """One face: crop, encode, img2img, decode, paste back; None when Skip ended the batch."""
         model, request, options = plan.model, plan.request, plan.options
@@ -181,7 +187,7 @@ class FaceDetail:
         notes = list(outcome.notes)
         with pass_state(state, seed, size):
             latents = img2img_denoise(plan, state, latents, width=size, height=size, strength=request.face_detail_strength,
-                                      steps=detail_steps(request), step_offset=step_offset, prompt_embeds=embeds)
+                                      steps=detail_steps(request), step_offset=step_offset, prompt=prompt)
             if stopped(plan, state):
                 return None
             decoded, outcome = decode_latents(model, latents, size, size, options.vae)

@@ -26,9 +26,11 @@ from PIL import Image
 
 from pipelines.errors import InvalidRequest
 from pipelines.generate import decode_latents, spatial_latents
+from pipelines.prompts.schedule import has_editing
 from pipelines.request import hires_on, hires_size
 from pipelines.stages.denoise import img2img_denoise, stopped
 from pipelines.stages.init_image import encode_pixels, packed
+from pipelines.stages.prepare import encode_schedule
 from pipelines.upscale import UpscalerChoice, list_upscalers, upscale_image
 
 LATENT_MODE = {"mode": "bilinear", "antialias": False}  # A1111's "Latent"
@@ -112,11 +114,21 @@ class HiresPass:
         else:
             first_steps = plan.steps_per_batch - steps
             state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising, steps=total,
-                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps)
+                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps, prompt=self._prompt(plan, state, total))
         state.batch_extra |= hires_infotext(request, choice.name)
         info["detail"] = (f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "
                           f"{steps} of {total} steps (strength {request.hires_denoising:g})")
         stopped(plan, state)  # Stop raises; Skip ends the batch here (no decode)
+
+    def _prompt(self, plan, state, total: int):
+        """The main prompt (None: as the first pass read it), or with prompt editing its hires schedule: A1111 counts a
+        step number from the first pass's start and a fraction from 1 to 2 across the hires pass."""
+        request = plan.request
+        if not (has_editing(request.prompt) or has_editing(request.negative_prompt)):
+            return None
+        prompt, _note, _used = encode_schedule(plan, request.prompt, request.negative_prompt, total, len(state.seeds),
+                                               first_pass_steps=request.steps)
+        return prompt
 
     def _upscaled_picture(self, plan, state, choice: UpscalerChoice, width: int, height: int) -> torch.Tensor | None:
         """Decode the first pass, upscale each picture, encode them again: (B, C, h, w) latents, unpacked."""

@@ -1,14 +1,16 @@
 """The stages that run once per generation, before the hooks attach: face embed and text encode."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pipelines.families import Family
 from pipelines.generate import encode_prompts, prompt_token_warnings
+from pipelines.hooks.prompt_schedule import PromptScheduleHook
 from pipelines.hooks.true_cfg_gate import TrueCfgGateHook
 from pipelines.prompts.embeddings import ti_hashes
 from pipelines.prompts.encode import clip_skip_layers
+from pipelines.prompts.schedule import segment_schedule
 from pipelines.prompts.syntax import flux_text, prompt_memo_key
 from pipelines.request import conditioning_key
 from pipelines.telemetry import Notice
@@ -57,14 +59,62 @@ class TextEncode:
 
     def run(self, plan, state, info: dict) -> None:
         request = plan.request
-        state.warnings += prompt_warnings(plan, request.prompt, request.negative_prompt)
-        state.embeds, memo_note, used = encode_prompt(plan, request.prompt, request.negative_prompt, request.batch_size)
+        state.prompt, memo_note, used = encode_schedule(plan, request.prompt, request.negative_prompt, request.steps, request.batch_size,
+                                                        warn=state.warnings)
+        state.embeds = state.prompt.embeds
         if used:
             plan.options.infotext_extra["TI hashes"] = ti_hashes(used)
         if memo_note:
             info["detail"] = state.cache_notes["prompt memo"] = memo_note
+        if state.prompt.edited:
+            info["detail"] = "; ".join(filter(None, [state.prompt.describe(), memo_note and f"memo {memo_note}"]))
         for text in state.warnings:
             plan.bus.publish(Notice(text, "warning"))
+
+
+@dataclass
+class EncodedPrompt:
+    """A pass's encoded prompt: the pipeline's keyword arguments (the first segment's) and, with A1111's prompt
+    editing, every segment as (last step, embeds), which `hook()` swaps in at their steps."""
+
+    embeds: dict
+    segments: list[tuple[int, dict]] = field(default_factory=list)  # empty: one prompt for the whole pass
+    texts: list[tuple[int, str, str]] = field(default_factory=list)  # (last step, prompt, negative) per segment
+
+    @property
+    def edited(self) -> bool:
+        return len(self.segments) > 1
+
+    def hooks(self, plan, first_step: int) -> list:
+        """The prompt-editing hook for a pass whose step 0 is `first_step` of the readout's count; none without editing."""
+        return [PromptScheduleHook(self.segments, first_step, plan.model.family is Family.FLUX)] if self.edited else []
+
+    def describe(self) -> str:
+        """'prompt editing: 3 prompts (steps 0-5, 6-12, 13-19)', for the readout."""
+        spans, start = [], 0
+        for last_step, _prompt, _negative in self.texts:
+            spans.append(f"{start}-{last_step}" if last_step > start else f"{start}")
+            start = last_step + 1
+        return f"prompt editing: {len(self.texts)} prompts (steps {', '.join(spans)})"
+
+
+def encode_schedule(plan, prompt: str, negative: str, steps: int, batch_size: int, first_pass_steps: int | None = None,
+                    warn: list | None = None) -> tuple[EncodedPrompt, str | None, list]:
+    """`prompt` and `negative` for a pass of `steps` steps: each segment of their prompt editing (one without it)
+    encoded through the prompt memo. Returns (the encoded prompt, the memo's "hit" / "miss" (a miss when any segment
+    missed) or None, the textual inversions used). `warn` collects what the model will not read of each segment."""
+    segments = segment_schedule(prompt, negative, steps, first_pass_steps)
+    encoded, notes, used_all = [], set(), []
+    for segment in segments:
+        if warn is not None:
+            warn += [text for text in prompt_warnings(plan, segment.prompt, segment.negative) if text not in warn]
+        embeds, note, used = encode_prompt(plan, segment.prompt, segment.negative, batch_size)
+        encoded.append((segment.last_step, embeds))
+        notes.add(note)
+        used_all += [item for item in used if item not in used_all]
+    memo_note = None if notes == {None} else "miss" if "miss" in notes else "hit"
+    texts = [(segment.last_step, segment.prompt, segment.negative) for segment in segments]
+    return EncodedPrompt(encoded[0][1], encoded if len(encoded) > 1 else [], texts), memo_note, used_all
 
 
 def prompt_warnings(plan, prompt: str, negative: str) -> list[str]:

@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.bench import tiny_onnx
 from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
@@ -21,7 +22,7 @@ from pipelines.refine import face_crop_region
 from pipelines.stages import face_detail as face_detail_module
 from pipelines.stages.face_detail import FaceDetailConfig
 from pipelines.telemetry import EventBus, StageEnded, StageStarted, StepClock, StepDone
-from tests.tiny_models import copy_model, tiny_request
+from tests.tiny_models import copy_model, expected_cfg_text, recorded_calls, tiny_request
 
 DET = tiny_onnx.DET_SIZE
 MODELS: dict = {}  # the module's models folder, for `regions`
@@ -342,3 +343,15 @@ def test_a_strength_axis_with_the_detailer_off_everywhere_is_refused(manager):
     with pytest.raises(InvalidRequest, match="changes nothing with the face detailer off"):
         build_plan(Experiment(base, [AxisSpec("face_detail_strength", "0.3, 0.6")], warmup=False), manager)
     assert build_plan(Experiment(base | {"face_detail": True}, [AxisSpec("face_detail_strength", "0.3, 0.6")], warmup=False), manager)
+
+
+def test_prompt_editing_in_the_detailer_counts_its_own_steps(manager):
+    """The main prompt's `[a:b:0.25]` over the detailer's 4 steps (strength 1: all 4 run): steps 0-1 read `a`,
+    2-3 `b`, while the 2-step main pass (0.25 of 2 is no step) reads `b` throughout."""
+    request = detail_request(prompt="[a red cat:a blue dog:0.25]", negative_prompt="", face_detail_strength=1.0)
+    with recorded_calls(manager, request.model) as (pipe, calls):
+        manager.generate(request)
+    cat, dog = (expected_cfg_text(pipe, "sd15", text, "")[0] for text in ("a red cat", "a blue dog"))
+    assert len(calls) == 2 + 2 * 4, "the main pass, then two faces of 4 steps"
+    for index, expected in enumerate([dog, dog] + [cat, cat, dog, dog] * 2):
+        torch.testing.assert_close(calls[index]["text"], expected, msg=f"call {index}")
