@@ -23,7 +23,7 @@ from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover, folder_size
 from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
-from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from pipelines.errors import InvalidRequest, LikenessError, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
 from pipelines.face.options import FaceOptions
@@ -40,6 +40,7 @@ from pipelines.metrics import psnr
 from pipelines.preview.live import LivePreview, TinyDecoders
 from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.prompts.styles import STYLES_FILE, StyleLibrary
+from pipelines.prompts.tokens import TokenCount, count_tokens, prompt_tokenizer
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
@@ -278,6 +279,21 @@ class PipelineManager:
         """The demo model's folder, checked; a ModelLoadError naming the missing or damaged file."""
         return ensure_demo_model(self.config.cache_dir)
 
+    def prompt_tokens(self, name: str, text: str, steps: int = 20) -> TokenCount | None:
+        """A1111's token counter for `text` on model `name`, from its tokenizer alone (the model is not loaded); None
+        when the model cannot say (unknown, unusable, or its tokenizer files missing: its load names them)."""
+        try:
+            entry = self.entry(name)
+            if entry.family is None or not entry.usable:
+                return None
+            path = self.prepare_demo_model() if entry.format == "demo" else entry.path
+            tokenizer = prompt_tokenizer(entry.family, entry.format, path, entry.base_path)
+            used = self.embeddings.used_in(text or "", "") if entry.family is not Family.FLUX else []
+        except (LikenessError, OSError, ValueError) as error:
+            log.debug("no token count for %s: %s", name, error)
+            return None
+        return count_tokens(tokenizer, entry.family, text, steps, used)
+
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self, name: str) -> LoadReport:
@@ -497,8 +513,8 @@ class PipelineManager:
             entry = self.lora_entry(ref.name)
             if problem := entry.unusable_with(model.family):
                 raise (InvalidRequest if entry.usable else ModelLoadError)(f"LoRA {ref.name!r}: {problem}")
-            applied.append(AppliedLora(entry.name, entry.path, ref.weight, lora_hash(entry.path)))
-        key = (model.name, tuple((lora.name, lora.digest, lora.weight) for lora in applied), request.width, request.height)
+            applied.append(AppliedLora(entry.name, entry.path, ref.weight, lora_hash(entry.path), ref.unet_weight))
+        key = (model.name, tuple(lora.key() for lora in applied), request.width, request.height)
         decision = self.lora_fuse.decide(key, request.steps)
         hook = LoraHook(applied, self.lora_memo, fuse=decision.fuse)
         with clock.stage("LoRA load") as info:

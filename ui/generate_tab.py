@@ -60,7 +60,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         gr.Markdown("⚠ Last-used values not restored: " + "; ".join(dropped), elem_id="last_used_warning", elem_classes=["settings-warning"])
     with gr.Row():
         with gr.Column(scale=3):
-            fields, lora_picker = generation_form.prompt_fields(manager, last)
+            fields, lora_picker, counters = generation_form.prompt_fields(manager, last, model_name=chosen_model)
             sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start)
             fields |= sampling
             fields |= generation_form.hires_fields(manager, last)
@@ -94,7 +94,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         return gr.update(visible=entry.format == "demo"), gr.update(visible=entry.format == "demo" and demo.SHIP_TRAINED_DEMO)
 
     generation_form.wire_form(manager, model, form, lora_picker, random_seed, reuse_seed, last_seed,
-                              follows_model=(demo_note, demo_examples), on_model_extra=on_model_extra)
+                              follows_model=(demo_note, demo_examples), on_model_extra=on_model_extra, token_counters=counters)
 
     # Named parameters, not *args: Gradio injects gr.Request only into a plain signature.
     def run(model, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler, batch_size, batch_count, vae_dtype,

@@ -6,10 +6,10 @@ keyed by the `GenerationRequest` field they edit, so a tab's handler receives na
 (Generate uses "", img2img "i2i_"): `#prompt` and `#i2i_prompt`.
 
     model, demo_note = model_row(manager, chosen, is_demo, prefix)
-    fields, extras = prompt_fields(manager, last, prefix)
+    fields, lora_picker, counters = prompt_fields(manager, last, prefix, model_name)
     fields |= sampling_fields(manager, settings, last, family, defaults, prefix)
     fields |= hires_fields(manager, last, prefix) | detailer_fields(last, prefix)
-    wire_model(manager, model, fields, extras, demo_note)
+    wire_form(manager, model, fields, lora_picker, random_seed, reuse_seed, last_seed, token_counters=counters)
 """
 from __future__ import annotations
 
@@ -120,10 +120,13 @@ class FormExtras:
     reuse_seed: gr.Button
 
 
-def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tuple[dict, gr.Dropdown]:
-    """Prompt, negative prompt, the LoRA picker and the prompt styles (with saving the prompts as a style)."""
+def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "", model_name: str = "") -> tuple[dict, gr.Dropdown, tuple]:
+    """Prompt, negative prompt (each with A1111's token counter under it), the LoRA picker and the prompt styles (with
+    saving the prompts as a style). Returns the fields, the LoRA picker and the two counters (`wire_form` wires them)."""
     prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id=f"{prefix}prompt", placeholder="a portrait photo of …")
+    prompt_tokens = token_counter(manager, model_name, last.get("prompt", ""), last.get("steps"), f"{prefix}prompt_tokens")
     negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""), elem_id=f"{prefix}negative_prompt")
+    negative_tokens = token_counter(manager, model_name, last.get("negative_prompt", ""), last.get("steps"), f"{prefix}negative_prompt_tokens")
     with gr.Row():
         lora_picker = gr.Dropdown(lora_choices(manager), value="", label="LoRA", elem_id=f"{prefix}lora_picker", scale=1,
                                   info="adds <lora:name:1> to the prompt; edit the weight there")
@@ -139,7 +142,36 @@ def prompt_fields(manager: PipelineManager, last: dict, prefix: str = "") -> tup
             apply_styles = gr.Button("Write into the prompts", elem_id=f"{prefix}apply_styles", scale=1, size="sm")
         style_message = gr.Markdown(elem_id=f"{prefix}style_message")
     wire_styles(manager, StyleControls(styles, style_name, save_style, apply_styles, style_message), prompt, negative)
-    return {"prompt": prompt, "negative_prompt": negative, "styles": styles}, lora_picker
+    return {"prompt": prompt, "negative_prompt": negative, "styles": styles}, lora_picker, (prompt_tokens, negative_tokens)
+
+
+def token_counter(manager: PipelineManager, model_name: str, text, steps, elem_id: str) -> gr.HTML:
+    """The counter under a prompt box; its first value is read at each page load, as the box's text is the remembered one."""
+    return gr.HTML(lambda: token_label(manager, model_name, text, steps), elem_id=elem_id, elem_classes=["token-counter"])
+
+
+def token_label(manager: PipelineManager, model_name, text, steps) -> str:
+    """'12/75' as A1111 shows it (the chunks of 75 tokens the prompt fills; T5's 512 on FLUX.1), with what it counts in
+    its tooltip; empty when the model cannot say (unknown, or its tokenizer files are missing)."""
+    steps = steps if isinstance(steps, (int, float)) and 1 <= steps <= 1000 else 20
+    count = manager.prompt_tokens(model_name, text if isinstance(text, str) else "", int(steps)) if model_name else None
+    if count is None:
+        return ""
+    if count.encoder == "T5":
+        why = f"T5 reads {count.limit} tokens; the rest is cut" if count.over else f"tokens T5 reads of its {count.limit}"
+    else:
+        why = f"tokens in {count.limit // 75} chunk{'s' if count.limit > 75 else ''} of 75 (a longer prompt takes another chunk)"
+    classes = "token-count token-over" if count.over else "token-count"
+    return f'<span class="{classes}" title="{why}">{count.label()}</span>'
+
+
+def wire_token_counters(manager: PipelineManager, model: gr.Dropdown, fields: dict, counters: tuple) -> None:
+    """Each counter follows its box, the model (another tokenizer) and the steps (prompt editing's texts), outside the
+    generation queue (a count never waits behind a run) and only for the last change while typing."""
+    for box, counter in zip((fields["prompt"], fields["negative_prompt"]), counters):
+        gr.on([box.change, model.change, fields["steps"].change], lambda name, text, steps: token_label(manager, name, text, steps),
+              [model, box, fields["steps"]], counter, queue=False, show_progress="hidden", trigger_mode="always_last",
+              api_visibility="private")
 
 
 @dataclass
@@ -313,8 +345,9 @@ def progress_shown_on(panel: RunPanel) -> list:
 
 
 def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
-              reuse_seed: gr.Button, last_seed: gr.State, follows_model: tuple = (), on_model_extra=None) -> None:
-    """The form's own events: the model picks the sampler list and LoRA choices, the LoRA picker adds a tag, the seed buttons.
+              reuse_seed: gr.Button, last_seed: gr.State, follows_model: tuple = (), on_model_extra=None, token_counters: tuple = ()) -> None:
+    """The form's own events: the model picks the sampler list and LoRA choices, the LoRA picker adds a tag, the seed
+    buttons, the token counters.
 
     `on_model_extra(entry)` returns updates for the `follows_model` components (e.g. the demo note).
     """
@@ -340,6 +373,8 @@ def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_p
     lora_picker.input(on_lora_pick, [lora_picker, prompt], [prompt, lora_picker], api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     reuse_seed.click(lambda s: s, last_seed, seed, api_visibility="private")
+    if token_counters:
+        wire_token_counters(manager, model, fields, token_counters)
 
 
 def first_model(manager: PipelineManager, last: dict) -> tuple[str, bool]:

@@ -120,7 +120,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     model = generation_form.model_row(manager, chosen_model, PREFIX)
     with gr.Row():
         with gr.Column(scale=3):
-            fields, lora_picker = generation_form.prompt_fields(manager, last, PREFIX)
+            fields, lora_picker, counters = generation_form.prompt_fields(manager, last, PREFIX, chosen_model)
             message = gr.Markdown(elem_id=f"{PREFIX}message")
             with gr.Tabs(selected="img2img", elem_id=f"{PREFIX}modes") as modes:
                 with gr.Tab("img2img", id="img2img", elem_id=f"{PREFIX}tab_img2img") as img2img_page:
@@ -162,7 +162,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     last_seed = gr.State(-1)
     infotexts = gr.State([])
     form = {"model": model} | fields
-    generation_form.wire_form(manager, model, form, lora_picker, random_seed, reuse_seed, last_seed)
+    generation_form.wire_form(manager, model, form, lora_picker, random_seed, reuse_seed, last_seed, token_counters=counters)
 
     for page, page_mode in ((img2img_page, "img2img"), (inpaint_page, "inpaint")):
         page.select(lambda m=page_mode: (m, gr.update(visible=m == "inpaint")), None, [mode, inpaint_options],

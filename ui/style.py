@@ -57,6 +57,14 @@ GENERATE = """
    core on it, taken from the denoiser on a small CPU machine (measured on 2 cores, with the readout's pace in
    ui/session.py: the demo's steps 0.15 s with the pulse, 0.11 s without; 0.08 s with no browser). */
 [data-testid=status-tracker].generating { animation: none !important; }
+/* A1111's token counter (Generate, img2img): in the prompt box's bottom-right corner, as A1111 has it in a corner of
+   the box. The counter's block takes no room (no height, its gap taken back), so the page lays out as without it;
+   the text is drawn up into the box. Red when FLUX.1's T5 cuts the prompt. */
+.token-counter { margin-top: calc(-1 * var(--layout-gap)) !important; height: 0 !important; min-height: 0 !important;
+                 padding: 0 !important; overflow: visible !important; border: none !important; z-index: 5; }
+.token-counter .token-count { position: relative; top: -2.1em; float: right; margin-right: 0.9em; font-size: var(--text-sm);
+                              color: var(--body-text-color); opacity: 0.7; font-variant-numeric: tabular-nums; pointer-events: none; }
+.token-counter .token-over { color: #b42318; opacity: 1; font-weight: 600; }
 /* The status bar takes the header row's width beside the short title, so it stays on one line at 1400 px. */
 #status { flex: 5 1 0 !important; text-align: right; }
 """

@@ -82,7 +82,9 @@ def paint_stroke(page) -> None:
     """
     for _attempt in range(5):
         page.locator("#i2i_editor button[aria-label=Brush]").click()
-        box = page.locator("#i2i_editor canvas").first.bounding_box()
+        canvas = page.locator("#i2i_editor canvas").first
+        canvas.scroll_into_view_if_needed()  # the screen is read at the canvas' middle: it must be on screen
+        box = canvas.bounding_box()
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         page.mouse.move(box["x"] + 2, box["y"] + 2)  # the brush's outline follows the mouse: keep it off the spot
         before = pixels_at(page, x, y)
