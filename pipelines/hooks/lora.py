@@ -37,8 +37,20 @@ LORA_HOOK = "lora"
 class AppliedLora:
     name: str
     path: Path
-    weight: float
+    weight: float  # the text encoders', and the denoiser's unless `unet_weight` is set
     digest: str  # A1111's 12-hex LoRA hash
+    unet_weight: float | None = None  # the denoiser's own weight (A1111's `<lora:name:te:unet>`)
+
+    def key(self) -> tuple:
+        """What of it changes the output; one weight for both reads as it always did (cache entries stay valid)."""
+        base = (self.name, self.digest, float(self.weight))
+        return base if self.unet_weight is None else base + (("unet", float(self.unet_weight)),)
+
+    def adapter_weights(self, components: list[str]) -> float | dict:
+        """diffusers' `set_adapters` weight: one number, or per LoRA-loadable component when the denoiser's differs."""
+        if self.unet_weight is None:
+            return float(self.weight)
+        return {name: float(self.unet_weight if name in ("unet", "transformer") else self.weight) for name in components}
 
 
 class LoraHook:
@@ -58,7 +70,7 @@ class LoraHook:
 
     def cache_key(self):
         """The LoRA set as it changes the output: names, file hashes and weights, in order."""
-        return tuple((lora.name, lora.digest, float(lora.weight)) for lora in self.loras)
+        return tuple(lora.key() for lora in self.loras)
 
     def attach(self, pipe, context: HookContext | None = None) -> None:
         if self._pipe is not None:
@@ -79,7 +91,7 @@ class LoraHook:
                     raise ModelLoadError(
                         f"LoRA {lora.path.name} does not fit this model: {error.__class__.__name__}: {str(error)[:300]}") from error
                 adapters.append(adapter)
-                weights.append(float(lora.weight))
+                weights.append(lora.adapter_weights(_components_with(pipe, adapter)))
             if adapters:
                 pipe.set_adapters(adapters, adapter_weights=weights)
                 if self.fuse:
@@ -122,6 +134,12 @@ class LoraHook:
         self._originals = []
         pipe._merged_adapters = set()  # diffusers' record of fused adapters: none are fused any more
         self.fuse_seconds += time.perf_counter() - start
+
+
+def _components_with(pipe, adapter: str) -> list[str]:
+    """The pipeline components the adapter has layers in ("unet", "text_encoder", ...): a per-component weight
+    names only those (diffusers warns about the others)."""
+    return [component for component, names in pipe.get_list_adapters().items() if adapter in names]
 
 
 def _wrapped_base_parameters(pipe) -> list[torch.Tensor]:

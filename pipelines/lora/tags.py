@@ -13,8 +13,16 @@ TAG_PATTERN = re.compile(r"<(\w+):([^<>]+)>")
 
 @dataclass(frozen=True)
 class LoraRef:
+    """A LoRA and its weights: `weight` on the text encoders, and on the denoiser too unless `unet_weight` says
+    otherwise (A1111's `<lora:name:te:unet>`, `te=`, `unet=`)."""
+
     name: str
     weight: float = 1.0
+    unet_weight: float | None = None
+
+    @property
+    def denoiser_weight(self) -> float:
+        return self.weight if self.unet_weight is None else self.unet_weight
 
 
 class LoraSyntaxError(ValueError):
@@ -34,9 +42,11 @@ def parse_weight(text: str, source: str) -> float:
 def extract_lora_tags(prompt: str) -> tuple[str, list[LoraRef]]:
     """(the prompt without its `<lora:...>` tags, the LoRAs they name in order).
 
-    `<lora:name>` is weight 1; `<lora:name:w>` sets w (negative allowed); A1111's further arguments
-    (`te=`, `unet=`, a second positional text-encoder weight) are read for the first weight only.
-    Other extra-network tags (`<hypernet:...>`) are left in the prompt untouched.
+    `<lora:name>` is weight 1; `<lora:name:w>` sets w (negative allowed) on the text encoders and the
+    denoiser. As in A1111, a second number sets the denoiser's own weight (`<lora:name:1:0.5>`: text
+    encoders 1, UNet or FLUX transformer 0.5), and `te=` / `unet=` set either by name; `dyn=`
+    (LyCORIS' dynamic rank) has no effect on the LoRAs loaded here. Other extra-network tags
+    (`<hypernet:...>`) are left in the prompt untouched.
     """
     refs: list[LoraRef] = []
 
@@ -47,13 +57,25 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[LoraRef]]:
         name = parts[0].strip()
         if not name:
             raise LoraSyntaxError(f"{match.group(0)} names no LoRA; write <lora:name:weight>.")
-        positional = [p for p in parts[1:] if "=" not in p]
-        weight = parse_weight(positional[0], match.group(0)) if positional and positional[0].strip() else 1.0
-        refs.append(LoraRef(name, weight))
+        refs.append(_tag_weights(name, parts[1:], match.group(0)))
         return ""
 
     cleaned = TAG_PATTERN.sub(take, prompt)
     return cleaned, refs
+
+
+def _tag_weights(name: str, arguments: list[str], tag: str) -> LoraRef:
+    """A1111's reading of a tag's arguments: positional text-encoder then UNet weight, `te=` / `unet=` over them."""
+    positional = [p for p in arguments if "=" not in p]
+    named = {key.strip().lower(): value for key, _, value in (p.partition("=") for p in arguments if "=" in p)}
+    unknown = sorted(set(named) - {"te", "unet", "dyn"})
+    if unknown:
+        raise LoraSyntaxError(f"{tag}: unknown argument {unknown[0]}=; A1111's LoRA tags take te=, unet= (and dyn=).")
+    first = parse_weight(positional[0], tag) if positional and positional[0].strip() else 1.0
+    unet = parse_weight(positional[1], tag) if len(positional) > 1 and positional[1].strip() else first
+    te = parse_weight(named["te"], tag) if "te" in named else first
+    unet = parse_weight(named["unet"], tag) if "unet" in named else unet
+    return LoraRef(name, te, None if unet == te else unet)
 
 
 def parse_lora_arg(text: str) -> LoraRef:
@@ -83,10 +105,10 @@ def lora_refs(prompt: str, extra: tuple | list = ()) -> list[LoraRef]:
             refs.append(LoraRef(item[0].strip(), parse_weight(str(value), f"the LoRA {item[0]!r}")))
         else:
             refs.append(parse_lora_arg(item))
-    merged: dict[str, float] = {}
+    merged: dict[str, LoraRef] = {}
     for ref in refs:
-        merged[ref.name] = ref.weight
-    return [LoraRef(name, weight) for name, weight in merged.items()]
+        merged[ref.name] = ref
+    return list(merged.values())
 
 
 def infotext_hashes(pairs: list[tuple[str, str]]) -> str:

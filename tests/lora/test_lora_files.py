@@ -91,8 +91,23 @@ def test_the_memo_reads_a_file_once_and_hands_out_copies(tmp_path, tiny_pipes, m
 def test_tags_anywhere_several_negative_and_default_weight():
     prompt, refs = extract_lora_tags("<lora:a:0.5>a cat, <lora:b> on a mat <lora:c:-1.25> <hypernet:h:1>, <lora:d:0.7:0.2>")
     assert prompt == "a cat,  on a mat  <hypernet:h:1>, "
-    assert refs == [LoraRef("a", 0.5), LoraRef("b", 1.0), LoraRef("c", -1.25), LoraRef("d", 0.7)]
+    assert refs == [LoraRef("a", 0.5), LoraRef("b", 1.0), LoraRef("c", -1.25), LoraRef("d", 0.7, 0.2)]
     assert lora_refs("<lora:a:1> x <lora:a:0.3>") == [LoraRef("a", 0.3)]
+
+
+@pytest.mark.parametrize(("tag", "text_encoders", "denoiser"), [
+    ("<lora:d:0.7:0.2>", 0.7, 0.2),  # A1111: the first number is the text encoders', the second the UNet's
+    ("<lora:d:0.7:0.7>", 0.7, 0.7),
+    ("<lora:d:unet=0.3>", 1.0, 0.3),
+    ("<lora:d:te=0>", 0.0, 1.0),
+    ("<lora:d:0.5:te=0.9>", 0.9, 0.5),  # te= overrides the text encoders' only; the UNet keeps the first number
+    ("<lora:d:0.5:unet=-1:te=2>", 2.0, -1.0),
+    ("<lora:d:0.8:dyn=16>", 0.8, 0.8),  # LyCORIS' dynamic rank: read, no effect here
+])
+def test_a1111s_separate_text_encoder_and_unet_weights(tag, text_encoders, denoiser):
+    (ref,) = extract_lora_tags(tag)[1]
+    assert (ref.weight, ref.denoiser_weight) == (text_encoders, denoiser)
+    assert (ref.unet_weight is None) == (text_encoders == denoiser), "one weight for both reads as a plain weight"
 
 
 @pytest.mark.parametrize(("prompt", "expected"), [
@@ -100,6 +115,9 @@ def test_tags_anywhere_several_negative_and_default_weight():
     ("<lora:a:10.5>", "between -10 and 10"),
     ("<lora:a:nan>", "between -10 and 10"),
     ("<lora::1>", "names no LoRA"),
+    ("<lora:a:1:heavy>", "must be a number, got 'heavy'"),
+    ("<lora:a:unet=20>", "between -10 and 10"),
+    ("<lora:a:strength=1>", "unknown argument strength="),
 ])
 def test_bad_tags_say_why(prompt, expected):
     with pytest.raises(LoraSyntaxError, match=expected):

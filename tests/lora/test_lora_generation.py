@@ -192,12 +192,15 @@ def test_with_flux_block_cache(lora_manager):
     assert "Lora hashes" in parse_infotext(result.images[0].infotext)
 
 
-def test_approximate_cache_keys_on_the_lora_set(make_manager, lora_models, tmp_path):
+@pytest.mark.parametrize(("weights", "other"), [("1", "0.5"), ("1:0.5", "1:0.4")])
+def test_approximate_cache_keys_on_the_lora_set(make_manager, lora_models, tmp_path, weights, other):
+    """The prompts' words are the same (the vector search would match them): only the LoRA set's key, which carries
+    the weights (the denoiser's own one too, `1:0.5`), keeps another weight's latents out."""
     manager = make_manager(lora_models, cache_dir=tmp_path / "cache", latent_cache_entries=0)
-    base = tiny_request("sd15", seed=8, steps=10, approximate_cache=True, prompt="a red circle <lora:sd15-kohya:1>")
+    base = tiny_request("sd15", seed=8, steps=10, approximate_cache=True, prompt=f"a red circle <lora:sd15-kohya:{weights}>")
     manager.generate(base)
-    similar = manager.generate(dataclasses.replace(base, prompt="a red circle <lora:sd15-kohya:1>!"))
-    other_weight = manager.generate(dataclasses.replace(base, prompt="a red circle <lora:sd15-kohya:0.5>"))
+    similar = manager.generate(dataclasses.replace(base, prompt=f"a red circle <lora:sd15-kohya:{weights}>!"))
+    other_weight = manager.generate(dataclasses.replace(base, prompt=f"a red circle <lora:sd15-kohya:{other}>"))
     assert similar.cache_notes["approx cache"].startswith("hit")
     assert other_weight.cache_notes["approx cache"].startswith("miss")
 
@@ -389,3 +392,41 @@ def test_lora_fusing_is_a_setting_applied_without_restart(lora_manager, monkeypa
     events = []
     lora_manager.generate(tiny_request("sd15", seed=5, steps=2, prompt="s <lora:sd15-kohya:0.3>"), listener=events.append)
     assert any("fusing off in Settings" in (getattr(e, "detail", "") or "") for e in events)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_separate_text_encoder_and_unet_weights_reach_their_parts(lora_manager, family, monkeypatch):
+    """`<lora:x:te:unet>`: the text encoders get the first weight, the denoiser the second. What the denoiser reads as
+    text shows the text encoders' weight; the picture with both at 0 is the base picture."""
+    from tests.tiny_models import recorded_calls
+
+    name = f"{family}-kohya"
+    request = tiny_request(family, seed=13, prompt=f"a portrait photo <lora:{name}:1>")
+    texts, images = {}, {}
+    for tag in ("0", "1", "1:0", "0:1", "0:0"):
+        with recorded_calls(lora_manager, request.model) as (_pipe, calls):
+            images[tag] = pixels(lora_manager.generate(dataclasses.replace(request, prompt=f"a portrait photo <lora:{name}:{tag}>")))
+        texts[tag] = calls[0]["text"]
+    assert torch.equal(texts["1:0"], texts["1"]) and torch.equal(texts["0:1"], texts["0"]), "the text encoders took the first weight"
+    assert not torch.equal(texts["1"], texts["0"]), "the tiny LoRA changes the text encoders"
+    assert np.array_equal(images["0:0"], images["0"])
+    for one, other in (("1:0", "1"), ("0:1", "0"), ("1:0", "0"), ("0:1", "1")):
+        assert not np.array_equal(images[one], images[other]), f"{one} and {other} drew the same picture"
+    # Fused, the per-part weights are merged as they are: the same picture up to rounding.
+    from pipelines.lora.fuse import FusePolicy
+
+    monkeypatch.setattr(lora_manager, "lora_fuse", FusePolicy("always"))
+    fused = pixels(lora_manager.generate(dataclasses.replace(request, prompt=f"a portrait photo <lora:{name}:1:0.3>")))
+    monkeypatch.setattr(lora_manager, "lora_fuse", FusePolicy("off"))
+    unfused = pixels(lora_manager.generate(dataclasses.replace(request, prompt=f"a portrait photo <lora:{name}:1:0.3>")))
+    assert np.abs(fused - unfused).max() <= 2
+
+
+def test_flux_takes_the_denoisers_weight_for_its_transformer(lora_manager):
+    request = tiny_request("flux", seed=13, prompt="a portrait photo <lora:flux-kohya:0:0>")
+    zero = pixels(lora_manager.generate(request))
+    transformer_only = pixels(lora_manager.generate(dataclasses.replace(request, prompt="a portrait photo <lora:flux-kohya:0:1>")))
+    base_text = pixels(lora_manager.generate(dataclasses.replace(request, prompt="a portrait photo <lora:flux-kohya:0>")))
+    assert np.array_equal(zero, base_text)
+    assert not np.array_equal(transformer_only, zero)
+
