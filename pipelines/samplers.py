@@ -16,11 +16,21 @@ class Sampler:
     overrides: dict = field(default_factory=dict)
     infotext_sampler: str = ""  # A1111 writes the sampler and the schedule type as two keys
     infotext_schedule: str = ""
+    model_calls: int = 1  # denoiser calls per step: 2 for the second-order samplers (Heun, DPM2, DPM++ SDE)
 
     def make(self, base_config):
         import diffusers  # a model is loaded by now, so diffusers is too
 
         return getattr(diffusers, self.scheduler).from_config(base_config, **self.overrides)
+
+
+def seed_step_noise(scheduler, seeds: list[int]) -> None:
+    """DPM++ SDE draws its step noise from a Brownian tree (torchsde) seeded when the loop starts; without a seed it
+    takes a random one, and the same seed would not give the same picture. Seeded with the batch's image seeds, as
+    A1111 seeds its tree, so each image's noise follows its own seed. Other schedulers have no such tree."""
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = list(seeds)  # a tree per image, a batch of one too: batched or not, the same noise
+        scheduler.noise_sampler = None
 
 
 UNET_SAMPLERS = [
@@ -35,6 +45,19 @@ UNET_SAMPLERS = [
             "DPM++ 2M SDE", "Automatic"),
     Sampler("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
             "DPM++ 2M SDE", "Karras"),
+    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": False}, "DPM++ 3M SDE", "Automatic"),
+    Sampler("DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}, "DPM++ 3M SDE", "Karras"),
+    # Second-order samplers: two denoiser calls a step (the readout counts steps, as A1111 does). DPM++ SDE's noise comes
+    # from torchsde's Brownian tree, seeded with the image seeds (`seed_step_noise`).
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {"use_karras_sigmas": False}, "DPM++ SDE", "Automatic", 2),
+    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "DPM++ SDE", "Karras", 2),
+    Sampler("Heun", "HeunDiscreteScheduler", {"use_karras_sigmas": False}, "Heun", "Automatic", 2),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", {"use_karras_sigmas": False}, "DPM2", "Automatic", 2),
+    Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, "DPM2", "Karras", 2),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": False}, "DPM2 a", "Automatic", 2),
+    Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, "DPM2 a", "Karras", 2),
     Sampler("LMS", "LMSDiscreteScheduler", {"use_karras_sigmas": False}, "LMS", "Automatic"),
     Sampler("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, "LMS", "Karras"),
     # diffusers' DDIM clips its x0 guess to [-1, 1] unless the config says otherwise: latents are not

@@ -27,6 +27,7 @@ from pipelines.families import Family
 from pipelines.hooks.base import hook_cache_keys
 from pipelines.prompts.schedule import has_editing
 from pipelines.request import conditioning_key
+from pipelines.samplers import find_sampler
 
 
 @functools.cache
@@ -126,7 +127,10 @@ class ApproximateRun:
     def __init__(self, cache: ApproximateCache, model, request, embeds: dict, hooks: list):
         self.cache = cache
         self.total_steps = request.steps
-        self.partition = request_partition(model, request, hooks)
+        # A second-order sampler (Heun, DPM2, DPM++ SDE) keeps half a step in its own state: it cannot resume from
+        # latents kept after a step of another run.
+        self.second_order = find_sampler(model.family, request.sampler).model_calls > 1
+        self.partition = None if self.second_order else request_partition(model, request, hooks)
         self.vector = prompt_vector(model.family, getattr(model.pipe, "tokenizer", None), request.prompt, embeds) if self.partition else None
         self.namespace = str(getattr(request, "cache_namespace", "") or "")
         self.stored: set[int] = set()
@@ -157,6 +161,8 @@ class ApproximateRun:
     def note(self, resume: Resume | None) -> str:
         if resume is None and self.cache.unavailable:
             return "off for this run (the cache store is unreachable; see the log)"
+        if resume is None and self.second_order:
+            return "off for this run (a second-order sampler: Heun, DPM2 and DPM++ SDE cannot resume mid-way)"
         if resume is None:
             return "off for this run (a hook without a cache key, or a 1-step run)"
         return resume.hit.describe() if resume.hit else "miss"

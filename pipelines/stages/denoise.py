@@ -12,6 +12,7 @@ from pipelines.generate import uses_true_cfg
 from pipelines.hooks import attached, hook_cache_keys
 from pipelines.preview.live import render_preview
 from pipelines.request import conditioning_key
+from pipelines.samplers import seed_step_noise
 from pipelines.stages.prepare import EncodedPrompt
 from pipelines.telemetry import Notice, PreviewReady
 
@@ -83,11 +84,15 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
     """diffusers' callback_on_step_end: readout, hook step index, preview, Stop/Skip."""
     request, options = plan.request, plan.options
     total = total or request.steps
+    completed = [0]  # sampler steps this pass has finished
 
     def on_step_end(pipeline, step_index, _timestep, tensors):
-        done = start_step + step_index + 1  # steps completed in the full schedule
+        if not step_finished(pipeline, step_index):
+            return tensors  # the first of a second-order step's two denoiser calls: the step is not done yet
+        completed[0] += 1
+        done = start_step + completed[0]  # steps completed in the full schedule
         state.context.step_index = done
-        state.step_clock.step_done(step_offset + step_index + 1 + start_step)
+        state.step_clock.step_done(step_offset + done)
         if resume:
             resume.on_step(done, tensors["latents"])
         if options.preview_every and done % options.preview_every == 0 and done < total:
@@ -98,6 +103,15 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
         return tensors
 
     return on_step_end
+
+
+def step_finished(pipeline, call_index: int) -> bool:
+    """Whether diffusers' loop call `call_index` ended a sampler step. A second-order scheduler (Heun, DPM2, DPM++ SDE)
+    takes two calls a step and says when it is half way (`state_in_first_order` False); its last step is a single
+    call, the loop's last."""
+    if getattr(pipeline.scheduler, "state_in_first_order", True):
+        return True
+    return call_index == getattr(pipeline, "num_timesteps", 0) - 1
 
 
 def starts_from_init(plan) -> bool:
@@ -149,8 +163,10 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
     skipped = steps - min(int(steps * strength), steps)
     state.context.step_index = skipped
     prompt = prompt or pass_prompt(state)
+    pipe = refine_pipeline(model, mask is not None)
+    seed_step_noise(pipe.scheduler, state.seeds)
     with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context):
-        return refine_pipeline(model, mask is not None)(
+        return pipe(
             **prompt.embeds,
             image=batched(init_latents),
             strength=strength,
@@ -219,6 +235,7 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     if start_latents is None and request.subseed_strength > 0:
         start_latents = variation_latents(plan, state, seed_generators)
     prompt = pass_prompt(state)  # steps count from 0 of the full schedule: a resumed run's first step is `start_step`
+    seed_step_noise(model.pipe.scheduler, state.seeds)
     with resumed_from(model.pipe, start_step), attached(model.pipe, prompt.hooks(plan, first_step=0), state.context):
         return model.pipe(
             **prompt.embeds,

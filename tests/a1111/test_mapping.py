@@ -35,16 +35,25 @@ def test_flux_runs_flow_euler_and_says_so():
     assert resolve_sampler(Family.FLUX, "Euler a", None, warnings) == "Flow Euler" and "replaced" in warnings[0]
 
 
-@pytest.mark.parametrize("sampler, scheduler", [("DPM++ SDE", None), ("", None), ("Euler", "wobbly"), (3, None)])
+@pytest.mark.parametrize("sampler, scheduler", [("DPM adaptive", None), ("", None), ("Euler", "wobbly"), (3, None)])
 def test_unknown_names_are_refused(sampler, scheduler):
     with pytest.raises(InvalidRequest):
         resolve_sampler(Family.SD15, sampler, scheduler, [])
 
 
 def test_the_refusal_lists_the_samplers_and_their_karras_variants():
-    with pytest.raises(InvalidRequest, match=r"Likeness has: Euler a, Euler, DPM\+\+ 2M, DPM\+\+ 2M SDE, LMS, DDIM, UniPC, LCM "
-                                             r"\(and scheduler Karras with DPM\+\+ 2M, DPM\+\+ 2M SDE, LMS\)"):
-        resolve_sampler(Family.SD15, "DPM++ SDE", None, [])
+    with pytest.raises(InvalidRequest, match=r"Likeness has: Euler a, Euler, DPM\+\+ 2M, DPM\+\+ 2M SDE, DPM\+\+ 3M SDE, DPM\+\+ SDE, "
+                                             r"Heun, DPM2, DPM2 a, LMS, DDIM, UniPC, LCM \(and scheduler Karras with DPM\+\+ 2M, "
+                                             r"DPM\+\+ 2M SDE, DPM\+\+ 3M SDE, DPM\+\+ SDE, DPM2, DPM2 a, LMS\)"):
+        resolve_sampler(Family.SD15, "DPM adaptive", None, [])
+
+
+@pytest.mark.parametrize(("sampler", "scheduler", "ours"), [
+    ("k_dpmpp_sde", "Karras", "DPM++ SDE Karras"), ("DPM2 a", "karras", "DPM2 a Karras"), ("k_heun", None, "Heun"),
+    ("DPM++ 3M SDE", "Karras", "DPM++ 3M SDE Karras"), ("DPM2 Karras", None, "DPM2 Karras")])
+def test_a1111s_second_order_and_3m_names(sampler, scheduler, ours):
+    warnings: list[str] = []
+    assert resolve_sampler(Family.SD15, sampler, scheduler, warnings) == ours and not warnings
 
 
 class FolderManager:

@@ -1,6 +1,8 @@
 """Generation through the manager for SD 1.5, SDXL and FLUX.1 tiny models: sizes, seeds, files, stages."""
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import re
 from pathlib import Path
@@ -129,7 +131,7 @@ def test_every_unet_sampler_generates(shared_manager, sampler):
     assert pixels(result.images[0].image).std() > 1
 
 
-@pytest.mark.parametrize("sampler", ["DPM++ 2M SDE Karras", "LCM"])
+@pytest.mark.parametrize("sampler", ["DPM++ 2M SDE Karras", "LCM", "DPM++ 3M SDE", "DPM++ SDE Karras", "DPM2 a"])
 def test_samplers_that_add_noise_each_step_keep_a1111_seeds(shared_manager, sampler):
     """Their per-step noise comes from each image's own seed: a batch's second image is the next seed drawn alone,
     and a repeat draws the same pixels."""
@@ -137,6 +139,37 @@ def test_samplers_that_add_noise_each_step_keep_a1111_seeds(shared_manager, samp
     alone = shared_manager.generate(tiny_request("sd15", sampler=sampler, seed=501, steps=3, save=False)).images[0].image
     assert np.abs(pixels(alone) - pixels(batch.images[1].image)).max() <= 1
     assert np.abs(pixels(batch.images[0].image) - pixels(batch.images[1].image)).max() > 1
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2 Karras", "DPM++ SDE"])
+def test_second_order_samplers_count_steps_not_denoiser_calls(shared_manager, sampler):
+    """Two denoiser calls a step (the last step one): the readout, the step times and the hooks' step index count the
+    sampler's steps, 1..N, as A1111 shows them; a repeat draws the same pixels (DPM++ SDE's Brownian tree is seeded)."""
+    from pipelines.telemetry import StepDone
+    from tests.tiny_models import recorded_calls
+
+    events = []
+    request = tiny_request("sd15", sampler=sampler, seed=21, steps=4, save=False)
+    with recorded_calls(shared_manager, request.model) as (_pipe, calls):
+        result = shared_manager.generate(request, listener=events.append)
+    assert len(calls) == 2 * 4 - 1
+    assert [e.index for e in events if isinstance(e, StepDone)] == [1, 2, 3, 4]
+    assert len(result.step_seconds) == 4 and result.denoise_summary().startswith("4 steps")
+    again = shared_manager.generate(request)
+    assert np.array_equal(pixels(again.images[0].image), pixels(result.images[0].image))
+    other = shared_manager.generate(dataclasses.replace(request, seed=22))
+    assert not np.array_equal(pixels(other.images[0].image), pixels(result.images[0].image))
+
+
+def test_second_order_samplers_run_img2img_and_say_the_approximate_cache_is_off(make_manager, shared_models_dir, tmp_path):
+    from PIL import Image
+
+    manager = make_manager(shared_models_dir, cache_dir=tmp_path / "cache")
+    result = manager.generate(tiny_request("sd15", sampler="DPM2 a Karras", steps=6, approximate_cache=True, save=False))
+    assert "second-order sampler" in result.cache_notes["approx cache"]
+    init = Image.new("RGB", (64, 64), (90, 120, 200))
+    img2img = manager.generate(tiny_request("sd15", sampler="Heun", steps=6, init_image=init, denoising_strength=0.5, save=False))
+    assert len(img2img.step_seconds) == 3, "the last int(6 x 0.5) steps, counted as steps"
 
 
 def test_sampler_name_is_case_insensitive_and_canonicalised(shared_manager):
