@@ -239,6 +239,7 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "Variation seed": subseed,
         "Variation seed strength": f"{request.subseed_strength:g}" if subseed is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1
+        "Tiling": True if request.tiling else None,  # A1111's key and spelling, only when on
         "Version": APP_VERSION,
         "VAE dtype": vae_label,
         "Denoiser dtype": dtype_name(model.dtype),

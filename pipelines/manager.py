@@ -34,6 +34,7 @@ from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCach
 from pipelines.hooks.lora import AppliedLora, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
+from pipelines.hooks.tiling import TilingHook
 from pipelines.images import MAX_PHOTO_PIXELS, check_input_pixels
 from pipelines.jobs import JobView, LocalJobs
 from pipelines.metrics import psnr
@@ -435,6 +436,7 @@ class PipelineManager:
             images=output.images,
             request=validated.request,
             stage_seconds=dict(clock.seconds),
+            stage_details=dict(clock.details),
             step_seconds=output.step_seconds,
             total_seconds=total,
             peak_memory_bytes=peak,
@@ -470,7 +472,7 @@ class PipelineManager:
             raise InvalidRequest(f"{model.name} is an inpainting model (a 9-channel UNet): it needs an init image and a mask. "
                                  "Use the img2img tab's inpaint mode, or a text-to-image model.")
         model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config)
-        options.hooks += self._cache_hooks(model, request, options)
+        options.hooks += self._cache_hooks(model, request, options) + ([TilingHook()] if request.tiling else [])
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))

@@ -78,6 +78,9 @@ class GenerationRequest:
     # SD 1.5 and SDXL text-to-image. -1 = a random subseed, drawn once per run.
     subseed: int = -1
     subseed_strength: float = 0.0
+    # A1111's "Tiling": every padded convolution of the UNet and the VAE wraps around (circular padding), so the
+    # picture repeats seamlessly (textures). SD 1.5 and SDXL; FLUX.1's transformer has no convolutions to wrap.
+    tiling: bool = False
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -214,6 +217,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     variation, variation_notes, strength = validate_variation(request, family)
     problems += variation
     warnings += variation_notes
+    problems += tiling_problems(request, family)
     if not is_name_list(request.styles):
         problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip
@@ -308,6 +312,15 @@ def validate_variation(request: GenerationRequest, family: Family) -> tuple[list
 def is_name_list(value) -> bool:
     """A list or tuple of names (styles): text alone is one name spelt out, not a list."""
     return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+def tiling_problems(request, family: Family) -> list[str]:
+    if not isinstance(request.tiling, bool):
+        return [f"Tiling must be true or false, got {shown(request.tiling)}."]
+    if request.tiling and family is Family.FLUX:
+        return ["Tiling works on SD 1.5 and SDXL (it wraps the UNet's and the VAE's convolutions around); FLUX.1's transformer has no "
+                "convolutions to wrap. Turn Tiling off for FLUX.1 models."]
+    return []
 
 
 def conditioning_key(request) -> tuple:
@@ -450,6 +463,7 @@ class GenerationResult:
     cache_notes: dict = field(default_factory=dict)  # e.g. {"prompt memo": "hit", "latent cache": "miss"}
     hook_stats: dict = field(default_factory=dict)  # e.g. {"deepcache": {"full_steps": 7, "cached_steps": 13}}
     kept_latents: object = None  # manager.KeptLatents of the last batch: re-decode them with another VAE dtype
+    stage_details: dict = field(default_factory=dict)  # a stage's note: "loaded from RAM", "prompt editing: 2 prompts (...)"
 
     @property
     def seeds(self) -> list[int]:
@@ -473,6 +487,7 @@ class GenerationResult:
             "seeds": self.seeds,
             "infotexts": [img.infotext for img in self.images],
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
+            "stage_details": self.stage_details,
             "step_seconds": [round(s, 4) for s in self.step_seconds],
             "denoise": self.denoise_summary(),
             "total_seconds": round(self.total_seconds, 4),

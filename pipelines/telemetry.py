@@ -112,6 +112,7 @@ class StageClock:
     bus: EventBus
     device: torch.device
     seconds: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)  # each stage's latest note ("memoized", "prompt editing: ...")
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict]:
@@ -126,6 +127,8 @@ class StageClock:
             devices.synchronize(self.device)
             end = time.perf_counter()
             self.seconds[name] = self.seconds.get(name, 0.0) + (end - start)
+            if info.get("detail"):
+                self.details[name] = info["detail"]
             self.bus.publish(StageEnded(name, end, end - start, info.get("detail", "")))
             self.bus.publish(MemorySampled(name, devices.read_memory(self.device)))
 

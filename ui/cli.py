@@ -147,7 +147,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         batch_count=args.batch_count, vae_dtype=args.vae_dtype, deepcache_interval=args.deepcache,
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
-        clip_skip=args.clip_skip, styles=tuple(args.style), subseed=args.subseed, subseed_strength=args.subseed_strength,
+        clip_skip=args.clip_skip, styles=tuple(args.style), subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling,
         **refine_fields(args, manager),
     )
     face = face_options(args)

@@ -241,6 +241,8 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
         # A1111 keeps it in Settings (often in the quick settings bar); here it sits with the run's other numbers.
         clip_skip = inputs.Slider(1, MAX_CLIP_SKIP, value=last.get("clip_skip", 1), step=1, label="Clip skip",
                                   info="SD 1.5; 1 = last layer", elem_id=f"{prefix}clip_skip")
+        tiling = gr.Checkbox(value=bool(last.get("tiling", False)), label="Tiling", info="a picture that repeats seamlessly (SD 1.5, SDXL)",
+                             elem_id=f"{prefix}tiling")
     vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
                          info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()), elem_id=f"{prefix}vae_dtype")
     with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
@@ -268,7 +270,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
-              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength}
+              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling}
     return fields, random_seed, reuse_seed
 
 

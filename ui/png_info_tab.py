@@ -50,7 +50,7 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
-              "Variation seed strength": "subseed_strength"}
+              "Variation seed strength": "subseed_strength", "Tiling": "tiling"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -88,6 +88,7 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
         values["clip_skip"] = 1
     if "Variation seed strength" not in parsed:  # written only when on: none means off
         values["subseed_strength"] = 0.0
+    values["tiling"] = parsed.get("Tiling", "").strip().lower() == "true"  # A1111 writes "Tiling: True" only when on
     if "Sampler" in parsed:
         values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
     vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32

@@ -51,11 +51,13 @@ class Readout:
 
 
 def result_markdown(result: GenerationResult) -> str:
-    """The after-run breakdown: per-stage seconds as bars, peak memory, total."""
+    """The after-run breakdown: per-stage seconds as bars with each stage's note (from RAM, memoized, prompt editing...),
+    peak memory, total."""
     longest = max(result.stage_seconds.values(), default=0) or 1
-    rows = ["| stage | seconds | |", "|---|---:|---|"]
+    rows = ["| stage | seconds | | |", "|---|---:|---|---|"]
     for stage, seconds in result.stage_seconds.items():
-        rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} |")
+        note = result.stage_details.get(stage, "").replace("|", "\\|")
+        rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} | {note} |")
     summary = (
         f"**Done in {result.total_seconds:.2f} s** · {result.denoise_summary()} · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
         f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"

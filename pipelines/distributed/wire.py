@@ -80,6 +80,7 @@ def unpack_result(wire: WireResult) -> GenerationResult:
         images=unpack_images(wire.images),
         request=wire.request,
         stage_seconds=dict(summary["stage_seconds"]),
+        stage_details=dict(summary.get("stage_details", {})),
         step_seconds=list(summary["step_seconds"]),
         total_seconds=summary["total_seconds"],
         peak_memory_bytes=summary["peak_memory_bytes"],

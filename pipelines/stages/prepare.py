@@ -92,8 +92,9 @@ class EncodedPrompt:
     def describe(self) -> str:
         """'prompt editing: 3 prompts (steps 0-5, 6-12, 13-19)', for the readout."""
         spans, start = [], 0
-        for last_step, _prompt, _negative in self.texts:
-            spans.append(f"{start}-{last_step}" if last_step > start else f"{start}")
+        for index, (last_step, _prompt, _negative) in enumerate(self.texts):
+            end = last_step - 1 if index == len(self.texts) - 1 else last_step  # the last entry lasts to `steps`: 0-based, one less
+            spans.append(f"{start}-{end}" if end > start else f"{start}")
             start = last_step + 1
         return f"prompt editing: {len(self.texts)} prompts (steps {', '.join(spans)})"
 

@@ -7,6 +7,7 @@ import pytest
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.manager import ManagerConfig, PipelineManager
 from pipelines.request import GenerationRequest, GenerationResult
+from tests.tiny_models import tiny_request
 from ui.session import result_markdown
 
 
@@ -38,3 +39,12 @@ def test_summary_wording_cases():
     assert result_with([], {"latent cache": "miss"}).denoise_summary() == "no denoise steps"
     mixed = result_with([0.25], {"latent cache": "hit: denoising skipped"}).denoise_summary()
     assert mixed == "1 step at 0.250 s/step (4.00 it/s); other batches skipped the denoise (exact repeat)"
+
+
+def test_the_breakdown_shows_each_stage_s_note(shared_manager):
+    """A stage's note (how the model loaded, that the prompt is edited, the VAE dtype) sits beside its time."""
+    result = shared_manager.generate(tiny_request("sd15", prompt="a [red:blue:0.5] cat", steps=4, save=False))
+    table = result_markdown(result).split("\n\n")[-1]
+    row = next(line for line in table.splitlines() if line.startswith("| text encode |"))
+    assert row.rstrip().endswith("prompt editing: 2 prompts (steps 0-2, 3); memo miss |"), row
+    assert result.stage_details["text encode"].startswith("prompt editing") and "stage_details" in result.summary()

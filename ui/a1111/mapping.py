@@ -75,7 +75,7 @@ SCRIPT_NAMES = {
 UNSUPPORTED_DEFAULTS = {
     "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
-    "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
+    "restore_faces": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
     "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
     "firstpass_image": (None, ""), "script_args": ([],), "infotext": (None, ""),
     # img2img: instruct-pix2pix's image CFG (webuiapi sends 1.5), A1111's mask rounding, the noise multiplier.
@@ -344,6 +344,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
         styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
         subseed=-1 if body.subseed is None else body.subseed, subseed_strength=body.subseed_strength or 0.0,
+        tiling=False if body.tiling is None else body.tiling,
     )
     fields |= detailer_fields(body, warnings)
     if isinstance(body, Img2ImgRequest):
