@@ -75,7 +75,7 @@ class TextEncode:
 @dataclass
 class EncodedPrompt:
     """A pass's encoded prompt: the pipeline's keyword arguments (the first segment's) and, with A1111's prompt
-    editing, every segment as (last step, embeds), which `hook()` swaps in at their steps."""
+    editing, every segment as (last step, embeds), which the hook from `hooks()` swaps in at their steps."""
 
     embeds: dict
     segments: list[tuple[int, dict]] = field(default_factory=list)  # empty: one prompt for the whole pass

@@ -128,10 +128,12 @@ def test_defaults_unknown_fields_and_unsupported_values_give_warnings(api_app):
             assert body["parameters"][key] == value, key
     assert "my_client_field" not in body["parameters"]
     warnings = " ".join(json.loads(body["info"])["warnings"])
-    for fragment in ("'my_client_field'", "restore_faces=True", "tiling=True"):
+    for fragment in ("'my_client_field'", "restore_faces=True"):
         assert fragment in warnings
     assert "CLIP_stop_at_last_layers" not in warnings  # applied: clip skip 2
+    assert "tiling" not in warnings  # applied too
     info = json.loads(body["info"])
+    assert ", Tiling: True, " in info["infotexts"][0]
     assert info["sampler_name"] == "Euler" and info["cfg_scale"] == 7.0  # null = A1111's default (sampler_index "Euler")
     assert info["clip_skip"] == 2 and ", Clip skip: 2, " in info["infotexts"][0]  # for this request only (restore afterwards)
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
