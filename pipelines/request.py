@@ -81,6 +81,10 @@ class GenerationRequest:
     # A1111's "Tiling": every padded convolution of the UNet and the VAE wraps around (circular padding), so the
     # picture repeats seamlessly (textures). SD 1.5 and SDXL; FLUX.1's transformer has no convolutions to wrap.
     tiling: bool = False
+    # A1111's hires fix prompts: what the hires pass reads instead of the prompt / negative prompt ("" = the main one's).
+    # Its LoRA tags are not read: the LoRAs of the main prompt stay applied for the whole run.
+    hires_prompt: str = ""
+    hires_negative_prompt: str = ""
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -350,6 +354,9 @@ def validate_second_passes(request: GenerationRequest) -> list[str]:
         problems.append(f"Face detailer must be true or false, got {shown(request.face_detail)}.")
     number("Face detailer strength", request.face_detail_strength, 0, 1)
     steps("Face detailer steps", request.face_detail_steps)
+    for name, value in (("The hires prompt", request.hires_prompt), ("The hires negative prompt", request.hires_negative_prompt)):
+        if problem := text_problem(name, value):
+            problems.append(problem)
     if problem := text_problem("The face detailer prompt", request.face_detail_prompt):
         problems.append(problem)
     faces = request.face_detail_faces

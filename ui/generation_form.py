@@ -35,7 +35,7 @@ FAMILY_SHORT = {Family.SD15: "SD 1.5", Family.SDXL: "SDXL", Family.FLUX: "FLUX.1
 # Request fields that are whole numbers: Gradio numbers arrive as floats.
 WHOLE_FIELDS = ("steps", "seed", "width", "height", "batch_size", "batch_count", "deepcache_interval", "deepcache_branch",
                 "hires_steps", "face_detail_steps", "mask_blur", "inpaint_full_res_padding", "clip_skip", "subseed")
-HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_denoising")
+HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_denoising", "hires_prompt", "hires_negative_prompt")
 DETAILER_FIELDS = ("face_detail", "face_detail_strength", "face_detail_steps", "face_detail_prompt", "face_detail_faces")
 
 
@@ -287,9 +287,15 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict
                                   elem_id=f"{prefix}hires_steps")
             denoising = inputs.Slider(0, 1, value=last.get("hires_denoising", 0.7), step=0.01, label="Denoising strength",
                                       elem_id=f"{prefix}hires_denoising")
+        with gr.Row():
+            hires_prompt = gr.Textbox(value=last.get("hires_prompt", ""), label="Hires prompt", lines=2, placeholder="empty = the prompt",
+                                      elem_id=f"{prefix}hires_prompt")
+            hires_negative = gr.Textbox(value=last.get("hires_negative_prompt", ""), label="Hires negative prompt", lines=2,
+                                        placeholder="empty = the negative prompt", elem_id=f"{prefix}hires_negative_prompt")
     # ESRGAN files dropped into the folder since the page was built show up when the panel opens (headers only: instant).
     panel.expand(lambda: gr.update(choices=upscaler_choices(manager)), None, upscaler, api_visibility="private", queue=False)
-    return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising}
+    return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising,
+            "hires_prompt": hires_prompt, "hires_negative_prompt": hires_negative}
 
 
 def detailer_fields(last: dict, prefix: str = "") -> dict:

@@ -50,7 +50,8 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
-              "Variation seed strength": "subseed_strength", "Tiling": "tiling"}
+              "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
+              "Hires negative prompt": "hires_negative_prompt"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -89,6 +90,8 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
     if "Variation seed strength" not in parsed:  # written only when on: none means off
         values["subseed_strength"] = 0.0
     values["tiling"] = parsed.get("Tiling", "").strip().lower() == "true"  # A1111 writes "Tiling: True" only when on
+    # Written only when they differ from the main prompts: absent means "the main prompt" (A1111's paste clears them too).
+    values["hires_prompt"], values["hires_negative_prompt"] = parsed.get("Hires prompt", ""), parsed.get("Hires negative prompt", "")
     if "Sampler" in parsed:
         values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
     vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32

@@ -111,7 +111,14 @@ class StyleLibrary:
         if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
             return request  # validate_request names the wrong type
         prompt, negative = self.apply(names, request.prompt, request.negative_prompt)
-        return replace(request, prompt=prompt, negative_prompt=negative, styles=())
+        changes = {"prompt": prompt, "negative_prompt": negative}
+        hires = (request.hires_prompt, request.hires_negative_prompt)
+        if all(isinstance(text, str) for text in hires) and any(hires):  # A1111 styles its hires prompts too ("" = the main ones)
+            hires_prompt, hires_negative = self.apply(names, request.hires_prompt or request.prompt,
+                                                      request.hires_negative_prompt or request.negative_prompt)
+            changes |= {"hires_prompt": hires_prompt if request.hires_prompt else "",
+                        "hires_negative_prompt": hires_negative if request.hires_negative_prompt else ""}
+        return replace(request, styles=(), **changes)
 
     def apply(self, names, prompt: str, negative: str) -> tuple[str, str]:
         """The two prompts with the styles `names` applied, in order; InvalidRequest naming any unknown one."""

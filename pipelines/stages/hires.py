@@ -75,9 +75,12 @@ def upscale_latents(latents: torch.Tensor, width: int, height: int, vae_scale_fa
 
 
 def hires_infotext(request, upscaler: str) -> dict:
-    """The keys A1111 writes: `Hires upscale`, `Hires steps` (only when set), `Hires upscaler`, `Denoising strength`."""
+    """The keys A1111 writes: `Hires prompt` / `Hires negative prompt` and `Hires steps` (only when set), `Hires upscale`,
+    `Hires upscaler`, `Denoising strength`."""
     return {
         "Denoising strength": f"{request.hires_denoising:g}",
+        "Hires prompt": request.hires_prompt or None,  # A1111 writes them only when they differ from the main prompts
+        "Hires negative prompt": request.hires_negative_prompt or None,
         "Hires upscale": f"{request.hires_scale:g}",
         "Hires steps": request.hires_steps or None,
         "Hires upscaler": upscaler,
@@ -121,14 +124,20 @@ class HiresPass:
         stopped(plan, state)  # Stop raises; Skip ends the batch here (no decode)
 
     def _prompt(self, plan, state, total: int):
-        """The main prompt (None: as the first pass read it), or with prompt editing its hires schedule: A1111 counts a
-        step number from the first pass's start and a fraction from 1 to 2 across the hires pass."""
+        """The pass's prompts: the hires prompts where given, else the main ones (None: as the first pass read them);
+        with prompt editing, their hires schedule (A1111 counts a step number from the first pass's start and a fraction
+        from 1 to 2 across the hires pass)."""
         request = plan.request
-        if not (has_editing(request.prompt) or has_editing(request.negative_prompt)):
+        prompt, negative = request.hires_prompt or request.prompt, request.hires_negative_prompt or request.negative_prompt
+        own = bool(request.hires_prompt or request.hires_negative_prompt)
+        if not own and not (has_editing(prompt) or has_editing(negative)):
             return None
-        prompt, _note, _used = encode_schedule(plan, request.prompt, request.negative_prompt, total, len(state.seeds),
-                                               first_pass_steps=request.steps)
-        return prompt
+        warnings: list[str] = []
+        encoded, _note, _used = encode_schedule(plan, prompt, negative, total, len(state.seeds), first_pass_steps=request.steps,
+                                                warn=warnings if own else None)
+        for text in warnings:
+            state.warn(plan.bus, f"Hires prompt: {text}")
+        return encoded
 
     def _upscaled_picture(self, plan, state, choice: UpscalerChoice, width: int, height: int) -> torch.Tensor | None:
         """Decode the first pass, upscale each picture, encode them again: (B, C, h, w) latents, unpacked."""

@@ -37,6 +37,10 @@ def test_an_a1111_styles_file_reads_as_it_is(tmp_path):
     assert request.prompt == "a cat, 35mm photo, sharp, dark, cinematic\nlight"
     assert request.negative_prompt == "ugly, cartoon, drawing" and request.styles == ()
     assert library.expand(request) is request  # nothing left to apply: a worker or a second pass changes nothing
+    # A1111 styles the hires prompts too; an empty one stays "the main prompt" (already styled).
+    hires = library.expand(GenerationRequest(model="m", prompt="a cat", negative_prompt="ugly", styles=("Photo",),
+                                             hires_prompt="a cat, detailed fur"))
+    assert hires.hires_prompt == "a cat, detailed fur, 35mm photo, sharp" and hires.hires_negative_prompt == ""
 
 
 def test_unknown_names_and_a_damaged_file_say_what_to_do(tmp_path):

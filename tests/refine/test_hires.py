@@ -3,6 +3,8 @@ the breakdown and the readout, each upscaler (Latent, Lanczos, an ESRGAN file), 
 Stop/Skip inside the pass, LoRA and DeepCache with it, and the bad input it refuses."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -264,3 +266,42 @@ def test_an_exact_repeat_reuses_the_first_pass_and_still_runs_the_hires_pass(mak
     assert np.array_equal(pixels(first), pixels(again))
     other = cached.generate(hires_request(hires_denoising=0.75))  # the cache holds the first pass: hires settings still apply
     assert other.cache_notes["latent cache"].startswith("hit") and not np.array_equal(pixels(other), pixels(first))
+
+
+def test_the_hires_prompts_are_what_the_second_pass_reads(manager):
+    """A1111's Hires prompt / Hires negative prompt: the first pass reads the prompts, the hires pass its own; both are
+    in the PNG (A1111 writes them only when set), and Send to Generate brings them back or clears them."""
+    from tests.tiny_models import expected_cfg_text, recorded_calls
+    from ui.png_info_tab import generate_form_values
+
+    request = tiny_request("sd15", prompt="a red cat", negative_prompt="ugly", steps=2, seed=3, hires_scale=1.5, hires_steps=2,
+                           hires_denoising=1.0, hires_prompt="a blue dog, sharp", hires_negative_prompt="blurry")
+    with recorded_calls(manager, request.model) as (pipe, calls):
+        result = manager.generate(request)
+    first, hires = (expected_cfg_text(pipe, "sd15", *texts)[0] for texts in (("a red cat", "ugly"), ("a blue dog, sharp", "blurry")))
+    assert len(calls) == 4
+    for index, expected in enumerate([first, first, hires, hires]):
+        torch.testing.assert_close(calls[index]["text"], expected, msg=f"call {index}")
+    params = parse_infotext(result.images[0].infotext)
+    assert params["Hires prompt"] == "a blue dog, sharp" and params["Hires negative prompt"] == "blurry"
+    sent, _notes = generate_form_values(result.images[0].infotext, manager, {})
+    assert (sent["hires_prompt"], sent["hires_negative_prompt"]) == ("a blue dog, sharp", "blurry")
+    plain = manager.generate(dataclasses.replace(request, hires_prompt="", hires_negative_prompt=""))
+    assert "Hires prompt" not in parse_infotext(plain.images[0].infotext)
+    assert generate_form_values(plain.images[0].infotext, manager, {})[0]["hires_prompt"] == ""
+
+
+def test_the_a1111_api_maps_hr_prompt_and_a_bad_one_is_refused(manager):
+    from ui.a1111.mapping import ApiDefaults, prepare
+    from ui.a1111.models import Txt2ImgRequest
+
+    def hires(**fields):
+        body = Txt2ImgRequest(prompt="a cat", negative_prompt="ugly", steps=2, width=64, height=64, enable_hr=True, hr_scale=1.5, **fields)
+        return prepare(body, manager, ApiDefaults("tiny-sd15"))
+
+    own = hires(hr_prompt="a dog", hr_negative_prompt="blurry")
+    assert (own.request.hires_prompt, own.request.hires_negative_prompt) == ("a dog", "blurry") and not own.warnings
+    same = hires(hr_prompt="a cat", hr_negative_prompt="ugly")  # what A1111's clients send for "the same"
+    assert (same.request.hires_prompt, same.request.hires_negative_prompt) == ("", "")
+    with pytest.raises(InvalidRequest, match="The hires prompt must be text"):
+        manager.generate(tiny_request("sd15", hires_scale=1.5, hires_prompt=3))

@@ -83,7 +83,7 @@ UNSUPPORTED_DEFAULTS = {
 }
 # Hires fix fields Likeness runs with the first pass's own: another value is warned about (with enable_hr only).
 HIRES_SAME_AS_FIRST = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
-                       "hr_scheduler": (None, "", "Use same scheduler"), "hr_negative_prompt": ("",), "firstphase_width": (0,),
+                       "hr_scheduler": (None, "", "Use same scheduler"), "firstphase_width": (0,),
                        "firstphase_height": (0,)}
 LATENT_RESIZE = 3  # A1111's img2img resize_mode 3, "Just resize (latent upscale)"
 MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
@@ -406,9 +406,10 @@ def hires_fields(body: Txt2ImgRequest, manager, warnings: list[str]) -> dict:
     for name, allowed in HIRES_SAME_AS_FIRST.items():
         if getattr(body, name) not in allowed:
             warnings.append(f"{name}={shown(getattr(body, name))}: Likeness's hires pass uses the first pass's; ignored.")
-    if body.hr_prompt not in ("", body.prompt):
-        warnings.append("hr_prompt: Likeness's hires pass uses the main prompt; ignored.")
-    fields = {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": body.hr_second_pass_steps}
+    fields = {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": body.hr_second_pass_steps,
+              # A1111 sends the main prompts when the hires ones are empty: the same text is "the main prompt" here too.
+              "hires_prompt": "" if body.hr_prompt == body.prompt else body.hr_prompt,
+              "hires_negative_prompt": "" if body.hr_negative_prompt == body.negative_prompt else body.hr_negative_prompt}
     if body.denoising_strength is not None:
         fields["hires_denoising"] = body.denoising_strength
     return fields
