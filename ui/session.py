@@ -54,10 +54,11 @@ def result_markdown(result: GenerationResult) -> str:
     """The after-run breakdown: per-stage seconds as bars with each stage's note (from RAM, memoized, prompt editing...),
     peak memory, total."""
     longest = max(result.stage_seconds.values(), default=0) or 1
-    rows = ["| stage | seconds | | |", "|---|---:|---|---|"]
+    rows = ["| stage | seconds | |", "|---|---:|---|"]
     for stage, seconds in result.stage_seconds.items():
-        note = result.stage_details.get(stage, "").replace("|", "\\|")
-        rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} | {note} |")
+        rows.append(f"| {stage} | {seconds:.2f} | {'█' * max(1, round(20 * seconds / longest))} |")
+    # Each stage's note under the table, one line each (a fourth column squeezed the table in the narrow result column).
+    notes = [f"- **{stage}**: {note}" for stage, note in result.stage_details.items() if note and stage in result.stage_seconds]
     summary = (
         f"**Done in {result.total_seconds:.2f} s** · {result.denoise_summary()} · peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB · "
         f"{result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype} · seeds {', '.join(map(str, result.seeds))}"
@@ -68,7 +69,7 @@ def result_markdown(result: GenerationResult) -> str:
         summary += f" · DeepCache: {deepcache['cached_steps']} of {deepcache['cached_steps'] + deepcache['full_steps']} UNet calls cached"
     if result.cache_notes:
         summary += " · caches: " + ", ".join(f"{name} {note}" for name, note in result.cache_notes.items())
-    return summary + warnings + "\n\n" + "\n".join(rows)
+    return summary + warnings + "\n\n" + "\n".join(rows) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 _DONE = object()

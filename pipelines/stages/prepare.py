@@ -65,9 +65,10 @@ class TextEncode:
         if used:
             plan.options.infotext_extra["TI hashes"] = ti_hashes(used)
         if memo_note:
-            info["detail"] = state.cache_notes["prompt memo"] = memo_note
+            state.cache_notes["prompt memo"] = memo_note
+            info["detail"] = f"prompt memo {memo_note}"
         if state.prompt.edited:
-            info["detail"] = "; ".join(filter(None, [state.prompt.describe(), memo_note and f"memo {memo_note}"]))
+            info["detail"] = "; ".join(filter(None, [state.prompt.describe(), memo_note and f"prompt memo {memo_note}"]))
         for text in state.warnings:
             plan.bus.publish(Notice(text, "warning"))
 

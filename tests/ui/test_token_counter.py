@@ -3,6 +3,8 @@ typed or pasted, counts the chunks of 75 a long prompt fills, each tab counts it
 behind a running generation."""
 from __future__ import annotations
 
+import re
+
 from pipelines.catalog import DEMO_MODEL_NAME
 from tests.ui.conftest import keep_screenshot
 from tests.ui.test_generate_tab import set_number
@@ -38,7 +40,8 @@ def test_a_count_does_not_wait_behind_a_running_generation(page, live_app):
     page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
     page.fill("#prompt textarea", "a big yellow star at the top right")
     shows(page, "#prompt_tokens", live_app["manager"].prompt_tokens(DEMO_MODEL_NAME, "a big yellow star at the top right").label())
-    readout = page.inner_text("#readout")
-    assert "Done" not in readout and "step" in readout, f"the count came after the run: {readout!r}"
-    page.click("#stop")
-    page.wait_for_function("document.querySelector('#readout').innerText.includes('Stopped')", timeout=60000)
+    readout = page.inner_text("#readout")  # "denoise · elapsed 2.1 s / step 41/150 ..." while it runs; "done · ..." after
+    step = re.search(r"step (\d+)/150", readout)
+    assert step and int(step.group(1)) < 150 and not readout.lower().startswith("done"), f"the count came after the run: {readout!r}"
+    page.click("#stop")  # the run is not this test's subject: stopped, or done if it ended first on a busy machine
+    page.wait_for_function("/Stopped|done/.test(document.querySelector('#readout').innerText)", timeout=120000)
