@@ -15,6 +15,7 @@ Other tabs send pictures here with `receive` (Generate's and PNG Info's *Send to
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -37,6 +38,9 @@ TAB_ID = "img2img"
 MODES = ("img2img", "inpaint")  # the sub-tabs' ids, and what the run does
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+# The editor reports the picture Send put in it as an upload, once or (on a busy machine) twice; an upload this soon
+# after a Send is that echo, and Send's message and size stand.
+SEND_ECHO_S = 10.0
 
 
 def max_pixels(settings) -> int:
@@ -158,7 +162,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             before_after = generation_form.before_after_panel(PREFIX)
             breakdown = gr.Markdown(elem_id=f"{PREFIX}breakdown")
     mode = gr.State("img2img")
-    sent_to_editor = gr.State(False)  # Send just put a picture in the editor
+    sent_to_editor = gr.State(0.0)  # when Send last put a picture in the editor (time.monotonic(); 0 = never)
     last_seed = gr.State(-1)
     infotexts = gr.State([])
     form = {"model": model} | fields
@@ -189,15 +193,17 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     def on_editor_upload(raw, model_name, sent):
         background, _layers = editor_sources(editor, raw)
         if background is None:
-            return gr.update(), gr.update(), gr.update(), False
+            return gr.update(), gr.update(), gr.update(), 0.0
         try:
             picture = open_checked(background, max_pixels(settings), "The uploaded file")
         except InvalidRequest as error:  # the editor keeps it (an update to it would wipe strokes): the run refuses it
-            return f"⚠ {error} Drop another picture.", gr.update(), gr.update(), False
-        if sent:  # the picture Send put here (the editor reports it as an upload): Send's message and size stand
-            return gr.update(), gr.update(), gr.update(), False
+            return f"⚠ {error} Drop another picture.", gr.update(), gr.update(), 0.0
+        if sent and time.monotonic() - sent < SEND_ECHO_S:
+            # The picture Send put here, which the editor reports as an upload (once, or twice on a busy machine):
+            # Send's message and size stand.
+            return gr.update(), gr.update(), gr.update(), sent
         fitted = fitted_size(picture.size, family_of(model_name))
-        return size_note(picture, fitted) + " Paint over what to change.", fitted[0], fitted[1], False
+        return size_note(picture, fitted) + " Paint over what to change.", fitted[0], fitted[1], 0.0
 
     image.upload(on_image_upload, [image, model], [message, image, fields["width"], fields["height"]], preprocess=False,
                  api_visibility="private")
@@ -307,7 +313,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         image_value = picture if target_mode == "img2img" else gr.update()
         updates = [gr.update(value=values[name]) if name in values else gr.update() for name in sent_fields]
         return (gr.Tabs(selected=TAB_ID), gr.Tabs(selected=target_mode), target_mode, gr.update(visible=target_mode == "inpaint"),
-                image_value, editor_value, target_mode == "inpaint", text_out, *updates)
+                image_value, editor_value, time.monotonic() if target_mode == "inpaint" else 0.0, text_out, *updates)
 
     return Img2ImgTab(targets, receive, run_event, model)
 
