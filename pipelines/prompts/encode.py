@@ -222,9 +222,10 @@ def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batc
             "negative_pooled_prompt_embeds": None if negative_pooled is None else negative_pooled.to(device)}
 
 
-def token_count(tokenizer, prompt: str) -> int:
-    """Prompt tokens as A1111's counter shows them (without BOS/EOS, BREAK padding included)."""
-    chunks = tokenize_chunks(tokenizer, parse_prompt(prompt))
+def token_count(tokenizer, prompt: str, embeddings: list[Embedding] = ()) -> int:
+    """Prompt tokens as A1111's counter shows them (without BOS/EOS, BREAK padding included; a textual inversion
+    counts its vectors)."""
+    chunks = tokenize_chunks(tokenizer, parse_prompt(prompt), embeddings=list(embeddings))
     size = tokenizer.model_max_length - 2
     return size * (len(chunks) - 1) + chunks[-1].length
 

@@ -215,8 +215,9 @@ def prompt_schedule(text: str, steps: int, first_pass_steps: int | None = None) 
     return [(step, _render(nodes, step, steps, first_pass_steps)) for step in sorted(found)]
 
 
-def has_editing(text: str) -> bool:
-    return _nodes(text) is not None
+def has_editing(*texts: str) -> bool:
+    """Whether any of the texts (a prompt and its negative) uses prompt editing or alternating words."""
+    return any(_nodes(text) is not None for text in texts)
 
 
 @dataclass(frozen=True)

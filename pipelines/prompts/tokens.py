@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.families import Family
-from pipelines.prompts.encode import tokenize_chunks
+from pipelines.prompts.encode import token_count
 from pipelines.prompts.schedule import prompt_schedule
-from pipelines.prompts.syntax import flux_text, parse_prompt
+from pipelines.prompts.syntax import flux_text
 
 T5_LIMIT = 512  # FluxPipeline's max_sequence_length
 
@@ -45,11 +45,7 @@ def count_tokens(tokenizer, family: Family, text: str, steps: int, embeddings: l
         tokens = max(len(tokenizer(flux_text(t)[0], truncation=False, add_special_tokens=False).input_ids) for t in texts)
         return TokenCount(tokens, T5_LIMIT, "T5")
     size = tokenizer.model_max_length - 2
-    counts = []
-    for rendered in texts:
-        chunks = tokenize_chunks(tokenizer, parse_prompt(rendered), embeddings=list(embeddings))
-        counts.append(size * (len(chunks) - 1) + chunks[-1].length)
-    tokens = max(counts)
+    tokens = max(token_count(tokenizer, rendered, embeddings) for rendered in texts)
     return TokenCount(tokens, size * max(1, -(-tokens // size)), "CLIP")
 
 

@@ -172,7 +172,7 @@ class FaceDetail:
                                                              warn=warnings)
                 for text in warnings:
                     state.warn(plan.bus, f"Face detailer prompt: {text}")
-            elif has_editing(request.prompt) or has_editing(request.negative_prompt):
+            elif has_editing(request.prompt, request.negative_prompt):
                 self._prompt, _note, _used = encode_schedule(plan, request.prompt, request.negative_prompt, detail_steps(request), 1)
             else:  # every row of the batch's embeds is the same prompt: one row serves a one-face pass
                 self._prompt = EncodedPrompt({name: first_row(value) for name, value in state.embeds.items()})

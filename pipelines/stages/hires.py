@@ -130,7 +130,7 @@ class HiresPass:
         request = plan.request
         prompt, negative = request.hires_prompt or request.prompt, request.hires_negative_prompt or request.negative_prompt
         own = bool(request.hires_prompt or request.hires_negative_prompt)
-        if not own and not (has_editing(prompt) or has_editing(negative)):
+        if not own and not has_editing(prompt, negative):
             return None
         warnings: list[str] = []
         encoded, _note, _used = encode_schedule(plan, prompt, negative, total, len(state.seeds), first_pass_steps=request.steps,

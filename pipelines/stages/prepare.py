@@ -66,9 +66,9 @@ class TextEncode:
             plan.options.infotext_extra["TI hashes"] = ti_hashes(used)
         if memo_note:
             state.cache_notes["prompt memo"] = memo_note
-            info["detail"] = f"prompt memo {memo_note}"
-        if state.prompt.edited:
-            info["detail"] = "; ".join(filter(None, [state.prompt.describe(), memo_note and f"prompt memo {memo_note}"]))
+        notes = [state.prompt.describe() if state.prompt.edited else "", f"prompt memo {memo_note}" if memo_note else ""]
+        if any(notes):
+            info["detail"] = "; ".join(filter(None, notes))
         for text in state.warnings:
             plan.bus.publish(Notice(text, "warning"))
 
