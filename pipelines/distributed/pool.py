@@ -232,7 +232,6 @@ class WorkerPool:
                 break
             except _Died as died:
                 job.avoid.add(slot.name)
-                self._restart(slot)
                 if attempt == 2:
                     raise WorkerDied(f"{slot.name} ({slot.device}) stopped during the job too ({died.reason}), after a first "
                                      "worker had. It is being restarted; the job was not run. Try again, and check the "
@@ -249,45 +248,56 @@ class WorkerPool:
         return self._finish(wire, request)
 
     def _take_worker(self, job: _PoolJob, cancel: CancelToken) -> _Slot:
-        """Wait in line for an idle worker (see the module's policy); a Stop while waiting ends the job unrun."""
+        """Wait in line for a worker (see the module's policy); a Stop while waiting ends the job unrun."""
         with self._freed:
             if not self._slots:
                 raise WorkerStartError("The worker pool is not started (or was shut down).")
             job.since, job.slot = time.time(), None
             self._waiting.append(job)
-            try:
-                while (slot := self._granted(job)) is None:
-                    if cancel.cancelled:
-                        raise GenerationCancelled("Stopped before it started: the job was still waiting for a worker.")
-                    self._freed.wait(LINE_POLL_SECONDS)
-            finally:
+            self._hand_out_idle_workers()
+            while job.slot is None and not cancel.cancelled:
+                self._freed.wait(LINE_POLL_SECONDS)
+            if job.slot is None:
                 self._waiting.remove(job)
-                self._freed.notify_all()  # the line moved: the next job may take another idle worker
-            slot.in_flight += 1  # counted before the job is sent, so the next job in line sees this worker busy
-            job.slot, job.since = slot, time.time()
-            self._running[job.id] = job
-            return slot
+            else:
+                if not cancel.cancelled:
+                    return job.slot
+                self._release(job)  # handed a worker in the instant of its Stop: not sent, the worker goes on
+            raise GenerationCancelled("Stopped before it started: the job was still waiting for a worker.")
 
-    def _granted(self, job: _PoolJob) -> _Slot | None:
-        """The idle worker `job` gets now, if any: the jobs ahead of it in line pick theirs first. (Lock held.)"""
-        taken: set[str] = set()
+    def _hand_out_idle_workers(self) -> None:
+        """Give each idle worker to the first job in line it suits (lock held). The worker is the job's from
+        this moment, before its thread wakes: a yielding job (an experiment's cell) whose thread happens to
+        wake first cannot take a worker freed for a job ahead of it in line."""
+        handed = False
         for waiting in self._line():
-            slot = self._idle_worker_for(waiting, taken)
+            slot = self._idle_worker_for(waiting)
             if slot is None:
                 continue
-            if waiting is job:
-                return slot
-            taken.add(slot.name)
-        return None
+            self._waiting.remove(waiting)
+            slot.in_flight += 1  # counted before the job is sent, so the next job in line sees this worker busy
+            waiting.slot, waiting.since = slot, time.time()
+            self._running[waiting.id] = waiting
+            handed = True
+        if handed:
+            self._freed.notify_all()
+
+    def _release(self, job: _PoolJob) -> None:
+        """The job's worker is free again: the next in line gets it at once. (Lock held.)"""
+        job.slot.in_flight -= 1
+        self._running.pop(job.id, None)
+        job.slot = None
+        self._hand_out_idle_workers()
+        self._freed.notify_all()
 
     def _line(self) -> list[_PoolJob]:
         return sorted(self._waiting, key=lambda job: job.line_key)
 
-    def _idle_worker_for(self, job: _PoolJob, taken: set[str]) -> _Slot | None:
+    def _idle_worker_for(self, job: _PoolJob) -> _Slot | None:
         """An idle worker holding the job's model, else the idle one with the fewest jobs done; a worker that
         died under this job only when there is no other."""
         eligible = [slot for slot in self._slots if slot.name not in job.avoid] or list(self._slots)
-        idle = [slot for slot in eligible if slot.in_flight == 0 and slot.name not in taken]
+        idle = [slot for slot in eligible if slot.in_flight == 0]
         if not idle:
             return None
         holding = [slot for slot in idle if slot.holds(job.model)]
@@ -316,6 +326,7 @@ class WorkerPool:
             try:
                 wire = ray.get(ref)
             except RayActorError as error:
+                self._restart(slot)  # before the worker is freed: the next job in line gets the new one
                 raise _Died(slot, first_line(error)) from None
             except RayTaskError as error:  # a bug in the worker, not a user error: show its cause
                 cause = getattr(error, "cause", None)
@@ -326,10 +337,7 @@ class WorkerPool:
             return wire
         finally:
             with self._freed:
-                slot.in_flight -= 1
-                self._running.pop(job_id, None)
-                job.slot = None
-                self._freed.notify_all()
+                self._release(job)
 
     def _relay(self, handle, job_id: str, listener, final: bool) -> None:
         from ray.exceptions import RayActorError
@@ -384,7 +392,7 @@ class WorkerPool:
         finally:
             with self._freed:
                 slot.in_flight -= 1
-                self._freed.notify_all()
+                self._hand_out_idle_workers()
 
     def _choose_for_load(self, name: str) -> _Slot:
         with self._lock:

@@ -31,10 +31,7 @@ def pool_job(pool: WorkerPool, name: str, yields: bool = False, model: str = "de
 def free(pool: WorkerPool, job: _PoolJob) -> None:
     """What `_run_on` does when a job ends."""
     with pool._freed:
-        job.slot.in_flight -= 1
-        pool._running.pop(job.id)
-        job.slot = None
-        pool._freed.notify_all()
+        pool._release(job)
 
 
 def wait_in_line(pool: WorkerPool, job: _PoolJob, started: list, cancel: CancelToken | None = None) -> threading.Thread:
@@ -86,6 +83,44 @@ def test_a_job_waiting_for_a_worker_goes_before_an_experiment_cell_that_came_fir
     assert {job.id: job.where() for job in pool.jobs()}["user"] == "worker-1 (cpu)"
     free(pool, cell_b)
     assert until(lambda: started == ["user", "cell-c"])
+
+
+def test_a_freed_worker_is_the_waiting_jobs_before_its_thread_wakes_so_a_cell_cannot_start_ahead_of_it():
+    """CI saw a cell start between a user's job joining the line and the job starting: both workers came
+    free before the user's thread woke, and the cell's thread, awake first, took one. The job now owns
+    the worker it is handed from the moment it is freed, so it always starts before any cell after it."""
+    pool = started_pool("worker-1", "worker-2")
+    cell_a, cell_b = pool_job(pool, "cell-a", yields=True), pool_job(pool, "cell-b", yields=True)
+    pool._take_worker(cell_a, CancelToken())
+    pool._take_worker(cell_b, CancelToken())
+    started: list[str] = []
+    next_cell, user = pool_job(pool, "cell-c", yields=True), pool_job(pool, "user", model="other")
+    wait_in_line(pool, next_cell, started)
+    wait_in_line(pool, user, started)
+    assert until(lambda: waiting_ids(pool) == ["user", "cell-c"])
+    with pool._freed:  # no waiting thread can run while this is held
+        pool._release(cell_a)
+        assert user.slot is not None and user.slot.name == "worker-1" and next_cell.slot is None
+        pool._release(cell_b)
+        assert next_cell.slot is not None and next_cell.slot.name == "worker-2"
+        assert user.since <= next_cell.since
+    assert until(lambda: sorted(started) == ["cell-c", "user"])
+    assert {job.id: job.where() for job in pool.jobs()} == {"user": "worker-1 (cpu)", "cell-c": "worker-2 (cpu)"}
+
+
+def test_a_job_handed_a_worker_in_the_instant_of_its_stop_gives_it_back_unrun():
+    pool = started_pool("worker-1")
+    first, second = pool_job(pool, "first"), pool_job(pool, "second")
+    pool._take_worker(first, CancelToken())
+    started: list[str] = []
+    cancel = CancelToken()
+    wait_in_line(pool, second, started, cancel)
+    assert until(lambda: waiting_ids(pool) == ["second"])
+    with pool._freed:
+        pool._release(first)  # handed to the waiting job...
+        cancel.cancel()  # ...which is stopped before its thread wakes
+    assert until(lambda: started == ["second stopped"])
+    assert pool.jobs() == [] and pool._slots[0].in_flight == 0
 
 
 def test_jobs_of_the_same_kind_are_first_come_first_served_and_a_freed_worker_is_taken_once():
