@@ -26,6 +26,7 @@ from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, LikenessError, ModelLoadError, ModelNotFound
 from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
+from pipelines.extras import TileProgress, UpscaleContext, UpscaleRequest, UpscaleResult, plan_upscale, upscale_picture
 from pipelines.face.options import FaceOptions
 from pipelines.face.service import FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
@@ -594,6 +595,19 @@ class PipelineManager:
             devices.synchronize(self.device)
             seconds = time.perf_counter() - start
         return Redecode(images, outcome.label(), seconds, outcome.notes, [psnr(a, b) for a, b in zip(kept.images, images)])
+
+    def upscale(self, request: UpscaleRequest, progress: TileProgress | None = None,
+                cancel: CancelToken | None = None) -> UpscaleResult:
+        """Extras: upscale a finished picture on this process's device, one GPU job at a time with the generations.
+        Refused (InvalidRequest) before it waits for the device when a field is wrong."""
+        config = self.config
+        plan_upscale(request, Path(config.models_dir), config.allow_pickle)
+        context = UpscaleContext(Path(config.models_dir), Path(config.outputs_dir), self.device,
+                                 devices.denoiser_dtype(self.device, Family.SD15.value), config.allow_pickle)
+        with self._jobs.track(request) as started, self._generation_lock:
+            started()
+            with StageClock(self.bus, self.device).stage("upscale"):
+                return upscale_picture(request, context, progress, cancel)
 
     # -- status -----------------------------------------------------------------------------------
 

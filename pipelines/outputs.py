@@ -13,12 +13,17 @@ from PIL import Image, PngImagePlugin
 from pipelines.atomic import remove_stale_temporaries, write_new
 from pipelines.errors import OutputError
 
-NUMBERED = re.compile(r"^(\d{5})-")
+NUMBERED = re.compile(r"^(\d{5})[-.]")  # 00012-1234.png (a generation), 00012.png (an upscaled picture)
 
 
-def png_with_parameters(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:
+def png_with_parameters(image: Image.Image, infotext: str | None, more_text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
+    """A1111's `parameters` text chunk (none for a picture that came without one), then any other chunks
+    (`postprocessing`: what the Extras upscale did, as A1111 records it)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
+    if infotext:
+        info.add_text("parameters", infotext)
+    for key, text in (more_text or {}).items():
+        info.add_text(key, text)
     return info
 
 
@@ -45,8 +50,10 @@ def read_parameters(image: Image.Image) -> str | None:
     return None
 
 
-def save_image(image: Image.Image, infotext: str, outputs_dir: str | os.PathLike, seed: int, today: dt.date | None = None) -> Path:
-    """Write the PNG under a fresh number; raise OutputError (with the reason) if the folder is unusable.
+def save_image(image: Image.Image, infotext: str | None, outputs_dir: str | os.PathLike, seed: int | None,
+               today: dt.date | None = None, more_text: dict[str, str] | None = None) -> Path:
+    """Write the PNG under a fresh number (`<number>-<seed>.png`, or `<number>.png` without a seed); raise
+    OutputError (with the reason) if the folder is unusable. `more_text`: PNG text chunks after `parameters`.
 
     Crash-safe (pipelines.atomic.write_new): the PNG is written and fsynced under a temporary name,
     then linked to the first free number, so a kill or a full disk never leaves a partial file under
@@ -60,9 +67,10 @@ def save_image(image: Image.Image, infotext: str, outputs_dir: str | os.PathLike
         remove_stale_temporaries(folder, names)
         numbers = [int(m.group(1)) for name in names if (m := NUMBERED.match(name))]
         first = max(numbers, default=-1) + 1
-        candidates = (f"{number:05d}-{seed}.png" for number in itertools.count(first))
+        suffix = "" if seed is None else f"-{seed}"
+        candidates = (f"{number:05d}{suffix}.png" for number in itertools.count(first))
         return write_new(folder, candidates, lambda temporary: image.save(
-            temporary, format="PNG", pnginfo=png_with_parameters(image, infotext)))
+            temporary, format="PNG", pnginfo=png_with_parameters(image, infotext, more_text)))
     except OSError as error:
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise OutputError(

@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines.errors import InvalidRequest
 from pipelines.generate import decode_latents, spatial_latents
 from pipelines.prompts.schedule import has_editing
 from pipelines.request import hires_on, hires_size
 from pipelines.stages.denoise import img2img_denoise, stopped
 from pipelines.stages.init_image import encode_pixels, packed
 from pipelines.stages.prepare import encode_schedule
-from pipelines.upscale import UpscalerChoice, list_upscalers, upscale_image
+from pipelines.upscale import UpscalerChoice, find_upscaler, upscale_image
 
 LATENT_MODE = {"mode": "bilinear", "antialias": False}  # A1111's "Latent"
 
@@ -46,20 +45,6 @@ def hires_steps(request) -> int:
         return 0
     total = request.hires_steps or request.steps
     return min(int(total * request.hires_denoising), total)
-
-
-def find_upscaler(name: str, models_dir: Path, allow_pickle: bool = False) -> UpscalerChoice:
-    """The upscaler called `name` (exact, else case-insensitive); InvalidRequest listing the choices, or
-    naming the file and what is wrong with it (reads only safetensors headers: instant)."""
-    choices = list_upscalers(Path(models_dir), allow_pickle)
-    wanted = str(name).strip()
-    choice = next((c for c in choices if c.name == wanted), None) or next((c for c in choices if c.name.lower() == wanted.lower()), None)
-    if choice is None:
-        names = ", ".join(c.name for c in choices if c.usable)
-        raise InvalidRequest(f"No hires upscaler named {wanted!r}. Available: {names} (ESRGAN files go in {Path(models_dir) / 'ESRGAN'}).")
-    if not choice.usable:
-        raise InvalidRequest(f"The hires upscaler {choice.name!r} cannot be used: {choice.problem}")
-    return choice
 
 
 def check_hires(request, models_dir: Path, allow_pickle: bool = False) -> None:

@@ -5,9 +5,9 @@ but handled by the generation itself. See `upscalers` for the policy and `rrdbne
 """
 from pipelines.upscale.esrgan import forget_loaded, inspect_esrgan, load_esrgan
 from pipelines.upscale.rrdbnet import RRDBConfig, RRDBNet
-from pipelines.upscale.upscalers import LATENT, UPSCALER_BUILTINS, UpscalerChoice, list_upscalers, upscale_image
+from pipelines.upscale.upscalers import LATENT, UPSCALER_BUILTINS, UpscalerChoice, find_upscaler, list_upscalers, upscale_image
 
 __all__ = [
     "LATENT", "UPSCALER_BUILTINS", "RRDBConfig", "RRDBNet", "UpscalerChoice",
-    "forget_loaded", "inspect_esrgan", "list_upscalers", "load_esrgan", "upscale_image",
+    "find_upscaler", "forget_loaded", "inspect_esrgan", "list_upscalers", "load_esrgan", "upscale_image",
 ]

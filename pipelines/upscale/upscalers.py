@@ -114,6 +114,21 @@ def list_upscalers(models_dir: Path, allow_pickle: bool = False) -> list[Upscale
     return choices
 
 
+def find_upscaler(name: str, models_dir: Path, allow_pickle: bool = False, what: str = "hires upscaler") -> UpscalerChoice:
+    """The upscaler called `name` (exact, else case-insensitive); InvalidRequest listing the choices, or
+    naming the file and what is wrong with it (reads only safetensors headers: instant). `what` names
+    the field in the message ("hires upscaler", "Upscaler 1")."""
+    choices = list_upscalers(Path(models_dir), allow_pickle)
+    wanted = str(name).strip()
+    choice = next((c for c in choices if c.name == wanted), None) or next((c for c in choices if c.name.lower() == wanted.lower()), None)
+    if choice is None:
+        names = ", ".join(c.name for c in choices if c.usable)
+        raise InvalidRequest(f"No {what} named {wanted!r}. Available: {names} (ESRGAN files go in {Path(models_dir) / 'ESRGAN'}).")
+    if not choice.usable:
+        raise InvalidRequest(f"The {what} {choice.name!r} cannot be used: {choice.problem}")
+    return choice
+
+
 def target_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 < scale <= MAX_SCALE):
         raise InvalidRequest(f"Upscale factor {scale!r} is out of range; use a number above 0 and at most {MAX_SCALE:g}.")

@@ -7,15 +7,8 @@ import pytest
 import torch
 
 from pipelines.errors import ModelLoadError
-from pipelines.upscale.esrgan import forget_loaded, inspect_esrgan, load_esrgan
+from pipelines.upscale.esrgan import inspect_esrgan, load_esrgan
 from tests.upscale import tiny_config, tiny_state, to_old_layout, write_esrgan
-
-
-@pytest.fixture(autouse=True)
-def _empty_memo():
-    forget_loaded()
-    yield
-    forget_loaded()
 
 
 @pytest.mark.parametrize("scale", [4, 2, 1])

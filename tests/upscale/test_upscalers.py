@@ -7,17 +7,10 @@ import torch
 from PIL import Image
 
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
-from pipelines.upscale import UPSCALER_BUILTINS, forget_loaded, list_upscalers, upscale_image
+from pipelines.upscale import UPSCALER_BUILTINS, list_upscalers, upscale_image
 from pipelines.upscale.rrdbnet import RRDBNet
 from pipelines.upscale.upscalers import image_to_tensor, run_tiled, upscale_with_net
 from tests.upscale import tiny_config, tiny_state, write_esrgan
-
-
-@pytest.fixture(autouse=True)
-def _empty_memo():
-    forget_loaded()
-    yield
-    forget_loaded()
 
 
 @pytest.fixture
