@@ -153,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
                             "count the pair's difference this many times (default: the recipe's; see README)")
 
+    upscale = commands.add_parser("upscale", parents=[common], help="upscale finished pictures, as A1111's Extras tab (see README)")
+    upscale.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="the pictures to upscale (PNG, JPEG, WebP)")
+    upscale.add_argument("--upscaler", default="Lanczos", help="Lanczos, Nearest, an ESRGAN file's name (models/ESRGAN) or None; default Lanczos")
+    upscale.add_argument("--scale", type=float, default=2.0, help="Scale by this factor (default 2), unless --width and --height are given")
+    upscale.add_argument("--width", type=int, default=0, help="Scale to this width (with --height): upscaled to cover it, then cut to it")
+    upscale.add_argument("--height", type=int, default=0)
+    upscale.add_argument("--no-crop", action="store_true", help="with --width/--height: keep the covering picture, not cut to the size")
+    upscale.add_argument("--upscaler-2", default="None", help="a second upscaler blended in (with --upscaler-2-visibility)")
+    upscale.add_argument("--upscaler-2-visibility", type=float, default=0.0, metavar="V", help="0-1: how much of the second upscaler's picture")
+    upscale.add_argument("--no-save", action="store_true", help="do not write the pictures (a check of the settings and the time)")
+    upscale.add_argument("--json", action="store_true", help="print one JSON line per picture instead of text")
+
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
     experiment.add_argument("--out", type=Path, help="folder for the grid, tables and definition (default: <outputs>/experiments/<time>)")
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
-    from ui.cli import cmd_generate, cmd_models, run_guarded
+    from ui.cli import cmd_generate, cmd_models, cmd_upscale, run_guarded
 
     quiet_libraries()
     overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device,
@@ -317,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return with_workers(manager, args, lambda front: run_guarded(lambda: cmd_generate(front, fill_family_defaults(front, args))))
     if args.command == "models":
         return run_guarded(lambda: cmd_models(manager, args))
+    if args.command == "upscale":
+        return run_guarded(lambda: cmd_upscale(manager, args))
     if args.command == "experiment":
         from pipelines.experiments.cli import cmd_experiment
 

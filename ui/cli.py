@@ -1,4 +1,4 @@
-"""The headless command line: `generate`, `models`, `bench`. Exit codes: 0 ok, 1 internal error,
+"""The headless command line: `generate`, `upscale`, `models`, `bench`. Exit codes: 0 ok, 1 internal error,
 2 bad input (the message says which), 130 interrupted."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from pipelines import demo
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
+from pipelines.extras import UpscaleRequest, plan_upscale
 from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
@@ -179,6 +180,39 @@ def cmd_generate(manager: PipelineManager, args) -> int:
     print(f"device {result.device}, denoiser {result.denoiser_dtype}, VAE {result.vae_dtype}; peak memory ({result.memory_kind}) {result.peak_memory_bytes / 2**30:.2f} GiB")
     for image in result.images:
         print(f"seed {image.seed}: {image.path or '(not saved)'}")
+    return EXIT_OK
+
+
+def cmd_upscale(manager: PipelineManager, args) -> int:
+    """`app.py upscale IMAGE...`: every picture opened and every field checked before the first one runs."""
+    limit = manager.config.max_input_pixels
+    requests = []
+    for path in args.images:
+        request = UpscaleRequest(open_input_image(path, limit, f"The picture {path}"), upscaler=args.upscaler, scale=args.scale,
+                                 width=args.width, height=args.height, crop=not args.no_crop, upscaler_2=args.upscaler_2,
+                                 upscaler_2_visibility=args.upscaler_2_visibility, save=not args.no_save)
+        plan_upscale(request, manager.config.models_dir, manager.config.allow_pickle)
+        requests.append((path, request))
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops at the next tile
+
+    def show(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\rtile {done}/{total}   ", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    try:
+        for path, request in requests:
+            result = manager.upscale(request, progress=show, cancel=cancel)
+            for note in result.notes:
+                _print_err(f"note: {note}")
+            if args.json:
+                print(json.dumps({"input": str(path), "path": result.path, "width": result.image.width, "height": result.image.height,
+                                  "seconds": round(result.seconds, 3), "device": result.device, "postprocessing": result.postprocessing,
+                                  "notes": result.notes}))
+            else:
+                print(f"{path}: {result.describe()} -> {result.path or '(not saved)'}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import io
 import json
 import re
@@ -38,7 +39,8 @@ from pipelines.outputs import png_with_parameters
 from pipelines.request import GenerationRequest, GenerationResult, shown
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
-from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest
+from pipelines.extras import UpscaleRequest, UpscaleResult
+from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest, _ExtrasBase
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
 # A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs "automatic", "karras"
@@ -586,3 +588,41 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
     if result is not None:
         info["likeness"] = {k: v for k, v in result.summary().items() if k not in ("images", "infotexts", "request")}
     return json.dumps(info, default=str)
+
+
+# -- extras: upscale a finished picture ---------------------------------------------------------------
+
+FACE_RESTORERS = {"gfpgan_visibility": "GFPGAN", "codeformer_visibility": "CodeFormer"}
+
+
+def extras_request(body: _ExtrasBase, image: Image.Image) -> tuple[UpscaleRequest, list[str]]:
+    """A1111's extras fields as an `UpscaleRequest` (not saved: A1111's API does not save extras), and notes for
+    what Likeness does not do. `resize_mode` 1 upscales to upscaling_resize_w x upscaling_resize_h."""
+    if isinstance(body.resize_mode, bool) or body.resize_mode not in (0, 1):
+        raise InvalidRequest(f"resize_mode must be 0 (upscale by upscaling_resize) or 1 (upscale to upscaling_resize_w x "
+                             f"upscaling_resize_h), got {shown(body.resize_mode)}.")
+    notes = [f"Unknown field {name!r} was ignored." for name in body.extras()]
+    for field_name, restorer in FACE_RESTORERS.items():
+        if getattr(body, field_name):
+            notes.append(f"{field_name} was ignored: Likeness has no {restorer} face restorer (its face detailer redraws "
+                         "faces during a generation).")
+    scale_to = body.resize_mode == 1
+    request = UpscaleRequest(image, upscaler=body.upscaler_1, scale=body.upscaling_resize,
+                             width=body.upscaling_resize_w if scale_to else 0, height=body.upscaling_resize_h if scale_to else 0,
+                             crop=body.upscaling_crop, upscaler_2=body.upscaler_2,
+                             upscaler_2_visibility=body.extras_upscaler_2_visibility, save=False)
+    return request, notes
+
+
+def extras_png(result: UpscaleResult) -> str:
+    """The upscaled picture as base64 PNG with its text chunks (the picture's parameters, the postprocessing), as A1111 sends it."""
+    buffer = io.BytesIO()
+    more = {"postprocessing": result.postprocessing} if result.postprocessing else None
+    result.image.save(buffer, format="PNG", pnginfo=png_with_parameters(result.image, result.parameters, more))
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def extras_html(postprocessing: str, notes: list[str]) -> str:
+    """A1111's `html_info`: the postprocessing text as `plaintext_to_html` writes it, one line per note after it."""
+    lines = [postprocessing] + notes if postprocessing else notes
+    return "<p>" + "<br>\n".join(html.escape(line) for line in lines) + "</p>"

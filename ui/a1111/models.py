@@ -152,6 +152,47 @@ class ImageToImageResponse(TextToImageResponse):
     pass
 
 
+class _ExtrasBase(_Body):
+    """A1111's `ExtrasBaseRequest` (/extra-single-image, /extra-batch-images): the upscale fields."""
+
+    resize_mode: int = Field(default=0, description="0: upscale by upscaling_resize; 1: to upscaling_resize_w x upscaling_resize_h.")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(default=0, description="Not in Likeness (no GFPGAN); any other value than 0 is noted in html_info.")
+    codeformer_visibility: float = Field(default=0, description="Not in Likeness (no CodeFormer); noted in html_info.")
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(_ExtrasBase):
+    image: str = Field(default="", description="The picture, base64 (a data: URL too).")
+
+
+class FileData(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(_ExtrasBase):
+    imageList: list[FileData] = Field(default_factory=list)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: Optional[str] = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
 class PNGInfoRequest(BaseModel):
     image: str = Field(description="The base64 encoded PNG image")
 

@@ -34,6 +34,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic
 
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
+from pipelines.extras import plan_upscale
 from pipelines.generate import CancelToken
 from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
@@ -286,6 +287,14 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
     async def png_info(req: models.PNGInfoRequest):
         return await anyio.to_thread.run_sync(read_png_info, req.image)
 
+    @router.post("/extra-single-image", response_model=models.ExtrasSingleImageResponse)
+    async def extra_single_image(body: models.ExtrasSingleImageRequest, request: Request):
+        return await run_extras(context, body, [body.image], request)
+
+    @router.post("/extra-batch-images", response_model=models.ExtrasBatchImagesResponse)
+    async def extra_batch_images(body: models.ExtrasBatchImagesRequest, request: Request):
+        return await run_extras(context, body, [item.data for item in body.imageList], request)
+
     @router.get("/memory", response_model=models.MemoryResponse)
     async def memory():
         return await anyio.to_thread.run_sync(memory_figures, manager)
@@ -356,6 +365,40 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
         encoded.append(mapping.image_b64(prepared.request.init_image))
     return {"images": encoded, "parameters": mapping.echo_parameters(body),
             "info": mapping.info_json(body, result, images, warnings, job.timestamp)}
+
+
+async def run_extras(context: ApiContext, body, images: list[str], request: Request) -> dict:
+    """Upscale each picture (A1111's extras routes): decoded and checked first, then one job on the board for all of them."""
+    limit = context.manager.config.max_input_pixels
+    if not images:
+        raise InvalidRequest("imageList is empty: send at least one picture ({\"data\": base64, \"name\": ...}).")
+    what = ["image"] if isinstance(body, models.ExtrasSingleImageRequest) else [f"imageList[{n}]" for n in range(len(images))]
+    if what == ["image"] and not images[0]:
+        raise InvalidRequest("image is empty: send the picture to upscale as base64.")
+    pictures = await anyio.to_thread.run_sync(lambda: [mapping.decode_input_image(text, name, limit) for text, name in zip(images, what)])
+    token = CancelToken()
+    watcher = asyncio.ensure_future(cancel_on_disconnect(request, token))
+    try:
+        return await anyio.to_thread.run_sync(upscale_pictures, context, body, pictures, token)
+    finally:
+        watcher.cancel()
+
+
+def upscale_pictures(context: ApiContext, body, pictures: list, token: CancelToken) -> dict:
+    requests = [mapping.extras_request(body, picture) for picture in pictures]
+    for upscale, _ in requests:  # every picture checked before the first one runs
+        plan_upscale(upscale, Path(context.manager.config.models_dir), context.manager.config.allow_pickle)
+    job = Job("api", "extras", token, steps=1, batch_count=len(requests))
+    results = []
+    with tagged(source="api", kind="extras"), context.board.turn(job):
+        for upscale, _ in requests:
+            results.append(context.manager.upscale(upscale, cancel=token))
+    notes = requests[0][1] + [note for result in results for note in result.notes]
+    html_info = mapping.extras_html(results[-1].postprocessing, list(dict.fromkeys(notes)))
+    encoded = [mapping.extras_png(result) for result in results] if body.show_extras_results else []
+    if isinstance(body, models.ExtrasSingleImageRequest):
+        return {"html_info": html_info, "image": encoded[0] if encoded else None}
+    return {"html_info": html_info, "images": encoded}
 
 
 def write_photos(cache_dir: Path, photos: list[bytes]) -> tuple[str, list[str]]:
