@@ -16,7 +16,7 @@ from pipelines import devices
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from ui import caches_tab, experiments_tab, face_tab, generate_tab, history_tab, img2img_tab, models_tab, png_info_tab, settings_tab
+from ui import caches_tab, experiments_tab, extras_tab, face_tab, generate_tab, history_tab, img2img_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 from ui.shortcuts import SHORTCUTS_JS
@@ -57,6 +57,8 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 generate = generate_tab.build(manager, settings, store, cancels)
             with gr.Tab("img2img", id=img2img_tab.TAB_ID):
                 img2img = img2img_tab.build(manager, settings, cancels, tabs)
+            with gr.Tab("Extras", id=extras_tab.TAB_ID) as extras_page:
+                extras = extras_tab.build(manager, settings, cancels, extras_page)
             with gr.Tab("Face", id="face"):
                 face = face_tab.build(manager, settings, store, generate["form"], cancels, generate["kept_latents"])
             with gr.Tab("History", id=history_tab.TAB_ID) as history_page:
@@ -73,6 +75,7 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 caches = caches_tab.build(manager, caches_page)
         img2img_tab.wire_send_from_gallery(img2img, generate["gallery"], generate["selected"], generate["send_img2img"], generate["send_inpaint"])
         img2img_tab.wire_send_from_file(img2img, png_info["upload"], png_info["raw"], png_info["send_img2img"], png_info["send_inpaint"])
+        extras_tab.wire_send_from_gallery(extras, tabs, generate["gallery"], generate["selected"], generate["send_extras"])
         wire_history(manager, history, generate, img2img, tabs)
         refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
         kept = generate["kept_latents"]

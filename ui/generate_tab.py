@@ -75,6 +75,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             with gr.Row():
                 send_img2img = gr.Button("Send to img2img", elem_id="send_img2img", size="sm")
                 send_inpaint = gr.Button("Send to inpaint", elem_id="send_inpaint", size="sm")
+                send_extras = gr.Button("Send to Extras", elem_id="send_extras", size="sm")
             before_after = generation_form.before_after_panel()
             breakdown = gr.Markdown(elem_id="breakdown")
             with gr.Accordion("Re-decode the last latents", open=False):
@@ -163,4 +164,5 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     panel.stop.click(stop_generation, None, readout, api_name="cancel", concurrency_limit=None)
     panel.skip.click(skip_batch, None, readout, api_name="skip", concurrency_limit=None)
     return {"form": form, "generate_event": generate_event, "readout": readout, "gallery": gallery, "last_seed": last_seed,
-            "kept_latents": kept_latents, "selected": selected, "send_img2img": send_img2img, "send_inpaint": send_inpaint}
+            "kept_latents": kept_latents, "selected": selected, "send_img2img": send_img2img, "send_inpaint": send_inpaint,
+            "send_extras": send_extras}

@@ -1,0 +1,186 @@
+"""The Extras tab: upscale a finished picture, as A1111's Extras tab ("Single Image", its upscale part).
+
+Controls in A1111's names and order: the picture, *Scale by* / *Scale to* (width, height, *Crop to fit*),
+*Upscaler 1*, *Upscaler 2* and its visibility; *Upscale* and *Stop*. The picture is size-checked from its
+file header before it is decoded (Settings: *Largest input image*), the run takes its turn in the one GPU
+queue with the generations, and the readout counts the upscaler's tiles. The engine is `pipelines.extras`;
+Generate's *Send to Extras* fills the picture (`wire_send_from_gallery`).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from pipelines.errors import GenerationCancelled, LikenessError
+from pipelines.extras import RESIZE_MODES, UPSCALER_NONE, UpscaleRequest, UpscaleResult
+from pipelines.images import open_input_image
+from pipelines.jobs import tagged
+from pipelines.manager import PipelineManager
+from pipelines.upscale import list_upscalers
+from ui.img2img_tab import gallery_path, max_pixels, upload_path
+from ui.jobs import Job, board_for, parallel_jobs
+from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, UPDATE_EVERY_S, CancelRegistry, arm_then, session_id
+
+TAB_ID = "extras"
+
+
+def upscaler_choices(manager: PipelineManager) -> list[str]:
+    """"None", then every image upscaler that can run: Lanczos, Nearest and the usable ESRGAN files."""
+    usable = [c.name for c in list_upscalers(manager.config.models_dir, manager.config.allow_pickle) if c.kind != "latent" and c.usable]
+    return [UPSCALER_NONE, *usable]
+
+
+def default_upscaler(choices: list[str]) -> str:
+    """The first ESRGAN file when there is one (what an upscale is for), else Lanczos."""
+    return next((name for name in choices[3:]), "Lanczos")
+
+
+@dataclass
+class ExtrasTab:
+    image: gr.Image
+    message: gr.Markdown
+    upscalers: list  # Upscaler 1 and 2
+    refresh: object  # (upscaler 1, upscaler 2) -> their updates, with the files now in models/ESRGAN
+
+
+def result_text(result: UpscaleResult, source_size: tuple[int, int]) -> str:
+    saved = f"saved to `{result.path}`" if result.path else "not saved"
+    done = "**Unchanged**" if not result.postprocessing else "**Upscaled**"
+    lines = [f"{done} {source_size[0]}x{source_size[1]} → {result.describe()} · {saved}"]
+    if result.postprocessing:
+        lines.append(f"`{result.postprocessing}`")
+    lines += [f"⚠ {note}" for note in result.notes]
+    return "  \n".join(lines)
+
+
+def build(manager: PipelineManager, settings, cancels: CancelRegistry, page: gr.Tab) -> ExtrasTab:
+    choices = upscaler_choices(manager)
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(label="Picture", type="filepath", sources=["upload", "clipboard"],
+                             elem_id="extras_image", height=360)
+            message = gr.Markdown(elem_id="extras_message")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize", elem_id="extras_resize_mode")
+            scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Scale by", elem_id="extras_scale")
+            with gr.Row(visible=False) as scale_to:
+                width = gr.Number(512, label="Width", precision=0, minimum=1, elem_id="extras_width")
+                height = gr.Number(512, label="Height", precision=0, minimum=1, elem_id="extras_height")
+                crop = gr.Checkbox(True, label="Crop to fit", elem_id="extras_crop")
+            upscaler = gr.Dropdown(choices, value=default_upscaler(choices), label="Upscaler 1", elem_id="extras_upscaler")
+            with gr.Row():
+                upscaler_2 = gr.Dropdown(choices, value=UPSCALER_NONE, label="Upscaler 2", elem_id="extras_upscaler_2")
+                visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Upscaler 2 visibility", elem_id="extras_upscaler_2_visibility")
+            with gr.Row():
+                run = gr.Button("Upscale", variant="primary", elem_id="extras_run")
+                stop = gr.Button("Stop", elem_id="extras_stop")
+        with gr.Column(scale=1):
+            readout = gr.Markdown(elem_id="extras_readout")
+            output = gr.Image(label="Upscaled", type="filepath", interactive=False, format="png", elem_id="extras_output", height=480)
+            info = gr.Markdown(elem_id="extras_info")
+
+    def switch_mode(mode):
+        by = mode == RESIZE_MODES[0]
+        return gr.update(visible=by), gr.update(visible=not by)
+
+    resize_mode.change(switch_mode, resize_mode, [scale, scale_to], queue=False, api_visibility="private")
+
+    def refresh_choices(first, second):  # files dropped into models/ESRGAN since the page opened
+        names = upscaler_choices(manager)
+        return (gr.Dropdown(choices=names, value=first if first in names else default_upscaler(names)),
+                gr.Dropdown(choices=names, value=second if second in names else UPSCALER_NONE))
+
+    page.select(refresh_choices, [upscaler, upscaler_2], [upscaler, upscaler_2], queue=False, api_visibility="private")
+
+    # Named as UpscaleRequest's fields: the Gradio endpoint `/upscale` is called by them. Raw payloads (preprocess=False):
+    # the picture's header is checked before it is decoded.
+    def upscale(image, resize_mode, scale, width, height, crop, upscaler, upscaler_2, upscaler_2_visibility, request: gr.Request = None):
+        session = session_id(request)
+        token = cancels.claim(session)
+        try:
+            path = upload_path(image)
+            if path is None:
+                yield "⚠ Choose a picture to upscale (drop it on *Picture*).", gr.update(), ""
+                return
+            if token.cancelled:  # Stop pressed while it waited in the queue
+                yield STOPPED_BEFORE_START, gr.update(), ""
+                return
+            picture = open_input_image(path, max_pixels(settings), "The picture")
+            scale_to_size = resize_mode == RESIZE_MODES[1]
+            job = UpscaleRequest(picture, upscaler=upscaler, scale=scale, width=_whole(width) if scale_to_size else 0,
+                                 height=_whole(height) if scale_to_size else 0, crop=crop, upscaler_2=upscaler_2,
+                                 upscaler_2_visibility=upscaler_2_visibility)
+            yield from _run(manager, job, token, session, picture.size)
+        except LikenessError as error:
+            yield f"⚠ {error}", gr.update(), ""
+        finally:
+            cancels.forget(session, token)
+
+    arm_then(run.click, cancels, readout, manager).then(
+        upscale, [image, resize_mode, scale, width, height, crop, upscaler, upscaler_2, visibility], [readout, output, info],
+        preprocess=False, api_name="upscale", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager))
+
+    def stop_upscale(request: gr.Request = None):
+        return STOP_REPLIES[cancels.signal(session_id(request))].replace("step", "tile")
+
+    stop.click(stop_upscale, None, readout, api_visibility="private", concurrency_limit=None)
+    return ExtrasTab(image, message, [upscaler, upscaler_2], refresh_choices)
+
+
+def _whole(value):
+    """A gr.Number's value as an int when it is a whole number (the engine refuses anything else, by name)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _run(manager: PipelineManager, job: UpscaleRequest, token, session: str, source_size: tuple[int, int]):
+    """Run the upscale in a thread, yielding (readout, output, info) at the readout's pace."""
+    tiles: queue.Queue = queue.Queue()
+    box: dict = {}
+    started = time.perf_counter()
+
+    def work():
+        try:
+            board_job = Job("browser", "extras", token, steps=1, batch_count=1)
+            with tagged(owner=session, source="browser", kind="extras"), board_for(manager).turn(board_job):
+                box["result"] = manager.upscale(job, progress=lambda done, total: tiles.put((done, total)), cancel=token)
+        except BaseException as error:  # handed to the UI thread, which turns it into a message
+            box["error"] = error
+
+    thread = threading.Thread(target=work, name="likeness-upscale", daemon=True)
+    thread.start()
+    latest = None
+    while thread.is_alive():
+        thread.join(UPDATE_EVERY_S)
+        while not tiles.empty():
+            latest = tiles.get()
+        where = f" · tile {latest[0]}/{latest[1]}" if latest else ""
+        yield f"**upscale**{where} · elapsed {time.perf_counter() - started:.1f} s", gr.update(), gr.update()
+    error = box.get("error")
+    if isinstance(error, GenerationCancelled):
+        yield str(error), gr.update(), ""
+        return
+    if isinstance(error, LikenessError):
+        yield f"⚠ {error}", gr.update(), ""
+        return
+    if error is not None:
+        yield f"⚠ Internal error: {error.__class__.__name__}: {error}. The app keeps running; see the console log.", gr.update(), ""
+        return
+    result: UpscaleResult = box["result"]
+    shown = result.path or result.image
+    yield f"**Done in {result.seconds:.2f} s**", shown, result_text(result, source_size)
+
+
+def wire_send_from_gallery(tab: ExtrasTab, tabs: gr.Tabs, gallery: gr.Gallery, selected: gr.State, send: gr.Button) -> None:
+    """Generate's *Send to Extras*: the selected image of the gallery, with its parameters (kept in the upscaled PNG)."""
+    def receive(gallery_value, index, first, second):
+        path = gallery_path(gallery_value, index)
+        choices = tab.refresh(first, second)  # selecting the tab from here does not run its own select event
+        if path is None:
+            return gr.Tabs(selected=TAB_ID), gr.update(), "⚠ Nothing to send yet: generate an image first.", *choices
+        return gr.Tabs(selected=TAB_ID), path, "Picture sent from Generate.", *choices
+
+    send.click(receive, [gallery, selected, *tab.upscalers], [tabs, tab.image, tab.message, *tab.upscalers], preprocess=False,
+               api_visibility="private")
