@@ -75,7 +75,7 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 caches = caches_tab.build(manager, caches_page)
         img2img_tab.wire_send_from_gallery(img2img, generate["gallery"], generate["selected"], generate["send_img2img"], generate["send_inpaint"])
         img2img_tab.wire_send_from_file(img2img, png_info["upload"], png_info["raw"], png_info["send_img2img"], png_info["send_inpaint"])
-        extras_tab.wire_send_from_gallery(extras, tabs, generate["gallery"], generate["selected"], generate["send_extras"])
+        extras_tab.wire_sends(extras, tabs, generate, png_info, history)
         wire_history(manager, history, generate, img2img, tabs)
         refresh_status = lambda kept=None: status_line(manager, kept)  # noqa: E731
         kept = generate["kept_latents"]

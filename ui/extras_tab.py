@@ -4,7 +4,7 @@ Controls in A1111's names and order: the picture, *Scale by* / *Scale to* (width
 *Upscaler 1*, *Upscaler 2* and its visibility; *Upscale* and *Stop*. The picture is size-checked from its
 file header before it is decoded (Settings: *Largest input image*), the run takes its turn in the one GPU
 queue with the generations, and the readout counts the upscaler's tiles. The engine is `pipelines.extras`;
-Generate's *Send to Extras* fills the picture (`wire_send_from_gallery`).
+*Send to Extras* in Generate, PNG Info and History fills the picture (`wire_sends`).
 """
 from __future__ import annotations
 
@@ -173,14 +173,24 @@ def _run(manager: PipelineManager, job: UpscaleRequest, token, session: str, sou
     yield f"**Done in {result.seconds:.2f} s**", shown, result_text(result, source_size)
 
 
-def wire_send_from_gallery(tab: ExtrasTab, tabs: gr.Tabs, gallery: gr.Gallery, selected: gr.State, send: gr.Button) -> None:
-    """Generate's *Send to Extras*: the selected image of the gallery, with its parameters (kept in the upscaled PNG)."""
-    def receive(gallery_value, index, first, second):
-        path = gallery_path(gallery_value, index)
-        choices = tab.refresh(first, second)  # selecting the tab from here does not run its own select event
+def wire_send(tab: ExtrasTab, tabs: gr.Tabs, button: gr.Button, source: list, path_of, where: str, nothing: str) -> None:
+    """A *Send to Extras* button: `path_of(*raw values of source)` is the picture's file (its parameters go with it,
+    into the upscaled PNG); the upscaler lists are refreshed (selecting the tab from here does not run its select event)."""
+    def receive(*values):
+        *raw, first, second = values
+        path = path_of(*raw)
+        choices = tab.refresh(first, second)
         if path is None:
-            return gr.Tabs(selected=TAB_ID), gr.update(), "⚠ Nothing to send yet: generate an image first.", *choices
-        return gr.Tabs(selected=TAB_ID), path, "Picture sent from Generate.", *choices
+            return gr.Tabs(selected=TAB_ID), gr.update(), f"⚠ {nothing}", *choices
+        return gr.Tabs(selected=TAB_ID), path, f"Picture sent from {where}.", *choices
 
-    send.click(receive, [gallery, selected, *tab.upscalers], [tabs, tab.image, tab.message, *tab.upscalers], preprocess=False,
-               api_visibility="private")
+    button.click(receive, [*source, *tab.upscalers], [tabs, tab.image, tab.message, *tab.upscalers], preprocess=False,
+                 api_visibility="private")
+
+
+def wire_sends(tab: ExtrasTab, tabs: gr.Tabs, generate: dict, png_info: dict, history) -> None:
+    """Send to Extras from Generate's gallery (the selected image), PNG Info (the dropped file) and History (the clicked image)."""
+    wire_send(tab, tabs, generate["send_extras"], [generate["gallery"], generate["selected"]], gallery_path, "Generate",
+              "Nothing to send yet: generate an image first.")
+    wire_send(tab, tabs, png_info["send_extras"], [png_info["upload"]], upload_path, "PNG Info", "Nothing to send: drop an image first.")
+    wire_send(tab, tabs, history.send_extras, [history.selected_path], upload_path, "History", "Click an image first, then Send to Extras.")

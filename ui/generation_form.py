@@ -223,6 +223,9 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     with gr.Row():
         width = inputs.Slider(64, 2048, value=last.get("width", start.size[0]), step=8, label="Width", elem_id=f"{prefix}width")
         height = inputs.Slider(64, 2048, value=last.get("height", start.size[1]), step=8, label="Height", elem_id=f"{prefix}height")
+        swap = gr.Button("⇅", elem_id=f"{prefix}swap_size", scale=0, min_width=44, size="sm")  # A1111's "Swap width and height"
+    # The raw values, swapped as they stand (preprocess=False): a width the form would refuse still moves, and is refused at Generate.
+    swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, preprocess=False, api_visibility="private")
     with gr.Row():
         sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id=f"{prefix}sampler")
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")

@@ -36,6 +36,7 @@ class HistoryTab:
     send_generate: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_extras: gr.Button
 
 
 def empty_state(outputs_dir: Path, listing: HistoryPage, text: str, model: str) -> str:
@@ -93,7 +94,8 @@ def build(manager: PipelineManager, tab: gr.Tab) -> HistoryTab:
                                  show_label=False, elem_id="history_gallery")
         with gr.Column(scale=2):
             details = gr.Markdown("Click an image to see its parameters.", elem_id="history_details")
-            table, raw, send_generate, send_img2img, send_inpaint = parameters_panel("history", raw_lines=3)
+            panel = parameters_panel("history", raw_lines=3)
+            table, raw = panel.table, panel.raw
             with gr.Row():
                 delete = gr.Button("Delete (to trash)", size="sm", elem_id="history_delete")
                 undo = gr.Button("Undo delete", size="sm", elem_id="history_undo")
@@ -176,4 +178,5 @@ def build(manager: PipelineManager, tab: gr.Tab) -> HistoryTab:
 
     delete.click(delete_selected, [selected, trashed, text, model, page], [message, trashed, *listing_outputs], **private)
     undo.click(undo_delete, [trashed, text, model, page], [message, trashed, *listing_outputs], **private)
-    return HistoryTab(show, [text, model, page], listing_outputs, selected_path, raw, message, send_generate, send_img2img, send_inpaint)
+    return HistoryTab(show, [text, model, page], listing_outputs, selected_path, raw, message, panel.send, panel.send_img2img,
+                      panel.send_inpaint, panel.send_extras)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -195,16 +196,27 @@ def wire_send_to_generate(manager: PipelineManager, generate_form: dict, tabs: g
                  api_visibility="private")
 
 
-def parameters_panel(prefix: str, raw_lines: int) -> tuple[gr.Dataframe, gr.Textbox, gr.Button, gr.Button, gr.Button]:
-    """An image's parameters (table and text) with its Send buttons, as PNG Info and History show them;
-    elem_ids `<prefix>_table`, `<prefix>_raw`, `<prefix>_send`, `<prefix>_send_img2img`, `<prefix>_send_inpaint`."""
+@dataclass
+class ParametersPanel:
+    table: gr.Dataframe
+    raw: gr.Textbox
+    send: gr.Button  # to Generate
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    send_extras: gr.Button
+
+
+def parameters_panel(prefix: str, raw_lines: int) -> ParametersPanel:
+    """An image's parameters (table and text) with its Send buttons, as PNG Info and History show them; elem_ids
+    `<prefix>_table`, `<prefix>_raw`, `<prefix>_send`, `<prefix>_send_img2img`, `<prefix>_send_inpaint`, `<prefix>_send_extras`."""
     table = gr.Dataframe(headers=["parameter", "value"], interactive=False, wrap=True, elem_id=f"{prefix}_table")
     raw = gr.Textbox(label="Parameters text", lines=raw_lines, interactive=False, elem_id=f"{prefix}_raw")
-    with gr.Row():
-        send = gr.Button("Send to Generate", variant="primary", elem_id=f"{prefix}_send")
-        send_img2img = gr.Button("Send to img2img", elem_id=f"{prefix}_send_img2img")
-        send_inpaint = gr.Button("Send to inpaint", elem_id=f"{prefix}_send_inpaint")
-    return table, raw, send, send_img2img, send_inpaint
+    with gr.Row():  # the four on one line in PNG Info's column (Gradio's 160 px minimum wraps the fourth alone)
+        send = gr.Button("Send to Generate", variant="primary", elem_id=f"{prefix}_send", min_width=110)
+        send_img2img = gr.Button("Send to img2img", elem_id=f"{prefix}_send_img2img", min_width=110)
+        send_inpaint = gr.Button("Send to inpaint", elem_id=f"{prefix}_send_inpaint", min_width=110)
+        send_extras = gr.Button("Send to Extras", elem_id=f"{prefix}_send_extras", min_width=110)
+    return ParametersPanel(table, raw, send, send_img2img, send_inpaint, send_extras)
 
 
 def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate_tab_id: str, generate_message: gr.Markdown | None = None) -> dict:
@@ -214,9 +226,11 @@ def build(manager: PipelineManager, generate_form: dict, tabs: gr.Tabs, generate
             upload = gr.File(label="Image (PNG, JPEG or WebP)", type="filepath", file_types=["image"], elem_id="png_upload")
         with gr.Column():
             message = gr.Markdown(elem_id="png_message")
-            table, raw, send, send_img2img, send_inpaint = parameters_panel("png", raw_lines=4)
+            panel = parameters_panel("png", raw_lines=4)
+    raw = panel.raw
 
-    upload.change(read_image_parameters, upload, [raw, table, message], api_name="png_info")
-    wire_send_to_generate(manager, generate_form, tabs, generate_tab_id, send, raw, message,
+    upload.change(read_image_parameters, upload, [raw, panel.table, message], api_name="png_info")
+    wire_send_to_generate(manager, generate_form, tabs, generate_tab_id, panel.send, raw, message,
                           nothing_to_send="⚠ Nothing to send: drop an image with generation parameters first.", landing=generate_message)
-    return {"upload": upload, "raw": raw, "send_img2img": send_img2img, "send_inpaint": send_inpaint}
+    return {"upload": upload, "raw": raw, "send_img2img": panel.send_img2img, "send_inpaint": panel.send_inpaint,
+            "send_extras": panel.send_extras, "message": message}

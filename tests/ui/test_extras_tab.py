@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from pipelines.extras import EXTRAS_FOLDER
 from tests.ui.conftest import open_page
@@ -142,3 +142,47 @@ def test_the_gradio_endpoint_takes_the_requests_field_names(live_app, esrgan_fil
     with Image.open(output) as png:
         expected = noise_image(20, 10, seed=5).resize((60, 30), Image.Resampling.NEAREST)
         assert png.size == (60, 30) and np.array_equal(np.asarray(png.convert("RGB")), np.asarray(expected))
+
+
+def test_png_info_and_history_send_to_extras(page, live_app, tmp_path):
+    page.get_by_role("tab", name="PNG Info").click()
+    page.click("#png_send_extras")
+    page.wait_for_function("(document.querySelector('#extras_message')?.innerText || '').includes('Nothing to send')", timeout=30_000)
+    assert page.inner_text("#extras_message") == "⚠ Nothing to send: drop an image first."
+    page.get_by_role("tab", name="PNG Info").click()
+    dropped = tmp_path / "dropped.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a dropped picture\nSteps: 5, Seed: 3")
+    noise_image(12, 12, seed=6).save(dropped, pnginfo=info)
+    page.locator("#png_upload input[type=file]").set_input_files(str(dropped))
+    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.click("#png_send_extras")
+    page.wait_for_function("(document.querySelector('#extras_message')?.innerText || '').includes('sent from PNG Info')", timeout=30_000)
+    pick(page, "extras_upscaler", "Nearest")
+    before = extras_files(live_app)
+    assert "Done" in upscale_and_wait(page)
+    [saved] = extras_files(live_app) - before
+    with Image.open(saved) as png:
+        assert png.size == (24, 24) and png.text["parameters"] == "a dropped picture\nSteps: 5, Seed: 3"
+
+    page.get_by_role("tab", name="History").click()
+    page.click("#history_send_extras")
+    page.wait_for_function("(document.querySelector('#extras_message')?.innerText || '').includes('Click an image first')", timeout=30_000)
+    page.get_by_role("tab", name="History").click()
+    page.click("#history_refresh")
+    page.wait_for_selector("#history_gallery .thumbnail-item", timeout=30_000)
+    page.locator("#history_gallery .thumbnail-item").first.click()
+    page.wait_for_function("(document.querySelector('#history_raw textarea')?.value || '') !== ''", timeout=30_000)
+    page.click("#history_send_extras")
+    page.wait_for_function("(document.querySelector('#extras_message')?.innerText || '').includes('sent from History')", timeout=30_000)
+    assert page.locator("#extras_image img").count() == 1
+
+
+def test_the_swap_button_swaps_width_and_height(page):
+    page.fill("#width input[type=number]", "192")
+    page.press("#width input[type=number]", "Tab")
+    page.fill("#height input[type=number]", "96")
+    page.press("#height input[type=number]", "Tab")
+    page.click("#swap_size")
+    page.wait_for_function("document.querySelector('#width input[type=number]').value === '96'", timeout=10_000)
+    assert page.input_value("#height input[type=number]") == "192"
