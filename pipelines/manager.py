@@ -28,6 +28,7 @@ from pipelines.families import Family
 from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
 from pipelines.extras import TileProgress, UpscaleContext, UpscaleRequest, UpscaleResult, plan_upscale, upscale_picture
 from pipelines.face.options import FaceOptions
+from pipelines.merge import KeyProgress, MergeRequest, MergeResult, merge_checkpoints
 from pipelines.face.service import FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
@@ -608,6 +609,15 @@ class PipelineManager:
             started()
             with StageClock(self.bus, self.device).stage("upscale"):
                 return upscale_picture(request, context, progress, cancel)
+
+    def merge(self, request: MergeRequest, progress: KeyProgress | None = None, cancel: CancelToken | None = None) -> MergeResult:
+        """Checkpoint merger: a new single-file model from two or three (`pipelines.merge`), on the CPU and
+        outside the generation lock (it needs RAM and disk, not the device); the catalog is rescanned so the
+        new model is listed at once, under the name the result gives."""
+        result = merge_checkpoints(request, self.entry, progress, cancel)
+        entries = self.refresh()
+        result.name = next((entry.name for entry in entries if entry.path == result.path), result.name)
+        return result
 
     # -- status -----------------------------------------------------------------------------------
 
