@@ -50,7 +50,7 @@ def pixels(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.bench import SUITES
-    from pipelines.choices import VAE_CHOICES
+    from pipelines.choices import MERGE_METHODS, VAE_CHOICES
     from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
     from pipelines.samplers import ALL_SAMPLER_NAMES
@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument("--upscaler-2-visibility", type=float, default=0.0, metavar="V", help="0-1: how much of the second upscaler's picture")
     upscale.add_argument("--no-save", action="store_true", help="do not write the pictures (a check of the settings and the time)")
     upscale.add_argument("--json", action="store_true", help="print one JSON line per picture instead of text")
+
+    merge = commands.add_parser("merge", parents=[common], help="merge single-file checkpoints, as A1111's Checkpoint Merger (see README)")
+    merge.add_argument("--primary", "-a", required=True, metavar="A", help="model A, as `app.py models` names it")
+    merge.add_argument("--secondary", "-b", default="", metavar="B", help="model B (not for No interpolation)")
+    merge.add_argument("--tertiary", "-c", default="", metavar="C", help="model C (Add difference only)")
+    merge.add_argument("--method", choices=MERGE_METHODS, default=MERGE_METHODS[0],
+                       help="Weighted sum: A x (1-M) + B x M; Add difference: A + (B-C) x M; No interpolation: A alone")
+    merge.add_argument("--multiplier", "-m", type=float, default=0.3, metavar="M", help="0-1 (default 0.3)")
+    merge.add_argument("--name", default="", help="the new file's name (default A1111's: A_0.7-B_0.3-Weighted_sum-merged); written next to A")
+    merge.add_argument("--fp16", action="store_true", help="save as float16 (half the size)")
+    merge.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")
     experiment.add_argument("--config", type=Path, required=True, help="experiment file (JSON), e.g. one exported by the Experiments tab")
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from pipelines.quiet import quiet_libraries
     from settings import load_settings
-    from ui.cli import cmd_generate, cmd_models, cmd_upscale, run_guarded
+    from ui.cli import cmd_generate, cmd_merge, cmd_models, cmd_upscale, run_guarded
 
     quiet_libraries()
     overrides = {"models_dir": args.models_dir, "outputs_dir": args.outputs_dir, "cache_dir": args.cache_dir, "device": args.device,
@@ -331,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda: cmd_models(manager, args))
     if args.command == "upscale":
         return run_guarded(lambda: cmd_upscale(manager, args))
+    if args.command == "merge":
+        return run_guarded(lambda: cmd_merge(manager, args))
     if args.command == "experiment":
         from pipelines.experiments.cli import cmd_experiment
 

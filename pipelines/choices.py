@@ -16,3 +16,5 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 # Inpainting: what the masked area starts from (pipelines/refine/masks.py says how each works). A1111's
 # order: the index is its API's `inpainting_fill`.
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+# Checkpoint merger: A1111's interpolation methods, in its order (pipelines/merge.py says how each works).
+MERGE_METHODS = ("Weighted sum", "Add difference", "No interpolation")

@@ -33,10 +33,11 @@ import torch
 
 from pipelines.atomic import write_new
 from pipelines.catalog import ModelEntry
+from pipelines.choices import MERGE_METHODS
 from pipelines.errors import GenerationCancelled, InvalidRequest, OutputError
 from pipelines.generate import CancelToken
 
-METHODS = ("Weighted sum", "Add difference", "No interpolation")  # A1111's names, in its order
+METHODS = MERGE_METHODS  # A1111's names, in its order
 MERGEABLE_FORMATS = ("single-file", "flux-transformer")
 SKIPPED_KEYS = ("cond_stage_model.transformer.text_model.embeddings.position_ids",)  # A1111's checkpoint_dict_skip_on_merge
 NAME_RULE = re.compile(r"^[\w][\w .+\-()\[\]]{0,150}$")  # a file name, no folders: letters, digits, space . + - ( ) [ ]
@@ -180,8 +181,9 @@ def merge_checkpoints(request: MergeRequest, find: Callable[[str], ModelEntry], 
             if progress is not None:
                 progress(index, len(keys))
         metadata = {"format": "pt", "sd_merge_recipe": json.dumps(_recipe(request, plan))}
-    if b is not None and merged < len(keys):
-        notes.append(f"{len(keys) - merged} of {len(keys)} tensors are A's alone (not in every model, integer, or never merged).")
+    only_a = [key for key in keys if b is not None and (key not in b_keys or (c is not None and key not in c_keys))]
+    if only_a:
+        notes.append(f"{len(only_a)} of {len(keys)} tensors are not in every model and were kept as A's (e.g. {only_a[0]}).")
     folder = plan.a.path.parent
     try:
         path = write_new(folder, [plan.file_name], lambda temporary: save_file(merged_state, str(temporary), metadata=metadata))

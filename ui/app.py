@@ -16,7 +16,7 @@ from pipelines import devices
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from ui import caches_tab, experiments_tab, extras_tab, face_tab, generate_tab, history_tab, img2img_tab, models_tab, png_info_tab, settings_tab
+from ui import caches_tab, experiments_tab, extras_tab, face_tab, generate_tab, history_tab, img2img_tab, merger_tab, models_tab, png_info_tab, settings_tab
 from ui.server import LoopbackHostOnly, ServerOptions, exposure_warnings
 from ui.session import CancelRegistry
 from ui.shortcuts import SHORTCUTS_JS
@@ -69,6 +69,8 @@ def build(manager: PipelineManager, settings, store, warnings: list[str] = ()) -
                 models = models_tab.build(manager, [generate["form"]["model"], img2img.model, face["model"]], models_page)
             with gr.Tab("PNG Info", id="png_info"):
                 png_info = png_info_tab.build(manager, generate["form"], tabs, GENERATE_TAB_ID, generate["readout"])
+            with gr.Tab("Checkpoint Merger", id=merger_tab.TAB_ID) as merger_page:
+                merger_tab.build(manager, [generate["form"]["model"], img2img.model, face["model"]], merger_page)
             with gr.Tab("Settings", id="settings") as settings_page:
                 settings_tab.build(manager, settings, store, settings_page, generate["form"]["vae_dtype"])
             with gr.Tab("Caches", id="caches") as caches_page:

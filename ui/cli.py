@@ -1,4 +1,4 @@
-"""The headless command line: `generate`, `upscale`, `models`, `bench`. Exit codes: 0 ok, 1 internal error,
+"""The headless command line: `generate`, `upscale`, `merge`, `models`, `bench`. Exit codes: 0 ok, 1 internal error,
 2 bad input (the message says which), 130 interrupted."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pipelines import demo
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.extras import UpscaleRequest, plan_upscale
+from pipelines.merge import MergeRequest
 from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
@@ -213,6 +214,30 @@ def cmd_upscale(manager: PipelineManager, args) -> int:
                 print(f"{path}: {result.describe()} -> {result.path or '(not saved)'}")
     finally:
         signal.signal(signal.SIGINT, previous)
+    return EXIT_OK
+
+
+def cmd_merge(manager: PipelineManager, args) -> int:
+    """`app.py merge`: A1111's Checkpoint Merger; the new model is listed by `app.py models` at once."""
+    request = MergeRequest(args.primary, args.secondary, args.tertiary, args.method, args.multiplier, args.name, args.fp16)
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops before anything is written
+
+    def show(done: int, total: int) -> None:
+        if not args.json and (done == total or done % 50 == 0):
+            print(f"\rtensor {done}/{total}   ", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    try:
+        result = manager.merge(request, progress=show, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps({"name": result.name, "path": str(result.path), "tensors": result.tensors, "merged": result.merged,
+                          "seconds": round(result.seconds, 3), "notes": result.notes}))
+        return EXIT_OK
+    for note in result.notes:
+        _print_err(f"note: {note}")
+    print(f"{result.name}: {result.path} ({result.merged} of {result.tensors} tensors merged in {result.seconds:.2f} s)")
     return EXIT_OK
 
 

@@ -8,14 +8,11 @@ queue with the generations, and the readout counts the upscaler's tiles. The eng
 """
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.errors import GenerationCancelled, LikenessError
+from pipelines.errors import LikenessError
 from pipelines.extras import RESIZE_MODES, UPSCALER_NONE, UpscaleRequest, UpscaleResult
 from pipelines.images import open_input_image
 from pipelines.jobs import tagged
@@ -23,7 +20,7 @@ from pipelines.manager import PipelineManager
 from pipelines.upscale import list_upscalers
 from ui.img2img_tab import gallery_path, max_pixels, upload_path
 from ui.jobs import Job, board_for, parallel_jobs
-from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, UPDATE_EVERY_S, CancelRegistry, arm_then, session_id
+from ui.session import STOP_REPLIES, STOPPED_BEFORE_START, BackgroundJob, CancelRegistry, arm_then, session_id
 
 TAB_ID = "extras"
 
@@ -136,41 +133,21 @@ def _whole(value):
 
 
 def _run(manager: PipelineManager, job: UpscaleRequest, token, session: str, source_size: tuple[int, int]):
-    """Run the upscale in a thread, yielding (readout, output, info) at the readout's pace."""
-    tiles: queue.Queue = queue.Queue()
-    box: dict = {}
-    started = time.perf_counter()
+    """Run the upscale in a thread (its turn in the GPU queue), yielding (readout, output, info) at the readout's pace."""
+    def work(progress):
+        board_job = Job("browser", "extras", token, steps=1, batch_count=1)
+        with tagged(owner=session, source="browser", kind="extras"), board_for(manager).turn(board_job):
+            return manager.upscale(job, progress=progress, cancel=token)
 
-    def work():
-        try:
-            board_job = Job("browser", "extras", token, steps=1, batch_count=1)
-            with tagged(owner=session, source="browser", kind="extras"), board_for(manager).turn(board_job):
-                box["result"] = manager.upscale(job, progress=lambda done, total: tiles.put((done, total)), cancel=token)
-        except BaseException as error:  # handed to the UI thread, which turns it into a message
-            box["error"] = error
-
-    thread = threading.Thread(target=work, name="likeness-upscale", daemon=True)
-    thread.start()
-    latest = None
-    while thread.is_alive():
-        thread.join(UPDATE_EVERY_S)
-        while not tiles.empty():
-            latest = tiles.get()
-        where = f" · tile {latest[0]}/{latest[1]}" if latest else ""
-        yield f"**upscale**{where} · elapsed {time.perf_counter() - started:.1f} s", gr.update(), gr.update()
-    error = box.get("error")
-    if isinstance(error, GenerationCancelled):
-        yield str(error), gr.update(), ""
+    running = BackgroundJob(work, "likeness-upscale")
+    for line in running.readouts("upscale", "tile"):
+        yield line, gr.update(), gr.update()
+    message = running.error_message()
+    if message is not None:
+        yield message, gr.update(), ""
         return
-    if isinstance(error, LikenessError):
-        yield f"⚠ {error}", gr.update(), ""
-        return
-    if error is not None:
-        yield f"⚠ Internal error: {error.__class__.__name__}: {error}. The app keeps running; see the console log.", gr.update(), ""
-        return
-    result: UpscaleResult = box["result"]
-    shown = result.path or result.image
-    yield f"**Done in {result.seconds:.2f} s**", shown, result_text(result, source_size)
+    result: UpscaleResult = running.result
+    yield f"**Done in {result.seconds:.2f} s**", result.path or result.image, result_text(result, source_size)
 
 
 def wire_send(tab: ExtrasTab, tabs: gr.Tabs, button: gr.Button, source: list, path_of, where: str, nothing: str) -> None:

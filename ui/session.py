@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gradio as gr
 
@@ -143,6 +144,45 @@ class GenerationSession:
         if isinstance(self.error, LikenessError):
             return str(self.error)
         return f"Internal error: {self.error.__class__.__name__}: {self.error}. The app keeps running; see the console log."
+
+
+class BackgroundJob:
+    """A long engine call other than a generation (an Extras upscale, a checkpoint merge) in a thread: `work`
+    gets a `progress(done, total)` callback; `readouts` yields the live line at the readout's pace until it ends."""
+
+    def __init__(self, work: Callable[[Callable[[int, int], None]], object], name: str):
+        self.result = None
+        self.error: BaseException | None = None
+        self._progress: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def _run(self, work) -> None:
+        try:
+            self.result = work(lambda done, total: self._progress.put((done, total)))
+        except BaseException as error:  # handed to the UI thread, which turns it into a message
+            self.error = error
+
+    def readouts(self, label: str, unit: str):
+        """'**upscale** · tile 3/12 · elapsed 1.2 s', every UPDATE_EVERY_S while the call runs."""
+        latest = None
+        while self._thread.is_alive():
+            self._thread.join(UPDATE_EVERY_S)
+            while not self._progress.empty():
+                latest = self._progress.get()
+            where = f" · {unit} {latest[0]}/{latest[1]}" if latest else ""
+            yield f"**{label}**{where} · elapsed {time.perf_counter() - self._started:.1f} s"
+
+    def error_message(self) -> str | None:
+        """None when it finished; a Stop's own sentence; ⚠ and the reason otherwise (no traceback)."""
+        if self.error is None:
+            return None
+        if isinstance(self.error, GenerationCancelled):
+            return str(self.error)
+        if isinstance(self.error, LikenessError):
+            return f"⚠ {self.error}"
+        return f"⚠ Internal error: {self.error.__class__.__name__}: {self.error}. The app keeps running; see the console log."
 
 
 class CancelRegistry:

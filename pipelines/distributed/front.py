@@ -74,6 +74,12 @@ class DispatchingManager:
         self.pool.refresh()
         return self._manager.refresh()
 
+    def merge(self, request, progress=None, cancel=None):
+        """The Checkpoint Merger writes into the models folder here; every worker rescans it so the new model runs there too."""
+        result = self._manager.merge(request, progress, cancel)
+        self.pool.refresh()
+        return result
+
     def workers(self) -> list[dict]:
         """Every worker: name, device, models in VRAM/RAM, busy or idle, jobs done (`WorkerPool.statuses`)."""
         return self.pool.statuses()

@@ -168,3 +168,15 @@ def test_a_stop_writes_nothing(manager):
     with pytest.raises(GenerationCancelled, match="nothing was written"):
         manager.merge(MergeRequest("a", "b", name="stopped"), progress=stop_half_way, cancel=cancel)
     assert sorted(p.name for p in folder.iterdir()) == before  # no partial file, no temporary left
+
+
+def test_tensors_only_a_has_are_kept_and_named(manager):
+    folder = manager.config.models_dir
+    extra = "model.diffusion_model.extra_tensor"
+    write_variant(folder / "a.safetensors", folder / "a-plus.safetensors", 1.0, 0.0, **{extra: torch.ones(3)})
+    manager.refresh()
+    result = manager.merge(MergeRequest("a-plus", "b", name="plus"))
+    assert torch.equal(tensors(result.path)[extra], torch.ones(3))
+    assert result.notes[0] == f"1 of {result.tensors} tensors are not in every model and were kept as A's (e.g. {extra})."
+    plain = manager.merge(MergeRequest("a", "b", name="plain"))
+    assert not any("not in every model" in note for note in plain.notes)
