@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
     gen.add_argument("--clip-skip", type=int, default=1, metavar="N",
                      help="SD 1.5: read the prompt from the text encoder's Nth layer from the end, as A1111's Clip skip (1 = last, 1-12)")
+    gen.add_argument("--vae", default="Automatic", metavar="NAME",
+                     help="A1111's SD VAE: a file of models/VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors) instead of the model's own")
     gen.add_argument("--tiling", action="store_true", help="a picture that repeats seamlessly, as A1111's Tiling (SD 1.5, SDXL)")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)

@@ -70,6 +70,7 @@ class LoadedModel:
     device: torch.device
     model_hash: str | None = None
     adapters: tuple = ()  # the LoRA set applied for this run (LoraHook.cache_key()): names, file hashes, weights
+    vae: tuple = ()  # an external VAE swapped in for this run (A1111's SD VAE): (file name, A1111's 10-digit hash)
 
     @property
     def identity(self) -> tuple:
@@ -236,6 +237,8 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        "VAE hash": model.vae[1] if model.vae else None,  # A1111's keys for its SD VAE, only with an external one
+        "VAE": model.vae[0] if model.vae else None,
         "Variation seed": subseed,
         "Variation seed strength": f"{request.subseed_strength:g}" if subseed is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1

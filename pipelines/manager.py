@@ -45,6 +45,7 @@ from pipelines.prompts.embeddings import EmbeddingLibrary
 from pipelines.prompts.styles import STYLES_FILE, StyleLibrary
 from pipelines.prompts.tokens import TokenCount, count_tokens, prompt_tokenizer
 from pipelines.vae import VAE_CHOICES, resolve_vae_dtype
+from pipelines.vae_files import VaeLibrary, find_vae
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
 from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_hash, scan_loras
@@ -127,6 +128,7 @@ class KeptLatents:
     seeds: list[int]
     images: list  # the PIL images first decoded from them, to compare a re-decode against
     vae_label: str
+    vae_path: Path | None = None  # the external VAE they were decoded with (A1111's SD VAE); None: the model's own
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class PipelineManager:
         self.last_vae_dtype: str | None = None
         self.vae_forced_fp32 = False  # set by a NaN fallback when the fallback is sticky
         self.prompt_memo = MemoCache("prompt embeddings", config.prompt_memo_policy, config.prompt_memo_entries)
+        self.vaes = VaeLibrary()  # external VAEs (models/VAE), A1111's SD VAE
         self.embeddings = EmbeddingLibrary(Path(config.models_dir) / "embeddings", config.allow_pickle)  # textual inversions
         self.styles = StyleLibrary(config.styles_file or Path(config.models_dir) / STYLES_FILE)  # prompt styles
         self._approximate_cache: ApproximateCache | None = None
@@ -412,6 +415,7 @@ class PipelineManager:
                 check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
         check_hires(validated.request, self.config.models_dir, self.config.allow_pickle)  # before the model loads
+        vae_path = find_vae(validated.request.vae, self.config.models_dir, self.config.allow_pickle)  # likewise
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
         if telemetry:
@@ -425,12 +429,13 @@ class PipelineManager:
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
             lora_steps: list[float] = []  # filled after the run, for the fuse policy
-            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model:
+            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model, \
+                    self._chosen_vae(model, vae_path, clock) as model:
                 output = run_plan(self._plan(model, validated, options, bus, clock, face), record_batch)
                 lora_steps += output.step_seconds
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
-            kept = self._kept_latents(request.model, validated.request, output)
+            kept = self._kept_latents(request.model, validated.request, output, vae_path)
         devices.trim_host_heap()
         self._note_vae_fallback(output)
         peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
@@ -451,6 +456,28 @@ class PipelineManager:
             hook_stats=output.hook_stats,
             kept_latents=kept,
         )
+
+    @contextmanager
+    def _chosen_vae(self, model: LoadedModel, path: Path | None, clock: StageClock | None = None) -> Iterator[LoadedModel]:
+        """A1111's SD VAE: the external VAE replaces the model's own for this run (same device and dtype), then the
+        model's own is put back whatever happens and the external one goes back to RAM. Yields the model with the
+        VAE's name and A1111's hash of its file, for the infotext."""
+        if path is None:
+            yield model
+            return
+        own = model.pipe.vae
+        with clock.stage("model load") if clock is not None else nullcontext() as info:
+            external, kept = self.vaes.get(path, own, self.config.allow_pickle)
+            external.to(device=own.device, dtype=own.dtype)
+            digest = model_hash(path, Path(self.config.cache_dir) / "hashes.json") if path.is_file() else None
+            if info is not None:  # after the model's own load note, in the same stage
+                info["detail"] = "; ".join(filter(None, [clock.details.get("model load", ""), f"VAE {path.name} from {'RAM' if kept else 'disk'}"]))
+        model.pipe.vae = external
+        try:
+            yield dataclasses.replace(model, vae=(path.name, digest))
+        finally:
+            model.pipe.vae = own
+            external.to("cpu")
 
     def _run_options(self, request: GenerationRequest, telemetry: bool, cancel: CancelToken | None, reuse_latents: bool) -> RunOptions:
         return RunOptions(
@@ -483,7 +510,7 @@ class PipelineManager:
         return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), hires, VaeDecode(), PasteBack(), FaceDetail(self.face)],
                               finish=[Save()], steps_per_batch=steps)
 
-    def _kept_latents(self, name: str, request: GenerationRequest, output) -> KeptLatents | None:
+    def _kept_latents(self, name: str, request: GenerationRequest, output, vae_path: Path | None) -> KeptLatents | None:
         """The last batch's final latents, for Re-decode (kept by the caller, per browser session)."""
         if output.last_latents is None:
             return None
@@ -491,7 +518,7 @@ class PipelineManager:
         width, height = output.latent_size
         # Re-decode compares against what these latents first decoded to: the picture before any face detailer.
         return KeptLatents(name, output.last_latents, height, width, [img.seed for img in last],
-                           [img.image if img.before_detail is None else img.before_detail for img in last], output.vae_label)
+                           [img.image if img.before_detail is None else img.before_detail for img in last], output.vae_label, vae_path)
 
     def _note_vae_fallback(self, output) -> None:
         self.last_vae_dtype = output.vae_label
@@ -589,7 +616,7 @@ class PipelineManager:
             raise InvalidRequest("Nothing to re-decode yet: generate an image first.")
         if vae_dtype not in VAE_CHOICES:
             raise InvalidRequest(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {vae_dtype!r}.")
-        with self._generation_lock, self.use(kept.model) as model:
+        with self._generation_lock, self.use(kept.model) as model, self._chosen_vae(model, kept.vae_path) as model:
             devices.synchronize(self.device)
             start = time.perf_counter()
             images, outcome = decode_latents(model, kept.latents.to(self.device), kept.height, kept.width, self._vae_settings(vae_dtype))

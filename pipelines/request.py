@@ -85,6 +85,9 @@ class GenerationRequest:
     # Its LoRA tags are not read: the LoRAs of the main prompt stay applied for the whole run.
     hires_prompt: str = ""
     hires_negative_prompt: str = ""
+    # A1111's "SD VAE": a VAE file from models/VAE decodes and encodes instead of the model's own (pipelines/vae_files.py);
+    # "Automatic" (or "None") = the model's own.
+    vae: str = "Automatic"
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -222,6 +225,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     problems += variation
     warnings += variation_notes
     problems += tiling_problems(request, family)
+    if not isinstance(request.vae, str) or not request.vae.strip():
+        problems.append(f"VAE must be a VAE's name (or Automatic), got {shown(request.vae)}.")
     if not is_name_list(request.styles):
         problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
     clip_skip = request.clip_skip

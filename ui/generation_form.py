@@ -27,6 +27,7 @@ from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATC
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
 from pipelines.samplers import sampler_names
 from pipelines.upscale import list_upscalers
+from pipelines.vae_files import VAE_AUTOMATIC, vae_names
 from pipelines.vae import VAE_CHOICES
 from ui import inputs
 from ui.last_used import vae_rule_info
@@ -213,6 +214,16 @@ def wire_styles(manager: PipelineManager, controls: StyleControls, prompt: gr.Te
                          api_visibility="private", queue=False)
 
 
+def vae_dropdown(manager: PipelineManager, chosen: str, prefix: str = "") -> gr.Dropdown:
+    """A1111's SD VAE: Automatic (the model's own) or a file of models/VAE; the list is read again each time it opens."""
+    names = vae_names(manager.config.models_dir, manager.config.allow_pickle)
+    dropdown = gr.Dropdown(names, value=chosen if chosen in names else VAE_AUTOMATIC, label="SD VAE", scale=1,
+                           info="Automatic = the model's own; files from models/VAE", elem_id=f"{prefix}vae")
+    dropdown.focus(lambda value: gr.Dropdown(choices=vae_names(manager.config.models_dir, manager.config.allow_pickle)), dropdown, dropdown,
+                   queue=False, api_visibility="private")
+    return dropdown
+
+
 def sampling_fields(manager: PipelineManager, settings, last: dict, family: Family, start: StartingValues,
                     prefix: str = "") -> tuple[dict, gr.Button, gr.Button]:
     """Steps, CFG, size, sampler, seed, batch, VAE precision and the cache panels."""
@@ -246,8 +257,10 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
                                   info="SD 1.5; 1 = last layer", elem_id=f"{prefix}clip_skip")
         tiling = gr.Checkbox(value=bool(last.get("tiling", False)), label="Tiling", info="a picture that repeats seamlessly (SD 1.5, SDXL)",
                              elem_id=f"{prefix}tiling")
-    vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision",
-                         info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()), elem_id=f"{prefix}vae_dtype")
+    with gr.Row():
+        vae_dtype = gr.Radio(list(VAE_CHOICES), value=settings.vae_dtype, label="VAE precision", scale=3,
+                             info=vae_rule_info(settings.vae_dtype, manager.vae_auto_brief()), elem_id=f"{prefix}vae_dtype")
+        vae = vae_dropdown(manager, last.get("vae", VAE_AUTOMATIC), prefix)
     with gr.Accordion("DeepCache (SD 1.5 / SDXL)", open=False):
         with gr.Row():
             deepcache_interval = inputs.Slider(1, 10, value=last.get("deepcache_interval", 1), step=1, label="Interval N (1 = off)",
@@ -273,7 +286,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
-              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling}
+              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling, "vae": vae}
     return fields, random_seed, reuse_seed
 
 

@@ -15,6 +15,7 @@ from pipelines.manager import PipelineManager
 from pipelines.samplers import sampler_from_infotext
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
+from pipelines.vae_files import VAE_AUTOMATIC, find_vae
 
 NO_PARAMETERS = "This image carries no generation parameters (no A1111 `parameters` text chunk or EXIF comment)."
 
@@ -45,14 +46,14 @@ def parameter_rows(parsed: dict) -> list[list[str]]:
 
 
 # Infotext keys that describe a run rather than set it: nothing to apply, listed as "recorded only".
-RECORD_ONLY = ("Model hash", "Version", "Stage times", "Caches", "Denoiser dtype", "Face hash", "Lora hashes", "TI hashes")
+RECORD_ONLY = ("Model hash", "VAE hash", "Version", "Stage times", "Caches", "Denoiser dtype", "Face hash", "Lora hashes", "TI hashes")
 # The form field each applied infotext key sets ("Denoising strength" only belongs to Generate with hires fix).
 KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "CFG scale": "cfg_scale", "Seed": "seed",
               "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
-              "Hires negative prompt": "hires_negative_prompt"}
+              "Hires negative prompt": "hires_negative_prompt", "VAE": "vae"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -107,9 +108,23 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
         else:
             notes.append(f"Model {parsed['Model']!r} is not installed; kept {current.get('model')!r}.")
     values |= hires_values(parsed, manager, notes)
+    values |= vae_values(parsed, manager, notes)
     if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
         notes += lora_hash_notes(parsed["Lora hashes"], manager)
     return values, notes
+
+
+def vae_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:
+    """The image's SD VAE if it is in models/VAE here; none written means the model's own (A1111's paste too)."""
+    name = parsed.get("VAE")
+    if name is None:
+        return {"vae": VAE_AUTOMATIC}
+    try:
+        path = find_vae(name, manager.config.models_dir, manager.config.allow_pickle)
+    except LikenessError:
+        notes.append(f"VAE {name!r} is not in {manager.config.models_dir / 'VAE'}; kept the one chosen.")
+        return {}
+    return {"vae": path.name if path is not None else VAE_AUTOMATIC}
 
 
 def hires_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:

@@ -80,6 +80,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("cfg_scale", "CFG scale", "float", field="cfg_scale"),
     Setting("clip_skip", "Clip skip", "int", field="clip_skip"),
     Setting("tiling", "Tiling", "bool", field="tiling"),
+    Setting("vae", "SD VAE", "text", field="vae"),
     Setting("seed", "Seed", "int", field="seed"),
     Setting("subseed", "Variation seed", "int", field="subseed"),
     Setting("subseed_strength", "Variation strength", "float", field="subseed_strength"),

@@ -15,6 +15,7 @@ from pipelines.request import conditioning_key
 from pipelines.samplers import seed_step_noise
 from pipelines.stages.prepare import EncodedPrompt
 from pipelines.telemetry import Notice, PreviewReady
+from pipelines.vae_files import OWN_VAE
 
 
 def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tuple = (), subseeds: list = ()):
@@ -27,6 +28,7 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", ""))
     key += (init_key,) if init_key else ()
+    key += (("vae", request.vae),) if init_key and request.vae not in OWN_VAE else ()  # it encoded the init image
     key += conditioning_key(request)
     return key + ((("variation", tuple(subseeds), request.subseed_strength),) if request.subseed_strength > 0 else ())
 

@@ -39,6 +39,7 @@ from pipelines.outputs import png_with_parameters
 from pipelines.request import GenerationRequest, GenerationResult, shown
 from pipelines.samplers import find_sampler, sampler_names
 from pipelines.vae import VAE_CHOICES
+from pipelines.vae_files import VAE_AUTOMATIC, find_vae
 from pipelines.extras import UpscaleRequest, UpscaleResult
 from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest, _ExtrasBase
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
@@ -100,6 +101,7 @@ class ApiDefaults:
     model: str
     vae_dtype: str = "auto"
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers
+    vae: str = VAE_AUTOMATIC  # A1111's sd_vae: Automatic or a file of models/VAE
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Prepared:
     keep_model: bool = False  # override_settings_restore_afterwards=false with sd_model_checkpoint: it stays the default
     keep_vae: bool = False
     keep_clip_skip: bool = False
+    keep_sd_vae: bool = False
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         warnings.append("LoRA tags in the negative prompt are not applied (as in A1111, LoRAs come from the prompt).")
 
     prepared = Prepared(GenerationRequest(model=defaults.model, prompt=""), warnings=warnings)
-    model, vae_dtype, clip_skip = defaults.model, defaults.vae_dtype, defaults.clip_skip
+    model, vae_dtype, clip_skip, vae = defaults.model, defaults.vae_dtype, defaults.clip_skip, defaults.vae
     overrides = body.override_settings or {}
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
@@ -302,8 +305,9 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
                 raise InvalidRequest(f"override_settings.{key} must be one of {', '.join(VAE_CHOICES)}, got {shown(value)}.")
             vae_dtype = value
             prepared.keep_vae = not body.override_settings_restore_afterwards
-        elif key == "sd_vae" and value in ("Automatic", "None", None):
-            pass  # the model's own VAE: what Likeness always uses
+        elif key == "sd_vae":
+            vae = api_vae(manager, value, f"override_settings.{key}")
+            prepared.keep_sd_vae = not body.override_settings_restore_afterwards
         elif key == "CLIP_stop_at_last_layers" and value is not None:
             clip_skip = value  # the request's check names a value that is not 1-12
             prepared.keep_clip_skip = not body.override_settings_restore_afterwards
@@ -346,7 +350,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
         styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
         subseed=-1 if body.subseed is None else body.subseed, subseed_strength=body.subseed_strength or 0.0,
-        tiling=False if body.tiling is None else body.tiling,
+        tiling=False if body.tiling is None else body.tiling, vae=vae,
     )
     fields |= detailer_fields(body, warnings)
     if isinstance(body, Img2ImgRequest):
@@ -570,8 +574,8 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
         "face_restoration_model": None,
         "sd_model_name": parsed.get("Model", request.model if request else None),
         "sd_model_hash": parsed.get("Model hash"),
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": parsed.get("VAE"),
+        "sd_vae_hash": parsed.get("VAE hash"),
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": body.denoising_strength,
@@ -588,6 +592,20 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
     if result is not None:
         info["likeness"] = {k: v for k, v in result.summary().items() if k not in ("images", "infotexts", "request")}
     return json.dumps(info, default=str)
+
+
+def api_vae(manager, value, what: str) -> str:
+    """A1111's sd_vae value as Likeness's VAE name: Automatic/None/null = the model's own; a file of models/VAE
+    (by file name or stem); InvalidRequest listing the files otherwise."""
+    if value is None:
+        return VAE_AUTOMATIC
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be a VAE's name, got {shown(value)}.")
+    try:
+        path = find_vae(value, manager.config.models_dir, manager.config.allow_pickle)
+    except ModelNotFound as error:
+        raise InvalidRequest(f"{what}: {error}") from None
+    return path.name if path is not None else VAE_AUTOMATIC
 
 
 # -- extras: upscale a finished picture ---------------------------------------------------------------

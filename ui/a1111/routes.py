@@ -42,6 +42,7 @@ from pipelines.jobs import tagged
 from pipelines.request import MAX_CLIP_SKIP
 from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
+from pipelines.vae_files import vae_files
 from ui.a1111 import mapping, models
 from ui.jobs import Job, board_for
 
@@ -231,8 +232,9 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         return None
 
     @router.get("/sd-vae")
-    async def sd_vae():
-        return []  # each model decodes with its own VAE; precision is the `likeness_vae_dtype` option
+    async def sd_vae():  # A1111 lists the files of models/VAE ("Automatic" and "None" are options, not files)
+        files = await anyio.to_thread.run_sync(vae_files, Path(manager.config.models_dir), manager.config.allow_pickle)
+        return [{"model_name": name, "filename": str(path)} for name, path in files.items()]
 
     @router.get("/samplers", response_model=list[models.SamplerItem])
     async def samplers():
@@ -359,6 +361,8 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
             context.defaults.vae_dtype = prepared.request.vae_dtype
         if prepared.keep_clip_skip:
             context.defaults.clip_skip = prepared.request.clip_skip
+        if prepared.keep_sd_vae:
+            context.defaults.vae = prepared.request.vae
     warnings = prepared.warnings + (result.warnings if result else []) + notes
     encoded = [mapping.encode_png(item.image, item.infotext) for item in images] if body.send_images else []
     if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
@@ -432,7 +436,7 @@ def current_options(context: ApiContext) -> dict:
     return {
         "sd_model_checkpoint": title,
         "sd_checkpoint_hash": sha,
-        "sd_vae": "Automatic",
+        "sd_vae": defaults.vae,
         "CLIP_stop_at_last_layers": defaults.clip_skip,
         "show_progress_every_n_steps": preview,
         "live_previews_enable": preview > 0,
@@ -477,8 +481,9 @@ def apply_options(context: ApiContext, req: dict) -> dict:
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{key} must be true or false, got {value!r}.")
             changes.append(lambda key=key, value=value: setattr(manager.config, key.removeprefix("likeness_"), value))
-        elif key == "sd_vae" and value in ("Automatic", "None"):
-            pass
+        elif key == "sd_vae":
+            vae = mapping.api_vae(manager, value, key)
+            changes.append(lambda vae=vae: setattr(defaults, "vae", vae))
         elif key == "CLIP_stop_at_last_layers":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIP_SKIP:
                 raise InvalidRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}.")
