@@ -181,14 +181,14 @@ def upscale_picture(request: UpscaleRequest, context: UpscaleContext, progress: 
     plan = plan_upscale(request, context.models_dir, context.allow_pickle)
     start = time.perf_counter()
     notes: list[str] = []
-    source = request.image
+    source = upscalable(request.image)
     if plan.first is None:
         notes.append("Upscaler 1 is None: the picture is unchanged.")
         picture = source.copy()
     else:
         picture = _run_upscalers(source, plan, request.upscaler_2_visibility, context, progress, cancel)
     postprocessing = plan.postprocessing(request) if plan.first is not None else ""
-    parameters = read_parameters(source)
+    parameters = read_parameters(request.image)
     result = UpscaleResult(picture, postprocessing, parameters, None, time.perf_counter() - start, context.device.type, notes)
     if request.save:
         try:
@@ -198,6 +198,15 @@ def upscale_picture(request: UpscaleRequest, context: UpscaleContext, progress: 
         except OutputError as error:
             notes.append(str(error))
     return result
+
+
+def upscalable(image: Image.Image) -> Image.Image:
+    """RGB, or RGBA when the picture has transparency: a palette or greyscale picture would be resized without
+    Lanczos (PIL uses Nearest for palettes) and could not be blended with an ESRGAN net's RGB output."""
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    transparent = image.mode in ("LA", "PA", "La") or "transparency" in image.info
+    return image.convert("RGBA" if transparent else "RGB")
 
 
 def _run_upscalers(source: Image.Image, plan: UpscalePlan, visibility: float, context: UpscaleContext,

@@ -181,3 +181,12 @@ def test_an_unwritable_outputs_folder_is_a_note_and_the_picture_is_still_given(m
     result = manager.upscale(UpscaleRequest(noise_image(8, 8), scale=2))
     assert result.path is None and result.image.size == (16, 16)
     assert len(result.notes) == 1 and result.notes[0].startswith("Could not save the image in")
+
+
+def test_a_palette_picture_is_upscaled_as_rgb_and_blends_with_a_net(manager):
+    palette = noise_image(24, 16, seed=9).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    result = manager.upscale(UpscaleRequest(palette, upscaler="Lanczos", scale=2, upscaler_2="tiny_x4", upscaler_2_visibility=0.5, save=False))
+    rgb = palette.convert("RGB")
+    models = manager.config.models_dir
+    expected = Image.blend(rgb.resize((48, 32), Image.Resampling.LANCZOS), upscale_image(rgb, 2, "tiny_x4", models), 0.5)
+    assert result.image.mode == "RGB" and np.array_equal(pixels(result.image), pixels(expected))
