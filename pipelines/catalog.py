@@ -88,6 +88,14 @@ def family_of_diffusers_folder(path: Path) -> tuple[Family | None, str | None]:
     return family, None
 
 
+def models_subfolder(models_dir: Path, name: str) -> Path | None:
+    """`models_dir/<name>` in any capitalization (A1111's `ESRGAN`, `VAE`...), or None when there is none."""
+    try:
+        return next((p for p in sorted(Path(models_dir).iterdir()) if p.is_dir() and p.name.lower() == name.lower()), None)
+    except OSError:
+        return None
+
+
 def scan_models_folder(models_dir: Path, allow_pickle: bool = False) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     if not models_dir.is_dir():

@@ -176,9 +176,10 @@ class UpscaleContext:
 
 
 def upscale_picture(request: UpscaleRequest, context: UpscaleContext, progress: TileProgress | None = None,
-                    cancel: CancelToken | None = None) -> UpscaleResult:
-    """Run `request` (checked by `plan_upscale`); GenerationCancelled when `cancel` is set between tiles."""
-    plan = plan_upscale(request, context.models_dir, context.allow_pickle)
+                    cancel: CancelToken | None = None, plan: UpscalePlan | None = None) -> UpscaleResult:
+    """Run `request` (checked by `plan_upscale`, unless the caller passes the plan it made); GenerationCancelled when
+    `cancel` is set between tiles."""
+    plan = plan or plan_upscale(request, context.models_dir, context.allow_pickle)
     start = time.perf_counter()
     notes: list[str] = []
     source = upscalable(request.image)

@@ -467,9 +467,8 @@ class PipelineManager:
             return
         own = model.pipe.vae
         with clock.stage("model load") if clock is not None else nullcontext() as info:
-            external, kept = self.vaes.get(path, own, self.config.allow_pickle)
+            external, digest, kept = self.vaes.get(path, own, Path(self.config.cache_dir) / "hashes.json")
             external.to(device=own.device, dtype=own.dtype)
-            digest = model_hash(path, Path(self.config.cache_dir) / "hashes.json") if path.is_file() else None
             if info is not None:  # after the model's own load note, in the same stage
                 info["detail"] = "; ".join(filter(None, [clock.details.get("model load", ""), f"VAE {path.name} from {'RAM' if kept else 'disk'}"]))
         model.pipe.vae = external
@@ -629,13 +628,13 @@ class PipelineManager:
         """Extras: upscale a finished picture on this process's device, one GPU job at a time with the generations.
         Refused (InvalidRequest) before it waits for the device when a field is wrong."""
         config = self.config
-        plan_upscale(request, Path(config.models_dir), config.allow_pickle)
+        plan = plan_upscale(request, Path(config.models_dir), config.allow_pickle)
         context = UpscaleContext(Path(config.models_dir), Path(config.outputs_dir), self.device,
                                  devices.denoiser_dtype(self.device, Family.SD15.value), config.allow_pickle)
         with self._jobs.track(request) as started, self._generation_lock:
             started()
             with StageClock(self.bus, self.device).stage("upscale"):
-                return upscale_picture(request, context, progress, cancel)
+                return upscale_picture(request, context, progress, cancel, plan)
 
     def merge(self, request: MergeRequest, progress: KeyProgress | None = None, cancel: CancelToken | None = None) -> MergeResult:
         """Checkpoint merger: a new single-file model from two or three (`pipelines.merge`), on the CPU and

@@ -73,9 +73,6 @@ class MergePlan:
     c: ModelEntry | None
     file_name: str
 
-    def parts(self) -> list[ModelEntry]:
-        return [entry for entry in (self.a, self.b, self.c) if entry is not None]
-
 
 def default_name(request: MergeRequest) -> str:
     """A1111's: `A_0.7-B_0.3-Weighted_sum-merged` (A's name alone for No interpolation)."""

@@ -19,23 +19,21 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-
+from pipelines.catalog import models_subfolder
+from pipelines.checkpoints import PICKLE_SUFFIXES
 from pipelines.errors import ModelLoadError, ModelNotFound
+from pipelines.face.weight_files import read_torch_file
+from pipelines.hashes import model_hash
 
 VAE_FOLDER = "VAE"
 VAE_AUTOMATIC = "Automatic"  # the model's own VAE
 VAE_NONE = "None"  # A1111's other name for it
 OWN_VAE = (VAE_AUTOMATIC, VAE_NONE)
-PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")
 KEPT_IN_RAM = 2
 
 
 def vae_folder(models_dir: Path) -> Path | None:
-    try:
-        return next((p for p in sorted(Path(models_dir).iterdir()) if p.is_dir() and p.name.lower() == VAE_FOLDER.lower()), None)
-    except OSError:
-        return None
+    return models_subfolder(models_dir, VAE_FOLDER)
 
 
 def vae_files(models_dir: Path, allow_pickle: bool = False) -> dict[str, Path]:
@@ -43,7 +41,7 @@ def vae_files(models_dir: Path, allow_pickle: bool = False) -> dict[str, Path]:
     folder = vae_folder(models_dir)
     if folder is None:
         return {}
-    suffixes = (".safetensors",) + (PICKLE_SUFFIXES if allow_pickle else ())
+    suffixes = (".safetensors", *(PICKLE_SUFFIXES if allow_pickle else ()))
     found: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in suffixes and not _inside_diffusers_folder(path, folder):
@@ -76,18 +74,7 @@ def find_vae(name, models_dir: Path, allow_pickle: bool = False) -> Path | None:
     return path
 
 
-def _state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if not allow_pickle:
-        raise ModelLoadError(f"{path.name} is a pickle file; turn on Allow pickle checkpoints in Settings to load it.")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    return loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-
-
-def load_vae(path: Path, like, allow_pickle: bool = False):
+def load_vae(path: Path, like):
     """The VAE at `path` as an AutoencoderKL with `like`'s config (the model's own VAE), float32 on the CPU."""
     from diffusers import AutoencoderKL
 
@@ -98,12 +85,11 @@ def load_vae(path: Path, like, allow_pickle: bool = False):
             raise ModelLoadError(f"The VAE folder {path.name} cannot be loaded: {error}") from None
         state = vae.state_dict()
     else:
-        try:
-            state = _state_dict(path, allow_pickle)
-        except ModelLoadError:
-            raise
-        except Exception as error:  # a truncated download, not a safetensors file
-            raise ModelLoadError(f"The VAE file {path.name} cannot be read ({error.__class__.__name__}: {error}).") from None
+        try:  # vae_files lists pickles only with Allow pickle checkpoints on
+            state = read_torch_file(path, "VAE")
+        except ModelLoadError as error:  # a truncated download, not a safetensors file
+            cause = error.__cause__ or error
+            raise ModelLoadError(f"The VAE file {path.name} cannot be read ({cause.__class__.__name__}: {cause}).") from None
         if not any(key.startswith("encoder.down_blocks.") for key in state):  # the original layout: diffusers converts it
             from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -120,22 +106,25 @@ def load_vae(path: Path, like, allow_pickle: bool = False):
 
 
 class VaeLibrary:
-    """Loaded external VAEs, the last KEPT_IN_RAM, keyed by file and the model VAE's config (the same file loads per family)."""
+    """Loaded external VAEs, the last KEPT_IN_RAM, keyed by file and the model VAE's config (the same file loads per
+    family), each with A1111's hash of its file (computed once, when it is read)."""
 
     def __init__(self):
         self._kept: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, like, allow_pickle: bool = False):
+    def get(self, path: Path, like, hash_file: Path) -> tuple[object, str | None, bool]:
+        """(the VAE, its file's hash or None for a folder, whether it was in RAM already)."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, repr(sorted(dict(like.config).items())))
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
-                return self._kept[key], True
-        vae = load_vae(path, like, allow_pickle)
+                return (*self._kept[key], True)
+        vae = load_vae(path, like)
+        digest = model_hash(path, hash_file) if path.is_file() else None
         with self._lock:
-            self._kept[key] = vae
+            self._kept[key] = (vae, digest)
             while len(self._kept) > KEPT_IN_RAM:
                 self._kept.popitem(last=False)
-        return vae, False
+        return vae, digest, False

@@ -287,8 +287,7 @@ class WorkerPool:
         job.slot.in_flight -= 1
         self._running.pop(job.id, None)
         job.slot = None
-        self._hand_out_idle_workers()
-        self._freed.notify_all()
+        self._hand_out_idle_workers()  # wakes the threads of the jobs it hands a worker to
 
     def _line(self) -> list[_PoolJob]:
         return sorted(self._waiting, key=lambda job: job.line_key)

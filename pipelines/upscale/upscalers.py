@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.catalog import models_subfolder
 from pipelines.devices import free_device_memory
 from pipelines.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from pipelines.upscale.esrgan import ESRGAN_SUFFIXES, inspect_esrgan, load_esrgan
@@ -67,10 +68,7 @@ class UpscalerChoice:
 
 def esrgan_folder(models_dir: Path) -> Path | None:
     """`models_dir/ESRGAN` (any case), or None when there is none."""
-    try:
-        return next((p for p in sorted(Path(models_dir).iterdir()) if p.is_dir() and p.name.lower() == ESRGAN_FOLDER.lower()), None)
-    except OSError:
-        return None
+    return models_subfolder(models_dir, ESRGAN_FOLDER)
 
 
 def _candidate_files(models_dir: Path) -> list[Path]:
