@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipelines.errors import GenerationCancelled, InvalidRequest, ModelNotFound
+from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError, ModelNotFound
 from pipelines.generate import CancelToken
 from pipelines.merge import MergeRequest
 from tests.ldm_layout import export_ldm_checkpoint
@@ -180,3 +180,24 @@ def test_tensors_only_a_has_are_kept_and_named(manager):
     assert result.notes[0] == f"1 of {result.tensors} tensors are not in every model and were kept as A's (e.g. {extra})."
     plain = manager.merge(MergeRequest("a", "b", name="plain"))
     assert not any("not in every model" in note for note in plain.notes)
+
+
+def test_a_name_that_is_not_text_is_refused(manager):
+    with pytest.raises(InvalidRequest, match="The new model's name must be text, got 3."):
+        manager.merge(MergeRequest("a", "b", name=3))
+
+
+@pytest.mark.parametrize("error, message", [
+    (FileExistsError(17, "taken"), "appeared while merging; choose another name (nothing was overwritten)."),
+    (OSError(28, "No space left on device"), "Could not write the merged model in"),
+])
+def test_a_name_taken_meanwhile_or_a_full_disk_is_a_message(manager, monkeypatch, error, message):
+    def failing_write(folder, names, write):
+        raise error
+
+    monkeypatch.setattr("pipelines.merge.write_new", failing_write)
+    with pytest.raises(LikenessError) as refused:
+        manager.merge(MergeRequest("a", "b", name="never"))
+    assert message in str(refused.value)
+    if error.errno == 28:
+        assert "the disk is full. Nothing was written." in str(refused.value)

@@ -97,3 +97,10 @@ def test_img2img_with_an_external_vae_is_its_own_exact_repeat(make_manager, vae_
     assert manager.generate(img2img).cache_notes.get("latent cache") == "hit: denoising skipped"  # a true repeat
     other = manager.generate(dataclasses.replace(img2img, vae="warm-ldm.safetensors"))
     assert other.cache_notes["latent cache"] == "miss"  # the init image was encoded by another VAE: not a repeat
+
+
+def test_a_vae_that_is_not_a_name_is_refused_by_the_request_check(manager):
+    from pipelines.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=r"VAE must be a VAE's name \(or Automatic\), got 3."):
+        manager.generate(tiny_request(save=False, vae=3))
