@@ -59,10 +59,11 @@ def upload_to_editor(page, path: Path, tries: int = 3) -> None:
         page.locator("#i2i_editor input[type=file]").set_input_files(str(path))
         try:
             page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')",
-                                   timeout=10000 if attempt < tries - 1 else 30000)
+                                   timeout=20000 if attempt < tries - 1 else 30000)
             break
         except PlaywrightTimeout:
-            continue
+            if attempt == tries - 1:  # say so here, not later as an unrelated "add a picture first"
+                raise AssertionError(f"the inpaint editor dropped the picture {tries} times (a loaded machine)") from None
     wait_idle(page, "i2i_editor")
 
 
