@@ -48,12 +48,23 @@ def pixels(text: str) -> int:
     return value
 
 
+def schedule_type(text: str) -> str:
+    """--schedule-type: one of ours, by label or A1111's name ("SGM Uniform", "sgm_uniform")."""
+    from pipelines.choices import SCHEDULE_TYPES
+    from pipelines.samplers import find_schedule_type
+
+    found = find_schedule_type(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a schedule type; use one of: {', '.join(SCHEDULE_TYPES)}")
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.bench import SUITES
     from pipelines.choices import MERGE_METHODS, VAE_CHOICES
     from pipelines.demo import DEFAULT_CFG as DEMO_CFG
     from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, GenerationRequest
-    from pipelines.samplers import ALL_SAMPLER_NAMES
+    from pipelines.samplers import SAMPLER_NAMES
 
     common = common_options()
     parser = argparse.ArgumentParser(prog="app.py", description="Likeness", parents=[common])
@@ -84,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how far each image's noise turns toward its variation seed's, 0-1 (0 = off; SD 1.5 and SDXL text-to-image)")
     gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")
     gen.add_argument("--height", type=pixels, default=None)
-    gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(ALL_SAMPLER_NAMES)}")
+    gen.add_argument("--sampler", default=None,
+                     help=f"one of: {', '.join(SAMPLER_NAMES)} (A1111's older names such as 'DPM++ 2M Karras' work too)")
+    gen.add_argument("--schedule-type", type=schedule_type, default="Automatic", metavar="TYPE",
+                     help="A1111's Schedule type: Automatic (the sampler's default: Karras for DPM++ 2M), Uniform, Karras, "
+                          "Exponential, SGM Uniform (for Lightning/Hyper/Turbo models), Beta")
     gen.add_argument("--clip-skip", type=int, default=1, metavar="N",
                      help="SD 1.5: read the prompt from the text encoder's Nth layer from the end, as A1111's Clip skip (1 = last, 1-12)")
     gen.add_argument("--vae", default="Automatic", metavar="NAME",

@@ -18,3 +18,6 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 # Checkpoint merger: A1111's interpolation methods, in its order (pipelines/merge.py says how each works).
 MERGE_METHODS = ("Weighted sum", "Add difference", "No interpolation")
+# A1111's "Schedule type" (the spacing of the noise levels a sampler steps through), those diffusers can make, in
+# A1111's order. Automatic = the sampler's own default (pipelines/samplers.py says what each sets).
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")

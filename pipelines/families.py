@@ -59,7 +59,7 @@ FAMILY_SPECS: dict[Family, FamilySpec] = {
         latent_channels=4,
         default_steps=25,
         default_cfg=6.0,
-        default_sampler="DPM++ 2M Karras",
+        default_sampler="DPM++ 2M",  # with the Automatic schedule type: Karras, as in A1111
         preview_rgb=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
         tiny_autoencoder="taesdxl",
     ),

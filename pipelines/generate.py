@@ -226,12 +226,12 @@ def save_batch(batch: list[GeneratedImage], outputs_dir: str, warn) -> None:
 def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stage_seconds: dict, cache_notes: dict | None = None,
                     subseed: int | None = None) -> dict:
     """A1111's keys first (in its order), then Likeness's own; `subseed`: this image's variation seed, if any."""
-    sampler = find_sampler(model.family, request.sampler)
+    sampler_name, schedule = find_sampler(model.family, request.sampler).infotext(request.schedule_type)
     stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items() if name != "save")
     return {
         "Steps": request.steps,
-        "Sampler": sampler.infotext_sampler,
-        "Schedule type": sampler.infotext_schedule,
+        "Sampler": sampler_name,
+        "Schedule type": schedule,
         "CFG scale": f"{request.cfg_scale:g}",
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
-from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, VAE_CHOICES
+from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES, VAE_CHOICES
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
 from pipelines.lora.tags import LoraSyntaxError, extract_lora_tags
-from pipelines.samplers import find_sampler, sampler_names
+from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler, sampler_names, split_sampler_name
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150  # A1111's slider limit
@@ -88,6 +88,9 @@ class GenerationRequest:
     # A1111's "SD VAE": a VAE file from models/VAE decodes and encodes instead of the model's own (pipelines/vae_files.py);
     # "Automatic" (or "None") = the model's own.
     vae: str = "Automatic"
+    # A1111's "Schedule type": how the sampler's noise levels are spaced (pipelines/choices.py SCHEDULE_TYPES).
+    # Automatic = the sampler's A1111 default (Karras for DPM++ 2M); validation puts in the one that runs.
+    schedule_type: str = "Automatic"
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -218,8 +221,11 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append(f"Seed must be a whole number (-1 for random), got {shown(request.seed)}.")
     elif not -1 <= request.seed <= MAX_SEED:
         problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
-    if not isinstance(request.sampler, str) or not _has_sampler(family, request.sampler):
+    if not isinstance(request.sampler, str) or not has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+        schedule = None
+    else:
+        schedule = validate_schedule(request, family, problems, warnings)
     whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
     variation, variation_notes, strength = validate_variation(request, family)
     problems += variation
@@ -287,14 +293,15 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if len(negative) > MAX_PROMPT_CHARS:
         warnings.append(f"The negative prompt was {len(negative):,} characters; only the first {MAX_PROMPT_CHARS:,} are used.")
         negative = negative[:MAX_PROMPT_CHARS]
-    sampler = find_sampler(family, request.sampler).name  # canonical spelling
+    sampler = find_sampler(family, request.sampler).name  # canonical spelling, an old combined name's sampler
     seed = request.seed
     if seed == -1:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     subseed = request.subseed
     if strength > 0 and subseed == -1:
         subseed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
-    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, approximate_cache=approximate, clip_skip=clip_skip,
+    cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
+                      approximate_cache=approximate, clip_skip=clip_skip,
                       subseed=subseed, subseed_strength=float(strength))
     return ValidatedRequest(cleaned, seed, tuple(warnings))
 
@@ -442,12 +449,24 @@ def validate_refine(request: GenerationRequest) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
-def _has_sampler(family: Family, name: str) -> bool:
-    try:
-        find_sampler(family, name)
-    except KeyError:
-        return False
-    return True
+def validate_schedule(request: GenerationRequest, family: Family, problems: list[str], warnings: list[str]) -> str | None:
+    """The schedule type that runs (Automatic made the sampler's default), or None after adding a problem. An old
+    combined sampler name ("DPM++ 2M Karras") brings its own, and wins over another, as in A1111."""
+    sampler = find_sampler(family, request.sampler)
+    chosen = find_schedule_type(request.schedule_type)
+    if chosen is None:
+        problems.append(f"Schedule type must be one of: {', '.join(SCHEDULE_TYPES)}; got {shown(request.schedule_type)}.")
+        return None
+    _base, from_name = split_sampler_name(request.sampler)
+    if from_name is not None:
+        if chosen not in (AUTOMATIC, from_name):
+            warnings.append(f"Sampler {request.sampler} names its schedule type; {from_name} was used, not {chosen}.")
+        chosen = from_name
+    if chosen not in sampler.schedules:
+        problems.append(f"Schedule type {chosen} is not available with {sampler.name} (diffusers' scheduler for it has no such "
+                        f"spacing); choose one of: {', '.join(sampler.schedules)}.")
+        return None
+    return sampler.resolve(chosen)
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Sampler names users know (A1111 spelling) mapped to diffusers schedulers.
+"""Sampler names users know (A1111 spelling) mapped to diffusers schedulers, and A1111's "Schedule type".
+
+A1111 (1.9 on) names a sampler ("DPM++ 2M") and, apart, the noise schedule it steps through ("Karras"); its
+"Automatic" schedule is the sampler's own default (Karras for DPM++ 2M). Here each schedule type is the diffusers
+setting that makes the same spacing of noise levels, and the old combined names ("DPM++ 2M Karras") still work.
 
 The schedulers are named, not imported: this list is what every entry point checks a request against,
 and the CLI parser reads it before anything has imported diffusers (pipelines/choices.py says why)."""
@@ -6,7 +10,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.choices import SCHEDULE_TYPES
 from pipelines.families import Family
+
+AUTOMATIC = SCHEDULE_TYPES[0]
+# What each schedule type sets in a diffusers scheduler. Uniform is k-diffusion's `get_sigmas` (timesteps evenly spaced
+# from the last to the first, diffusers' "linspace"); SGM Uniform starts at the last timestep and leaves out the
+# first ("trailing": what SDXL Lightning, Hyper-SD and zero-terminal-SNR models are trained for). Karras, Exponential
+# and Beta (alpha = beta = 0.6, A1111's defaults and diffusers') space the noise levels between the model's smallest
+# and largest by their formulas.
+SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+# The formula schedules span the model's whole range of noise levels, as A1111's (its sigma_min and sigma_max are the
+# model's): diffusers' Euler-type schedulers take the range from the spaced timesteps, so the spacing that reaches
+# both ends (linspace) goes with them; the model's own ("leading" for SD 1.5 and SDXL) starts at a lower noise level.
+_WHOLE_RANGE = {"timestep_spacing": "linspace"}
+SCHEDULE_SETTINGS = {
+    "Uniform": {"timestep_spacing": "linspace"},
+    "Karras": _WHOLE_RANGE | {"use_karras_sigmas": True},
+    "Exponential": _WHOLE_RANGE | {"use_exponential_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Beta": _WHOLE_RANGE | {"use_beta_sigmas": True},  # diffusers computes it with scipy (installed with torchsde and insightface)
+}
+# A1111's other names for them (its API's `scheduler` takes the name or the label).
+SCHEDULE_ALIASES = {"automatic": AUTOMATIC, "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
+                    "sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform", "beta": "Beta"}
+# Which schedule types a diffusers scheduler can step through: all of them when it has the three sigma settings;
+# only the timestep spacings when it has none (Euler a, DDIM); LCM spaces its few steps by its own rule.
+ALL_SCHEDULES = SCHEDULE_TYPES
+SPACINGS_ONLY = (AUTOMATIC, "Uniform", "SGM Uniform")
+OWN_ONLY = (AUTOMATIC,)
+# The multistep solvers' "linspace" spaces n + 1 timesteps and leaves out the last, so it never reaches the model's
+# smallest noise level as A1111's Uniform does (it equals SGM Uniform there): offered without it.
+MULTISTEP_SCHEDULES = tuple(s for s in SCHEDULE_TYPES if s != "Uniform")
 
 
 @dataclass(frozen=True)
@@ -14,14 +49,33 @@ class Sampler:
     name: str
     scheduler: str  # the diffusers scheduler class
     overrides: dict = field(default_factory=dict)
-    infotext_sampler: str = ""  # A1111 writes the sampler and the schedule type as two keys
-    infotext_schedule: str = ""
+    # A1111's default for "Automatic" (its sampler's options["scheduler"]); Automatic: the model's own spacing.
+    default_schedule: str = AUTOMATIC
+    schedules: tuple = ALL_SCHEDULES
     model_calls: int = 1  # denoiser calls per step: 2 for the second-order samplers (Heun, DPM2, DPM++ SDE)
 
-    def make(self, base_config):
+    def resolve(self, schedule_type: str) -> str:
+        """The schedule that runs: Automatic becomes A1111's default for this sampler."""
+        return self.default_schedule if schedule_type == AUTOMATIC else schedule_type
+
+    def settings(self, schedule_type: str = AUTOMATIC) -> dict:
+        """The diffusers settings for this sampler on `schedule_type`, over the model's scheduler config. Every sigma
+        setting is given, so a model config that turns one on (a Karras config) does not lend it to another schedule."""
+        settings = dict(self.overrides)
+        if "Karras" in self.schedules:  # it has the sigma settings
+            settings |= {flag: False for flag in SIGMA_FLAGS}
+        return settings | SCHEDULE_SETTINGS.get(self.resolve(schedule_type), {})
+
+    def make(self, base_config, schedule_type: str = AUTOMATIC):
         import diffusers  # a model is loaded by now, so diffusers is too
 
-        return getattr(diffusers, self.scheduler).from_config(base_config, **self.overrides)
+        return getattr(diffusers, self.scheduler).from_config(base_config, **self.settings(schedule_type))
+
+    def infotext(self, schedule_type: str) -> tuple[str, str]:
+        """A1111's "Sampler" and "Schedule type" for a run: the schedule that ran (A1111 writes Karras, not Automatic)."""
+        if self.name == "Flow Euler":
+            return "Euler", "Simple"  # how Forge writes FLUX's flow-match Euler
+        return self.name, self.resolve(schedule_type)
 
 
 def seed_step_noise(scheduler, seeds: list[int]) -> None:
@@ -33,42 +87,36 @@ def seed_step_noise(scheduler, seeds: list[int]) -> None:
         scheduler.noise_sampler = None
 
 
+_DPMPP = {"algorithm_type": "dpmsolver++"}
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
 UNET_SAMPLERS = [
-    Sampler("Euler", "EulerDiscreteScheduler", {}, "Euler", "Automatic"),
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, "Euler a", "Automatic"),
+    Sampler("Euler", "EulerDiscreteScheduler"),
+    # diffusers' Euler a has no sigma settings: its noise levels follow the timestep spacing only.
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", schedules=SPACINGS_ONLY),
     # The algorithm is named: a model whose own scheduler config is an SDE DPM-Solver would otherwise lend it its own.
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}, "DPM++ 2M", "Automatic"),
-    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    # A1111's defaults: Karras for DPM++ 2M, DPM++ SDE and DPM2; Exponential for the SDE multistep ones.
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", _DPMPP, "Karras", MULTISTEP_SCHEDULES),
     # The SDE variants add seeded noise at each step (diffusers' own noise: A1111's torchsde Brownian tree draws other
     # images from the same seed).
-    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": False},
-            "DPM++ 2M SDE", "Automatic"),
-    Sampler("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
-            "DPM++ 2M SDE", "Karras"),
-    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": False}, "DPM++ 3M SDE", "Automatic"),
-    Sampler("DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}, "DPM++ 3M SDE", "Karras"),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, "Exponential", MULTISTEP_SCHEDULES),
+    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", _SDE | {"solver_order": 3}, "Exponential", MULTISTEP_SCHEDULES),
     # Second-order samplers: two denoiser calls a step (the readout counts steps, as A1111 does). DPM++ SDE's noise comes
     # from torchsde's Brownian tree, seeded with the image seeds (`seed_step_noise`).
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {"use_karras_sigmas": False}, "DPM++ SDE", "Automatic", 2),
-    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "DPM++ SDE", "Karras", 2),
-    Sampler("Heun", "HeunDiscreteScheduler", {"use_karras_sigmas": False}, "Heun", "Automatic", 2),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", {"use_karras_sigmas": False}, "DPM2", "Automatic", 2),
-    Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, "DPM2", "Karras", 2),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": False}, "DPM2 a", "Automatic", 2),
-    Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, "DPM2 a", "Karras", 2),
-    Sampler("LMS", "LMSDiscreteScheduler", {"use_karras_sigmas": False}, "LMS", "Automatic"),
-    Sampler("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, "LMS", "Karras"),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, "Karras", model_calls=2),
+    Sampler("Heun", "HeunDiscreteScheduler", model_calls=2),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", {}, "Karras", model_calls=2),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "Karras", model_calls=2),
+    Sampler("LMS", "LMSDiscreteScheduler"),
     # diffusers' DDIM clips its x0 guess to [-1, 1] unless the config says otherwise: latents are not
     # pixels (SD's official config says clip_sample false; an Euler config, as the demo's, says nothing).
     # A1111 never clips. Measured on the demo: background right 15 % with the clip, 100 % without.
-    Sampler("DDIM", "DDIMScheduler", {"clip_sample": False}, "DDIM", "Automatic"),
-    Sampler("UniPC", "UniPCMultistepScheduler", {}, "UniPC", "Automatic"),
+    Sampler("DDIM", "DDIMScheduler", {"clip_sample": False}, schedules=SPACINGS_ONLY),
+    Sampler("UniPC", "UniPCMultistepScheduler", schedules=MULTISTEP_SCHEDULES),
     # For LCM models and LoRAs (4-8 steps, CFG 1-2): a few steps instead of 20-30.
-    Sampler("LCM", "LCMScheduler", {}, "LCM", "Automatic"),
+    Sampler("LCM", "LCMScheduler", schedules=OWN_ONLY),
 ]
-FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", {}, "Euler", "Simple")]
+# FLUX.1's flow-match Euler with its resolution-dependent shift: the model's own schedule only.
+FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", schedules=OWN_ONLY)]
 
 
 def samplers_for(family: Family) -> list[Sampler]:
@@ -79,20 +127,71 @@ def sampler_names(family: Family) -> list[str]:
     return [s.name for s in samplers_for(family)]
 
 
-ALL_SAMPLER_NAMES = [s.name for s in UNET_SAMPLERS + FLOW_SAMPLERS]
+def find_schedule_type(text) -> str | None:
+    """Our schedule type for a label or A1111 name ("Karras", "karras", "sgm_uniform"); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    low = text.strip().lower()
+    for label in SCHEDULE_TYPES:
+        if low == label.lower():
+            return label
+    return SCHEDULE_ALIASES.get(low)
+
+
+def split_sampler_name(name: str) -> tuple[str, str | None]:
+    """A1111's old combined names: "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); a plain name -> (name, None)."""
+    for schedule in SCHEDULE_TYPES[1:]:
+        if name.lower().endswith(" " + schedule.lower()):
+            return name[:-len(schedule) - 1], schedule
+    return name, None
 
 
 def find_sampler(family: Family, name: str) -> Sampler:
+    """The sampler by name, any case; an old combined name ("DPM++ 2M Karras") finds its sampler ("DPM++ 2M")."""
+    base, _schedule = split_sampler_name(name)
     for sampler in samplers_for(family):
-        if sampler.name.lower() == name.lower():
+        if sampler.name.lower() == base.lower():
             return sampler
     raise KeyError(name)
 
 
-def sampler_from_infotext(sampler: str, schedule: str | None) -> str:
-    """'DPM++ 2M' + 'Karras' -> 'DPM++ 2M Karras': the name our sampler list uses."""
-    if schedule and schedule.lower() == "karras" and f"{sampler} Karras" in ALL_SAMPLER_NAMES:
-        return f"{sampler} Karras"
-    if sampler == "Euler" and schedule and schedule.lower() == "simple":
-        return "Flow Euler"  # how Forge writes FLUX's flow-match Euler
-    return sampler
+def has_sampler(family: Family, name) -> bool:
+    try:
+        find_sampler(family, name)
+    except (KeyError, AttributeError):  # AttributeError: not text
+        return False
+    return True
+
+
+def schedule_names(family: Family, sampler_name: str) -> list[str]:
+    """The schedule types a sampler can run (the UI's choices); every one when the sampler is not known."""
+    try:
+        return list(find_sampler(family, sampler_name).schedules)
+    except (KeyError, AttributeError):
+        return list(SCHEDULE_TYPES)
+
+
+SAMPLER_NAMES = [s.name for s in UNET_SAMPLERS + FLOW_SAMPLERS]
+# The old combined names A1111 (before 1.9) and earlier Likeness wrote; every entry point takes them too.
+LEGACY_SAMPLER_NAMES = ["DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 3M SDE Karras",
+                        "DPM++ 3M SDE Exponential", "DPM++ SDE Karras", "DPM2 Karras", "DPM2 a Karras", "LMS Karras"]
+
+
+def sampler_from_infotext(sampler: str, schedule: str | None) -> tuple[str, str, str | None]:
+    """A PNG's "Sampler" and "Schedule type" -> (our sampler, our schedule type, a note when the schedule is not ours).
+    'DPM++ 2M' + 'Karras' and A1111's older 'DPM++ 2M Karras' both give ('DPM++ 2M', 'Karras'); none written is
+    Automatic (as A1111's paste reads it)."""
+    name, from_name = split_sampler_name(sampler.strip())
+    if name == "Euler" and schedule and schedule.strip().lower() == "simple":
+        return "Flow Euler", AUTOMATIC, None  # how Forge writes FLUX's flow-match Euler
+    if from_name:
+        return name, from_name, None
+    if schedule in (None, ""):
+        return name, AUTOMATIC, None
+    ours = find_schedule_type(schedule)
+    if ours is None:
+        return name, AUTOMATIC, f"Schedule type {schedule!r} is not available here; Automatic was chosen."
+    known = {s.name.lower(): s for s in UNET_SAMPLERS + FLOW_SAMPLERS}.get(name.lower())
+    if known is not None and ours not in known.schedules:
+        return name, AUTOMATIC, f"Schedule type {ours} is not available with {known.name} here; Automatic was chosen."
+    return name, ours, None

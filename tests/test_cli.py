@@ -52,7 +52,8 @@ CASES = {
     "models": ("models",),
     "models-json": ("models", "--json"),
     "models-real": ("models",),
-    "generate-json": (*GEN, "--seed", "7", "--clip-skip", "2", "--subseed", "9", "--subseed-strength", "0.4", "--tiling", "--json"),
+    "generate-json": (*GEN, "--seed", "7", "--clip-skip", "2", "--subseed", "9", "--subseed-strength", "0.4", "--tiling",
+                      "--schedule-type", "sgm_uniform", "--json"),
     "generate-text": (*GEN, "--seed", "-1"),
     "steps-0": ("generate", "--prompt", "x", "--width", "64", "--height", "64", "--steps", "0"),
     "width-65": ("generate", "--prompt", "x", "--height", "64", "--width", "65"),
@@ -147,6 +148,7 @@ def test_generate_json(runs):
     assert result["request"]["clip_skip"] == 2 and ", Clip skip: 2, " in result["infotexts"][0]
     assert "Variation seed: 9, Variation seed strength: 0.4" in result["infotexts"][0]
     assert result["request"]["tiling"] is True and ", Tiling: True, " in result["infotexts"][0]
+    assert result["request"]["schedule_type"] == "SGM Uniform" and ", Schedule type: SGM Uniform, " in result["infotexts"][0]
     assert len(result["step_seconds"]) == 2
     assert {"text encode", "denoise", "VAE decode"} <= set(result["stage_seconds"])
     assert "Traceback" not in completed.stderr

@@ -54,3 +54,11 @@ def test_a_bad_choice_is_refused_by_the_parser_with_the_list():
     assert out.returncode == 2
     assert "--vae-dtype: invalid choice: 'fp8'" in out.stderr
     assert all(choice in out.stderr.rsplit("choose from", 1)[1] for choice in ("auto", "bf16", "fp16", "fp32"))
+
+
+def test_a_schedule_type_that_is_not_one_is_refused_by_the_parser_with_the_list():
+    out = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "x", "--schedule-type", "Align Your Steps"], cwd=PROJECT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert ("--schedule-type: 'Align Your Steps' is not a schedule type; use one of: Automatic, Uniform, Karras, Exponential, "
+            "SGM Uniform, Beta") in out.stderr

@@ -25,7 +25,7 @@ from pipelines.manager import PipelineManager
 from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
-from pipelines.samplers import sampler_names
+from pipelines.samplers import AUTOMATIC, sampler_names, schedule_names
 from pipelines.upscale import list_upscalers
 from pipelines.vae_files import VAE_AUTOMATIC, vae_names
 from pipelines.vae import VAE_CHOICES
@@ -238,7 +238,11 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     # The raw values, swapped as they stand (preprocess=False): a width the form would refuse still moves, and is refused at Generate.
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, preprocess=False, api_visibility="private")
     with gr.Row():
-        sampler = gr.Dropdown(sampler_names(family), value=last.get("sampler", spec.default_sampler), label="Sampler", elem_id=f"{prefix}sampler")
+        sampler_value = last.get("sampler", spec.default_sampler)
+        sampler = gr.Dropdown(sampler_names(family), value=sampler_value, label="Sampler", elem_id=f"{prefix}sampler")
+        # A1111's: Automatic = the sampler's own (Karras for DPM++ 2M); the README says what each one is for.
+        schedule_type = gr.Dropdown(schedule_names(family, sampler_value), value=last.get("schedule_type", AUTOMATIC), label="Schedule type",
+                                    elem_id=f"{prefix}schedule_type")
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
         random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=80, scale=0, size="sm")
         reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=96, scale=0, size="sm")  # one line
@@ -286,7 +290,8 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "batch_size": batch_size, "batch_count": batch_count, "vae_dtype": vae_dtype,
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
-              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling, "vae": vae}
+              "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling, "vae": vae,
+              "schedule_type": schedule_type}
     return fields, random_seed, reuse_seed
 
 
@@ -368,6 +373,12 @@ def progress_shown_on(panel: RunPanel) -> list:
     return [panel.preview, panel.gallery]
 
 
+def schedule_update(family: Family, sampler: str, current: str):
+    """The schedule types the sampler can run; the one chosen stays when it is among them, else Automatic."""
+    names = schedule_names(family, sampler)
+    return gr.update(choices=names, value=current if current in names else AUTOMATIC)
+
+
 def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
               reuse_seed: gr.Button, last_seed: gr.State, follows_model: tuple = (), on_model_extra=None, token_counters: tuple = ()) -> None:
     """The form's own events: the model picks the sampler list and LoRA choices, the LoRA picker adds a tag, the seed
@@ -377,17 +388,34 @@ def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_p
     """
     sampler, prompt, seed = fields["sampler"], fields["prompt"], fields["seed"]
 
-    def on_model_change(name, current_sampler):
+    schedule_type = fields["schedule_type"]
+
+    def on_model_change(name, current_sampler, current_schedule):
         try:
             entry = manager.entry(name)
-        except LikenessError:
-            return (gr.update(), gr.update(choices=lora_choices(manager))) + (gr.update(),) * len(follows_model)
+        except (LikenessError, TypeError):  # a raw value: not a model's name
+            return (gr.update(), gr.update(), gr.update(choices=lora_choices(manager))) + (gr.update(),) * len(follows_model)
         names = sampler_names(entry.family)
         keep = current_sampler if current_sampler in names else entry.family.spec.default_sampler
         extra = tuple(on_model_extra(entry)) if on_model_extra else ()
-        return (gr.update(choices=names, value=keep), gr.update(choices=lora_choices(manager))) + extra
+        return (gr.update(choices=names, value=keep), schedule_update(entry.family, keep, current_schedule),
+                gr.update(choices=lora_choices(manager))) + extra
 
-    model.change(on_model_change, [model, sampler], [sampler, lora_picker, *follows_model], api_visibility="private")
+    # Raw values (preprocess=False): Gradio checks a dropdown's value against the choices it knows for the session, and
+    # a schedule type chosen among choices just sent by another event could be refused in between ("Error").
+    model.change(on_model_change, [model, sampler, schedule_type], [sampler, schedule_type, lora_picker, *follows_model],
+                 api_visibility="private", preprocess=False)
+
+    def on_sampler_change(name, current_sampler, current_schedule):
+        try:
+            family = manager.entry(name).family
+        except (LikenessError, TypeError):
+            return gr.update()
+        return schedule_update(family, current_sampler, current_schedule)
+
+    # .input: the user's pick (the model's change above sets both itself)
+    sampler.input(on_sampler_change, [model, sampler, schedule_type], schedule_type, api_visibility="private", queue=False,
+                  preprocess=False)
 
     def on_lora_pick(name, current_prompt):
         if not name:

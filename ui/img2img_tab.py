@@ -28,7 +28,7 @@ from pipelines.refine import EMPTY_MASK_MESSAGE, MASKED_CONTENT, RESIZE_MODES, c
 from pipelines.request import MAX_FULL_RES_PADDING, MAX_MASK_BLUR
 from ui import generation_form, inputs
 from ui.last_used import clean_last_generation
-from ui.png_info_tab import generate_form_values, sent_report
+from ui.png_info_tab import generate_form_values, sent_report, sent_update
 from ui.jobs import parallel_jobs
 from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
 
@@ -288,7 +288,8 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     panel.skip.click(skip_run, None, panel.readout, api_visibility="private", concurrency_limit=None)
 
     # What Send to img2img / inpaint fills: the outer tab, the sub-tab, the mode, both pictures, the message, then the form.
-    sent_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "vae_dtype", "width", "height")
+    sent_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "schedule_type", "vae_dtype", "width",
+                   "height")
     targets = [tabs, modes, mode, inpaint_options, image, editor, sent_to_editor, message, *[form[name] for name in sent_fields]]
 
     def receive(path, text, target_mode, current_model):
@@ -311,7 +312,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         text_out = sent_report(f"{where} {size_note(picture, fitted)}", notes, text, sent_fields)
         editor_value = {"background": picture, "layers": [], "composite": picture} if target_mode == "inpaint" else gr.update()
         image_value = picture if target_mode == "img2img" else gr.update()
-        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in sent_fields]
+        updates = [sent_update(name, values) for name in sent_fields]
         return (gr.Tabs(selected=TAB_ID), gr.Tabs(selected=target_mode), target_mode, gr.update(visible=target_mode == "inpaint"),
                 image_value, editor_value, time.monotonic() if target_mode == "inpaint" else 0.0, text_out, *updates)
 

@@ -56,8 +56,10 @@ def clean_last_generation(manager, last) -> tuple[dict, list[str]]:
         if name not in RESTORED:
             log.debug("last-used value %r ignored: not a form field", name)
             continue
+        # A schedule type is checked with the sampler it was used with (Karras is fine with DPM++ 2M, not with Euler a).
+        together = {"sampler": cleaned.get("sampler", baseline.sampler)} if name == "schedule_type" else {}
         try:
-            validate_request(dataclasses.replace(baseline, **{name: value}), family)
+            validate_request(dataclasses.replace(baseline, **together, **{name: value}), family)
         except (LikenessError, TypeError, ValueError) as error:
             problems.append(f"{name} {_short(value)} ({error})")
             continue

@@ -12,6 +12,7 @@ from pipelines.infotext import parse_infotext
 from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
+from pipelines.choices import SCHEDULE_TYPES
 from pipelines.samplers import sampler_from_infotext
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
@@ -49,7 +50,7 @@ def parameter_rows(parsed: dict) -> list[list[str]]:
 RECORD_ONLY = ("Model hash", "VAE hash", "Version", "Stage times", "Caches", "Denoiser dtype", "Face hash", "Lora hashes", "TI hashes")
 # The form field each applied infotext key sets ("Denoising strength" only belongs to Generate with hires fix).
 KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "CFG scale": "cfg_scale", "Seed": "seed",
-              "Size": "width", "Sampler": "sampler", "Schedule type": "sampler", "VAE dtype": "vae_dtype", "Model": "model",
+              "Size": "width", "Sampler": "sampler", "Schedule type": "schedule_type", "VAE dtype": "vae_dtype", "Model": "model",
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
@@ -95,7 +96,8 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
     # Written only when they differ from the main prompts: absent means "the main prompt" (A1111's paste clears them too).
     values["hires_prompt"], values["hires_negative_prompt"] = parsed.get("Hires prompt", ""), parsed.get("Hires negative prompt", "")
     if "Sampler" in parsed:
-        values["sampler"] = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
+        values["sampler"], values["schedule_type"], schedule_note = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
+        notes += [schedule_note] if schedule_note else []
     vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32
     if vae in VAE_CHOICES:
         values["vae_dtype"] = vae
@@ -203,12 +205,22 @@ def wire_send_to_generate(manager: PipelineManager, generate_form: dict, tabs: g
             return (nothing_to_send, gr.update(), *[gr.update()] * len(landed), *[gr.update()] * len(fields))
         values, notes = generate_form_values(text, manager, current)
         report = sent_report("Generate.", notes, text, fields)
-        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in fields]
+        updates = [sent_update(name, values) for name in fields]
         here = "Sent to Generate." if landed else report
         return (here, gr.Tabs(selected=generate_tab_id), *[report] * len(landed), *updates)
 
     button.click(send_to_generate, [text, *generate_form.values()], [message, tabs, *landed, *generate_form.values()],
                  api_visibility="private")
+
+
+def sent_update(name: str, values: dict):
+    """The update that puts a sent value in its form field. A schedule type comes with every choice: the dropdown
+    holds the choices of the sampler shown before, which may lack it (the sampler's own change narrows them again)."""
+    if name not in values:
+        return gr.update()
+    if name == "schedule_type":
+        return gr.update(value=values[name], choices=list(SCHEDULE_TYPES))
+    return gr.update(value=values[name])
 
 
 @dataclass

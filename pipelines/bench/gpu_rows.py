@@ -37,7 +37,7 @@ def ours_vs_bare(ctx: GpuContext, request: GenerationRequest) -> list[Measure]:
     sampler = find_sampler(family, request.sampler)
 
     def bare():
-        pipe.scheduler = sampler.make(model.base_scheduler_config)
+        pipe.scheduler = sampler.make(model.base_scheduler_config, request.schedule_type)
         extra = {"negative_prompt": request.negative_prompt} if family is Family.SDXL else {}
         with torch.no_grad():
             return pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,

@@ -96,7 +96,7 @@ def request_partition(model, request, hooks: list) -> str | None:
         return None
     # A prompt with A1111's prompt editing changes during the run: only the same edited prompt's latents fit.
     edited = (("prompt editing", request.prompt),) if has_editing(request.prompt) else ()
-    return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.steps,
+    return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.schedule_type, request.steps,
                          float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)),
                          *conditioning_key(request), *edited)
 

@@ -54,13 +54,14 @@ def use_sampler(pipe, name: str = SAMPLER) -> None:
     """Every sampler is made from the scheduler config the pipe was saved with, as the manager makes them from the
     model's: made from the sampler before, a Karras one would lend the next (UniPC, Euler) its sigmas."""
     from pipelines.families import Family
-    from pipelines.samplers import find_sampler
+    from pipelines.samplers import AUTOMATIC, find_sampler, split_sampler_name
 
     saved = getattr(pipe, "_saved_scheduler_config", None)
     if saved is None:
         saved = dict(pipe.scheduler.config)
         object.__setattr__(pipe, "_saved_scheduler_config", saved)  # a plain attribute, not a pipeline component
-    pipe.scheduler = find_sampler(Family.SD15, name).make(saved)
+    _base, schedule = split_sampler_name(name)  # "DPM++ 2M Karras" brings its schedule type
+    pipe.scheduler = find_sampler(Family.SD15, name).make(saved, schedule or AUTOMATIC)
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int = STEPS, cfg: float = CFG, batch: int = 8) -> list[np.ndarray]:

@@ -20,10 +20,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipelines.choices import VAE_CHOICES
+from pipelines.choices import SCHEDULE_TYPES, VAE_CHOICES
 from pipelines.errors import InvalidRequest
 from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, shown
-from pipelines.samplers import ALL_SAMPLER_NAMES
+from pipelines.samplers import LEGACY_SAMPLER_NAMES, SAMPLER_NAMES
 
 MAX_VALUES_PER_AXIS = 64  # far beyond a readable grid; stops `1-100000` from planning a day of work
 MAX_AXIS_CHARS = 16 * 1024  # 64 values of any setting fit many times over; the CSV reader stops at 128 KiB anyway
@@ -55,6 +55,7 @@ class Setting:
     target: str = "request"  # request: a GenerationRequest field; face: a FaceOptions field; prompt: an edit of the prompt
     field: str = ""  # the request/face field it sets (size sets width and height)
     choices: tuple[str, ...] = ()  # the allowed text values, when the set is fixed
+    also_accepted: tuple[str, ...] = ()  # older spellings taken too, not offered (A1111's "DPM++ 2M Karras")
 
     def format(self, value) -> str:
         """How a value reads in a label, a table cell or a CSV column."""
@@ -76,7 +77,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("model", "Model", "text", field="model"),
     Setting("prompt", "Prompt", "text", field="prompt"),
     Setting("steps", "Steps", "int", field="steps"),
-    Setting("sampler", "Sampler", "text", field="sampler", choices=tuple(ALL_SAMPLER_NAMES)),
+    Setting("sampler", "Sampler", "text", field="sampler", choices=tuple(SAMPLER_NAMES), also_accepted=tuple(LEGACY_SAMPLER_NAMES)),
+    Setting("schedule_type", "Schedule type", "text", field="schedule_type", choices=SCHEDULE_TYPES),
     Setting("cfg_scale", "CFG scale", "float", field="cfg_scale"),
     Setting("clip_skip", "Clip skip", "int", field="clip_skip"),
     Setting("tiling", "Tiling", "bool", field="tiling"),
@@ -157,7 +159,7 @@ def _parse_item(setting: Setting, item: str) -> list:
         width = _number(setting, item, match.group(1), int)
         return [(width, _number(setting, item, match.group(2), int) if match.group(2) else width)]
     if setting.choices:
-        for choice in setting.choices:
+        for choice in setting.choices + setting.also_accepted:
             if choice.lower() == item.lower():
                 return [choice]
         raise InvalidRequest(f"The {setting.label} axis value {shown(item)} is not one of: {', '.join(setting.choices)}.")

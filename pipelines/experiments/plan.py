@@ -20,7 +20,7 @@ from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
 from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, validate_request
-from pipelines.samplers import sampler_names
+from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler
 
 AXIS_NAMES = ("X", "Y", "Z")
 MAX_REPEATS = 20
@@ -355,7 +355,7 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     if setting.target == "face":
         return None
     request, _ = apply_value(base, face, setting, value)
-    request, _note = _fit_sampler(request, manager, sampler_on_axis=setting.key == "sampler")
+    request, _note = _fit_sampler(request, manager, sampler_on_axis=setting.key == "sampler", schedule_on_axis=setting.key == "schedule_type")
     try:
         validate_request(request, manager.entry(request.model).family)
     except InvalidRequest as error:
@@ -363,14 +363,23 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     return None
 
 
-def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool) -> tuple[GenerationRequest, str | None]:
-    """A model axis may cross families (SD 1.5 -> FLUX.1): a sampler the family lacks becomes its default."""
+def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool, schedule_on_axis: bool = False
+                 ) -> tuple[GenerationRequest, str | None]:
+    """A model axis may cross families (SD 1.5 -> FLUX.1): a sampler the family lacks becomes its default; a schedule
+    type the cell's sampler lacks (Karras with Euler a) becomes Automatic, unless that axis is the one being tried."""
     family = manager.entry(request.model).family
-    names = [n.lower() for n in sampler_names(family)]
-    if sampler_on_axis or str(request.sampler).lower() in names:
-        return request, None
-    default = family.spec.default_sampler
-    return replace(request, sampler=default), f"{request.model} uses {default} ({request.sampler} is not available for {family.spec.label})."
+    notes = []
+    if not sampler_on_axis and not has_sampler(family, request.sampler):
+        default = family.spec.default_sampler
+        notes.append(f"{request.model} uses {default} ({request.sampler} is not available for {family.spec.label}).")
+        request = replace(request, sampler=default)
+    schedule = find_schedule_type(request.schedule_type)
+    if not schedule_on_axis and schedule is not None and has_sampler(family, request.sampler):
+        sampler = find_sampler(family, request.sampler)
+        if schedule not in sampler.schedules:
+            notes.append(f"{sampler.name} runs the {AUTOMATIC} schedule type ({schedule} is not available with it).")
+            request = replace(request, schedule_type=AUTOMATIC)
+    return request, " ".join(notes) or None
 
 
 def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
@@ -408,11 +417,12 @@ def _refuse_idle_detailer(axes: tuple[Axis, ...], base: GenerationRequest) -> No
 def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):
     """Every combination in grid order (X fastest), each checked as a whole request."""
     sampler_on_axis = any(a.setting.key == "sampler" for a in axes)
+    schedule_on_axis = any(a.setting.key == "schedule_type" for a in axes)
     for index, picks in enumerate(grid_picks([len(a.values) for a in axes])):
         request, cell_face = base, face
         for axis, pick in zip(axes, picks):
             request, cell_face = apply_value(request, cell_face, axis.setting, axis.values[pick])
-        request, note = _fit_sampler(request, manager, sampler_on_axis)
+        request, note = _fit_sampler(request, manager, sampler_on_axis, schedule_on_axis)
         label = cell_label([(axis.setting, axis.values[pick]) for axis, pick in zip(axes, picks)])
         family = manager.entry(request.model).family
         try:

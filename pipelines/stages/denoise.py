@@ -25,7 +25,7 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     if hook_keys is None:
         return None
     # The namespace too: one user's repeat is never served from another user's run (nor its timing).
-    key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler,
+    key = (model.identity, request.prompt, request.negative_prompt, request.steps, request.cfg_scale, request.sampler, request.schedule_type,
            request.width, request.height, tuple(seeds), hook_keys, getattr(request, "cache_namespace", ""))
     key += (init_key,) if init_key else ()
     key += (("vae", request.vae),) if init_key and request.vae not in OWN_VAE else ()  # it encoded the init image

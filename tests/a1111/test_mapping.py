@@ -9,19 +9,26 @@ from ui.a1111.mapping import resolve_sampler
 
 
 @pytest.mark.parametrize("sampler, scheduler, expected, warned", [
-    ("DPM++ 2M", "Karras", "DPM++ 2M Karras", False),
-    ("DPM++ 2M", "karras", "DPM++ 2M Karras", False),
-    ("DPM++ 2M Karras", None, "DPM++ 2M Karras", False),  # A1111's old combined name
-    ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras", False),
-    ("k_euler_a", None, "Euler a", False),  # A1111's alias
-    ("Euler", "Automatic", "Euler", False),
-    ("Euler", "Karras", "Euler", True),  # no Karras Euler here: Automatic, with a warning
-    ("UniPC", "Exponential", "UniPC", True),
-    ("DPM++ 2M SDE", "Karras", "DPM++ 2M SDE Karras", False),
-    ("DPM++ 2M SDE Karras", None, "DPM++ 2M SDE Karras", False),
-    ("k_dpmpp_2m_sde", None, "DPM++ 2M SDE", False),
-    ("LMS", "Karras", "LMS Karras", False),
-    ("LCM", None, "LCM", False),
+    ("DPM++ 2M", "Karras", ("DPM++ 2M", "Karras"), False),
+    ("DPM++ 2M", "karras", ("DPM++ 2M", "Karras"), False),
+    ("DPM++ 2M", None, ("DPM++ 2M", "Automatic"), False),  # Automatic: Karras when it runs (A1111's default)
+    ("DPM++ 2M Karras", None, ("DPM++ 2M", "Karras"), False),  # A1111's old combined name
+    ("DPM++ 2M Karras", "Karras", ("DPM++ 2M", "Karras"), False),
+    ("DPM++ 2M Karras", "Uniform", ("DPM++ 2M", "Karras"), False),  # the name's own wins, as A1111's
+    ("k_euler_a", None, ("Euler a", "Automatic"), False),  # A1111's alias
+    ("Euler", "Automatic", ("Euler", "Automatic"), False),
+    ("Euler", "Karras", ("Euler", "Karras"), False),
+    ("Euler a", "Karras", ("Euler a", "Automatic"), True),  # diffusers' Euler a has no Karras sigmas: a warning
+    ("Euler a", "sgm_uniform", ("Euler a", "SGM Uniform"), False),
+    ("DDIM", "SGMUniform", ("DDIM", "SGM Uniform"), False),  # A1111's alias of the label
+    ("UniPC", "Exponential", ("UniPC", "Exponential"), False),
+    ("UniPC", "kl_optimal", ("UniPC", "Automatic"), True),  # A1111 has it, Likeness does not
+    ("DPM++ 2M SDE", "beta", ("DPM++ 2M SDE", "Beta"), False),
+    ("DPM++ 2M SDE Exponential", None, ("DPM++ 2M SDE", "Exponential"), False),
+    ("k_dpmpp_2m_sde", None, ("DPM++ 2M SDE", "Automatic"), False),
+    ("LMS", "Uniform", ("LMS", "Uniform"), False),
+    ("LCM", None, ("LCM", "Automatic"), False),
+    ("LCM", "Karras", ("LCM", "Automatic"), True),
 ])
 def test_unet_samplers(sampler, scheduler, expected, warned):
     warnings: list[str] = []
@@ -31,8 +38,9 @@ def test_unet_samplers(sampler, scheduler, expected, warned):
 
 def test_flux_runs_flow_euler_and_says_so():
     warnings: list[str] = []
-    assert resolve_sampler(Family.FLUX, "Euler", "Simple", warnings) == "Flow Euler" and not warnings
-    assert resolve_sampler(Family.FLUX, "Euler a", None, warnings) == "Flow Euler" and "replaced" in warnings[0]
+    assert resolve_sampler(Family.FLUX, "Euler", "Simple", warnings) == ("Flow Euler", "Automatic") and not warnings
+    assert resolve_sampler(Family.FLUX, "Euler a", None, warnings) == ("Flow Euler", "Automatic") and "replaced" in warnings[0]
+    assert resolve_sampler(Family.FLUX, "Euler", "Beta", warnings) == ("Flow Euler", "Automatic") and "not used" in warnings[1]
 
 
 @pytest.mark.parametrize("sampler, scheduler", [("DPM adaptive", None), ("", None), ("Euler", "wobbly"), (3, None)])
@@ -41,16 +49,16 @@ def test_unknown_names_are_refused(sampler, scheduler):
         resolve_sampler(Family.SD15, sampler, scheduler, [])
 
 
-def test_the_refusal_lists_the_samplers_and_their_karras_variants():
+def test_the_refusal_lists_the_samplers_and_the_schedule_types():
     with pytest.raises(InvalidRequest, match=r"Likeness has: Euler a, Euler, DPM\+\+ 2M, DPM\+\+ 2M SDE, DPM\+\+ 3M SDE, DPM\+\+ SDE, "
-                                             r"Heun, DPM2, DPM2 a, LMS, DDIM, UniPC, LCM \(and scheduler Karras with DPM\+\+ 2M, "
-                                             r"DPM\+\+ 2M SDE, DPM\+\+ 3M SDE, DPM\+\+ SDE, DPM2, DPM2 a, LMS\)"):
+                                             r"Heun, DPM2, DPM2 a, LMS, DDIM, UniPC, LCM \(with the scheduler Automatic, Uniform, "
+                                             r"Karras, Exponential, SGM Uniform, Beta\)"):
         resolve_sampler(Family.SD15, "DPM adaptive", None, [])
 
 
 @pytest.mark.parametrize(("sampler", "scheduler", "ours"), [
-    ("k_dpmpp_sde", "Karras", "DPM++ SDE Karras"), ("DPM2 a", "karras", "DPM2 a Karras"), ("k_heun", None, "Heun"),
-    ("DPM++ 3M SDE", "Karras", "DPM++ 3M SDE Karras"), ("DPM2 Karras", None, "DPM2 Karras")])
+    ("k_dpmpp_sde", "Karras", ("DPM++ SDE", "Karras")), ("DPM2 a", "karras", ("DPM2 a", "Karras")), ("k_heun", None, ("Heun", "Automatic")),
+    ("DPM++ 3M SDE", "Karras", ("DPM++ 3M SDE", "Karras")), ("DPM2 Karras", None, ("DPM2", "Karras"))])
 def test_a1111s_second_order_and_3m_names(sampler, scheduler, ours):
     warnings: list[str] = []
     assert resolve_sampler(Family.SD15, sampler, scheduler, warnings) == ours and not warnings

@@ -114,6 +114,26 @@ def test_txt2img_returns_pngs_whose_infotext_a1111_parses(api_app):
     assert not any((api_app["root"] / "outputs").rglob("*.png"))
 
 
+def test_the_scheduler_field_picks_the_schedule_type(api_app):
+    """A1111's `scheduler` by name or label runs that schedule type and the PNG says so; one Likeness lacks runs
+    Automatic with a warning; the lists say what there is and what Automatic means for each sampler."""
+    client = api_app["client"]
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="Euler a", scheduler="sgm_uniform"))
+    info = json.loads(response.json()["info"])
+    assert "Schedule type: SGM Uniform" in info["infotexts"][0] and info["warnings"] == []
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="Euler a", scheduler="Karras"))
+    info = json.loads(response.json()["info"])
+    assert "Schedule type: Automatic" in info["infotexts"][0]
+    assert info["warnings"] == ["Schedule type Karras is not available with Euler a in Likeness; Automatic was used."]
+    schedulers = client.get("/sdapi/v1/schedulers").json()
+    assert [(s["name"], s["label"]) for s in schedulers] == [
+        ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
+        ("sgm_uniform", "SGM Uniform"), ("beta", "Beta"), ("simple", "Simple")]
+    options = {s["name"]: s["options"] for s in client.get("/sdapi/v1/samplers").json()}
+    assert options["DPM++ 2M"] == {"scheduler": "karras"} and options["DPM++ 3M SDE"] == {"scheduler": "exponential"}
+    assert options["Euler a"] == {}
+
+
 def test_defaults_unknown_fields_and_unsupported_values_give_warnings(api_app):
     client = api_app["client"]
     response = client.post("/sdapi/v1/txt2img", json={

@@ -60,6 +60,11 @@ BAD_REQUESTS = [
     ("sampler None", {"sampler": None}, "Sampler None is not available"),
     ("sampler unknown", {"sampler": "Euler c"}, "Sampler 'Euler c' is not available for Stable Diffusion 1.5; choose one of"),
     ("sampler a list", {"sampler": ["Euler"]}, "Sampler ['Euler'] is not available"),
+    ("schedule type unknown", {"schedule_type": "KL Optimal"}, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, "
+                                                               "SGM Uniform, Beta; got 'KL Optimal'"),
+    ("schedule type a list", {"schedule_type": ["Karras"]}, "Schedule type must be one of"),
+    ("schedule type the sampler lacks", {"sampler": "Euler a", "schedule_type": "Karras"},
+     "Schedule type Karras is not available with Euler a"),
     ("batch size 0", {"batch_size": 0}, "Batch size must be between 1 and 8"),
     ("batch size 10**30", {"batch_size": 10**30}, "Batch size must be between 1 and 8"),
     ("batch count 101", {"batch_count": 101}, "Batch count must be between 1 and 100"),
@@ -281,8 +286,10 @@ def client(api_app):
 
 FORM = [DEMO_MODEL_NAME, "a cat", "", 2, 7.0, 1, 64, 64, "Euler", 1, 1, "auto", 1, 0, "uniform", "off", 0.08, False,
         1.0, "Latent", 0, 0.7, False, 0.4, 0, "", "",  # hires fix (off) and face detailer (off)
-        1, [], -1, 0.0, False, "", "", "Automatic"]  # clip skip 1, no styles, no variation seed, no tiling, no hires prompts, own VAE
-FORM_INDEX = {"model": 0, "prompt": 1, "steps": 3, "cfg_scale": 4, "seed": 5, "width": 6, "sampler": 8, "batch_size": 9}
+        1, [], -1, 0.0, False, "", "", "Automatic",  # clip skip 1, no styles, no variation seed, no tiling, no hires prompts, own VAE
+        "Automatic"]  # schedule type
+FORM_INDEX = {"model": 0, "prompt": 1, "steps": 3, "cfg_scale": 4, "seed": 5, "width": 6, "sampler": 8, "batch_size": 9,
+              "schedule_type": 35}
 
 
 def raw_call(url: str, api_name: str, data: list, timeout: float = 120, expect: str = "complete"):
@@ -307,6 +314,7 @@ def raw_call(url: str, api_name: str, data: list, timeout: float = 120, expect: 
     ("model", "broken", "broken.safetensors is not a valid safetensors file"),
     ("prompt", 5, "The prompt must be text, got int 5."),
     ("sampler", ["Euler"], "Sampler ['Euler'] is not available"),
+    ("schedule_type", None, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, SGM Uniform, Beta; got None"),
     ("batch_size", 10**30, "Batch size must be between 1 and 8"),
 ])
 def test_api_generate_bad_fields_are_messages(client, field, value, message):

@@ -14,7 +14,7 @@ from ui.png_info_tab import generate_form_values, sent_report, unapplied_keys
 
 A1111_TEXT = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x768, "
               "Model hash: 0123456789, Model: sd_xl_base, Clip skip: 2, ENSD: 31337, Version: v1.10.1")
-GENERATE_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "vae_dtype",
+GENERATE_FIELDS = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "sampler", "schedule_type", "vae_dtype",
                    "hires_scale", "hires_upscaler", "hires_steps", "hires_denoising", "clip_skip")
 
 
@@ -64,7 +64,8 @@ def test_a_form_without_hires_reports_the_hires_fields(manager):
     values, _ = generate_form_values(text, manager, {})
     assert values["hires_scale"] == 2.0 and values["hires_steps"] == 10 and values["hires_denoising"] == 0.5
     assert values["hires_upscaler"] == "Latent"
-    img2img_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "vae_dtype", "width", "height")
+    img2img_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "schedule_type", "vae_dtype", "width",
+                      "height")
     settings, _ = unapplied_keys(text, img2img_fields)
     assert settings == ["Clip skip: 2", "ENSD: 31337", "Denoising strength: 0.5", "Hires upscale: 2", "Hires upscaler: Latent",
                         "Hires steps: 10"]

@@ -37,3 +37,13 @@ def test_only_runs_from_a_page_become_the_last_used_values():
     assert started_on_a_page(SimpleNamespace(headers={"user-agent": "Mozilla/5.0"}))
     assert not started_on_a_page(SimpleNamespace(headers={"x-gradio-user": "api"})), "gradio_client"
     assert not started_on_a_page(SimpleNamespace(headers={"x-gradio-user": "mcp"})), "Gradio's MCP server"
+
+
+def test_a_schedule_type_is_kept_with_the_sampler_it_was_used_with(make_manager):
+    """The demo's default sampler (Euler a) has no Exponential; the last run's DPM++ 2M does."""
+    manager = make_manager()
+    cleaned, problems = clean_last_generation(manager, {"model": DEMO_MODEL_NAME, "sampler": "DPM++ 2M", "schedule_type": "Exponential"})
+    assert cleaned == {"model": DEMO_MODEL_NAME, "sampler": "DPM++ 2M", "schedule_type": "Exponential"} and problems == []
+    cleaned, problems = clean_last_generation(manager, {"model": DEMO_MODEL_NAME, "sampler": "Euler a", "schedule_type": "Exponential"})
+    assert cleaned == {"model": DEMO_MODEL_NAME, "sampler": "Euler a"}
+    assert len(problems) == 1 and problems[0].startswith("schedule_type 'Exponential'") and "not available with Euler a" in problems[0]

@@ -37,15 +37,16 @@ from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import png_with_parameters
 from pipelines.request import GenerationRequest, GenerationResult, shown
-from pipelines.samplers import find_sampler, sampler_names
+from pipelines.choices import SCHEDULE_TYPES
+from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
 from pipelines.extras import UpscaleRequest, UpscaleResult
 from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest, _ExtrasBase
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
-# A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs "automatic", "karras"
-# (with DPM++ 2M) and "simple" (FLUX's flow-match Euler); the others are accepted with a warning.
+# A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs those of pipelines/choices.py's
+# SCHEDULE_TYPES, and "simple" for FLUX's flow-match Euler; the others are accepted with a warning.
 A1111_SCHEDULERS = {
     "automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
     "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
@@ -184,47 +185,75 @@ def scheduler_key(text) -> str | None:
     if not isinstance(text, str):
         return None
     low = text.strip().lower()
+    if low == "sgmuniform":  # A1111's alias of SGM Uniform
+        return "sgm_uniform"
     for name, label in A1111_SCHEDULERS.items():
         if low in (name, label.lower()):
             return name
     return None
 
 
-def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> str:
-    """Likeness's sampler for A1111's `sampler_name` (+ `scheduler`); InvalidRequest for one it does not have."""
+def scheduler_name(label: str) -> str:
+    """A1111's name for a schedule type's label: "SGM Uniform" -> "sgm_uniform"."""
+    return next(name for name, known in A1111_SCHEDULERS.items() if known == label)
+
+
+def sampler_items() -> list[dict]:
+    """/sdapi/v1/samplers: A1111's names and aliases; `options.scheduler` is what Automatic runs (as A1111 lists it)."""
+    defaults = {s.name: s.default_schedule for s in samplers_for(Family.SD15)}
+    return [{"name": name, "aliases": aliases,
+             "options": {"scheduler": scheduler_name(defaults[name])} if defaults.get(name, AUTOMATIC) != AUTOMATIC else {}}
+            for name, aliases in SAMPLER_ALIASES.items()]
+
+
+def scheduler_items() -> list[dict]:
+    """/sdapi/v1/schedulers: the schedule types Likeness runs, and Simple (FLUX.1's own), in A1111's fields."""
+    rho = {"karras": 7.0}
+    inner = {"uniform", "sgm_uniform", "simple", "beta"}  # A1111's need_inner_model: made from the model's own noise levels
+    names = [scheduler_name(label) for label in SCHEDULE_TYPES] + ["simple"]
+    return [{"name": name, "label": A1111_SCHEDULERS[name], "aliases": ["SGMUniform"] if name == "sgm_uniform" else None,
+             "default_rho": rho.get(name, -1.0), "need_inner_model": name in inner} for name in names]
+
+
+def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> tuple[str, str]:
+    """Likeness's sampler and schedule type for A1111's `sampler_name` (+ `scheduler`); InvalidRequest for a sampler it
+    does not have. A schedule type it lacks (KL Optimal; Karras with Euler a) runs as Automatic, with a warning."""
     if not isinstance(sampler, str):
         raise InvalidRequest(f"sampler_name must be text, got {shown(sampler)}.")
     name = sampler.strip()
     for ours, aliases in SAMPLER_ALIASES.items():  # k_euler_a -> Euler a
         if name.lower() in aliases:
             name = ours
-    schedule = None
+    wanted = "automatic"
     if scheduler not in (None, ""):
-        schedule = scheduler_key(scheduler)
-        if schedule is None:
+        wanted = scheduler_key(scheduler)
+        if wanted is None:
             raise InvalidRequest(f"Unknown scheduler {shown(scheduler)}; use one of: {', '.join(A1111_SCHEDULERS.values())}.")
-    if name.lower().endswith(" karras") and name[:-7] in SAMPLER_ALIASES:  # the old combined name, still accepted by A1111
-        name, schedule = name[:-7], schedule or "karras"
+    base, from_name = split_sampler_name(name)  # the old combined name ("DPM++ 2M Karras"), still accepted by A1111
+    if from_name is not None:
+        name, wanted = base, from_name.lower()
     if family is Family.FLUX:
         if name.lower() not in ("euler", "flow euler"):
             known = name in SAMPLER_ALIASES or name.lower() in (n.lower() for n in sampler_names(Family.SD15))
             if not known:
                 raise InvalidRequest(f"Sampler {shown(name)} not found; FLUX.1 models run Euler (flow matching).")
             warnings.append(f"FLUX.1 models run Euler (flow matching) in Likeness; sampler {name} was replaced by it.")
-        return "Flow Euler"
-    if schedule == "karras":
-        try:
-            return find_sampler(family, f"{name} Karras").name
-        except KeyError:
-            warnings.append(f"Schedule type Karras is not available with {name} in Likeness; Automatic was used.")
-    elif schedule not in (None, "automatic"):
-        warnings.append(f"Schedule type {A1111_SCHEDULERS[schedule]} is not available in Likeness; Automatic was used.")
+        if wanted not in ("automatic", "simple"):
+            warnings.append(f"FLUX.1 models run their own schedule (Simple) in Likeness; scheduler {scheduler} was not used.")
+        return "Flow Euler", AUTOMATIC
     try:
-        return find_sampler(family, name).name
+        found = find_sampler(family, name)
     except KeyError:
-        with_karras = [n.removesuffix(" Karras") for n in sampler_names(family) if n.endswith(" Karras")]
         raise InvalidRequest(f"Sampler {shown(name)} not found; Likeness has: {', '.join(SAMPLER_ALIASES)} "
-                             f"(and scheduler Karras with {', '.join(with_karras)}).") from None
+                             f"(with the scheduler {', '.join(SCHEDULE_TYPES)}).") from None
+    schedule = find_schedule_type(wanted)
+    if schedule is None:
+        warnings.append(f"Schedule type {A1111_SCHEDULERS[wanted]} is not available in Likeness; Automatic was used.")
+        schedule = AUTOMATIC
+    elif schedule not in found.schedules:
+        warnings.append(f"Schedule type {schedule} is not available with {found.name} in Likeness; Automatic was used.")
+        schedule = AUTOMATIC
+    return found.name, schedule
 
 
 # -- images -----------------------------------------------------------------------------------------
@@ -319,7 +348,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         model = find_model(manager, model)
     entry = manager.entry(model)
     family = entry.family or Family.SD15
-    sampler = resolve_sampler(family, body.sampler_name or body.sampler_index or "Euler", body.scheduler, warnings)
+    sampler, schedule_type = resolve_sampler(family, body.sampler_name or body.sampler_index or "Euler", body.scheduler, warnings)
 
     fields: dict = {}
     for raw_name, script in (body.alwayson_scripts or {}).items():
@@ -346,7 +375,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
 
     prepared.request = GenerationRequest(
         model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
-        seed=body.seed, width=body.width, height=body.height, sampler=sampler, batch_size=body.batch_size,
+        seed=body.seed, width=body.width, height=body.height, sampler=sampler, schedule_type=schedule_type, batch_size=body.batch_size,
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
         styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
         subseed=-1 if body.subseed is None else body.subseed, subseed_strength=body.subseed_strength or 0.0,

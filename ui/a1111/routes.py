@@ -238,13 +238,11 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
 
     @router.get("/samplers", response_model=list[models.SamplerItem])
     async def samplers():
-        return [{"name": name, "aliases": aliases, "options": {}} for name, aliases in mapping.SAMPLER_ALIASES.items()]
+        return mapping.sampler_items()
 
     @router.get("/schedulers", response_model=list[models.SchedulerItem])
     async def schedulers():
-        rho = {"karras": 7.0}
-        return [{"name": name, "label": mapping.A1111_SCHEDULERS[name], "aliases": None, "default_rho": rho.get(name, -1.0),
-                 "need_inner_model": name == "simple"} for name in ("automatic", "karras", "simple")]
+        return mapping.scheduler_items()
 
     @router.get("/upscalers", response_model=list[models.UpscalerItem])
     async def upscalers():

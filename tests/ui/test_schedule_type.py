@@ -1,0 +1,48 @@
+"""A1111's Schedule type in a real browser: its choices follow the sampler, a run records the one that ran, and PNG
+Info's Send to Generate picks the sampler and the schedule type again."""
+from __future__ import annotations
+
+from PIL import Image
+
+from pipelines.infotext import parse_infotext
+from tests.ui.test_sd_vae import generate_one
+
+
+def pick(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=value, exact=True).click()
+    page.wait_for_function(f"document.querySelector('#{elem_id} input').value === {value!r}", timeout=10_000)
+
+
+def offered(page, elem_id: str) -> list[str]:
+    page.locator(f"#{elem_id} input").click()
+    texts = [text.split("\n")[-1] for text in page.locator(f"#{elem_id}").get_by_role("option").all_inner_texts()]
+    page.keyboard.press("Escape")
+    page.locator(f"#{elem_id}").get_by_role("option").first.wait_for(state="detached", timeout=10_000)  # closed before the next pick
+    page.locator(f"#{elem_id} input").blur()
+    return texts
+
+
+def test_schedule_choices_follow_the_sampler_and_come_back_from_the_png(page, live_app):
+    pick(page, "sampler", "DPM++ 2M")
+    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    assert offered(page, "schedule_type") == ["Automatic", "Karras", "Exponential", "SGM Uniform", "Beta"]
+    pick(page, "schedule_type", "Exponential")
+    made = generate_one(page, live_app, "a blue square on a schedule")
+    with Image.open(made) as png:
+        params = parse_infotext(png.text["parameters"])
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Exponential")
+
+    pick(page, "sampler", "Euler a")  # it has no Exponential: the choice goes back to Automatic
+    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    assert offered(page, "schedule_type") == ["Automatic", "Uniform", "SGM Uniform"]
+
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#png_upload input[type=file]").set_input_files(str(made))
+    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.click("#png_send")
+    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Exponential'", timeout=30_000)
+    assert page.input_value("#sampler input") == "DPM++ 2M"
+    pick(page, "sampler", "Euler a")  # the sent choices narrow again with the next sampler
+    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    generate_one(page, live_app, "a red circle back on Euler a")  # later tests start from the demo's own sampler
