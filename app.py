@@ -250,6 +250,9 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-denoising", type=float, metavar="S", help=f"denoising strength of the second pass, 0-1 (default {d.hires_denoising:g})")
     hires.add_argument("--hires-prompt", metavar="TEXT", help="what the second pass reads instead of --prompt (A1111's Hires prompt)")
     hires.add_argument("--hires-negative-prompt", metavar="TEXT", help="what the second pass reads instead of --negative-prompt")
+    hires.add_argument("--hires-sampler", metavar="NAME", help="the second pass's own sampler (A1111's Hires sampler; default: --sampler's)")
+    hires.add_argument("--hires-schedule-type", type=schedule_type, metavar="TYPE",
+                       help="the second pass's own schedule type (default: --schedule-type's)")
     detail = gen.add_argument_group("face detailer (each detected face redrawn at full resolution; keeps --face's identity)")
     detail.add_argument("--face-detail", action="store_true", help="turn the face detailer on")
     detail.add_argument("--face-detail-strength", type=float, metavar="S", help=f"denoising strength on the faces, 0-1 (default {d.face_detail_strength:g})")

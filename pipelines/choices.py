@@ -21,3 +21,6 @@ MERGE_METHODS = ("Weighted sum", "Add difference", "No interpolation")
 # A1111's "Schedule type" (the spacing of the noise levels a sampler steps through), those diffusers can make, in
 # A1111's order. Automatic = the sampler's own default (pipelines/samplers.py says what each sets).
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
+# Hires fix's own sampler and schedule type: A1111's first choices, meaning "as the first pass" (the request's "" too).
+HIRES_SAME_SAMPLER = "Use same sampler"
+HIRES_SAME_SCHEDULE = "Use same scheduler"

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
-from pipelines.choices import DEEPCACHE_SCHEDULES, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES, VAE_CHOICES
+from pipelines.choices import (DEEPCACHE_SCHEDULES, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES,
+                               VAE_CHOICES)
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
@@ -91,6 +92,10 @@ class GenerationRequest:
     # A1111's "Schedule type": how the sampler's noise levels are spaced (pipelines/choices.py SCHEDULE_TYPES).
     # Automatic = the sampler's A1111 default (Karras for DPM++ 2M); validation puts in the one that runs.
     schedule_type: str = "Automatic"
+    # A1111's "Hires sampler" and "Hires schedule type": the hires pass's own ("" or A1111's "Use same sampler" / "Use
+    # same scheduler" = as the first pass). Validation leaves "" where the hires pass runs as the first one did.
+    hires_sampler: str = ""
+    hires_schedule_type: str = ""
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -223,9 +228,11 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
     if not isinstance(request.sampler, str) or not has_sampler(family, request.sampler):
         problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
-        schedule = None
+        schedule = hires_sampling = None
     else:
-        schedule = validate_schedule(request, family, problems, warnings)
+        chosen = chosen_schedule(request.sampler, request.schedule_type, "Schedule type", problems, warnings)
+        schedule = runnable_schedule(find_sampler(family, request.sampler), chosen, problems)
+        hires_sampling = validate_hires_sampling(request, family, chosen, schedule, problems, warnings)
     whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
     variation, variation_notes, strength = validate_variation(request, family)
     problems += variation
@@ -301,6 +308,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if strength > 0 and subseed == -1:
         subseed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
+                      hires_sampler=hires_sampling[0], hires_schedule_type=hires_sampling[1],
                       approximate_cache=approximate, clip_skip=clip_skip,
                       subseed=subseed, subseed_strength=float(strength))
     return ValidatedRequest(cleaned, seed, tuple(warnings))
@@ -449,24 +457,63 @@ def validate_refine(request: GenerationRequest) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
-def validate_schedule(request: GenerationRequest, family: Family, problems: list[str], warnings: list[str]) -> str | None:
-    """The schedule type that runs (Automatic made the sampler's default), or None after adding a problem. An old
-    combined sampler name ("DPM++ 2M Karras") brings its own, and wins over another, as in A1111."""
-    sampler = find_sampler(family, request.sampler)
-    chosen = find_schedule_type(request.schedule_type)
+def chosen_schedule(sampler_name: str, schedule_type, what: str, problems: list[str], warnings: list[str]) -> str | None:
+    """The schedule type asked for, by label or A1111's name; an old combined sampler name ("DPM++ 2M Karras") brings
+    its own, which wins over another, as in A1111. None after adding a problem."""
+    chosen = find_schedule_type(schedule_type)
     if chosen is None:
-        problems.append(f"Schedule type must be one of: {', '.join(SCHEDULE_TYPES)}; got {shown(request.schedule_type)}.")
+        problems.append(f"{what} must be one of: {', '.join(SCHEDULE_TYPES)}; got {shown(schedule_type)}.")
         return None
-    _base, from_name = split_sampler_name(request.sampler)
+    _base, from_name = split_sampler_name(sampler_name)
     if from_name is not None:
         if chosen not in (AUTOMATIC, from_name):
-            warnings.append(f"Sampler {request.sampler} names its schedule type; {from_name} was used, not {chosen}.")
+            warnings.append(f"Sampler {sampler_name} names its schedule type; {from_name} was used, not {chosen}.")
         chosen = from_name
+    return chosen
+
+
+def runnable_schedule(sampler, chosen: str | None, problems: list[str], what: str = "Schedule type") -> str | None:
+    """The schedule type that runs (Automatic made the sampler's default), or None after adding a problem."""
+    if chosen is None:
+        return None
     if chosen not in sampler.schedules:
-        problems.append(f"Schedule type {chosen} is not available with {sampler.name} (diffusers' scheduler for it has no such "
+        problems.append(f"{what} {chosen} is not available with {sampler.name} (diffusers' scheduler for it has no such "
                         f"spacing); choose one of: {', '.join(sampler.schedules)}.")
         return None
     return sampler.resolve(chosen)
+
+
+def validate_hires_sampling(request: GenerationRequest, family: Family, first_chosen: str | None, first_schedule: str | None,
+                            problems: list[str], warnings: list[str]) -> tuple[str, str]:
+    """Hires fix's own sampler and schedule type: ("", "") where the hires pass runs as the first one, else the
+    sampler's name ("" for the same) and the schedule type that runs ("" for the first pass's). "Use same scheduler"
+    with another sampler is the first pass's choice (Automatic: the hires sampler's own default); one that sampler
+    cannot run becomes Automatic, with a note."""
+    if not hires_on(request):  # read only with hires fix on, as A1111 reads hr_sampler_name only with enable_hr
+        return "", ""
+    asked_sampler, asked_schedule = request.hires_sampler, request.hires_schedule_type
+    same_sampler = asked_sampler in ("", HIRES_SAME_SAMPLER)
+    same_schedule = asked_schedule in ("", HIRES_SAME_SCHEDULE)
+    if not same_sampler and not (isinstance(asked_sampler, str) and has_sampler(family, asked_sampler)):
+        problems.append(f"Hires sampler {shown(asked_sampler)} is not available for {family.spec.label}; choose \"{HIRES_SAME_SAMPLER}\" "
+                        f"or one of: {', '.join(sampler_names(family))}.")
+        return "", ""
+    if first_chosen is None or first_schedule is None:  # the first pass's sampling is refused already
+        return "", ""
+    sampler = find_sampler(family, request.sampler if same_sampler else asked_sampler)
+    if same_schedule:
+        _base, from_name = ("", None) if same_sampler else split_sampler_name(asked_sampler)
+        chosen = from_name or first_chosen
+        if chosen not in sampler.schedules:
+            warnings.append(f"Hires fix: {sampler.name} has no {chosen} schedule type; it runs {AUTOMATIC}.")
+            chosen = AUTOMATIC
+    else:
+        chosen = chosen_schedule(asked_sampler if not same_sampler else "", asked_schedule, "Hires schedule type", problems, warnings)
+    schedule = runnable_schedule(sampler, chosen, problems, "Hires schedule type")
+    if schedule is None:
+        return "", ""
+    first_sampler = find_sampler(family, request.sampler).name
+    return ("" if sampler.name == first_sampler else sampler.name), ("" if schedule == first_schedule else schedule)
 
 
 @dataclass

@@ -31,9 +31,8 @@ SCHEDULE_SETTINGS = {
     "SGM Uniform": {"timestep_spacing": "trailing"},
     "Beta": _WHOLE_RANGE | {"use_beta_sigmas": True},  # diffusers computes it with scipy (installed with torchsde and insightface)
 }
-# A1111's other names for them (its API's `scheduler` takes the name or the label).
-SCHEDULE_ALIASES = {"automatic": AUTOMATIC, "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
-                    "sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform", "beta": "Beta"}
+# A1111's other names for them (its API's `scheduler` takes the name or the label; the rest are the labels in lower case).
+SCHEDULE_ALIASES = {"sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform"}
 # Which schedule types a diffusers scheduler can step through: all of them when it has the three sigma settings;
 # only the timestep spacings when it has none (Euler a, DDIM); LCM spaces its few steps by its own rule.
 ALL_SCHEDULES = SCHEDULE_TYPES

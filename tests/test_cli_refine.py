@@ -137,11 +137,12 @@ def test_a_white_mask_is_a_note_not_an_error(capsys, models, files, tmp_path, de
 
 def test_hires_fix(capsys, models, files, tmp_path, demo_cache_dir):
     result = run_json(capsys, models, tmp_path, demo_cache_dir, "--hires-scale", "2", "--hires-upscaler", "lanczos", "--hires-steps", "2",
-                      "--hires-denoising", "0.5")
+                      "--hires-denoising", "0.5", "--hires-sampler", "DPM++ 2M", "--hires-schedule-type", "sgm_uniform")
     assert saved(result).size == (2 * SIZE, 2 * SIZE)
     assert "hires pass" in result["stage_seconds"]
     params = parse_infotext(saved(result).info["parameters"])
     assert (params["Hires upscale"], params["Hires upscaler"], params["Hires steps"], params["Denoising strength"]) == ("2", "Lanczos", "2", "0.5")
+    assert (params["Hires sampler"], params["Hires schedule type"]) == ("DPM++ 2M", "SGM Uniform")
 
 
 def test_face_detailer(capsys, models, files, tmp_path, demo_cache_dir):
@@ -184,6 +185,8 @@ BAD = [
     ("mask blur 100", ["--init-image", "{files}/init.png", "--mask", "{files}/mask.png", "--mask-blur", "100"], "Mask blur must be between 0 and 64"),
     ("hires scale 5", ["--hires-scale", "5"], "Hires scale must be between 1 and 4, got 5.0"),
     ("hires steps without a scale", ["--hires-steps", "3"], "--hires-steps needs --hires-scale above 1"),
+    ("hires sampler without a scale", ["--hires-sampler", "Euler"], "--hires-sampler needs --hires-scale above 1"),
+    ("hires sampler of another family", ["--hires-scale", "2", "--hires-sampler", "Flow Euler"], "Hires sampler 'Flow Euler' is not available"),
     ("unknown upscaler", ["--hires-scale", "2", "--hires-upscaler", "R-ESRGAN 4x+"], "No hires upscaler named 'R-ESRGAN 4x+'; choose one of: Latent, Lanczos, Nearest"),
     ("detailer flag without the detailer", ["--face-detail-strength", "0.3"], "--face-detail-strength needs --face-detail"),
     ("detailer strength 2", ["--face-detail", "--face-detail-strength", "2"], "Face detailer strength must be between 0 and 1, got 2.0"),

@@ -67,7 +67,8 @@ IMG2IMG_FLAGS = {"strength": "denoising_strength", "resize_mode": "resize_mode"}
 INPAINT_FLAGS = {"mask_blur": "mask_blur", "masked_content": "inpainting_fill", "only_masked": "inpaint_full_res",
                  "only_masked_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert"}
 HIRES_FLAGS = {"hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps", "hires_denoising": "hires_denoising",
-               "hires_prompt": "hires_prompt", "hires_negative_prompt": "hires_negative_prompt"}
+               "hires_prompt": "hires_prompt", "hires_negative_prompt": "hires_negative_prompt", "hires_sampler": "hires_sampler",
+               "hires_schedule_type": "hires_schedule_type"}
 DETAIL_FLAGS = {"face_detail_strength": "face_detail_strength", "face_detail_steps": "face_detail_steps",
                 "face_detail_prompt": "face_detail_prompt", "face_detail_faces": "face_detail_faces"}
 

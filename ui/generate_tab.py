@@ -63,7 +63,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             fields, lora_picker, counters = generation_form.prompt_fields(manager, last, model_name=chosen_model)
             sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start)
             fields |= sampling
-            fields |= generation_form.hires_fields(manager, last)
+            fields |= generation_form.hires_fields(manager, last, family=family)
             fields |= generation_form.detailer_fields(last)
             with gr.Column(visible=is_demo and demo.SHIP_TRAINED_DEMO) as demo_examples:
                 gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS, demo.DEFAULT_CFG] for p in demo.EXAMPLE_PROMPTS],
@@ -103,7 +103,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             hires_scale=1.0, hires_upscaler="Latent", hires_steps=0, hires_denoising=0.7,
             face_detail=False, face_detail_strength=0.4, face_detail_steps=0, face_detail_prompt="", face_detail_faces="", clip_skip=1,
             styles=(), subseed=-1, subseed_strength=0.0, tiling=False, hires_prompt="", hires_negative_prompt="", vae="Automatic",
-            schedule_type="Automatic", request: gr.Request = None):
+            schedule_type="Automatic", hires_sampler="", hires_schedule_type="", request: gr.Request = None):
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         unchanged = (gr.update(),) * 2  # the before/after pairs and the selected image
         try:
@@ -139,6 +139,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
         preprocess=False,
     )
     generate_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)
+    generation_form.wire_forever(panel, generate_event)
     gallery.select(generation_form.selected_index, None, selected, api_visibility="private", queue=False)
 
     def stop_generation(request: gr.Request = None):

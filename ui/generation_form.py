@@ -8,7 +8,7 @@ keyed by the `GenerationRequest` field they edit, so a tab's handler receives na
     model, demo_note = model_row(manager, chosen, is_demo, prefix)
     fields, lora_picker, counters = prompt_fields(manager, last, prefix, model_name)
     fields |= sampling_fields(manager, settings, last, family, defaults, prefix)
-    fields |= hires_fields(manager, last, prefix) | detailer_fields(last, prefix)
+    fields |= hires_fields(manager, last, prefix, family) | detailer_fields(last, prefix)
     wire_form(manager, model, fields, lora_picker, random_seed, reuse_seed, last_seed, token_counters=counters)
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pipelines.manager import PipelineManager
 from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
+from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, sampler_names, schedule_names
 from pipelines.upscale import list_upscalers
 from pipelines.vae_files import VAE_AUTOMATIC, vae_names
@@ -239,10 +240,13 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, preprocess=False, api_visibility="private")
     with gr.Row():
         sampler_value = last.get("sampler", spec.default_sampler)
-        sampler = gr.Dropdown(sampler_names(family), value=sampler_value, label="Sampler", elem_id=f"{prefix}sampler")
-        # A1111's: Automatic = the sampler's own (Karras for DPM++ 2M); the README says what each one is for.
+        sampler = gr.Dropdown(sampler_names(family), value=sampler_value, label="Sampler", allow_custom_value=True,  # as below
+                              elem_id=f"{prefix}sampler")
+        # A1111's: Automatic = the sampler's own (Karras for DPM++ 2M); the README says what each one is for. Its list
+        # follows the sampler in the page; an API client's value is checked by the request (with its message), not by
+        # Gradio against the list the page was built with (`allow_custom_value`): Karras with DPM++ 2M is fine there.
         schedule_type = gr.Dropdown(schedule_names(family, sampler_value), value=last.get("schedule_type", AUTOMATIC), label="Schedule type",
-                                    elem_id=f"{prefix}schedule_type")
+                                    allow_custom_value=True, elem_id=f"{prefix}schedule_type")
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
         random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=80, scale=0, size="sm")
         reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=96, scale=0, size="sm")  # one line
@@ -295,7 +299,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
     return fields, random_seed, reuse_seed
 
 
-def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict:
+def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family: Family = Family.SD15) -> dict:
     """A1111's "Hires. fix": a second pass at `scale` x the size (1 = off)."""
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}hires_panel") as panel:
         with gr.Row():
@@ -308,6 +312,17 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict
                                   elem_id=f"{prefix}hires_steps")
             denoising = inputs.Slider(0, 1, value=last.get("hires_denoising", 0.7), step=0.01, label="Denoising strength",
                                       elem_id=f"{prefix}hires_denoising")
+        # A1111's "Hires sampler" / "Hires schedule type": "Use same ..." = the first pass's. Last-used values are checked
+        # with hires fix off (where they are not read): one these lists lack starts as "Use same ...".
+        samplers = hires_sampler_choices(family)
+        last_sampler = last.get("hires_sampler") if last.get("hires_sampler") in samplers else HIRES_SAME_SAMPLER
+        schedules = hires_schedule_choices(family, last_sampler)
+        last_schedule = last.get("hires_schedule_type") if last.get("hires_schedule_type") in schedules else HIRES_SAME_SCHEDULE
+        with gr.Row():
+            hires_sampler = gr.Dropdown(samplers, value=last_sampler, label="Hires sampler", allow_custom_value=True,  # as the schedule type
+                                        elem_id=f"{prefix}hires_sampler")
+            hires_schedule = gr.Dropdown(schedules, value=last_schedule, label="Hires schedule type", allow_custom_value=True,
+                                         elem_id=f"{prefix}hires_schedule_type")
         with gr.Row():
             hires_prompt = gr.Textbox(value=last.get("hires_prompt", ""), label="Hires prompt", lines=2, placeholder="empty = the prompt",
                                       elem_id=f"{prefix}hires_prompt")
@@ -316,7 +331,20 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "") -> dict
     # ESRGAN files dropped into the folder since the page was built show up when the panel opens (headers only: instant).
     panel.expand(lambda: gr.update(choices=upscaler_choices(manager)), None, upscaler, api_visibility="private", queue=False)
     return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising,
-            "hires_prompt": hires_prompt, "hires_negative_prompt": hires_negative}
+            "hires_prompt": hires_prompt, "hires_negative_prompt": hires_negative, "hires_sampler": hires_sampler,
+            "hires_schedule_type": hires_schedule}
+
+
+def hires_sampler_choices(family: Family) -> list[str]:
+    return [HIRES_SAME_SAMPLER, *sampler_names(family)]
+
+
+def hires_schedule_choices(family: Family, hires_sampler) -> list[str]:
+    """"Use same scheduler" and the schedule types the hires sampler can run (every one with the same sampler: the
+    first pass's may be any)."""
+    if hires_sampler in (None, "", HIRES_SAME_SAMPLER):
+        return [HIRES_SAME_SCHEDULE, *SCHEDULE_TYPES]
+    return [HIRES_SAME_SCHEDULE, *schedule_names(family, hires_sampler)]
 
 
 def detailer_fields(last: dict, prefix: str = "") -> dict:
@@ -348,6 +376,7 @@ class RunPanel:
     readout: gr.Markdown
     preview: gr.Image
     gallery: gr.Gallery
+    forever: gr.Checkbox
 
 
 def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
@@ -355,13 +384,36 @@ def run_panel(prefix: str = "", label: str = "Generate") -> RunPanel:
         generate = gr.Button(label, variant="primary", elem_id=f"{prefix}generate")
         skip = gr.Button("Skip", elem_id=f"{prefix}skip", scale=0, min_width=70)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}stop")
+    # A1111's "Generate forever" (its Generate button's right-click menu), as a box in sight: `wire_forever` says how.
+    forever = gr.Checkbox(False, label="Generate forever", info="start again each time a run ends, until unticked or Stop",
+                          elem_id=f"{prefix}generate_forever")
     readout = gr.Markdown("Ready.", elem_id=f"{prefix}readout")
     preview = gr.Image(label="Preview", format="png", interactive=False, height=192, elem_id=f"{prefix}preview",
                        elem_classes=["live-preview"])  # scaled up to the box, pixelated (ui/style.py)
     # Not an upload box, though the Send buttons read it as an input. Its height follows the images: Gradio
     # gives a single image the whole width, and in a fixed-height box its bottom was cut off behind a scrollbar.
     gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", interactive=False, elem_id=f"{prefix}gallery")
-    return RunPanel(generate, skip, stop, readout, preview, gallery)
+    return RunPanel(generate, skip, stop, readout, preview, gallery, forever)
+
+
+def wire_forever(panel: RunPanel, run_event, prefix: str = "") -> None:
+    """Generate forever, in the browser: when a run ends with the box ticked, Generate is pressed again (a random seed
+    draws a new picture each time, as in A1111). A run that ends in a message (⚠) or was stopped unticks it, so a form
+    the app refuses does not repeat its message forever; Stop unticks it at once. Nothing runs on the server for it:
+    each repeat is an ordinary Generate press, queued like any other."""
+    box = f"document.querySelector('#{prefix}generate_forever input[type=checkbox]')"
+    again = f"""() => {{
+        const box = {box};
+        if (!box || !box.checked) return;
+        setTimeout(() => {{
+            const text = document.querySelector('#{prefix}readout')?.innerText || '';
+            if (text.startsWith('⚠') || text.includes('Stopped')) {{ if (box.checked) box.click(); return; }}
+            if (box.checked) document.querySelector('#{prefix}generate')?.click();
+        }}, 200);
+    }}"""
+    run_event.then(None, None, None, js=again, api_visibility="private", queue=False)
+    panel.stop.click(None, None, None, js=f"() => {{ const box = {box}; if (box && box.checked) box.click(); }}", api_visibility="private",
+                     queue=False)
 
 
 def progress_shown_on(panel: RunPanel) -> list:
@@ -377,6 +429,26 @@ def schedule_update(family: Family, sampler: str, current: str):
     """The schedule types the sampler can run; the one chosen stays when it is among them, else Automatic."""
     names = schedule_names(family, sampler)
     return gr.update(choices=names, value=current if current in names else AUTOMATIC)
+
+
+def wire_hires_sampling(manager: PipelineManager, model: gr.Dropdown, hires_sampler: gr.Dropdown, hires_schedule: gr.Dropdown) -> None:
+    """The hires sampler list follows the model's family; the hires schedule types follow the hires sampler. A choice
+    the new list lacks goes back to "Use same ..."."""
+
+    def lists(name, current_sampler, current_schedule):
+        try:
+            family = manager.entry(name).family
+        except (LikenessError, TypeError):
+            return gr.update(), gr.update()
+        samplers = hires_sampler_choices(family)
+        kept_sampler = current_sampler if current_sampler in samplers else HIRES_SAME_SAMPLER
+        schedules = hires_schedule_choices(family, kept_sampler)
+        kept_schedule = current_schedule if current_schedule in schedules else HIRES_SAME_SCHEDULE
+        return gr.update(choices=samplers, value=kept_sampler), gr.update(choices=schedules, value=kept_schedule)
+
+    inputs = [model, hires_sampler, hires_schedule]
+    model.change(lists, inputs, [hires_sampler, hires_schedule], api_visibility="private", queue=False, preprocess=False)
+    hires_sampler.input(lists, inputs, [hires_sampler, hires_schedule], api_visibility="private", queue=False, preprocess=False)
 
 
 def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
@@ -416,6 +488,8 @@ def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_p
     # .input: the user's pick (the model's change above sets both itself)
     sampler.input(on_sampler_change, [model, sampler, schedule_type], schedule_type, api_visibility="private", queue=False,
                   preprocess=False)
+    if "hires_sampler" in fields:
+        wire_hires_sampling(manager, model, fields["hires_sampler"], fields["hires_schedule_type"])
 
     def on_lora_pick(name, current_prompt):
         if not name:

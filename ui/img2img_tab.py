@@ -154,7 +154,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                                             elem_id=f"{PREFIX}inpaint_full_res_padding")
             sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start, PREFIX)
             fields |= sampling
-            fields |= generation_form.hires_fields(manager, last, PREFIX)
+            fields |= generation_form.hires_fields(manager, last, PREFIX, family)
             fields |= generation_form.detailer_fields(last, PREFIX)
         with gr.Column(scale=2):
             panel = generation_form.run_panel(PREFIX)
@@ -271,6 +271,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         preprocess=False,  # raw values: the pictures are opened and checked here, numbers named by validate_request
     )
     run_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)
+    generation_form.wire_forever(panel, run_event, PREFIX)
 
     def on_select(texts, event: gr.SelectData):
         index = event.index if isinstance(event.index, int) else 0

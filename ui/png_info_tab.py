@@ -12,8 +12,8 @@ from pipelines.infotext import parse_infotext
 from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
-from pipelines.choices import SCHEDULE_TYPES
-from pipelines.samplers import sampler_from_infotext
+from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.samplers import find_schedule_type, sampler_from_infotext, split_sampler_name
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
@@ -54,7 +54,8 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Hires upscale": "hires_scale", "Hires upscaler": "hires_upscaler", "Hires steps": "hires_steps",
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
-              "Hires negative prompt": "hires_negative_prompt", "VAE": "vae"}
+              "Hires negative prompt": "hires_negative_prompt", "VAE": "vae", "Hires sampler": "hires_sampler",
+              "Hires schedule type": "hires_schedule_type"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -132,14 +133,34 @@ def vae_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict
 def hires_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:
     """Hires fix as the image had it: off (scale 1) when it had none, as A1111's paste does; its upscaler if installed."""
     if "Hires upscale" not in parsed:
-        return {"hires_scale": 1.0}
+        return {"hires_scale": 1.0, "hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE}
+    values = hires_sampling_values(parsed, notes)
     name = parsed.get("Hires upscaler")
     if name is None:
-        return {}
+        return values
     if name in {choice.name for choice in list_upscalers(manager.config.models_dir, manager.config.allow_pickle)}:
-        return {"hires_upscaler": name}
+        return values | {"hires_upscaler": name}
     notes.append(f"Hires upscaler {name!r} is not installed; kept the one chosen.")
-    return {}
+    return values
+
+
+def hires_sampling_values(parsed: dict, notes: list[str]) -> dict:
+    """A1111 writes `Hires sampler` and `Hires schedule type` only when they differ from the first pass's: none written
+    is "Use same ..."."""
+    sampler, schedule = parsed.get("Hires sampler"), parsed.get("Hires schedule type")
+    values = {"hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE}
+    if sampler:
+        values["hires_sampler"], schedule_type, note = sampler_from_infotext(sampler, schedule)
+        if schedule or split_sampler_name(sampler)[1]:  # written, or in the name ("DPM++ 2M Karras")
+            values["hires_schedule_type"] = schedule_type
+        notes += [f"Hires: {note}"] if note else []
+    elif schedule:
+        found = find_schedule_type(schedule)
+        if found is None:
+            notes.append(f"Hires schedule type {schedule!r} is not available here; {HIRES_SAME_SCHEDULE} was chosen.")
+        else:
+            values["hires_schedule_type"] = found
+    return values
 
 
 def unapplied_keys(text: str, takes) -> tuple[list[str], list[str]]:
@@ -220,6 +241,8 @@ def sent_update(name: str, values: dict):
         return gr.update()
     if name == "schedule_type":
         return gr.update(value=values[name], choices=list(SCHEDULE_TYPES))
+    if name == "hires_schedule_type":
+        return gr.update(value=values[name], choices=[HIRES_SAME_SCHEDULE, *SCHEDULE_TYPES])
     return gr.update(value=values[name])
 
 

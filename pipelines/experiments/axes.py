@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipelines.choices import SCHEDULE_TYPES, VAE_CHOICES
+from pipelines.choices import HIRES_SAME_SAMPLER, SCHEDULE_TYPES, VAE_CHOICES
 from pipelines.errors import InvalidRequest
 from pipelines.request import DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, shown
 from pipelines.samplers import LEGACY_SAMPLER_NAMES, SAMPLER_NAMES
@@ -98,6 +98,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("denoising_strength", "Denoising strength", "float", field="denoising_strength"),
     Setting("hires_scale", "Hires scale", "float", field="hires_scale"),
     Setting("hires_denoising", "Hires denoising", "float", field="hires_denoising"),
+    Setting("hires_sampler", "Hires sampler", "text", field="hires_sampler", choices=(HIRES_SAME_SAMPLER, *SAMPLER_NAMES),
+            also_accepted=tuple(LEGACY_SAMPLER_NAMES)),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),
     Setting("lora_weight", "LoRA weight", "float", target="prompt", field="lora_weight"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),

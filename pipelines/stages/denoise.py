@@ -142,13 +142,13 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
 
 
 def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,
-                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None) -> torch.Tensor:
+                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None, scheduler=None) -> torch.Tensor:
     """The last `int(steps * strength)` steps of a `steps`-step schedule from `init_latents` ((1 or B, C, h, w),
     pipeline convention, unpacked) at `width` x `height`, with diffusers' img2img or (with `mask`) inpaint
     pipeline on the loaded modules. `step_offset` is the readout's step count before this pass; `prompt` the
     pass's EncodedPrompt (default: the main pass's). Used by img2img, inpainting, the hires pass and the face
     detailer. Returns the denoiser's latents (FLUX packed). With prompt editing, the pass counts its steps from
-    0 (the steps it runs, as A1111's img2img does)."""
+    0 (the steps it runs, as A1111's img2img does). `scheduler`: the pass's own (the hires sampler), else the loaded one."""
     from pipelines.stages.init_image import refine_pipeline
 
     model, request, options = plan.model, plan.request, plan.options
@@ -166,6 +166,8 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
     state.context.step_index = skipped
     prompt = prompt or pass_prompt(state)
     pipe = refine_pipeline(model, mask is not None)
+    if scheduler is not None:
+        pipe.scheduler = scheduler  # this pass's pipeline only: the loaded pipeline keeps the first pass's
     seed_step_noise(pipe.scheduler, state.seeds)
     with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context):
         return pipe(

@@ -27,6 +27,7 @@ from PIL import Image
 from pipelines.generate import decode_latents, spatial_latents
 from pipelines.prompts.schedule import has_editing
 from pipelines.request import hires_on, hires_size
+from pipelines.samplers import find_sampler
 from pipelines.stages.denoise import img2img_denoise, stopped
 from pipelines.stages.init_image import encode_pixels, packed
 from pipelines.stages.prepare import encode_schedule
@@ -60,8 +61,8 @@ def upscale_latents(latents: torch.Tensor, width: int, height: int, vae_scale_fa
 
 
 def hires_infotext(request, upscaler: str) -> dict:
-    """The keys A1111 writes: `Hires prompt` / `Hires negative prompt` and `Hires steps` (only when set), `Hires upscale`,
-    `Hires upscaler`, `Denoising strength`."""
+    """The keys A1111 writes: `Hires prompt` / `Hires negative prompt`, `Hires steps`, `Hires sampler` and `Hires schedule
+    type` (only when set), `Hires upscale`, `Hires upscaler`, `Denoising strength`."""
     return {
         "Denoising strength": f"{request.hires_denoising:g}",
         "Hires prompt": request.hires_prompt or None,  # A1111 writes them only when they differ from the main prompts
@@ -69,7 +70,18 @@ def hires_infotext(request, upscaler: str) -> dict:
         "Hires upscale": f"{request.hires_scale:g}",
         "Hires steps": request.hires_steps or None,
         "Hires upscaler": upscaler,
+        "Hires sampler": request.hires_sampler or None,  # only when it differs from the first pass's, as A1111
+        "Hires schedule type": request.hires_schedule_type or None,
     }
+
+
+def hires_scheduler(model, request):
+    """The hires pass's own scheduler when it has another sampler or schedule type (validation leaves "" where it runs as
+    the first pass did); None to run on the first pass's."""
+    if not (request.hires_sampler or request.hires_schedule_type):
+        return None
+    sampler = find_sampler(model.family, request.hires_sampler or request.sampler)
+    return sampler.make(model.base_scheduler_config, request.hires_schedule_type or request.schedule_type)
 
 
 class HiresPass:
@@ -102,10 +114,12 @@ class HiresPass:
         else:
             first_steps = plan.steps_per_batch - steps
             state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising, steps=total,
-                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps, prompt=self._prompt(plan, state, total))
+                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps, prompt=self._prompt(plan, state, total),
+                                            scheduler=hires_scheduler(model, request))
         state.batch_extra |= hires_infotext(request, choice.name)
+        own = " ".join(filter(None, (request.hires_sampler, request.hires_schedule_type)))
         info["detail"] = (f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "
-                          f"{steps} of {total} steps (strength {request.hires_denoising:g})")
+                          f"{steps} of {total} steps (strength {request.hires_denoising:g})" + (f", {own}" if own else ""))
         stopped(plan, state)  # Stop raises; Skip ends the batch here (no decode)
 
     def _prompt(self, plan, state, total: int):

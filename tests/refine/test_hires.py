@@ -305,3 +305,100 @@ def test_the_a1111_api_maps_hr_prompt_and_a_bad_one_is_refused(manager):
     assert (same.request.hires_prompt, same.request.hires_negative_prompt) == ("", "")
     with pytest.raises(InvalidRequest, match="The hires prompt must be text"):
         manager.generate(tiny_request("sd15", hires_scale=1.5, hires_prompt=3))
+
+
+# -- A1111's Hires sampler and Hires schedule type ----------------------------------------------------
+
+
+def checked(**fields):
+    from pipelines.families import Family
+    from pipelines.request import validate_request
+
+    validated = validate_request(hires_request("sd15", **fields), Family.SD15)
+    request = validated.request
+    return (request.sampler, request.schedule_type, request.hires_sampler, request.hires_schedule_type), validated.warnings
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"sampler": "DPM++ 2M"}, ("DPM++ 2M", "Karras", "", "")),
+    ({"sampler": "DPM++ 2M", "hires_sampler": "Use same sampler", "hires_schedule_type": "Use same scheduler"}, ("DPM++ 2M", "Karras", "", "")),
+    ({"sampler": "DPM++ 2M", "hires_sampler": "dpm++ 2m"}, ("DPM++ 2M", "Karras", "", "")),  # the same one named: as the first pass
+    # another sampler on "Use same scheduler": the first pass's choice, Automatic = that sampler's own default
+    ({"sampler": "DPM++ 2M", "hires_sampler": "Euler a"}, ("DPM++ 2M", "Karras", "Euler a", "Automatic")),
+    ({"sampler": "Euler", "hires_sampler": "DPM++ 2M"}, ("Euler", "Automatic", "DPM++ 2M", "Karras")),
+    ({"sampler": "Euler", "hires_sampler": "DPM++ 2M SDE Karras"}, ("Euler", "Automatic", "DPM++ 2M SDE", "Karras")),
+    ({"sampler": "DPM++ 2M", "hires_schedule_type": "Exponential"}, ("DPM++ 2M", "Karras", "", "Exponential")),
+    ({"sampler": "Euler", "hires_schedule_type": "sgm_uniform"}, ("Euler", "Automatic", "", "SGM Uniform")),
+    ({"sampler": "DPM++ 2M", "hires_sampler": "Flow Euler", "hires_scale": 1.0}, ("DPM++ 2M", "Karras", "", "")),  # off: not read
+])
+def test_the_hires_sampler_and_schedule_type_resolve_against_the_first_pass(fields, expected):
+    assert checked(**fields) == (expected, ())
+
+
+def test_a_hires_sampler_without_the_first_pass_schedule_runs_automatic_and_says_so():
+    resolved, warnings = checked(sampler="DPM++ 2M", schedule_type="Karras", hires_sampler="Euler a")
+    assert resolved == ("DPM++ 2M", "Karras", "Euler a", "Automatic")
+    assert warnings == ("Hires fix: Euler a has no Karras schedule type; it runs Automatic.",)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"hires_sampler": "Flow Euler"}, "Hires sampler 'Flow Euler' is not available for Stable Diffusion 1.5; choose \"Use same sampler\" or"),
+    ({"hires_sampler": 3}, "Hires sampler 3 is not available"),
+    ({"sampler": "DPM++ 2M", "hires_schedule_type": "Uniform"}, "Hires schedule type Uniform is not available with DPM\\+\\+ 2M"),
+    ({"hires_sampler": "Euler a", "hires_schedule_type": "Karras"}, "Hires schedule type Karras is not available with Euler a"),
+    ({"hires_schedule_type": "KL Optimal"}, "Hires schedule type must be one of: Automatic, Uniform, Karras"),
+])
+def test_a_bad_hires_sampler_or_schedule_type_is_refused(fields, message):
+    with pytest.raises(InvalidRequest, match=message):
+        checked(**fields)
+
+
+def test_the_hires_pass_runs_its_own_sampler_and_the_png_says_so(manager, monkeypatch):
+    from pipelines.stages import hires
+
+    made = []
+
+    def spy(model, request):
+        scheduler = real(model, request)
+        made.append(None if scheduler is None else (type(scheduler).__name__, bool(getattr(scheduler.config, "use_karras_sigmas", False))))
+        return scheduler
+
+    real = hires.hires_scheduler
+    monkeypatch.setattr(hires, "hires_scheduler", spy)
+    same = manager.generate(hires_request(sampler="Euler"))
+    own = manager.generate(hires_request(sampler="Euler", hires_sampler="DPM++ 2M"))
+    assert made == [None, ("DPMSolverMultistepScheduler", True)]  # DPM++ 2M on Automatic: Karras
+    params = parse_infotext(own.images[0].infotext)
+    assert (params["Sampler"], params["Hires sampler"], params["Hires schedule type"]) == ("Euler", "DPM++ 2M", "Karras")
+    assert "Hires sampler" not in parse_infotext(same.images[0].infotext)
+    assert np.abs(pixels(own) - pixels(same)).max() > 2
+    with manager.use("tiny-sd15") as model:
+        assert type(model.pipe.scheduler).__name__ == "EulerDiscreteScheduler", "the loaded pipeline keeps the first pass's"
+
+
+def test_the_png_and_the_a1111_api_bring_the_hires_sampler_back(manager):
+    from ui.a1111.mapping import ApiDefaults, prepare
+    from ui.a1111.models import Txt2ImgRequest
+    from ui.png_info_tab import generate_form_values
+
+    text = "a cat\nSteps: 4, Sampler: Euler, Schedule type: Automatic, Seed: 4, Size: 64x64, Hires upscale: 2, Hires upscaler: Latent"
+    values, notes = generate_form_values(text + ", Hires sampler: DPM++ 2M, Hires schedule type: Exponential", manager, {})
+    assert (values["hires_sampler"], values["hires_schedule_type"]) == ("DPM++ 2M", "Exponential") and not notes
+    values, _ = generate_form_values(text + ", Hires sampler: DPM++ 2M Karras", manager, {})  # A1111's older combined name
+    assert (values["hires_sampler"], values["hires_schedule_type"]) == ("DPM++ 2M", "Karras")
+    values, _ = generate_form_values(text, manager, {})  # none written: the first pass's
+    assert (values["hires_sampler"], values["hires_schedule_type"]) == ("Use same sampler", "Use same scheduler")
+
+    def hires(**fields):
+        body = Txt2ImgRequest(prompt="a cat", steps=2, width=64, height=64, sampler_name="Euler", enable_hr=True, hr_scale=1.5, **fields)
+        return prepare(body, manager, ApiDefaults("tiny-sd15"))
+
+    own = hires(hr_sampler_name="DPM++ 2M", hr_scheduler="exponential")
+    assert (own.request.hires_sampler, own.request.hires_schedule_type) == ("DPM++ 2M", "Exponential") and not own.warnings
+    same = hires(hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler")
+    assert (same.request.hires_sampler, same.request.hires_schedule_type) == ("", "") and not same.warnings
+    fallback = hires(hr_sampler_name="Euler a", hr_scheduler="Karras")
+    assert (fallback.request.hires_sampler, fallback.request.hires_schedule_type) == ("Euler a", "Automatic")
+    assert fallback.warnings == ["Hires fix: Schedule type Karras is not available with Euler a in Likeness; Automatic was used."]
+    with pytest.raises(InvalidRequest, match="Hires fix \\(hr_sampler_name / hr_scheduler\\): Sampler 'DPM fast' not found"):
+        hires(hr_sampler_name="DPM fast")

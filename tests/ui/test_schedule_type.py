@@ -5,6 +5,8 @@ from __future__ import annotations
 from PIL import Image
 
 from pipelines.infotext import parse_infotext
+from tests.ui.conftest import keep_screenshot
+from tests.ui.test_generate_tab import set_number
 from tests.ui.test_sd_vae import generate_one
 
 
@@ -45,4 +47,20 @@ def test_schedule_choices_follow_the_sampler_and_come_back_from_the_png(page, li
     assert page.input_value("#sampler input") == "DPM++ 2M"
     pick(page, "sampler", "Euler a")  # the sent choices narrow again with the next sampler
     page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
-    generate_one(page, live_app, "a red circle back on Euler a")  # later tests start from the demo's own sampler
+
+
+def test_the_hires_pass_runs_its_own_sampler(page, live_app):
+    page.locator("#hires_panel").get_by_text("Hires. fix").click()
+    page.wait_for_selector("#hires_sampler input", state="visible")
+    assert page.input_value("#hires_sampler input") == "Use same sampler"
+    assert offered(page, "hires_schedule_type")[:3] == ["Use same scheduler", "Automatic", "Uniform"]
+    pick(page, "hires_sampler", "DPM++ 2M")  # its schedule types: no Uniform
+    assert offered(page, "hires_schedule_type") == ["Use same scheduler", "Automatic", "Karras", "Exponential", "SGM Uniform", "Beta"]
+    pick(page, "hires_schedule_type", "Exponential")
+    set_number(page, "hires_scale", 2)
+    made = generate_one(page, live_app, "a green star in hires")
+    with Image.open(made) as png:
+        assert png.size == (128, 128)
+        params = parse_infotext(png.text["parameters"])
+    assert (params["Sampler"], params["Hires sampler"], params["Hires schedule type"]) == ("Euler a", "DPM++ 2M", "Exponential")
+    keep_screenshot(page, "hires-sampler")

@@ -37,7 +37,7 @@ from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import png_with_parameters
 from pipelines.request import GenerationRequest, GenerationResult, shown
-from pipelines.choices import SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
@@ -86,9 +86,7 @@ UNSUPPORTED_DEFAULTS = {
     "image_cfg_scale": (None, 1.0, 1.5), "mask_round": (True,), "initial_noise_multiplier": (None, 1.0), "latent_mask": (None, ""),
 }
 # Hires fix fields Likeness runs with the first pass's own: another value is warned about (with enable_hr only).
-HIRES_SAME_AS_FIRST = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
-                       "hr_scheduler": (None, "", "Use same scheduler"), "firstphase_width": (0,),
-                       "firstphase_height": (0,)}
+HIRES_SAME_AS_FIRST = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "firstphase_width": (0,), "firstphase_height": (0,)}
 LATENT_RESIZE = 3  # A1111's img2img resize_mode 3, "Just resize (latent upscale)"
 MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 PULID_KEYS = ("images", "id_weight", "start_step", "num_zero", "ortho", "true_cfg", "true_cfg_start", "face_index")
@@ -385,7 +383,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
     if isinstance(body, Img2ImgRequest):
         fields |= img2img_fields(body, manager, warnings)
     else:
-        fields |= hires_fields(body, manager, warnings)
+        fields |= hires_fields(body, manager, warnings) | hires_sampling(body, family, sampler, warnings)
     prepared.request = replace(prepared.request, **fields)
     return prepared
 
@@ -448,6 +446,27 @@ def hires_fields(body: Txt2ImgRequest, manager, warnings: list[str]) -> dict:
     if body.denoising_strength is not None:
         fields["hires_denoising"] = body.denoising_strength
     return fields
+
+
+def hires_sampling(body: Txt2ImgRequest, family: Family, first_sampler: str, warnings: list[str]) -> dict:
+    """A1111's `hr_sampler_name` and `hr_scheduler` -> hires_sampler / hires_schedule_type ("Use same ..." or none: the
+    first pass's). As for the first pass, a scheduler Likeness lacks, or the hires sampler cannot run, is the first
+    pass's, with a warning; an unknown sampler is refused."""
+    if not body.enable_hr:
+        return {}
+    same_sampler = body.hr_sampler_name in (None, "", HIRES_SAME_SAMPLER)
+    same_schedule = body.hr_scheduler in (None, "", HIRES_SAME_SCHEDULE)
+    if same_sampler and same_schedule:
+        return {}
+    hires_notes: list[str] = []
+    try:
+        sampler, schedule = resolve_sampler(family, first_sampler if same_sampler else body.hr_sampler_name,
+                                            None if same_schedule else body.hr_scheduler, hires_notes)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"Hires fix (hr_sampler_name / hr_scheduler): {error}") from None
+    warnings += [f"Hires fix: {note}" for note in hires_notes]
+    named_schedule = not same_schedule or (not same_sampler and split_sampler_name(body.hr_sampler_name.strip())[1] is not None)
+    return {"hires_sampler": "" if same_sampler else sampler, "hires_schedule_type": schedule if named_schedule else ""}
 
 
 def detailer_fields(body, warnings: list[str]) -> dict:
