@@ -48,6 +48,14 @@ def pixels(text: str) -> int:
     return value
 
 
+def size_pair(text: str) -> tuple[int, int]:
+    """--seed-resize-from: WIDTHxHEIGHT, e.g. 512x768."""
+    width, _, height = text.strip().lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write WIDTHxHEIGHT, e.g. 512x768")
+    return int(width), int(height)
+
+
 def schedule_type(text: str) -> str:
     """--schedule-type: one of ours, by label or A1111's name ("SGM Uniform", "sgm_uniform")."""
     from pipelines.choices import SCHEDULE_TYPES
@@ -91,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"default: the model family's (SD 1.5 {defaults.cfg_scale:g}, SDXL 6, FLUX.1 3.5; the trained demo {DEMO_CFG:g})")
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed and saved")
     gen.add_argument("--subseed", type=int, default=-1, metavar="SEED", help="variation seed (A1111's Extra; -1 = random); needs --subseed-strength")
+    gen.add_argument("--seed-resize-from", type=size_pair, default=(0, 0), metavar="WxH",
+                     help="A1111's Resize seed from: draw the seed's noise at this size, centred, to keep a composition found at "
+                          "another size (SD 1.5 and SDXL text-to-image)")
     gen.add_argument("--subseed-strength", type=float, default=0.0, metavar="S",
                      help="how far each image's noise turns toward its variation seed's, 0-1 (0 = off; SD 1.5 and SDXL text-to-image)")
     gen.add_argument("--width", type=pixels, default=None, help="default: the model family's size")

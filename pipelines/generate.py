@@ -241,6 +241,8 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "VAE": model.vae[0] if model.vae else None,
         "Variation seed": subseed,
         "Variation seed strength": f"{request.subseed_strength:g}" if subseed is not None else None,
+        # A1111's key, only when on
+        "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}" if request.seed_resize_from_w > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1
         "Tiling": True if request.tiling else None,  # A1111's key and spelling, only when on
         "Version": APP_VERSION,

@@ -96,6 +96,11 @@ class GenerationRequest:
     # same scheduler" = as the first pass). Validation leaves "" where the hires pass runs as the first one did.
     hires_sampler: str = ""
     hires_schedule_type: str = ""
+    # A1111's "Resize seed from width/height" (with the variation seed under "Extra"): each image's starting noise is
+    # drawn at this size and put in the middle of the picture's, so a seed keeps its composition at another size
+    # (0 = off; both must be set). SD 1.5 and SDXL text-to-image, as the variation seed.
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -237,6 +242,9 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     variation, variation_notes, strength = validate_variation(request, family)
     problems += variation
     warnings += variation_notes
+    resize_problems, resize_notes, seed_resize = validate_seed_resize(request, family)
+    problems += resize_problems
+    warnings += resize_notes
     problems += tiling_problems(request, family)
     if not isinstance(request.vae, str) or not request.vae.strip():
         problems.append(f"VAE must be a VAE's name (or Automatic), got {shown(request.vae)}.")
@@ -310,7 +318,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
                       hires_sampler=hires_sampling[0], hires_schedule_type=hires_sampling[1],
                       approximate_cache=approximate, clip_skip=clip_skip,
-                      subseed=subseed, subseed_strength=float(strength))
+                      subseed=subseed, subseed_strength=float(strength), seed_resize_from_w=seed_resize[0], seed_resize_from_h=seed_resize[1])
     return ValidatedRequest(cleaned, seed, tuple(warnings))
 
 
@@ -331,6 +339,25 @@ def validate_variation(request: GenerationRequest, family: Family) -> tuple[list
         notes.append("The variation seed works in text-to-image here; img2img and inpainting use the seed alone.")
         strength = 0.0
     return problems, notes, float(strength)
+
+
+def validate_seed_resize(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], tuple[int, int]]:
+    """A1111's "Resize seed from": (problems, notes, the (width, height) that runs; (0, 0) = off). Off unless both are
+    set (A1111 reads -1 or 0 as off), and when it is the picture's own size; FLUX.1 and img2img say they run without it."""
+    problems, notes = [], []
+    sizes = (request.seed_resize_from_w, request.seed_resize_from_h)
+    for name, value in zip(("width", "height"), sizes):
+        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= family.spec.max_size:
+            problems.append(f"Resize seed from {name} must be 0 (off) or a size up to {family.spec.max_size}, got {shown(value)}.")
+    if problems or min(sizes) <= 0 or sizes == (request.width, request.height):
+        return problems, notes, (0, 0)
+    if family is Family.FLUX:
+        notes.append("Resize seed from works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed at its own size.")
+        return problems, notes, (0, 0)
+    if request.init_image is not None:
+        notes.append("Resize seed from works in text-to-image here; img2img and inpainting use the seed at the picture's size.")
+        return problems, notes, (0, 0)
+    return problems, notes, sizes
 
 
 def is_name_list(value) -> bool:

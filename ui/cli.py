@@ -152,7 +152,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         deepcache_branch=args.deepcache_branch, deepcache_schedule=args.deepcache_schedule, flux_cache=args.flux_cache,
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
         clip_skip=args.clip_skip, styles=tuple(args.style), subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling,
-        vae=args.vae, schedule_type=args.schedule_type,
+        vae=args.vae, schedule_type=args.schedule_type, seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1],
         **refine_fields(args, manager),
     )
     face = face_options(args)

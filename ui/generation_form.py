@@ -250,13 +250,18 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
         seed = inputs.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED, elem_id=f"{prefix}seed")
         random_seed = gr.Button("Random", elem_id=f"{prefix}random_seed", min_width=80, scale=0, size="sm")
         reuse_seed = gr.Button("Reuse last", elem_id=f"{prefix}reuse_seed", min_width=96, scale=0, size="sm")  # one line
-    with gr.Accordion("Variation seed (A1111's Extra)", open=False, elem_id=f"{prefix}variation_panel"):
+    with gr.Accordion("Variation seed, resize seed from (A1111's Extra)", open=False, elem_id=f"{prefix}variation_panel"):
         with gr.Row():
             subseed = inputs.Number(value=last.get("subseed", -1), precision=0, label="Variation seed (-1 = random)", minimum=-1,
                                     maximum=MAX_SEED, elem_id=f"{prefix}subseed")
             subseed_strength = inputs.Slider(0, 1, value=last.get("subseed_strength", 0.0), step=0.01, label="Variation strength",
                                              info="0 = off; small values: the same picture, a little changed (SD 1.5, SDXL)",
                                              elem_id=f"{prefix}subseed_strength")
+        with gr.Row():  # A1111's: the seed's noise drawn at this size, centred: its composition kept at another size
+            seed_resize_w = inputs.Slider(0, 2048, value=last.get("seed_resize_from_w", 0), step=8, label="Resize seed from width",
+                                          info="0 = off; the size the seed was first used at", elem_id=f"{prefix}seed_resize_from_w")
+            seed_resize_h = inputs.Slider(0, 2048, value=last.get("seed_resize_from_h", 0), step=8, label="Resize seed from height",
+                                          info="both set, and another size than the picture's", elem_id=f"{prefix}seed_resize_from_h")
     with gr.Row():
         batch_size = inputs.Slider(1, MAX_BATCH_SIZE, value=last.get("batch_size", 1), step=1, label="Batch size", elem_id=f"{prefix}batch_size")
         batch_count = inputs.Slider(1, MAX_BATCH_COUNT, value=last.get("batch_count", 1), step=1, label="Batch count", elem_id=f"{prefix}batch_count")
@@ -295,7 +300,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
               "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling, "vae": vae,
-              "schedule_type": schedule_type}
+              "schedule_type": schedule_type, "seed_resize_from_w": seed_resize_w, "seed_resize_from_h": seed_resize_h}
     return fields, random_seed, reuse_seed
 
 

@@ -55,7 +55,7 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
               "Hires negative prompt": "hires_negative_prompt", "VAE": "vae", "Hires sampler": "hires_sampler",
-              "Hires schedule type": "hires_schedule_type"}
+              "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -93,6 +93,7 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
         values["clip_skip"] = 1
     if "Variation seed strength" not in parsed:  # written only when on: none means off
         values["subseed_strength"] = 0.0
+    values |= seed_resize_values(parsed.get("Seed resize from"), notes)
     values["tiling"] = parsed.get("Tiling", "").strip().lower() == "true"  # A1111 writes "Tiling: True" only when on
     # Written only when they differ from the main prompts: absent means "the main prompt" (A1111's paste clears them too).
     values["hires_prompt"], values["hires_negative_prompt"] = parsed.get("Hires prompt", ""), parsed.get("Hires negative prompt", "")
@@ -115,6 +116,17 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
     if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
         notes += lora_hash_notes(parsed["Lora hashes"], manager)
     return values, notes
+
+
+def seed_resize_values(text: str | None, notes: list[str]) -> dict:
+    """A1111's `Seed resize from: 512x768` (written only when on; none = off, as its paste reads it)."""
+    if text is None:
+        return {"seed_resize_from_w": 0, "seed_resize_from_h": 0}
+    width, _, height = text.strip().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        notes.append(f"Seed resize from {text!r} is not WIDTHxHEIGHT; left as it was.")
+        return {}
+    return {"seed_resize_from_w": int(width), "seed_resize_from_h": int(height)}
 
 
 def vae_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:

@@ -30,6 +30,7 @@ def exact_repeat_key(model, request, seeds: list[int], hooks: list, init_key: tu
     key += (init_key,) if init_key else ()
     key += (("vae", request.vae),) if init_key and request.vae not in OWN_VAE else ()  # it encoded the init image
     key += conditioning_key(request)
+    key += (("seed resize", request.seed_resize_from_w, request.seed_resize_from_h),) if seed_resized(request) else ()
     return key + ((("variation", tuple(subseeds), request.subseed_strength),) if request.subseed_strength > 0 else ())
 
 
@@ -208,20 +209,43 @@ def slerp(strength: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tens
     return mixed.reshape(start.shape).to(start.dtype)
 
 
-def variation_latents(plan, state, seed_generators: list[torch.Generator]) -> torch.Tensor:
-    """The batch's starting noise with A1111's variation seed: each image's seed noise (drawn from its generator
-    with diffusers' own `randn_tensor`, as prepare_latents draws it, so the generator then goes on to the sampler's
-    noise as usual) turned toward its subseed's noise by the strength."""
+def seed_resized(request) -> bool:
+    """A1111's "Resize seed from" is on (validation leaves (0, 0) where it is off)."""
+    return request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
+
+
+def centre_placed(noise: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """A1111's placement of a seed's noise drawn at another size: centred in `full` (the picture's size, drawn from the
+    same seed, showing around a smaller one); a larger one is cut to its middle. Both (1, C, h, w)."""
+    placed = full.clone()
+    (rows, cols), (full_rows, full_cols) = noise.shape[-2:], full.shape[-2:]
+    dy, dx = (full_rows - rows) // 2, (full_cols - cols) // 2  # floored, as A1111's: an odd excess leaves one more out
+    h, w = (rows if dy >= 0 else rows + 2 * dy), (cols if dx >= 0 else cols + 2 * dx)
+    to_y, to_x, from_y, from_x = max(dy, 0), max(dx, 0), max(-dy, 0), max(-dx, 0)
+    placed[..., to_y:to_y + h, to_x:to_x + w] = noise[..., from_y:from_y + h, from_x:from_x + w]
+    return placed
+
+
+def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Tensor:
+    """The batch's starting noise with A1111's variation seed and "Resize seed from": each image's seed noise (drawn
+    from its generator with diffusers' own `randn_tensor`, as prepare_latents draws it, so the generator then goes on
+    to the sampler's noise as usual), at the resize-from size when set, turned toward its subseed's noise (drawn at the
+    same size) by the strength, then centred in the picture's noise drawn from the seed again (A1111's order)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     pipe, request = plan.model.pipe, plan.request
     scale = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, state.height // scale, state.width // scale)
+    drawn = (1, shape[1], request.seed_resize_from_h // scale, request.seed_resize_from_w // scale) if seed_resized(request) else shape
     dtype = state.embeds["prompt_embeds"].dtype
     noises = []
-    for generator, towards_generator in zip(seed_generators, generators(state.subseeds)):
-        noise, towards = (randn_tensor(shape, generator=g, dtype=dtype) for g in (generator, towards_generator))
-        noises.append(slerp(request.subseed_strength, noise, towards))
+    for seed, generator, subseed in zip(state.seeds, seed_generators, state.subseeds):
+        noise = randn_tensor(drawn, generator=generator, dtype=dtype)
+        if request.subseed_strength > 0:
+            noise = slerp(request.subseed_strength, noise, randn_tensor(drawn, generator=generators([subseed])[0], dtype=dtype))
+        if drawn != shape:
+            noise = centre_placed(noise, randn_tensor(shape, generator=generators([seed])[0], dtype=dtype))
+        noises.append(noise)
     return torch.cat(noises).to(plan.model.device)
 
 
@@ -236,8 +260,8 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     state.context.step_index = start_step
     start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
     seed_generators = generators(state.seeds)
-    if start_latents is None and request.subseed_strength > 0:
-        start_latents = variation_latents(plan, state, seed_generators)
+    if start_latents is None and (request.subseed_strength > 0 or seed_resized(request)):
+        start_latents = start_noise(plan, state, seed_generators)
     prompt = pass_prompt(state)  # steps count from 0 of the full schedule: a resumed run's first step is `start_step`
     seed_step_noise(model.pipe.scheduler, state.seeds)
     with resumed_from(model.pipe, start_step), attached(model.pipe, prompt.hooks(plan, first_step=0), state.context):

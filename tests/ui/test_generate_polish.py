@@ -248,7 +248,7 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
 
 
 def test_the_variation_seed_panel_reaches_the_image(page, live_app):
-    page.get_by_text("Variation seed (A1111's Extra)").click()
+    page.get_by_text("Variation seed, resize seed from (A1111's Extra)").click()
     page.fill("#subseed input", "77")
     set_number(page, "subseed_strength", 0.35)
     generate_small(page, "a big red circle", steps=2, size=64, timeout_ms=60_000)

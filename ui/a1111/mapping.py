@@ -77,7 +77,6 @@ SCRIPT_NAMES = {
 }
 # Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
 UNSUPPORTED_DEFAULTS = {
-    "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
     "restore_faces": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
     "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
@@ -377,6 +376,9 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         batch_count=body.n_iter, vae_dtype=vae_dtype, save=bool(body.save_images), clip_skip=clip_skip,
         styles=tuple(body.styles) if isinstance(body.styles, list) else (body.styles or ()),
         subseed=-1 if body.subseed is None else body.subseed, subseed_strength=body.subseed_strength or 0.0,
+        # A1111's -1 (its default) is off, as 0 is here
+        seed_resize_from_w=max(body.seed_resize_from_w, 0) if isinstance(body.seed_resize_from_w, int) else body.seed_resize_from_w,
+        seed_resize_from_h=max(body.seed_resize_from_h, 0) if isinstance(body.seed_resize_from_h, int) else body.seed_resize_from_h,
         tiling=False if body.tiling is None else body.tiling, vae=vae,
     )
     fields |= detailer_fields(body, warnings)
@@ -624,8 +626,8 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
         "sd_model_hash": parsed.get("Model hash"),
         "sd_vae_name": parsed.get("VAE"),
         "sd_vae_hash": parsed.get("VAE hash"),
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": request.seed_resize_from_w or -1 if request else -1,  # A1111 says -1 for off
+        "seed_resize_from_h": request.seed_resize_from_h or -1 if request else -1,
         "denoising_strength": body.denoising_strength,
         "extra_generation_params": {k: v for k, v in parsed.items() if k not in STANDARD_KEYS and not k.endswith(("-1", "-2"))},
         "index_of_first_image": 0,
