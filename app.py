@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--multiplier", "-m", type=float, default=0.3, metavar="M", help="0-1 (default 0.3)")
     merge.add_argument("--name", default="", help="the new file's name (default A1111's: A_0.7-B_0.3-Weighted_sum-merged); written next to A")
     merge.add_argument("--fp16", action="store_true", help="save as float16 (half the size)")
+    merge.add_argument("--bake-vae", default="None", metavar="NAME",
+                       help="A1111's Bake in VAE: a VAE file of models/VAE (A1111's layout) written in place of A's VAE")
     merge.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     experiment = commands.add_parser("experiment", parents=[common], help="run a settings experiment from a file (see README)")

@@ -640,7 +640,8 @@ class PipelineManager:
         """Checkpoint merger: a new single-file model from two or three (`pipelines.merge`), on the CPU and
         outside the generation lock (it needs RAM and disk, not the device); the catalog is rescanned so the
         new model is listed at once, under the name the result gives."""
-        result = merge_checkpoints(request, self.entry, progress, cancel)
+        result = merge_checkpoints(request, self.entry, progress, cancel,
+                                   find_vae=lambda name: find_vae(name, self.config.models_dir, self.config.allow_pickle))
         entries = self.refresh()
         result.name = next((entry.name for entry in entries if entry.path == result.path), result.name)
         return result

@@ -54,6 +54,7 @@ class MergeRequest:
     multiplier: float = 0.3  # M
     name: str = ""  # the new file's name without .safetensors; "" = A1111's (A_0.7-B_0.3-Weighted_sum-merged)
     half: bool = False  # Save as float16
+    bake_vae: str = "None"  # A1111's "Bake in VAE": a file of models/VAE whose weights replace the merge's VAE ("None": A's)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class MergePlan:
     b: ModelEntry | None
     c: ModelEntry | None
     file_name: str
+    vae: dict | None = None  # Bake in VAE: the file's tensors by the checkpoint's key (first_stage_model.*)
 
 
 def default_name(request: MergeRequest) -> str:
@@ -97,8 +99,9 @@ def _entry(find: Callable[[str], ModelEntry], name, role: str) -> ModelEntry:
     return entry
 
 
-def plan_merge(request: MergeRequest, find: Callable[[str], ModelEntry]) -> MergePlan:
-    """Check every field (InvalidRequest naming it); `find` is the catalog's lookup (ModelNotFound for a name it lacks)."""
+def plan_merge(request: MergeRequest, find: Callable[[str], ModelEntry], find_vae: Callable[[str], Path | None] | None = None) -> MergePlan:
+    """Check every field (InvalidRequest naming it); `find` is the catalog's lookup (ModelNotFound for a name it lacks),
+    `find_vae` models/VAE's (None for "None"), needed only to bake a VAE in."""
     if request.method not in METHODS:
         raise InvalidRequest(f"Interpolation method must be one of {', '.join(METHODS)}; got {request.method!r}.")
     multiplier = request.multiplier
@@ -126,7 +129,42 @@ def plan_merge(request: MergeRequest, find: Callable[[str], ModelEntry]) -> Merg
     file_name = f"{name}.safetensors"
     if (a.path.parent / file_name).exists():
         raise InvalidRequest(f"{a.path.parent / file_name} exists already; choose another name (a merge never overwrites a file).")
-    return MergePlan(a, b, c, file_name)
+    return MergePlan(a, b, c, file_name, baked_vae(request.bake_vae, a, find_vae))
+
+
+def baked_vae(name, a: ModelEntry, find_vae: Callable[[str], Path | None] | None) -> dict | None:
+    """Bake in VAE: the VAE file's tensors under the checkpoint's names (`first_stage_model.` + A1111's VAE names), each
+    checked against A's; None for "None". A1111 bakes only a file in its own layout into an SD checkpoint, and so here:
+    anything else is refused with the reason, before the merge starts."""
+    if name in (None, "", "None") or (isinstance(name, str) and name.strip() in ("", "None", "Automatic")):
+        return None
+    if not isinstance(name, str) or find_vae is None:
+        raise InvalidRequest(f"Bake in VAE must be a VAE's name from models/VAE (or None), got {name!r}.")
+    path = find_vae(name)
+    if path is None:
+        return None
+    if path.is_dir():
+        raise InvalidRequest(f"The VAE {path.name} is a diffusers folder; Bake in VAE takes a VAE file in A1111's layout "
+                             "(as vae-ft-mse-840000-ema-pruned.safetensors).")
+    from safetensors import safe_open
+
+    from pipelines.face.weight_files import read_torch_file
+
+    state = read_torch_file(path, "VAE")
+    prefix = "first_stage_model."
+    vae = {(key if key.startswith(prefix) else prefix + key): tensor for key, tensor in state.items()}
+    with safe_open(str(a.path), framework="pt") as primary:
+        ours = {key: primary.get_slice(key).get_shape() for key in primary.keys() if key.startswith(prefix)}
+    if not ours:
+        raise InvalidRequest(f"{a.name} has no VAE of its own to replace ({a.family.spec.label}); Bake in VAE works on SD 1.5 and SDXL "
+                             "checkpoints, as in A1111.")
+    fitting = {key: tensor for key, tensor in vae.items() if key in ours and list(tensor.shape) == list(ours[key])}
+    if len(fitting) < len(ours):
+        missing = sorted(set(ours) - set(fitting))
+        raise InvalidRequest(f"The VAE {path.name} does not fit {a.name}'s VAE ({len(missing)} of its {len(ours)} weights missing or of "
+                             f"another shape, e.g. {missing[0]}): a VAE of another family, or in diffusers' layout (Bake in VAE takes "
+                             "A1111's layout).")
+    return fitting
 
 
 def _merged(key: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, method: str, m: float) -> torch.Tensor:
@@ -147,12 +185,12 @@ def _merged(key: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, 
 
 
 def merge_checkpoints(request: MergeRequest, find: Callable[[str], ModelEntry], progress: KeyProgress | None = None,
-                      cancel: CancelToken | None = None) -> MergeResult:
+                      cancel: CancelToken | None = None, find_vae: Callable[[str], Path | None] | None = None) -> MergeResult:
     """Merge as `request` says (checked by `plan_merge` first) and write the new file next to A."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    plan = plan_merge(request, find)
+    plan = plan_merge(request, find, find_vae)
     start = time.perf_counter()
     notes: list[str] = []
     with ExitStack() as files:
@@ -172,6 +210,8 @@ def merge_checkpoints(request: MergeRequest, find: Callable[[str], ModelEntry], 
                 tensor = _merged(key, tensor, b.get_tensor(key), c.get_tensor(key) if c is not None else None, request.method,
                                  float(request.multiplier))
                 merged += 1
+            if plan.vae is not None and key in plan.vae:  # Bake in VAE: the file's weight, in A's dtype
+                tensor = plan.vae[key].to(tensor.dtype)
             if request.half and tensor.is_floating_point():
                 tensor = tensor.half()
             merged_state[key] = tensor.contiguous()
@@ -190,6 +230,8 @@ def merge_checkpoints(request: MergeRequest, find: Callable[[str], ModelEntry], 
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise OutputError(f"Could not write the merged model in {folder}: {reason}. Nothing was written.") from None
     _copy_config(plan.a.path, path, notes)
+    if plan.vae is not None:
+        notes.append(f"VAE baked in: {request.bake_vae} ({len(plan.vae)} tensors).")
     return MergeResult(path, plan.file_name.removesuffix(".safetensors"), time.perf_counter() - start, len(keys), merged, notes)
 
 
@@ -208,6 +250,6 @@ def _recipe(request: MergeRequest, plan: MergePlan) -> dict:
     """A1111's `sd_merge_recipe` keys (those that apply here)."""
     return {"type": "webui", "primary_model_hash": None, "secondary_model_hash": None, "tertiary_model_hash": None,
             "interp_method": request.method, "multiplier": request.multiplier, "save_as_half": request.half,
-            "custom_name": request.name, "config_source": "A", "bake_in_vae": None, "discard_weights": "", "is_inpainting": False,
+            "custom_name": request.name, "config_source": "A", "bake_in_vae": request.bake_vae if plan.vae is not None else None, "discard_weights": "", "is_inpainting": False,
             "is_instruct_pix2pix": False, "primary_model": plan.a.name, "secondary_model": plan.b.name if plan.b else None,
             "tertiary_model": plan.c.name if plan.c else None}

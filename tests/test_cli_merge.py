@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from tests.ldm_layout import export_ldm_checkpoint
-from tests.pipelines.test_merge import write_variant
+from tests.pipelines.test_merge import write_vae_file, write_variant
 from tests.test_cli import ROOT, assert_clean_error, cli_command, cli_env
 from tests.tiny_models import save_config_only
 
 CASES = {
     "text": ("merge", "-a", "a", "-b", "b", "-m", "0.25"),
     "json-fp16": ("merge", "--primary", "a", "--secondary", "b", "--tertiary", "a", "--method", "Add difference", "--fp16",
-                  "--name", "mine", "--json"),
+                  "--name", "mine", "--bake-vae", "brighter.safetensors", "--json"),
     "other-family": ("merge", "-a", "a", "-b", "xl"),
     "models-after": ("models",),
 }
@@ -31,6 +31,7 @@ def runs(tmp_path_factory, demo_cache_dir, tiny_pipes) -> dict:
         a = export_ldm_checkpoint(tiny_pipes["sd15"], models / "a.safetensors", "sd15")
         save_config_only(tiny_pipes["sd15"], models / "a.config")
         write_variant(a, models / "b.safetensors", 1.5, 0.01)
+        write_vae_file(a, models / "VAE" / "brighter.safetensors", 1.01)
         export_ldm_checkpoint(tiny_pipes["sdxl"], models / "xl.safetensors", "sdxl")
 
     def run(name: str) -> subprocess.CompletedProcess:
@@ -65,6 +66,9 @@ def test_merge_json_add_difference_in_float16(runs):
     assert reply["name"] == "mine" and reply["path"] == str(root / "models" / "mine.safetensors") and reply["merged"] > 0
     merged = load_file(reply["path"])
     assert {tensor.dtype for tensor in merged.values() if tensor.is_floating_point()} == {torch.float16}
+    vae = load_file(str(root / "models" / "VAE" / "brighter.safetensors"))  # baked in, as float16
+    baked = [key for key in merged if key.startswith("first_stage_model.")]
+    assert baked and all(torch.equal(merged[key], vae[key.removeprefix("first_stage_model.")].half()) for key in baked)
     assert "tensor " not in completed.stderr  # --json: no progress lines
 
 

@@ -221,7 +221,7 @@ def cmd_upscale(manager: PipelineManager, args) -> int:
 
 def cmd_merge(manager: PipelineManager, args) -> int:
     """`app.py merge`: A1111's Checkpoint Merger; the new model is listed by `app.py models` at once."""
-    request = MergeRequest(args.primary, args.secondary, args.tertiary, args.method, args.multiplier, args.name, args.fp16)
+    request = MergeRequest(args.primary, args.secondary, args.tertiary, args.method, args.multiplier, args.name, args.fp16, args.bake_vae)
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())  # Ctrl+C stops before anything is written
 

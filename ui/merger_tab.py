@@ -1,5 +1,5 @@
 """The Checkpoint Merger tab, as A1111 lays it out: models A, B, C, a custom name, the multiplier M, the
-interpolation method, Save as float16, Merge. The engine is `pipelines.merge`; the new model joins every
+interpolation method, Save as float16, Bake in VAE, Merge. The engine is `pipelines.merge`; the new model joins every
 model list (Generate, img2img, Face, the Models tab) as soon as it is written."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pipelines.choices import MERGE_METHODS
 from pipelines.generate import CancelToken
 from pipelines.manager import PipelineManager
 from pipelines.merge import MERGEABLE_FORMATS, MergeRequest, MergeResult, default_name
+from pipelines.vae_files import VAE_NONE, vae_files
 from ui.generation_form import model_choices
 from ui.session import BackgroundJob
 
@@ -27,6 +28,12 @@ def result_text(result: MergeResult) -> str:
     return "  \n".join(lines + result.notes)
 
 
+def bake_choices(manager: PipelineManager) -> list[str]:
+    """"None", then the VAE files of models/VAE (the folders there are in diffusers' layout: not bakeable)."""
+    files = vae_files(manager.config.models_dir, manager.config.allow_pickle)
+    return [VAE_NONE, *(name for name, path in files.items() if not path.is_dir())]
+
+
 def build(manager: PipelineManager, model_dropdowns: list, page: gr.Tab) -> None:
     names = mergeable_models(manager)
     gr.Markdown("Merge single-file `.safetensors` checkpoints of one family (A1111's Checkpoint Merger). "
@@ -39,7 +46,10 @@ def build(manager: PipelineManager, model_dropdowns: list, page: gr.Tab) -> None
     multiplier = gr.Slider(0, 1, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A", elem_id="merger_multiplier")
     method = gr.Radio(list(MERGE_METHODS), value=MERGE_METHODS[0], label="Interpolation method",
                       info=" · ".join(f"{m}: {f}" for m, f in METHOD_HELP.items()), elem_id="merger_method")
-    half = gr.Checkbox(False, label="Save as float16", elem_id="merger_half")
+    with gr.Row():
+        half = gr.Checkbox(False, label="Save as float16", elem_id="merger_half")
+        # A1111's: a VAE file of models/VAE (its layout) written into the merge in place of A's VAE
+        bake_vae = gr.Dropdown(bake_choices(manager), value=VAE_NONE, label="Bake in VAE", elem_id="merger_bake_vae")
     with gr.Row():
         merge = gr.Button("Merge", variant="primary", elem_id="merger_run")
         stop = gr.Button("Stop", elem_id="merger_stop")
@@ -47,10 +57,13 @@ def build(manager: PipelineManager, model_dropdowns: list, page: gr.Tab) -> None
     running: dict[str, CancelToken] = {}
 
     def refresh(*chosen):
-        names = mergeable_models(manager)
-        return [gr.Dropdown(choices=names, value=value if value in names else None) for value in chosen]
+        *models, vae = chosen
+        names, vaes = mergeable_models(manager), bake_choices(manager)
+        return [*(gr.Dropdown(choices=names, value=value if value in names else None) for value in models),
+                gr.Dropdown(choices=vaes, value=vae if vae in vaes else VAE_NONE)]
 
-    page.select(refresh, [primary, secondary, tertiary], [primary, secondary, tertiary], queue=False, api_visibility="private")
+    page.select(refresh, [primary, secondary, tertiary, bake_vae], [primary, secondary, tertiary, bake_vae], queue=False,
+                api_visibility="private")
 
     def suggest(a, b, m, how):  # the name A1111 would give, as the box's placeholder
         request = MergeRequest(a or "A", b or "B", "", how, m)
@@ -59,16 +72,16 @@ def build(manager: PipelineManager, model_dropdowns: list, page: gr.Tab) -> None
     for control in (primary, secondary, multiplier, method):
         control.change(suggest, [primary, secondary, multiplier, method], name, queue=False, api_visibility="private")
 
-    def run(a, b, c, custom, m, how, to_half, request: gr.Request = None):
+    def run(a, b, c, custom, m, how, to_half, vae=VAE_NONE, request: gr.Request = None):
         session = getattr(request, "session_hash", None) or "api"
         token = running[session] = CancelToken()
         try:
-            job = MergeRequest(a or "", b or "", c or "", how, m, custom or "", bool(to_half))
+            job = MergeRequest(a or "", b or "", c or "", how, m, custom or "", bool(to_half), vae or VAE_NONE)
             yield from _run(manager, job, token, model_dropdowns, [primary, secondary, tertiary])
         finally:
             running.pop(session, None)
 
-    merge.click(run, [primary, secondary, tertiary, name, multiplier, method, half],
+    merge.click(run, [primary, secondary, tertiary, name, multiplier, method, half, bake_vae],
                 [readout, primary, secondary, tertiary, *model_dropdowns], api_name="merge", concurrency_id="merge")
 
     def stop_merge(request: gr.Request = None):

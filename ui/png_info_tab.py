@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.errors import LikenessError
 from pipelines.images import read_embedded_text
 from pipelines.infotext import parse_infotext
 from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
-from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import find_schedule_type, sampler_from_infotext, split_sampler_name
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES

@@ -201,3 +201,57 @@ def test_a_name_taken_meanwhile_or_a_full_disk_is_a_message(manager, monkeypatch
     assert message in str(refused.value)
     if error.errno == 28:
         assert "the disk is full. Nothing was written." in str(refused.value)
+
+
+# -- A1111's Bake in VAE --------------------------------------------------------------------------------------------
+
+
+def write_vae_file(checkpoint: Path, target: Path, scale: float, prefixed: bool = False) -> dict[str, torch.Tensor]:
+    """A VAE file in A1111's layout (a checkpoint's first_stage_model.* without the prefix, as vae-ft-mse ships), its
+    weights changed so a bake shows; plus the keys such files carry that are not VAE weights."""
+    prefix = "first_stage_model."
+    state = {key[len(prefix):]: value * scale for key, value in tensors(checkpoint).items() if key.startswith(prefix)}
+    extra = {"loss.logvar": torch.zeros(())}
+    written = {(prefix + key if prefixed else key): value for key, value in (state | extra).items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(written, str(target), metadata={"format": "pt"})
+    return state
+
+
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_bake_in_vae_puts_the_files_weights_in_the_merge(manager, prefixed):
+    folder = manager.config.models_dir
+    vae = write_vae_file(folder / "a.safetensors", folder / "VAE" / "brighter.safetensors", 1.01, prefixed)
+    result = manager.merge(MergeRequest("a", "b", multiplier=0.5, name="baked", bake_vae="brighter.safetensors"))
+    merged, plain_a, b = tensors(result.path), tensors(folder / "a.safetensors"), tensors(folder / "b.safetensors")
+    for key, value in merged.items():
+        if key.startswith("first_stage_model."):
+            assert torch.equal(value, vae[key[len("first_stage_model."):]].to(value.dtype)), key
+        elif key != POSITION_IDS and value.is_floating_point():
+            assert torch.allclose(value.double(), plain_a[key].double() * 0.5 + b[key].double() * 0.5, atol=1e-6), key
+    assert "loss.logvar" not in merged and "VAE baked in: brighter.safetensors" in result.notes[-1]
+    with safe_open(str(result.path), framework="pt") as handle:
+        assert json.loads(handle.metadata()["sd_merge_recipe"])["bake_in_vae"] == "brighter.safetensors"
+    manager.generate(tiny_request("sd15", model=result.name, seed=5, save=False))  # the baked model loads and draws
+
+
+def test_bake_in_vae_none_keeps_the_merged_vae(manager):
+    folder = manager.config.models_dir
+    result = manager.merge(MergeRequest("a", "b", multiplier=0.5, name="unbaked", bake_vae="None"))
+    merged, a, b = tensors(result.path), tensors(folder / "a.safetensors"), tensors(folder / "b.safetensors")
+    key = next(k for k in merged if k.startswith("first_stage_model.") and merged[k].is_floating_point())
+    assert torch.allclose(merged[key].double(), a[key].double() * 0.5 + b[key].double() * 0.5, atol=1e-6)
+
+
+def test_a_vae_that_cannot_be_baked_in_is_refused_before_anything_is_written(manager, tiny_pipes):
+    folder = manager.config.models_dir
+    before = sorted(folder.glob("*.safetensors"))
+    (folder / "VAE").mkdir()
+    save_file({k: v.contiguous() for k, v in tiny_pipes["sd15"].vae.state_dict().items()}, str(folder / "VAE" / "diffusers.safetensors"))
+    with pytest.raises(InvalidRequest, match=r"does not fit a's VAE .*diffusers' layout"):
+        manager.merge(MergeRequest("a", "b", bake_vae="diffusers.safetensors"))
+    with pytest.raises(ModelNotFound, match="No VAE named 'nope.safetensors'"):
+        manager.merge(MergeRequest("a", "b", bake_vae="nope.safetensors"))
+    with pytest.raises(InvalidRequest, match="Bake in VAE must be a VAE's name"):
+        manager.merge(MergeRequest("a", "b", bake_vae=3))
+    assert sorted(folder.glob("*.safetensors")) == before

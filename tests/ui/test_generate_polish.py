@@ -249,8 +249,12 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
 
 def test_the_variation_seed_panel_reaches_the_image(page, live_app):
     page.get_by_text("Variation seed, resize seed from (A1111's Extra)").click()
+    page.wait_for_selector("#subseed input", state="visible")
+    time.sleep(0.5)  # the accordion's opening: a value typed while it renders its fields was lost (CI, once)
     page.fill("#subseed input", "77")
+    page.press("#subseed input", "Tab")
     set_number(page, "subseed_strength", 0.35)
+    assert page.input_value("#subseed input") == "77"
     generate_small(page, "a big red circle", steps=2, size=64, timeout_ms=60_000)
     keep_screenshot(page, "variation_seed")
     saved = sorted((live_app["root"] / "outputs").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]

@@ -80,3 +80,28 @@ def test_a_missing_model_or_a_taken_name_is_a_message_and_nothing_is_written(mer
     assert models_folder(merger_app) == before
     page.click("#merger_stop")
     page.wait_for_function("(document.querySelector('#merger_readout')?.innerText || '') === 'Nothing is merging.'", timeout=10_000)
+
+
+def test_bake_in_vae_lists_the_vae_files_and_writes_the_chosen_one_in(browser, merger_app):
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.pipelines.test_merge import write_vae_file
+
+    models = merger_app["root"] / "models"
+    vae = write_vae_file(models / "anime-a.safetensors", models / "VAE" / "vivid.safetensors", 1.02)  # after the page was built
+    page = open_page(browser, merger_app["url"])
+    page.get_by_role("tab", name="Checkpoint Merger").click()  # opening the tab lists models/VAE again
+    page.wait_for_selector("#merger_run", state="visible")
+    choose(page, "merger_primary", "anime-a")
+    choose(page, "merger_secondary", "photo-b")
+    page.fill("#merger_name textarea, #merger_name input", "vivid-merge")
+    choose(page, "merger_bake_vae", "vivid.safetensors")
+    page.click("#merger_run")
+    page.wait_for_function("/Merged|⚠/.test(document.querySelector('#merger_readout')?.innerText || '')", timeout=60_000)
+    readout = page.inner_text("#merger_readout")
+    assert readout.startswith("Merged vivid-merge in ") and "VAE baked in: vivid.safetensors" in readout, readout
+    merged = load_file(str(models / "vivid-merge.safetensors"))
+    baked = [key for key in merged if key.startswith("first_stage_model.")]
+    assert baked and all(torch.equal(merged[key], vae[key.removeprefix("first_stage_model.")]) for key in baked)
+    page.context.close()

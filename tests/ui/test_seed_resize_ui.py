@@ -14,6 +14,7 @@ from tests.ui.test_sd_vae import generate_one, pngs
 def test_resize_seed_from_runs_and_comes_back_from_the_png(page, live_app):
     page.locator("#variation_panel").get_by_text("Variation seed").click()
     page.wait_for_selector("#seed_resize_from_w input[type=number]", state="visible")
+    time.sleep(0.5)  # the accordion's opening (see test_generate_polish)
     set_number(page, "seed_resize_from_w", 64)
     set_number(page, "seed_resize_from_h", 64)
     keep_screenshot(page, "seed-resize-panel")
