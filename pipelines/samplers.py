@@ -52,6 +52,7 @@ class Sampler:
     default_schedule: str = AUTOMATIC
     schedules: tuple = ALL_SCHEDULES
     model_calls: int = 1  # denoiser calls per step: 2 for the second-order samplers (Heun, DPM2, DPM++ SDE)
+    written_as: tuple[str, str] | None = None  # the infotext's (Sampler, Schedule type) when not ours (Forge's FLUX Euler)
 
     def resolve(self, schedule_type: str) -> str:
         """The schedule that runs: Automatic becomes A1111's default for this sampler."""
@@ -72,9 +73,7 @@ class Sampler:
 
     def infotext(self, schedule_type: str) -> tuple[str, str]:
         """A1111's "Sampler" and "Schedule type" for a run: the schedule that ran (A1111 writes Karras, not Automatic)."""
-        if self.name == "Flow Euler":
-            return "Euler", "Simple"  # how Forge writes FLUX's flow-match Euler
-        return self.name, self.resolve(schedule_type)
+        return self.written_as or (self.name, self.resolve(schedule_type))
 
 
 def seed_step_noise(scheduler, seeds: list[int]) -> None:
@@ -115,7 +114,7 @@ UNET_SAMPLERS = [
     Sampler("LCM", "LCMScheduler", schedules=OWN_ONLY),
 ]
 # FLUX.1's flow-match Euler with its resolution-dependent shift: the model's own schedule only.
-FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", schedules=OWN_ONLY)]
+FLOW_SAMPLERS = [Sampler("Flow Euler", "FlowMatchEulerDiscreteScheduler", schedules=OWN_ONLY, written_as=("Euler", "Simple"))]
 
 
 def samplers_for(family: Family) -> list[Sampler]:

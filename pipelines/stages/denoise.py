@@ -192,8 +192,12 @@ def pass_prompt(state) -> EncodedPrompt:
     return state.prompt if state.prompt is not None else EncodedPrompt(state.embeds)
 
 
+def fresh_generator(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
 def generators(seeds: list[int]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    return [fresh_generator(seed) for seed in seeds]
 
 
 def slerp(strength: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -242,9 +246,9 @@ def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Te
     for seed, generator, subseed in zip(state.seeds, seed_generators, state.subseeds):
         noise = randn_tensor(drawn, generator=generator, dtype=dtype)
         if request.subseed_strength > 0:
-            noise = slerp(request.subseed_strength, noise, randn_tensor(drawn, generator=generators([subseed])[0], dtype=dtype))
+            noise = slerp(request.subseed_strength, noise, randn_tensor(drawn, generator=fresh_generator(subseed), dtype=dtype))
         if drawn != shape:
-            noise = centre_placed(noise, randn_tensor(shape, generator=generators([seed])[0], dtype=dtype))
+            noise = centre_placed(noise, randn_tensor(shape, generator=fresh_generator(seed), dtype=dtype))
         noises.append(noise)
     return torch.cat(noises).to(plan.model.device)
 

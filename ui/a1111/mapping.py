@@ -181,10 +181,11 @@ def scheduler_key(text) -> str | None:
     """A1111's scheduler name from a name or label ("Karras", "karras"); None when it is not one."""
     if not isinstance(text, str):
         return None
+    ours = find_schedule_type(text)  # ours by label or A1111's name and aliases ("SGMUniform")
+    if ours is not None:
+        return scheduler_name(ours)
     low = text.strip().lower()
-    if low == "sgmuniform":  # A1111's alias of SGM Uniform
-        return "sgm_uniform"
-    for name, label in A1111_SCHEDULERS.items():
+    for name, label in A1111_SCHEDULERS.items():  # those Likeness lacks (KL Optimal), for their warning
         if low in (name, label.lower()):
             return name
     return None
