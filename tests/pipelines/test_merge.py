@@ -254,4 +254,7 @@ def test_a_vae_that_cannot_be_baked_in_is_refused_before_anything_is_written(man
         manager.merge(MergeRequest("a", "b", bake_vae="nope.safetensors"))
     with pytest.raises(InvalidRequest, match="Bake in VAE must be a VAE's name"):
         manager.merge(MergeRequest("a", "b", bake_vae=3))
+    tiny_pipes["sd15"].vae.save_pretrained(folder / "VAE" / "folder-vae")  # a diffusers VAE folder: listed for SD VAE, not bakeable
+    with pytest.raises(InvalidRequest, match="The VAE folder-vae is a diffusers folder; Bake in VAE takes a VAE file"):
+        manager.merge(MergeRequest("a", "b", bake_vae="folder-vae"))
     assert sorted(folder.glob("*.safetensors")) == before

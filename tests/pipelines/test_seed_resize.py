@@ -108,6 +108,8 @@ def test_flux_and_img2img_run_without_it_and_say_so():
 def test_a_bad_size_is_refused(value):
     with pytest.raises(InvalidRequest, match="Resize seed from width must be 0 \\(off\\) or a size up to 2048"):
         validate_request(tiny_request("sd15", seed_resize_from_w=value, seed_resize_from_h=64), Family.SD15)
+    with pytest.raises(InvalidRequest, match="Resize seed from height must be 0 \\(off\\) or a size up to 2048"):
+        validate_request(tiny_request("sd15", seed_resize_from_w=64, seed_resize_from_h=value), Family.SD15)
 
 
 def test_the_png_the_a1111_api_and_the_cli_carry_it(shared_manager):
