@@ -218,7 +218,9 @@ def wire_styles(manager: PipelineManager, controls: StyleControls, prompt: gr.Te
 def vae_dropdown(manager: PipelineManager, chosen: str, prefix: str = "") -> gr.Dropdown:
     """A1111's SD VAE: Automatic (the model's own) or a file of models/VAE; the list is read again each time it opens."""
     names = vae_names(manager.config.models_dir, manager.config.allow_pickle)
-    dropdown = gr.Dropdown(names, value=chosen if chosen in names else VAE_AUTOMATIC, label="SD VAE", scale=1,
+    # Any value (allow_custom_value): Gradio would check an API client's value against the list the page was built with,
+    # so a file added since would be refused with its message; the request checks it against models/VAE and names it.
+    dropdown = gr.Dropdown(names, value=chosen if chosen in names else VAE_AUTOMATIC, label="SD VAE", scale=1, allow_custom_value=True,
                            info="Automatic = the model's own; files from models/VAE", elem_id=f"{prefix}vae")
     dropdown.focus(lambda value: gr.Dropdown(choices=vae_names(manager.config.models_dir, manager.config.allow_pickle)), dropdown, dropdown,
                    queue=False, api_visibility="private")
@@ -311,6 +313,7 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
             scale = inputs.Slider(MIN_HIRES_SCALE, MAX_HIRES_SCALE, value=last.get("hires_scale", 1.0), step=0.05, label="Upscale by (1 = off)",
                                   elem_id=f"{prefix}hires_scale")
             upscaler = gr.Dropdown(upscaler_choices(manager), value=last.get("hires_upscaler", "Latent"), label="Upscaler",
+                                   allow_custom_value=True,  # as the SD VAE: a file added to models/ESRGAN since the start
                                    elem_id=f"{prefix}hires_upscaler", info="ESRGAN files go in models/ESRGAN")
         with gr.Row():
             steps = inputs.Slider(0, MAX_STEPS, value=last.get("hires_steps", 0), step=1, label="Hires steps (0 = same as Steps)",

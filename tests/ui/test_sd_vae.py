@@ -75,3 +75,29 @@ def test_pick_a_vae_file_generate_and_send_it_back(page, browser, live_app, vae_
     page.click("#png_send")
     page.wait_for_function("document.querySelector('#vae input').value === 'Automatic'", timeout=30_000)
     page.context.close()
+
+
+def test_an_api_client_names_files_added_after_the_page_was_built(live_app, vae_file, tmp_path):
+    """Gradio checks a preprocessed endpoint's dropdown values against the list the page was built with; a VAE or an
+    ESRGAN file put in models/ after the start is the request's to check (as the model dropdown's), not refused there."""
+    from gradio_client import Client
+
+    from pipelines.request import GenerationRequest
+    from tests.upscale import tiny_state, write_esrgan
+    from ui.generate_tab import FORM_FIELDS
+
+    write_esrgan(Path(live_app["root"]) / "models" / "ESRGAN" / "late_x2.safetensors", tiny_state(2, seed=3))
+    start = GenerationRequest(DEMO_MODEL_NAME, "late files", steps=2, seed=5, width=64, height=64, sampler="Euler",
+                              vae=vae_file.name, hires_scale=1.5, hires_upscaler="late_x2", hires_steps=1)
+    form = tuple(getattr(start, name) for name in FORM_FIELDS)
+    client = Client(live_app["url"], verbose=False)
+    progress, _grid, table, *_rest = client.predict("seed", "5", "", "", "", "", 0, False, 1, False, [], 0.8, 0, *form,
+                                                    api_name="/experiment")
+    assert progress.startswith("**Done: 1 of 1 cells.**"), progress
+    cells = sorted((Path(live_app["root"]) / "outputs" / "experiments").glob("*/cells.json"))[-1].read_text()
+    assert "VAE: demo-copy.safetensors" in cells and "Hires upscaler: late_x2" in cells, cells[:2000]
+    typo = dict(zip(FORM_FIELDS, form)) | {"vae": "no-such-vae.safetensors"}
+    refused, _grid, table, *_rest = client.predict("seed", "5", "", "", "", "", 0, False, 1, False, [], 0.8, 0, *typo.values(),
+                                                   api_name="/experiment")
+    assert refused.startswith("**Done: 0 of 1 cells, 1 failed.**"), refused
+    assert "no-such-vae.safetensors" in str(table["data"]), table  # the request's own message, in the cell's row
