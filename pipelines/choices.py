@@ -18,9 +18,10 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 # Checkpoint merger: A1111's interpolation methods, in its order (pipelines/merge.py says how each works).
 MERGE_METHODS = ("Weighted sum", "Add difference", "No interpolation")
-# A1111's "Schedule type" (the spacing of the noise levels a sampler steps through), those diffusers can make, in
-# A1111's order. Automatic = the sampler's own default (pipelines/samplers.py says what each sets).
-SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
+# A1111's "Schedule type" (the spacing of the noise levels a sampler steps through), all of its 1.10 release's, in its
+# order. Automatic = the sampler's own default (pipelines/samplers.py and pipelines/schedules.py say how each is made).
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Align Your Steps",
+                  "Simple", "Normal", "DDIM", "Beta")
 # Hires fix's own sampler and schedule type: A1111's first choices, meaning "as the first pass" (the request's "" too).
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULE = "Use same scheduler"

@@ -499,7 +499,7 @@ class PipelineManager:
         if is_inpainting_model(model) and request.mode != "inpaint":
             raise InvalidRequest(f"{model.name} is an inpainting model (a 9-channel UNet): it needs an init image and a mask. "
                                  "Use the img2img tab's inpaint mode, or a text-to-image model.")
-        model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config, request.schedule_type)
+        model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config, request.schedule_type, model.family)
         options.hooks += self._cache_hooks(model, request, options) + ([TilingHook()] if request.tiling else [])
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:

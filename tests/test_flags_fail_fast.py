@@ -57,8 +57,8 @@ def test_a_bad_choice_is_refused_by_the_parser_with_the_list():
 
 
 def test_a_schedule_type_that_is_not_one_is_refused_by_the_parser_with_the_list():
-    out = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "x", "--schedule-type", "Align Your Steps"], cwd=PROJECT,
+    out = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "x", "--schedule-type", "Karras Exponential"], cwd=PROJECT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert ("--schedule-type: 'Align Your Steps' is not a schedule type; use one of: Automatic, Uniform, Karras, Exponential, "
-            "SGM Uniform, Beta") in out.stderr
+    assert ("--schedule-type: 'Karras Exponential' is not a schedule type; use one of: Automatic, Uniform, Karras, Exponential, "
+            "Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, DDIM, Beta") in out.stderr

@@ -56,7 +56,7 @@ def clean_last_generation(manager, last) -> tuple[dict, list[str]]:
         if name not in RESTORED:
             log.debug("last-used value %r ignored: not a form field", name)
             continue
-        # A schedule type is checked with the sampler it was used with (Karras is fine with DPM++ 2M, not with Euler a).
+        # A schedule type is checked with the sampler it was used with (Karras is fine with DPM++ 2M, not with DDIM).
         together = {"sampler": cleaned.get("sampler", baseline.sampler)} if name == "schedule_type" else {}
         try:
             validate_request(dataclasses.replace(baseline, **together, **{name: value}), family)

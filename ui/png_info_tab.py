@@ -8,6 +8,7 @@ import gradio as gr
 
 from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.errors import LikenessError
+from pipelines.families import Family
 from pipelines.images import read_embedded_text
 from pipelines.infotext import parse_infotext
 from pipelines.lora.files import lora_hash
@@ -97,21 +98,23 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
     values["tiling"] = parsed.get("Tiling", "").strip().lower() == "true"  # A1111 writes "Tiling: True" only when on
     # Written only when they differ from the main prompts: absent means "the main prompt" (A1111's paste clears them too).
     values["hires_prompt"], values["hires_negative_prompt"] = parsed.get("Hires prompt", ""), parsed.get("Hires negative prompt", "")
-    if "Sampler" in parsed:
-        values["sampler"], values["schedule_type"], schedule_note = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"))
-        notes += [schedule_note] if schedule_note else []
     vae = parsed.get("VAE dtype", "").split(" ")[0].rstrip(",:")  # "fp32: this VAE overflows in fp16 (force_upcast)" -> fp32
     if vae in VAE_CHOICES:
         values["vae_dtype"] = vae
+    families = {e.name: e.family for e in manager.models() if e.usable} if manager is not None else {}
     if "Model" in parsed:
-        names = {e.name for e in manager.models() if e.usable}
-        by_stem = {name.rsplit("/", 1)[-1]: name for name in names}
-        model = parsed["Model"] if parsed["Model"] in names else by_stem.get(parsed["Model"])
+        by_stem = {name.rsplit("/", 1)[-1]: name for name in families}
+        model = parsed["Model"] if parsed["Model"] in families else by_stem.get(parsed["Model"])
         if model:
             values["model"] = model
         else:
             notes.append(f"Model {parsed['Model']!r} is not installed; kept {current.get('model')!r}.")
-    values |= hires_values(parsed, manager, notes)
+    # The model the form will show decides what "Euler" + "Simple" is: FLUX.1's flow-match Euler (Forge) or A1111's.
+    family = families.get(values.get("model", current.get("model")))
+    if "Sampler" in parsed:
+        values["sampler"], values["schedule_type"], schedule_note = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"), family)
+        notes += [schedule_note] if schedule_note else []
+    values |= hires_values(parsed, manager, notes, family)
     values |= vae_values(parsed, manager, notes)
     if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
         notes += lora_hash_notes(parsed["Lora hashes"], manager)
@@ -142,11 +145,11 @@ def vae_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict
     return {"vae": path.name if path is not None else VAE_AUTOMATIC}
 
 
-def hires_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:
+def hires_values(parsed: dict, manager: PipelineManager, notes: list[str], family: Family | None = None) -> dict:
     """Hires fix as the image had it: off (scale 1) when it had none, as A1111's paste does; its upscaler if installed."""
     if "Hires upscale" not in parsed:
         return {"hires_scale": 1.0, "hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE}
-    values = hires_sampling_values(parsed, notes)
+    values = hires_sampling_values(parsed, notes, family)
     name = parsed.get("Hires upscaler")
     if name is None:
         return values
@@ -156,13 +159,13 @@ def hires_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> di
     return values
 
 
-def hires_sampling_values(parsed: dict, notes: list[str]) -> dict:
+def hires_sampling_values(parsed: dict, notes: list[str], family: Family | None = None) -> dict:
     """A1111 writes `Hires sampler` and `Hires schedule type` only when they differ from the first pass's: none written
     is "Use same ..."."""
     sampler, schedule = parsed.get("Hires sampler"), parsed.get("Hires schedule type")
     values = {"hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE}
     if sampler:
-        values["hires_sampler"], schedule_type, note = sampler_from_infotext(sampler, schedule)
+        values["hires_sampler"], schedule_type, note = sampler_from_infotext(sampler, schedule, family)
         if schedule or split_sampler_name(sampler)[1]:  # written, or in the name ("DPM++ 2M Karras")
             values["hires_schedule_type"] = schedule_type
         notes += [f"Hires: {note}"] if note else []

@@ -366,7 +366,7 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
 def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool, schedule_on_axis: bool = False
                  ) -> tuple[GenerationRequest, str | None]:
     """A model axis may cross families (SD 1.5 -> FLUX.1): a sampler the family lacks becomes its default; a schedule
-    type the cell's sampler lacks (Karras with Euler a) becomes Automatic, unless that axis is the one being tried."""
+    type the cell's sampler lacks (Karras with DDIM) becomes Automatic, unless that axis is the one being tried."""
     family = manager.entry(request.model).family
     notes = []
     if not sampler_on_axis and not has_sampler(family, request.sampler):

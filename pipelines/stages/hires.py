@@ -81,7 +81,7 @@ def hires_scheduler(model, request):
     if not (request.hires_sampler or request.hires_schedule_type):
         return None
     sampler = find_sampler(model.family, request.hires_sampler or request.sampler)
-    return sampler.make(model.base_scheduler_config, request.hires_schedule_type or request.schedule_type)
+    return sampler.make(model.base_scheduler_config, request.hires_schedule_type or request.schedule_type, model.family)
 
 
 class HiresPass:

@@ -18,11 +18,15 @@ from ui.a1111.mapping import resolve_sampler
     ("k_euler_a", None, ("Euler a", "Automatic"), False),  # A1111's alias
     ("Euler", "Automatic", ("Euler", "Automatic"), False),
     ("Euler", "Karras", ("Euler", "Karras"), False),
-    ("Euler a", "Karras", ("Euler a", "Automatic"), True),  # diffusers' Euler a has no Karras sigmas: a warning
+    ("Euler a", "Karras", ("Euler a", "Karras"), False),  # computed here: diffusers' Euler a has no Karras setting
+    ("DDIM", "Karras", ("DDIM", "Automatic"), True),  # DDIM steps through timesteps: spacings only, a warning
     ("Euler a", "sgm_uniform", ("Euler a", "SGM Uniform"), False),
     ("DDIM", "SGMUniform", ("DDIM", "SGM Uniform"), False),  # A1111's alias of the label
     ("UniPC", "Exponential", ("UniPC", "Exponential"), False),
-    ("UniPC", "kl_optimal", ("UniPC", "Automatic"), True),  # A1111 has it, Likeness does not
+    ("UniPC", "kl_optimal", ("UniPC", "KL Optimal"), False),
+    ("Euler a", "align_your_steps", ("Euler a", "Align Your Steps"), False),
+    ("DPM++ SDE", "Polyexponential", ("DPM++ SDE", "Polyexponential"), False),
+    ("Heun", "simple", ("Heun", "Simple"), False),  # FLUX's own name too, but an SD schedule on an SD model
     ("DPM++ 2M SDE", "beta", ("DPM++ 2M SDE", "Beta"), False),
     ("DPM++ 2M SDE Exponential", None, ("DPM++ 2M SDE", "Exponential"), False),
     ("k_dpmpp_2m_sde", None, ("DPM++ 2M SDE", "Automatic"), False),
@@ -52,7 +56,8 @@ def test_unknown_names_are_refused(sampler, scheduler):
 def test_the_refusal_lists_the_samplers_and_the_schedule_types():
     with pytest.raises(InvalidRequest, match=r"Likeness has: Euler a, Euler, DPM\+\+ 2M, DPM\+\+ 2M SDE, DPM\+\+ 3M SDE, DPM\+\+ SDE, "
                                              r"Heun, DPM2, DPM2 a, LMS, DDIM, UniPC, LCM \(with the scheduler Automatic, Uniform, "
-                                             r"Karras, Exponential, SGM Uniform, Beta\)"):
+                                             r"Karras, Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, "
+                                             r"Simple, Normal, DDIM, Beta\)"):
         resolve_sampler(Family.SD15, "DPM adaptive", None, [])
 
 

@@ -121,14 +121,21 @@ def test_the_scheduler_field_picks_the_schedule_type(api_app):
     response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="Euler a", scheduler="sgm_uniform"))
     info = json.loads(response.json()["info"])
     assert "Schedule type: SGM Uniform" in info["infotexts"][0] and info["warnings"] == []
-    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="Euler a", scheduler="Karras"))
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="Euler a", scheduler="kl_optimal"))
+    info = json.loads(response.json()["info"])
+    assert "Schedule type: KL Optimal" in info["infotexts"][0] and info["warnings"] == []
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, sampler_name="DDIM", scheduler="Karras"))
     info = json.loads(response.json()["info"])
     assert "Schedule type: Automatic" in info["infotexts"][0]
-    assert info["warnings"] == ["Schedule type Karras is not available with Euler a in Likeness; Automatic was used."]
+    assert info["warnings"] == ["Schedule type Karras is not available with DDIM in Likeness; Automatic was used."]
     schedulers = client.get("/sdapi/v1/schedulers").json()
-    assert [(s["name"], s["label"]) for s in schedulers] == [
+    assert [(s["name"], s["label"]) for s in schedulers] == [  # A1111 1.10's, in its order
         ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
-        ("sgm_uniform", "SGM Uniform"), ("beta", "Beta"), ("simple", "Simple")]
+        ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
+        ("align_your_steps", "Align Your Steps"), ("simple", "Simple"), ("normal", "Normal"), ("ddim", "DDIM"), ("beta", "Beta")]
+    by_name = {s["name"]: s for s in schedulers}
+    assert by_name["polyexponential"]["default_rho"] == 1.0 and by_name["karras"]["default_rho"] == 7.0
+    assert by_name["normal"]["need_inner_model"] and not by_name["kl_optimal"]["need_inner_model"]
     options = {s["name"]: s["options"] for s in client.get("/sdapi/v1/samplers").json()}
     assert options["DPM++ 2M"] == {"scheduler": "karras"} and options["DPM++ 3M SDE"] == {"scheduler": "exponential"}
     assert options["Euler a"] == {}

@@ -71,19 +71,19 @@ def test_model_axis_across_families_takes_each_familys_sampler(shared_manager):
 
 def test_a_schedule_type_axis_and_a_sampler_that_lacks_the_chosen_one(shared_manager):
     """A Schedule type axis sets each cell's; with the schedule type in the starting settings, a sampler axis value that
-    cannot run it (Euler a has no Karras here) runs Automatic and the cell says so, as a model axis fits the sampler."""
+    cannot run it (DDIM steps through timesteps: no Karras) runs Automatic and the cell says so, as a model axis fits the sampler."""
     plan = build_plan(experiment(("schedule_type", "karras, SGM Uniform"), base={"sampler": "Euler"}), shared_manager)
     assert [c.request.schedule_type for c in plan.cells] == ["Karras", "SGM Uniform"]
     assert plan.cells[1].label == "Schedule type: SGM Uniform"
-    plan = build_plan(experiment(("sampler", "DPM++ 2M, Euler a"), base={"sampler": "DPM++ 2M", "schedule_type": "Karras"}), shared_manager)
-    assert [(c.request.sampler, c.request.schedule_type) for c in plan.cells] == [("DPM++ 2M", "Karras"), ("Euler a", "Automatic")]
-    assert "Euler a runs the Automatic schedule type (Karras is not available with it)." in plan.cells[1].notes
+    plan = build_plan(experiment(("sampler", "DPM++ 2M, DDIM"), base={"sampler": "DPM++ 2M", "schedule_type": "Karras"}), shared_manager)
+    assert [(c.request.sampler, c.request.schedule_type) for c in plan.cells] == [("DPM++ 2M", "Karras"), ("DDIM", "Automatic")]
+    assert "DDIM runs the Automatic schedule type (Karras is not available with it)." in plan.cells[1].notes
     plan = build_plan(experiment(("hires_sampler", "use same sampler, DPM++ 2M"), base={"hires_scale": 2.0}), shared_manager)
     assert [(c.request.hires_sampler, c.label) for c in plan.cells] == [("Use same sampler", "Hires sampler: Use same sampler"),
                                                                         ("DPM++ 2M", "Hires sampler: DPM++ 2M")]
     with pytest.raises(InvalidRequest, match=r"X axis \(Schedule type\): 'Karras' is not valid: Schedule type Karras is not available "
-                                             r"with Euler a"):
-        build_plan(experiment(("schedule_type", "Automatic, Karras"), base={"sampler": "Euler a"}), shared_manager)
+                                             r"with DDIM"):
+        build_plan(experiment(("schedule_type", "Automatic, Karras"), base={"sampler": "DDIM"}), shared_manager)
 
 
 @pytest.mark.parametrize("axes, message", [

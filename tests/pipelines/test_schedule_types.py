@@ -28,42 +28,73 @@ def model_sigmas() -> np.ndarray:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
-def a1111_sigmas(schedule: str, n: int) -> np.ndarray:
-    """A1111's formulas (modules/sd_schedulers.py, k-diffusion's get_sigmas_*), written out: n noise levels, the 0 left off."""
+# Align Your Steps' levels in A1111's get_align_your_steps_sigmas.
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
+
+
+def a1111_sigmas(schedule: str, n: int, sdxl: bool = False) -> np.ndarray:
+    """A1111's formulas (modules/sd_schedulers.py, k-diffusion's get_sigmas_*), written out: the n noise levels of n
+    steps (the final 0 left off; KL Optimal's own last level, the smallest, too)."""
     sigmas = model_sigmas()
     low, high = sigmas[0], sigmas[-1]
-    if schedule == "Uniform":  # inner_model.get_sigmas(n): t evenly from 999 to 0 (whole numbers at n = 10)
+    if schedule in ("Uniform", "Normal"):  # get_sigmas(n) / normal_scheduler: t evenly from 999 to 0 (whole numbers at n = 10)
         return sigmas[np.linspace(999, 0, n).round().astype(int)]
     if schedule == "Karras":
         rho = 7.0
         return (high ** (1 / rho) + np.linspace(0, 1, n) * (low ** (1 / rho) - high ** (1 / rho))) ** rho
-    if schedule == "Exponential":
+    if schedule in ("Exponential", "Polyexponential"):  # polyexponential at A1111's default rho 1
         return np.exp(np.linspace(np.log(high), np.log(low), n))
     if schedule == "Beta":  # A1111's defaults: alpha = beta = 0.6
         return low + np.array([scipy.stats.beta.ppf(x, 0.6, 0.6) for x in 1 - np.linspace(0, 1, n)]) * (high - low)
+    if schedule == "KL Optimal":
+        i = np.arange(n + 1)
+        return np.tan(i / n * np.arctan(low) + (1.0 - i / n) * np.arctan(high))[:n]
+    if schedule == "Align Your Steps":
+        table = AYS_SDXL if sdxl else AYS_SD15
+        if n == len(table):
+            return np.array(table)
+        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(table)), np.log(table[::-1]))
+        return np.exp(ys)[::-1]
+    if schedule == "Simple":
+        ss = len(sigmas) / n
+        return np.array([sigmas[-(1 + int(x * ss))] for x in range(n)])
+    if schedule == "DDIM":
+        picked, ss, x = [], max(len(sigmas) // n, 1), 1
+        while x < len(sigmas):
+            picked.append(sigmas[x])
+            x += ss
+        return np.array(picked[::-1])
     raise ValueError(schedule)
 
 
-def made(sampler_name: str, schedule: str):
+def made(sampler_name: str, schedule: str, steps: int = STEPS):
     import diffusers
 
     base = diffusers.EulerDiscreteScheduler(**MODEL_CONFIG).config
     scheduler = find_sampler(Family.SD15, sampler_name).make(base, schedule)
-    scheduler.set_timesteps(STEPS)
+    scheduler.set_timesteps(steps)
     return scheduler
 
 
 def step_sigmas(scheduler) -> np.ndarray:
     """The noise level at the start of each step: the second-order KDPM2 schedulers interleave a midpoint per step."""
+    import diffusers
+
     sigmas = np.asarray(scheduler.sigmas, dtype=np.float64)
-    if type(scheduler).__name__ in ("KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "HeunDiscreteScheduler",
-                                    "DPMSolverSDEScheduler"):
+    if isinstance(scheduler, (diffusers.KDPM2DiscreteScheduler, diffusers.KDPM2AncestralDiscreteScheduler, diffusers.HeunDiscreteScheduler,
+                              diffusers.DPMSolverSDEScheduler)):
         sigmas = np.concatenate([sigmas[:1], sigmas[1:-1:2]])  # s0, then each step's repeated start
     return sigmas[:STEPS]
 
 
-FORMULA_CASES = [(s.name, schedule) for s in UNET_SAMPLERS for schedule in ("Uniform", "Karras", "Exponential", "Beta")
+FORMULAS = ("Uniform", "Karras", "Exponential", "Polyexponential", "KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+FORMULA_CASES = [(s.name, schedule) for s in UNET_SAMPLERS for schedule in FORMULAS
                  if schedule in s.schedules and s.name != "DDIM"]  # DDIM steps through timesteps, not noise levels: below
+
+
+def test_every_unet_sampler_but_ddim_and_lcm_runs_every_schedule_type():
+    assert {s.name for s in UNET_SAMPLERS if set(FORMULAS) <= set(s.schedules)} == {s.name for s in UNET_SAMPLERS} - {"DDIM", "LCM"}
 
 
 @pytest.mark.parametrize("sampler_name, schedule", FORMULA_CASES)
@@ -73,6 +104,49 @@ def test_each_schedule_type_spaces_the_noise_levels_as_a1111s_formula(sampler_na
     scheduler = made(sampler_name, schedule)
     np.testing.assert_allclose(step_sigmas(scheduler), a1111_sigmas(schedule, STEPS), rtol=1e-4)
     assert float(scheduler.sigmas[-1]) == 0.0  # the last step lands on the clean picture, as A1111's appended 0
+
+
+@pytest.mark.parametrize("sampler_name", ["Euler", "Euler a", "DPM++ 2M", "Heun"])
+@pytest.mark.parametrize("steps", [11, 20, 7])
+def test_align_your_steps_takes_the_models_own_table_and_stretches_it(sampler_name, steps):
+    """SDXL's levels for SDXL, SD 1.5's for the rest; 11 steps take the table as it is, others interpolate in log sigma."""
+    import diffusers
+
+    base = diffusers.EulerDiscreteScheduler(**MODEL_CONFIG).config
+    for family, sdxl in ((Family.SDXL, True), (Family.SD15, False)):
+        scheduler = find_sampler(family, sampler_name).make(base, "Align Your Steps", family)
+        scheduler.set_timesteps(steps)
+        sigmas = np.asarray(scheduler.sigmas, dtype=np.float64)
+        if len(sigmas) > steps + 1:  # second order: s0, then each step's repeated start
+            sigmas = np.concatenate([sigmas[:1], sigmas[1:-1:2]])
+        np.testing.assert_allclose(sigmas[:steps], a1111_sigmas("Align Your Steps", steps, sdxl), rtol=1e-4)
+
+
+def test_the_model_is_told_the_timestep_of_each_level():
+    """A schedule computed here feeds the model k-diffusion's sigma_to_t of each level (Euler a's too, set after its own
+    set_timesteps): the picture depends on it as much as on the levels."""
+    sigmas = model_sigmas()
+    for sampler_name in ("Euler", "Euler a"):
+        scheduler = made(sampler_name, "KL Optimal")
+        wanted = np.interp(np.log(a1111_sigmas("KL Optimal", STEPS)), np.log(sigmas), np.arange(1000))
+        np.testing.assert_allclose(np.asarray(scheduler.timesteps, dtype=np.float64), wanted, rtol=1e-4, atol=1e-3)
+
+
+def test_ddim_schedule_keeps_the_steps_asked_where_a1111_adds_one():
+    """At 30 steps A1111's ddim schedule lists 31 levels (stride 33 fits 31 times in 1000); here the lowest 30, the
+    count the readout and the PNG say."""
+    assert len(a1111_sigmas("DDIM", 30)) == 31
+    sigmas = np.asarray(made("Euler", "DDIM", steps=30).sigmas, dtype=np.float64)
+    np.testing.assert_allclose(sigmas[:30], a1111_sigmas("DDIM", 30)[1:], rtol=1e-4)
+
+
+def test_a_scheduler_made_again_from_its_config_keeps_the_schedule():
+    """Pipelines copy schedulers with type(s).from_config(s.config) (diffusers' img2img and inpaint do): the class
+    carries the schedule."""
+    scheduler = made("DPM++ 2M", "Align Your Steps")
+    again = type(scheduler).from_config(scheduler.config)
+    again.set_timesteps(STEPS)
+    np.testing.assert_array_equal(np.asarray(again.sigmas), np.asarray(scheduler.sigmas))
 
 
 def test_ddim_uniform_steps_through_a1111s_uniform_timesteps():
@@ -126,10 +200,10 @@ def test_a_combined_name_wins_over_another_schedule_and_says_so():
 
 
 @pytest.mark.parametrize("sampler, schedule, message", [
-    ("Euler a", "Karras", "Schedule type Karras is not available with Euler a .*choose one of: Automatic, Uniform, SGM Uniform"),
-    ("DPM++ 2M", "Uniform", "not available with DPM\\+\\+ 2M .*Automatic, Karras, Exponential, SGM Uniform, Beta"),
+    ("DDIM", "Karras", "Schedule type Karras is not available with DDIM .*choose one of: Automatic, Uniform, SGM Uniform"),
     ("LCM", "SGM Uniform", "not available with LCM .*choose one of: Automatic\\."),
-    ("Euler", "Align Your Steps", "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, SGM Uniform, Beta; got 'Align Your Steps'"),
+    ("Euler", "Karras Exponential", "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, Polyexponential, SGM Uniform, "
+                                    "KL Optimal, Align Your Steps, Simple, Normal, DDIM, Beta; got 'Karras Exponential'"),
     ("Euler", 3, "Schedule type must be one of: .*; got 3"),
     ("Euler", None, "Schedule type must be one of: .*; got None"),
 ])
@@ -167,8 +241,41 @@ def test_the_png_brings_the_schedule_type_back():
     assert sampler_from_infotext("DPM++ 2M Karras", None) == ("DPM++ 2M", "Karras", None)  # A1111 before 1.9
     assert sampler_from_infotext("Euler", None) == ("Euler", "Automatic", None)
     assert sampler_from_infotext("Euler", "SGM Uniform") == ("Euler", "SGM Uniform", None)
-    assert sampler_from_infotext("Euler", "Simple") == ("Flow Euler", "Automatic", None)  # Forge's FLUX
-    sampler, schedule, note = sampler_from_infotext("DPM++ 2M", "Align Your Steps")
-    assert (sampler, schedule) == ("DPM++ 2M", "Automatic") and "'Align Your Steps' is not available" in note
-    sampler, schedule, note = sampler_from_infotext("Euler a", "Karras")
-    assert (sampler, schedule) == ("Euler a", "Automatic") and "not available with Euler a" in note
+    assert sampler_from_infotext("Euler", "Simple", Family.FLUX) == ("Flow Euler", "Automatic", None)  # Forge's FLUX
+    assert sampler_from_infotext("Euler", "Simple", Family.SDXL) == ("Euler", "Simple", None)  # A1111's
+    assert sampler_from_infotext("Euler", None, Family.FLUX) == ("Flow Euler", "Automatic", None)
+    sampler, schedule, note = sampler_from_infotext("Euler", "Karras", Family.FLUX)
+    assert (sampler, schedule) == ("Flow Euler", "Automatic") and "Schedule type Karras was not used" in note
+    assert sampler_from_infotext("DPM++ 2M", "Align Your Steps") == ("DPM++ 2M", "Align Your Steps", None)
+    assert sampler_from_infotext("Euler a", "KL Optimal") == ("Euler a", "KL Optimal", None)
+    sampler, schedule, note = sampler_from_infotext("DPM++ 2M", "Karras Exponential")  # A1111's dev branch has it
+    assert (sampler, schedule) == ("DPM++ 2M", "Automatic") and "'Karras Exponential' is not available" in note
+    sampler, schedule, note = sampler_from_infotext("DDIM", "Karras")
+    assert (sampler, schedule) == ("DDIM", "Automatic") and "not available with DDIM" in note
+
+
+@pytest.mark.parametrize("family, sampler", [("sd15", "Euler a"), ("sd15", "DPM++ 2M"), ("sdxl", "Heun")])
+def test_schedules_computed_here_run_and_are_written_in_the_png(shared_manager, family, sampler):
+    """Euler a (levels set after diffusers' own set_timesteps), a multistep and a second-order sampler (the Karras hook)
+    on schedules diffusers has no setting for; each draws its own picture and the PNG names it (A1111's label)."""
+    base = tiny_request(family, sampler=sampler, steps=4, seed=7, save=False)
+    pictures = {"Automatic": pixels(shared_manager.generate(base).images[0].image)}
+    for schedule in ("KL Optimal", "Align Your Steps", "Simple"):
+        made = shared_manager.generate(dataclasses.replace(base, schedule_type=schedule)).images[0]
+        assert parse_infotext(made.infotext)["Schedule type"] == schedule
+        pictures[schedule] = pixels(made.image)
+    # Seeded runs repeat to the bit, so any difference is the schedule's (the tiny random SDXL barely reacts to it).
+    assert all(not np.array_equal(pictures[a], pictures[b]) for a in pictures for b in pictures if a < b), "two schedules drew one picture"
+
+
+def test_a_hires_pass_steps_through_a_computed_schedule(shared_manager):
+    """The hires pass is diffusers' img2img: it starts part way down the computed levels (the pipeline's own copy of
+    the scheduler, begin index and all)."""
+    base = tiny_request("sd15", sampler="Euler a", steps=4, seed=3, save=False, hires_scale=1.5, hires_steps=4, hires_denoising=0.5)
+    own = shared_manager.generate(base).images[0]
+    kl = shared_manager.generate(dataclasses.replace(base, hires_schedule_type="KL Optimal")).images[0]
+    assert parse_infotext(kl.infotext)["Hires schedule type"] == "KL Optimal"
+    assert kl.image.size == own.image.size and np.abs(pixels(kl.image) - pixels(own.image)).max() > 2
+    both = shared_manager.generate(dataclasses.replace(base, schedule_type="Align Your Steps")).images[0]  # the img2img pipeline
+    assert parse_infotext(both.infotext)["Schedule type"] == "Align Your Steps"  # from_pipe shares the loaded scheduler
+    assert "Hires schedule type" not in parse_infotext(both.infotext) and not np.array_equal(pixels(both.image), pixels(own.image))

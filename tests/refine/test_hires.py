@@ -324,7 +324,9 @@ def checked(**fields):
     ({"sampler": "DPM++ 2M", "hires_sampler": "Use same sampler", "hires_schedule_type": "Use same scheduler"}, ("DPM++ 2M", "Karras", "", "")),
     ({"sampler": "DPM++ 2M", "hires_sampler": "dpm++ 2m"}, ("DPM++ 2M", "Karras", "", "")),  # the same one named: as the first pass
     # another sampler on "Use same scheduler": the first pass's choice, Automatic = that sampler's own default
+    ({"sampler": "DPM++ 2M", "hires_sampler": "DDIM"}, ("DPM++ 2M", "Karras", "DDIM", "Automatic")),
     ({"sampler": "DPM++ 2M", "hires_sampler": "Euler a"}, ("DPM++ 2M", "Karras", "Euler a", "Automatic")),
+    ({"sampler": "DPM++ 2M", "schedule_type": "Karras", "hires_sampler": "Euler a"}, ("DPM++ 2M", "Karras", "Euler a", "")),  # Karras, as the first pass
     ({"sampler": "Euler", "hires_sampler": "DPM++ 2M"}, ("Euler", "Automatic", "DPM++ 2M", "Karras")),
     ({"sampler": "Euler", "hires_sampler": "DPM++ 2M SDE Karras"}, ("Euler", "Automatic", "DPM++ 2M SDE", "Karras")),
     ({"sampler": "DPM++ 2M", "hires_schedule_type": "Exponential"}, ("DPM++ 2M", "Karras", "", "Exponential")),
@@ -336,17 +338,17 @@ def test_the_hires_sampler_and_schedule_type_resolve_against_the_first_pass(fiel
 
 
 def test_a_hires_sampler_without_the_first_pass_schedule_runs_automatic_and_says_so():
-    resolved, warnings = checked(sampler="DPM++ 2M", schedule_type="Karras", hires_sampler="Euler a")
-    assert resolved == ("DPM++ 2M", "Karras", "Euler a", "Automatic")
-    assert warnings == ("Hires fix: Euler a has no Karras schedule type; it runs Automatic.",)
+    resolved, warnings = checked(sampler="DPM++ 2M", schedule_type="Karras", hires_sampler="DDIM")
+    assert resolved == ("DPM++ 2M", "Karras", "DDIM", "Automatic")
+    assert warnings == ("Hires fix: DDIM has no Karras schedule type; it runs Automatic.",)
 
 
 @pytest.mark.parametrize("fields, message", [
     ({"hires_sampler": "Flow Euler"}, "Hires sampler 'Flow Euler' is not available for Stable Diffusion 1.5; choose \"Use same sampler\" or"),
     ({"hires_sampler": 3}, "Hires sampler 3 is not available"),
-    ({"sampler": "DPM++ 2M", "hires_schedule_type": "Uniform"}, "Hires schedule type Uniform is not available with DPM\\+\\+ 2M"),
-    ({"hires_sampler": "Euler a", "hires_schedule_type": "Karras"}, "Hires schedule type Karras is not available with Euler a"),
-    ({"hires_schedule_type": "KL Optimal"}, "Hires schedule type must be one of: Automatic, Uniform, Karras"),
+    ({"sampler": "DDIM", "hires_schedule_type": "Beta"}, "Hires schedule type Beta is not available with DDIM"),
+    ({"hires_sampler": "LCM", "hires_schedule_type": "Karras"}, "Hires schedule type Karras is not available with LCM"),
+    ({"hires_schedule_type": "Turbo"}, "Hires schedule type must be one of: Automatic, Uniform, Karras"),
 ])
 def test_a_bad_hires_sampler_or_schedule_type_is_refused(fields, message):
     with pytest.raises(InvalidRequest, match=message):
@@ -397,8 +399,8 @@ def test_the_png_and_the_a1111_api_bring_the_hires_sampler_back(manager):
     assert (own.request.hires_sampler, own.request.hires_schedule_type) == ("DPM++ 2M", "Exponential") and not own.warnings
     same = hires(hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler")
     assert (same.request.hires_sampler, same.request.hires_schedule_type) == ("", "") and not same.warnings
-    fallback = hires(hr_sampler_name="Euler a", hr_scheduler="Karras")
-    assert (fallback.request.hires_sampler, fallback.request.hires_schedule_type) == ("Euler a", "Automatic")
-    assert fallback.warnings == ["Hires fix: Schedule type Karras is not available with Euler a in Likeness; Automatic was used."]
+    fallback = hires(hr_sampler_name="DDIM", hr_scheduler="Karras")
+    assert (fallback.request.hires_sampler, fallback.request.hires_schedule_type) == ("DDIM", "Automatic")
+    assert fallback.warnings == ["Hires fix: Schedule type Karras is not available with DDIM in Likeness; Automatic was used."]
     with pytest.raises(InvalidRequest, match="Hires fix \\(hr_sampler_name / hr_scheduler\\): Sampler 'DPM fast' not found"):
         hires(hr_sampler_name="DPM fast")

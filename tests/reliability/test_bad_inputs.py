@@ -60,11 +60,12 @@ BAD_REQUESTS = [
     ("sampler None", {"sampler": None}, "Sampler None is not available"),
     ("sampler unknown", {"sampler": "Euler c"}, "Sampler 'Euler c' is not available for Stable Diffusion 1.5; choose one of"),
     ("sampler a list", {"sampler": ["Euler"]}, "Sampler ['Euler'] is not available"),
-    ("schedule type unknown", {"schedule_type": "KL Optimal"}, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, "
-                                                               "SGM Uniform, Beta; got 'KL Optimal'"),
+    ("schedule type unknown", {"schedule_type": "Turbo"}, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, "
+                                                          "Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal, "
+                                                          "DDIM, Beta; got 'Turbo'"),
     ("schedule type a list", {"schedule_type": ["Karras"]}, "Schedule type must be one of"),
-    ("schedule type the sampler lacks", {"sampler": "Euler a", "schedule_type": "Karras"},
-     "Schedule type Karras is not available with Euler a"),
+    ("schedule type the sampler lacks", {"sampler": "DDIM", "schedule_type": "Karras"},
+     "Schedule type Karras is not available with DDIM"),
     ("batch size 0", {"batch_size": 0}, "Batch size must be between 1 and 8"),
     ("batch size 10**30", {"batch_size": 10**30}, "Batch size must be between 1 and 8"),
     ("batch count 101", {"batch_count": 101}, "Batch count must be between 1 and 100"),
@@ -314,7 +315,8 @@ def raw_call(url: str, api_name: str, data: list, timeout: float = 120, expect: 
     ("model", "broken", "broken.safetensors is not a valid safetensors file"),
     ("prompt", 5, "The prompt must be text, got int 5."),
     ("sampler", ["Euler"], "Sampler ['Euler'] is not available"),
-    ("schedule_type", None, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, SGM Uniform, Beta; got None"),
+    ("schedule_type", None, "Schedule type must be one of: Automatic, Uniform, Karras, Exponential, Polyexponential, SGM Uniform, "
+                            "KL Optimal, Align Your Steps, Simple, Normal, DDIM, Beta; got None"),
     ("batch_size", 10**30, "Batch size must be between 1 and 8"),
 ])
 def test_api_generate_bad_fields_are_messages(client, field, value, message):

@@ -40,10 +40,10 @@ def test_only_runs_from_a_page_become_the_last_used_values():
 
 
 def test_a_schedule_type_is_kept_with_the_sampler_it_was_used_with(make_manager):
-    """The demo's default sampler (Euler a) has no Exponential; the last run's DPM++ 2M does."""
+    """DDIM has no Exponential (it steps through timesteps); the last run's DPM++ 2M does."""
     manager = make_manager()
     cleaned, problems = clean_last_generation(manager, {"model": DEMO_MODEL_NAME, "sampler": "DPM++ 2M", "schedule_type": "Exponential"})
     assert cleaned == {"model": DEMO_MODEL_NAME, "sampler": "DPM++ 2M", "schedule_type": "Exponential"} and problems == []
-    cleaned, problems = clean_last_generation(manager, {"model": DEMO_MODEL_NAME, "sampler": "Euler a", "schedule_type": "Exponential"})
-    assert cleaned == {"model": DEMO_MODEL_NAME, "sampler": "Euler a"}
-    assert len(problems) == 1 and problems[0].startswith("schedule_type 'Exponential'") and "not available with Euler a" in problems[0]
+    cleaned, problems = clean_last_generation(manager, {"model": DEMO_MODEL_NAME, "sampler": "DDIM", "schedule_type": "Exponential"})
+    assert cleaned == {"model": DEMO_MODEL_NAME, "sampler": "DDIM"}
+    assert len(problems) == 1 and problems[0].startswith("schedule_type 'Exponential'") and "not available with DDIM" in problems[0]

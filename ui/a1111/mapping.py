@@ -45,8 +45,8 @@ from pipelines.extras import UpscaleRequest, UpscaleResult
 from ui.a1111.models import Img2ImgRequest, Txt2ImgRequest, _ExtrasBase
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
 
-# A1111's schedulers (modules/sd_schedulers.py): name -> label. Likeness runs those of pipelines/choices.py's
-# SCHEDULE_TYPES, and "simple" for FLUX's flow-match Euler; the others are accepted with a warning.
+# A1111's schedulers (modules/sd_schedulers.py, its 1.10 release): name -> label. Likeness runs all of them
+# (pipelines/choices.py's SCHEDULE_TYPES), and FLUX.1's flow-match Euler is written as "simple".
 A1111_SCHEDULERS = {
     "automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
     "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
@@ -182,13 +182,7 @@ def scheduler_key(text) -> str | None:
     if not isinstance(text, str):
         return None
     ours = find_schedule_type(text)  # ours by label or A1111's name and aliases ("SGMUniform")
-    if ours is not None:
-        return scheduler_name(ours)
-    low = text.strip().lower()
-    for name, label in A1111_SCHEDULERS.items():  # those Likeness lacks (KL Optimal), for their warning
-        if low in (name, label.lower()):
-            return name
-    return None
+    return scheduler_name(ours) if ours is not None else None
 
 
 def scheduler_name(label: str) -> str:
@@ -205,17 +199,19 @@ def sampler_items() -> list[dict]:
 
 
 def scheduler_items() -> list[dict]:
-    """/sdapi/v1/schedulers: the schedule types Likeness runs, and Simple (FLUX.1's own), in A1111's fields."""
-    rho = {"karras": 7.0}
-    inner = {"uniform", "sgm_uniform", "simple", "beta"}  # A1111's need_inner_model: made from the model's own noise levels
-    names = [scheduler_name(label) for label in SCHEDULE_TYPES] + ["simple"]
+    """/sdapi/v1/schedulers: the schedule types Likeness runs (A1111's all), in A1111's fields."""
+    rho = {"karras": 7.0, "polyexponential": 1.0}
+    # A1111's need_inner_model: made from the model's own table of noise levels, not only its range.
+    inner = {"uniform", "sgm_uniform", "simple", "normal", "ddim", "beta"}
+    names = [scheduler_name(label) for label in SCHEDULE_TYPES]
     return [{"name": name, "label": A1111_SCHEDULERS[name], "aliases": ["SGMUniform"] if name == "sgm_uniform" else None,
              "default_rho": rho.get(name, -1.0), "need_inner_model": name in inner} for name in names]
 
 
 def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> tuple[str, str]:
     """Likeness's sampler and schedule type for A1111's `sampler_name` (+ `scheduler`); InvalidRequest for a sampler it
-    does not have. A schedule type it lacks (KL Optimal; Karras with Euler a) runs as Automatic, with a warning."""
+    does not have. A schedule type its sampler cannot step through here (Karras with DDIM or LCM) runs as Automatic, with a
+    warning."""
     if not isinstance(sampler, str):
         raise InvalidRequest(f"sampler_name must be text, got {shown(sampler)}.")
     name = sampler.strip()
@@ -244,11 +240,8 @@ def resolve_sampler(family: Family, sampler, scheduler, warnings: list[str]) -> 
     except KeyError:
         raise InvalidRequest(f"Sampler {shown(name)} not found; Likeness has: {', '.join(SAMPLER_ALIASES)} "
                              f"(with the scheduler {', '.join(SCHEDULE_TYPES)}).") from None
-    schedule = find_schedule_type(wanted)
-    if schedule is None:
-        warnings.append(f"Schedule type {A1111_SCHEDULERS[wanted]} is not available in Likeness; Automatic was used.")
-        schedule = AUTOMATIC
-    elif schedule not in found.schedules:
+    schedule = find_schedule_type(wanted)  # A1111's every name is one of ours
+    if schedule not in found.schedules:
         warnings.append(f"Schedule type {schedule} is not available with {found.name} in Likeness; Automatic was used.")
         schedule = AUTOMATIC
     return found.name, schedule
