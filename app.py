@@ -243,13 +243,16 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
 
     d = GenerationRequest(model="", prompt="")
     img = gen.add_argument_group("img2img and inpainting (SD 1.5, SDXL, FLUX.1)")
-    img.add_argument("--init-image", metavar="PATH", help="start from this picture instead of noise (img2img)")
+    img.add_argument("--init-image", metavar="PATH", help="start from this picture instead of noise (img2img); a folder runs each of "
+                                                          "its pictures in name order (A1111's img2img batch), saved under their own "
+                                                          "names in outputs/img2img-batch/<time>/")
     img.add_argument("--strength", type=float, metavar="S",
                      help=f"denoising strength 0-1: 0 keeps the picture, 1 ignores it (default {d.denoising_strength:g})")
     img.add_argument("--resize-mode", metavar="MODE",
                      help=f"how a picture of another size is fitted: {', '.join(f'{i} = {m}' for i, m in enumerate(RESIZE_MODES))} "
                           "(or just, crop, fill; default: just resize)")
-    img.add_argument("--mask", metavar="PATH", help="inpaint: white (or painted, in a transparent PNG) = repaint; the rest is kept")
+    img.add_argument("--mask", metavar="PATH", help="inpaint: white (or painted, in a transparent PNG) = repaint; the rest is kept. "
+                                                    "With a folder of pictures: a folder of masks named as the pictures, or one mask for all")
     img.add_argument("--mask-blur", type=int, metavar="PX", help=f"feather the mask edge by this many pixels (default {d.mask_blur})")
     img.add_argument("--masked-content", metavar="KIND",
                      help=f"what the masked area starts from: {', '.join(MASKED_CONTENT)} (default {d.inpainting_fill})")

@@ -166,7 +166,8 @@ def test_text_output_names_the_new_stages(capsys, models, files, tmp_path, demo_
 BAD = [
     ("missing init image", ["--init-image", "{files}/nope.png"], "The init image was not found"),
     ("init image not a picture", ["--init-image", "{files}/notes.png"], "The init image is not an image"),
-    ("init image a folder", ["--init-image", "{files}"], "is a folder, not an image"),
+    # a folder of init images is a batch (tests/test_cli_batch.py); a folder of masks for one picture is not a mask
+    ("mask a folder for one picture", ["--init-image", "{files}/init.png", "--mask", "{files}"], "is a folder, not an image"),
     ("init image claims 20000x20000", ["--init-image", "{files}/bomb.png"], "Likeness opens images of at most 100 megapixels. The limit is the max_input_megapixels setting"),
     ("mask not a picture", ["--init-image", "{files}/init.png", "--mask", "{files}/notes.png"], "The mask is not an image"),
     ("empty mask", ["--init-image", "{files}/init.png", "--mask", "{files}/empty-mask.png"], "The mask is empty"),

@@ -2,12 +2,15 @@
 2 bad input (the message says which), 130 interrupted."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from pipelines import demo
+from pipelines.batch import BatchPicture, batch_output_folder, folder_pictures, named, open_batch_picture, paired, save_under_name
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.extras import UpscaleRequest, plan_upscale
 from pipelines.merge import MergeRequest
@@ -103,16 +106,19 @@ def refine_fields(args, manager: PipelineManager) -> dict:
     if detail and not getattr(args, "face_detail", False):
         raise InvalidRequest(f"{_flag(next(iter(detail)))} needs --face-detail (the face detailer is off without it).")
     limit = manager.config.max_input_pixels
-    if init_path is not None:
+    if init_path is not None and batch_folder_given(args):  # each picture is opened when its turn comes (cmd_generate)
+        fields.update({IMG2IMG_FLAGS[name]: value for name, value in img2img.items()})
+        fields.update({INPAINT_FLAGS[name]: value for name, value in inpaint.items()})
+    elif init_path is not None:
         fields["init_image"] = open_input_image(init_path, limit, "The init image")
         fields.update({IMG2IMG_FLAGS[name]: value for name, value in img2img.items()})
-        if "resize_mode" in fields:
-            fields["resize_mode"] = resize_mode_name(fields["resize_mode"])
-    if mask_path is not None:
+    if mask_path is not None and not batch_folder_given(args):
         fields["mask"] = open_input_image(mask_path, limit, "The mask")
         fields.update({INPAINT_FLAGS[name]: value for name, value in inpaint.items()})
-        if "inpainting_fill" in fields:
-            fields["inpainting_fill"] = masked_content_name(fields["inpainting_fill"])
+    if "resize_mode" in fields:
+        fields["resize_mode"] = resize_mode_name(fields["resize_mode"])
+    if "inpainting_fill" in fields:
+        fields["inpainting_fill"] = masked_content_name(fields["inpainting_fill"])
     if hires_scale is not None:
         fields["hires_scale"] = hires_scale
         fields.update({HIRES_FLAGS[name]: value for name, value in hires.items()})
@@ -124,6 +130,21 @@ def refine_fields(args, manager: PipelineManager) -> dict:
         fields["face_detail"] = True
         fields.update({DETAIL_FLAGS[name]: value for name, value in detail.items()})
     return fields
+
+
+def batch_folder_given(args) -> bool:
+    init = getattr(args, "init_image", None)
+    return init is not None and Path(init).expanduser().is_dir()
+
+
+def batch_pictures(args) -> tuple[list[BatchPicture], list[str]]:
+    """--init-image FOLDER (+ --mask FOLDER or FILE): the pictures in name order with their masks, and notes."""
+    pictures = named(folder_pictures(args.init_image, "--init-image"))
+    mask = getattr(args, "mask", None)
+    if mask is None:
+        return paired(pictures)
+    masks = named(folder_pictures(mask, "--mask")) if Path(mask).expanduser().is_dir() else named([Path(mask).expanduser()])
+    return paired(pictures, masks)
 
 
 def demo_brief() -> str:
@@ -171,6 +192,8 @@ def cmd_generate(manager: PipelineManager, args) -> int:
             _print_err(("warning: " if event.level == "warning" else "") + event.text)
 
     try:
+        if batch_folder_given(args):
+            return run_batch(manager, request, args, show, cancel, face)
         result = manager.generate(request, listener=show, cancel=cancel, face=face)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -184,6 +207,39 @@ def cmd_generate(manager: PipelineManager, args) -> int:
     for image in result.images:
         print(f"seed {image.seed}: {image.path or '(not saved)'}")
     return EXIT_OK
+
+
+def run_batch(manager: PipelineManager, request: GenerationRequest, args, show, cancel: CancelToken, face) -> int:
+    """img2img batch: each picture of the folder through `request`, saved under its name; a picture that cannot be read
+    is reported and skipped, Stop (Ctrl+C) ends the batch after the step in hand (that picture is not written)."""
+    items, notes = batch_pictures(args)
+    for note in notes:
+        _print_err(f"note: {note}")
+    folder = None if args.no_save else batch_output_folder(manager.config.outputs_dir)
+    done, skipped, summaries = 0, [], []
+    for number, item in enumerate(items, 1):
+        if not args.json:
+            _print_err(f"picture {number} of {len(items)}: {item.name}")
+        try:
+            image, mask = open_batch_picture(item, manager.config.max_input_pixels)
+        except InvalidRequest as error:
+            _print_err(f"warning: skipped {item.name}: {error}")
+            skipped.append(item.name)
+            continue
+        result = manager.generate(dataclasses.replace(request, init_image=image, mask=mask, save=False), listener=show, cancel=cancel, face=face)
+        if folder is not None:
+            save_under_name(result, item.name, folder)
+        done += 1
+        summaries.append({"picture": item.name, **result.summary()})
+        if not args.json:
+            for generated in result.images:
+                print(f"{item.name}: seed {generated.seed}: {generated.path or '(not saved)'}")
+    where = f" in {folder}" if folder is not None else " (not saved)"
+    if args.json:
+        print(json.dumps({"batch": str(folder) if folder else None, "done": done, "skipped": skipped, "pictures": summaries}))
+    else:
+        print(f"batch: {done} of {len(items)} pictures{where}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    return EXIT_OK if done else EXIT_BAD_INPUT
 
 
 def cmd_upscale(manager: PipelineManager, args) -> int:
