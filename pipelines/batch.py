@@ -51,12 +51,14 @@ def named(paths: list, names: list[str] | None = None) -> list[tuple[str, Path]]
 
 
 def paired(pictures: list[tuple[str, Path]], masks: list[tuple[str, Path]] = ()) -> tuple[list[BatchPicture], list[str]]:
-    """The batch's pictures with their masks (both as `named` pairs), and notes."""
+    """The batch's pictures with their masks (both as `named` pairs), and notes. A1111's rule: one mask serves every
+    picture; otherwise each takes the mask of its file name, and one without is left out (said in the notes)."""
     if not pictures:
         raise InvalidRequest("Add the pictures to run first.")
     if len(pictures) > MAX_BATCH_PICTURES:
         raise InvalidRequest(f"A batch takes at most {MAX_BATCH_PICTURES} pictures, got {len(pictures)}.")
-    items = [BatchPicture(Path(path), Path(name).stem) for name, path in pictures]
+    # In file-name order, however they were given (uploads come in the order they were picked): frames stay in order.
+    items = sorted((BatchPicture(Path(path), Path(name).stem) for name, path in pictures), key=lambda item: item.name)
     masks = list(masks)
     if not masks:
         return items, []

@@ -89,8 +89,8 @@ def test_a_folder_without_pictures_or_matching_masks_is_refused_before_anything_
 def test_pairing_rules(tmp_path):
     pictures = named([tmp_path / "x1.png", tmp_path / "x2.png"])
     assert paired(pictures) == ([BatchPicture(tmp_path / "x1.png", "x1"), BatchPicture(tmp_path / "x2.png", "x2")], [])
-    uploads = named([tmp_path / "tmpab12.png"], ["frame 7.png"])  # an upload keeps its own name
-    assert paired(uploads)[0][0].name == "frame 7"
+    uploads = named([tmp_path / "tmpab12.png", tmp_path / "tmp0000.png"], ["frame 7.png", "frame 10.png"])  # an upload keeps its name
+    assert [item.name for item in paired(uploads)[0]] == ["frame 10", "frame 7"]  # file-name order, not the order given
     with pytest.raises(InvalidRequest, match="Add the pictures"):
         paired([])
 

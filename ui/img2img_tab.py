@@ -11,6 +11,9 @@ limit *Largest input image*), on upload and again when the job runs: the handler
 1.5 is a message in the readout, never a Gradio error.
 
 Other tabs send pictures here with `receive` (Generate's and PNG Info's *Send to img2img / inpaint*).
+
+A third sub-tab, *Batch* (A1111's img2img batch), runs many uploaded pictures (and masks paired by file name) through
+the same settings one after another, each saved under its own name in a fresh folder (pipelines/batch.py).
 """
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ import logging
 import time
 from dataclasses import dataclass
 
+import dataclasses
+
 import gradio as gr
 from PIL import Image
 
+from pipelines.batch import batch_output_folder, open_batch_picture, paired, save_under_name
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, read_embedded_text
 from pipelines.manager import PipelineManager
@@ -30,12 +36,13 @@ from ui import generation_form, inputs
 from ui.last_used import clean_last_generation
 from ui.png_info_tab import generate_form_values, sent_report, sent_update
 from ui.jobs import parallel_jobs
-from ui.session import SKIP_REPLIES, STOP_REPLIES, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
+from ui.session import (SKIP_REPLIES, STOP_REPLIES, STOPPED_BEFORE_START, CancelRegistry, arm_then, cache_namespace, result_markdown,
+                        session_id, stream_generation)
 
 log = logging.getLogger("likeness")
 PREFIX = "i2i_"
 TAB_ID = "img2img"
-MODES = ("img2img", "inpaint")  # the sub-tabs' ids, and what the run does
+MODES = ("img2img", "inpaint", "batch")  # the sub-tabs' ids, and what the run does
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 # The editor reports the picture Send put in it as an upload, once or (on a busy machine) twice; an upload this soon
@@ -137,6 +144,16 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                         brush=gr.Brush(colors=[("#ffffff", 0.75), ("#ff3399", 0.6), ("#000000", 0.6)], default_color=("#ffffff", 0.75),
                                        color_mode="fixed", default_size=24),
                         eraser=gr.Eraser(default_size=24), layers=False, transforms=(), elem_id=f"{PREFIX}editor")
+                with gr.Tab("Batch", id="batch", elem_id=f"{PREFIX}tab_batch") as batch_page:
+                    gr.Markdown("Each picture runs with the settings below, in file-name order, and is saved under its own name "
+                                "in a new folder of `outputs/img2img-batch/` (video frames keep their order; nothing is written over). "
+                                "With masks, each picture takes the mask of the same file name (one mask alone serves all) and the "
+                                "inpaint settings below apply.", elem_id=f"{PREFIX}batch_note")
+                    with gr.Row():
+                        batch_pictures = gr.File(file_count="multiple", file_types=["image"], label="Pictures",
+                                                 elem_id=f"{PREFIX}batch_pictures", height=220)
+                        batch_masks = gr.File(file_count="multiple", file_types=["image"], label="Masks (optional)",
+                                              elem_id=f"{PREFIX}batch_masks", height=220)
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", elem_id=f"{PREFIX}resize_mode",
                                    info="how a picture of another size than Width x Height is fitted")
             denoising = inputs.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{PREFIX}denoising_strength",
@@ -168,8 +185,8 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     form = {"model": model} | fields
     generation_form.wire_form(manager, model, form, lora_picker, random_seed, reuse_seed, last_seed, token_counters=counters)
 
-    for page, page_mode in ((img2img_page, "img2img"), (inpaint_page, "inpaint")):
-        page.select(lambda m=page_mode: (m, gr.update(visible=m == "inpaint")), None, [mode, inpaint_options],
+    for page, page_mode in ((img2img_page, "img2img"), (inpaint_page, "inpaint"), (batch_page, "batch")):
+        page.select(lambda m=page_mode: (m, gr.update(visible=m != "img2img")), None, [mode, inpaint_options],
                     api_visibility="private", queue=False)
 
     def family_of(name):
@@ -237,9 +254,15 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter is named.
     def run(request: gr.Request, mode="img2img", image=None, editor=None, denoising_strength=0.75, resize_mode=RESIZE_MODES[0],
             mask_blur=4, inpainting_fill="original", inpaint_area=INPAINT_AREAS[0], inpaint_full_res_padding=32, mask_mode=MASK_MODES[0],
-            **form):
+            batch_pictures=None, batch_masks=None, **form):
         session = session_id(request)
         unchanged = (gr.update(),) * 4  # infotext, last seed, infotexts, before/after
+        if mode == "batch":
+            inpaint = {"mask_blur": mask_blur, "inpainting_fill": inpainting_fill, "inpaint_full_res": inpaint_area == INPAINT_AREAS[1],
+                       "inpaint_full_res_padding": inpaint_full_res_padding, "inpainting_mask_invert": mask_mode == MASK_MODES[1]}
+            yield from run_batch(request, batch_pictures, batch_masks, form | {"denoising_strength": denoising_strength,
+                                                                                "resize_mode": resize_mode}, inpaint)
+            return
         try:
             refine, notes = refine_values(mode, image, editor, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
                                           inpaint_full_res_padding, mask_mode)
@@ -263,7 +286,53 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             yield (readout, None, images, result_markdown(result), texts[0] if texts else "", result.seeds[0], texts,
                    generation_form.before_after_pairs(result))
 
-    refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode]
+    def run_batch(request: gr.Request, pictures, masks, fields: dict, inpaint: dict):
+        """The Batch sub-tab: each picture through stream_generation (Stop ends the batch; the picture in hand is not
+        written), saved under its name; the readout says which picture runs; a picture that cannot be read is skipped."""
+        session = session_id(request)
+        unchanged = (gr.update(),) * 4
+        try:
+            items, notes = paired(uploads(pictures), uploads(masks))
+            base = generation_form.coerce_form(fields | (inpaint if masks else {}) | {"save": False})
+            generation_form.check_upscaler(manager, base)
+        except (LikenessError, TypeError, ValueError) as error:
+            cancels.forget_armed(session)
+            yield f"⚠ {error}", None, gr.update(), "", *unchanged
+            return
+        folder, gallery, texts, skipped, done = None, [], [], [], 0
+        for number, item in enumerate(items, 1):
+            heading = f"**Picture {number} of {len(items)}: {item.name}**  \n"
+            try:
+                image, mask = open_batch_picture(item, max_pixels(settings))
+            except InvalidRequest as error:
+                skipped.append(f"{item.name}: {error}")
+                continue
+            one = dataclasses.replace(base, init_image=image, mask=mask)
+            for update in stream_generation(manager, one, cancels, session, namespace=cache_namespace(request)):
+                if update.message:
+                    stopped = update.message in ("Stopped.", STOPPED_BEFORE_START)
+                    head = f"Stopped after {done} of {len(items)} pictures." if stopped else f"⚠ {item.name}: {update.message}"
+                    yield (head + batch_summary(folder, len(gallery), notes, skipped), None, gallery or gr.update(), "",
+                           *unchanged)
+                    return
+                if update.result is None:
+                    yield heading + update.readout, update.preview_output(), gr.update(), gr.update(), *unchanged
+                    continue
+                try:
+                    folder = folder or batch_output_folder(manager.config.outputs_dir)
+                    save_under_name(update.result, item.name, folder)
+                except LikenessError as error:
+                    yield f"⚠ {error}" + batch_summary(folder, len(gallery), notes, skipped), None, gallery or gr.update(), "", *unchanged
+                    return
+                done += 1
+                gallery += [(generated.path, item.name) for generated in update.result.images]
+                texts += [generated.infotext for generated in update.result.images]
+                yield heading + update.readout, None, gallery, gr.update(), *unchanged
+        yield (f"**Done: {done} of {len(items)} pictures.**" + batch_summary(folder, len(gallery), notes, skipped),
+               None, gallery, "", texts[0] if texts else "", -1, texts, [])
+
+    refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode,
+                     batch_pictures, batch_masks]
     run_event = arm_then(panel.generate.click, cancels, panel.readout, manager).then(
         run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
         inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
@@ -318,6 +387,26 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                 image_value, editor_value, time.monotonic() if target_mode == "inpaint" else 0.0, text_out, *updates)
 
     return Img2ImgTab(targets, receive, run_event, model)
+
+
+def uploads(raw) -> list[tuple[str, str]]:
+    """(file name, path) of each file of a raw multiple gr.File payload: the name the user's file had, the path Gradio
+    stored it under."""
+    files = raw if isinstance(raw, list) else [raw] if raw else []
+    pairs = []
+    for item in files:
+        path = upload_path(item)
+        if path:
+            name = item.get("orig_name") if isinstance(item, dict) else None
+            pairs.append((name or path.rsplit("/", 1)[-1], path))
+    return pairs
+
+
+def batch_summary(folder, images: int, notes: list[str], skipped: list[str]) -> str:
+    """The lines under a batch's last readout: where the images went, what was left out."""
+    lines = [f"{images} images saved in `{folder}`." if folder is not None else "Nothing was saved."]
+    lines += [f"⚠ {note}" for note in notes] + [f"⚠ Skipped {text}" for text in skipped]
+    return "".join(f"  \n{line}" for line in lines)
 
 
 def gallery_path(gallery, index) -> str | None:
