@@ -375,6 +375,13 @@ class PipelineManager:
             self._notice(f"Unloaded {name}.")
         return dropped
 
+    def offload_models(self) -> list[str]:
+        """Free the GPU: every model not in use moves to RAM (the RAM cache keeps it; the next run brings it back)."""
+        moved = self.cache.offload_idle()
+        if moved:
+            self._notice(f"Moved {', '.join(moved)} to RAM (GPU memory freed).")
+        return moved
+
     def adopt(self, name: str, family: Family, pipe, dtype: torch.dtype) -> None:
         """Register a pipeline built in memory under `name`, as if loaded from disk (the GPU benchmark's
         full-size random-weight models): it enters the cache and runs through the same `generate`.

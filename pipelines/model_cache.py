@@ -108,6 +108,24 @@ class ModelCache:
                 del self._models[name]
         self._release_memory()
 
+    def offload_idle(self) -> list[str]:
+        """Move every model not in use off the GPU to RAM (A1111's "unload checkpoint"): the next use brings it back
+        from RAM. Returns the names moved; nothing moves on a CPU device (RAM is where they run)."""
+        moved = []
+        with self._lock:
+            for entry in self._models.values():
+                if entry.locked or not entry.on_device:
+                    continue
+                if entry.offloaded:  # accelerate's per-component offload: its hooks go, the modules stay in RAM
+                    entry.pipe.remove_all_hooks()
+                    entry.offloaded = False
+                entry.pipe.to("cpu")
+                entry.on_device = False
+                moved.append(entry.name)
+        if moved:
+            self._release_memory()
+        return moved
+
     def records(self) -> list[CacheRecord]:
         with self._lock:
             return [

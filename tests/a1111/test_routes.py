@@ -306,3 +306,36 @@ def test_variation_seed_fields(api_app):
     assert not any("subseed" in warning for warning in info["warnings"])
     refused = api_app["client"].post("/sdapi/v1/txt2img", json=dict(QUICK, subseed_strength=2))
     assert refused.status_code == 422 and "Variation seed strength must be between 0 and 1" in refused.json()["detail"]
+
+
+def test_unload_and_reload_checkpoint_and_the_refresh_routes(api_app):
+    """A1111's /unload-checkpoint frees the GPU (models to RAM), /reload-checkpoint loads the current checkpoint again;
+    /refresh-vae and /refresh-embeddings answer (Likeness reads those folders at each use). Clients that call them at
+    start-up or after a run no longer get a 404."""
+    client, manager = api_app["client"], api_app["manager"]
+    current = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+    manager.cache.clear()
+    assert client.post("/sdapi/v1/reload-checkpoint").json() == {}
+    assert [r.name for r in manager.cache.records()] == [manager.entry(manager.default_model()).name]
+    assert client.post("/sdapi/v1/unload-checkpoint").json() == {}
+    assert [r.level for r in manager.cache.records()] == ["RAM"]  # kept in the RAM cache: the next run needs no disk load
+    assert client.post("/sdapi/v1/txt2img", json=QUICK).status_code == 200
+    assert client.post("/sdapi/v1/refresh-vae").status_code == 200 and client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == current
+
+
+def test_unload_moves_idle_models_off_the_device_and_leaves_one_in_use(tiny_pipes):
+    """The cache's side of /unload-checkpoint on a GPU (here two real tiny pipelines marked as on the device): the idle
+    one goes to RAM, the one a run holds stays."""
+    import torch
+
+    from pipelines.model_cache import ModelCache
+
+    cache = ModelCache(torch.device("cpu"), ram_budget_bytes=2**34)
+    for name in ("idle", "busy"):
+        cache.put(name, tiny_pipes["sd15"], 1000).on_device = True
+    busy = cache.acquire("busy")
+    assert cache.offload_idle() == ["idle"]
+    assert {r.name: r.level for r in cache.records()} == {"idle": "RAM", "busy": "VRAM"}
+    cache.release(busy)
+    assert cache.offload_idle() == ["busy"] and cache.offload_idle() == []

@@ -231,6 +231,24 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         await anyio.to_thread.run_sync(manager.refresh)
         return None
 
+    @router.post("/unload-checkpoint")
+    async def unload_checkpoint():  # A1111: the model to CPU RAM, to free the GPU for something else
+        await anyio.to_thread.run_sync(manager.offload_models)
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint():  # A1111: the current checkpoint back on the GPU (loaded if it is not)
+        await anyio.to_thread.run_sync(manager.load, context.defaults.model)
+        return {}
+
+    @router.post("/refresh-vae")
+    async def refresh_vae():  # models/VAE is read each time it is listed or used: nothing is held to refresh
+        return None
+
+    @router.post("/refresh-embeddings")
+    async def refresh_embeddings():  # the embeddings folder is read at each use too
+        return None
+
     @router.get("/sd-vae")
     async def sd_vae():  # A1111 lists the files of models/VAE ("Automatic" and "None" are options, not files)
         files = await anyio.to_thread.run_sync(vae_files, Path(manager.config.models_dir), manager.config.allow_pickle)
