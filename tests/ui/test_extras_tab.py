@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.extras import EXTRAS_FOLDER
-from tests.ui.conftest import open_page
+from tests.ui.conftest import keep_screenshot, open_page
 from tests.ui.test_generate_tab import generate_small
 from tests.upscale import tiny_state, write_esrgan
 from tests.upscale.test_upscalers import noise_image
@@ -133,15 +133,18 @@ def test_the_gradio_endpoint_takes_the_requests_field_names(live_app, esrgan_fil
 
     client = Client(live_app["url"], verbose=False)
     assert parameter_names(client, "/upscale") == ["image", "resize_mode", "scale", "width", "height", "crop", "upscaler",
-                                                   "upscaler_2", "upscaler_2_visibility"]
+                                                   "upscaler_2", "upscaler_2_visibility", "pictures"]
     picture = tmp_path / "called.png"
     noise_image(20, 10, seed=5).save(picture)
-    readout, output, info = client.predict(image=handle_file(str(picture)), resize_mode="Scale by", scale=3, width=512, height=512,
+    readout, output, info, _gallery = client.predict(image=handle_file(str(picture)), resize_mode="Scale by", scale=3, width=512, height=512,
                                            crop=True, upscaler="Nearest", upscaler_2="None", upscaler_2_visibility=0, api_name="/upscale")
     assert readout.startswith("**Done in") and "Postprocess upscale by: 3, Postprocess upscaler: Nearest" in info
     with Image.open(output) as png:
         expected = noise_image(20, 10, seed=5).resize((60, 30), Image.Resampling.NEAREST)
         assert png.size == (60, 30) and np.array_equal(np.asarray(png.convert("RGB")), np.asarray(expected))
+    readout, _output, _info, gallery = client.predict(pictures=[handle_file(str(picture)), handle_file(str(picture))], resize_mode="Scale by",
+                                                      scale=2, upscaler="Nearest", api_name="/upscale")  # a batch: pictures, no image
+    assert readout.startswith("**Done: 2 of 2 pictures.**") and len(gallery) == 2
 
 
 def test_png_info_and_history_send_to_extras(page, live_app, tmp_path):
@@ -186,3 +189,62 @@ def test_the_swap_button_swaps_width_and_height(page):
     page.click("#swap_size")
     page.wait_for_function("document.querySelector('#width input[type=number]').value === '96'", timeout=10_000)
     assert page.input_value("#height input[type=number]") == "192"
+
+
+def test_batch_process_upscales_each_picture_and_skips_an_unreadable_one(page, live_app, tmp_path):
+    """A1111's Batch Process: every picture with the settings, each saved as a single upscale is (with its own
+    parameters), the gallery filling; an unreadable file is skipped and named."""
+    show_extras(page)
+    page.get_by_role("tab", name="Batch Process", exact=True).click()
+    page.wait_for_selector("#extras_pictures", state="visible")
+    files = []
+    for index, size in enumerate(((12, 8), (10, 10))):
+        path = tmp_path / f"shot_{index}.png"
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", f"picture {index}\nSteps: 5, Seed: {index}")
+        noise_image(*size, seed=index).save(path, pnginfo=info)
+        files.append(path)
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a picture")
+    page.locator("#extras_pictures input[type=file]").set_input_files([str(p) for p in (*files, broken)])
+    for path in (*files, broken):
+        page.wait_for_function(f"(document.querySelector('#extras_pictures')?.innerText || '').includes({path.stem!r})", timeout=30_000)
+    pick(page, "extras_upscaler", "Nearest")
+    before = extras_files(live_app)
+    readout = upscale_and_wait(page)
+    assert readout.startswith("Done: 2 of 3 pictures."), readout
+    assert "Skipped: The picture broken.png is not an image" in readout
+    made = sorted(extras_files(live_app) - before)
+    assert len(made) == 2
+    texts = {Image.open(path).text["parameters"] for path in made}
+    assert texts == {"picture 0\nSteps: 5, Seed: 0", "picture 1\nSteps: 5, Seed: 1"}  # each keeps its own parameters
+    assert sorted(Image.open(path).size for path in made) == [(20, 20), (24, 16)]
+    page.wait_for_selector("#extras_gallery img", timeout=30_000)
+    assert page.locator("#extras_gallery img").count() >= 2 and not page.locator("#extras_output").is_visible()
+    keep_screenshot(page, "extras-batch")
+    page.get_by_role("tab", name="Batch Process", exact=True).click()
+    page.locator("#extras_pictures button[aria-label='Clear']").first.click()
+    readout = upscale_and_wait(page)
+    assert readout.startswith("⚠ Add the pictures to upscale first"), readout
+    page.get_by_role("tab", name="Single Image", exact=True).click()
+    page.wait_for_selector("#extras_output", state="visible")
+
+
+def test_stop_ends_a_batch_keeping_the_pictures_done(page, live_app, esrgan_file, tmp_path):
+    show_extras(page)
+    page.get_by_role("tab", name="Batch Process", exact=True).click()
+    small, big = tmp_path / "a_small.png", tmp_path / "b_big.png"
+    noise_image(16, 16, seed=1).save(small)
+    noise_image(1536, 1536, seed=4).save(big)  # 64 tiles of the tiny net: long enough to stop
+    page.locator("#extras_pictures input[type=file]").set_input_files([str(small), str(big), str(small)])
+    page.wait_for_function("(document.querySelector('#extras_pictures')?.innerText || '').includes('b_big')", timeout=30_000)
+    pick(page, "extras_upscaler", "tiny_x4")
+    before = extras_files(live_app)
+    page.click("#extras_run")
+    page.wait_for_function("/Picture 2 of 3: b_big[\\s\\S]*tile [2-9]/.test(document.querySelector('#extras_readout')?.innerText || '')",
+                           timeout=60_000)
+    page.click("#extras_stop")
+    page.wait_for_function("(document.querySelector('#extras_readout')?.innerText || '').startsWith('Stopped after')", timeout=60_000)
+    assert page.inner_text("#extras_readout").startswith("Stopped after 1 of 3 pictures.")
+    assert len(extras_files(live_app) - before) == 1  # the first, done before Stop; the big one not written, the third not run
+    assert live_app["manager"].jobs() == []
