@@ -33,7 +33,7 @@ from pipelines.face.service import FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
-from pipelines.hooks.lora import AppliedLora, LoraHook
+from pipelines.hooks.lora import AppliedLora, HiresLoras, LoraHook
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.hooks.tiling import TilingHook
@@ -49,7 +49,7 @@ from pipelines.vae_files import VaeLibrary, find_vae
 from pipelines.hashes import model_hash
 from pipelines.loading import load_pipeline, pipeline_bytes
 from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_hash, scan_loras
-from pipelines.lora.fuse import FusePolicy
+from pipelines.lora.fuse import FuseDecision, FusePolicy
 from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
 from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
@@ -57,7 +57,7 @@ from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, run_plan
 from pipelines.stages.denoise import Denoise, starts_from_init_request
 from pipelines.stages.face_detail import FaceDetail
-from pipelines.stages.hires import HiresPass, check_hires, hires_steps
+from pipelines.stages.hires import HiresPass, check_hires, hires_lora_refs, hires_steps
 from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
@@ -542,27 +542,39 @@ class PipelineManager:
         so the caches do not tell them apart. The caller fills `step_seconds` for the policy to learn from.
         """
         refs = lora_refs(request.prompt)  # a name given twice keeps its last weight
-        if not refs:
+        hires_refs = hires_lora_refs(request, refs)
+        if not refs and hires_refs is None:
             yield model
             return
+        applied = self._usable_loras(model, refs)
+        hires = HiresLoras(LoraHook(self._usable_loras(model, hires_refs), self.lora_memo)) if hires_refs is not None else None
+        key = (model.name, tuple(lora.key() for lora in applied), request.width, request.height)
+        # Fused weights are restored and fused again at every swap: a run whose hires pass swaps LoRAs stays unfused.
+        decision = self.lora_fuse.decide(key, request.steps) if hires is None else FuseDecision(False, "hires prompt has its own LoRAs")
+        hook = LoraHook(applied, self.lora_memo, fuse=decision.fuse)
+        with clock.stage("LoRA load") as info:
+            hook.attach(model.pipe)
+            info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM, {decision.reason}"
+        try:
+            used = {lora.name: lora.digest for lora in applied + (hires.hook.loras if hires else [])}
+            if used:
+                options.infotext_extra["Lora hashes"] = infotext_hashes(list(used.items()))
+            if hires is not None:
+                options.hires_loras = hires.after(hook)
+            yield dataclasses.replace(model, adapters=hook.cache_key() + (("hires", hires.hook.cache_key()),) if hires else hook.cache_key())
+        finally:
+            hook.detach(model.pipe)
+        self.lora_fuse.record(key, decision.fuse, step_seconds, hook.fuse_seconds)
+
+    def _usable_loras(self, model: LoadedModel, refs: list) -> list[AppliedLora]:
+        """The LoRAs `refs` name, checked against the model's family; InvalidRequest / ModelLoadError naming one."""
         applied = []
         for ref in refs:
             entry = self.lora_entry(ref.name)
             if problem := entry.unusable_with(model.family):
                 raise (InvalidRequest if entry.usable else ModelLoadError)(f"LoRA {ref.name!r}: {problem}")
             applied.append(AppliedLora(entry.name, entry.path, ref.weight, lora_hash(entry.path), ref.unet_weight))
-        key = (model.name, tuple(lora.key() for lora in applied), request.width, request.height)
-        decision = self.lora_fuse.decide(key, request.steps)
-        hook = LoraHook(applied, self.lora_memo, fuse=decision.fuse)
-        with clock.stage("LoRA load") as info:
-            hook.attach(model.pipe)
-            info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM, {decision.reason}"
-        try:
-            options.infotext_extra["Lora hashes"] = infotext_hashes([(lora.name, lora.digest) for lora in applied])
-            yield dataclasses.replace(model, adapters=hook.cache_key())
-        finally:
-            hook.detach(model.pipe)
-        self.lora_fuse.record(key, decision.fuse, step_seconds, hook.fuse_seconds)
+        return applied
 
     def _cache_hooks(self, model: LoadedModel, request: GenerationRequest, options: RunOptions) -> list:
         """The per-generation acceleration hooks the request asks for."""

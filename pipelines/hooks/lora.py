@@ -136,6 +136,32 @@ class LoraHook:
         self.fuse_seconds += time.perf_counter() - start
 
 
+class HiresLoras:
+    """The hires prompt's own LoRA set (A1111 activates the hires prompt's extra networks for the second pass): swapped
+    in for the pass, its text encode included, and the first pass's set put back after it (the next batch's first
+    pass). Both hooks attach and detach as every hook does; only their order is this class's."""
+
+    def __init__(self, hook: LoraHook):
+        self.hook = hook
+        self.main: LoraHook | None = None
+
+    def after(self, main: LoraHook) -> "HiresLoras":
+        self.main = main
+        return self
+
+    @contextmanager
+    def swapped(self, pipe):
+        self.main.detach(pipe)
+        try:
+            self.hook.attach(pipe)
+            try:
+                yield
+            finally:
+                self.hook.detach(pipe)
+        finally:
+            self.main.attach(pipe)
+
+
 def _components_with(pipe, adapter: str) -> list[str]:
     """The pipeline components the adapter has layers in ("unet", "text_encoder", ...): a per-component weight
     names only those (diffusers warns about the others)."""

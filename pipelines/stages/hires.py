@@ -18,6 +18,7 @@ so that all the hires steps run); the readout counts them after the first pass's
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.generate import decode_latents, spatial_latents
+from pipelines.lora.tags import lora_refs
 from pipelines.prompts.schedule import has_editing
 from pipelines.request import hires_on, hires_size
 from pipelines.samplers import find_sampler
@@ -84,6 +86,16 @@ def hires_scheduler(model, request):
     return sampler.make(model.base_scheduler_config, request.hires_schedule_type or request.schedule_type, model.family)
 
 
+
+def hires_lora_refs(request, main_refs: list) -> list | None:
+    """The LoRAs the hires pass runs with when its prompt names another set than the main prompt's (A1111 activates
+    the hires prompt's extra networks for the second pass); None when it runs the first pass's (no hires prompt, hires
+    fix off, or the same tags)."""
+    if not hires_on(request) or not request.hires_prompt:
+        return None
+    refs = lora_refs(request.hires_prompt)
+    return None if refs == main_refs else refs
+
 class HiresPass:
     """Upscale the batch's first pass (latents or picture) and denoise it again at the larger size."""
 
@@ -113,9 +125,11 @@ class HiresPass:
             state.latents = packed(model, init)
         else:
             first_steps = plan.steps_per_batch - steps
-            state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising, steps=total,
-                                            step_offset=state.batch_index * plan.steps_per_batch + first_steps, prompt=self._prompt(plan, state, total),
-                                            scheduler=hires_scheduler(model, request))
+            swap = plan.options.hires_loras.swapped(model.pipe) if plan.options.hires_loras is not None else nullcontext()
+            with swap:  # the hires prompt's own LoRAs, for its text encode and the pass
+                state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising,
+                                                steps=total, step_offset=state.batch_index * plan.steps_per_batch + first_steps,
+                                                prompt=self._prompt(plan, state, total), scheduler=hires_scheduler(model, request))
         state.batch_extra |= hires_infotext(request, choice.name)
         own = " ".join(filter(None, (request.hires_sampler, request.hires_schedule_type)))
         info["detail"] = (f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "

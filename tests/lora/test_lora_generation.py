@@ -430,3 +430,32 @@ def test_flux_takes_the_denoisers_weight_for_its_transformer(lora_manager):
     assert np.array_equal(zero, base_text)
     assert not np.array_equal(transformer_only, zero)
 
+
+
+def test_a_hires_prompt_with_its_own_lora_runs_it_in_the_hires_pass_only(lora_manager, lora_models):
+    """A1111 activates the hires prompt's extra networks for the second pass: the first pass runs the main prompt's
+    LoRAs, the hires pass (its text encode too) the hires prompt's; both come off after the run, and the PNG names both."""
+    base = tiny_request("sd15", seed=6, steps=3, prompt="a portrait <lora:sd15-kohya:1>", hires_scale=1.5, hires_steps=3,
+                        hires_denoising=0.6, hires_prompt="a portrait <lora:sd15-second:1>", save=False)
+    with lora_manager.use("tiny-sd15") as model:
+        before = snapshot(model.pipe, "sd15")
+    swapped = lora_manager.generate(base)
+    same = lora_manager.generate(dataclasses.replace(base, hires_prompt="a portrait <lora:sd15-kohya:1>"))
+    none_in_hires = lora_manager.generate(dataclasses.replace(base, hires_prompt="a portrait"))
+    with lora_manager.use("tiny-sd15") as model:
+        assert same_snapshot(before, snapshot(model.pipe, "sd15")), "a LoRA stayed on the model"
+    pictures = [pixels(r) for r in (swapped, same, none_in_hires)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(pictures) for b in pictures[i + 1:]), "the hires pass ignored its LoRAs"
+    assert set(parse_infotext_hashes(parse_infotext(swapped.images[0].infotext)["Lora hashes"])) == {"sd15-kohya", "sd15-second"}
+    # the first pass is the main prompt's either way: with hires denoising 0 the three would be one picture
+    flat = [pixels(lora_manager.generate(dataclasses.replace(base, hires_denoising=0.0, hires_prompt=hp)))
+            for hp in ("a portrait <lora:sd15-second:1>", "a portrait")]
+    assert np.array_equal(flat[0], flat[1])
+
+
+def test_a_hires_prompt_naming_a_missing_lora_is_refused(lora_manager):
+    with pytest.raises(InvalidRequest, match="no-such-lora"):
+        lora_manager.generate(tiny_request("sd15", seed=6, prompt="a portrait", hires_scale=1.5, hires_prompt="x <lora:no-such-lora:1>",
+                                           save=False))
+    with lora_manager.use("tiny-sd15") as model:
+        assert not getattr(model.pipe.unet, "peft_config", None), "a refused run left an adapter"
