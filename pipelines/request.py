@@ -323,8 +323,8 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
 
 
 def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], float]:
-    """The variation seed's fields: (problems, notes, the strength that runs). FLUX.1 and img2img run without it
-    (strength 0), and say so."""
+    """The variation seed's fields: (problems, notes, the strength that runs). FLUX.1 runs without it (strength 0), and
+    says so."""
     problems, notes = [], []
     subseed, strength = request.subseed, request.subseed_strength
     if not isinstance(subseed, int) or isinstance(subseed, bool) or not -1 <= subseed <= MAX_SEED:
@@ -335,15 +335,12 @@ def validate_variation(request: GenerationRequest, family: Family) -> tuple[list
     if strength > 0 and family is Family.FLUX:
         notes.append("The variation seed works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed alone.")
         strength = 0.0
-    elif strength > 0 and request.init_image is not None:
-        notes.append("The variation seed works in text-to-image here; img2img and inpainting use the seed alone.")
-        strength = 0.0
     return problems, notes, float(strength)
 
 
 def validate_seed_resize(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], tuple[int, int]]:
     """A1111's "Resize seed from": (problems, notes, the (width, height) that runs; (0, 0) = off). Off unless both are
-    set (A1111 reads -1 or 0 as off), and when it is the picture's own size; FLUX.1 and img2img say they run without it."""
+    set (A1111 reads -1 or 0 as off), and when it is the picture's own size; FLUX.1 says it runs without it."""
     problems, notes = [], []
     sizes = (request.seed_resize_from_w, request.seed_resize_from_h)
     for name, value in zip(("width", "height"), sizes):
@@ -353,9 +350,6 @@ def validate_seed_resize(request: GenerationRequest, family: Family) -> tuple[li
         return problems, notes, (0, 0)
     if family is Family.FLUX:
         notes.append("Resize seed from works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed at its own size.")
-        return problems, notes, (0, 0)
-    if request.init_image is not None:
-        notes.append("Resize seed from works in text-to-image here; img2img and inpainting use the seed at the picture's size.")
         return problems, notes, (0, 0)
     return problems, notes, sizes
 

@@ -3,6 +3,7 @@ approximate latent cache; the per-step callback drives the readout, the preview 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -143,13 +144,15 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
 
 
 def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,
-                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None, scheduler=None) -> torch.Tensor:
+                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None, scheduler=None, seed_noise: bool = True) -> torch.Tensor:
     """The last `int(steps * strength)` steps of a `steps`-step schedule from `init_latents` ((1 or B, C, h, w),
     pipeline convention, unpacked) at `width` x `height`, with diffusers' img2img or (with `mask`) inpaint
     pipeline on the loaded modules. `step_offset` is the readout's step count before this pass; `prompt` the
     pass's EncodedPrompt (default: the main pass's). Used by img2img, inpainting, the hires pass and the face
     detailer. Returns the denoiser's latents (FLUX packed). With prompt editing, the pass counts its steps from
-    0 (the steps it runs, as A1111's img2img does). `scheduler`: the pass's own (the hires sampler), else the loaded one."""
+    0 (the steps it runs, as A1111's img2img does). `scheduler`: the pass's own (the hires sampler), else the loaded one.
+    `seed_noise`: the noise follows the variation seed and Resize seed from (A1111's img2img and hires pass; not the
+    face detailer's crops)."""
     from pipelines.stages.init_image import refine_pipeline
 
     model, request, options = plan.model, plan.request, plan.options
@@ -170,7 +173,10 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
     if scheduler is not None:
         pipe.scheduler = scheduler  # this pass's pipeline only: the loaded pipeline keeps the first pass's
     seed_step_noise(pipe.scheduler, state.seeds)
-    with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context):
+    noise = start_noise(plan, state, generators(state.seeds)) if seed_noise and varies_noise(plan) else None
+    if noise is not None and mask is not None and strength >= 1:
+        extra["latents"] = noise  # inpainting from pure noise takes it as its starting latents (diffusers' own rule)
+    with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context), noise_replaced(pipe.scheduler, noise):
         return pipe(
             **prompt.embeds,
             image=batched(init_latents),
@@ -213,6 +219,36 @@ def slerp(strength: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tens
     return mixed.reshape(start.shape).to(start.dtype)
 
 
+def varies_noise(plan) -> bool:
+    """The variation seed or Resize seed from shape this run's noise (validation turns both off for FLUX.1)."""
+    return plan.request.subseed_strength > 0 or seed_resized(plan.request)
+
+
+@contextmanager
+def noise_replaced(scheduler, noise: torch.Tensor | None):
+    """diffusers' img2img and inpaint pipelines draw their noise from the generators and hand it to the scheduler's
+    `add_noise` (once to start, and at every step for inpainting's kept area): there `noise`, the variation seed's, is
+    used instead, the same tensor each time. The pipeline's own draw still happens, so the generators then go on to
+    the sampler's step noise exactly as without it. An instance attribute, removed after (another one put back)."""
+    if noise is None:
+        yield
+        return
+    previous = scheduler.__dict__.get("add_noise")
+    own = type(scheduler).add_noise.__get__(scheduler) if previous is None else previous
+
+    def add_noise(original_samples, pipeline_noise, timesteps):
+        return own(original_samples, noise.to(pipeline_noise.device, pipeline_noise.dtype), timesteps)
+
+    scheduler.add_noise = add_noise
+    try:
+        yield
+    finally:
+        if previous is None:
+            del scheduler.add_noise
+        else:
+            scheduler.add_noise = previous
+
+
 def seed_resized(request) -> bool:
     """A1111's "Resize seed from" is on (validation leaves (0, 0) where it is off)."""
     return request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
@@ -239,7 +275,7 @@ def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Te
 
     pipe, request = plan.model.pipe, plan.request
     scale = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, state.height // scale, state.width // scale)
+    shape = (1, pipe.vae.config.latent_channels, state.height // scale, state.width // scale)  # an inpainting UNet takes 9: not noise
     drawn = (1, shape[1], request.seed_resize_from_h // scale, request.seed_resize_from_w // scale) if seed_resized(request) else shape
     dtype = state.embeds["prompt_embeds"].dtype
     noises = []

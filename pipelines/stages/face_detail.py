@@ -186,7 +186,7 @@ class FaceDetail:
         latents, outcome = encode_pixels(model, crop_to_target(image, region, size, size), options.vae)
         notes = list(outcome.notes)
         with pass_state(state, seed, size):
-            latents = img2img_denoise(plan, state, latents, width=size, height=size, strength=request.face_detail_strength,
+            latents = img2img_denoise(plan, state, latents, width=size, height=size, strength=request.face_detail_strength, seed_noise=False,
                                       steps=detail_steps(request), step_offset=step_offset, prompt=prompt)
             if stopped(plan, state):
                 return None
