@@ -65,7 +65,7 @@ def test_list_routes_answer_with_a1111_items(api_app):
     assert client.get("/sdapi/v1/loras").json() == []
     for empty in ("sd-vae", "prompt-styles", "hypernetworks", "face-restorers", "script-info"):
         assert client.get(f"/sdapi/v1/{empty}").json() == [], empty
-    assert "pulid" in client.get("/sdapi/v1/scripts").json()["txt2img"]
+    assert {"pulid", "adetailer"} <= set(client.get("/sdapi/v1/scripts").json()["txt2img"])
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     memory = client.get("/sdapi/v1/memory").json()
     assert set(memory) == {"ram", "cuda"} and memory["ram"]["used"] > 0 and memory["cuda"] == {"error": "unavailable"}

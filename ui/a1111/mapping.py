@@ -74,7 +74,13 @@ SCRIPT_NAMES = {
     "flux block cache": "flux_cache", "flux_cache": "flux_cache", "block cache": "flux_cache", "flux cache": "flux_cache",
     "approximate cache": "approximate_cache", "approximate_cache": "approximate_cache", "approx cache": "approximate_cache",
     "vae precision": "vae_precision", "vae_precision": "vae_precision", "vae dtype": "vae_precision",
+    "adetailer": "adetailer", "after detailer": "adetailer",  # ADetailer's own format, run by the face detailer
 }
+# ADetailer's defaults (its adetailer/args.py) for the unit fields the face detailer takes.
+ADETAILER_STRENGTH = 0.4
+# ADetailer unit fields with no counterpart here: named in a warning when a unit turns them on.
+ADETAILER_UNUSED_SWITCHES = ("ad_use_inpaint_width_height", "ad_use_cfg_scale", "ad_use_checkpoint", "ad_use_vae", "ad_use_sampler",
+                             "ad_use_noise_multiplier", "ad_use_clip_skip", "ad_restore_face")
 # Fields whose A1111 default is all Likeness does: another value is accepted and warned about.
 UNSUPPORTED_DEFAULTS = {
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
@@ -346,7 +352,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         name = SCRIPT_NAMES.get(raw_name.strip().lower()) if isinstance(raw_name, str) else None
         if name is None:
             raise InvalidRequest(f"always on script {shown(raw_name)} not found; Likeness has: pulid, deepcache, "
-                                 "flux block cache, approximate cache, vae precision.")
+                                 "flux block cache, approximate cache, vae precision, ADetailer (its face models).")
         args, enabled = script_args(raw_name, script)
         if not enabled:
             continue
@@ -363,6 +369,8 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         elif name == "vae_precision":
             values = positional(raw_name, args, ("vae_dtype",), {"dtype": "vae_dtype", "precision": "vae_dtype"})
             vae_dtype = values.get("vae_dtype", vae_dtype)
+        elif name == "adetailer":
+            fields |= adetailer_fields(args, warnings)
 
     prepared.request = GenerationRequest(
         model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
@@ -483,6 +491,43 @@ def detailer_fields(body, warnings: list[str]) -> dict:
     if body.face_detail_strength is not None:
         fields["face_detail_strength"] = body.face_detail_strength
     return fields
+
+
+def adetailer_fields(args: list, warnings: list[str]) -> dict:
+    """ADetailer's `alwayson_scripts` args (after its enable flag: an optional skip-img2img flag, then one object per
+    unit) -> the face detailer's fields. Its face models run as the detailer (insightface finds the faces; 1 = the
+    largest, as its `ad_mask_k_largest` counts); other models (hands, people) and the unit switches the detailer has no
+    counterpart for are named in the warnings."""
+    if args and isinstance(args[0], bool):  # ADetailer's skip_img2img: the img2img itself is never skipped here
+        if args[0]:
+            warnings.append("ADetailer skip_img2img is not supported: the img2img runs, then the detailer.")
+        args = args[1:]
+    if not all(isinstance(unit, dict) for unit in args):
+        raise InvalidRequest(f"alwayson_scripts.ADetailer takes [enable, skip_img2img, unit objects...], got {shown(args)}.")
+    units = [unit for unit in args if unit.get("ad_tab_enable", True) and str(unit.get("ad_model", "None")) != "None"]
+    faces = [unit for unit in units if "face" in str(unit.get("ad_model")).lower()]
+    for unit in units:
+        if unit not in faces:
+            warnings.append(f"ADetailer model {unit.get('ad_model')!r} is not available: Likeness's detailer redraws faces only.")
+    if not faces:
+        return {}
+    unit = faces[0]
+    if len(faces) > 1:
+        warnings.append(f"ADetailer: {len(faces)} face units given; the first runs ({unit.get('ad_model')}).")
+    switched_on = [key for key in ADETAILER_UNUSED_SWITCHES if unit.get(key) is True]
+    if unit.get("ad_negative_prompt"):
+        switched_on.append("ad_negative_prompt")
+    if switched_on:
+        warnings.append(f"ADetailer {', '.join(switched_on)} not used: the detailer runs with the generation's own settings.")
+    prompt, strength = unit.get("ad_prompt", ""), unit.get("ad_denoising_strength", ADETAILER_STRENGTH)
+    largest = unit.get("ad_mask_k_largest", 0)
+    if isinstance(largest, bool) or not isinstance(largest, int) or largest < 0:
+        raise InvalidRequest(f"ADetailer ad_mask_k_largest must be a whole number from 0 (all faces), got {shown(largest)}.")
+    fields = {"face_detail": True, "face_detail_prompt": prompt, "face_detail_strength": strength,
+              "face_detail_faces": ",".join(str(n) for n in range(1, largest + 1))}
+    if unit.get("ad_use_steps") is True:
+        fields["face_detail_steps"] = unit.get("ad_steps")
+    return fields  # the request checks each value (a strength of 2, a prompt that is not text) and names it
 
 
 def script_args(name, script) -> tuple[list, bool]:

@@ -298,7 +298,7 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
 
     @router.get("/scripts")
     async def scripts():
-        names = ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision"]
+        names = ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision", "adetailer"]
         return {"txt2img": names, "img2img": names}
 
     @router.post("/png-info", response_model=models.PNGInfoResponse)
