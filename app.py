@@ -87,8 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = GenerationRequest(model="", prompt="")
     gen = commands.add_parser("generate", parents=[common], help="generate images without the UI")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", help="the prompt (needed unless --prompts-file gives the prompts)")
     gen.add_argument("--negative-prompt", default="")
+    lines = gen.add_argument_group("prompts from a file (A1111's \"Prompts from file or textbox\" script)")
+    lines.add_argument("--prompts-file", metavar="FILE", help="one generation per line: a prompt, or A1111's --tag value options "
+                                                              "(--prompt \"a cat\" --steps 30 --seed 5); the other flags are each line's defaults")
+    lines.add_argument("--iterate-seed", action="store_true", help="add batch size x batch count to the seed after each line")
+    lines.add_argument("--same-seed", action="store_true", help="one random seed for every line (when --seed is -1)")
+    lines.add_argument("--prompt-position", choices=("start", "end"), default="start",
+                       help="a line's prompt goes before (default) or after --prompt")
     gen.add_argument("--style", action="append", default=[], metavar="NAME",
                      help="apply a prompt style from the models folder's styles.csv (A1111's file); repeatable, applied in order")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",

@@ -14,13 +14,14 @@ from pipelines.batch import BatchPicture, batch_output_folder, folder_pictures, 
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.extras import UpscaleRequest, plan_upscale
 from pipelines.merge import MergeRequest
+from pipelines.prompt_lines import line_requests, parse_lines
 from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
 from pipelines.lora.files import lora_folders
 from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, validate_request
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
 from pipelines.exit_status import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
@@ -156,8 +157,10 @@ def demo_brief() -> str:
 
 def lora_prompt(args) -> str:
     """`--prompt` with each `--lora NAME:WEIGHT` appended as an A1111 `<lora:NAME:WEIGHT>` tag."""
+    if args.prompt is None and not getattr(args, "prompts_file", None):
+        raise InvalidRequest("generate needs --prompt TEXT (or --prompts-file FILE with one prompt per line).")
     try:
-        return with_lora_tags(args.prompt, getattr(args, "lora", None) or [])
+        return with_lora_tags(args.prompt or "", getattr(args, "lora", None) or [])
     except LoraSyntaxError as error:
         raise InvalidRequest(str(error)) from None
 
@@ -194,6 +197,8 @@ def cmd_generate(manager: PipelineManager, args) -> int:
     try:
         if batch_folder_given(args):
             return run_batch(manager, request, args, show, cancel, face)
+        if args.prompts_file:
+            return run_prompt_lines(manager, request, args, show, cancel, face)
         result = manager.generate(request, listener=show, cancel=cancel, face=face)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -240,6 +245,43 @@ def run_batch(manager: PipelineManager, request: GenerationRequest, args, show, 
     else:
         print(f"batch: {done} of {len(items)} pictures{where}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
     return EXIT_OK if done else EXIT_BAD_INPUT
+
+
+def check_lines(manager: PipelineManager, lines, requests) -> None:
+    """Each line's request as the engine will check it (its model, steps, sampler...), before the first runs."""
+    for line, one in zip(lines, requests):
+        try:
+            validate_request(one, manager.entry(one.model).family)
+        except LikenessError as error:
+            raise InvalidRequest(f"Line {line.number}: {error}") from None
+
+
+def run_prompt_lines(manager: PipelineManager, request: GenerationRequest, args, show, cancel: CancelToken, face) -> int:
+    """--prompts-file: every line read and checked first (a bad one stops it before anything runs), then one
+    generation per line; Ctrl+C stops at the next step and ends the list."""
+    try:
+        text = Path(args.prompts_file).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"--prompts-file {args.prompts_file!r} cannot be read: {getattr(error, 'strerror', None) or error}.") from None
+    lines = parse_lines(text)
+    requests = line_requests(request, lines, args.iterate_seed, args.same_seed, args.prompt_position)
+    check_lines(manager, lines, requests)
+    for note in (note for line in lines for note in line.notes):
+        _print_err(f"note: {note}")
+    summaries = []
+    for number, (line, one) in enumerate(zip(lines, requests), 1):
+        if not args.json:
+            _print_err(f"line {number} of {len(lines)} (line {line.number} of the file): {one.prompt[:80]}")
+        result = manager.generate(one, listener=show, cancel=cancel, face=face)
+        summaries.append({"line": line.number, **result.summary()})
+        if not args.json:
+            for image in result.images:
+                print(f"line {line.number}: seed {image.seed}: {image.path or '(not saved)'}")
+    if args.json:
+        print(json.dumps({"lines": summaries}))
+    else:
+        print(f"prompts file: {len(lines)} lines, {sum(len(s['images']) for s in summaries)} images")
+    return EXIT_OK
 
 
 def cmd_upscale(manager: PipelineManager, args) -> int:
