@@ -11,7 +11,7 @@ from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
 from pipelines.request import GenerationRequest
 from pipelines.vae import VAE_CHOICES
-from ui import generation_form
+from ui import generation_form, prompt_lines_panel
 from ui.generation_form import add_lora_tag, lora_choices, model_choices  # noqa: F401  (imported from here by other modules)
 from ui.last_used import clean_last_generation, remember_last_generation
 from ui.jobs import parallel_jobs
@@ -65,6 +65,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             fields |= sampling
             fields |= generation_form.hires_fields(manager, last, family=family)
             fields |= generation_form.detailer_fields(last)
+            lines_panel = prompt_lines_panel.build_panel()
             with gr.Column(visible=is_demo and demo.SHIP_TRAINED_DEMO) as demo_examples:
                 gr.Examples([[p, demo.DEFAULT_SIZE, demo.DEFAULT_SIZE, demo.DEFAULT_STEPS, demo.DEFAULT_CFG] for p in demo.EXAMPLE_PROMPTS],
                             [fields["prompt"], fields["width"], fields["height"], fields["steps"], fields["cfg_scale"]],
@@ -141,6 +142,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
     )
     generate_event.then(before_after.show, before_after.pairs, before_after.outputs, api_visibility="private", queue=False)
     generation_form.wire_forever(panel, generate_event)
+    prompt_lines_panel.wire(lines_panel, manager, cancels, form, readout, preview, gallery, breakdown, last_seed)
     gallery.select(generation_form.selected_index, None, selected, api_visibility="private", queue=False)
 
     def stop_generation(request: gr.Request = None):

@@ -339,3 +339,20 @@ def test_unload_moves_idle_models_off_the_device_and_leaves_one_in_use(tiny_pipe
     assert {r.name: r.level for r in cache.records()} == {"idle": "RAM", "busy": "VRAM"}
     cache.release(busy)
     assert cache.offload_idle() == ["busy"] and cache.offload_idle() == []
+
+
+def test_prompts_from_file_or_textbox_runs_a_generation_per_line(api_app):
+    """A1111's script through `script_name` / `script_args` (1.10's four args, or the older three): every image of
+    every line in one response, each with its own prompt; a bad line is a 422 naming it, before anything runs."""
+    client = api_app["client"]
+    body = dict(QUICK, prompt="on grey", seed=50, script_name="Prompts from file or textbox",
+                script_args=[True, False, "end", 'a red circle\n--prompt "a blue ring" --seed 9\n'])
+    info = json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])
+    assert info["all_prompts"] == ["on grey a red circle", "on grey a blue ring"] and info["all_seeds"] == [50, 9]
+    older = dict(body, script_args=[False, False, "a green star\na white heart"])
+    response = client.post("/sdapi/v1/txt2img", json=older).json()
+    assert len(response["images"]) == 2 and json.loads(response["info"])["all_prompts"] == ["a green star on grey", "a white heart on grey"]
+    bad = client.post("/sdapi/v1/txt2img", json=dict(body, script_args=[False, False, "fine\n--steps 0"]))
+    assert bad.status_code == 422 and "Line 2: Steps must be between 1 and 150, got 0" in bad.json()["detail"]
+    unknown = client.post("/sdapi/v1/txt2img", json=dict(QUICK, script_name="X/Y/Z plot"))
+    assert unknown.status_code == 422 and 'Likeness has "Prompts from file or textbox"' in unknown.json()["detail"]

@@ -36,7 +36,8 @@ from pipelines.families import Family
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import png_with_parameters
-from pipelines.request import GenerationRequest, GenerationResult, shown
+from pipelines.prompt_lines import line_requests, parse_lines
+from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
 from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
@@ -120,6 +121,7 @@ class Prepared:
     keep_vae: bool = False
     keep_clip_skip: bool = False
     keep_sd_vae: bool = False
+    lines: list = field(default_factory=list)  # "Prompts from file or textbox": one request per line (the first is `request`)
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -313,9 +315,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         value = getattr(body, name)
         if value not in allowed:
             warnings.append(f"{name}={shown(value)} is not supported by Likeness and was ignored.")
-    if body.script_name not in (None, ""):
-        raise InvalidRequest(f"Script {shown(body.script_name)} not found: Likeness has no selectable scripts "
-                             "(its extras are alwayson_scripts: pulid, deepcache, flux block cache, approximate cache, vae precision).")
+    lines_script = selected_script(body)
     if isinstance(body.negative_prompt, str) and "<lora:" in body.negative_prompt:
         warnings.append("LoRA tags in the negative prompt are not applied (as in A1111, LoRAs come from the prompt).")
 
@@ -389,7 +389,43 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
     else:
         fields |= hires_fields(body, manager, warnings) | hires_sampling(body, family, sampler, warnings)
     prepared.request = replace(prepared.request, **fields)
+    if lines_script is not None:
+        prepared.lines = script_lines(prepared.request, lines_script, manager)
+        prepared.request = prepared.lines[0]
     return prepared
+
+
+PROMPT_LINES_SCRIPT = "prompts from file or textbox"
+
+
+def selected_script(body) -> list | None:
+    """A1111's `script_name`: its "Prompts from file or textbox" (its args); anything else is refused with what there is."""
+    name = body.script_name
+    if name in (None, ""):
+        return None
+    if not isinstance(name, str) or name.strip().lower() != PROMPT_LINES_SCRIPT:
+        raise InvalidRequest(f"Script {shown(name)} not found: Likeness has \"Prompts from file or textbox\" (its extras are "
+                             "alwayson_scripts: pulid, deepcache, flux block cache, approximate cache, vae precision, ADetailer).")
+    return list(body.script_args or [])
+
+
+def script_lines(base: GenerationRequest, args: list, manager) -> list[GenerationRequest]:
+    """A1111's script_args [iterate seed, same random seed, (1.10: prompt position,) list text] -> each line's request,
+    every one checked as the engine will before the first runs."""
+    if len(args) not in (3, 4) or not isinstance(args[-1], str) or not all(isinstance(flag, bool) for flag in args[:2]):
+        raise InvalidRequest("Prompts from file or textbox takes script_args [iterate_seed (bool), same_random_seed (bool), "
+                             "\"start\" or \"end\" (optional), the list text], got " + shown(args) + ".")
+    position = args[2] if len(args) == 4 else "start"
+    lines = parse_lines(args[-1])
+    requests = []
+    for line, one in zip(lines, line_requests(base, lines, args[0], args[1], position)):
+        try:
+            one = replace(one, model=find_model(manager, one.model))  # a line's --sd_model: a title, name or hash
+            validate_request(one, manager.entry(one.model).family)
+        except (InvalidRequest, ModelNotFound) as error:
+            raise InvalidRequest(f"Line {line.number}: {error}") from None
+        requests.append(one)
+    return requests
 
 
 def img2img_fields(body: Img2ImgRequest, manager, warnings: list[str]) -> dict:
@@ -645,9 +681,10 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
     subseeds = [int(parse_infotext(text).get("Variation seed", subseed)) for text in infotexts] if varied else [subseed] * len(images)
     info = {
         "prompt": prompt,
-        "all_prompts": [prompt] * len(images),
+        # each image's own (the lines of "Prompts from file or textbox" differ)
+        "all_prompts": [parse_infotext(text).get("Prompt", prompt) for text in infotexts],
         "negative_prompt": negative,
-        "all_negative_prompts": [negative] * len(images),
+        "all_negative_prompts": [parse_infotext(text).get("Negative prompt", "") for text in infotexts],
         "seed": seeds[0] if seeds else body.seed,
         "all_seeds": seeds,
         "subseed": subseed,

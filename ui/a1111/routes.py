@@ -362,10 +362,12 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
                 folder, paths = write_photos(Path(manager.config.cache_dir), prepared.photos)
                 face = replace(face, photos=tuple(paths))
             try:
-                result = manager.generate(prepared.request, cancel=job.token, face=face)
-                images = list(result.images)
+                for one in prepared.lines or [prepared.request]:  # "Prompts from file or textbox": a run per line
+                    result = manager.generate(one, cancel=job.token, face=face)
+                    images += result.images
+                    notes += result.warnings if prepared.lines and one is not prepared.lines[-1] else []
             except GenerationCancelled as stop:
-                images = list(stop.partial or [])
+                images += list(stop.partial or [])
                 notes.append(f"Interrupted: {len(images)} image(s) finished before the stop.")
     finally:
         if folder is not None:
