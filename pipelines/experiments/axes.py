@@ -98,6 +98,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("denoising_strength", "Denoising strength", "float", field="denoising_strength"),
     Setting("hires_scale", "Hires scale", "float", field="hires_scale"),
     Setting("hires_denoising", "Hires denoising", "float", field="hires_denoising"),
+    Setting("hires_steps", "Hires steps", "int", field="hires_steps"),  # A1111's axis; 0 = the first pass's steps
+    Setting("hires_upscaler", "Hires upscaler", "text", field="hires_upscaler"),  # Latent, Lanczos, Nearest, ESRGAN files
     Setting("hires_sampler", "Hires sampler", "text", field="hires_sampler", choices=(HIRES_SAME_SAMPLER, *SAMPLER_NAMES),
             also_accepted=tuple(LEGACY_SAMPLER_NAMES)),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),

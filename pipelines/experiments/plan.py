@@ -19,7 +19,8 @@ from pipelines.face.options import ID_WEIGHTS, FaceOptions
 from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
-from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, validate_request
+from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, hires_on, validate_request
+from pipelines.upscale import find_upscaler
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler
 
 AXIS_NAMES = ("X", "Y", "Z")
@@ -204,6 +205,7 @@ def build_plan(experiment: Experiment, manager, rng: random.Random | None = None
     axes = tuple(_checked_axis(name, spec, base, face, manager) for name, spec in zip(AXIS_NAMES, experiment.axes))
     _refuse_overlaps(axes)
     _refuse_idle_detailer(axes, base)
+    _refuse_idle_hires(axes, base)
     cells = tuple(_cells(axes, base, face, manager, tuple(notes)))
     if face is not None:
         _require_face_files(cells, manager)
@@ -352,6 +354,11 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
         return f"the PuLID start step must be between 0 and {base.steps - 1} (the steps minus one)."
     if setting.key == "lora_weight" and not abs(value) <= MAX_LORA_WEIGHT:
         return f"the LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
+    if setting.key == "hires_upscaler":  # a name of this models folder's, checked now rather than failing its cells
+        try:
+            find_upscaler(value, manager.config.models_dir, manager.config.allow_pickle)
+        except InvalidRequest as error:
+            return str(error)
     if setting.target == "face":
         return None
     request, _ = apply_value(base, face, setting, value)
@@ -412,6 +419,18 @@ def _refuse_idle_detailer(axes: tuple[Axis, ...], base: GenerationRequest) -> No
         if axis.setting.key == "face_detail_strength" and not switched_on:
             raise InvalidRequest(f"The {axis.name} axis (Face detailer strength) changes nothing with the face detailer off: "
                                  "turn it on in the starting settings, or add a Face detailer axis.")
+
+
+HIRES_ONLY = ("hires_denoising", "hires_steps", "hires_upscaler", "hires_sampler")
+
+
+def _refuse_idle_hires(axes: tuple[Axis, ...], base: GenerationRequest) -> None:
+    """A hires pass setting on an axis with hires fix off in every cell would make a grid of identical pictures."""
+    switched_on = hires_on(base) or any(a.setting.key == "hires_scale" and any(v > 1 for v in a.values) for a in axes)
+    for axis in axes:
+        if axis.setting.key in HIRES_ONLY and not switched_on:
+            raise InvalidRequest(f"The {axis.name} axis ({axis.setting.label}) changes nothing with hires fix off: set Hires scale "
+                                 "above 1 in the starting settings (hires_scale), or add a Hires scale axis.")
 
 
 def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):

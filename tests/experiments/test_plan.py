@@ -168,3 +168,18 @@ def test_lora_weight_sets_every_lora_tag(shared_manager):
 def test_prompt_edits_that_cannot_apply_are_refused_before_anything_runs(shared_manager, axes, base, message):
     with pytest.raises(InvalidRequest, match=message):
         build_plan(experiment(*axes, base=base), shared_manager)
+
+
+def test_hires_steps_and_hires_upscaler_axes(shared_manager):
+    """A1111's Hires steps and Hires upscaler axes; an upscaler name this models folder lacks is refused at planning,
+    and a hires axis with hires fix off (a grid of one picture) too."""
+    plan = build_plan(experiment(("hires_steps", "2, 4"), ("hires_upscaler", "Latent, Lanczos"), base={"hires_scale": 1.5}), shared_manager)
+    assert [(c.request.hires_steps, c.request.hires_upscaler) for c in plan.cells] == [(2, "Latent"), (4, "Latent"), (2, "Lanczos"),
+                                                                                       (4, "Lanczos")]
+    assert plan.cells[3].label == "Hires steps: 4, Hires upscaler: Lanczos"
+    with pytest.raises(InvalidRequest, match=r"X axis \(Hires upscaler\): 'RealESRGAN_x4plus' is not valid: No hires upscaler named"):
+        build_plan(experiment(("hires_upscaler", "Latent, RealESRGAN_x4plus"), base={"hires_scale": 1.5}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"The X axis \(Hires steps\) changes nothing with hires fix off"):
+        build_plan(experiment(("hires_steps", "2, 4")), shared_manager)
+    plan = build_plan(experiment(("hires_scale", "1, 1.5"), ("hires_steps", "2, 4")), shared_manager)  # on in some cells: fine
+    assert len(plan.cells) == 4
