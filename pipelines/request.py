@@ -323,8 +323,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
 
 
 def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], float]:
-    """The variation seed's fields: (problems, notes, the strength that runs). FLUX.1 runs without it (strength 0), and
-    says so."""
+    """The variation seed's fields: (problems, notes, the strength that runs)."""
     problems, notes = [], []
     subseed, strength = request.subseed, request.subseed_strength
     if not isinstance(subseed, int) or isinstance(subseed, bool) or not -1 <= subseed <= MAX_SEED:
@@ -332,24 +331,18 @@ def validate_variation(request: GenerationRequest, family: Family) -> tuple[list
     if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:  # NaN fails too
         problems.append(f"Variation seed strength must be between 0 and 1, got {shown(strength)}.")
         return problems, notes, 0.0
-    if strength > 0 and family is Family.FLUX:
-        notes.append("The variation seed works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed alone.")
-        strength = 0.0
     return problems, notes, float(strength)
 
 
 def validate_seed_resize(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], tuple[int, int]]:
     """A1111's "Resize seed from": (problems, notes, the (width, height) that runs; (0, 0) = off). Off unless both are
-    set (A1111 reads -1 or 0 as off), and when it is the picture's own size; FLUX.1 says it runs without it."""
+    set (A1111 reads -1 or 0 as off), and when it is the picture's own size."""
     problems, notes = [], []
     sizes = (request.seed_resize_from_w, request.seed_resize_from_h)
     for name, value in zip(("width", "height"), sizes):
         if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= family.spec.max_size:
             problems.append(f"Resize seed from {name} must be 0 (off) or a size up to {family.spec.max_size}, got {shown(value)}.")
     if problems or min(sizes) <= 0 or sizes == (request.width, request.height):
-        return problems, notes, (0, 0)
-    if family is Family.FLUX:
-        notes.append("Resize seed from works on SD 1.5 and SDXL here; this FLUX.1 image uses its seed at its own size.")
         return problems, notes, (0, 0)
     return problems, notes, sizes
 

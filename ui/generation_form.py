@@ -257,7 +257,7 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
             subseed = inputs.Number(value=last.get("subseed", -1), precision=0, label="Variation seed (-1 = random)", minimum=-1,
                                     maximum=MAX_SEED, elem_id=f"{prefix}subseed")
             subseed_strength = inputs.Slider(0, 1, value=last.get("subseed_strength", 0.0), step=0.01, label="Variation strength",
-                                             info="0 = off; small values: the same picture, a little changed (SD 1.5, SDXL)",
+                                             info="0 = off; small values: the same picture, a little changed (SD 1.5, SDXL, FLUX.1)",
                                              elem_id=f"{prefix}subseed_strength")
         with gr.Row():  # A1111's: the seed's noise drawn at this size, centred: its composition kept at another size
             seed_resize_w = inputs.Slider(0, 2048, value=last.get("seed_resize_from_w", 0), step=8, label="Resize seed from width",

@@ -9,6 +9,7 @@ import torch
 
 from pipelines.caches.approximate_run import ApproximateRun, Resume, resumed_from
 from pipelines.errors import GenerationCancelled
+from pipelines.families import Family
 from pipelines.generate import uses_true_cfg
 from pipelines.hooks import attached, hook_cache_keys
 from pipelines.preview.live import render_preview
@@ -176,7 +177,7 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
     noise = start_noise(plan, state, generators(state.seeds)) if seed_noise and varies_noise(plan) else None
     if noise is not None and mask is not None and strength >= 1:
         extra["latents"] = noise  # inpainting from pure noise takes it as its starting latents (diffusers' own rule)
-    with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context), noise_replaced(pipe.scheduler, noise):
+    with attached(model.pipe, prompt.hooks(plan, first_step=skipped), state.context), noise_replaced(model, pipe.scheduler, noise):
         return pipe(
             **prompt.embeds,
             image=batched(init_latents),
@@ -225,28 +226,43 @@ def varies_noise(plan) -> bool:
 
 
 @contextmanager
-def noise_replaced(scheduler, noise: torch.Tensor | None):
+def noise_replaced(model, scheduler, noise: torch.Tensor | None):
     """diffusers' img2img and inpaint pipelines draw their noise from the generators and hand it to the scheduler's
-    `add_noise` (once to start, and at every step for inpainting's kept area): there `noise`, the variation seed's, is
-    used instead, the same tensor each time. The pipeline's own draw still happens, so the generators then go on to
-    the sampler's step noise exactly as without it. An instance attribute, removed after (another one put back)."""
+    `add_noise` (FLUX.1's flow matching: `scale_noise`), once to start and at every step for inpainting's kept area:
+    there `noise`, the variation seed's, is used instead, the same tensor each time (packed where the pipeline passes
+    FLUX's packed noise). The pipeline's own draw still happens, so the generators then go on to the sampler's step
+    noise exactly as without it. Instance attributes, removed after (another one put back)."""
+    from pipelines.stages.init_image import packed
+
+    name = "scale_noise" if model.family is Family.FLUX else "add_noise"
     if noise is None:
         yield
         return
-    previous = scheduler.__dict__.get("add_noise")
-    own = type(scheduler).add_noise.__get__(scheduler) if previous is None else previous
+    previous = scheduler.__dict__.get(name)
+    own = getattr(type(scheduler), name).__get__(scheduler) if previous is None else previous
+    shapes = {tuple(noise.shape): noise}
+    if model.family is Family.FLUX:
+        shapes[tuple(packed(model, noise).shape)] = packed(model, noise)
+
+    def with_our_noise(sample, timestep, pipeline_noise):
+        ours = shapes.get(tuple(pipeline_noise.shape), noise)
+        return own(sample, timestep, ours.to(pipeline_noise.device, pipeline_noise.dtype)) if name == "scale_noise" else \
+            own(sample, ours.to(pipeline_noise.device, pipeline_noise.dtype), timestep)
 
     def add_noise(original_samples, pipeline_noise, timesteps):
-        return own(original_samples, noise.to(pipeline_noise.device, pipeline_noise.dtype), timesteps)
+        return with_our_noise(original_samples, timesteps, pipeline_noise)
 
-    scheduler.add_noise = add_noise
+    def scale_noise(sample, timestep, noise=None):
+        return with_our_noise(sample, timestep, noise)
+
+    setattr(scheduler, name, scale_noise if name == "scale_noise" else add_noise)
     try:
         yield
     finally:
         if previous is None:
-            del scheduler.add_noise
+            delattr(scheduler, name)
         else:
-            scheduler.add_noise = previous
+            setattr(scheduler, name, previous)
 
 
 def seed_resized(request) -> bool:
@@ -266,6 +282,16 @@ def centre_placed(noise: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     return placed
 
 
+def noise_shape(model, width: int, height: int) -> tuple[int, int, int, int]:
+    """One image's noise as diffusers' pipelines draw it (unpacked): SD's VAE latents (an inpainting UNet takes 9
+    channels, 4 of them noise); FLUX.1's a multiple of 2 latents a side, before they are packed 2x2."""
+    pipe = model.pipe
+    scale = pipe.vae_scale_factor
+    if model.family is Family.FLUX:
+        return 1, pipe.transformer.config.in_channels // 4, 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
+    return 1, pipe.vae.config.latent_channels, height // scale, width // scale
+
+
 def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Tensor:
     """The batch's starting noise with A1111's variation seed and "Resize seed from": each image's seed noise (drawn
     from its generator with diffusers' own `randn_tensor`, as prepare_latents draws it, so the generator then goes on
@@ -273,10 +299,9 @@ def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Te
     same size) by the strength, then centred in the picture's noise drawn from the seed again (A1111's order)."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    pipe, request = plan.model.pipe, plan.request
-    scale = pipe.vae_scale_factor
-    shape = (1, pipe.vae.config.latent_channels, state.height // scale, state.width // scale)  # an inpainting UNet takes 9: not noise
-    drawn = (1, shape[1], request.seed_resize_from_h // scale, request.seed_resize_from_w // scale) if seed_resized(request) else shape
+    request = plan.request
+    shape = noise_shape(plan.model, state.width, state.height)
+    drawn = noise_shape(plan.model, request.seed_resize_from_w, request.seed_resize_from_h) if seed_resized(request) else shape
     dtype = state.embeds["prompt_embeds"].dtype
     noises = []
     for seed, generator, subseed in zip(state.seeds, seed_generators, state.subseeds):
@@ -300,8 +325,10 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
     state.context.step_index = start_step
     start_latents = resume.latents.to(model.device) if resume and resume.latents is not None else None
     seed_generators = generators(state.seeds)
-    if start_latents is None and (request.subseed_strength > 0 or seed_resized(request)):
-        start_latents = start_noise(plan, state, seed_generators)
+    if start_latents is None and varies_noise(plan):
+        from pipelines.stages.init_image import packed
+
+        start_latents = packed(model, start_noise(plan, state, seed_generators))  # FLUX's text-to-image takes them packed
     prompt = pass_prompt(state)  # steps count from 0 of the full schedule: a resumed run's first step is `start_step`
     seed_step_noise(model.pipe.scheduler, state.seeds)
     with resumed_from(model.pipe, start_step), attached(model.pipe, prompt.hooks(plan, first_step=0), state.context):

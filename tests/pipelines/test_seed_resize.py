@@ -45,7 +45,7 @@ def test_the_seed_noise_is_centred_as_a1111_places_it(small, full):
 def fake_plan(width: int, height: int, resize: tuple[int, int], strength: float = 0.0):
     pipe = SimpleNamespace(vae_scale_factor=8, vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)))
     request = SimpleNamespace(seed_resize_from_w=resize[0], seed_resize_from_h=resize[1], subseed_strength=strength)
-    plan = SimpleNamespace(model=SimpleNamespace(pipe=pipe, device=torch.device("cpu")), request=request)
+    plan = SimpleNamespace(model=SimpleNamespace(pipe=pipe, device=torch.device("cpu"), family=Family.SD15), request=request)
     state = SimpleNamespace(height=height, width=width, seeds=[11, 12], subseeds=[21, 22],
                             embeds={"prompt_embeds": torch.zeros(1, dtype=torch.float32)})
     return plan, state
@@ -94,11 +94,11 @@ def test_when_it_is_on(fields, expected, note):
     assert (validated.request.seed_resize_from_w, validated.request.seed_resize_from_h) == expected and not validated.warnings
 
 
-def test_flux_runs_without_it_and_says_so_img2img_keeps_it():
+def test_flux_and_img2img_keep_it():
     from PIL import Image
 
     flux = validate_request(tiny_request("flux", seed_resize_from_w=512, seed_resize_from_h=512), Family.FLUX)
-    assert flux.request.seed_resize_from_w == 0 and "FLUX.1 image uses its seed at its own size" in flux.warnings[0]
+    assert flux.request.seed_resize_from_w == 512 and not flux.warnings
     init = Image.new("RGB", (64, 64))
     img2img = validate_request(tiny_request("sd15", init_image=init, seed_resize_from_w=128, seed_resize_from_h=128), Family.SD15)
     assert img2img.request.seed_resize_from_w == 128 and not img2img.warnings  # A1111's img2img noise follows it too

@@ -80,7 +80,7 @@ def test_random_variation_seed_bad_values_and_where_it_does_not_apply(manager):
             validate_request(GenerationRequest(model="m", prompt="x", **fields), Family.SD15)
     flux = validate_request(GenerationRequest(model="m", prompt="x", width=1024, height=1024, sampler="Flow Euler", subseed=3,
                                               subseed_strength=0.5), Family.FLUX)
-    assert flux.request.subseed_strength == 0 and "works on SD 1.5 and SDXL" in flux.warnings[0]
+    assert flux.request.subseed_strength == 0.5 and not flux.warnings  # FLUX.1 too, since 2026-12-05
 
 
 def test_send_to_generate_sets_the_variation_seed_and_turns_it_off_without_one(manager):

@@ -30,13 +30,24 @@ def start():
     return picture(SIZE, seed=4)
 
 
-@pytest.mark.parametrize("mode", ["img2img", "inpaint", "inpaint from noise", "hires"])
-def test_variation_strength_1_is_the_variation_seeds_picture(shared_manager, start, mode):
-    fields = {"img2img": {"init_image": start, "denoising_strength": 0.6},
-              "inpaint": {"init_image": start, "mask": box_mask(SIZE, (8, 8, 48, 48)), "denoising_strength": 0.7},
-              "inpaint from noise": {"init_image": start, "mask": box_mask(SIZE, (8, 8, 48, 48)), "denoising_strength": 1.0},
+MODES = ["text-to-image", "img2img", "inpaint", "inpaint from noise", "hires"]
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+@pytest.mark.parametrize("mode", MODES)
+def test_variation_strength_1_is_the_variation_seeds_picture(shared_manager, start, mode, family):
+    """FLUX.1 too: its flow-match Euler adds no noise of its own, and its noise is drawn, mixed and packed as the
+    pipeline would draw and pack it."""
+    size = SIZE if family == "sd15" else 256  # FLUX.1 starts at 256 px
+    picture_ = start if family == "sd15" else picture(size, seed=4)
+    mask = box_mask(size, (8, 8, size - 16, size - 16))
+    fields = {"text-to-image": {},
+              "img2img": {"init_image": picture_, "denoising_strength": 0.6},
+              "inpaint": {"init_image": picture_, "mask": mask, "denoising_strength": 0.7},
+              "inpaint from noise": {"init_image": picture_, "mask": mask, "denoising_strength": 1.0},
               "hires": {"hires_scale": 1.5, "hires_steps": 4, "hires_denoising": 0.6}}[mode]
-    base = tiny_request("sd15", sampler="Euler", steps=4, seed=101, width=SIZE, height=SIZE, save=False, **fields)
+    sampler = "Euler" if family == "sd15" else "Flow Euler"
+    base = tiny_request(family, sampler=sampler, steps=4, seed=101, width=size, height=size, save=False, **fields)
     varied = shared_manager.generate(dataclasses.replace(base, subseed=202, subseed_strength=1.0))
     as_seed = shared_manager.generate(dataclasses.replace(base, seed=202))
     plain = shared_manager.generate(base)
@@ -54,6 +65,15 @@ def test_half_strength_is_between_and_repeats(shared_manager, start):
     assert np.array_equal(pixels(half), pixels(again))
     ends = [pixels(shared_manager.generate(dataclasses.replace(base, subseed_strength=s))) for s in (0.0, 1.0)]
     assert not close(pixels(half), ends[0]) and not close(pixels(half), ends[1])
+
+
+def test_flux_resize_seed_from_keeps_the_seeds_noise_in_the_middle(shared_manager):
+    """FLUX.1's noise at the resize-from size, centred in the picture's, packed: the run differs from the plain one and
+    says so in the PNG."""
+    base = tiny_request("flux", sampler="Flow Euler", steps=3, seed=5, width=320, height=256, save=False)
+    resized = shared_manager.generate(dataclasses.replace(base, seed_resize_from_w=256, seed_resize_from_h=256))
+    assert parse_infotext(resized.images[0].infotext)["Seed resize from"] == "256x256"
+    assert not np.array_equal(pixels(resized), pixels(shared_manager.generate(base)))
 
 
 def test_resize_seed_from_shapes_img2img_noise(shared_manager, start):
