@@ -190,7 +190,8 @@ class RunOptions:
     infotext_extra: dict = field(default_factory=dict)  # keys a hook adds to the metadata (PuLID weight, ...)
     true_cfg_scale: float = 1.0  # FLUX only (PuLID-FLUX's control): > 1 adds a negative-prompt pass per step
     embeddings: object | None = None  # EmbeddingLibrary: textual inversions named in the prompt (SD 1.5 / SDXL)
-    hires_loras: object | None = None  # pipelines.hooks.lora.HiresLoras: the hires prompt's own LoRA set, swapped in for that pass
+    # pass name ("hires", "face detail") -> pipelines.hooks.lora.PassLoras: that pass's prompt's own LoRA set, swapped in for it
+    pass_loras: dict = field(default_factory=dict)
 
 
 @dataclass

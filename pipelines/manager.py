@@ -33,7 +33,7 @@ from pipelines.face.service import FaceService
 from pipelines.fast_paths import FastPaths, apply_fast_paths
 from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook, deepest_branch
 from pipelines.hooks.flux_block_cache import FluxBlockCacheConfig, FluxBlockCacheHook
-from pipelines.hooks.lora import AppliedLora, HiresLoras, LoraHook
+from pipelines.hooks.lora import AppliedLora, LoraHook, PassLoras
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.hooks.tiling import TilingHook
@@ -56,7 +56,7 @@ from pipelines.request import GenerationRequest, GenerationResult, shown, valida
 from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, run_plan
 from pipelines.stages.denoise import Denoise, starts_from_init_request
-from pipelines.stages.face_detail import FaceDetail
+from pipelines.stages.face_detail import FaceDetail, detail_lora_refs
 from pipelines.stages.hires import HiresPass, check_hires, hires_lora_refs, hires_steps
 from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
@@ -542,26 +542,27 @@ class PipelineManager:
         so the caches do not tell them apart. The caller fills `step_seconds` for the policy to learn from.
         """
         refs = lora_refs(request.prompt)  # a name given twice keeps its last weight
-        hires_refs = hires_lora_refs(request, refs)
-        if not refs and hires_refs is None:
+        pass_refs = {name: found for name, found in (("hires", hires_lora_refs(request, refs)), ("face detail", detail_lora_refs(request, refs)))
+                     if found is not None}
+        if not refs and not pass_refs:
             yield model
             return
         applied = self._usable_loras(model, refs)
-        hires = HiresLoras(LoraHook(self._usable_loras(model, hires_refs), self.lora_memo)) if hires_refs is not None else None
+        pass_loras = {name: self._usable_loras(model, found) for name, found in pass_refs.items()}
         key = (model.name, tuple(lora.key() for lora in applied), request.width, request.height)
-        # Fused weights are restored and fused again at every swap: a run whose hires pass swaps LoRAs stays unfused.
-        decision = self.lora_fuse.decide(key, request.steps) if hires is None else FuseDecision(False, "hires prompt has its own LoRAs")
+        # Fused weights are restored and fused again at every swap: a run whose later pass swaps LoRAs stays unfused.
+        decision = self.lora_fuse.decide(key, request.steps) if not pass_loras else FuseDecision(False, "a later pass has its own LoRAs")
         hook = LoraHook(applied, self.lora_memo, fuse=decision.fuse)
         with clock.stage("LoRA load") as info:
             hook.attach(model.pipe)
             info["detail"] = f"{len(applied)} LoRA(s), {hook.last_from_memo} from RAM, {decision.reason}"
         try:
-            used = {lora.name: lora.digest for lora in applied + (hires.hook.loras if hires else [])}
+            used = {lora.name: lora.digest for lora in applied + [lora for loras in pass_loras.values() for lora in loras]}
             if used:
                 options.infotext_extra["Lora hashes"] = infotext_hashes(list(used.items()))
-            if hires is not None:
-                options.hires_loras = hires.after(hook)
-            yield dataclasses.replace(model, adapters=hook.cache_key() + (("hires", hires.hook.cache_key()),) if hires else hook.cache_key())
+            options.pass_loras = {name: PassLoras(LoraHook(loras, self.lora_memo), hook) for name, loras in pass_loras.items()}
+            passes = tuple((name, swap.hook.cache_key()) for name, swap in options.pass_loras.items())
+            yield dataclasses.replace(model, adapters=hook.cache_key() + passes)
         finally:
             hook.detach(model.pipe)
         self.lora_fuse.record(key, decision.fuse, step_seconds, hook.fuse_seconds)

@@ -136,18 +136,15 @@ class LoraHook:
         self.fuse_seconds += time.perf_counter() - start
 
 
-class HiresLoras:
-    """The hires prompt's own LoRA set (A1111 activates the hires prompt's extra networks for the second pass): swapped
-    in for the pass, its text encode included, and the first pass's set put back after it (the next batch's first
-    pass). Both hooks attach and detach as every hook does; only their order is this class's."""
+class PassLoras:
+    """A later pass's own LoRA set, from its own prompt's tags (A1111 activates the hires prompt's extra networks for
+    the second pass; ADetailer its prompt's for the face pass): swapped in for the pass, its text encode included, and
+    the first pass's set put back after it (the next batch's first pass). Both hooks attach and detach as every hook
+    does; only their order is this class's."""
 
-    def __init__(self, hook: LoraHook):
+    def __init__(self, hook: LoraHook, main: LoraHook):
         self.hook = hook
-        self.main: LoraHook | None = None
-
-    def after(self, main: LoraHook) -> "HiresLoras":
         self.main = main
-        return self
 
     @contextmanager
     def swapped(self, pipe):

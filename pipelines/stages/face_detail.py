@@ -29,7 +29,7 @@ faces ahead, so the readout's total grows once they are found (`StepClock.added_
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -39,6 +39,7 @@ from PIL import Image
 from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.face.detect import DetectedFace, FaceDetector
 from pipelines.generate import decode_latents
+from pipelines.lora.tags import lora_refs
 from pipelines.prompts.schedule import has_editing
 from pipelines.refine import crop_to_target, face_crop_region, paste_feathered
 from pipelines.request import face_numbers
@@ -108,17 +109,19 @@ class FaceDetail:
         info["detail"] = f"{len(jobs)} face{'' if len(jobs) == 1 else 's'}, {request.face_detail_strength:g}"
         if not jobs:
             return
-        prompt = self._pass_prompt(plan, state)
-        before = list(state.decoded)
-        images = list(state.decoded)
-        first_step = (state.batch_index + 1) * plan.steps_per_batch  # after this batch's planned steps
-        with state.step_clock.added_steps(steps * len(jobs)):
-            for done, job in enumerate(jobs):
-                detailed = self._detail(plan, state, images[job.image], state.seeds[job.image], job.face, prompt, size,
-                                        first_step + done * steps)
-                if detailed is None:  # Skip: the batch is over; Stop raised
-                    return
-                images[job.image] = detailed
+        swap = plan.options.pass_loras["face detail"].swapped(plan.model.pipe) if "face detail" in plan.options.pass_loras else nullcontext()
+        with swap:  # the detail prompt's own LoRAs, for its text encode and the passes
+            prompt = self._pass_prompt(plan, state)
+            before = list(state.decoded)
+            images = list(state.decoded)
+            first_step = (state.batch_index + 1) * plan.steps_per_batch  # after this batch's planned steps
+            with state.step_clock.added_steps(steps * len(jobs)):
+                for done, job in enumerate(jobs):
+                    detailed = self._detail(plan, state, images[job.image], state.seeds[job.image], job.face, prompt, size,
+                                            first_step + done * steps)
+                    if detailed is None:  # Skip: the batch is over; Stop raised
+                        return
+                    images[job.image] = detailed
         state.decoded = images
         state.before_detail = [old if any(job.image == i for job in jobs) else None for i, old in enumerate(before)]
         info["detail"] += f", {steps} steps each at {size}x{size}"
@@ -196,6 +199,16 @@ class FaceDetail:
         feather = self.config.feather_ratio * min(region[2] - region[0], region[3] - region[1])
         return paste_feathered(image, decoded[0], region, feather)
 
+
+
+def detail_lora_refs(request, main_refs: list) -> list | None:
+    """The LoRAs the face passes run with when the detail prompt names another set than the main prompt's (ADetailer
+    activates its prompt's extra networks); None when they run the first pass's (no detail prompt, detailer off, the
+    same tags)."""
+    if not request.face_detail or not request.face_detail_prompt:
+        return None
+    refs = lora_refs(request.face_detail_prompt)
+    return None if refs == main_refs else refs
 
 # -- pure helpers ------------------------------------------------------------------------------------
 

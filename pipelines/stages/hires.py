@@ -125,7 +125,7 @@ class HiresPass:
             state.latents = packed(model, init)
         else:
             first_steps = plan.steps_per_batch - steps
-            swap = plan.options.hires_loras.swapped(model.pipe) if plan.options.hires_loras is not None else nullcontext()
+            swap = plan.options.pass_loras["hires"].swapped(model.pipe) if "hires" in plan.options.pass_loras else nullcontext()
             with swap:  # the hires prompt's own LoRAs, for its text encode and the pass
                 state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising,
                                                 steps=total, step_offset=state.batch_index * plan.steps_per_batch + first_steps,

@@ -459,3 +459,40 @@ def test_a_hires_prompt_naming_a_missing_lora_is_refused(lora_manager):
                                            save=False))
     with lora_manager.use("tiny-sd15") as model:
         assert not getattr(model.pipe.unet, "peft_config", None), "a refused run left an adapter"
+
+
+@pytest.fixture(scope="module")
+def detail_manager(tmp_path_factory, model_zoo, tiny_pipes, demo_cache_dir):
+    """tiny-sd15, two of its LoRAs and the tiny face detector planting faces at fixed places (its own folder: the
+    detector settings differ from the PuLID tests')."""
+    from pipelines.bench import tiny_onnx
+    from pipelines.manager import ManagerConfig, PipelineManager
+    from tests.test_cli_refine import FACES
+
+    models = tmp_path_factory.mktemp("lora-detail-models")
+    copy_model(model_zoo["sd15"], models, "tiny-sd15")
+    write_lora(models / "Lora", "sd15-kohya", tiny_pipes["sd15"], "sd15", "kohya", seed=1)
+    write_lora(models / "Lora", "sd15-second", tiny_pipes["sd15"], "sd15", "kohya", seed=2)
+    write_face_models(models, photo_shape=(tiny_onnx.DET_SIZE, tiny_onnx.DET_SIZE, 3), boxes=FACES)
+    return PipelineManager(ManagerConfig(models_dir=models, outputs_dir=tmp_path_factory.mktemp("lora-detail-out"), cache_dir=demo_cache_dir,
+                                         device="cpu", include_hf_cache=False, latent_cache_entries=0))
+
+
+def test_a_face_detail_prompt_with_its_own_lora_runs_it_in_the_face_passes(detail_manager):
+    """ADetailer activates its prompt's extra networks for the face pass: the detail prompt's LoRA set is swapped in
+    for the passes (their text encode too) and out after; the first pass keeps the main prompt's."""
+    lora_manager = detail_manager
+    base = tiny_request("sd15", seed=8, steps=3, width=128, height=128, prompt="a portrait <lora:sd15-kohya:1>", face_detail=True,
+                        face_detail_strength=0.6, face_detail_steps=3, face_detail_prompt="a face <lora:sd15-second:1>", save=False)
+    with lora_manager.use("tiny-sd15") as model:
+        before = snapshot(model.pipe, "sd15")
+    own = lora_manager.generate(base)
+    without = lora_manager.generate(dataclasses.replace(base, face_detail_prompt="a face"))
+    assert "face detail" in own.stage_seconds and not any("skipped" in w for w in own.warnings), own.warnings
+    with lora_manager.use("tiny-sd15") as model:
+        assert same_snapshot(before, snapshot(model.pipe, "sd15")), "a LoRA stayed on the model"
+    assert not np.array_equal(pixels(own), pixels(without))
+    assert set(parse_infotext_hashes(parse_infotext(own.images[0].infotext)["Lora hashes"])) == {"sd15-kohya", "sd15-second"}
+    off = [pixels(lora_manager.generate(dataclasses.replace(base, face_detail_strength=0.0, face_detail_prompt=p)))
+           for p in ("a face <lora:sd15-second:1>", "a face")]
+    assert np.array_equal(off[0], off[1])  # no face pass: the first pass alone, the same with either detail prompt
