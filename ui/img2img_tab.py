@@ -299,7 +299,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             cancels.forget_armed(session)
             yield f"⚠ {error}", None, gr.update(), "", *unchanged
             return
-        folder, gallery, texts, skipped, done = None, [], [], [], 0
+        folder, gallery, texts, skipped, done, last_seed = None, [], [], [], 0, -1
         for number, item in enumerate(items, 1):
             heading = f"**Picture {number} of {len(items)}: {item.name}**  \n"
             try:
@@ -324,12 +324,12 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                 except LikenessError as error:
                     yield f"⚠ {error}" + batch_summary(folder, len(gallery), notes, skipped), None, gallery or gr.update(), "", *unchanged
                     return
-                done += 1
+                done, last_seed = done + 1, update.result.seeds[0]
                 gallery += [(generated.path, item.name) for generated in update.result.images]
                 texts += [generated.infotext for generated in update.result.images]
                 yield heading + update.readout, None, gallery, gr.update(), *unchanged
         yield (f"**Done: {done} of {len(items)} pictures.**" + batch_summary(folder, len(gallery), notes, skipped),
-               None, gallery, "", texts[0] if texts else "", -1, texts, [])
+               None, gallery, "", texts[0] if texts else "", last_seed, texts, [])  # Reuse last: the last picture's seed
 
     refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode,
                      batch_pictures, batch_masks]
