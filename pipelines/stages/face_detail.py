@@ -41,7 +41,7 @@ from pipelines.face.detect import DetectedFace, FaceDetector
 from pipelines.generate import decode_latents
 from pipelines.lora.tags import lora_refs
 from pipelines.prompts.schedule import has_editing
-from pipelines.refine import crop_to_target, face_crop_region, paste_feathered
+from pipelines.refine import crop_to_target, face_crop_region, paste_back, paste_feathered
 from pipelines.request import face_numbers
 from pipelines.stages.denoise import img2img_denoise, stopped
 from pipelines.stages.init_image import encode_pixels
@@ -99,7 +99,7 @@ class FaceDetail:
         if found is None:
             info["detail"] = "skipped: no face detector"
             return
-        jobs = self._pick(plan, state, found)
+        jobs = self._inside_mask(plan, state, self._pick(plan, state, found))
         steps = pass_steps(request)
         size = detail_size(plan, self.config)
         state.batch_extra.update(infotext(request))
@@ -122,6 +122,8 @@ class FaceDetail:
                     if detailed is None:  # Skip: the batch is over; Stop raised
                         return
                     images[job.image] = detailed
+        if state.init is not None and state.init.overlay is not None:  # inpainting: pixels outside the mask stay the original's
+            images = [paste_back(old, new, None, state.init.overlay) if new is not old else new for old, new in zip(before, images)]
         state.decoded = images
         state.before_detail = [old if any(job.image == i for job in jobs) else None for i, old in enumerate(before)]
         info["detail"] += f", {steps} steps each at {size}x{size}"
@@ -164,6 +166,17 @@ class FaceDetail:
             jobs += [FaceJob(index, number, face) for number, face in usable]
         return jobs
 
+    def _inside_mask(self, plan, state, jobs: list[FaceJob]) -> list[FaceJob]:
+        """Inpainting: only the faces the mask touches (the rest of the picture is the original's, and stays so)."""
+        overlay = state.init.overlay if state.init is not None else None
+        if overlay is None:
+            return jobs
+        mask = np.asarray(overlay.convert("L"))
+        inside = [job for job in jobs if touches(mask, job.face.bbox)]
+        if len(inside) < len(jobs):
+            state.warn(plan.bus, f"Face detailer: {len(jobs) - len(inside)} face(s) outside the inpainting mask left as they are.")
+        return inside
+
     def _pass_prompt(self, plan, state):
         """The pass's EncodedPrompt at batch 1: the detail prompt through the prompt memo, or the main prompt's rows;
         with prompt editing, its schedule over the detailer's steps."""
@@ -200,6 +213,13 @@ class FaceDetail:
         return paste_feathered(image, decoded[0], region, feather)
 
 
+
+def touches(mask: np.ndarray, bbox) -> bool:
+    """Whether any pixel of the face box is in the mask (above 0)."""
+    height, width = mask.shape
+    x1, y1, x2, y2 = (int(round(v)) for v in bbox)
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    return x1 < x2 and y1 < y2 and bool(mask[y1:y2, x1:x2].max() > 0)
 
 def detail_lora_refs(request, main_refs: list) -> list | None:
     """The LoRAs the face passes run with when the detail prompt names another set than the main prompt's (ADetailer
