@@ -20,7 +20,6 @@ from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
 from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, hires_on, validate_request
-from pipelines.upscale import find_upscaler
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler
 
 AXIS_NAMES = ("X", "Y", "Z")
@@ -355,6 +354,8 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     if setting.key == "lora_weight" and not abs(value) <= MAX_LORA_WEIGHT:
         return f"the LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
     if setting.key == "hires_upscaler":  # a name of this models folder's, checked now rather than failing its cells
+        from pipelines.upscale import find_upscaler  # torch: not before an experiment file is read (the CLI reads it first)
+
         try:
             find_upscaler(value, manager.config.models_dir, manager.config.allow_pickle)
         except InvalidRequest as error:
