@@ -84,3 +84,10 @@ def show_settings(page) -> None:
     page.evaluate("""() => document.querySelectorAll('[id^=settings_section_] > .label-wrap:not(.open)')
                           .forEach((title) => title.click())""")
     page.wait_for_selector("#setting_preview_every input", state="visible")
+
+
+def settled_text(page, selector: str, timeout_ms: int = 30_000) -> str:
+    """An element's text once Gradio's progress timer ("0.1s") has left it: the run's last readout, without the timer
+    that shows in it for a moment after the event ends (seen in CI on a busy machine)."""
+    page.wait_for_function(f"!/^\\s*\\d+(\\.\\d+)?s\\b/.test(document.querySelector({selector!r})?.innerText || '')", timeout=timeout_ms)
+    return page.inner_text(selector).strip()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.extras import EXTRAS_FOLDER
-from tests.ui.conftest import keep_screenshot, open_page
+from tests.ui.conftest import keep_screenshot, open_page, settled_text
 from tests.ui.test_generate_tab import generate_small
 from tests.upscale import tiny_state, write_esrgan
 from tests.upscale.test_upscalers import noise_image
@@ -33,7 +33,7 @@ def show_extras(page) -> None:
 def upscale_and_wait(page) -> str:
     page.click("#extras_run")
     page.wait_for_function("/Done|⚠|Stopped/.test(document.querySelector('#extras_readout')?.innerText || '')", timeout=120_000)
-    return page.inner_text("#extras_readout")
+    return settled_text(page, "#extras_readout")
 
 
 def pick(page, elem_id: str, value: str) -> None:
@@ -245,6 +245,6 @@ def test_stop_ends_a_batch_keeping_the_pictures_done(page, live_app, esrgan_file
                            timeout=60_000)
     page.click("#extras_stop")
     page.wait_for_function("(document.querySelector('#extras_readout')?.innerText || '').startsWith('Stopped after')", timeout=60_000)
-    assert page.inner_text("#extras_readout").startswith("Stopped after 1 of 3 pictures.")
+    assert settled_text(page, "#extras_readout").startswith("Stopped after 1 of 3 pictures.")
     assert len(extras_files(live_app) - before) == 1  # the first, done before Stop; the big one not written, the third not run
     assert live_app["manager"].jobs() == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.infotext import parse_infotext
-from tests.ui.conftest import keep_screenshot
+from tests.ui.conftest import keep_screenshot, settled_text
 from tests.ui.test_generate_tab import set_number
 
 
@@ -25,7 +25,7 @@ def open_panel(page) -> None:
 def run_lines(page, timeout_ms: int = 180_000) -> str:
     page.click("#lines_generate")
     page.wait_for_function("/Done:|⚠|Stopped/.test(document.querySelector('#readout')?.innerText || '')", timeout=timeout_ms)
-    return page.inner_text("#readout")
+    return settled_text(page, "#readout")
 
 
 def test_each_line_runs_and_the_pngs_say_so(page, live_app, tmp_path):
