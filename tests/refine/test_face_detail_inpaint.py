@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipelines.infotext import parse_infotext
 from pipelines.manager import ManagerConfig, PipelineManager

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.extras import EXTRAS_FOLDER
-from tests.ui.conftest import keep_screenshot, open_page, settled_text
+from tests.ui.conftest import keep_screenshot, settled_text
 from tests.ui.test_generate_tab import generate_small
 from tests.upscale import tiny_state, write_esrgan
 from tests.upscale.test_upscalers import noise_image
