@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -90,4 +91,5 @@ def settled_text(page, selector: str, timeout_ms: int = 30_000) -> str:
     """An element's text once Gradio's progress timer ("0.1s") has left it: the run's last readout, without the timer
     that shows in it for a moment after the event ends (seen in CI on a busy machine)."""
     page.wait_for_function(f"!/^\\s*\\d+(\\.\\d+)?s\\b/.test(document.querySelector({selector!r})?.innerText || '')", timeout=timeout_ms)
-    return page.inner_text(selector).strip()
+    # A chained event (before/after, Generate forever) can show the timer again a moment later: cut it off the text too.
+    return re.sub(r"^\s*\d+(\.\d+)?s\s*", "", page.inner_text(selector)).strip()
