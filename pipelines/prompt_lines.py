@@ -14,8 +14,8 @@ import random
 import shlex
 from dataclasses import dataclass, replace
 
-from pipelines.errors import InvalidRequest
-from pipelines.request import MAX_SEED, GenerationRequest
+from pipelines.errors import InvalidRequest, LikenessError
+from pipelines.request import MAX_SEED, GenerationRequest, validate_request
 
 POSITIONS = ("start", "end")  # where a line's prompt goes in the form's prompt (A1111 1.10's "Insert prompts at the")
 MAX_LINES = 1000
@@ -134,3 +134,13 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], iterate_seed
         if iterate_seed and isinstance(base.batch_size, int) and isinstance(base.batch_count, int):
             seed += base.batch_size * base.batch_count  # the form's batch, as A1111 counts
     return requests
+
+
+def check_requests(lines: list[PromptLine], requests: list[GenerationRequest], family_of) -> None:
+    """Each line's request as the engine will check it (`family_of(model name)`: its model's family), before the first
+    runs; InvalidRequest naming the line."""
+    for line, one in zip(lines, requests):
+        try:
+            validate_request(one, family_of(one.model))
+        except LikenessError as error:
+            raise InvalidRequest(f"Line {line.number}: {error}") from None

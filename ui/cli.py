@@ -14,14 +14,14 @@ from pipelines.batch import BatchPicture, batch_output_folder, folder_pictures, 
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.extras import UpscaleRequest, plan_upscale
 from pipelines.merge import MergeRequest
-from pipelines.prompt_lines import line_requests, parse_lines
+from pipelines.prompt_lines import check_requests, line_requests, parse_lines
 from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
 from pipelines.lora.files import lora_folders
 from pipelines.lora.tags import LoraSyntaxError, with_lora_tags
 from pipelines.manager import PipelineManager
-from pipelines.request import GenerationRequest, validate_request
+from pipelines.request import GenerationRequest
 from pipelines.telemetry import Notice, StageEnded, StepDone, format_step
 from pipelines.exit_status import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK
 from ui.refine_options import find_upscaler, masked_content_name, resize_mode_name
@@ -247,15 +247,6 @@ def run_batch(manager: PipelineManager, request: GenerationRequest, args, show, 
     return EXIT_OK if done else EXIT_BAD_INPUT
 
 
-def check_lines(manager: PipelineManager, lines, requests) -> None:
-    """Each line's request as the engine will check it (its model, steps, sampler...), before the first runs."""
-    for line, one in zip(lines, requests):
-        try:
-            validate_request(one, manager.entry(one.model).family)
-        except LikenessError as error:
-            raise InvalidRequest(f"Line {line.number}: {error}") from None
-
-
 def run_prompt_lines(manager: PipelineManager, request: GenerationRequest, args, show, cancel: CancelToken, face) -> int:
     """--prompts-file: every line read and checked first (a bad one stops it before anything runs), then one
     generation per line; Ctrl+C stops at the next step and ends the list."""
@@ -265,7 +256,7 @@ def run_prompt_lines(manager: PipelineManager, request: GenerationRequest, args,
         raise InvalidRequest(f"--prompts-file {args.prompts_file!r} cannot be read: {getattr(error, 'strerror', None) or error}.") from None
     lines = parse_lines(text)
     requests = line_requests(request, lines, args.iterate_seed, args.same_seed, args.prompt_position)
-    check_lines(manager, lines, requests)
+    check_requests(lines, requests, lambda name: manager.entry(name).family)
     for note in (note for line in lines for note in line.notes):
         _print_err(f"note: {note}")
     summaries = []

@@ -9,8 +9,7 @@ import gradio as gr
 
 from pipelines.errors import LikenessError
 from pipelines.manager import PipelineManager
-from pipelines.prompt_lines import POSITIONS, line_requests, parse_lines
-from pipelines.request import validate_request
+from pipelines.prompt_lines import POSITIONS, check_requests, line_requests, parse_lines
 from ui import generation_form
 from ui.img2img_tab import upload_path
 from ui.jobs import parallel_jobs
@@ -72,11 +71,7 @@ def wire(panel: LinesPanel, manager: PipelineManager, cancels: CancelRegistry, f
             generation_form.check_upscaler(manager, base)
             lines = parse_lines(lines_text)
             requests = line_requests(base, lines, bool(iterate_seed), bool(same_seed), prompt_position)
-            for line, one in zip(lines, requests):
-                try:
-                    validate_request(one, manager.entry(one.model).family)
-                except LikenessError as error:
-                    raise LikenessError(f"Line {line.number}: {error}") from None
+            check_requests(lines, requests, lambda name: manager.entry(name).family)
         except (LikenessError, TypeError, ValueError) as error:
             cancels.forget_armed(session)
             yield f"⚠ {error}", None, gr.update(), "", gr.update()

@@ -36,8 +36,8 @@ from pipelines.families import Family
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import png_with_parameters
-from pipelines.prompt_lines import line_requests, parse_lines
-from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
+from pipelines.prompt_lines import check_requests, line_requests, parse_lines
+from pipelines.request import GenerationRequest, GenerationResult, shown
 from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
@@ -419,12 +419,11 @@ def script_lines(base: GenerationRequest, args: list, manager) -> list[Generatio
     lines = parse_lines(args[-1])
     requests = []
     for line, one in zip(lines, line_requests(base, lines, args[0], args[1], position)):
-        try:
-            one = replace(one, model=find_model(manager, one.model))  # a line's --sd_model: a title, name or hash
-            validate_request(one, manager.entry(one.model).family)
-        except (InvalidRequest, ModelNotFound) as error:
+        try:  # a line's --sd_model: a title, name or hash
+            requests.append(replace(one, model=find_model(manager, one.model)))
+        except ModelNotFound as error:
             raise InvalidRequest(f"Line {line.number}: {error}") from None
-        requests.append(one)
+    check_requests(lines, requests, lambda name: manager.entry(name).family)
     return requests
 
 
