@@ -356,3 +356,10 @@ def test_prompts_from_file_or_textbox_runs_a_generation_per_line(api_app):
     assert bad.status_code == 422 and "Line 2: Steps must be between 1 and 150, got 0" in bad.json()["detail"]
     unknown = client.post("/sdapi/v1/txt2img", json=dict(QUICK, script_name="X/Y/Z plot"))
     assert unknown.status_code == 422 and 'Likeness has "Prompts from file or textbox"' in unknown.json()["detail"]
+
+
+def test_prompts_from_file_with_script_args_of_another_shape_is_a_422(api_app):
+    client = api_app["client"]
+    for args in ([], ["a cat"], [1, 0, "a cat"], [True, False, "start", 5]):
+        response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, script_name="Prompts from file or textbox", script_args=args))
+        assert response.status_code == 422 and "Prompts from file or textbox takes script_args [iterate_seed" in response.json()["detail"]
