@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.atomic import write_new
@@ -18,6 +19,7 @@ from pipelines.errors import InvalidRequest, OutputError
 from pipelines.images import open_image
 from pipelines.outputs import png_with_parameters
 from pipelines.refine import flatten_image
+from pipelines.request import MAX_SEED
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 BATCH_FOLDER = "img2img-batch"  # under the outputs folder: one folder per batch, named by its start time
@@ -113,3 +115,39 @@ def save_under_name(result, name: str, folder: Path) -> None:
                 temporary, format="PNG", pnginfo=png_with_parameters(item.image, item.infotext))))
         except OSError as error:
             raise OutputError(f"Could not save {name}.png in {folder}: {error.strerror or error}. Nothing was written for it.") from error
+
+
+def picture_batch_runs(base, pictures: list, rng=None) -> list:
+    """A1111's img2img with several init pictures in one request: each picture is one image of the batch (the batch size
+    becomes their number), batch after batch (`batch_count`); image i of the whole job gets seed + i and, with a
+    variation, subseed + i, as A1111 numbers them. Here that is one run per picture and batch (the engine's batch shares
+    one picture), in A1111's order: the first batch's pictures, then the next batch's. InvalidRequest when there are
+    more pictures than the batch size, as A1111 refuses them."""
+    counts = (base.batch_size, base.batch_count)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        return [replace(base, init_image=pictures[0])]  # the request's own check names the bad count
+    if len(pictures) > base.batch_size:
+        raise InvalidRequest(f"{len(pictures)} init images but batch size {base.batch_size}: each init image is one image of the "
+                             f"batch, as in A1111, so give batch_size {len(pictures)} (or send fewer images).")
+    draw = rng or random.SystemRandom()
+    varied = isinstance(base.subseed_strength, (int, float)) and base.subseed_strength > 0
+    first_seed, first_subseed = _job_seed(base.seed, draw), _job_seed(base.subseed, draw) if varied else None
+    runs = []
+    for index, picture in enumerate(itertools.islice(itertools.cycle(pictures), len(pictures) * base.batch_count)):
+        numbered = {"seed": _numbered(base.seed, first_seed, index)}
+        if varied:
+            numbered["subseed"] = _numbered(base.subseed, first_subseed, index)
+        runs.append(replace(base, init_image=picture, batch_size=1, batch_count=1, **numbered))
+    return runs
+
+
+def _job_seed(seed, draw) -> int | None:
+    """-1: one random seed for the whole job; a seed in range: itself; anything else None (the request's check names it)."""
+    if seed == -1:
+        return draw.randint(0, MAX_SEED)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None
+
+
+def _numbered(asked, first: int | None, index: int):
+    """Image `index`'s seed: the job's first + index, wrapping as the engine's batches do; a bad seed as it was asked."""
+    return asked if first is None else (first + index) % (MAX_SEED + 1)

@@ -131,13 +131,13 @@ def test_inpainting_fill_numbers_are_a1111s(shared_manager, fill, name):
 
 
 def test_img2img_fields_a1111_has_and_likeness_reads_its_own_way(api, shared_manager):
-    body = dict(BASE, init_images=[b64_png(INIT), b64_png(INIT)], resize_mode=3, mask=b64_png(MASK), mask_blur_x=2, mask_blur_y=6,
+    body = dict(BASE, init_images=[b64_png(INIT)], resize_mode=3, mask=b64_png(MASK), mask_blur_x=2, mask_blur_y=6,
                 include_init_images=True, image_cfg_scale=1.5, steps=2)
     response = post(api, "img2img", body)
     assert response.status_code == 200, response.text
     answer = response.json()
     warnings = " ".join(json.loads(answer["info"])["warnings"])
-    assert "init_images has 2 images" in warnings and "resize_mode 3" in warnings and "by 6" in warnings
+    assert "resize_mode 3" in warnings and "by 6" in warnings
     assert "image_cfg_scale" not in warnings  # webuiapi sends 1.5 on every call
     assert len(answer["images"]) == 2 and "parameters" not in png_of(answer["images"][1]).info  # the init image, appended
     assert np.array_equal(array(png_of(answer["images"][1])), array(INIT))
@@ -260,3 +260,51 @@ def test_the_input_pixel_limit_is_the_setting_and_named(api, shared_manager):
                                                             mapping.ApiDefaults("tiny-sd15")).request, save=False))
     finally:
         config.max_input_pixels = kept
+
+
+OTHER = picture(SIZE, seed=9)
+
+
+def test_several_init_images_are_the_batchs_images_in_a1111s_order(api, shared_manager):
+    """A1111's img2img with several init_images: each is one image of the batch (batch size = their number), batch
+    after batch, image i of the job with seed + i; each equals the engine's img2img of that picture and seed."""
+    body = dict(BASE, init_images=[b64_png(INIT), b64_png(OTHER)], batch_size=2, n_iter=2, steps=2, denoising_strength=0.6,
+                include_init_images=True)
+    response = post(api, "img2img", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    info = json.loads(answer["info"])
+    assert info["all_seeds"] == [11, 12, 13, 14] and info["batch_size"] == 2 and len(answer["images"]) == 4 + 2
+    for index, (start, seed) in enumerate(((INIT, 11), (OTHER, 12), (INIT, 13), (OTHER, 14))):
+        one = dict(body, init_images=[b64_png(start)], batch_size=1, n_iter=1, seed=seed)
+        assert np.array_equal(array(png_of(answer["images"][index])), engine_image(shared_manager, one)), index
+    assert not np.array_equal(array(png_of(answer["images"][0])), array(png_of(answer["images"][1])))
+    for index, start in enumerate((INIT, OTHER)):  # include_init_images: both pictures after the results
+        assert np.array_equal(array(png_of(answer["images"][4 + index])), array(start))
+    assert not any("init_images" in warning for warning in info["warnings"])
+
+
+def test_a_batch_size_above_the_pictures_makes_one_image_each_and_a_random_seed_counts_on(api):
+    body = dict(BASE, init_images=[b64_png(INIT), b64_png(OTHER)], batch_size=3, steps=2, seed=-1)
+    answer = post(api, "img2img", body).json()
+    seeds = json.loads(answer["info"])["all_seeds"]
+    assert len(answer["images"]) == 2 and seeds[1] == seeds[0] + 1  # A1111 lowers the batch size to the pictures' number
+
+
+def test_variation_seeds_count_on_per_picture_as_the_seeds_do(shared_manager):
+    body = Img2ImgRequest(**dict(BASE, init_images=[b64_png(INIT), b64_png(OTHER)], batch_size=2, n_iter=2, subseed=-1,
+                                 subseed_strength=0.3, seed=2**32 - 2))
+    runs = mapping.prepare(body, shared_manager, mapping.ApiDefaults("tiny-sd15")).lines
+    assert [run.seed for run in runs] == [2**32 - 2, 2**32 - 1, 0, 1]  # wrapping as the engine's own batches do
+    first = runs[0].subseed
+    assert first >= 0 and [run.subseed for run in runs] == [(first + i) % 2**32 for i in range(4)]
+    assert all(run.batch_size == 1 and run.batch_count == 1 and run.subseed_strength == 0.3 for run in runs)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"batch_size": 1}, "2 init images but batch size 1"),
+    ({"batch_size": 2, "init_images": [b64_png(INIT), "not base64!"]}, "init_images[1] is not valid base64"),
+], ids=["more pictures than the batch", "the second picture broken"])
+def test_several_init_images_refused_before_anything_runs(api, changes, expected):
+    response = post(api, "img2img", {**BASE, "init_images": [b64_png(INIT), b64_png(OTHER)], **changes})
+    assert response.status_code == 422 and expected in response.json()["detail"], response.text

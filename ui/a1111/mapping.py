@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipelines.batch import picture_batch_runs
 from pipelines.catalog import ModelEntry
 from pipelines.errors import InvalidRequest, ModelNotFound
 from pipelines.face.options import MAX_PHOTOS, FaceOptions
@@ -122,6 +123,9 @@ class Prepared:
     keep_clip_skip: bool = False
     keep_sd_vae: bool = False
     lines: list = field(default_factory=list)  # "Prompts from file or textbox": one request per line (the first is `request`)
+    # Several init_images: `lines` holds a run per picture and batch; A1111 reports their number as the batch size
+    batch_size: int | None = None
+    init_pictures: list = field(default_factory=list)
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -384,14 +388,19 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         tiling=False if body.tiling is None else body.tiling, vae=vae,
     )
     fields |= detailer_fields(body, warnings)
+    pictures = []
     if isinstance(body, Img2ImgRequest):
-        fields |= img2img_fields(body, manager, warnings)
+        pictures = init_pictures(body, manager.config.max_input_pixels)
+        fields |= img2img_fields(body, pictures[0], manager, warnings)
     else:
         fields |= hires_fields(body, manager, warnings) | hires_sampling(body, family, sampler, warnings)
     prepared.request = replace(prepared.request, **fields)
     if lines_script is not None:
         prepared.lines = script_lines(prepared.request, lines_script, manager)
         prepared.request = prepared.lines[0]
+    if len(pictures) > 1:  # each init image one image of the batch, as A1111: a run per picture and batch
+        prepared.lines = [run for one in prepared.lines or [prepared.request] for run in picture_batch_runs(one, pictures)]
+        prepared.request, prepared.batch_size, prepared.init_pictures = prepared.lines[0], len(pictures), pictures
     return prepared
 
 
@@ -427,15 +436,19 @@ def script_lines(base: GenerationRequest, args: list, manager) -> list[Generatio
     return requests
 
 
-def img2img_fields(body: Img2ImgRequest, manager, warnings: list[str]) -> dict:
-    """A1111's img2img / inpaint fields -> GenerationRequest's (the images decoded and size-checked)."""
+def init_pictures(body: Img2ImgRequest, limit: int) -> list:
+    """A1111's init_images decoded and size-checked, each named by its index when it is not a picture."""
     images = body.init_images
     if not isinstance(images, list) or not images:
-        raise InvalidRequest("img2img needs init_images: a list with one base64 image (the picture to start from).")
-    if len(images) > 1:
-        warnings.append(f"init_images has {len(images)} images; Likeness uses the first for every image of the batch.")
+        raise InvalidRequest("img2img needs init_images: a list of base64 images (the pictures to start from; "
+                             "several: one per image of the batch).")
+    return [decode_input_image(image, f"init_images[{index}]", limit) for index, image in enumerate(images)]
+
+
+def img2img_fields(body: Img2ImgRequest, picture, manager, warnings: list[str]) -> dict:
+    """A1111's img2img / inpaint fields -> GenerationRequest's (the mask decoded and size-checked)."""
     limit = manager.config.max_input_pixels
-    fields = {"init_image": decode_input_image(images[0], "init_images[0]", limit), "denoising_strength": body.denoising_strength}
+    fields = {"init_image": picture, "denoising_strength": body.denoising_strength}
     mode = body.resize_mode
     if mode == LATENT_RESIZE:
         warnings.append("resize_mode 3 (Just resize, latent upscale) runs as 0 (Just resize): Likeness resizes the picture, not its latents.")
@@ -666,7 +679,8 @@ STANDARD_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size
                  "Variation seed strength", "Clip skip", "Version", "Prompt", "Negative prompt"}
 
 
-def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str) -> str:
+def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | None, images: list, warnings: list[str], timestamp: str,
+              batch_size: int | None = None) -> str:
     """A1111's `Processed.js()` keys, from what really ran; Likeness's own figures under `likeness`."""
     request = result.request if result is not None else None
     infotexts = [item.infotext for item in images]
@@ -694,7 +708,7 @@ def info_json(body: Txt2ImgRequest | Img2ImgRequest, result: GenerationResult | 
         "sampler_name": parsed.get("Sampler", request.sampler if request else body.sampler_name),
         "cfg_scale": request.cfg_scale if request else body.cfg_scale,
         "steps": request.steps if request else body.steps,
-        "batch_size": request.batch_size if request else body.batch_size,
+        "batch_size": batch_size or (request.batch_size if request else body.batch_size),
         "restore_faces": False,
         "face_restoration_model": None,
         "sd_model_name": parsed.get("Model", request.model if request else None),

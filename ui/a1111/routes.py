@@ -381,12 +381,12 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
             context.defaults.clip_skip = prepared.request.clip_skip
         if prepared.keep_sd_vae:
             context.defaults.vae = prepared.request.vae
-    warnings = prepared.warnings + (result.warnings if result else []) + notes
+    warnings = list(dict.fromkeys(prepared.warnings + (result.warnings if result else []) + notes))  # a run per picture says it once
     encoded = [mapping.encode_png(item.image, item.infotext) for item in images] if body.send_images else []
     if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
-        encoded.append(mapping.image_b64(prepared.request.init_image))
+        encoded += [mapping.image_b64(picture) for picture in prepared.init_pictures or [prepared.request.init_image]]
     return {"images": encoded, "parameters": mapping.echo_parameters(body),
-            "info": mapping.info_json(body, result, images, warnings, job.timestamp)}
+            "info": mapping.info_json(body, result, images, warnings, job.timestamp, prepared.batch_size)}
 
 
 async def run_extras(context: ApiContext, body, images: list[str], request: Request) -> dict:
