@@ -166,19 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--outline-weight", type=float, default=1.0, help="VAE phases: weigh the L1 near drawn outlines this many "
                             "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
     train_demo.add_argument("--late-quiet-share", type=float, default=None, help="UNet phase: once the learning rate anneals, draw "
-                            "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's; see README)")
+                            "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's, 0.8; see README)")
     train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: once one position axis is learnt, show "
-                            "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, off; see README)")
+                            "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, 2000; see README)")
     train_demo.add_argument("--axis-phase-from", type=int, default=None, help="UNet phase, with --axis-phase-steps: start that "
-                            "phase no earlier than step N (default: the recipe's, 0; see README)")
+                            "phase no earlier than step N (default: the recipe's, 5500; see README)")
     train_demo.add_argument("--axis-phase-restart", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: "
                             "start that phase from the averaged weights with a fresh optimizer and learning-rate warm-up "
-                            "(default: the recipe's; see README)")
+                            "(default: the recipe's, on; see README)")
     train_demo.add_argument("--minimal-pairs", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: half of each "
                             "batch is the other half with one caption word changed (other side, hair or skin), same noise "
-                            "(default: the recipe's; see README)")
+                            "(default: the recipe's, on; see README)")
     train_demo.add_argument("--pairs-in-axis-phase-only", action=argparse.BooleanOptionalAction, default=None, help="UNet "
-                            "phase, with --minimal-pairs: pairs only during the axis phase (default: the recipe's; see README)")
+                            "phase, with --minimal-pairs: pairs only during the axis phase (default: the recipe's, on; see README)")
     train_demo.add_argument("--lr", type=float, default=None, help="UNet phase: the peak learning rate of the UNet and the text "
                             "encoder (default: the recipe's, 6e-4; lower to polish a model with --resume-from)")
     train_demo.add_argument("--lr-hold", type=float, default=None, help="UNet phase: the share (0-1) of its time the learning rate "
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast in every phase "
                             "(default: where the CPU computes it natively, AVX512-BF16 or AMX; elsewhere it is emulated, ~16x slower)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
-                            "count the pair's difference this many times (default: the recipe's; see README)")
+                            "count the pair's difference this many times (default: the recipe's, 1; see README)")
 
     upscale = commands.add_parser("upscale", parents=[common], help="upscale finished pictures, as A1111's Extras tab (see README)")
     upscale.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="the pictures to upscale (PNG, JPEG, WebP)")

@@ -34,7 +34,9 @@ POSITIONS = {
     "left": (0, 1), "centre": (1, 1), "right": (2, 1),
     "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
 }
-SIZES = {"small": 13.0, "big": 24.0}  # half-width in pixels
+# Half-width in pixels. Small objects at 16 px, not 13: at 13 a small star is about 3 latent pixels across and
+# the VAE rounds its tips off (round trip of 288 held-out scenes: shape 88.2 % at 13 px, 94.5 % at 16 px).
+SIZES = {"small": 16.0, "big": 24.0}
 SKINS = {"light": (245, 210, 180), "tan": (215, 165, 115), "brown": (150, 95, 60), "dark": (90, 55, 35)}
 HAIRS = {"black": (25, 20, 20), "brown": (110, 60, 25), "blonde": (240, 205, 100), "red": (200, 70, 30), "white": (235, 235, 235)}
 GRID = (0.22, 0.5, 0.78)
@@ -258,7 +260,7 @@ def _background(name: str, rng: np.random.Generator) -> np.ndarray:
 def object_centre(position: str, size: str, rng: np.random.Generator | None) -> tuple[float, float, float]:
     col, row = POSITIONS[position]
     jitter = (lambda: 0.0) if rng is None else (lambda: float(rng.uniform(-4, 4)))
-    scale = 1.0 if rng is None else float(rng.uniform(0.9, 1.1))
+    scale = 1.0 if rng is None else float(rng.uniform(0.95, 1.05))  # +-5 %: a small one never near a big one
     return GRID[col] * SIZE + jitter(), GRID[row] * SIZE + jitter(), SIZES[size] * scale
 
 

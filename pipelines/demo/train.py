@@ -8,10 +8,12 @@ the architecture):
 2. The decoder alone is sharpened on whole scenes (the same losses), then the training scenes are encoded once (posterior mean and std, sampled afresh every step).
 3. UNet + text encoder together, until `unet_steps` or the deadline: v-prediction on a zero-terminal-SNR schedule,
    in bfloat16 autocast, the learning rate held at its peak for 70 % of the time, the loss weighted up where
-   objects are, timesteps drawn more often from the noisier half (with `late_quiet_share`, mostly from the
-   quieter part once the rate anneals), 10 % empty captions
+   objects are, timesteps drawn more often from the noisier half (80 % from the quieter part once the rate
+   anneals: `late_quiet_share`), 10 % empty captions
    (so classifier-free guidance works), each caption in a random phrasing every time, an EMA of
-   the UNet weights is what gets saved.
+   the UNet weights is what gets saved. If one position axis is still missing at step 5500, an axis phase of
+   minimal pairs teaches it (`axis_phase_steps` and the settings after it).
+4. The shipped weights had a 12-minute polish after that (`--resume-from`, README "Demo model").
 Seeded throughout: the same arguments give the same weights (on the same torch build and threads).
 """
 from __future__ import annotations
@@ -77,9 +79,9 @@ class TrainConfig:
     # learnt by then, a small shape's corners are decided late in sampling, at low noise. Measured on the
     # shipped model, 1733 more steps (16 min, lr 1.5e-4) each way, 150 held-out single shapes: all timesteps
     # from [0, 600) drew shapes 120/150 right (small squares 4/8, small rings 12/13), the shipped mix 111/150
-    # (0/8, 11/13), the model before 110/150; positions 148 / 142 / 147 of 150. 0: the shipped weights' recipe
-    # (a whole run with it is in the README); `--late-quiet-share 0.8` turns it on.
-    late_quiet_share: float = 0.0
+    # (0/8, 11/13), the model before 110/150; positions 148 / 142 / 147 of 150. 0.8: the shipped weights' recipe
+    # (README "Demo model"); their 12-minute polish (`--resume-from`) takes 1.
+    late_quiet_share: float = 0.8
     quiet_limit: int = 600
     # Once the UNet has learnt one position axis (`axis_response`), it sees only scenes placed along the other
     # (left, right, "left of"; or top, bottom, "above") or not placed at all (faces, the centre), until it has
@@ -88,33 +90,35 @@ class TrainConfig:
     # only its zero padding). Measured: the shipped-drawings run that never learnt left/right (vertical 0.60,
     # horizontal 0.01 after 10,204 steps), 2036 more steps on left/right scenes alone: horizontal 0.16 and
     # rising (the last 500 steps); with every scene and the same schedule it stayed at 0.01. But in a run from scratch
-    # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis: 0, off.
-    axis_phase_steps: int = 0
+    # (3000, README "One axis at a time") 3000 steps of top/bottom scenes alone did not teach that axis. A safety net
+    # in the shipped recipe (2000, with the three settings below): a run that has both axes never starts it.
+    axis_phase_steps: int = 2000
     # The phase above starts no earlier than this step. Early in a run (one axis learnt at step ~3250) 1000-3000
     # steps of the other axis alone taught it nothing (runs 22 and 25), and later alone did not help either (from
     # step 6000: nothing in 1500 steps); with `axis_phase_restart` from step 5500 it came in 500 (README "The axis
-    # phase later, and restarted"). 0: as soon as one axis is learnt.
-    axis_phase_from: int = 0
+    # phase later, and restarted"). 0: as soon as one axis is learnt; the shipped recipe's 5500.
+    axis_phase_from: int = 5500
     # At the phase's start the UNet takes its averaged (EMA) weights and a fresh optimizer, and the learning rate
     # warms up again: the state a resumed run starts from, in which a resumed trial and a whole run (both with
-    # `minimal_pairs`, `pair_difference_weight` 1) learnt the missing axis in 500 steps.
-    axis_phase_restart: bool = False
+    # `minimal_pairs`, `pair_difference_weight` 1) learnt the missing axis in 500 steps. On in the shipped recipe.
+    axis_phase_restart: bool = True
     # Half of every UNet batch is the other half's `minimal_partner`s (the same scene with one caption word
     # changed: the other side, the reversed relation, other hair or skin), with the same caption phrasing, noise
     # and timestep: at pure noise the prompt is all that tells the two apart, so the word's effect is what the
     # pair's loss teaches, not averaged out across unrelated scenes. On every scene it did not teach the second
     # position axis (two full runs, README "Minimal pairs"); with `axis_phase_steps` and `pair_difference_weight` 1 a
-    # missing axis came in 500 steps instead of 1750 (resumed trials side by side). Off: the shipped weights' recipe.
-    minimal_pairs: bool = False
+    # missing axis came in 500 steps instead of 1750 (resumed trials side by side). On in the shipped recipe, for the
+    # axis phase alone (`pairs_in_axis_phase_only`).
+    minimal_pairs: bool = True
     # With `minimal_pairs`: the loss also counts the pair's difference, (prediction a - prediction b) against
     # (target a - target b), this many times. The difference is what the changed word should do (an object on the
     # other side), so this multiplies the gradient that teaches it (1: 5x the plain loss's weight on it) without
-    # weighting up the background and colour the two share. 0: pairs alone.
-    pair_difference_weight: float = 0.0
+    # weighting up the background and colour the two share. 0: pairs alone; 1 in the shipped recipe.
+    pair_difference_weight: float = 1.0
     # With `minimal_pairs`: pairs only during the axis phase (`axis_phase_steps`), every batch of distinct scenes
     # otherwise. With pairs throughout, both axes came but shape fell to 57.9 % (half as many distinct scenes a step;
     # README "The axis phase later, and restarted"); shape is learnt from every scene, the axis from the pairs.
-    pairs_in_axis_phase_only: bool = False
+    pairs_in_axis_phase_only: bool = True
     # Every phase runs its matmuls and convolutions in bfloat16 autocast (weights, optimizer and loss stay
     # float32), the VAE also channels-last: the UNet 1.11x the steps in the same time on this CPU (AVX512-BF16;
     # 0.34 vs 0.38 s a training step, interleaved; the bare forward and backward gain 1.3x), a VAE step 1.6x

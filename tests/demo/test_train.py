@@ -89,7 +89,7 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
     assert "give it with --minimal-pairs" in capsys.readouterr().err
-    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pairs-in-axis-phase-only"]) == 2
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pairs-in-axis-phase-only"]) == 2
     assert "--pairs-in-axis-phase-only says when the minimal pairs train: give it with --minimal-pairs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
