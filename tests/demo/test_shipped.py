@@ -135,3 +135,25 @@ def test_the_checker_makes_each_sampler_from_the_saved_config(shipped_pipe):
         assert type(shipped_pipe.scheduler).__name__ == "UniPCMultistepScheduler" and not shipped_pipe.scheduler.config.use_karras_sigmas
     finally:
         shipped_pipe.scheduler = euler_a
+
+
+def test_each_approximate_cache_prompt_is_graded_against_the_scene_it_asks_for():
+    from pipelines.demo import checker, classify, scenes
+
+    streams = checker.approx_streams()
+    assert len(streams["related"]) == 10 and len(streams["unrelated"]) == 6
+    for prompt, scene in streams["related"] + streams["unrelated"]:
+        assert all(classify.grade(scene, classify.analyse(scenes.render(scene))).values()), prompt  # the scene as drawn reads right
+        words = [word for obj in scene.objects for word in (obj.colour, obj.shape)] + [scene.hair, scene.skin, scene.background]
+        assert all(word in prompt for word in words if word and word != scenes.GRADIENT), (prompt, words)
+
+
+def test_the_checker_says_whether_the_approximate_caches_hits_draw_their_prompt(tmp_path):
+    from pipelines.demo import checker
+
+    manager = PipelineManager(ManagerConfig(tmp_path / "models", tmp_path / "outputs", tmp_path / "cache", device="cpu", include_hf_cache=False))
+    app = checker.app_section(manager, quick=True, folder=WEIGHTS_DIR)
+    for name, count in (("related", 10), ("unrelated", 6)):
+        right, hits = app[f"approx_{name}_hits_right"]
+        assert hits == round(app[f"approx_{name}_hit_rate"] * (count - 1)) and 0 <= right <= hits
+    assert app["approx_related_hits_right"][1] >= 5  # the same circle in other words and colours: most of them hit

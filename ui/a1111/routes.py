@@ -362,7 +362,8 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
                 folder, paths = write_photos(Path(manager.config.cache_dir), prepared.photos)
                 face = replace(face, photos=tuple(paths))
             try:
-                for one in prepared.lines or [prepared.request]:  # "Prompts from file or textbox": a run per line
+                # "Prompts from file or textbox": a run per line; several init_images: a run per picture and batch
+                for one in prepared.lines or [prepared.request]:
                     result = manager.generate(one, cancel=job.token, face=face)
                     images += result.images
                     notes += result.warnings if prepared.lines and one is not prepared.lines[-1] else []
