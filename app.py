@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--milvus-uri", metavar="URI", help="scale suite: also time lookups on this Milvus server (http://host:19530), "
                        "in collections of the bench's own")
 
+    from pipelines.demo.train import TrainConfig as recipe  # numpy alone; the help shows the defaults
+
     train_demo = commands.add_parser("train-demo", help="train the demo model from procedural scenes (about 1 hour on 2 CPU cores)")
     train_demo.add_argument("--out", type=Path, required=True, help="folder for the trained model (diffusers layout, fp16)")
     train_demo.add_argument("--seed", type=int, default=0)
@@ -166,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--outline-weight", type=float, default=1.0, help="VAE phases: weigh the L1 near drawn outlines this many "
                             "times (1, the shipped recipe: an even L1; 9 keeps small stars: see README)")
     train_demo.add_argument("--late-quiet-share", type=float, default=None, help="UNet phase: once the learning rate anneals, draw "
-                            "this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's, 0.8; see README)")
+                            f"this share (0-1) of the timesteps from the quieter part t < 600 (default: the recipe's, {recipe.late_quiet_share}; see README)")
     train_demo.add_argument("--axis-phase-steps", type=int, default=None, help="UNet phase: once one position axis is learnt, show "
-                            "only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, 2000; see README)")
+                            f"only scenes placed along the other until it is learnt too, or for N steps (default: the recipe's, {recipe.axis_phase_steps}; see README)")
     train_demo.add_argument("--axis-phase-from", type=int, default=None, help="UNet phase, with --axis-phase-steps: start that "
-                            "phase no earlier than step N (default: the recipe's, 5500; see README)")
+                            f"phase no earlier than step N (default: the recipe's, {recipe.axis_phase_from}; see README)")
     train_demo.add_argument("--axis-phase-restart", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: "
                             "start that phase from the averaged weights with a fresh optimizer and learning-rate warm-up "
                             "(default: the recipe's, on; see README)")
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast in every phase "
                             "(default: where the CPU computes it natively, AVX512-BF16 or AMX; elsewhere it is emulated, ~16x slower)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
-                            "count the pair's difference this many times (default: the recipe's, 1; see README)")
+                            f"count the pair's difference this many times (default: the recipe's, {recipe.pair_difference_weight:g}; see README)")
 
     upscale = commands.add_parser("upscale", parents=[common], help="upscale finished pictures, as A1111's Extras tab (see README)")
     upscale.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="the pictures to upscale (PNG, JPEG, WebP)")

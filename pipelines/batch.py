@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pipelines.errors import InvalidRequest, OutputError
 from pipelines.images import open_image
 from pipelines.outputs import png_with_parameters
 from pipelines.refine import flatten_image
-from pipelines.request import MAX_SEED
+from pipelines.request import MAX_SEED, random_seed, seed_after
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 BATCH_FOLDER = "img2img-batch"  # under the outputs folder: one folder per batch, named by its start time
@@ -117,7 +116,7 @@ def save_under_name(result, name: str, folder: Path) -> None:
             raise OutputError(f"Could not save {name}.png in {folder}: {error.strerror or error}. Nothing was written for it.") from error
 
 
-def picture_batch_runs(base, pictures: list, rng=None) -> list:
+def picture_batch_runs(base, pictures: list) -> list:
     """A1111's img2img with several init pictures in one request: each picture is one image of the batch (the batch size
     becomes their number), batch after batch (`batch_count`); image i of the whole job gets seed + i and, with a
     variation, subseed + i, as A1111 numbers them. Here that is one run per picture and batch (the engine's batch shares
@@ -129,11 +128,10 @@ def picture_batch_runs(base, pictures: list, rng=None) -> list:
     if len(pictures) > base.batch_size:
         raise InvalidRequest(f"{len(pictures)} init images but batch size {base.batch_size}: each init image is one image of the "
                              f"batch, as in A1111, so give batch_size {len(pictures)} (or send fewer images).")
-    draw = rng or random.SystemRandom()
     varied = isinstance(base.subseed_strength, (int, float)) and base.subseed_strength > 0
-    first_seed, first_subseed = _job_seed(base.seed, draw), _job_seed(base.subseed, draw) if varied else None
+    first_seed, first_subseed = _job_seed(base.seed), _job_seed(base.subseed) if varied else None
     runs = []
-    for index, picture in enumerate(itertools.islice(itertools.cycle(pictures), len(pictures) * base.batch_count)):
+    for index, picture in enumerate(pictures * base.batch_count):
         numbered = {"seed": _numbered(base.seed, first_seed, index)}
         if varied:
             numbered["subseed"] = _numbered(base.subseed, first_subseed, index)
@@ -141,13 +139,13 @@ def picture_batch_runs(base, pictures: list, rng=None) -> list:
     return runs
 
 
-def _job_seed(seed, draw) -> int | None:
+def _job_seed(seed) -> int | None:
     """-1: one random seed for the whole job; a seed in range: itself; anything else None (the request's check names it)."""
     if seed == -1:
-        return draw.randint(0, MAX_SEED)
+        return random_seed()
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None
 
 
 def _numbered(asked, first: int | None, index: int):
     """Image `index`'s seed: the job's first + index, wrapping as the engine's batches do; a bad seed as it was asked."""
-    return asked if first is None else (first + index) % (MAX_SEED + 1)
+    return asked if first is None else seed_after(first, index)

@@ -156,7 +156,17 @@ class ValidatedRequest:
 
     def _consecutive(self, first: int) -> list[list[int]]:
         r = self.request
-        return [[(first + b * r.batch_size + i) % (MAX_SEED + 1) for i in range(r.batch_size)] for b in range(r.batch_count)]
+        return [[seed_after(first, b * r.batch_size + i) for i in range(r.batch_size)] for b in range(r.batch_count)]
+
+
+def random_seed(rng: random.Random | None = None) -> int:
+    """What -1 (a random seed) becomes: one draw over every seed there is."""
+    return (rng or random.SystemRandom()).randint(0, MAX_SEED)
+
+
+def seed_after(first: int, index: int) -> int:
+    """The seed `index` images after `first`, wrapping past MAX_SEED so every recorded seed can be asked for again."""
+    return (first + index) % (MAX_SEED + 1)
 
 
 def shown(value, limit: int = 40) -> str:
@@ -311,10 +321,10 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     sampler = find_sampler(family, request.sampler).name  # canonical spelling, an old combined name's sampler
     seed = request.seed
     if seed == -1:
-        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+        seed = random_seed(rng)
     subseed = request.subseed
     if strength > 0 and subseed == -1:
-        subseed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+        subseed = random_seed(rng)
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
                       hires_sampler=hires_sampling[0], hires_schedule_type=hires_sampling[1],
                       approximate_cache=approximate, clip_skip=clip_skip,

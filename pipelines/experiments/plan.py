@@ -19,7 +19,7 @@ from pipelines.face.options import ID_WEIGHTS, FaceOptions
 from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
-from pipelines.request import IMAGE_FIELDS, MAX_SEED, GenerationRequest, hires_on, validate_request
+from pipelines.request import IMAGE_FIELDS, GenerationRequest, hires_on, random_seed, validate_request
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler
 
 AXIS_NAMES = ("X", "Y", "Z")
@@ -233,7 +233,7 @@ def starting_point(experiment: Experiment, manager, rng: random.Random | None = 
     if experiment.base.get("batch_size", 1) != 1 or experiment.base.get("batch_count", 1) != 1:
         notes.append("Each cell makes one image: the batch size and count were set to 1.")
     if values.get("seed", -1) == -1:
-        values["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+        values["seed"] = random_seed(rng)
     for name, what in (("init_image", "The starting init image"), ("mask", "The starting mask")):
         if isinstance(values.get(name), (str, Path)):  # a file's path in an experiment file: opened header-first, as the CLI does
             values[name] = open_input_image(values[name], manager.config.max_input_pixels, what)

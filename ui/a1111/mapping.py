@@ -123,8 +123,7 @@ class Prepared:
     keep_clip_skip: bool = False
     keep_sd_vae: bool = False
     lines: list = field(default_factory=list)  # "Prompts from file or textbox": one request per line (the first is `request`)
-    # Several init_images: `lines` holds a run per picture and batch; A1111 reports their number as the batch size
-    batch_size: int | None = None
+    # Several init_images (decoded): `lines` holds a run per picture and batch; A1111 reports their number as the batch size
     init_pictures: list = field(default_factory=list)
 
 
@@ -400,7 +399,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         prepared.request = prepared.lines[0]
     if len(pictures) > 1:  # each init image one image of the batch, as A1111: a run per picture and batch
         prepared.lines = [run for one in prepared.lines or [prepared.request] for run in picture_batch_runs(one, pictures)]
-        prepared.request, prepared.batch_size, prepared.init_pictures = prepared.lines[0], len(pictures), pictures
+        prepared.request, prepared.init_pictures = prepared.lines[0], pictures
     return prepared
 
 

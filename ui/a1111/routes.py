@@ -387,7 +387,7 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
     if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
         encoded += [mapping.image_b64(picture) for picture in prepared.init_pictures or [prepared.request.init_image]]
     return {"images": encoded, "parameters": mapping.echo_parameters(body),
-            "info": mapping.info_json(body, result, images, warnings, job.timestamp, prepared.batch_size)}
+            "info": mapping.info_json(body, result, images, warnings, job.timestamp, len(prepared.init_pictures) or None)}
 
 
 async def run_extras(context: ApiContext, body, images: list[str], request: Request) -> dict:
