@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "encoder (default: the recipe's, 6e-4; lower to polish a model with --resume-from)")
     train_demo.add_argument("--lr-hold", type=float, default=None, help="UNet phase: the share (0-1) of its time the learning rate "
                             "stays at its peak before it anneals (default: the recipe's, 0.7)")
+    train_demo.add_argument("--polish-share", type=float, default=None, help="UNet phase: its last share (0-1) polishes: the averaged "
+                            "weights, a fresh optimizer, --polish-lr, quieter timesteps alone (default: the recipe's, "
+                            f"{recipe.polish_share:g}; 0: none; see README)")
+    train_demo.add_argument("--polish-lr", type=float, default=None, help="UNet phase, with --polish-share: the polish's peak "
+                            f"learning rate (default: the recipe's, {recipe.polish_lr:g})")
     train_demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast in every phase "
                             "(default: where the CPU computes it natively, AVX512-BF16 or AMX; elsewhere it is emulated, ~16x slower)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "
@@ -436,6 +441,10 @@ def train_demo_problem(args) -> str | None:
         return f"--lr {args.lr}: give a learning rate above 0 and below 1 (the recipe's is 6e-4)"
     if args.lr_hold is not None and not 0.0 <= args.lr_hold < 1.0:
         return f"--lr-hold {args.lr_hold}: give a share from 0 (anneal at once) to below 1"
+    if args.polish_share is not None and not 0.0 <= args.polish_share < 1.0:
+        return f"--polish-share {args.polish_share}: give a share from 0 (no polish) to below 1"
+    if args.polish_lr is not None and not 0.0 < args.polish_lr < 1.0:
+        return f"--polish-lr {args.polish_lr}: give a learning rate above 0 and below 1 (the recipe's is 1.5e-4)"
     if args.pair_difference_weight is not None and not args.pair_difference_weight >= 0.0:
         return f"--pair-difference-weight {args.pair_difference_weight}: give 0 (off) or more"
     from pipelines.demo.train import TrainConfig  # numpy alone: the flags are checked before torch loads
@@ -455,7 +464,7 @@ def train_demo(args) -> int:
 
 
     flags = ("late_quiet_share", "axis_phase_steps", "axis_phase_from", "axis_phase_restart", "minimal_pairs", "pair_difference_weight",
-             "pairs_in_axis_phase_only", "bf16", "lr_hold")
+             "pairs_in_axis_phase_only", "bf16", "lr_hold", "polish_share", "polish_lr")
     recipe = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # flags not given keep TrainConfig's defaults
     if args.lr is not None:
         recipe.update(unet_lr=args.lr, text_lr=args.lr)  # one rate for both, as the recipe has

@@ -25,7 +25,9 @@ import torch
 from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
 from pipelines.families import Family
 from pipelines.hooks.base import hook_cache_keys
+from pipelines.prompts.encode import tokenize_chunks
 from pipelines.prompts.schedule import has_editing
+from pipelines.prompts.syntax import parse_prompt
 from pipelines.request import conditioning_key
 from pipelines.samplers import find_sampler
 
@@ -78,15 +80,24 @@ def resumed_from(pipe, start_step: int):
         pipe.scheduler = original
 
 
+# Part of every partition: entries kept by a version that compared other vectors (SD 1.5's token mean, before
+# 2026-12-05) are never compared with these; they age out of the disk budget.
+PROMPT_VECTOR = "CLIP pooled"
+
+
 def prompt_vector(family: Family, tokenizer, prompt: str, embeds: dict) -> torch.Tensor:
-    """The pipeline's own embedding of the prompt, one vector: the pooled CLIP embedding where the
-    pipeline has one (SDXL, FLUX.1), else the mean of the prompt's own tokens (SD 1.5; the padding
-    would make every short prompt look alike)."""
+    """CLIP's text embedding of the prompt, the vector NIRVANA retrieves by: the pipeline's pooled embedding (SDXL,
+    FLUX.1); for SD 1.5, whose pipeline takes no pooled one, the end-of-text token's row of the first chunk, which
+    is what CLIPTextModel pools (its `pooler_output`; A1111's emphasis rescales the chunk, not the direction).
+    The mean of the prompt's tokens instead ranks prompts that share most of their words ("a <colour> <shape>
+    on a <colour> background") as near, whatever they draw: measured on the demo model, README "Demo model"."""
     if family in (Family.SDXL, Family.FLUX) and embeds.get("pooled_prompt_embeds") is not None:
         return embeds["pooled_prompt_embeds"][0].float().cpu()
     tokens = embeds["prompt_embeds"][0].float().cpu()
-    count = len(tokenizer(prompt, truncation=True, max_length=tokens.shape[0]).input_ids) if tokenizer is not None else tokens.shape[0]
-    return tokens[: max(count, 1)].mean(dim=0)
+    if tokenizer is None:
+        return tokens.mean(dim=0)
+    first = tokenize_chunks(tokenizer, parse_prompt(prompt))[0]
+    return tokens[min(first.length + 1, tokens.shape[0] - 1)]  # + 1: the BOS token before the prompt's
 
 
 def request_partition(model, request, hooks: list) -> str | None:
@@ -96,7 +107,7 @@ def request_partition(model, request, hooks: list) -> str | None:
         return None
     # A prompt with A1111's prompt editing changes during the run: only the same edited prompt's latents fit.
     edited = (("prompt editing", request.prompt),) if has_editing(request.prompt) else ()
-    return partition_key(model.identity, model.family.value, request.width, request.height, request.sampler, request.schedule_type, request.steps,
+    return partition_key(PROMPT_VECTOR, model.identity, model.family.value, request.width, request.height, request.sampler, request.schedule_type, request.steps,
                          float(request.cfg_scale), request.negative_prompt, request.batch_size, tuple(sorted(hook_keys, key=repr)),
                          *conditioning_key(request), *edited)
 

@@ -85,6 +85,10 @@ def test_train_demo_names_a_folder_that_is_not_a_trained_model(tmp_path, capsys)
     assert capsys.readouterr().err.startswith("error: --lr 0.0: give a learning rate above 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--lr-hold", "1"]) == 2
     assert capsys.readouterr().err.startswith("error: --lr-hold 1.0: give a share from 0")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--polish-share", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --polish-share 1.0: give a share from 0 (no polish) to below 1")
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--polish-lr", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --polish-lr 0.0: give a learning rate above 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--pair-difference-weight", "-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --pair-difference-weight -1.0: give 0")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-minimal-pairs", "--pair-difference-weight", "1"]) == 2
@@ -103,12 +107,13 @@ def test_train_demo_passes_the_recipe_flags_given_and_keeps_the_defaults_of_the_
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--minimal-pairs", "--pair-difference-weight", "1",
                      "--axis-phase-steps", "2000", "--axis-phase-from", "6000"]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out")]) == 0
-    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-bf16"]) == 0
+    assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-bf16", "--polish-share", "0", "--polish-lr", "1e-4"]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path), "--lr", "1.5e-4", "--lr-hold", "0"]) == 2
     (tmp_path / "training.json").write_text("{}")
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path), "--lr", "1.5e-4", "--lr-hold", "0"]) == 0
     given, default, float32, polish = configs
     assert default.bf16 is None and float32.bf16 is False, "bfloat16 follows the CPU unless given"
+    assert (float32.polish_share, float32.polish_lr) == (0.0, 1e-4) and default.polish_share == train_module.TrainConfig.polish_share
     assert (polish.unet_lr, polish.text_lr, polish.lr_hold, polish.resume_from) == (1.5e-4, 1.5e-4, 0.0, str(tmp_path))
     assert (default.unet_lr, default.text_lr, default.lr_hold) == (6e-4, 6e-4, 0.7)
     assert (given.minimal_pairs, given.pair_difference_weight, given.axis_phase_steps, given.axis_phase_from) == (True, 1.0, 2000, 6000)
@@ -200,7 +205,7 @@ def test_while_the_rate_anneals_most_timesteps_come_from_the_quieter_part():
 
 def test_a_run_switches_to_quieter_timesteps_once_its_rate_anneals(tmp_path):
     small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=260, unet_batch=2, decoder_steps=2, decoder_batch=2,
-                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8, axis_phase_steps=100)
+                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8, axis_phase_steps=100, polish_share=0.0)
     train(tmp_path / "demo", TrainConfig(**small))
     log = [json.loads(line) for line in (tmp_path / "demo" / "train_log.jsonl").read_text().splitlines()]
     quiet = {record["step"]: record["quiet_timesteps"] for record in log if record["phase"] == "unet"}
@@ -209,6 +214,28 @@ def test_a_run_switches_to_quieter_timesteps_once_its_rate_anneals(tmp_path):
     measured = [record for record in log if "edge_response" in record]
     assert [record["step"] for record in measured] == [0, 250] and set(measured[0]["edge_response"]) == {"vertical", "horizontal"}
     assert {record["positions"] for record in log if record["phase"] == "unet"} == {"all"}
+
+
+def test_the_last_share_of_the_unet_phase_is_a_polish_from_the_averaged_weights_at_a_lower_rate(tmp_path, monkeypatch):
+    from pipelines.demo import train as train_module
+
+    monkeypatch.setattr(train_module, "UNET_WARMUP", 20)
+    loaded = []  # the step of each state the UNet is given (the averaged weights)
+    real_optimizer = train_module._unet_optimizer
+    monkeypatch.setattr(train_module, "_unet_optimizer", lambda unet, *args: loaded.append(unet) or real_optimizer(unet, *args))
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=300, unet_batch=2, decoder_steps=2, decoder_batch=2,
+                 threads=1, lr_hold=0.5, unet_channels=(8, 8, 8, 8), late_quiet_share=0.8, axis_phase_steps=0)
+    facts = train(tmp_path / "demo", TrainConfig(**small, polish_share=0.2, polish_lr=1.5e-4))
+    assert facts["polish_from_step"] == 240 and facts["unet_steps_done"] == 300
+    assert len(loaded) == 2, "a fresh optimizer when the polish begins"
+    log = {record["step"]: record for record in (json.loads(line) for line in (tmp_path / "demo" / "train_log.jsonl").read_text().splitlines())
+           if record["phase"] == "unet"}
+    assert not log[225]["polish"] and log[225]["quiet_timesteps"] == 0.8, "the main run, annealing"
+    assert log[225]["lr_factor"] < 0.2, "annealed by the polish's start (step 240 of 300)"
+    assert log[250]["polish"] and log[250]["quiet_timesteps"] == 0.0 and log[250]["lr_factor"] == pytest.approx(0.25 * 11 / 20, abs=1e-4)
+    assert log[275]["quiet_timesteps"] == 1.0 and 0.25 * 0.05 < log[275]["lr_factor"] < 0.25, "a quarter of the peak, annealing"
+    plain = train(tmp_path / "plain", TrainConfig(**small, polish_share=0.0))
+    assert plain["polish_from_step"] is None
 
 
 def test_a_restarted_axis_phase_warms_the_learning_rate_up_again(tmp_path, monkeypatch):
@@ -332,7 +359,7 @@ def test_minimal_pairs_render_each_partner_with_its_scenes_jitter_and_share_nois
     token_ids = torch.arange(16 * 4 * 3).view(16, 4, 3)
     means, stds = torch.randn(16, 4, 16, 16), torch.rand(16, 4, 16, 16)
     batch = draw_batch(np.arange(8), 8, token_ids, torch.zeros(3, dtype=torch.long), means, stds, 1.0, config,
-                       np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, annealing=False)
+                       np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, quiet_share=0.0)
     assert np.array_equal(batch.index[3:], batch.index[:3] + 8), "the second half is the first half's partners"
     assert torch.equal(batch.noise[:3], batch.noise[3:]) and torch.equal(batch.timesteps[:3], batch.timesteps[3:])
     # the same phrasing (token ids differ only by the scene's offset of 8 * 4 * 3) and the same dropped captions
@@ -342,7 +369,7 @@ def test_minimal_pairs_render_each_partner_with_its_scenes_jitter_and_share_nois
     assert torch.equal(batch.ids[3:][kept] - batch.ids[:3][kept], torch.full_like(batch.ids[:3][kept], 8 * 12))
     assert not torch.equal(batch.latents[:3], batch.latents[3:])
     unpaired = draw_batch(np.arange(8), 0, token_ids, torch.zeros(3, dtype=torch.long), means, stds, 1.0,
-                          TrainConfig(scenes=8, unet_batch=6), np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, False)
+                          TrainConfig(scenes=8, unet_batch=6), np.random.default_rng(0), torch.Generator().manual_seed(0), 1000, 0.0)
     assert len(unpaired.index) == 6 and not torch.equal(unpaired.noise[:3], unpaired.noise[3:])
 
 

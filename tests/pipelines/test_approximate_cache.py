@@ -106,6 +106,26 @@ def denoise(pipe, sampler: str, prompt: str, steps: int, resume: Resume | None =
     return out, seen
 
 
+def test_an_sd15_prompts_vector_is_clips_pooled_text_embedding_whatever_its_syntax(sd15_pipe):
+    from pipelines.caches.approximate_run import prompt_vector
+    from pipelines.prompts.encode import encode_weighted
+
+    def pooled(words: str) -> torch.Tensor:  # CLIPTextModel's own pooling: the end-of-text token's row
+        ids = sd15_pipe.tokenizer(words, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return sd15_pipe.text_encoder(ids).pooler_output[0]
+
+    def vector(prompt: str) -> torch.Tensor:
+        embeds = encode_weighted(sd15_pipe, prompt, "", torch.device("cpu"), 1, False, sdxl=False)
+        return prompt_vector(Family.SD15, sd15_pipe.tokenizer, prompt, embeds)
+
+    cosine = torch.nn.functional.cosine_similarity
+    assert torch.allclose(vector("a red boat"), pooled("a red boat"), atol=1e-5)
+    # weights, brackets and a LoRA tag change the encoded prompt's scale or nothing: the same direction as the words
+    assert cosine(vector("a (red:1.3) [boat] <lora:style:0.8>"), pooled("a red boat"), dim=0) > 0.9999
+    assert cosine(vector("a red boat"), pooled("a red boat, at sea"), dim=0) < 0.9999, "another prompt, another vector"
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM", "Euler a"])
 def test_resuming_reproduces_the_uninterrupted_run(sd15_pipe, sampler):
     steps, k = 10, 4
