@@ -105,7 +105,7 @@ def test_train_demo_passes_the_recipe_flags_given_and_keeps_the_defaults_of_the_
     configs = []
     monkeypatch.setattr(train_module, "train", lambda out, config: configs.append(config))
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--minimal-pairs", "--pair-difference-weight", "1",
-                     "--axis-phase-steps", "2000", "--axis-phase-from", "6000"]) == 0
+                     "--axis-phase-steps", "2000", "--axis-phase-from", "6000", "--compile"]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out")]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--no-bf16", "--polish-share", "0", "--polish-lr", "1e-4"]) == 0
     assert app.main(["train-demo", "--out", str(tmp_path / "out"), "--resume-from", str(tmp_path), "--lr", "1.5e-4", "--lr-hold", "0"]) == 2
@@ -114,6 +114,7 @@ def test_train_demo_passes_the_recipe_flags_given_and_keeps_the_defaults_of_the_
     given, default, float32, polish = configs
     assert default.bf16 is None and float32.bf16 is False, "bfloat16 follows the CPU unless given"
     assert (float32.polish_share, float32.polish_lr) == (0.0, 1e-4) and default.polish_share == train_module.TrainConfig.polish_share
+    assert default.compile is False and given.compile is True, "torch.compile only when asked"
     assert (polish.unet_lr, polish.text_lr, polish.lr_hold, polish.resume_from) == (1.5e-4, 1.5e-4, 0.0, str(tmp_path))
     assert (default.unet_lr, default.text_lr, default.lr_hold) == (6e-4, 6e-4, 0.7)
     assert (given.minimal_pairs, given.pair_difference_weight, given.axis_phase_steps, given.axis_phase_from) == (True, 1.0, 2000, 6000)
@@ -236,6 +237,38 @@ def test_the_last_share_of_the_unet_phase_is_a_polish_from_the_averaged_weights_
     assert log[275]["quiet_timesteps"] == 1.0 and 0.25 * 0.05 < log[275]["lr_factor"] < 0.25, "a quarter of the peak, annealing"
     plain = train(tmp_path / "plain", TrainConfig(**small, polish_share=0.0))
     assert plain["polish_from_step"] is None
+
+
+def test_compile_runs_the_training_step_through_torch_compile_and_learns_the_same(tmp_path, monkeypatch):
+    """dynamo's `eager` backend stands in for inductor (minutes of C++ compiling): the same graph capture, no codegen."""
+    from diffusers import UNet2DConditionModel
+
+    from pipelines.demo import train as train_module
+    from pipelines.demo.model import build_unet
+
+    real_compile, calls = torch.compile, []
+
+    def compile_eager(module, **kwargs):
+        optimized = real_compile(module, backend="eager")
+
+        def call(*args, **kw):
+            calls.append(type(module).__name__)
+            return optimized(*args, **kw)
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    monkeypatch.setattr(train_module, "UNET_WARMUP", 1)  # the peak rate at once: three steps move the weights
+    small = dict(scenes=16, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=3, unet_batch=2, decoder_steps=2, decoder_batch=2,
+                 threads=1, unet_channels=(8, 8, 8, 8), axis_phase_steps=0)
+    compiled_facts = train(tmp_path / "compiled", TrainConfig(**small, compile=True))
+    assert calls.count("UNet2DConditionModel") == 3 and calls.count("CLIPTextModel") == 3, "every training step, and only those"
+    plain_facts = train(tmp_path / "plain", TrainConfig(**small))
+    assert len(calls) == 6, "off: nothing compiled"
+    assert compiled_facts["final_loss_smoothed"] == pytest.approx(plain_facts["final_loss_smoothed"], rel=1e-4)
+    key = "conv_in.weight"
+    compiled, plain = (UNet2DConditionModel.from_pretrained(tmp_path / name / "unet").state_dict()[key].float() for name in ("compiled", "plain"))
+    initial = build_unet(0, (8, 8, 8, 8), heads=TrainConfig.unet_heads).state_dict()[key]
+    assert (compiled - plain).abs().max() < 1e-3 < (plain - initial).abs().max(), "trained, and the same weights learnt"
 
 
 def test_a_restarted_axis_phase_warms_the_learning_rate_up_again(tmp_path, monkeypatch):
