@@ -591,6 +591,12 @@ def _unet_optimizer(unet, text_encoder, config: TrainConfig):
     ], weight_decay=0.01, fused=True)
 
 
+def _restarted_from_average(unet, ema, text_encoder, config: TrainConfig):
+    """The UNet takes its averaged (EMA) weights; returns a fresh optimizer: the state a resumed run starts from."""
+    unet.load_state_dict(ema.state_dict())
+    return _unet_optimizer(unet, text_encoder, config)
+
+
 def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, axes, scaling: float, config: TrainConfig, log,
                deadline: float) -> dict:
     import copy
@@ -621,7 +627,6 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
     # The training step's forward alone goes through the compiled modules (they share the weights); the axis probe and
     # the EMA use the plain ones, so no eval-mode graph is compiled.
     step_unet, step_text = (torch.compile(unet), torch.compile(text_encoder)) if config.compile else (unet, text_encoder)
-    ema_from = 0  # the step the EMA (re)started averaging at
     with _progress(config.unet_steps, "UNet+text") as bar:
         for step in range(config.unet_steps):
             if time.monotonic() > deadline:
@@ -630,14 +635,11 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
             positions, pool = curriculum.positions, curriculum.pool()
             paired = partners if curriculum.missing or not config.pairs_in_axis_phase_only else 0
             if config.axis_phase_restart and curriculum.missing and step == curriculum.phase_start:
-                unet.load_state_dict(ema.state_dict())  # the averaged weights and a fresh optimizer, as a resumed run starts
-                optimizer = _unet_optimizer(unet, text_encoder, config)
+                optimizer = _restarted_from_average(unet, ema, text_encoder, config)
             seconds = time.monotonic() - started
             if schedule.polish_due(step, seconds):  # as the resumed run of the 2026-12-05 weights started
-                unet.load_state_dict(ema.state_dict())
-                optimizer = _unet_optimizer(unet, text_encoder, config)
-                schedule.begin_polish(step, seconds)
-                ema_from = step
+                optimizer = _restarted_from_average(unet, ema, text_encoder, config)
+                schedule.begin_polish(step, seconds)  # the EMA averages afresh from here
             factor, quiet_share = schedule.at(step, seconds)
             batch = draw_batch(pool, paired, token_ids, empty, means, stds, scaling, config, picker, generator,
                                noise_scheduler.config.num_train_timesteps, quiet_share)
@@ -660,7 +662,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
             optimizer.step()
-            decay = min(config.ema_decay, (1 + step - ema_from) / (10 + step - ema_from))
+            averaged = step - (schedule.polish_step or 0)  # steps since the EMA (re)started
+            decay = min(config.ema_decay, (1 + averaged) / (10 + averaged))
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), unet.parameters()):
                     e.lerp_(p, 1 - decay)
