@@ -25,9 +25,8 @@ import torch
 from pipelines.caches.approximate import ApproximateCache, ApproxHit, keep_steps, partition_key
 from pipelines.families import Family
 from pipelines.hooks.base import hook_cache_keys
-from pipelines.prompts.encode import tokenize_chunks
+from pipelines.prompts.encode import end_of_text_row
 from pipelines.prompts.schedule import has_editing
-from pipelines.prompts.syntax import parse_prompt
 from pipelines.request import conditioning_key
 from pipelines.samplers import find_sampler
 
@@ -85,19 +84,20 @@ def resumed_from(pipe, start_step: int):
 PROMPT_VECTOR = "CLIP pooled"
 
 
-def prompt_vector(family: Family, tokenizer, prompt: str, embeds: dict) -> torch.Tensor:
+def prompt_vector(family: Family, pipe, prompt: str, embeds: dict, embeddings: list = ()) -> torch.Tensor:
     """CLIP's text embedding of the prompt, the vector NIRVANA retrieves by: the pipeline's pooled embedding (SDXL,
     FLUX.1); for SD 1.5, whose pipeline takes no pooled one, the end-of-text token's row of the first chunk, which
-    is what CLIPTextModel pools (its `pooler_output`; A1111's emphasis rescales the chunk, not the direction).
+    is what CLIPTextModel pools (its `pooler_output`; A1111's emphasis rescales the chunk, not the direction),
+    found as the encoder tokenized the prompt (`embeddings`: the textual inversions it names, a row per vector).
     The mean of the prompt's tokens instead ranks prompts that share most of their words ("a <colour> <shape>
     on a <colour> background") as near, whatever they draw: measured on the demo model, README "Demo model"."""
     if family in (Family.SDXL, Family.FLUX) and embeds.get("pooled_prompt_embeds") is not None:
         return embeds["pooled_prompt_embeds"][0].float().cpu()
     tokens = embeds["prompt_embeds"][0].float().cpu()
-    if tokenizer is None:
+    row = end_of_text_row(pipe, prompt, embeddings)
+    if row is None:
         return tokens.mean(dim=0)
-    first = tokenize_chunks(tokenizer, parse_prompt(prompt))[0]
-    return tokens[min(first.length + 1, tokens.shape[0] - 1)]  # + 1: the BOS token before the prompt's
+    return tokens[min(row, tokens.shape[0] - 1)]
 
 
 def request_partition(model, request, hooks: list) -> str | None:
@@ -135,14 +135,14 @@ class ApproximateRun:
     key; "" = the single-user default) keeps lookups and stores within that namespace.
     """
 
-    def __init__(self, cache: ApproximateCache, model, request, embeds: dict, hooks: list):
+    def __init__(self, cache: ApproximateCache, model, request, embeds: dict, hooks: list, embeddings: list = ()):
         self.cache = cache
         self.total_steps = request.steps
         # A second-order sampler (Heun, DPM2, DPM++ SDE) keeps half a step in its own state: it cannot resume from
         # latents kept after a step of another run.
         self.second_order = find_sampler(model.family, request.sampler).model_calls > 1
         self.partition = None if self.second_order else request_partition(model, request, hooks)
-        self.vector = prompt_vector(model.family, getattr(model.pipe, "tokenizer", None), request.prompt, embeds) if self.partition else None
+        self.vector = prompt_vector(model.family, model.pipe, request.prompt, embeds, embeddings) if self.partition else None
         self.namespace = str(getattr(request, "cache_namespace", "") or "")
         self.stored: set[int] = set()
 

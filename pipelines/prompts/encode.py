@@ -187,6 +187,21 @@ def _fragments_for(pipe, fragments: list[Fragment], tokenizer) -> list[Fragment]
     return [fragment if is_break(fragment) else (convert(fragment[0], tokenizer), fragment[1]) for fragment in fragments]
 
 
+def _chunks_for(pipe, tokenizer, fragments: list[Fragment], embeddings: list[Embedding]) -> list[Chunk]:
+    return tokenize_chunks(tokenizer, _fragments_for(pipe, fragments, tokenizer), embeddings=list(embeddings))
+
+
+def end_of_text_row(pipe, prompt: str, embeddings: list[Embedding] = ()) -> int | None:
+    """Where the first chunk's end-of-text token sits in the SD 1.5 hidden states `encode_weighted` returns (the
+    row `CLIPTextModel` pools), counted as it tokenized them: a textual inversion takes its vectors' count of rows,
+    not one per word of its trigger. None for a pipeline without a CLIP tokenizer."""
+    encoders = _encoders(pipe)
+    if not encoders:
+        return None
+    tokenizer = encoders[0][0]
+    return _chunks_for(pipe, tokenizer, parse_prompt(prompt), embeddings)[0].length + 1  # + 1: the BOS token before the prompt's
+
+
 def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batch_size: int, use_cfg: bool, sdxl: bool,
                     embeddings: list[Embedding] = (), clip_skip: int = 1) -> dict:
     """The pipeline keyword arguments (`prompt_embeds`, ... ) for `batch_size` images of an SD 1.5 or SDXL pipeline.
@@ -196,8 +211,7 @@ def encode_weighted(pipe, prompt: str, negative: str, device: torch.device, batc
     parsed = {"positive": parse_prompt(prompt), "negative": parse_prompt(negative)}
     per_encoder = []
     for index, (tokenizer, encoder) in enumerate(_encoders(pipe)):
-        chunks = {name: tokenize_chunks(tokenizer, _fragments_for(pipe, fragments, tokenizer), embeddings=list(embeddings))
-                  for name, fragments in parsed.items()}
+        chunks = {name: _chunks_for(pipe, tokenizer, fragments, embeddings) for name, fragments in parsed.items()}
         key = "clip_g" if sdxl and (index == 1 or getattr(pipe, "text_encoder", None) is None) else "clip_l"
         per_encoder.append((tokenizer, encoder, chunks, key))
     count = max(len(chunks[name]) for _, _, chunks, _ in per_encoder for name in (("positive", "negative") if use_cfg else ("positive",)))

@@ -76,6 +76,7 @@ class RunState:
     cache_notes: dict[str, str] = field(default_factory=dict)
     embeds: dict | None = None  # the encoded prompt, as pipeline keyword arguments (with prompt editing: its first segment's)
     prompt: object | None = None  # the main pass's EncodedPrompt (stages.prepare): the embeds and the prompt editing's segments
+    inversions: list = field(default_factory=list)  # the textual inversions the prompts name (stages.prepare)
     init: object | None = None  # init-image stage output (img2img / inpaint), when asked for
     # the current batch
     batch_index: int = 0

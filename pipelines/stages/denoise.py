@@ -56,7 +56,7 @@ class Denoise:
             options.infotext_extra.pop("Approx cache", None)  # an earlier batch's note does not describe this one
             return
         if options.approximate_cache is not None and self._approximate is None:
-            self._approximate = ApproximateRun(options.approximate_cache, model, request, state.embeds, options.hooks)
+            self._approximate = ApproximateRun(options.approximate_cache, model, request, state.embeds, options.hooks, state.inversions)
         approximate = self._approximate
         start = time.perf_counter()
         resume = approximate.before_batch() if approximate else None

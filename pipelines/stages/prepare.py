@@ -62,6 +62,7 @@ class TextEncode:
         state.prompt, memo_note, used = encode_schedule(plan, request.prompt, request.negative_prompt, request.steps, request.batch_size,
                                                         warn=state.warnings)
         state.embeds = state.prompt.embeds
+        state.inversions = used
         if used:
             plan.options.infotext_extra["TI hashes"] = ti_hashes(used)
         if memo_note:

@@ -117,13 +117,38 @@ def test_an_sd15_prompts_vector_is_clips_pooled_text_embedding_whatever_its_synt
 
     def vector(prompt: str) -> torch.Tensor:
         embeds = encode_weighted(sd15_pipe, prompt, "", torch.device("cpu"), 1, False, sdxl=False)
-        return prompt_vector(Family.SD15, sd15_pipe.tokenizer, prompt, embeds)
+        return prompt_vector(Family.SD15, sd15_pipe, prompt, embeds)
 
     cosine = torch.nn.functional.cosine_similarity
     assert torch.allclose(vector("a red boat"), pooled("a red boat"), atol=1e-5)
     # weights, brackets and a LoRA tag change the encoded prompt's scale or nothing: the same direction as the words
     assert cosine(vector("a (red:1.3) [boat] <lora:style:0.8>"), pooled("a red boat"), dim=0) > 0.9999
     assert cosine(vector("a red boat"), pooled("a red boat, at sea"), dim=0) < 0.9999, "another prompt, another vector"
+
+
+def test_a_textual_inversion_counts_its_vectors_when_the_vector_is_found(sd15_pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    from pipelines.caches.approximate_run import prompt_vector
+    from pipelines.prompts.embeddings import EmbeddingLibrary
+    from pipelines.prompts.encode import encode_weighted
+
+    # An inversion whose three vectors are the input embeddings of "red", "boat", "boat": "a redboat" then is "a red boat
+    # boat" to the encoder, and its vector must be that prompt's, not the row its trigger's two word pieces point to.
+    table = sd15_pipe.text_encoder.get_input_embeddings().weight.detach()
+    words = [sd15_pipe.tokenizer.convert_tokens_to_ids(word) for word in ("red</w>", "boat</w>", "boat</w>")]
+    assert sd15_pipe.tokenizer.unk_token_id not in words
+    save_file({"emb_params": table[words].clone()}, tmp_path / "redboat.safetensors")
+    used = EmbeddingLibrary(tmp_path).used_in("a redboat", "")
+    assert [embedding.count for embedding in used] == [3]
+    assert len(sd15_pipe.tokenizer("redboat", add_special_tokens=False).input_ids) != 3, "the trigger's own pieces must count otherwise"
+
+    def vector(prompt: str, embeddings=()) -> torch.Tensor:
+        embeds = encode_weighted(sd15_pipe, prompt, "", torch.device("cpu"), 1, False, sdxl=False, embeddings=embeddings)
+        return prompt_vector(Family.SD15, sd15_pipe, prompt, embeds, embeddings)
+
+    assert torch.allclose(vector("a redboat", used), vector("a red boat boat"), atol=1e-5)
+    assert torch.allclose(vector("a (redboat:1.2), at sea", used), vector("a red boat boat, at sea"), atol=1e-3)
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM", "Euler a"])
