@@ -19,6 +19,7 @@ Seeded throughout: the same arguments give the same weights (on the same torch b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -128,13 +129,10 @@ class TrainConfig:
     # 2026-12-04) bfloat16 is emulated, a UNet step 8.0 s instead of 0.50 s in float32, a VAE step 7.6 instead of
     # 0.46 s: the hour's recipe would take days.
     bf16: bool | None = None
-    # The UNet phase's forward and backward through `torch.compile` (inductor, C++ on the CPU): a UNet+text training
-    # step 184 instead of 240 ms (1.30x; batch 16, bfloat16 autocast, 2 threads, this AVX512-BF16 EPYC, interleaved
-    # blocks of 20) after 3.3 minutes of compiling, so about 13,800 UNet steps in the hour's phase instead of 11,840.
-    # Off: two whole hour-long runs with it drew held-out shapes 2-6 points worse than the runs without, and its
-    # backward is wrong here (torch 2.13, bfloat16 autocast: 318 of the 494 weight tensors got exactly no gradient on
-    # the shipped weights' batch, the gradient 11 % off float32's against eager bfloat16's 1.8 %; README "Demo
-    # model"). Kept for a later torch to measure again; needs a C++ compiler.
+    # The UNet phase's training step through `torch.compile` (inductor, C++ on the CPU), the UNet's parts one by one
+    # (CompiledRegions): 1.2-1.3x a step. Off until a whole run with it is measured (README "Demo model"): the two
+    # hour-long runs that compiled the whole UNet drew held-out shapes 2-3 points worse, and that backward was wrong
+    # (torch 2.13: 318 of the 494 weight tensors got exactly no gradient). Needs a C++ compiler.
     compile: bool = False
     # The UNet's learning rate stays at its peak for this share of its time, then anneals (cosine) to 5 %.
     # With a cosine from the start, the model shipped before had learnt left/right but not top/bottom (one
@@ -226,6 +224,46 @@ class UNetSchedule:
         elapsed = (seconds - self.polish_s) / max(1e-9, self.budget_s - self.polish_s)
         annealing = _annealed(into, steps, UNET_WARMUP, elapsed, 0.0) > 0
         return config.polish_lr / config.unet_lr * _lr_factor(into, steps, UNET_WARMUP, elapsed, 0.0), 1.0 if annealing else 0.0
+
+
+# The UNet's parts compiled one by one for the training step (regional compiling, as diffusers' `compile_repeated_blocks`).
+# Compiling the whole UNet (torch 2.13, inductor on the CPU) gave 318 of its 494 weight tensors exactly no gradient:
+# compiled alone, the up block that takes the deepest skip connections left 82 of them (the last down blocks) at zero.
+# Each ResNet block and transformer compiled alone gives every tensor its gradient, 0.37 % off float32's (eager
+# bfloat16: 1.9 %), at 157-213 instead of 196-253 ms a step (batch 16, the shipped weights, interleaved blocks of 10).
+COMPILED_REGIONS = ("ResnetBlock2D", "Transformer2DModel")
+
+
+class CompiledRegions:
+    """Within `with`, each of the UNet's COMPILED_REGIONS is replaced by its `torch.compile`d twin (sharing its
+    weights); outside, the UNet is the plain one again, so the axis probe, the EMA and saving never see a compiled
+    module (no eval-mode graph is compiled, no `_orig_mod.` key is saved). The backward of a forward run inside
+    goes through the compiled code."""
+
+    def __init__(self, unet):
+        import torch
+        import torch._dynamo.config
+
+        # one region's code, many shapes: each shape is its own compile, more than dynamo's default limit of 8
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self.swaps = []  # (parent, child name, plain module, compiled module)
+        for name, module in unet.named_modules():
+            if type(module).__name__ in COMPILED_REGIONS:
+                parent_name, _, child = name.rpartition(".")
+                self.swaps.append((unet.get_submodule(parent_name), child, module, torch.compile(module)))
+
+    def __len__(self) -> int:
+        return len(self.swaps)
+
+    def __enter__(self):
+        for parent, child, _plain, compiled in self.swaps:
+            parent._modules[child] = compiled
+        return self
+
+    def __exit__(self, *exc):
+        for parent, child, plain, _compiled in self.swaps:
+            parent._modules[child] = plain
+        return False
 
 
 def _progress(total: int, desc: str):
@@ -627,9 +665,8 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
     smoothed = None
     started = time.monotonic()
     schedule = UNetSchedule(config, max(1.0, deadline - started))
-    # The training step's forward alone goes through the compiled modules (they share the weights); the axis probe and
-    # the EMA use the plain ones, so no eval-mode graph is compiled.
-    step_unet, step_text = (torch.compile(unet), torch.compile(text_encoder)) if config.compile else (unet, text_encoder)
+    # The training step's forward alone goes through the compiled regions (CompiledRegions); the text encoder stays eager.
+    compiled = CompiledRegions(unet) if config.compile else contextlib.nullcontext()
     with _progress(config.unet_steps, "UNet+text") as bar:
         for step in range(config.unet_steps):
             if time.monotonic() > deadline:
@@ -649,9 +686,9 @@ def train_unet(unet, text_encoder, tokenizer, means, stds, token_ids, touched, a
             index, ids, latents, noise, t = batch.index, batch.ids, batch.latents, batch.noise, batch.timesteps
             noisy = noise_scheduler.add_noise(latents, noise, t)
             target = noise_scheduler.get_velocity(latents, noise, t)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), sdpa_kernel(SDPBackend.MATH):
-                hidden = step_text(ids)[0]
-                pred = step_unet(noisy, t, hidden).sample
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), sdpa_kernel(SDPBackend.MATH), compiled:
+                hidden = text_encoder(ids)[0]
+                pred = unet(noisy, t, hidden).sample
             weights = loss_weights(touched[index], config.object_weight)
             error = pred.float() - target
             loss = torch.mean(weights * error**2) / torch.mean(weights)
@@ -739,9 +776,6 @@ def train(out: Path, config: TrainConfig | None = None) -> dict:
         log_file.flush()
 
     print("bfloat16 autocast" if config.bf16 else "float32 throughout" + (" (this CPU has no native bfloat16)" if recipe.bf16 is None else ""), flush=True)
-    if config.compile:
-        print("warning: --compile trained worse here (torch 2.13: many weights got no gradient through the compiled "
-              "backward; README \"Demo model\"): a trial, not the recipe", flush=True)
     print(f"rendering {config.scenes} scenes", flush=True)
     images, captions, touched, axes = render_scenes(config)
     timings = {"render_s": round(time.monotonic() - start, 1)}
