@@ -130,7 +130,7 @@ class TrainConfig:
     # 0.46 s: the hour's recipe would take days.
     bf16: bool | None = None
     # The UNet phase's training step through `torch.compile` (inductor, C++ on the CPU), the UNet's parts one by one
-    # (CompiledRegions): 1.2-1.3x a step. Off until a whole run with it is measured (README "Demo model"): the two
+    # (CompiledRegions): 1.16x a step. Off until a whole run with it is measured (README "Demo model"): the two
     # hour-long runs that compiled the whole UNet drew held-out shapes 2-3 points worse, and that backward was wrong
     # (torch 2.13: 318 of the 494 weight tensors got exactly no gradient). Needs a C++ compiler.
     compile: bool = False
@@ -230,7 +230,8 @@ class UNetSchedule:
 # Compiling the whole UNet (torch 2.13, inductor on the CPU) gave 318 of its 494 weight tensors exactly no gradient:
 # compiled alone, the up block that takes the deepest skip connections left 82 of them (the last down blocks) at zero.
 # Each ResNet block and transformer compiled alone gives every tensor its gradient, 0.37 % off float32's (eager
-# bfloat16: 1.9 %), at 157-213 instead of 196-253 ms a step (batch 16, the shipped weights, interleaved blocks of 10).
+# bfloat16: 1.9 %), at 197-201 instead of 228-234 ms for the UNet's forward and backward (batch 16, the shipped
+# weights, interleaved blocks of 20; the whole UNet compiled: 1.30x, but wrong).
 COMPILED_REGIONS = ("ResnetBlock2D", "Transformer2DModel")
 
 
