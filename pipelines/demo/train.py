@@ -253,9 +253,6 @@ class CompiledRegions:
                 parent_name, _, child = name.rpartition(".")
                 self.swaps.append((unet.get_submodule(parent_name), child, module, torch.compile(module)))
 
-    def __len__(self) -> int:
-        return len(self.swaps)
-
     def __enter__(self):
         for parent, child, _plain, compiled in self.swaps:
             parent._modules[child] = compiled
