@@ -284,6 +284,8 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
     hires.add_argument("--hires-prompt", metavar="TEXT", help="what the second pass reads instead of --prompt (A1111's Hires prompt)")
     hires.add_argument("--hires-negative-prompt", metavar="TEXT", help="what the second pass reads instead of --negative-prompt")
     hires.add_argument("--hires-sampler", metavar="NAME", help="the second pass's own sampler (A1111's Hires sampler; default: --sampler's)")
+    hires.add_argument("--hires-checkpoint", metavar="MODEL", help="another installed model of the same family runs the second pass "
+                       "(A1111's Hires checkpoint; default: --model)")
     hires.add_argument("--hires-schedule-type", type=schedule_type, metavar="TYPE",
                        help="the second pass's own schedule type (default: --schedule-type's)")
     detail = gen.add_argument_group("face detailer (each detected face redrawn at full resolution; keeps --face's identity)")

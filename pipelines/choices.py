@@ -25,3 +25,4 @@ SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponent
 # Hires fix's own sampler and schedule type: A1111's first choices, meaning "as the first pass" (the request's "" too).
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULE = "Use same scheduler"
+HIRES_SAME_CHECKPOINT = "Use same checkpoint"  # A1111's first Hires checkpoint choice (the request's "" too)

@@ -15,6 +15,7 @@ import re
 # a `:` retries the whole line from every position (quadratic: 64 000 characters took 35 s).
 PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 IMAGE_SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")  # A1111's checkpoint title: "name [hash]"
 
 
 def quote(value) -> str:

@@ -25,7 +25,7 @@ from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, LikenessError, ModelLoadError, ModelNotFound
 from pipelines.families import Family
-from pipelines.generate import CancelToken, LoadedModel, RunOptions, VaeSettings, decode_latents, dtype_name
+from pipelines.generate import CancelToken, LoadedModel, RunOptions, RunOutput, VaeSettings, decode_latents, dtype_name
 from pipelines.extras import TileProgress, UpscaleContext, UpscaleRequest, UpscaleResult, plan_upscale, upscale_picture
 from pipelines.face.options import FaceOptions
 from pipelines.merge import KeyProgress, MergeRequest, MergeResult, merge_checkpoints
@@ -52,12 +52,12 @@ from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_has
 from pipelines.lora.fuse import FuseDecision, FusePolicy
 from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
-from pipelines.request import GenerationRequest, GenerationResult, shown, validate_request
+from pipelines.request import GenerationRequest, GenerationResult, second_checkpoint, shown, validate_request
 from pipelines.samplers import find_sampler
-from pipelines.stages import GenerationPlan, run_plan
+from pipelines.stages import GenerationPlan, new_state, run_first_passes, run_plan, run_second_passes
 from pipelines.stages.denoise import Denoise, starts_from_init_request
 from pipelines.stages.face_detail import FaceDetail, detail_lora_refs
-from pipelines.stages.hires import HiresPass, check_hires, hires_lora_refs, hires_steps
+from pipelines.stages.hires import FirstPassDecode, HiresPass, check_hires, hires_lora_refs, hires_steps
 from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
@@ -422,6 +422,7 @@ class PipelineManager:
                 check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
         check_hires(validated.request, self.config.models_dir, self.config.allow_pickle)  # before the model loads
+        second = self._hires_checkpoint(validated.request, entry)  # likewise
         vae_path = find_vae(validated.request.vae, self.config.models_dir, self.config.allow_pickle)  # likewise
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
@@ -435,14 +436,17 @@ class PipelineManager:
             start = time.perf_counter()
             devices.reset_peak_memory(self.device)
             clock = StageClock(bus, self.device)
-            lora_steps: list[float] = []  # filled after the run, for the fuse policy
-            with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model, \
-                    self._chosen_vae(model, vae_path, clock) as model:
-                output = run_plan(self._plan(model, validated, options, bus, clock, face), record_batch)
-                lora_steps += output.step_seconds
+            if second is None:
+                lora_steps: list[float] = []  # filled after the run, for the fuse policy
+                with self.use(request.model, clock) as model, self._applied_loras(model, validated.request, clock, options, lora_steps) as model, \
+                        self._chosen_vae(model, vae_path, clock) as model:
+                    output = run_plan(self._plan(model, validated, options, bus, clock, face), record_batch)
+                    lora_steps += output.step_seconds
+            else:
+                model, output = self._run_split(validated, second, options, bus, clock, face, vae_path)
             memory = devices.read_memory(self.device)
             total = time.perf_counter() - start
-            kept = self._kept_latents(request.model, validated.request, output, vae_path)
+            kept = self._kept_latents(model.name, validated.request, output, vae_path)  # the model that decoded them
         devices.trim_host_heap()
         self._note_vae_fallback(output)
         peak = memory.device_peak_bytes if memory.device_peak_bytes is not None else memory.process_rss_bytes
@@ -463,6 +467,47 @@ class PipelineManager:
             hook_stats=output.hook_stats,
             kept_latents=kept,
         )
+
+    def _hires_checkpoint(self, request: GenerationRequest, first: ModelEntry) -> str | None:
+        """A1111's Hires checkpoint, checked before anything loads: None for the first pass's model, else an installed,
+        usable model of its family (a hires pass continues the first pass's latents)."""
+        name = second_checkpoint(request)
+        if name is None:
+            return None
+        try:
+            entry = self.entry(name)
+        except ModelNotFound:
+            installed = ", ".join(e.name for e in self.models() if e.usable and e.family is first.family)
+            raise InvalidRequest(f"The hires checkpoint {name!r} is not installed; {first.family.spec.label} models here: {installed}.") from None
+        if not entry.usable:
+            raise ModelLoadError(f"The hires checkpoint {name!r} cannot be used: {entry.problem}")
+        if entry.family is not first.family:
+            raise InvalidRequest(f"The hires checkpoint {name!r} is {entry.family.spec.label}, the first pass's model {first.name!r} "
+                                 f"{first.family.spec.label}: the hires pass goes on from the first pass's latents, so both must be "
+                                 "of one family.")
+        return entry.name
+
+    def _run_split(self, validated, second: str, options: RunOptions, bus: EventBus, clock: StageClock, face: FaceOptions | None,
+                   vae_path: Path | None) -> tuple[LoadedModel, RunOutput]:
+        """The hires pass on another checkpoint: every batch's first pass on the request's model, then the hires pass and
+        what follows on `second`. Each model loads (and takes the prompt's LoRAs and the SD VAE) once, whatever the batch
+        count, and the first is unlocked before the second loads, so the cache may move it out of VRAM. Returns the
+        second model and the run's output."""
+        request = validated.request
+        total = ((denoise_steps(request) if starts_from_init_request(request) else request.steps) + hires_steps(request)) * request.batch_count
+        with self.use(request.model, clock) as model, self._applied_loras(model, request, clock, options, []) as model, \
+                self._chosen_vae(model, vae_path, clock) as model:
+            plan = self._plan(model, validated, options, bus, clock, face, split="first")
+            state = new_state(plan, total)
+            passes = run_first_passes(plan, state)
+        first_model = model
+        # The second model's own hooks (a hook attaches to one model at a time) and the first pass's infotext keys.
+        second_options = dataclasses.replace(options, hooks=[], approximate_cache=None, latent_cache=None, infotext_extra=dict(options.infotext_extra),
+                                             pass_loras={}, true_cfg_scale=1.0)
+        with self.use(second, clock) as model, self._applied_loras(model, request, clock, second_options, []) as model, \
+                self._chosen_vae(model, vae_path, clock) as model:
+            plan = self._plan(model, validated, second_options, bus, clock, face, split="second", first_model=first_model)
+            return model, run_second_passes(plan, state, passes, record_batch)
 
     @contextmanager
     def _chosen_vae(self, model: LoadedModel, path: Path | None, clock: StageClock | None = None) -> Iterator[LoadedModel]:
@@ -500,8 +545,9 @@ class PipelineManager:
         )
 
     def _plan(self, model: LoadedModel, validated, options: RunOptions, bus: EventBus, clock: StageClock,
-              face: FaceOptions | None) -> GenerationPlan:
-        """The stages this request asks for, in order, and the hooks they attach."""
+              face: FaceOptions | None, split: str = "", first_model: LoadedModel | None = None) -> GenerationPlan:
+        """The stages this request asks for, in order, and the hooks they attach. `split`: "first" or "second" for the
+        two plans of a hires pass on another checkpoint (the first passes; then the hires pass and the rest)."""
         request = validated.request
         if is_inpainting_model(model) and request.mode != "inpaint":
             raise InvalidRequest(f"{model.name} is an inpainting model (a 9-channel UNet): it needs an init image and a mask. "
@@ -511,10 +557,17 @@ class PipelineManager:
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
-        steps = (denoise_steps(request) if starts_from_init_request(request) else request.steps) + hires_steps(request)
+        first_steps = denoise_steps(request) if starts_from_init_request(request) else request.steps
         hires = HiresPass(self.config.models_dir, self.config.allow_pickle)
-        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), hires, VaeDecode(), PasteBack(), FaceDetail(self.face)],
-                              finish=[Save()], steps_per_batch=steps)
+        after_denoise = [hires, VaeDecode(), PasteBack(), FaceDetail(self.face)]
+        if split == "first":
+            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, steps_per_batch=first_steps,
+                                  per_batch=[Denoise(), FirstPassDecode(self.config.models_dir, self.config.allow_pickle)])
+        if split == "second":
+            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=after_denoise, finish=[Save()],
+                                  steps_per_batch=hires_steps(request), step_base=first_steps * request.batch_count, first_model=first_model)
+        return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), *after_denoise],
+                              finish=[Save()], steps_per_batch=first_steps + hires_steps(request))
 
     def _kept_latents(self, name: str, request: GenerationRequest, output, vae_path: Path | None) -> KeptLatents | None:
         """The last batch's final latents, for Re-decode (kept by the caller, per browser session)."""

@@ -19,6 +19,23 @@ from pipelines.request import MAX_SEED, GenerationRequest, validate_request
 
 POSITIONS = ("start", "end")  # where a line's prompt goes in the form's prompt (A1111 1.10's "Insert prompts at the")
 MAX_LINES = 1000
+MAX_FILE_BYTES = 1_000_000  # a prompt list, not a book: read no further, whatever the file's size
+
+
+def read_prompt_file(path, what: str = "The list") -> str:
+    """A prompt list file's text (UTF-8; a BOM from Notepad dropped), never more than MAX_FILE_BYTES read; InvalidRequest
+    starting with `what` when it cannot be read, is too long or is not UTF-8."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise InvalidRequest(f"{what} cannot be read: {error.strerror or error}.") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidRequest(f"{what} is over {MAX_FILE_BYTES // 1000:,} kB; split it (at most {MAX_LINES:,} lines run at once).")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest(f"{what} is not UTF-8 text (byte {error.start} cannot be read); save it as UTF-8.") from None
 
 
 def _text(value: str) -> str:

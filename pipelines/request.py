@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
-from pipelines.choices import (DEEPCACHE_SCHEDULES, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES,
+from pipelines.choices import (DEEPCACHE_SCHEDULES, HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES,
                                VAE_CHOICES)
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
@@ -21,6 +21,8 @@ MAX_CFG = 30.0
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_CLIP_SKIP = 12  # A1111's slider: CLIP ViT-L/14 has 12 layers
+MAX_DEEPCACHE_INTERVAL = 20
+MAX_DEEPCACHE_BRANCH = 8
 MAX_PROMPT_CHARS = 4000  # far beyond what any text encoder reads; keeps infotext and logs sane
 
 
@@ -101,6 +103,10 @@ class GenerationRequest:
     # (0 = off; both must be set). SD 1.5 and SDXL text-to-image, as the variation seed.
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
+    # A1111's "Hires checkpoint": another installed model of the same family runs the hires pass (and what follows it:
+    # the decode, the face detailer); "" or A1111's "Use same checkpoint" = the first pass's model. The manager runs
+    # every batch's first pass, then loads it once (pipelines/stages: a split run).
+    hires_checkpoint: str = ""
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -199,107 +205,26 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     Any value of any type in any field gives either a valid request or InvalidRequest, never
     another exception (tests/reliability fuzzes this).
     """
-    spec = family.spec
-    problems: list[str] = []
+    problems = size_problems(request, family.spec) + number_problems(request)
     warnings: list[str] = []
-
-    def is_whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def whole_number(name: str, value, low: int, high: int) -> None:
-        if not is_whole(value):
-            problems.append(f"{name} must be a whole number, got {shown(value)}.")
-        elif not low <= value <= high:
-            problems.append(f"{name} must be between {low} and {high}, got {shown(value)}.")
-
-    def choice(value, choices) -> bool:
-        return isinstance(value, str) and value in choices
-
-    for name, value in (("Width", request.width), ("Height", request.height)):
-        if not is_whole(value):
-            problems.append(f"{name} must be a whole number, got {shown(value)}.")
-            continue
-        if not 0 < value <= 1_000_000:  # before the arithmetic below: its message would suggest a size from a huge one
-            problems.append(f"{name} {shown(value)} is outside {spec.min_size}-{spec.max_size}, the range {spec.label} supports.")
-            continue
-        if value % spec.size_multiple:
-            nearest = max(spec.min_size, round(value / spec.size_multiple) * spec.size_multiple)
-            problems.append(
-                f"{name} {value} is not a multiple of {spec.size_multiple} ({spec.label} needs multiples of "
-                f"{spec.size_multiple}); try {nearest}."
-            )
-        elif not spec.min_size <= value <= spec.max_size:
-            problems.append(f"{name} {value} is outside {spec.min_size}-{spec.max_size}, the range {spec.label} supports.")
-    whole_number("Steps", request.steps, 1, MAX_STEPS)
-    whole_number("Batch size", request.batch_size, 1, MAX_BATCH_SIZE)
-    whole_number("Batch count", request.batch_count, 1, MAX_BATCH_COUNT)
-    if not isinstance(request.cfg_scale, (int, float)) or isinstance(request.cfg_scale, bool):
-        problems.append(f"CFG scale must be a number, got {shown(request.cfg_scale)}.")
-    elif not 0 <= request.cfg_scale <= MAX_CFG or request.cfg_scale != request.cfg_scale:  # NaN fails both
-        problems.append(f"CFG scale must be between 0 and {MAX_CFG:g}, got {shown(request.cfg_scale)}.")
-    if not is_whole(request.seed):
-        problems.append(f"Seed must be a whole number (-1 for random), got {shown(request.seed)}.")
-    elif not -1 <= request.seed <= MAX_SEED:
-        problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
     if not isinstance(request.sampler, str) or not has_sampler(family, request.sampler):
-        problems.append(f"Sampler {shown(request.sampler)} is not available for {spec.label}; choose one of: {', '.join(sampler_names(family))}.")
+        problems.append(f"Sampler {shown(request.sampler)} is not available for {family.spec.label}; "
+                        f"choose one of: {', '.join(sampler_names(family))}.")
         schedule = hires_sampling = None
     else:
         chosen = chosen_schedule(request.sampler, request.schedule_type, "Schedule type", problems, warnings)
         schedule = runnable_schedule(find_sampler(family, request.sampler), chosen, problems)
         hires_sampling = validate_hires_sampling(request, family, chosen, schedule, problems, warnings)
-    whole_number("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
     variation, variation_notes, strength = validate_variation(request, family)
-    problems += variation
-    warnings += variation_notes
     resize_problems, resize_notes, seed_resize = validate_seed_resize(request, family)
-    problems += resize_problems
-    warnings += resize_notes
-    problems += tiling_problems(request, family)
-    if not isinstance(request.vae, str) or not request.vae.strip():
-        problems.append(f"VAE must be a VAE's name (or Automatic), got {shown(request.vae)}.")
-    if not is_name_list(request.styles):
-        problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
-    clip_skip = request.clip_skip
-    if is_whole(clip_skip) and 1 < clip_skip <= MAX_CLIP_SKIP and family is not Family.SD15:  # out of range: a problem above
-        warnings.append(f"Clip skip {clip_skip} applies to SD 1.5 models only (as in A1111); {spec.label} reads its prompt as trained.")
-        clip_skip = 1
-    whole_number("DeepCache interval", request.deepcache_interval, 1, 20)
-    whole_number("DeepCache branch", request.deepcache_branch, 0, 8)
-    if not choice(request.deepcache_schedule, DEEPCACHE_SCHEDULES):
-        problems.append(f"DeepCache schedule must be {' or '.join(DEEPCACHE_SCHEDULES)}, got {shown(request.deepcache_schedule)}.")
-    if is_whole(request.deepcache_interval) and request.deepcache_interval > 1:
-        if family is Family.FLUX:
-            problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
-        elif is_whole(request.steps) and request.steps < 2:  # checked here, before the model loads
-            problems.append(f"DeepCache (N = {request.deepcache_interval}) needs at least 2 steps; use more steps or set N to 1 (off).")
-    if not choice(request.flux_cache, FLUX_CACHE_CHOICES):
-        problems.append(f"FLUX block cache must be {', '.join(FLUX_CACHE_CHOICES[:-1])} or {FLUX_CACHE_CHOICES[-1]}, got {shown(request.flux_cache)}.")
-    elif request.flux_cache != "off" and family is not Family.FLUX:
-        problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
-    threshold = request.flux_cache_threshold
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:  # NaN fails too
-        problems.append(f"The block cache threshold must be between 0 and 1, got {shown(threshold)}.")
-    if not isinstance(request.approximate_cache, bool):
-        problems.append(f"Approximate cache must be true or false, got {shown(request.approximate_cache)}.")
-    if not isinstance(request.save, bool):
-        problems.append(f"Save must be true or false, got {shown(request.save)}.")
-    if not choice(request.vae_dtype, VAE_CHOICES):
-        problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {shown(request.vae_dtype)}.")
-    for name, text in (("The prompt", request.prompt), ("The negative prompt", request.negative_prompt)):
-        if problem := text_problem(name, text):
-            problems.append(problem)
-    if isinstance(request.prompt, str):
-        try:
-            extract_lora_tags(request.prompt)  # `<lora:name:weight>`: the weight a number within +-10
-        except LoraSyntaxError as error:
-            problems.append(str(error))
-    problems += validate_second_passes(request)
-    if not isinstance(request.cache_namespace, str) or len(request.cache_namespace) > 256:
-        problems.append(f"The cache namespace must be text of at most 256 characters, got {shown(request.cache_namespace)}.")
     hires_problems, hires_notes = validate_hires_size(request, family)
-    problems += hires_problems
-    warnings += hires_notes
+    problems += variation + resize_problems + tiling_problems(request, family) + cache_problems(request, family) + \
+        text_problems(request) + validate_second_passes(request) + hires_problems
+    warnings += variation_notes + resize_notes + hires_notes
+    clip_skip = request.clip_skip
+    if _is_whole(clip_skip) and 1 < clip_skip <= MAX_CLIP_SKIP and family is not Family.SD15:  # out of range: a problem above
+        warnings.append(f"Clip skip {clip_skip} applies to SD 1.5 models only (as in A1111); {family.spec.label} reads its prompt as trained.")
+        clip_skip = 1
     approximate = request.approximate_cache
     if request.init_image is not None or request.mask is not None:
         refine_problems, refine_notes = validate_refine(request)
@@ -311,25 +236,123 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     if problems:
         raise InvalidRequest(" ".join(problems))
 
-    prompt, negative = request.prompt, request.negative_prompt
-    if len(prompt) > MAX_PROMPT_CHARS:
-        warnings.append(f"The prompt was {len(prompt):,} characters; only the first {MAX_PROMPT_CHARS:,} are used.")
-        prompt = prompt[:MAX_PROMPT_CHARS]
-    if len(negative) > MAX_PROMPT_CHARS:
-        warnings.append(f"The negative prompt was {len(negative):,} characters; only the first {MAX_PROMPT_CHARS:,} are used.")
-        negative = negative[:MAX_PROMPT_CHARS]
+    prompt, negative = (_cut_prompt(label, text, warnings) for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)))
     sampler = find_sampler(family, request.sampler).name  # canonical spelling, an old combined name's sampler
-    seed = request.seed
-    if seed == -1:
-        seed = random_seed(rng)
-    subseed = request.subseed
-    if strength > 0 and subseed == -1:
-        subseed = random_seed(rng)
+    seed = random_seed(rng) if request.seed == -1 else request.seed
+    subseed = random_seed(rng) if strength > 0 and request.subseed == -1 else request.subseed
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
                       hires_sampler=hires_sampling[0], hires_schedule_type=hires_sampling[1],
-                      approximate_cache=approximate, clip_skip=clip_skip,
+                      approximate_cache=approximate, clip_skip=clip_skip, hires_checkpoint=second_checkpoint(request) or "",
                       subseed=subseed, subseed_strength=float(strength), seed_resize_from_w=seed_resize[0], seed_resize_from_h=seed_resize[1])
     return ValidatedRequest(cleaned, seed, tuple(warnings))
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole_number_problem(name: str, value, low: int, high: int) -> list[str]:
+    if not _is_whole(value):
+        return [f"{name} must be a whole number, got {shown(value)}."]
+    if not low <= value <= high:
+        return [f"{name} must be between {low} and {high}, got {shown(value)}."]
+    return []
+
+
+def _is_choice(value, choices) -> bool:
+    return isinstance(value, str) and value in choices
+
+
+def size_problems(request: GenerationRequest, spec) -> list[str]:
+    """Width and height: whole, a multiple of the family's size step, within its range (a nearer size suggested)."""
+    problems = []
+    for name, value in (("Width", request.width), ("Height", request.height)):
+        if not _is_whole(value):
+            problems.append(f"{name} must be a whole number, got {shown(value)}.")
+        elif not 0 < value <= 1_000_000:  # before the arithmetic below: its message would suggest a size from a huge one
+            problems.append(f"{name} {shown(value)} is outside {spec.min_size}-{spec.max_size}, the range {spec.label} supports.")
+        elif value % spec.size_multiple:
+            nearest = max(spec.min_size, round(value / spec.size_multiple) * spec.size_multiple)
+            problems.append(
+                f"{name} {value} is not a multiple of {spec.size_multiple} ({spec.label} needs multiples of "
+                f"{spec.size_multiple}); try {nearest}."
+            )
+        elif not spec.min_size <= value <= spec.max_size:
+            problems.append(f"{name} {value} is outside {spec.min_size}-{spec.max_size}, the range {spec.label} supports.")
+    return problems
+
+
+def number_problems(request: GenerationRequest) -> list[str]:
+    """Steps, batch size and count, CFG scale, seed, clip skip."""
+    problems = (_whole_number_problem("Steps", request.steps, 1, MAX_STEPS)
+                + _whole_number_problem("Batch size", request.batch_size, 1, MAX_BATCH_SIZE)
+                + _whole_number_problem("Batch count", request.batch_count, 1, MAX_BATCH_COUNT))
+    if not isinstance(request.cfg_scale, (int, float)) or isinstance(request.cfg_scale, bool):
+        problems.append(f"CFG scale must be a number, got {shown(request.cfg_scale)}.")
+    elif not 0 <= request.cfg_scale <= MAX_CFG or request.cfg_scale != request.cfg_scale:  # NaN fails both
+        problems.append(f"CFG scale must be between 0 and {MAX_CFG:g}, got {shown(request.cfg_scale)}.")
+    if not _is_whole(request.seed):
+        problems.append(f"Seed must be a whole number (-1 for random), got {shown(request.seed)}.")
+    elif not -1 <= request.seed <= MAX_SEED:
+        problems.append(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {shown(request.seed)}.")
+    return problems + _whole_number_problem("Clip skip", request.clip_skip, 1, MAX_CLIP_SKIP)
+
+
+def cache_problems(request: GenerationRequest, family: Family) -> list[str]:
+    """DeepCache (UNet families, 2 steps or more), the FLUX block caches and their threshold, the approximate cache."""
+    problems = (_whole_number_problem("DeepCache interval", request.deepcache_interval, 1, MAX_DEEPCACHE_INTERVAL)
+                + _whole_number_problem("DeepCache branch", request.deepcache_branch, 0, MAX_DEEPCACHE_BRANCH))
+    if not _is_choice(request.deepcache_schedule, DEEPCACHE_SCHEDULES):
+        problems.append(f"DeepCache schedule must be {' or '.join(DEEPCACHE_SCHEDULES)}, got {shown(request.deepcache_schedule)}.")
+    if _is_whole(request.deepcache_interval) and request.deepcache_interval > 1:
+        if family is Family.FLUX:
+            problems.append("DeepCache works on UNet models (SD 1.5, SDXL); FLUX.1 uses the block caches instead.")
+        elif _is_whole(request.steps) and request.steps < 2:  # checked here, before the model loads
+            problems.append(f"DeepCache (N = {request.deepcache_interval}) needs at least 2 steps; use more steps or set N to 1 (off).")
+    if not _is_choice(request.flux_cache, FLUX_CACHE_CHOICES):
+        problems.append(f"FLUX block cache must be {', '.join(FLUX_CACHE_CHOICES[:-1])} or {FLUX_CACHE_CHOICES[-1]}, got {shown(request.flux_cache)}.")
+    elif request.flux_cache != "off" and family is not Family.FLUX:
+        problems.append("The FLUX block caches work on FLUX.1 models; use DeepCache for SD 1.5 and SDXL.")
+    threshold = request.flux_cache_threshold
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:  # NaN fails too
+        problems.append(f"The block cache threshold must be between 0 and 1, got {shown(threshold)}.")
+    if not isinstance(request.approximate_cache, bool):
+        problems.append(f"Approximate cache must be true or false, got {shown(request.approximate_cache)}.")
+    return problems
+
+
+def text_problems(request: GenerationRequest) -> list[str]:
+    """The prompts (their LoRA tags too), the VAE and styles names, the save flag, the VAE dtype, the cache namespace."""
+    problems = []
+    if not isinstance(request.vae, str) or not request.vae.strip():
+        problems.append(f"VAE must be a VAE's name (or Automatic), got {shown(request.vae)}.")
+    if not is_name_list(request.styles):
+        problems.append(f"Styles must be a list of style names, got {shown(request.styles)}.")
+    if not isinstance(request.save, bool):
+        problems.append(f"Save must be true or false, got {shown(request.save)}.")
+    if not _is_choice(request.vae_dtype, VAE_CHOICES):
+        problems.append(f"VAE dtype must be one of {', '.join(VAE_CHOICES)}, got {shown(request.vae_dtype)}.")
+    for name, text in (("The prompt", request.prompt), ("The negative prompt", request.negative_prompt)):
+        if problem := text_problem(name, text):
+            problems.append(problem)
+    if isinstance(request.prompt, str):
+        try:
+            extract_lora_tags(request.prompt)  # `<lora:name:weight>`: the weight a number within +-10
+        except LoraSyntaxError as error:
+            problems.append(str(error))
+    if not isinstance(request.hires_checkpoint, str) or len(request.hires_checkpoint) > 1000:
+        problems.append(f"The hires checkpoint must be a model's name (or \"{HIRES_SAME_CHECKPOINT}\"), got {shown(request.hires_checkpoint)}.")
+    if not isinstance(request.cache_namespace, str) or len(request.cache_namespace) > 256:
+        problems.append(f"The cache namespace must be text of at most 256 characters, got {shown(request.cache_namespace)}.")
+    return problems
+
+
+def _cut_prompt(label: str, text: str, warnings: list[str]) -> str:
+    """A prompt beyond MAX_PROMPT_CHARS is cut there, with a warning."""
+    if len(text) <= MAX_PROMPT_CHARS:
+        return text
+    warnings.append(f"The {label} was {len(text):,} characters; only the first {MAX_PROMPT_CHARS:,} are used.")
+    return text[:MAX_PROMPT_CHARS]
 
 
 def validate_variation(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], float]:
@@ -413,6 +436,14 @@ def hires_size(width: int, height: int, scale: float, multiple: int) -> tuple[in
     """Hires fix's second-pass size: A1111's `int(size * scale)`, down to the family's size multiple (A1111
     upscales the latents to `size // 8`, so its picture ends on the multiple as well)."""
     return int(width * scale + 1e-6) // multiple * multiple, int(height * scale + 1e-6) // multiple * multiple
+
+
+def second_checkpoint(request: GenerationRequest) -> str | None:
+    """The model the hires pass runs on when it is not the first pass's (hires fix on, another name), else None."""
+    name = request.hires_checkpoint
+    if not hires_on(request) or name in ("", HIRES_SAME_CHECKPOINT, request.model):
+        return None
+    return name
 
 
 def hires_on(request: GenerationRequest) -> bool:

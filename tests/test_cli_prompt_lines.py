@@ -27,6 +27,10 @@ def test_a_bad_line_stops_it_before_anything_runs(capsys, models, tmp_path, demo
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.png"))
     code, _out, err = run(capsys, models, tmp_path, demo_cache_dir, "--prompts-file", str(tmp_path / "missing.txt"))
     assert code == 2 and "--prompts-file" in err and "cannot be read" in err
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"a red circle\n" * 100_000)  # 1.3 MB: refused, not read into memory
+    code, _out, err = run(capsys, models, tmp_path, demo_cache_dir, "--prompts-file", str(huge))
+    assert code == 2 and f"--prompts-file {str(huge)!r} is over 1,000 kB; split it" in err and "Traceback" not in err
 
 
 def test_prompt_is_needed_without_a_prompts_file(capsys, models, tmp_path, demo_cache_dir):

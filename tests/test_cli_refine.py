@@ -143,6 +143,14 @@ def test_hires_fix(capsys, models, files, tmp_path, demo_cache_dir):
     params = parse_infotext(saved(result).info["parameters"])
     assert (params["Hires upscale"], params["Hires upscaler"], params["Hires steps"], params["Denoising strength"]) == ("2", "Lanczos", "2", "0.5")
     assert (params["Hires sampler"], params["Hires schedule type"]) == ("DPM++ 2M", "SGM Uniform")
+    # --hires-checkpoint: the demo (SD 1.5 too) runs the second pass; without --hires-scale it is a message.
+    from pipelines.catalog import DEMO_MODEL_NAME
+
+    other = run_json(capsys, models, tmp_path, demo_cache_dir, "--hires-scale", "2", "--hires-checkpoint", DEMO_MODEL_NAME)
+    params = parse_infotext(saved(other).info["parameters"])
+    assert params["Model"] == "tiny-sd15" and params["Hires checkpoint"] == DEMO_MODEL_NAME  # a folder: no hash
+    code, _out, err = run(capsys, models, tmp_path, demo_cache_dir, "--hires-checkpoint", DEMO_MODEL_NAME)
+    assert code == 2 and "--hires-checkpoint needs --hires-scale above 1" in err
 
 
 def test_face_detailer(capsys, models, files, tmp_path, demo_cache_dir):

@@ -14,7 +14,7 @@ from pipelines.batch import BatchPicture, batch_output_folder, folder_pictures, 
 from pipelines.errors import GenerationCancelled, InvalidRequest, LikenessError
 from pipelines.extras import UpscaleRequest, plan_upscale
 from pipelines.merge import MergeRequest
-from pipelines.prompt_lines import check_requests, line_requests, parse_lines
+from pipelines.prompt_lines import check_requests, line_requests, parse_lines, read_prompt_file
 from pipelines.face.options import FaceOptions
 from pipelines.generate import CancelToken
 from pipelines.images import open_input_image
@@ -72,7 +72,7 @@ INPAINT_FLAGS = {"mask_blur": "mask_blur", "masked_content": "inpainting_fill", 
                  "only_masked_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert"}
 HIRES_FLAGS = {"hires_upscaler": "hires_upscaler", "hires_steps": "hires_steps", "hires_denoising": "hires_denoising",
                "hires_prompt": "hires_prompt", "hires_negative_prompt": "hires_negative_prompt", "hires_sampler": "hires_sampler",
-               "hires_schedule_type": "hires_schedule_type"}
+               "hires_schedule_type": "hires_schedule_type", "hires_checkpoint": "hires_checkpoint"}
 DETAIL_FLAGS = {"face_detail_strength": "face_detail_strength", "face_detail_steps": "face_detail_steps",
                 "face_detail_prompt": "face_detail_prompt", "face_detail_faces": "face_detail_faces"}
 
@@ -250,11 +250,7 @@ def run_batch(manager: PipelineManager, request: GenerationRequest, args, show, 
 def run_prompt_lines(manager: PipelineManager, request: GenerationRequest, args, show, cancel: CancelToken, face) -> int:
     """--prompts-file: every line read and checked first (a bad one stops it before anything runs), then one
     generation per line; Ctrl+C stops at the next step and ends the list."""
-    try:
-        text = Path(args.prompts_file).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"--prompts-file {args.prompts_file!r} cannot be read: {getattr(error, 'strerror', None) or error}.") from None
-    lines = parse_lines(text)
+    lines = parse_lines(read_prompt_file(Path(args.prompts_file).expanduser(), f"--prompts-file {args.prompts_file!r}"))
     requests = line_requests(request, lines, args.iterate_seed, args.same_seed, args.prompt_position)
     check_requests(lines, requests, lambda name: manager.entry(name).family)
     for note in (note for line in lines for note in line.notes):

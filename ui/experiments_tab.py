@@ -41,7 +41,8 @@ EMPTY_STATE = (
     "- **stage-time bars** per cell and **per-step latency** lines;\n"
     "- the **exported files**: grid PNG, CSV, JSON and the experiment definition, also saved under the outputs folder."
 )
-EXAMPLES = "Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `0.5-1 [3]` · `\"a, b\", c` · sizes `512x768`"
+EXAMPLES = ("Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `0.5-1 [3]` · `\"a, b\", c` · sizes `512x768` · "
+            "Prompt order: fragments of the prompt (`red, at dusk`), every order · Styles: style names, `None` for none")
 
 
 class ExperimentJob:

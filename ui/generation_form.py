@@ -25,7 +25,7 @@ from pipelines.manager import PipelineManager
 from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
                                MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
-from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, sampler_names, schedule_names
 from pipelines.upscale import list_upscalers
 from pipelines.vae_files import VAE_AUTOMATIC, vae_names
@@ -331,6 +331,11 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
                                         elem_id=f"{prefix}hires_sampler")
             hires_schedule = gr.Dropdown(schedules, value=last_schedule, label="Hires schedule type", allow_custom_value=True,
                                          elem_id=f"{prefix}hires_schedule_type")
+        checkpoints = hires_checkpoint_choices(manager, family)
+        last_checkpoint = last.get("hires_checkpoint") if last.get("hires_checkpoint") in checkpoints else HIRES_SAME_CHECKPOINT
+        hires_checkpoint = gr.Dropdown(checkpoints, value=last_checkpoint, label="Hires checkpoint", allow_custom_value=True,
+                                       elem_id=f"{prefix}hires_checkpoint",
+                                       info="another model of the same family runs the hires pass (each model loads once a run)")
         with gr.Row():
             hires_prompt = gr.Textbox(value=last.get("hires_prompt", ""), label="Hires prompt", lines=2, placeholder="empty = the prompt",
                                       elem_id=f"{prefix}hires_prompt")
@@ -340,7 +345,13 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
     panel.expand(lambda: gr.update(choices=upscaler_choices(manager)), None, upscaler, api_visibility="private", queue=False)
     return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising,
             "hires_prompt": hires_prompt, "hires_negative_prompt": hires_negative, "hires_sampler": hires_sampler,
-            "hires_schedule_type": hires_schedule}
+            "hires_schedule_type": hires_schedule, "hires_checkpoint": hires_checkpoint}
+
+
+def hires_checkpoint_choices(manager: PipelineManager, family: Family) -> list[str]:
+    """A1111's "Use same checkpoint", then the installed models of `family` (a hires pass goes on from the first pass's
+    latents: another family's model could not read them)."""
+    return [HIRES_SAME_CHECKPOINT, *(entry.name for entry in manager.models() if entry.usable and entry.family is family)]
 
 
 def hires_sampler_choices(family: Family) -> list[str]:
@@ -439,24 +450,37 @@ def schedule_update(family: Family, sampler: str, current: str):
     return gr.update(choices=names, value=current if current in names else AUTOMATIC)
 
 
-def wire_hires_sampling(manager: PipelineManager, model: gr.Dropdown, hires_sampler: gr.Dropdown, hires_schedule: gr.Dropdown) -> None:
-    """The hires sampler list follows the model's family; the hires schedule types follow the hires sampler. A choice
-    the new list lacks goes back to "Use same ..."."""
+def wire_hires_sampling(manager: PipelineManager, model: gr.Dropdown, hires_sampler: gr.Dropdown, hires_schedule: gr.Dropdown,
+                        hires_checkpoint: gr.Dropdown) -> None:
+    """The hires sampler and checkpoint lists follow the model's family (the checkpoints also the models folder, read
+    again at each change); the hires schedule types follow the hires sampler. A choice the new list lacks goes back to
+    "Use same ..."."""
 
-    def lists(name, current_sampler, current_schedule):
+    def lists(name, current_sampler, current_schedule, current_checkpoint):
         try:
             family = manager.entry(name).family
         except (LikenessError, TypeError):
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         samplers = hires_sampler_choices(family)
         kept_sampler = current_sampler if current_sampler in samplers else HIRES_SAME_SAMPLER
         schedules = hires_schedule_choices(family, kept_sampler)
         kept_schedule = current_schedule if current_schedule in schedules else HIRES_SAME_SCHEDULE
-        return gr.update(choices=samplers, value=kept_sampler), gr.update(choices=schedules, value=kept_schedule)
+        checkpoints = hires_checkpoint_choices(manager, family)
+        kept_checkpoint = current_checkpoint if current_checkpoint in checkpoints else HIRES_SAME_CHECKPOINT
+        return (gr.update(choices=samplers, value=kept_sampler), gr.update(choices=schedules, value=kept_schedule),
+                gr.update(choices=checkpoints, value=kept_checkpoint))
 
-    inputs = [model, hires_sampler, hires_schedule]
-    model.change(lists, inputs, [hires_sampler, hires_schedule], api_visibility="private", queue=False, preprocess=False)
-    hires_sampler.input(lists, inputs, [hires_sampler, hires_schedule], api_visibility="private", queue=False, preprocess=False)
+    inputs, outputs = [model, hires_sampler, hires_schedule, hires_checkpoint], [hires_sampler, hires_schedule, hires_checkpoint]
+    model.change(lists, inputs, outputs, api_visibility="private", queue=False, preprocess=False)
+    hires_sampler.input(lists, inputs, outputs, api_visibility="private", queue=False, preprocess=False)
+
+    def checkpoints_now(name):  # models added to the folder since (as the SD VAE list does)
+        try:
+            return gr.update(choices=hires_checkpoint_choices(manager, manager.entry(name).family))
+        except (LikenessError, TypeError):
+            return gr.update()
+
+    hires_checkpoint.focus(checkpoints_now, model, hires_checkpoint, api_visibility="private", queue=False, preprocess=False)
 
 
 def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_picker: gr.Dropdown, random_seed: gr.Button,
@@ -497,7 +521,7 @@ def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_p
     sampler.input(on_sampler_change, [model, sampler, schedule_type], schedule_type, api_visibility="private", queue=False,
                   preprocess=False)
     if "hires_sampler" in fields:
-        wire_hires_sampling(manager, model, fields["hires_sampler"], fields["hires_schedule_type"])
+        wire_hires_sampling(manager, model, fields["hires_sampler"], fields["hires_schedule_type"], fields["hires_checkpoint"])
 
     def on_lora_pick(name, current_prompt):
         if not name:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.images import read_embedded_text
-from pipelines.infotext import parse_infotext
+from pipelines.infotext import MODEL_TITLE, parse_infotext
 from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
@@ -56,7 +56,7 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
               "Hires negative prompt": "hires_negative_prompt", "VAE": "vae", "Hires sampler": "hires_sampler",
-              "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w"}
+              "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w", "Hires checkpoint": "hires_checkpoint"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -148,8 +148,9 @@ def vae_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict
 def hires_values(parsed: dict, manager: PipelineManager, notes: list[str], family: Family | None = None) -> dict:
     """Hires fix as the image had it: off (scale 1) when it had none, as A1111's paste does; its upscaler if installed."""
     if "Hires upscale" not in parsed:
-        return {"hires_scale": 1.0, "hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE}
-    values = hires_sampling_values(parsed, notes, family)
+        return {"hires_scale": 1.0, "hires_sampler": HIRES_SAME_SAMPLER, "hires_schedule_type": HIRES_SAME_SCHEDULE,
+                "hires_checkpoint": HIRES_SAME_CHECKPOINT}
+    values = hires_sampling_values(parsed, notes, family) | hires_checkpoint_values(parsed.get("Hires checkpoint"), manager, notes)
     name = parsed.get("Hires upscaler")
     if name is None:
         return values
@@ -157,6 +158,20 @@ def hires_values(parsed: dict, manager: PipelineManager, notes: list[str], famil
         return values | {"hires_upscaler": name}
     notes.append(f"Hires upscaler {name!r} is not installed; kept the one chosen.")
     return values
+
+
+def hires_checkpoint_values(text: str | None, manager: PipelineManager, notes: list[str]) -> dict:
+    """A1111's `Hires checkpoint: name [hash]` (written only when another model ran the hires pass): that model when it
+    is installed, else "Use same checkpoint" with a note."""
+    if not text:
+        return {"hires_checkpoint": HIRES_SAME_CHECKPOINT}
+    title = MODEL_TITLE.match(text.strip())
+    name = title.group("name") if title else text.strip()
+    installed = {entry.name for entry in manager.models() if entry.usable} if manager is not None else set()
+    if name in installed:
+        return {"hires_checkpoint": name}
+    notes.append(f"Hires checkpoint {name!r} is not installed; {HIRES_SAME_CHECKPOINT} was chosen.")
+    return {"hires_checkpoint": HIRES_SAME_CHECKPOINT}
 
 
 def hires_sampling_values(parsed: dict, notes: list[str], family: Family | None = None) -> dict:

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.errors import LikenessError
+from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.manager import PipelineManager
-from pipelines.prompt_lines import POSITIONS, check_requests, line_requests, parse_lines
+from pipelines.prompt_lines import POSITIONS, check_requests, line_requests, parse_lines, read_prompt_file
 from ui import generation_form
 from ui.img2img_tab import upload_path
 from ui.jobs import parallel_jobs
 from ui.session import STOPPED_BEFORE_START, CancelRegistry, arm_then, cache_namespace, result_markdown, session_id, stream_generation
-
-MAX_FILE_BYTES = 1_000_000  # a prompt list, not a book
 
 
 @dataclass
@@ -50,13 +48,10 @@ def read_upload(raw) -> tuple[str, str]:
     if not path:
         return gr.update(), ""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as error:
-        return gr.update(), f"⚠ The list cannot be read: {error.strerror or error}."
-    if len(data) > MAX_FILE_BYTES:
-        return gr.update(), f"⚠ The list is over {MAX_FILE_BYTES // 1000} kB; split it."
-    return "\n".join(line.strip() for line in data.decode("utf-8", errors="replace").splitlines()), ""
+        text = read_prompt_file(path)
+    except InvalidRequest as error:
+        return gr.update(), f"⚠ {error}"
+    return "\n".join(line.strip() for line in text.splitlines()), ""
 
 
 def wire(panel: LinesPanel, manager: PipelineManager, cancels: CancelRegistry, form: dict, readout, preview, gallery, breakdown,

@@ -8,6 +8,7 @@ Values are written as in A1111's X/Y/Z plot script:
     0.5-1 [3]           0.5, 0.75, 1 (that many values, evenly spaced)
     "a, b", c           text values: CSV quoting keeps a comma inside a value
     dog, cat, "red fox" Prompt S/R: the first value is searched for; each value replaces it
+    red, big, at dusk   Prompt order: every order of these fragments of the prompt (4 at most: 24 orders)
     512x768, 1024       sizes (width x height; one number = square)
 
 Forms mix freely in one list (`1-3, 10`). Parsing only checks the syntax and the kind of value;
@@ -16,6 +17,7 @@ Forms mix freely in one list (`1-3, 10`). Parsing only checks the syntax and the
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from pipelines.samplers import LEGACY_SAMPLER_NAMES, SAMPLER_NAMES
 
 MAX_VALUES_PER_AXIS = 64  # far beyond a readable grid; stops `1-100000` from planning a day of work
 MAX_AXIS_CHARS = 16 * 1024  # 64 values of any setting fit many times over; the CSV reader stops at 128 KiB anyway
+MAX_ORDERED_FRAGMENTS = 4  # 4! = 24 orders; 5! = 120 is past MAX_VALUES_PER_AXIS
+NO_STYLE = "None"  # a Styles axis value that adds no style: the grid's plain column
 MAX_NUMBER = 10**15  # beyond every setting's real limit (seeds end at 2**32); keeps range arithmetic finite
 
 _INT = r"[+-]?\d+"
@@ -51,7 +55,8 @@ class Setting:
 
     key: str  # the name in experiment files, e.g. "cfg_scale"
     label: str  # the grid label, A1111 style: "CFG scale: 7"
-    kind: str  # int | float | bool (on/off) | text | size | search_replace (Prompt S/R: (search, replacement) pairs)
+    kind: str  # int | float | bool (on/off) | text | size | search_replace (Prompt S/R: (search, replacement) pairs) |
+    #            order (Prompt order: a tuple of the prompt's fragments, in the order they take)
     target: str = "request"  # request: a GenerationRequest field; face: a FaceOptions field; prompt: an edit of the prompt
     field: str = ""  # the request/face field it sets (size sets width and height)
     choices: tuple[str, ...] = ()  # the allowed text values, when the set is fixed
@@ -67,6 +72,8 @@ class Setting:
             return "on" if value else "off"
         if self.kind == "search_replace":
             return value[1]
+        if self.kind == "order":
+            return ", ".join(value)
         return str(value)
 
     def describe(self, value) -> str:
@@ -103,6 +110,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("hires_sampler", "Hires sampler", "text", field="hires_sampler", choices=(HIRES_SAME_SAMPLER, *SAMPLER_NAMES),
             also_accepted=tuple(LEGACY_SAMPLER_NAMES)),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),
+    Setting("prompt_order", "Prompt order", "order", target="prompt", field="prompt_order"),
+    Setting("styles", "Styles", "text", field="styles"),  # a style name added to the starting settings' styles, or None
     Setting("lora_weight", "LoRA weight", "float", target="prompt", field="lora_weight"),
     Setting("pulid_weight", "PuLID weight", "float", target="face", field="id_weight"),
     Setting("pulid_start_step", "PuLID start step", "int", target="face", field="start_step"),
@@ -138,13 +147,27 @@ def parse_values(setting: Setting, text: str) -> list:
         values = [(items[0], item) for item in items] if items else []
         if len(values) > MAX_VALUES_PER_AXIS:
             raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({shown(text, 80)}).")
-    for item in [] if setting.kind == "search_replace" else split_list(text):
+    if setting.kind == "order":
+        values = _orders(setting, split_list(text))
+    for item in [] if setting.kind in ("search_replace", "order") else split_list(text):
         values += _parse_item(setting, item)
         if len(values) > MAX_VALUES_PER_AXIS:
             raise InvalidRequest(f"The {setting.label} axis has more than {MAX_VALUES_PER_AXIS} values ({shown(text, 80)}); use a coarser step.")
     if not values:
         raise InvalidRequest(f"The {setting.label} axis has no values; enter a list such as {_example(setting)}.")
     return values
+
+
+def _orders(setting: Setting, fragments: list[str]) -> list[tuple[str, ...]]:
+    """A1111's Prompt order: every permutation of the fragments, the typed order first."""
+    if len(fragments) > MAX_ORDERED_FRAGMENTS:
+        orders = f"{math.factorial(len(fragments)):,}" if len(fragments) <= 12 else "billions of"  # 8,000! would be 27,000 digits
+        raise InvalidRequest(f"The {setting.label} axis has {len(fragments):,} fragments ({orders} orders); "
+                             f"at most {MAX_ORDERED_FRAGMENTS} fit on an axis ({math.factorial(MAX_ORDERED_FRAGMENTS)} orders).")
+    repeated = next((fragment for fragment in fragments if fragments.count(fragment) > 1), None)
+    if repeated is not None:
+        raise InvalidRequest(f"The {setting.label} axis names {shown(repeated)} twice; each fragment of the prompt once.")
+    return list(itertools.permutations(fragments))
 
 
 def _parse_item(setting: Setting, item: str) -> list:
@@ -236,5 +259,6 @@ def _dedupe(values: list) -> list:
 
 
 def _example(setting: Setting) -> str:
-    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "bool": "on, off", "size": "512x512, 768x512", "search_replace": "dog, cat, fox"}.get(
+    return {"int": "10,20,30 or 1-9 (+2)", "float": "0.5-1 [3]", "bool": "on, off", "size": "512x512, 768x512", "search_replace": "dog, cat, fox",
+            "order": "red, big, at dusk"}.get(
         setting.kind, ", ".join(setting.choices[:2]) if setting.choices else "a, b")

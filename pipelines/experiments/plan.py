@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from pipelines.errors import InvalidRequest, LikenessError
-from pipelines.experiments.axes import Setting, find_setting, parse_values
+from pipelines.experiments.axes import NO_STYLE, Setting, find_setting, parse_values
 from pipelines.face.options import ID_WEIGHTS, FaceOptions
 from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
@@ -298,15 +298,47 @@ def apply_value(request: GenerationRequest, face: FaceOptions | None, setting: S
                        negative_prompt=request.negative_prompt.replace(search, replacement)), face
     if setting.key == "lora_weight":
         return replace(request, prompt=reweight_lora_tags(request.prompt, value)[0]), face
+    if setting.key == "prompt_order":
+        return replace(request, prompt=reordered_prompt(request.prompt, value)), face
+    if setting.key == "styles":  # A1111's Styles axis adds the cell's style to the ones chosen
+        return replace(request, styles=tuple(request.styles) + (() if value == NO_STYLE else (value,))), face
     return replace(request, **{setting.field: value}), face
 
 
+def fragment_places(prompt: str, fragments) -> list[tuple[int, str]] | str:
+    """Where each fragment first occurs in `prompt`, earliest first; or why they cannot be reordered (one is missing,
+    two overlap)."""
+    places = sorted((prompt.find(fragment), fragment) for fragment in fragments)
+    missing = [fragment for start, fragment in places if start < 0]
+    if missing:
+        return f"{missing[0]!r} is not in the prompt; each value is a fragment of the prompt whose place the cells change."
+    for (start, fragment), (next_start, following) in zip(places, places[1:]):
+        if start + len(fragment) > next_start:
+            return f"{fragment!r} and {following!r} overlap in the prompt; name fragments that do not share words."
+    return places
+
+
+def reordered_prompt(prompt: str, order: tuple[str, ...]) -> str:
+    """A1111's Prompt order: the places the fragments hold in the prompt, earliest first, are filled with the
+    fragments in `order`; the text between them stays."""
+    places = fragment_places(prompt, order)
+    if isinstance(places, str):  # another axis (Prompt S/R) changed the prompt under this one
+        raise InvalidRequest(f"Prompt order: {places}")
+    pieces, end = [], 0
+    for (start, fragment), placed in zip(places, order):
+        pieces += [prompt[end:start], placed]
+        end = start + len(fragment)
+    return "".join(pieces) + prompt[end:]
+
+
 def _prompt_edit_problem(setting: Setting, values: list, base: GenerationRequest) -> str | None:
-    """Why a Prompt S/R or LoRA weight axis cannot edit the starting prompt, or None."""
+    """Why a Prompt S/R, Prompt order or LoRA weight axis cannot edit the starting prompt, or None."""
     if setting.key == "prompt_sr":
         search = values[0][0]
         if search not in base.prompt and search not in base.negative_prompt:
             return f"Prompt S/R: {search!r} is not in the prompt (nor the negative prompt); its first value is the text to replace."
+    if setting.key == "prompt_order" and isinstance(places := fragment_places(base.prompt, values[0]), str):
+        return f"Prompt order: {places}"
     if setting.key == "lora_weight":
         try:
             _, refs = extract_lora_tags(base.prompt)
@@ -353,6 +385,8 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
         return f"the PuLID start step must be between 0 and {base.steps - 1} (the steps minus one)."
     if setting.key == "lora_weight" and not abs(value) <= MAX_LORA_WEIGHT:
         return f"the LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
+    if setting.key == "styles" and value != NO_STYLE and (problem := _style_problem(value, manager)):
+        return problem
     if setting.key == "hires_upscaler":  # a name of this models folder's, checked now rather than failing its cells
         from pipelines.upscale import find_upscaler  # torch: not before an experiment file is read (the CLI reads it first)
 
@@ -369,6 +403,19 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     except InvalidRequest as error:
         return str(error)
     return None
+
+
+def _style_problem(name: str, manager) -> str | None:
+    """Why `name` is no style of the styles file (its read error, when it cannot be read), or None."""
+    try:
+        names = [style.name for style in manager.styles.styles()]
+    except InvalidRequest as error:
+        return str(error)
+    if name in names:
+        return None
+    listed = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+    return (f"there is no style named {name!r} in {manager.styles.path}; styles: {listed or 'none yet'} "
+            f"({NO_STYLE!r}: the cell adds no style).")
 
 
 def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool, schedule_on_axis: bool = False
@@ -393,8 +440,8 @@ def _fit_sampler(request: GenerationRequest, manager, sampler_on_axis: bool, sch
 def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
     """Two axes setting the same field would silently overwrite each other.
 
-    Prompt S/R and LoRA weight edit the prompt, so they do not go with a Prompt axis (which replaces it);
-    two Prompt S/R axes are fine (as in A1111) unless they search for the same text.
+    Prompt S/R, Prompt order and LoRA weight edit the prompt, so they do not go with a Prompt axis (which replaces it);
+    two Prompt S/R axes are fine (as in A1111) unless they search for the same text; Styles axes add up.
     """
     prompt_axis = next((a for a in axes if a.setting.key == "prompt"), None)
     editor = next((a for a in axes if a.setting.target == "prompt"), None)
@@ -403,6 +450,8 @@ def _refuse_overlaps(axes: tuple[Axis, ...]) -> None:
                              "use one of them (write the prompt in the starting settings).")
     claimed: dict[str, str] = {}
     for axis in axes:
+        if axis.setting.key == "styles":
+            continue  # each Styles axis adds its style to the others' (A1111's too)
         if axis.setting.key == "prompt_sr":
             targets = (f"the prompt's {axis.values[0][0]!r}",)
         else:
@@ -440,10 +489,13 @@ def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | 
     schedule_on_axis = any(a.setting.key == "schedule_type" for a in axes)
     for index, picks in enumerate(grid_picks([len(a.values) for a in axes])):
         request, cell_face = base, face
-        for axis, pick in zip(axes, picks):
-            request, cell_face = apply_value(request, cell_face, axis.setting, axis.values[pick])
-        request, note = _fit_sampler(request, manager, sampler_on_axis, schedule_on_axis)
         label = cell_label([(axis.setting, axis.values[pick]) for axis, pick in zip(axes, picks)])
+        try:
+            for axis, pick in zip(axes, picks):
+                request, cell_face = apply_value(request, cell_face, axis.setting, axis.values[pick])
+        except InvalidRequest as error:  # a Prompt order whose fragment another axis replaced
+            raise InvalidRequest(f"The cell {label} is not valid: {error}") from None
+        request, note = _fit_sampler(request, manager, sampler_on_axis, schedule_on_axis)
         family = manager.entry(request.model).family
         try:
             validate_request(request, family)

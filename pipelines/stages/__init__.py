@@ -10,6 +10,11 @@ Two lists: `prepare` stages run once per generation before the hooks attach (fac
 encode, init-image encode); `per_batch` stages run for each batch with the hooks attached (denoise,
 hires pass, VAE decode, face detail), then the batch's images are recorded (infotext) and the
 `finish` stages run on them (save).
+
+A hires pass on another checkpoint (A1111's "Hires checkpoint") splits the run in two plans, one per model, so each
+model loads once whatever the batch count: `run_first_passes` denoises every batch on the first model, then
+`run_second_passes` runs the hires pass and the rest on the second (`GenerationPlan.first_model` names the first in the
+infotext; `step_base` puts the second plan's steps after all the first passes' in the readout).
 """
 from __future__ import annotations
 
@@ -46,7 +51,13 @@ class GenerationPlan:
     prepare: list = field(default_factory=list)
     per_batch: list = field(default_factory=list)
     finish: list = field(default_factory=list)
-    steps_per_batch: int = 0  # denoising steps one batch runs in all passes (the readout's total)
+    steps_per_batch: int = 0  # denoising steps one batch runs in all of this plan's passes
+    step_base: int = 0  # the readout's steps before this plan's first batch (a second plan: the first passes')
+    first_model: LoadedModel | None = None  # a second plan's: the model the first passes ran on (the infotext's Model)
+
+    def batch_step_offset(self, batch_index: int) -> int:
+        """The readout's step count before batch `batch_index` of this plan begins."""
+        return self.step_base + batch_index * self.steps_per_batch
 
     @property
     def request(self):
@@ -90,6 +101,7 @@ class RunState:
     batch_extra: dict = field(default_factory=dict)  # infotext keys a stage adds for this batch only
     image_extra: list[dict] = field(default_factory=list)  # per image of the batch: infotext keys of that image only
     before_detail: list = field(default_factory=list)  # per image: the picture before the face detailer (None: unchanged)
+    first_pictures: list | None = None  # a split run: the first pass decoded on the first model (image upscalers only)
     skip_rest: bool = False  # the batch is over (Skip pressed): no later stage runs for it
     # across batches
     images: list[GeneratedImage] = field(default_factory=list)
@@ -109,7 +121,7 @@ class RunState:
         self.subseeds = subseeds if subseeds is not None else [None] * len(seeds)
         self.context.width, self.context.height = width, height  # a hires pass of the batch before changed them
         self.latents, self.decoded, self.outcome, self.batch_extra, self.skip_rest, self.batch = None, [], None, {}, False, []
-        self.image_extra, self.before_detail = [], []
+        self.image_extra, self.before_detail, self.first_pictures = [], [], None
         self.stage_seconds_before = dict(clock.seconds)
 
     def batch_stage_seconds(self, clock: StageClock, prepare_names: set[str]) -> dict[str, float]:
@@ -124,30 +136,99 @@ def run_stage(stage, plan: GenerationPlan, state: RunState) -> None:
             stage.run(plan, state, info)
 
 
+def new_state(plan: GenerationPlan, total_steps: int) -> RunState:
+    """A run's state; `total_steps` is the readout's N (every batch's steps in every pass)."""
+    request = plan.request
+    return RunState(
+        StepClock(plan.bus, plan.model.device, total_steps, synchronize=plan.options.synchronize_steps),
+        HookContext(request.steps, request.height, request.width, request.batch_size),
+        warnings=list(plan.validated.warnings),
+    )
+
+
+def prepare_run(plan: GenerationPlan, state: RunState) -> None:
+    for stage in plan.prepare:
+        run_stage(stage, plan, state)
+    state.step_clock.restart()  # the face embed, text and image encode are stages of their own, not part of step 1
+
+
+def run_batch_stages(plan: GenerationPlan, state: RunState) -> bool:
+    """This batch's per-batch stages in order; False when it was skipped."""
+    for stage in plan.per_batch:
+        run_stage(stage, plan, state)
+        if state.skip_rest:
+            return False
+    return True
+
+
+def finish_batch(plan: GenerationPlan, state: RunState, record_batch) -> None:
+    record_batch(plan, state)
+    for stage in plan.finish:
+        run_stage(stage, plan, state)
+    state.images += state.batch
+
+
+def run_output(state: RunState) -> RunOutput:
+    return RunOutput(state.images, state.step_clock.step_seconds, state.warnings, state.vae_label, state.fell_back,
+                     state.last_latents, dict(state.context.stats), state.cache_notes, (state.width, state.height))
+
+
 def run_plan(plan: GenerationPlan, record_batch) -> RunOutput:
     """Prepare once, then each batch with the hooks attached; `record_batch(plan, state)` turns a batch's
     decoded images into GeneratedImages (infotext) before the finish stages (save) see them."""
     request = plan.request
-    state = RunState(
-        StepClock(plan.bus, plan.model.device, plan.steps_per_batch * request.batch_count, synchronize=plan.options.synchronize_steps),
-        HookContext(request.steps, request.height, request.width, request.batch_size),
-        warnings=list(plan.validated.warnings),
-    )
-    for stage in plan.prepare:
-        run_stage(stage, plan, state)
-    state.step_clock.restart()  # the face embed, text and image encode are stages of their own, not part of step 1
+    state = new_state(plan, plan.steps_per_batch * request.batch_count)
+    prepare_run(plan, state)
     with attached(plan.model.pipe, plan.options.hooks, state.context):
         for index, (seeds, subseeds) in enumerate(zip(plan.validated.seeds(), plan.validated.subseeds())):
             state.begin_batch(index, seeds, plan.clock, request.width, request.height, subseeds)
-            for stage in plan.per_batch:
-                run_stage(stage, plan, state)
-                if state.skip_rest:
-                    break
-            if state.skip_rest:
-                continue
-            record_batch(plan, state)
-            for stage in plan.finish:
-                run_stage(stage, plan, state)
-            state.images += state.batch
-    return RunOutput(state.images, state.step_clock.step_seconds, state.warnings, state.vae_label, state.fell_back,
-                     state.last_latents, dict(state.context.stats), state.cache_notes, (state.width, state.height))
+            if run_batch_stages(plan, state):
+                finish_batch(plan, state, record_batch)
+    return run_output(state)
+
+
+@dataclass
+class FirstPass:
+    """One batch's first pass, kept for the second plan: its latents (on the CPU while the models swap), its infotext
+    keys and the stage seconds it took."""
+
+    index: int
+    seeds: list[int]
+    subseeds: list
+    latents: torch.Tensor
+    batch_extra: dict
+    seconds: dict[str, float]
+    pictures: list | None = None  # decoded on the first model, for an image upscaler
+
+
+def run_first_passes(plan: GenerationPlan, state: RunState) -> list[FirstPass]:
+    """The first plan of a split run: prepare, then every batch's per-batch stages (the denoise) on its model."""
+    request = plan.request
+    prepare_run(plan, state)
+    passes = []
+    with attached(plan.model.pipe, plan.options.hooks, state.context):
+        for index, (seeds, subseeds) in enumerate(zip(plan.validated.seeds(), plan.validated.subseeds())):
+            state.begin_batch(index, seeds, plan.clock, request.width, request.height, subseeds)
+            if run_batch_stages(plan, state):
+                seconds = state.batch_stage_seconds(plan.clock, set())
+                passes.append(FirstPass(index, seeds, state.subseeds, state.latents.detach().to("cpu"), dict(state.batch_extra), seconds,
+                                        state.first_pictures))
+    state.latents = None
+    return passes
+
+
+def run_second_passes(plan: GenerationPlan, state: RunState, passes: list[FirstPass], record_batch) -> RunOutput:
+    """The second plan of a split run: prepare on its model (the prompts through its text encoders), then each first
+    pass's remaining stages, recorded and saved as one run; a batch's stage times include its first pass's."""
+    request = plan.request
+    prepare_run(plan, state)
+    with attached(plan.model.pipe, plan.options.hooks, state.context):
+        for first in passes:
+            state.begin_batch(first.index, first.seeds, plan.clock, request.width, request.height, first.subseeds)
+            state.latents = first.latents.to(plan.model.device)
+            state.batch_extra, state.first_pictures = dict(first.batch_extra), first.pictures
+            for name, seconds in first.seconds.items():  # counted as this batch's own by batch_stage_seconds
+                state.stage_seconds_before[name] = state.stage_seconds_before.get(name, 0.0) - seconds
+            if run_batch_stages(plan, state):
+                finish_batch(plan, state, record_batch)
+    return run_output(state)

@@ -138,7 +138,7 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
     if steps == 0:  # strength 0 (or too small for one step): the image itself, after the VAE round trip
         return packed(plan.model, init.latents.repeat(len(state.seeds), 1, 1, 1)), "strength 0: no denoising"
     latents = img2img_denoise(plan, state, init.latents, width=request.width, height=request.height, strength=request.denoising_strength,
-                              steps=request.steps, step_offset=state.batch_index * plan.steps_per_batch,
+                              steps=request.steps, step_offset=plan.batch_step_offset(state.batch_index),
                               mask=init.mask if request.mask is not None else None,
                               masked_latents=init.masked_latents if init.masked_latents is not None else init.latents)
     return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})"
@@ -341,7 +341,7 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
             generator=seed_generators,
             latents=start_latents,
             output_type="latent",
-            callback_on_step_end=step_callback(plan, state, state.batch_index * plan.steps_per_batch, start_step, resume),
+            callback_on_step_end=step_callback(plan, state, plan.batch_step_offset(state.batch_index), start_step, resume),
             callback_on_step_end_tensor_inputs=["latents"],
             **({"true_cfg_scale": options.true_cfg_scale} if uses_true_cfg(model, options) else {}),
         ).images

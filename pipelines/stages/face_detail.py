@@ -114,7 +114,7 @@ class FaceDetail:
             prompt = self._pass_prompt(plan, state)
             before = list(state.decoded)
             images = list(state.decoded)
-            first_step = (state.batch_index + 1) * plan.steps_per_batch  # after this batch's planned steps
+            first_step = plan.batch_step_offset(state.batch_index + 1)  # after this batch's planned steps
             with state.step_clock.added_steps(steps * len(jobs)):
                 for done, job in enumerate(jobs):
                     detailed = self._detail(plan, state, images[job.image], state.seeds[job.image], job.face, prompt, size,

@@ -124,15 +124,18 @@ class HiresPass:
         if steps == 0:  # strength 0 (or too small for one step): the upscaled first pass itself
             state.latents = packed(model, init)
         else:
-            first_steps = plan.steps_per_batch - steps
+            first_steps = plan.steps_per_batch - steps  # 0 in a second plan: its batches run the hires pass alone
             swap = plan.options.pass_loras["hires"].swapped(model.pipe) if "hires" in plan.options.pass_loras else nullcontext()
             with swap:  # the hires prompt's own LoRAs, for its text encode and the pass
                 state.latents = img2img_denoise(plan, state, init, width=width, height=height, strength=request.hires_denoising,
-                                                steps=total, step_offset=state.batch_index * plan.steps_per_batch + first_steps,
+                                                steps=total, step_offset=plan.batch_step_offset(state.batch_index) + first_steps,
                                                 prompt=self._prompt(plan, state, total), scheduler=hires_scheduler(model, request))
         state.batch_extra |= hires_infotext(request, choice.name)
+        if plan.first_model is not None:  # A1111's key: the checkpoint's name and short hash
+            state.batch_extra["Hires checkpoint"] = f"{model.name} [{model.model_hash}]" if model.model_hash else model.name
         own = " ".join(filter(None, (request.hires_sampler, request.hires_schedule_type)))
-        info["detail"] = (f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "
+        info["detail"] = ((f"on {model.name}, " if plan.first_model is not None else "") +
+                          f"{request.hires_scale:g}x {choice.name}, {first[0]}x{first[1]} -> {width}x{height} px, "
                           f"{steps} of {total} steps (strength {request.hires_denoising:g})" + (f", {own}" if own else ""))
         stopped(plan, state)  # Stop raises; Skip ends the batch here (no decode)
 
@@ -153,11 +156,10 @@ class HiresPass:
         return encoded
 
     def _upscaled_picture(self, plan, state, choice: UpscalerChoice, width: int, height: int) -> torch.Tensor | None:
-        """Decode the first pass, upscale each picture, encode them again: (B, C, h, w) latents, unpacked."""
+        """Decode the first pass (a split run's first plan did, on its model), upscale each picture, encode them again:
+        (B, C, h, w) latents, unpacked."""
         model, options = plan.model, plan.options
-        pictures, decoded = decode_latents(model, state.latents, state.height, state.width, options.vae)
-        for note in decoded.notes:
-            state.warn(plan.bus, note)
+        pictures = state.first_pictures if state.first_pictures is not None else decode_first_pass(plan, state)
 
         def on_tile(_done: int, _total: int) -> None:
             if options.cancel.interrupt_requested:
@@ -178,3 +180,28 @@ class HiresPass:
             state.warn(plan.bus, note)
         return latents
 
+
+
+def decode_first_pass(plan, state) -> list[Image.Image]:
+    """The batch's first-pass pictures, decoded under the VAE policy (its notes are the run's warnings)."""
+    pictures, decoded = decode_latents(plan.model, state.latents, state.height, state.width, plan.options.vae)
+    for note in decoded.notes:
+        state.warn(plan.bus, note)
+    return pictures
+
+
+class FirstPassDecode:
+    """A split run's first plan (the hires pass on another checkpoint) ends by decoding the first pass when an image
+    upscaler makes it larger: with the first model's VAE, as A1111 decodes before it loads the hires checkpoint."""
+
+    name = "first-pass decode"
+
+    def __init__(self, models_dir: Path, allow_pickle: bool = False) -> None:
+        self.models_dir, self.allow_pickle = Path(models_dir), allow_pickle
+
+    def wanted(self, plan) -> bool:
+        return find_upscaler(plan.request.hires_upscaler, self.models_dir, self.allow_pickle).kind != "latent"
+
+    def run(self, plan, state, info: dict) -> None:
+        state.first_pictures = decode_first_pass(plan, state)
+        info["detail"] = f"for the {plan.request.hires_upscaler} upscaler, on {plan.model.name}'s VAE"

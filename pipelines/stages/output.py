@@ -26,7 +26,7 @@ class VaeDecode:
 
 def record_batch(plan, state) -> None:
     """The batch's images with their infotext: this batch's own stage times, the run's shared ones."""
-    request, model = plan.request, plan.model
+    request, model = plan.request, plan.first_model or plan.model  # the infotext's Model: the first pass's
     prepare_names = {stage.name for stage in plan.prepare}
     seconds = state.batch_stage_seconds(plan.clock, prepare_names)
     extra = plan.options.infotext_extra | state.batch_extra

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.infotext import parse_infotext
 from settings.schema import AppSettings
 from tests.a1111.test_bad_input import png_claiming
@@ -168,6 +169,28 @@ def test_txt2img_hires_fix_and_denoising_strength(api, shared_manager):
     # enable_hr false: the hr_* fields and denoising_strength do nothing (A1111), and nothing is warned about.
     off = mapping.prepare(Txt2ImgRequest(**dict(body, enable_hr=False)), shared_manager, mapping.ApiDefaults("tiny-sd15"))
     assert off.request.hires_scale == 1 and off.warnings == []
+
+
+def test_txt2img_hr_checkpoint_name_runs_the_hires_pass_on_that_model(api, shared_manager):
+    """A1111's hr_checkpoint_name by title or name ("Use same checkpoint": the first pass's); the PNG names it as A1111's
+    `Hires checkpoint`; a model that is not installed is a 422 naming the field."""
+    body = dict(BASE, steps=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
+    same = post(api, "txt2img", dict(body, hr_checkpoint_name="Use same checkpoint"))
+    assert same.status_code == 200 and "Hires checkpoint" not in png_of(same.json()["images"][0]).info["parameters"]
+    title = next(m["title"] for m in api.get("/sdapi/v1/sd-models").json() if m["model_name"] == DEMO_MODEL_NAME)
+    other = post(api, "txt2img", dict(body, hr_checkpoint_name=title))
+    assert other.status_code == 200, other.text
+    png = png_of(other.json()["images"][0])
+    params = parse_infotext(png.info["parameters"])
+    assert params["Model"] == "tiny-sd15" and params["Hires checkpoint"].split(" [")[0] == DEMO_MODEL_NAME
+    # (The suite's random demo has tiny-sd15's weights: the pixels are the same here; tests/refine/test_hires_checkpoint.py
+    # shows another model's weights change them.)
+    assert not any("hr_checkpoint_name" in w for w in json.loads(other.json()["info"])["warnings"])
+    request = mapping.prepare(Txt2ImgRequest(**dict(body, hr_checkpoint_name=DEMO_MODEL_NAME)), shared_manager,
+                              mapping.ApiDefaults("tiny-sd15")).request
+    assert request.hires_checkpoint == DEMO_MODEL_NAME
+    missing = post(api, "txt2img", dict(body, hr_checkpoint_name="sdxl_base_1.0"))
+    assert missing.status_code == 422 and "hr_checkpoint_name: No model 'sdxl_base_1.0'" in missing.json()["detail"]
 
 
 def test_face_detailer_fields_at_the_top_level(shared_manager):

@@ -63,7 +63,7 @@ def test_list_routes_answer_with_a1111_items(api_app):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= samplers
     assert "karras" in {s["name"] for s in client.get("/sdapi/v1/schedulers").json()}
     assert client.get("/sdapi/v1/loras").json() == []
-    for empty in ("sd-vae", "prompt-styles", "hypernetworks", "face-restorers", "script-info"):
+    for empty in ("sd-vae", "prompt-styles", "hypernetworks", "face-restorers"):
         assert client.get(f"/sdapi/v1/{empty}").json() == [], empty
     assert {"pulid", "adetailer"} <= set(client.get("/sdapi/v1/scripts").json()["txt2img"])
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
@@ -175,6 +175,33 @@ def test_alwayson_deepcache_and_vae_precision(api_app):
     # A disabled script (leading false) does nothing.
     off = api_app["client"].post("/sdapi/v1/txt2img", json=dict(QUICK, alwayson_scripts={"deepcache": {"args": [False, 2]}}))
     assert "DeepCache" not in png_of(off.json()["images"][0]).info["parameters"]
+
+
+def test_script_info_describes_the_args_each_script_takes(api_app):
+    """GET /script-info in A1111's shape; a client that builds `args` from it (its defaults, in its order) is understood:
+    every listed name is accepted, DeepCache's args with the interval changed switch it on, and Prompts from file or
+    textbox runs its list."""
+    client = api_app["client"]
+    info = client.get("/sdapi/v1/script-info").json()
+    assert all(set(item) == {"name", "is_alwayson", "is_img2img", "args"} for item in info)
+    assert all(set(one) == {"label", "value", "minimum", "maximum", "step", "choices"} for item in info for one in item["args"])
+    txt2img = {item["name"]: item for item in info if not item["is_img2img"]}
+    assert sorted(txt2img) == sorted(client.get("/sdapi/v1/scripts").json()["txt2img"])
+    assert {item["name"] for item in info if item["is_img2img"]} == set(txt2img)
+    assert [a["label"] for a in txt2img["pulid"]["args"]][:3] == ["images", "id_weight", "start_step"]
+    for name, item in txt2img.items():  # each name is one the routes take (switched off: nothing runs for it)
+        if item["is_alwayson"]:
+            response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, steps=1, alwayson_scripts={name: {"args": [False]}}))
+            assert response.status_code == 200, (name, response.text)
+    deepcache = [a["value"] for a in txt2img["deepcache"]["args"]]
+    assert deepcache == [1, 0, "uniform"] and txt2img["deepcache"]["args"][0]["maximum"] == 20
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, steps=4, alwayson_scripts={"deepcache": {"args": [True, 3] + deepcache[1:]}}))
+    assert "DeepCache: N=3 B=0 uniform" in png_of(response.json()["images"][0]).info["parameters"]
+    lines = [a["value"] for a in txt2img["prompts from file or textbox"]["args"]]
+    assert lines == [False, False, "start", ""]
+    response = client.post("/sdapi/v1/txt2img", json=dict(QUICK, steps=1, script_name="prompts from file or textbox",
+                                                           script_args=lines[:-1] + ["a red circle\na blue square"]))
+    assert response.status_code == 200 and len(response.json()["images"]) == 2, response.text
 
 
 def test_options_map_onto_likeness(api_app):

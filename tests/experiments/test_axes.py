@@ -107,3 +107,19 @@ def test_lora_weight_values_are_numbers():
     assert weight.describe(0.5) == "LoRA weight: 0.5"
     with pytest.raises(InvalidRequest, match="LoRA weight axis value 'strong' is not a number"):
         parse_values(weight, "strong")
+
+
+def test_prompt_order_values_are_every_order_of_the_fragments():
+    order = SETTINGS["prompt_order"]
+    assert find_setting("Prompt order") is order
+    values = parse_values(order, 'red, "at dusk, calm", big')
+    assert len(values) == 6 and values[0] == ("red", "at dusk, calm", "big") and len(set(values)) == 6
+    assert ("big", "red", "at dusk, calm") in values
+    assert order.describe(values[0]) == "Prompt order: red, at dusk, calm, big"
+    assert len(parse_values(order, "a, b, c, d")) == 24
+    with pytest.raises(InvalidRequest, match=r"has 5 fragments \(120 orders\); at most 4 fit on an axis \(24 orders\)"):
+        parse_values(order, "a, b, c, d, e")
+    with pytest.raises(InvalidRequest, match=r"has 8,000 fragments \(billions of orders\)"):
+        parse_values(order, ",".join(["x"] * 8000))  # 8,000! is never computed in full
+    with pytest.raises(InvalidRequest, match="names 'red' twice"):
+        parse_values(order, "red, big, red")

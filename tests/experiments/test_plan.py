@@ -183,3 +183,44 @@ def test_hires_steps_and_hires_upscaler_axes(shared_manager):
         build_plan(experiment(("hires_steps", "2, 4")), shared_manager)
     plan = build_plan(experiment(("hires_scale", "1, 1.5"), ("hires_steps", "2, 4")), shared_manager)  # on in some cells: fine
     assert len(plan.cells) == 4
+
+
+def test_prompt_order_moves_the_fragments_through_their_places(shared_manager):
+    """A1111's Prompt order: the places the fragments hold (earliest first) take them in each cell's order; the text
+    between them stays."""
+    base = {"prompt": "a red lighthouse, at dusk, calm sea", "negative_prompt": "red"}
+    plan = build_plan(experiment(("prompt_order", "calm sea, red, at dusk"), base=base), shared_manager)
+    prompts = [c.request.prompt for c in plan.cells]
+    assert prompts[0] == "a calm sea lighthouse, red, at dusk"  # the typed order, in the prompt's places
+    assert "a red lighthouse, at dusk, calm sea" in prompts and len(set(prompts)) == 6
+    assert {c.request.negative_prompt for c in plan.cells} == {"red"}  # only the prompt is reordered (as A1111)
+    assert plan.cells[0].label == "Prompt order: calm sea, red, at dusk"
+
+
+@pytest.mark.parametrize("axes, message", [
+    ((("prompt_order", "lighthouse, castle"),), r"X axis: Prompt order: 'castle' is not in the prompt"),
+    ((("prompt_order", "red light, lighthouse"),), r"X axis: Prompt order: 'red light' and 'lighthouse' overlap in the prompt"),
+    ((("prompt", "a, b"), ("prompt_order", "red, lighthouse")), r"The X axis replaces the prompt the Y axis \(Prompt order\) edits"),
+    ((("prompt_sr", "red, blue"), ("prompt_order", "red, lighthouse")),
+     r"The cell Prompt S/R: blue, Prompt order: red, lighthouse is not valid: Prompt order: 'red' is not in the prompt"),
+])
+def test_prompt_orders_that_cannot_apply_are_refused_before_anything_runs(shared_manager, axes, message):
+    with pytest.raises(InvalidRequest, match=message):
+        build_plan(experiment(*axes, base={"prompt": "a red lighthouse"}), shared_manager)
+
+
+def test_styles_axis_adds_each_style_to_the_chosen_ones(make_manager, tmp_path):
+    styles = tmp_path / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nPhoto,"{prompt}, 35mm photo",cartoon\nMoody,dark,\nWarm,golden hour,\n',
+                      encoding="utf-8")
+    manager = make_manager(styles_file=styles)
+    plan = build_plan(experiment(("styles", "None, Photo"), ("styles", "Moody, Warm"), base={"styles": ["Warm"]}), manager)
+    assert [c.request.styles for c in plan.cells] == [("Warm", "Moody"), ("Warm", "Photo", "Moody"), ("Warm", "Warm"),
+                                                      ("Warm", "Photo", "Warm")]
+    assert plan.cells[1].label == "Styles: Photo, Styles: Moody"
+    with pytest.raises(InvalidRequest, match=r"X axis \(Styles\): 'Sketch' is not valid: there is no style named 'Sketch' in .*styles.csv; "
+                                             r"styles: 'Photo', 'Moody', 'Warm' \('None': the cell adds no style\)"):
+        build_plan(experiment(("styles", "Photo, Sketch")), manager)
+    styles.write_bytes(b"\xff\xfe\x00garbage\x00")
+    with pytest.raises(InvalidRequest, match=r"X axis \(Styles\): 'Photo' is not valid: The styles file .* cannot be read"):
+        build_plan(experiment(("styles", "Photo")), manager)

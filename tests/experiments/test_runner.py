@@ -174,3 +174,19 @@ def test_lora_weight_and_prompt_sr_cells_end_to_end(make_manager, tmp_path, mode
     assert images[0] != images[1] and images[2] != images[3], "a different LoRA weight, a different picture"
     prompts = [parse_infotext(result.cells[i].infotext)["Prompt"] for i in range(4)]
     assert prompts == ["a lighthouse <lora:style:0>", "a lighthouse <lora:style:1>", "a barn <lora:style:0>", "a barn <lora:style:1>"]
+
+
+def test_prompt_order_and_styles_cells_end_to_end(make_manager, tmp_path):
+    """Each cell runs the reordered prompt with its style applied, as the infotext shows."""
+    styles = tmp_path / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nDusk,"{prompt}, at dusk",blurry\n', encoding="utf-8")
+    manager = make_manager(styles_file=styles, latent_cache_entries=0)
+    base = {"prompt": "a red circle, a blue square"}
+    plan = build_plan(experiment(("prompt_order", "red circle, blue square"), ("styles", "None, Dusk"), base=base, warmup=False), manager)
+    result = run_experiment(manager, plan, lambda progress: None)
+    assert result.finished_cells == 4
+    params = [parse_infotext(result.cells[i].infotext) for i in range(4)]
+    assert [p["Prompt"] for p in params] == ["a red circle, a blue square", "a blue square, a red circle",
+                                             "a red circle, a blue square, at dusk", "a blue square, a red circle, at dusk"]
+    assert [p.get("Negative prompt", "") for p in params] == ["", "", "blurry", "blurry"]
+    assert result.cells[0].image.tobytes() != result.cells[1].image.tobytes(), "another order, another conditioning"

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from pipelines.errors import InvalidRequest
-from pipelines.prompt_lines import line_requests, parse_line, parse_lines
+from pipelines.prompt_lines import MAX_FILE_BYTES, line_requests, parse_line, parse_lines, read_prompt_file
 from pipelines.request import GenerationRequest
 
 BASE = GenerationRequest(model="demo", prompt="watercolor", negative_prompt="blurry", steps=20, seed=-1, batch_size=2, batch_count=3)
@@ -58,3 +58,19 @@ def test_seeds_as_a1111():
     assert len({same[0].seed, same[1].seed, same[3].seed}) == 1 and same[0].seed >= 0 and same[2].seed == 7
     stepped = line_requests(dataclasses.replace(BASE, seed=100), lines, iterate_seed=True)
     assert [r.seed for r in stepped] == [100, 106, 7, 118]  # + batch size 2 x batch count 3 after each line
+
+
+def test_a_prompt_file_is_read_no_further_than_its_limit(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\ufeffa red circle\n--prompt \"a café\"\n".encode("utf-8"))  # Notepad's BOM, a non-ASCII letter
+    assert read_prompt_file(listing).splitlines() == ["a red circle", '--prompt "a café"']
+    listing.write_bytes(b"a red circle\n" * (MAX_FILE_BYTES // 13 + 1))  # 1 MB and a few bytes
+    with pytest.raises(InvalidRequest, match=r"^The list is over 1,000 kB; split it \(at most 1,000 lines run at once\)\.$"):
+        read_prompt_file(listing)
+    listing.write_bytes("a caf\u00e9".encode("cp1252"))
+    with pytest.raises(InvalidRequest, match=r"--prompts-file 'x' is not UTF-8 text \(byte 5 cannot be read\); save it as UTF-8"):
+        read_prompt_file(listing, "--prompts-file 'x'")
+    with pytest.raises(InvalidRequest, match="The list cannot be read: No such file or directory"):
+        read_prompt_file(tmp_path / "missing.txt")
+    with pytest.raises(InvalidRequest, match="The list cannot be read: Is a directory"):
+        read_prompt_file(tmp_path)

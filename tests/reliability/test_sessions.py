@@ -51,7 +51,8 @@ def form(**changes) -> dict:
                   hires_scale=1.0, hires_upscaler="Latent", hires_steps=0, hires_denoising=0.7, face_detail=False, face_detail_strength=0.4,
                   face_detail_steps=0, face_detail_prompt="", face_detail_faces="", clip_skip=1, styles=[],
                   subseed=-1, subseed_strength=0.0, tiling=False, hires_prompt="", hires_negative_prompt="", vae="Automatic",
-                  schedule_type="Automatic", hires_sampler="", hires_schedule_type="", seed_resize_from_w=0, seed_resize_from_h=0)
+                  schedule_type="Automatic", hires_sampler="", hires_schedule_type="", seed_resize_from_w=0, seed_resize_from_h=0,
+                  hires_checkpoint="")
     values.update(changes)
     assert list(values) == list(FORM_FIELDS)
     return values

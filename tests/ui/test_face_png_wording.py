@@ -73,6 +73,22 @@ def test_a_form_without_hires_reports_the_hires_fields(manager):
     assert "Denoising strength: 0.4" in unapplied_keys(A1111_TEXT + ", Denoising strength: 0.4", GENERATE_FIELDS)[0]
 
 
+def test_a_hires_checkpoint_comes_back_when_it_is_installed(manager):
+    """A1111's `Hires checkpoint: name [hash]`: the model when installed, else "Use same checkpoint" with a note; none
+    written (or hires fix off) is "Use same checkpoint"."""
+    hires = A1111_TEXT + ", Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent"
+    values, notes = generate_form_values(hires + f", Hires checkpoint: {DEMO_MODEL_NAME}", manager, {})
+    assert values["hires_checkpoint"] == DEMO_MODEL_NAME and not any("Hires checkpoint" in n for n in notes)
+    values, _ = generate_form_values(hires + f", Hires checkpoint: {DEMO_MODEL_NAME} [0123abcd45]", manager, {})
+    assert values["hires_checkpoint"] == DEMO_MODEL_NAME
+    values, notes = generate_form_values(hires + ", Hires checkpoint: juggernaut_xl [0123abcd45]", manager, {})
+    assert values["hires_checkpoint"] == "Use same checkpoint"
+    assert "Hires checkpoint 'juggernaut_xl' is not installed; Use same checkpoint was chosen." in notes
+    assert generate_form_values(hires, manager, {})[0]["hires_checkpoint"] == "Use same checkpoint"
+    assert generate_form_values(A1111_TEXT, manager, {})[0]["hires_checkpoint"] == "Use same checkpoint"
+    assert "Hires checkpoint" not in " ".join(unapplied_keys(hires + ", Hires checkpoint: x", GENERATE_FIELDS + ("hires_checkpoint",))[0])
+
+
 def test_an_image_without_clip_skip_sends_clip_skip_1(manager):
     """A1111 writes "Clip skip" only when it is not 1, and its paste sets 1 when the key is absent: so does Send."""
     values, _ = generate_form_values(A1111_TEXT.replace("Clip skip: 2, ", ""), manager, {})

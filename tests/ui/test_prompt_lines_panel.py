@@ -60,3 +60,14 @@ def test_a_bad_line_is_a_message_and_nothing_runs(page, live_app):
     readout = run_lines(page, timeout_ms=30_000)
     assert readout.startswith("⚠ Line 2: Steps must be between 1 and 150"), readout
     assert pngs(live_app["root"]) == before
+
+
+def test_an_oversized_list_is_refused_and_the_box_keeps_its_lines(page, tmp_path):
+    open_panel(page)
+    page.fill("#lines_text textarea", "a red circle")
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"a blue square\n" * 80_000)  # 1.1 MB
+    page.locator("#lines_upload input[type=file]").set_input_files(str(huge))
+    page.wait_for_function("(document.querySelector('#readout')?.innerText || '').includes('over 1,000 kB')", timeout=30_000)
+    assert settled_text(page, "#readout").startswith("⚠ The list is over 1,000 kB; split it (at most 1,000 lines run at once).")
+    assert page.locator("#lines_text textarea").input_value() == "a red circle"

@@ -35,11 +35,11 @@ from pipelines.errors import InvalidRequest, ModelNotFound
 from pipelines.face.options import MAX_PHOTOS, FaceOptions
 from pipelines.families import Family
 from pipelines.images import MAX_PHOTO_PIXELS, open_image, open_input_image
-from pipelines.infotext import parse_infotext
+from pipelines.infotext import MODEL_TITLE, parse_infotext
 from pipelines.outputs import png_with_parameters
 from pipelines.prompt_lines import check_requests, line_requests, parse_lines
 from pipelines.request import GenerationRequest, GenerationResult, shown
-from pipelines.choices import HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
@@ -93,9 +93,8 @@ UNSUPPORTED_DEFAULTS = {
     "image_cfg_scale": (None, 1.0, 1.5), "mask_round": (True,), "initial_noise_multiplier": (None, 1.0), "latent_mask": (None, ""),
 }
 # Hires fix fields Likeness runs with the first pass's own: another value is warned about (with enable_hr only).
-HIRES_SAME_AS_FIRST = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "firstphase_width": (0,), "firstphase_height": (0,)}
+HIRES_SAME_AS_FIRST = {"firstphase_width": (0,), "firstphase_height": (0,)}
 LATENT_RESIZE = 3  # A1111's img2img resize_mode 3, "Just resize (latent upscale)"
-MODEL_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 PULID_KEYS = ("images", "id_weight", "start_step", "num_zero", "ortho", "true_cfg", "true_cfg_start", "face_index")
 
 
@@ -490,7 +489,13 @@ def hires_fields(body: Txt2ImgRequest, manager, warnings: list[str]) -> dict:
     for name, allowed in HIRES_SAME_AS_FIRST.items():
         if getattr(body, name) not in allowed:
             warnings.append(f"{name}={shown(getattr(body, name))}: Likeness's hires pass uses the first pass's; ignored.")
-    fields = {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": body.hr_second_pass_steps,
+    checkpoint = body.hr_checkpoint_name
+    if checkpoint not in (None, "", HIRES_SAME_CHECKPOINT):  # a title, name, file name or hash, as sd_model_checkpoint
+        try:
+            checkpoint = find_model(manager, checkpoint)
+        except ModelNotFound as error:
+            raise InvalidRequest(f"hr_checkpoint_name: {error}") from None
+    fields = {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": body.hr_second_pass_steps, "hires_checkpoint": checkpoint or "",
               # A1111 sends the main prompts when the hires ones are empty: the same text is "the main prompt" here too.
               "hires_prompt": "" if body.hr_prompt == body.prompt else body.hr_prompt,
               "hires_negative_prompt": "" if body.hr_negative_prompt == body.negative_prompt else body.hr_negative_prompt}

@@ -44,6 +44,7 @@ from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import vae_files
 from ui.a1111 import mapping, models
+from ui.a1111.script_info import script_info, script_names
 from ui.jobs import Job, board_for
 
 log = logging.getLogger("likeness")
@@ -293,13 +294,16 @@ def build_router(manager, settings, options, max_body_bytes: int = MAX_BODY_BYTE
         styles = await anyio.to_thread.run_sync(manager.styles.styles)
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
 
-    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "script-info", "extensions"):
+    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "extensions"):
         router.add_api_route(f"/{route}", nothing, methods=["GET"], name=route)
 
     @router.get("/scripts")
     async def scripts():
-        names = ["pulid", "deepcache", "flux block cache", "approximate cache", "vae precision", "adetailer"]
-        return {"txt2img": names, "img2img": names}
+        return script_names()
+
+    @router.get("/script-info")
+    async def scripts_info():
+        return script_info()
 
     @router.post("/png-info", response_model=models.PNGInfoResponse)
     async def png_info(req: models.PNGInfoRequest):
