@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_demo.add_argument("--polish-lr", type=float, default=None, help="UNet phase, with --polish-share: the polish's peak "
                             f"learning rate (default: the recipe's, {recipe.polish_lr:g})")
     train_demo.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="UNet phase: its training step "
-                            "through torch.compile, the UNet's ResNet blocks and transformers one by one (1.16x a step after a "
-                            "minute or two of compiling; needs a C++ compiler; default: the recipe's, off; see README)")
+                            "through torch.compile, the UNet's ResNet blocks and transformers one by one (measured slower than eager "
+                            "in the whole loop on 2 cores; needs a C++ compiler; default: the recipe's, off; see README)")
     train_demo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast in every phase "
                             "(default: where the CPU computes it natively, AVX512-BF16 or AMX; elsewhere it is emulated, ~16x slower)")
     train_demo.add_argument("--pair-difference-weight", type=float, default=None, help="UNet phase, with --minimal-pairs: also "

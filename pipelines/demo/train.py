@@ -130,9 +130,10 @@ class TrainConfig:
     # 0.46 s: the hour's recipe would take days.
     bf16: bool | None = None
     # The UNet phase's training step through `torch.compile` (inductor, C++ on the CPU), the UNet's parts one by one
-    # (CompiledRegions): 1.16x a step. Off until a whole run with it is measured (README "Demo model"): the two
-    # hour-long runs that compiled the whole UNet drew held-out shapes 2-3 points worse, and that backward was wrong
-    # (torch 2.13: 318 of the 494 weight tensors got exactly no gradient). Needs a C++ compiler.
+    # (CompiledRegions): the UNet's forward and backward 1.16x alone, but the whole training loop 3.5-3.9 steps a second
+    # against eager's 4.4 (README "Demo model"). Off: the two hour-long runs that compiled the whole UNet drew held-out
+    # shapes 2-3 points worse, and that backward was wrong (torch 2.13: 318 of the 494 weight tensors got exactly no
+    # gradient). Needs a C++ compiler.
     compile: bool = False
     # The UNet's learning rate stays at its peak for this share of its time, then anneals (cosine) to 5 %.
     # With a cosine from the start, the model shipped before had learnt left/right but not top/bottom (one
