@@ -31,10 +31,10 @@ RANDOM_DEMO_NOTE = (
     "pipeline working. Put real SD 1.5 / SDXL / FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
 )
 TRAINED_DEMO_NOTE = (
-    "**Demo model** (tiny, trained here on a 2-core CPU in 72 minutes, 128x128): it knows simple shapes (circle, square, "
+    "**Demo model** (tiny, trained here on a 2-core CPU in 60 minutes, 128x128): it knows simple shapes (circle, square, "
     "triangle, star, heart, ring) in 8 colours, 9 positions and 2 sizes on plain or gradient backgrounds, and simple "
     "portraits (hair colour, skin tone). On prompts it never saw it gets backgrounds, faces, hair, skin, colours, positions "
-    "and sizes right 93-100 % of the time, shapes 86-91 % and every attribute at once 85-90 % (small stars are its weak spot, "
+    "and sizes right 90-100 % of the time, shapes 83-91 % and every attribute at once 83-90 % (small stars are its weak spot, "
     "about half right; two objects at once about half), at its CFG 2. Try an example below. "
     "For real pictures, put SD 1.5 / SDXL / "
     "FLUX.1 weights in `{models_dir}` and press refresh in the Models tab."
