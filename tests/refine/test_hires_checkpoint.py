@@ -2,6 +2,8 @@
 loaded once a run, the readout counting on, A1111's infotext key, and what is refused before anything loads."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,12 +15,16 @@ from tests.tiny_models import build_tiny_sd15, copy_model, save_tiny_pipeline, t
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, model_zoo):
-    """tiny-sd15 and another SD 1.5 model with other weights (its own seed), and an SDXL one."""
+def two_models(tmp_path_factory, model_zoo, tiny_pipes):
+    """tiny-sd15 and another SD 1.5 model with other weights (its own seed), an SDXL one, and a LoRA of the SD 1.5
+    architecture."""
+    from tests.lora.make_loras import write_lora
+
     models = tmp_path_factory.mktemp("hires-checkpoint-models")
     copy_model(model_zoo["sd15"], models, "tiny-sd15")
     save_tiny_pipeline(build_tiny_sd15(seed=77), models / "other-sd15")
     copy_model(model_zoo["sdxl"], models, "tiny-sdxl")
+    write_lora(models / "Lora", "sd15-kohya", tiny_pipes["sd15"], "sd15", "kohya", seed=1)
     return models
 
 
@@ -100,3 +106,23 @@ def test_refused_before_anything_loads(manager):
     # Hires fix off: the checkpoint is not read (as A1111), even an unknown one.
     plain = manager.generate(request(hires_scale=1.0, hires_checkpoint="nope"))
     assert "Hires checkpoint" not in parse_infotext(plain.images[0].infotext)
+
+
+def test_the_loras_and_deepcache_apply_on_both_models_and_leave_neither(manager):
+    """Each model takes the prompt's LoRA and its own DeepCache hook for its part; after the run both are as loaded."""
+    from tests.lora.test_lora_generation import same_snapshot, snapshot
+
+    with manager.use("tiny-sd15") as first, manager.use("other-sd15") as second:
+        before = snapshot(first.pipe, "sd15"), snapshot(second.pipe, "sd15")
+    plain = manager.generate(request(hires_checkpoint="other-sd15", deepcache_interval=2))
+    lora = manager.generate(request(hires_checkpoint="other-sd15", deepcache_interval=2, prompt="a lighthouse <lora:sd15-kohya:1>"))
+    with manager.use("tiny-sd15") as first, manager.use("other-sd15") as second:
+        assert same_snapshot(before[0], snapshot(first.pipe, "sd15")) and same_snapshot(before[1], snapshot(second.pipe, "sd15"))
+    assert not np.array_equal(np.asarray(plain.images[0].image), np.asarray(lora.images[0].image))
+    params = parse_infotext(lora.images[0].infotext)
+    assert params["DeepCache"].startswith("N=2") and "sd15-kohya" in params["Lora hashes"]
+    # The second model runs its hires pass with the prompt's LoRA: a hires prompt without the tag (the same first
+    # pass, a hires pass without the LoRA) draws another picture.
+    tagged = request(hires_checkpoint="other-sd15", prompt="a lighthouse <lora:sd15-kohya:1>")
+    untagged_hires = manager.generate(dataclasses.replace(tagged, hires_prompt="a lighthouse"))
+    assert not np.array_equal(np.asarray(manager.generate(tagged).images[0].image), np.asarray(untagged_hires.images[0].image))
