@@ -468,6 +468,11 @@ class PipelineManager:
             kept_latents=kept,
         )
 
+    def check_hires_checkpoint(self, request: GenerationRequest) -> str | None:
+        """The model `request`'s hires pass runs on when it is another than the first pass's (None: the same); raises
+        the message a generation would give for one that cannot (not installed, unusable, another family)."""
+        return self._hires_checkpoint(request, self.entry(request.model))
+
     def _hires_checkpoint(self, request: GenerationRequest, first: ModelEntry) -> str | None:
         """A1111's Hires checkpoint, checked before anything loads: None for the first pass's model, else an installed,
         usable model of its family (a hires pass continues the first pass's latents)."""

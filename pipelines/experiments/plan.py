@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from pipelines.choices import HIRES_SAME_CHECKPOINT
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import NO_STYLE, Setting, find_setting, parse_values
 from pipelines.face.options import ID_WEIGHTS, FaceOptions
@@ -387,6 +388,8 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
         return f"the LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}."
     if setting.key == "styles" and value != NO_STYLE and (problem := _style_problem(value, manager)):
         return problem
+    if setting.key == "hires_checkpoint" and (problem := _hires_checkpoint_problem(value, base, manager)):
+        return problem
     if setting.key == "hires_upscaler":  # a name of this models folder's, checked now rather than failing its cells
         from pipelines.upscale import find_upscaler  # torch: not before an experiment file is read (the CLI reads it first)
 
@@ -401,6 +404,17 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
     try:
         validate_request(request, manager.entry(request.model).family)
     except InvalidRequest as error:
+        return str(error)
+    return None
+
+
+def _hires_checkpoint_problem(name: str, base: GenerationRequest, manager) -> str | None:
+    """Why `name` cannot run the hires pass after the starting model's first pass (the manager's own check, now)."""
+    if name in ("", HIRES_SAME_CHECKPOINT):
+        return None
+    try:
+        manager.check_hires_checkpoint(replace(base, hires_checkpoint=name, hires_scale=max(base.hires_scale, 2.0)))
+    except LikenessError as error:
         return str(error)
     return None
 
@@ -471,7 +485,7 @@ def _refuse_idle_detailer(axes: tuple[Axis, ...], base: GenerationRequest) -> No
                                  "turn it on in the starting settings, or add a Face detailer axis.")
 
 
-HIRES_ONLY = ("hires_denoising", "hires_steps", "hires_upscaler", "hires_sampler")
+HIRES_ONLY = ("hires_denoising", "hires_steps", "hires_upscaler", "hires_sampler", "hires_checkpoint")
 
 
 def _refuse_idle_hires(axes: tuple[Axis, ...], base: GenerationRequest) -> None:

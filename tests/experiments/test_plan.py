@@ -224,3 +224,19 @@ def test_styles_axis_adds_each_style_to_the_chosen_ones(make_manager, tmp_path):
     styles.write_bytes(b"\xff\xfe\x00garbage\x00")
     with pytest.raises(InvalidRequest, match=r"X axis \(Styles\): 'Photo' is not valid: The styles file .* cannot be read"):
         build_plan(experiment(("styles", "Photo")), manager)
+
+
+def test_hires_checkpoint_axis(shared_manager):
+    """A1111's Hires checkpoint as an axis: "Use same checkpoint" and a model of the starting model's family; another
+    family's model or one not installed is refused at planning, as the generation would refuse it."""
+    plan = build_plan(experiment(("hires_checkpoint", f"Use same checkpoint, {DEMO_MODEL_NAME}"), base={"hires_scale": 1.5, "model": "tiny-sd15"}),
+                      shared_manager)
+    assert [c.request.hires_checkpoint for c in plan.cells] == ["Use same checkpoint", DEMO_MODEL_NAME]
+    assert plan.cells[1].label == f"Hires checkpoint: {DEMO_MODEL_NAME}"
+    with pytest.raises(InvalidRequest, match=r"X axis \(Hires checkpoint\): 'tiny-sdxl' is not valid: The hires checkpoint 'tiny-sdxl' is "
+                                             r"Stable Diffusion XL"):
+        build_plan(experiment(("hires_checkpoint", "tiny-sdxl"), base={"hires_scale": 1.5, "model": "tiny-sd15"}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"'nope' is not valid: The hires checkpoint 'nope' is not installed"):
+        build_plan(experiment(("hires_checkpoint", "nope"), base={"hires_scale": 1.5}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"The X axis \(Hires checkpoint\) changes nothing with hires fix off"):
+        build_plan(experiment(("hires_checkpoint", DEMO_MODEL_NAME), base={"model": "tiny-sd15"}), shared_manager)
