@@ -126,3 +126,25 @@ def test_the_loras_and_deepcache_apply_on_both_models_and_leave_neither(manager)
     tagged = request(hires_checkpoint="other-sd15", prompt="a lighthouse <lora:sd15-kohya:1>")
     untagged_hires = manager.generate(dataclasses.replace(tagged, hires_prompt="a lighthouse"))
     assert not np.array_equal(np.asarray(manager.generate(tagged).images[0].image), np.asarray(untagged_hires.images[0].image))
+
+
+def test_pulid_keeps_the_identity_on_the_second_model(tmp_path, make_manager, model_zoo, tiny_pipes):
+    """SDXL with a face reference: the identity is embedded once (the second model's face stage is a memo hit) and the
+    second model's PuLID hook injects it in its hires pass; the PNG records both."""
+    from pipelines.bench.tiny_face import HANKS, TINY_IDFORMER, write_face_models
+    from pipelines.face.options import FaceOptions
+
+    models = tmp_path / "models"
+    copy_model(model_zoo["sdxl"], models, "tiny-sdxl")
+    copy_model(model_zoo["sdxl"], models, "other-sdxl")
+    write_face_models(models, sdxl_unet=tiny_pipes["sdxl"].unet)
+    manager = make_manager(models, latent_cache_entries=0)
+    manager.face.idformer_config = TINY_IDFORMER
+    events = []
+    result = manager.generate(tiny_request("sdxl", seed=3, steps=4, hires_scale=1.25, hires_denoising=0.5, hires_checkpoint="other-sdxl",
+                                           save=False), listener=events.append, face=FaceOptions(photos=(str(HANKS),), id_weight=0.8))
+    embeds = [e.detail for e in events if isinstance(e, StageEnded) and e.stage == "face embed"]
+    assert len(embeds) == 2 and embeds[0].startswith("computed") and embeds[1] == "memoized"
+    assert result.hook_stats["pulid"]["processors"] > 0 and result.hook_stats["pulid"]["steps_with_id"] >= 1  # the second model's
+    params = parse_infotext(result.images[0].infotext)
+    assert params["PuLID weight"] == "0.8" and params["Hires checkpoint"] == "other-sdxl" and params["Model"] == "tiny-sdxl"
