@@ -144,6 +144,9 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                         brush=gr.Brush(colors=[("#ffffff", 0.75), ("#ff3399", 0.6), ("#000000", 0.6)], default_color=("#ffffff", 0.75),
                                        color_mode="fixed", default_size=24),
                         eraser=gr.Eraser(default_size=24), layers=False, transforms=(), elem_id=f"{PREFIX}editor")
+                    # A1111's "Inpaint upload": a mask made elsewhere (white = repaint), read as painted_mask reads any mask
+                    mask_file = gr.Image(label="Or a mask from a file (white = repaint; it replaces the painting)", type="filepath",
+                                         format="png", sources=("upload", "clipboard"), height=180, elem_id=f"{PREFIX}mask_file")
                 with gr.Tab("Batch", id="batch", elem_id=f"{PREFIX}tab_batch") as batch_page:
                     gr.Markdown("Each picture runs with the settings below, in file-name order, and is saved under its own name "
                                 "in a new folder of `outputs/img2img-batch/` (video frames keep their order; nothing is written over). "
@@ -228,7 +231,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                   preprocess=False, api_visibility="private")
 
     def refine_values(mode, image, editor_value, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
-                      inpaint_full_res_padding, mask_mode) -> tuple[dict, list[str]]:
+                      inpaint_full_res_padding, mask_mode, mask_upload=None) -> tuple[dict, list[str]]:
         """The img2img request fields from the raw controls, and notes; LikenessError with a message for the user."""
         limit = max_pixels(settings)
         values = {"denoising_strength": denoising_strength, "resize_mode": resize_mode}
@@ -237,6 +240,10 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             picture, mask = read_editor(editor, editor_value, limit)
             if picture is None:
                 raise LikenessError("Add a picture to the Inpaint tab first (drop one on it, or use Send to inpaint).")
+            if upload_path(mask_upload):
+                painted = mask is not None and mask.getextrema()[1] > 0  # the editor's empty layer paints nothing
+                notes += ["The mask file was used; what is painted on the picture was not."] if painted else []
+                mask = open_checked(upload_path(mask_upload), limit, "The mask file")
             invert = mask_mode == MASK_MODES[1]
             if mask is None:
                 raise LikenessError(EMPTY_MASK_MESSAGE)
@@ -254,7 +261,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     # The request first: Gradio injects gr.Request only into positional parameters. Every API parameter is named.
     def run(request: gr.Request, mode="img2img", image=None, editor=None, denoising_strength=0.75, resize_mode=RESIZE_MODES[0],
             mask_blur=4, inpainting_fill="original", inpaint_area=INPAINT_AREAS[0], inpaint_full_res_padding=32, mask_mode=MASK_MODES[0],
-            batch_pictures=None, batch_masks=None, **form):
+            batch_pictures=None, batch_masks=None, mask_file=None, **form):
         session = session_id(request)
         unchanged = (gr.update(),) * 4  # infotext, last seed, infotexts, before/after
         if mode == "batch":
@@ -265,7 +272,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             return
         try:
             refine, notes = refine_values(mode, image, editor, denoising_strength, resize_mode, mask_blur, inpainting_fill, inpaint_area,
-                                          inpaint_full_res_padding, mask_mode)
+                                          inpaint_full_res_padding, mask_mode, mask_file)
             generation_request = generation_form.coerce_form(form | refine)
             generation_form.check_upscaler(manager, generation_request)
         except (LikenessError, TypeError, ValueError) as error:
@@ -332,7 +339,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
                None, gallery, "", texts[0] if texts else "", last_seed, texts, [])  # Reuse last: the last picture's seed
 
     refine_inputs = [mode, image, editor, denoising, resize_mode, mask_blur, inpainting_fill, inpaint_area, padding, mask_mode,
-                     batch_pictures, batch_masks]
+                     batch_pictures, batch_masks, mask_file]
     run_event = arm_then(panel.generate.click, cancels, panel.readout, manager).then(
         run, refine_inputs, [panel.readout, panel.preview, panel.gallery, breakdown, infotext, last_seed, infotexts, before_after.pairs],
         inputs_kwargs=form, api_name="img2img", concurrency_id="gpu", concurrency_limit=parallel_jobs(manager),
@@ -357,22 +364,24 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
     panel.stop.click(stop_run, None, panel.readout, api_visibility="private", concurrency_limit=None)
     panel.skip.click(skip_run, None, panel.readout, api_visibility="private", concurrency_limit=None)
 
-    # What Send to img2img / inpaint fills: the outer tab, the sub-tab, the mode, both pictures, the message, then the form.
+    # What Send to img2img / inpaint fills: the outer tab, the sub-tab, the mode, both pictures and the mask file (cleared), the
+    # message, then the form.
     sent_fields = ("model", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "sampler", "schedule_type", "vae_dtype", "width",
                    "height")
-    targets = [tabs, modes, mode, inpaint_options, image, editor, sent_to_editor, message, *[form[name] for name in sent_fields]]
+    targets = [tabs, modes, mode, inpaint_options, image, editor, mask_file, sent_to_editor, message, *[form[name] for name in sent_fields]]
 
     def receive(path, text, target_mode, current_model):
         """Updates for `targets`: the picture at `path` (checked) with the parameters `text` it carried."""
         keep = [gr.update()] * len(sent_fields)
         if not path:  # the user stays where they are: say it there
             gr.Warning("Nothing to send: there is no image yet.")
-            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
                     "⚠ Nothing to send: there is no image yet.", *keep)
         try:
             picture = flatten_image(open_checked(path, max_pixels(settings), "The image"))
         except InvalidRequest as error:
-            return (gr.Tabs(selected=TAB_ID), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), f"⚠ {error}", *keep)
+            return (gr.Tabs(selected=TAB_ID), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                    f"⚠ {error}", *keep)
         values, notes = generate_form_values(text, manager, {"model": current_model}) if text else ({}, [])
         fitted = fitted_size(picture.size, family_of(values.get("model", current_model)))
         values["width"], values["height"] = fitted
@@ -384,7 +393,8 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
         image_value = picture if target_mode == "img2img" else gr.update()
         updates = [sent_update(name, values) for name in sent_fields]
         return (gr.Tabs(selected=TAB_ID), gr.Tabs(selected=target_mode), target_mode, gr.update(visible=target_mode == "inpaint"),
-                image_value, editor_value, time.monotonic() if target_mode == "inpaint" else 0.0, text_out, *updates)
+                image_value, editor_value, None if target_mode == "inpaint" else gr.update(),  # a mask file of another picture: gone
+                time.monotonic() if target_mode == "inpaint" else 0.0, text_out, *updates)
 
     return Img2ImgTab(targets, receive, run_event, model)
 

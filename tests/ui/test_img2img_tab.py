@@ -152,6 +152,30 @@ def test_fresh_tab_then_inpaint_a_painted_stroke_keeps_the_rest(page, live_app, 
     assert middle > 8, f"the painted area did not change (mean difference {middle:.1f})"
 
 
+def test_inpaint_with_a_mask_file_keeps_the_rest(page, live_app, picture, tmp_path):
+    """A1111's Inpaint upload: a black-and-white mask from a file (white = repaint) instead of painting."""
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[40:88, 40:88] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    open_img2img(page, "inpaint")
+    upload_to_editor(page, picture)
+    page.locator("#i2i_mask_file input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_selector("#i2i_mask_file img", timeout=30_000)
+    page.fill("#i2i_prompt textarea", "a red circle")
+    set_number(page, "i2i_steps", 8)
+    set_number(page, "i2i_denoising_strength", 1)
+    set_number(page, "i2i_seed", 7)
+    started = time.time()
+    readout = run_and_wait(page)
+    shot(page, "mask-file-done")
+    assert "⚠" not in readout, readout  # nothing painted: no note that the painting was not used
+    result = np.asarray(newest_output(live_app["root"], started), dtype=np.int16)
+    original = np.asarray(Image.open(picture).convert("RGB"), dtype=np.int16)
+    for rows, cols in ((slice(0, 24), slice(0, 24)), (slice(-24, None), slice(-24, None)), (slice(0, 24), slice(-24, None))):
+        assert np.abs(result[rows, cols] - original[rows, cols]).max() <= 1, "a pixel outside the mask changed"
+    assert np.abs(result[54:74, 54:74] - original[54:74, 54:74]).mean() > 8, "the masked square did not change"
+
+
 def test_empty_mask_is_a_message(page, picture):
     open_img2img(page, "inpaint")
     upload_to_editor(page, picture)
