@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from pipelines.errors import LikenessError
-from pipelines.experiments.plan import AXIS_NAMES, MAX_REPEATS, AxisSpec, Experiment, build_plan, cell_labels
+from pipelines.experiments.plan import AXIS_NAMES, MAX_REPEATS, AxisSpec, Experiment, axis_choices, build_plan, cell_labels, values_text
 from pipelines.experiments.axes import SETTINGS
 from pipelines.experiments.report import export, grid_image, stage_bars, step_lines, table_rows
 from pipelines.experiments.runner import run_experiment
@@ -43,6 +43,23 @@ EMPTY_STATE = (
 )
 EXAMPLES = ("Lists and ranges as in A1111: `10,20,30` · `1-5` · `1-9 (+2)` · `0.5-1 [3]` · `\"a, b\", c` · sizes `512x768` · "
             "Prompt order: fragments of the prompt (`red, at dusk`), every order · Styles: style names, `None` for none")
+
+
+def fill_values(manager: PipelineManager, key: str, model: str, current: str):
+    """The axis's values box filled with every choice of its setting (the samplers of the Generate tab's model, the
+    installed models, styles...); a setting without a list (numbers, prompts) keeps what was typed, with a note."""
+    if not key:
+        gr.Info("Choose the axis's setting first.")
+        return current
+    try:
+        choices = axis_choices(key, manager, model)
+    except LikenessError as error:
+        gr.Warning(str(error))
+        return current
+    if not choices:
+        gr.Info("This setting has no list of choices: type its values (a list or a range such as 10-30 (+10)).")
+        return current
+    return values_text(choices)
 
 
 class ExperimentJob:
@@ -127,6 +144,9 @@ def build(manager: PipelineManager, settings, generate_form: dict, cancels: Canc
             with gr.Column():
                 setting = gr.Dropdown(AXIS_CHOICES, value=NO_AXIS, label=f"{name} axis", elem_id=f"exp_{name.lower()}_setting")
                 values = gr.Textbox(label=f"{name} values", placeholder="e.g. 10,20,30", elem_id=f"exp_{name.lower()}_values")
+                fill = gr.Button("Fill in every choice", size="sm", elem_id=f"exp_{name.lower()}_fill")  # A1111's 📒 button
+                fill.click(lambda key, model, current: fill_values(manager, key, model, current), [setting, generate_form["model"], values],
+                           values, api_visibility="private")  # queued: its notes show as toasts
                 axis_inputs += [setting, values]
     with gr.Row(elem_id="exp_options"):
         baseline = gr.Dropdown([("first cell", 0)], value=0, label="Baseline cell (PSNR / SSIM against it)", elem_id="exp_baseline", scale=2)

@@ -534,3 +534,40 @@ def order_cells(cells, loaded_models=()) -> list[int]:
     for cell in cells:
         first_seen.setdefault(cell.request.model, len(first_seen))
     return sorted(range(len(cells)), key=lambda i: (cells[i].request.model not in loaded, first_seen[cells[i].request.model], i))
+
+
+def axis_choices(key: str, manager, model: str | None = None) -> list[str]:
+    """Every value a setting can take here, for A1111's "fill" button of an axis: the samplers of `model`'s family
+    (the starting model's), the installed models, styles, upscalers and VAE files; [] for a setting without a fixed
+    list (numbers, prompts)."""
+    from pipelines.samplers import sampler_names  # the choices of a family: a list of names, no torch
+    from pipelines.upscale import list_upscalers
+    from pipelines.vae_files import vae_names
+
+    setting = find_setting(key)
+    try:
+        family = manager.entry(model or manager.default_model()).family
+    except LikenessError:
+        family = None
+    models = [entry.name for entry in manager.models() if entry.usable]
+    if setting.key == "model":
+        return models
+    if setting.key == "hires_checkpoint":
+        return [HIRES_SAME_CHECKPOINT, *(e.name for e in manager.models() if e.usable and (family is None or e.family is family))]
+    if setting.key == "styles":
+        return [NO_STYLE, *manager.styles.names()]
+    if setting.key == "hires_upscaler":
+        return [c.name for c in list_upscalers(manager.config.models_dir, manager.config.allow_pickle) if c.usable]
+    if setting.key == "vae":
+        return vae_names(manager.config.models_dir, manager.config.allow_pickle)
+    if setting.key in ("sampler", "hires_sampler") and family is not None:
+        return [*setting.choices[:1 if setting.key == "hires_sampler" else 0], *sampler_names(family)]
+    if setting.kind == "bool":
+        return ["on", "off"]
+    return list(setting.choices)
+
+
+def values_text(values: list[str]) -> str:
+    """Values as an axis reads them: comma-separated, a value with a comma in quotes (A1111's CSV)."""
+    quoted = ('"' + value.replace('"', '""') + '"' if "," in value or '"' in value else value for value in values)
+    return ", ".join(quoted)

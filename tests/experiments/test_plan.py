@@ -240,3 +240,29 @@ def test_hires_checkpoint_axis(shared_manager):
         build_plan(experiment(("hires_checkpoint", "nope"), base={"hires_scale": 1.5}), shared_manager)
     with pytest.raises(InvalidRequest, match=r"The X axis \(Hires checkpoint\) changes nothing with hires fix off"):
         build_plan(experiment(("hires_checkpoint", DEMO_MODEL_NAME), base={"model": "tiny-sd15"}), shared_manager)
+
+
+def test_axis_choices_fill_an_axis_with_every_value_it_can_take(make_manager, tmp_path, model_zoo):
+    from pipelines.experiments.plan import axis_choices, values_text
+    from pipelines.samplers import sampler_names
+    from tests.tiny_models import copy_model
+
+    models = tmp_path / "models"
+    copy_model(model_zoo["sd15"], models, "tiny-sd15")
+    copy_model(model_zoo["flux"], models, "tiny-flux")
+    (models / "styles.csv").write_text('name,prompt,negative_prompt\nPhoto,"{prompt}, photo",\nDusk,at dusk,\n', encoding="utf-8")
+    manager = make_manager(models)
+    flux = manager.entry("tiny-flux").family
+    assert axis_choices("sampler", manager, "tiny-flux") == sampler_names(flux)  # the starting model's family
+    assert axis_choices("hires_sampler", manager, "tiny-sd15")[0] == "Use same sampler"
+    same_family = axis_choices("hires_checkpoint", manager, "tiny-sd15")
+    assert same_family[0] == "Use same checkpoint" and sorted(same_family[1:]) == sorted(["tiny-sd15", DEMO_MODEL_NAME])
+    assert "tiny-flux" not in axis_choices("hires_checkpoint", manager, "tiny-sd15")
+    assert set(axis_choices("model", manager)) == {"tiny-sd15", "tiny-flux", DEMO_MODEL_NAME}
+    assert axis_choices("styles", manager) == ["None", "Photo", "Dusk"]
+    assert axis_choices("tiling", manager) == ["on", "off"] and axis_choices("steps", manager) == []
+    assert {"Latent", "Lanczos"} <= set(axis_choices("hires_upscaler", manager))
+    assert values_text(["Euler a", 'a, "b"', "c"]) == 'Euler a, "a, ""b""", c'
+    from pipelines.experiments.axes import SETTINGS, parse_values, split_list
+    assert split_list(values_text(["Euler a", 'a, "b"', "c"])) == ["Euler a", 'a, "b"', "c"]  # the axis reads them back
+    assert parse_values(SETTINGS["sampler"], values_text(axis_choices("sampler", manager, "tiny-sd15")))

@@ -84,3 +84,25 @@ def test_api_experiment_endpoint(live_app):
     bad = client.predict("steps", "1-5 (+0)", "", "", "", "", 0, False, 1, False, [], 0.8, 0, *form, api_name="/experiment")
     assert bad[0] == "⚠ X axis: The Steps axis value '1-5 (+0)' has a step of 0."
     assert client.predict(api_name="/cancel_experiment") == "Nothing is running."
+
+
+def test_fill_puts_every_choice_of_the_setting_in_the_values(page, live_app):
+    """A1111's fill button: the samplers of the Generate tab's model, the installed models; a number setting keeps what
+    was typed."""
+    from pipelines.samplers import sampler_names
+
+    page.get_by_role("tab", name="Experiments").click()
+    choose(page, "exp_x_setting", "Sampler")
+    page.click("#exp_x_fill")
+    family = live_app["manager"].entry(DEMO_MODEL_NAME).family
+    page.wait_for_function("document.querySelector('#exp_x_values textarea').value.includes('Euler a')", timeout=10_000)
+    assert page.input_value("#exp_x_values textarea") == ", ".join(sampler_names(family))
+    choose(page, "exp_y_setting", "Model")
+    page.click("#exp_y_fill")
+    page.wait_for_function("document.querySelector('#exp_y_values textarea').value !== ''", timeout=10_000)
+    assert page.input_value("#exp_y_values textarea") == DEMO_MODEL_NAME
+    choose(page, "exp_z_setting", "Steps")
+    fill_values(page, "exp_z_values", "10-30 (+10)")
+    page.click("#exp_z_fill")
+    page.wait_for_selector("text=has no list of choices", timeout=10_000)
+    assert page.input_value("#exp_z_values textarea") == "10-30 (+10)"
