@@ -21,6 +21,7 @@ from pipelines import devices
 from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
 from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover, folder_size
+from pipelines.choices import HIRES_SAME_CHECKPOINT
 from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, LikenessError, ModelLoadError, ModelNotFound
@@ -62,6 +63,7 @@ from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
+from pipelines.upscale import find_upscaler
 
 log = logging.getLogger("likeness")
 
@@ -422,7 +424,7 @@ class PipelineManager:
                 check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
         check_hires(validated.request, self.config.models_dir, self.config.allow_pickle)  # before the model loads
-        second = self._hires_checkpoint(validated.request, entry)  # likewise
+        second = self.check_hires_checkpoint(validated.request)  # likewise
         vae_path = find_vae(validated.request.vae, self.config.models_dir, self.config.allow_pickle)  # likewise
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
@@ -468,21 +470,27 @@ class PipelineManager:
             kept_latents=kept,
         )
 
-    def check_hires_checkpoint(self, request: GenerationRequest) -> str | None:
-        """The model `request`'s hires pass runs on when it is another than the first pass's (None: the same); raises
-        the message a generation would give for one that cannot (not installed, unusable, another family)."""
-        return self._hires_checkpoint(request, self.entry(request.model))
+    def model_names(self, family: Family | None = None) -> list[str]:
+        """The usable models' names, of `family` only when given."""
+        return [e.name for e in self.models() if e.usable and (family is None or e.family is family)]
 
-    def _hires_checkpoint(self, request: GenerationRequest, first: ModelEntry) -> str | None:
+    def hires_checkpoint_choices(self, family: Family | None) -> list[str]:
+        """A1111's "Use same checkpoint", then the models a hires pass after a `family` model can run on (its family's:
+        the hires pass goes on from the first pass's latents)."""
+        return [HIRES_SAME_CHECKPOINT, *self.model_names(family)]
+
+    def check_hires_checkpoint(self, request: GenerationRequest) -> str | None:
         """A1111's Hires checkpoint, checked before anything loads: None for the first pass's model, else an installed,
-        usable model of its family (a hires pass continues the first pass's latents)."""
+        usable model of its family; the message a generation gives for one that cannot (not installed, unusable,
+        another family)."""
         name = second_checkpoint(request)
         if name is None:
             return None
+        first = self.entry(request.model)
         try:
             entry = self.entry(name)
         except ModelNotFound:
-            installed = ", ".join(e.name for e in self.models() if e.usable and e.family is first.family)
+            installed = ", ".join(self.model_names(first.family))
             raise InvalidRequest(f"The hires checkpoint {name!r} is not installed; {first.family.spec.label} models here: {installed}.") from None
         if not entry.usable:
             raise ModelLoadError(f"The hires checkpoint {name!r} cannot be used: {entry.problem}")
@@ -499,11 +507,10 @@ class PipelineManager:
         count, and the first is unlocked before the second loads, so the cache may move it out of VRAM. Returns the
         second model and the run's output."""
         request = validated.request
-        total = ((denoise_steps(request) if starts_from_init_request(request) else request.steps) + hires_steps(request)) * request.batch_count
         with self.use(request.model, clock) as model, self._applied_loras(model, request, clock, options, []) as model, \
                 self._chosen_vae(model, vae_path, clock) as model:
             plan = self._plan(model, validated, options, bus, clock, face, split="first")
-            state = new_state(plan, total)
+            state = new_state(plan, (plan.steps_per_batch + hires_steps(request)) * request.batch_count)  # every pass's steps
             passes = run_first_passes(plan, state)
         first_model = model
         # The second model's own hooks (a hook attaches to one model at a time) and the first pass's infotext keys.
@@ -567,12 +574,16 @@ class PipelineManager:
         after_denoise = [hires, VaeDecode(), PasteBack(), FaceDetail(self.face)]
         if split == "first":
             return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, steps_per_batch=first_steps,
-                                  per_batch=[Denoise(), FirstPassDecode(self.config.models_dir, self.config.allow_pickle)])
+                                  per_batch=[Denoise(), FirstPassDecode(self._decodes_first_pass(request))])
         if split == "second":
             return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=after_denoise, finish=[Save()],
                                   steps_per_batch=hires_steps(request), step_base=first_steps * request.batch_count, first_model=first_model)
         return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), *after_denoise],
                               finish=[Save()], steps_per_batch=first_steps + hires_steps(request))
+
+    def _decodes_first_pass(self, request: GenerationRequest) -> bool:
+        """Whether the hires upscaler works on the decoded picture (not on the latents), resolved once a run."""
+        return find_upscaler(request.hires_upscaler, self.config.models_dir, self.config.allow_pickle).kind != "latent"
 
     def _kept_latents(self, name: str, request: GenerationRequest, output, vae_path: Path | None) -> KeptLatents | None:
         """The last batch's final latents, for Re-decode (kept by the caller, per browser session)."""

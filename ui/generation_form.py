@@ -331,7 +331,7 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
                                         elem_id=f"{prefix}hires_sampler")
             hires_schedule = gr.Dropdown(schedules, value=last_schedule, label="Hires schedule type", allow_custom_value=True,
                                          elem_id=f"{prefix}hires_schedule_type")
-        checkpoints = hires_checkpoint_choices(manager, family)
+        checkpoints = manager.hires_checkpoint_choices(family)
         last_checkpoint = last.get("hires_checkpoint") if last.get("hires_checkpoint") in checkpoints else HIRES_SAME_CHECKPOINT
         hires_checkpoint = gr.Dropdown(checkpoints, value=last_checkpoint, label="Hires checkpoint", allow_custom_value=True,
                                        elem_id=f"{prefix}hires_checkpoint",
@@ -346,12 +346,6 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
     return {"hires_scale": scale, "hires_upscaler": upscaler, "hires_steps": steps, "hires_denoising": denoising,
             "hires_prompt": hires_prompt, "hires_negative_prompt": hires_negative, "hires_sampler": hires_sampler,
             "hires_schedule_type": hires_schedule, "hires_checkpoint": hires_checkpoint}
-
-
-def hires_checkpoint_choices(manager: PipelineManager, family: Family) -> list[str]:
-    """A1111's "Use same checkpoint", then the installed models of `family` (a hires pass goes on from the first pass's
-    latents: another family's model could not read them)."""
-    return [HIRES_SAME_CHECKPOINT, *(entry.name for entry in manager.models() if entry.usable and entry.family is family)]
 
 
 def hires_sampler_choices(family: Family) -> list[str]:
@@ -465,7 +459,7 @@ def wire_hires_sampling(manager: PipelineManager, model: gr.Dropdown, hires_samp
         kept_sampler = current_sampler if current_sampler in samplers else HIRES_SAME_SAMPLER
         schedules = hires_schedule_choices(family, kept_sampler)
         kept_schedule = current_schedule if current_schedule in schedules else HIRES_SAME_SCHEDULE
-        checkpoints = hires_checkpoint_choices(manager, family)
+        checkpoints = manager.hires_checkpoint_choices(family)
         kept_checkpoint = current_checkpoint if current_checkpoint in checkpoints else HIRES_SAME_CHECKPOINT
         return (gr.update(choices=samplers, value=kept_sampler), gr.update(choices=schedules, value=kept_schedule),
                 gr.update(choices=checkpoints, value=kept_checkpoint))
@@ -476,7 +470,7 @@ def wire_hires_sampling(manager: PipelineManager, model: gr.Dropdown, hires_samp
 
     def checkpoints_now(name):  # models added to the folder since (as the SD VAE list does)
         try:
-            return gr.update(choices=hires_checkpoint_choices(manager, manager.entry(name).family))
+            return gr.update(choices=manager.hires_checkpoint_choices(manager.entry(name).family))
         except (LikenessError, TypeError):
             return gr.update()
 

@@ -167,8 +167,7 @@ def hires_checkpoint_values(text: str | None, manager: PipelineManager, notes: l
         return {"hires_checkpoint": HIRES_SAME_CHECKPOINT}
     title = MODEL_TITLE.match(text.strip())
     name = title.group("name") if title else text.strip()
-    installed = {entry.name for entry in manager.models() if entry.usable} if manager is not None else set()
-    if name in installed:
+    if manager is not None and name in manager.model_names():
         return {"hires_checkpoint": name}
     notes.append(f"Hires checkpoint {name!r} is not installed; {HIRES_SAME_CHECKPOINT} was chosen.")
     return {"hires_checkpoint": HIRES_SAME_CHECKPOINT}

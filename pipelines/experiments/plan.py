@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from pipelines.choices import HIRES_SAME_CHECKPOINT
+from pipelines.choices import HIRES_SAME_SAMPLER
 from pipelines.errors import InvalidRequest, LikenessError
 from pipelines.experiments.axes import NO_STYLE, Setting, find_setting, parse_values
 from pipelines.face.options import ID_WEIGHTS, FaceOptions
@@ -410,8 +410,6 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
 
 def _hires_checkpoint_problem(name: str, base: GenerationRequest, manager) -> str | None:
     """Why `name` cannot run the hires pass after the starting model's first pass (the manager's own check, now)."""
-    if name in ("", HIRES_SAME_CHECKPOINT):
-        return None
     try:
         manager.check_hires_checkpoint(replace(base, hires_checkpoint=name, hires_scale=max(base.hires_scale, 2.0)))
     except LikenessError as error:
@@ -549,19 +547,20 @@ def axis_choices(key: str, manager, model: str | None = None) -> list[str]:
         family = manager.entry(model or manager.default_model()).family
     except LikenessError:
         family = None
-    models = [entry.name for entry in manager.models() if entry.usable]
     if setting.key == "model":
-        return models
+        return manager.model_names()
     if setting.key == "hires_checkpoint":
-        return [HIRES_SAME_CHECKPOINT, *(e.name for e in manager.models() if e.usable and (family is None or e.family is family))]
+        return manager.hires_checkpoint_choices(family)
     if setting.key == "styles":
         return [NO_STYLE, *manager.styles.names()]
     if setting.key == "hires_upscaler":
         return [c.name for c in list_upscalers(manager.config.models_dir, manager.config.allow_pickle) if c.usable]
     if setting.key == "vae":
         return vae_names(manager.config.models_dir, manager.config.allow_pickle)
-    if setting.key in ("sampler", "hires_sampler") and family is not None:
-        return [*setting.choices[:1 if setting.key == "hires_sampler" else 0], *sampler_names(family)]
+    if setting.key == "sampler" and family is not None:
+        return sampler_names(family)
+    if setting.key == "hires_sampler" and family is not None:
+        return [HIRES_SAME_SAMPLER, *sampler_names(family)]
     if setting.kind == "bool":
         return ["on", "off"]
     return list(setting.choices)

@@ -181,7 +181,6 @@ class HiresPass:
         return latents
 
 
-
 def decode_first_pass(plan, state) -> list[Image.Image]:
     """The batch's first-pass pictures, decoded under the VAE policy (its notes are the run's warnings)."""
     pictures, decoded = decode_latents(plan.model, state.latents, state.height, state.width, plan.options.vae)
@@ -196,11 +195,11 @@ class FirstPassDecode:
 
     name = "first-pass decode"
 
-    def __init__(self, models_dir: Path, allow_pickle: bool = False) -> None:
-        self.models_dir, self.allow_pickle = Path(models_dir), allow_pickle
+    def __init__(self, needed: bool) -> None:
+        self.needed = needed  # an image upscaler (the latent one resizes the latents themselves)
 
     def wanted(self, plan) -> bool:
-        return find_upscaler(plan.request.hires_upscaler, self.models_dir, self.allow_pickle).kind != "latent"
+        return self.needed
 
     def run(self, plan, state, info: dict) -> None:
         state.first_pictures = decode_first_pass(plan, state)
