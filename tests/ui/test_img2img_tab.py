@@ -176,6 +176,19 @@ def test_inpaint_with_a_mask_file_keeps_the_rest(page, live_app, picture, tmp_pa
     assert np.abs(result[54:74, 54:74] - original[54:74, 54:74]).mean() > 8, "the masked square did not change"
 
 
+def test_a_mask_file_that_is_not_a_picture_is_a_message(page, picture, tmp_path):
+    fake = tmp_path / "mask.png"
+    fake.write_text("not a picture")
+    open_img2img(page, "inpaint")
+    upload_to_editor(page, picture)
+    page.locator("#i2i_mask_file input[type=file]").set_input_files(str(fake))
+    time.sleep(2)  # the upload reaches the server
+    set_number(page, "i2i_steps", 2)
+    readout = run_and_wait(page)
+    assert readout.startswith("⚠ The mask file") and "not an image" in readout, readout
+    assert "Traceback" not in page.content()
+
+
 def test_empty_mask_is_a_message(page, picture):
     open_img2img(page, "inpaint")
     upload_to_editor(page, picture)
