@@ -53,13 +53,21 @@ def wait_idle(page, elem_id: str, timeout: float = 30) -> None:
 
 
 def upload_to_editor(page, path: Path, tries: int = 3) -> None:
-    """Drop `path` on the inpaint editor. Just after the Inpaint tab opens, the editor can drop a file given to its
-    input before it listens (seen once in CI on a loaded machine: the editor stayed empty): then it is given again."""
+    """Drop `path` on the inpaint editor, once it is built.
+
+    The editor builds its canvases (WebGL) a while after the Inpaint tab opens; a file given to its input before that
+    is dropped without a trace (reproduced with the CPU loaded: no upload request at all). So the canvases are waited
+    for first; the file is given again, the input cleared before, if the editor still shows nothing.
+    """
+    editor_input = page.locator("#i2i_editor input[type=file]")
     for attempt in range(tries):
-        page.locator("#i2i_editor input[type=file]").set_input_files(str(path))
+        page.wait_for_selector("#i2i_editor canvas", state="attached", timeout=60_000)
+        if attempt:
+            editor_input.set_input_files([])
+        editor_input.set_input_files(str(path))
         try:
             page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')",
-                                   timeout=20000 if attempt < tries - 1 else 30000)
+                                   timeout=30_000)
             break
         except PlaywrightTimeout:
             if attempt == tries - 1:  # say so here, not later as an unrelated "add a picture first"
