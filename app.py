@@ -288,6 +288,11 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
                        "(A1111's Hires checkpoint; default: --model)")
     hires.add_argument("--hires-schedule-type", type=schedule_type, metavar="TYPE",
                        help="the second pass's own schedule type (default: --schedule-type's)")
+    refiner = gen.add_argument_group("refiner (A1111's: another model of the family takes over the last steps)")
+    refiner.add_argument("--refiner", metavar="MODEL", help="an installed model of --model's family that runs the steps after --refiner-switch-at "
+                         "and what follows (hires pass, decode, face detailer)")
+    refiner.add_argument("--refiner-switch-at", type=float, metavar="S",
+                         help=f"the share of the steps on --model before the refiner takes over, 0.01-1 (default {d.refiner_switch_at:g}: 16 of 20)")
     detail = gen.add_argument_group("face detailer (each detected face redrawn at full resolution; keeps --face's identity)")
     detail.add_argument("--face-detail", action="store_true", help="turn the face detailer on")
     detail.add_argument("--face-detail-strength", type=float, metavar="S", help=f"denoising strength on the faces, 0-1 (default {d.face_detail_strength:g})")

@@ -26,3 +26,4 @@ SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponent
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULE = "Use same scheduler"
 HIRES_SAME_CHECKPOINT = "Use same checkpoint"  # A1111's first Hires checkpoint choice (the request's "" too)
+REFINER_NONE = "None"  # A1111's Refiner checkpoint when no refiner is chosen (the request's "" too)

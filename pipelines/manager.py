@@ -21,7 +21,7 @@ from pipelines import devices
 from pipelines.caches.approximate import DEFAULT_THRESHOLDS, ApproximateCache, ApproximateCacheConfig
 from pipelines.caches.memo import MemoCache
 from pipelines.catalog import DEMO_MODEL_NAME, ModelEntry, discover, folder_size
-from pipelines.choices import HIRES_SAME_CHECKPOINT
+from pipelines.choices import HIRES_SAME_CHECKPOINT, REFINER_NONE
 from pipelines.demo import prompt_notes
 from pipelines.demo_model import demo_model_dir, demo_problem, ensure_demo_model
 from pipelines.errors import InvalidRequest, LikenessError, ModelLoadError, ModelNotFound
@@ -53,15 +53,17 @@ from pipelines.lora.files import LoraEntry, StateDictMemo, close_names, lora_has
 from pipelines.lora.fuse import FuseDecision, FusePolicy
 from pipelines.lora.tags import infotext_hashes, lora_refs
 from pipelines.model_cache import CachedModel, ModelCache
-from pipelines.request import GenerationRequest, GenerationResult, second_checkpoint, shown, validate_request
+from pipelines.request import (GenerationRequest, GenerationResult, first_pass_steps, refiner_name, refiner_switch_step, second_checkpoint, shown,
+                               validate_request)
 from pipelines.samplers import find_sampler
 from pipelines.stages import GenerationPlan, new_state, run_first_passes, run_plan, run_second_passes
-from pipelines.stages.denoise import Denoise, starts_from_init_request
+from pipelines.stages.denoise import Denoise
 from pipelines.stages.face_detail import FaceDetail, detail_lora_refs
 from pipelines.stages.hires import FirstPassDecode, HiresPass, check_hires, hires_lora_refs, hires_steps
-from pipelines.stages.init_image import ImgEncode, PasteBack, denoise_steps, is_inpainting_model
+from pipelines.stages.init_image import ImgEncode, PasteBack, is_inpainting_model
 from pipelines.stages.output import Save, VaeDecode, record_batch
 from pipelines.stages.prepare import FaceEmbed, TextEncode
+from pipelines.stages.refiner import RefinerDenoise
 from pipelines.telemetry import Event, EventBus, Notice, StageClock
 from pipelines.upscale import find_upscaler
 
@@ -424,7 +426,8 @@ class PipelineManager:
                 check_input_pixels(image.size, self.config.max_input_pixels, what)
         validated = validate_request(request, entry.family)
         check_hires(validated.request, self.config.models_dir, self.config.allow_pickle)  # before the model loads
-        second = self.check_hires_checkpoint(validated.request)  # likewise
+        refiner = self.check_refiner(validated.request)  # likewise (named, it must be installed even when it gets no step)
+        second = refiner if refiner_switch_step(validated.request) is not None else self.check_hires_checkpoint(validated.request)
         vae_path = find_vae(validated.request.vae, self.config.models_dir, self.config.allow_pickle)  # likewise
         face = face.for_family(entry.family) if face is not None else None  # the family's ID weight default and range
         bus = EventBus()
@@ -479,11 +482,21 @@ class PipelineManager:
         the hires pass goes on from the first pass's latents)."""
         return [HIRES_SAME_CHECKPOINT, *self.model_names(family)]
 
+    def refiner_choices(self, family: Family | None) -> list[str]:
+        """A1111's "None", then the models that can take over from a `family` model's denoise (its family's)."""
+        return [REFINER_NONE, *self.model_names(family)]
+
     def check_hires_checkpoint(self, request: GenerationRequest) -> str | None:
         """A1111's Hires checkpoint, checked before anything loads: None for the first pass's model, else an installed,
         usable model of its family; the message a generation gives for one that cannot (not installed, unusable,
         another family)."""
-        name = second_checkpoint(request)
+        return self._check_second_model(request, second_checkpoint(request), "hires checkpoint", "the hires pass goes on from the first pass's latents")
+
+    def check_refiner(self, request: GenerationRequest) -> str | None:
+        """A1111's Refiner, checked as the hires checkpoint is: None without one, else an installed model of the family."""
+        return self._check_second_model(request, refiner_name(request), "refiner", "the refiner goes on from the model's latents")
+
+    def _check_second_model(self, request: GenerationRequest, name: str | None, what: str, why: str) -> str | None:
         if name is None:
             return None
         first = self.entry(request.model)
@@ -491,26 +504,28 @@ class PipelineManager:
             entry = self.entry(name)
         except ModelNotFound:
             installed = ", ".join(self.model_names(first.family))
-            raise InvalidRequest(f"The hires checkpoint {name!r} is not installed; {first.family.spec.label} models here: {installed}.") from None
+            raise InvalidRequest(f"The {what} {name!r} is not installed; {first.family.spec.label} models here: {installed}.") from None
         if not entry.usable:
-            raise ModelLoadError(f"The hires checkpoint {name!r} cannot be used: {entry.problem}")
+            raise ModelLoadError(f"The {what} {name!r} cannot be used: {entry.problem}")
         if entry.family is not first.family:
-            raise InvalidRequest(f"The hires checkpoint {name!r} is {entry.family.spec.label}, the first pass's model {first.name!r} "
-                                 f"{first.family.spec.label}: the hires pass goes on from the first pass's latents, so both must be "
-                                 "of one family.")
+            raise InvalidRequest(f"The {what} {name!r} is {entry.family.spec.label}, the first pass's model {first.name!r} "
+                                 f"{first.family.spec.label}: {why}, so both must be of one family.")
         return entry.name
 
     def _run_split(self, validated, second: str, options: RunOptions, bus: EventBus, clock: StageClock, face: FaceOptions | None,
                    vae_path: Path | None) -> tuple[LoadedModel, RunOutput]:
-        """The hires pass on another checkpoint: every batch's first pass on the request's model, then the hires pass and
-        what follows on `second`. Each model loads (and takes the prompt's LoRAs and the SD VAE) once, whatever the batch
-        count, and the first is unlocked before the second loads, so the cache may move it out of VRAM. Returns the
-        second model and the run's output."""
+        """A refiner, or the hires pass on another checkpoint: every batch's denoise on the request's model (to the
+        refiner's switch step, or the whole first pass), then the rest on `second`. Each model loads (and takes the
+        prompt's LoRAs and the SD VAE) once, whatever the batch count, and the first is unlocked before the second
+        loads, so the cache may move it out of VRAM. Returns the second model and the run's output."""
         request = validated.request
+        switch = refiner_switch_step(request)
         with self.use(request.model, clock) as model, self._applied_loras(model, request, clock, options, []) as model, \
                 self._chosen_vae(model, vae_path, clock) as model:
-            plan = self._plan(model, validated, options, bus, clock, face, split="first")
-            state = new_state(plan, (plan.steps_per_batch + hires_steps(request)) * request.batch_count)  # every pass's steps
+            # A denoise stopped at the switch is no run's result: the exact-repeat cache neither serves nor keeps it.
+            first_options = options if switch is None else dataclasses.replace(options, latent_cache=None)
+            plan = self._plan(model, validated, first_options, bus, clock, face, split="first")
+            state = new_state(plan, (first_pass_steps(request) + hires_steps(request)) * request.batch_count)  # every pass's steps
             passes = run_first_passes(plan, state)
         first_model = model
         # The second model's own hooks (a hook attaches to one model at a time) and the first pass's infotext keys.
@@ -569,15 +584,20 @@ class PipelineManager:
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))
-        first_steps = denoise_steps(request) if starts_from_init_request(request) else request.steps
+        first_steps, switch = first_pass_steps(request), refiner_switch_step(request)
+        on_first = first_steps if switch is None else switch - (request.steps - first_steps)  # the first model's steps
         hires = HiresPass(self.config.models_dir, self.config.allow_pickle)
         after_denoise = [hires, VaeDecode(), PasteBack(), FaceDetail(self.face)]
         if split == "first":
-            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, steps_per_batch=first_steps,
-                                  per_batch=[Denoise(), FirstPassDecode(self._decodes_first_pass(request))])
+            handover = [Denoise()] if switch is not None else [Denoise(), FirstPassDecode(self._decodes_first_pass(request))]
+            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=handover, steps_per_batch=on_first,
+                                  stop_after=switch)
         if split == "second":
-            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=after_denoise, finish=[Save()],
-                                  steps_per_batch=hires_steps(request), step_base=first_steps * request.batch_count, first_model=first_model)
+            if switch is not None:  # the refiner goes on from latents: the init image is not encoded again
+                prepare = [stage for stage in prepare if not isinstance(stage, ImgEncode)]
+            return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[RefinerDenoise(), *after_denoise],
+                                  finish=[Save()], steps_per_batch=first_steps - on_first + hires_steps(request),
+                                  step_base=on_first * request.batch_count, first_model=first_model, resume_at=switch)
         return GenerationPlan(model, validated, options, bus, clock, prepare=prepare, per_batch=[Denoise(), *after_denoise],
                               finish=[Save()], steps_per_batch=first_steps + hires_steps(request))
 

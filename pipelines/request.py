@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
-from pipelines.choices import (DEEPCACHE_SCHEDULES, HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, MASKED_CONTENT, RESIZE_MODES, SCHEDULE_TYPES,
-                               VAE_CHOICES)
+from pipelines.choices import (DEEPCACHE_SCHEDULES, HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, MASKED_CONTENT, REFINER_NONE,
+                               RESIZE_MODES, SCHEDULE_TYPES, VAE_CHOICES)
 from pipelines.errors import InvalidRequest
 from pipelines.families import Family
 from pipelines.hooks.flux_block_cache import CHOICES as FLUX_CACHE_CHOICES
@@ -107,6 +108,11 @@ class GenerationRequest:
     # the decode, the face detailer); "" or A1111's "Use same checkpoint" = the first pass's model. The manager runs
     # every batch's first pass, then loads it once (pipelines/stages: a split run).
     hires_checkpoint: str = ""
+    # A1111's Refiner: another installed model of the same family takes over the denoise once `refiner_switch_at` of its
+    # steps are done (A1111's "switch by sampling steps": 0.8 of 20 steps = 16 on the model, 4 on the refiner) and runs
+    # what follows (hires pass, decode, face detailer). "" or "None" = no refiner. A split run, as the hires checkpoint.
+    refiner_checkpoint: str = ""
+    refiner_switch_at: float = 0.8
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -123,6 +129,7 @@ class GenerationRequest:
 
 IMAGE_FIELDS = ("init_image", "mask")
 MIN_HIRES_SCALE, MAX_HIRES_SCALE = 1.0, 4.0
+MIN_REFINER_SWITCH, MAX_REFINER_SWITCH = 0.01, 1.0  # A1111's Switch at slider
 MAX_MASK_BLUR = 64
 MAX_FULL_RES_PADDING = 256
 
@@ -218,6 +225,9 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     variation, variation_notes, strength = validate_variation(request, family)
     resize_problems, resize_notes, seed_resize = validate_seed_resize(request, family)
     hires_problems, hires_notes = validate_hires_size(request, family)
+    refiner_problems, refiner_notes, refiner = validate_refiner(request, family)
+    problems += refiner_problems
+    warnings += refiner_notes
     problems += variation + resize_problems + tiling_problems(request, family) + cache_problems(request, family) + \
         text_problems(request) + validate_second_passes(request) + hires_problems
     warnings += variation_notes + resize_notes + hires_notes
@@ -233,6 +243,10 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
         if approximate is True and request.init_image is not None:
             warnings.append("The approximate cache is off for img2img and inpainting: its kept latents come from text-to-image runs.")
             approximate = False
+    refines = bool(refiner) and not refiner_problems and _steps_known(request) and refiner_switch_step(request) is not None
+    if approximate is True and refines:
+        warnings.append("The approximate cache is off with a refiner: its kept latents come from one model's whole run.")
+        approximate = False
     if problems:
         raise InvalidRequest(" ".join(problems))
 
@@ -242,7 +256,9 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     subseed = random_seed(rng) if strength > 0 and request.subseed == -1 else request.subseed
     cleaned = replace(request, prompt=prompt, negative_prompt=negative, sampler=sampler, schedule_type=schedule,
                       hires_sampler=hires_sampling[0], hires_schedule_type=hires_sampling[1],
-                      approximate_cache=approximate, clip_skip=clip_skip, hires_checkpoint=second_checkpoint(request) or "",
+                      approximate_cache=approximate, clip_skip=clip_skip, refiner_checkpoint=refiner, refiner_switch_at=float(request.refiner_switch_at),
+                      hires_checkpoint="" if second_checkpoint(request) is None or (refines and second_checkpoint(request) == refiner)
+                      else request.hires_checkpoint,
                       subseed=subseed, subseed_strength=float(strength), seed_resize_from_w=seed_resize[0], seed_resize_from_h=seed_resize[1])
     return ValidatedRequest(cleaned, seed, tuple(warnings))
 
@@ -444,6 +460,67 @@ def second_checkpoint(request: GenerationRequest) -> str | None:
     if not hires_on(request) or name in ("", HIRES_SAME_CHECKPOINT, request.model):
         return None
     return name
+
+
+def first_pass_steps(request: GenerationRequest) -> int:
+    """The steps the first pass's denoise runs: all of them for text-to-image; img2img's and inpainting's are A1111's
+    and diffusers' `int(steps * strength)` (img2img at strength 1 is text-to-image: stages.denoise.starts_from_init)."""
+    if request.init_image is not None and (request.mask is not None or request.denoising_strength < 1):
+        return min(int(request.steps * request.denoising_strength), request.steps)
+    return request.steps
+
+
+def refiner_name(request: GenerationRequest) -> str | None:
+    """The refiner's model name when one is asked for (another model than the request's), else None."""
+    name = request.refiner_checkpoint
+    if not isinstance(name, str) or name.strip() in ("", REFINER_NONE) or name == request.model:
+        return None
+    return name
+
+
+def refiner_switch_step(request: GenerationRequest) -> int | None:
+    """The step of the full schedule after which the refiner takes over (A1111's switch by sampling steps: the first step
+    whose share of the steps run reaches "Switch at"); None without a refiner or when it would run no step. An img2img
+    run's steps count from the ones its strength skips."""
+    if refiner_name(request) is None:
+        return None
+    run = first_pass_steps(request)
+    on_model = math.ceil(request.refiner_switch_at * run - 1e-9)  # 0.8 of 20: 16, however 0.8 * 20 rounds
+    return request.steps - run + on_model if on_model < run else None
+
+
+def validate_refiner(request: GenerationRequest, family: Family) -> tuple[list[str], list[str], str]:
+    """(problems, notes, the refiner's name or ""): the fields' types, then what a refiner cannot run with. Whether the
+    model is installed and of the family is the manager's check, before anything loads."""
+    name, switch_at = request.refiner_checkpoint, request.refiner_switch_at
+    problems = [] if isinstance(name, str) and len(name) <= 1000 else [f"The refiner checkpoint must be a model's name (or \"{REFINER_NONE}\"), got {shown(name)}."]
+    if not isinstance(switch_at, (int, float)) or isinstance(switch_at, bool) or not MIN_REFINER_SWITCH <= switch_at <= MAX_REFINER_SWITCH:
+        problems.append(f"Refiner switch at must be between {MIN_REFINER_SWITCH:g} and {MAX_REFINER_SWITCH:g} (the share of the steps on "
+                        f"the model before the refiner takes over), got {shown(switch_at)}.")
+    if problems or refiner_name(request) is None:
+        return problems, [], ""
+    if request.mask is not None:
+        problems.append("The refiner works with text-to-image and img2img, not inpainting (its masked denoise stays on one model): "
+                        f"set the refiner to {REFINER_NONE}.")
+    if isinstance(request.sampler, str) and has_sampler(family, request.sampler) and find_sampler(family, request.sampler).model_calls > 1:
+        problems.append(f"The refiner cannot take over from {find_sampler(family, request.sampler).name} mid-way (a second-order sampler "
+                        "keeps half a step in its own state): choose another sampler, or no refiner.")
+    hires_model = second_checkpoint(request)
+    if hires_model is not None and hires_model != name:
+        problems.append(f"With a refiner the hires pass runs on the refiner ({name!r}), as in A1111: set the hires checkpoint to "
+                        f"\"{HIRES_SAME_CHECKPOINT}\" or to the refiner.")
+    if problems or not _steps_known(request):
+        return problems, [], name
+    if refiner_switch_step(request) is None:  # still checked as installed (as A1111): a typo is not silently a model
+        return [], [f"Refiner switch at {switch_at:g} of {first_pass_steps(request)} steps leaves the refiner no step: it was not used."], name
+    return [], [], name
+
+
+def _steps_known(request: GenerationRequest) -> bool:
+    """Steps (and an img2img's strength) are valid numbers (number_problems says when not), so steps can be counted."""
+    strength = request.denoising_strength
+    strength_ok = request.init_image is None or (isinstance(strength, (int, float)) and not isinstance(strength, bool) and 0 <= strength <= 1)
+    return _is_whole(request.steps) and 1 <= request.steps <= MAX_STEPS and strength_ok
 
 
 def hires_on(request: GenerationRequest) -> bool:

@@ -153,6 +153,22 @@ def test_hires_fix(capsys, models, files, tmp_path, demo_cache_dir):
     assert code == 2 and "--hires-checkpoint needs --hires-scale above 1" in err
 
 
+def test_refiner(capsys, models, tmp_path, demo_cache_dir):
+    """--refiner: the demo (SD 1.5 too) takes over after half of the 4 steps; A1111's keys; the flag's mistakes."""
+    from pipelines.catalog import DEMO_MODEL_NAME
+
+    result = run_json(capsys, models, tmp_path, demo_cache_dir, "--refiner", DEMO_MODEL_NAME, "--refiner-switch-at", "0.5")
+    params = parse_infotext(saved(result).info["parameters"])
+    assert (params["Model"], params["Refiner"], params["Refiner switch at"]) == ("tiny-sd15", DEMO_MODEL_NAME, "0.5")
+    assert "refiner" in result["stage_seconds"] and result["request"]["refiner_checkpoint"] == DEMO_MODEL_NAME
+    for args, message in ((("--refiner-switch-at", "0.5"), "--refiner-switch-at needs --refiner MODEL"),
+                          (("--refiner", "nope"), "The refiner 'nope' is not installed"),
+                          (("--refiner", DEMO_MODEL_NAME, "--refiner-switch-at", "2"), "Refiner switch at must be between 0.01 and 1")):
+        code, _out, err = run(capsys, models, tmp_path, demo_cache_dir, *args)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert not list((tmp_path / "outputs").rglob("*.png"))[1:], "a refused run wrote a file"
+
+
 def test_face_detailer(capsys, models, files, tmp_path, demo_cache_dir):
     result = run_json(capsys, models, tmp_path, demo_cache_dir, "--face-detail", "--face-detail-strength", "0.5", "--face-detail-steps", "2",
                       "--face-detail-faces", "1", "--face-detail-prompt", "a sharp face")

@@ -103,6 +103,11 @@ def refine_fields(args, manager: PipelineManager) -> dict:
     hires = _given(args, HIRES_FLAGS)
     if hires and (hires_scale is None or hires_scale == 1):
         raise InvalidRequest(f"{_flag(next(iter(hires)))} needs --hires-scale above 1 (the hires pass is off at 1), e.g. --hires-scale 2.")
+    refiner, switch_at = getattr(args, "refiner", None), getattr(args, "refiner_switch_at", None)
+    if switch_at is not None and refiner is None:
+        raise InvalidRequest("--refiner-switch-at needs --refiner MODEL (the model that takes over).")
+    fields |= {"refiner_checkpoint": refiner} if refiner is not None else {}
+    fields |= {"refiner_switch_at": switch_at} if switch_at is not None else {}
     detail = _given(args, DETAIL_FLAGS)
     if detail and not getattr(args, "face_detail", False):
         raise InvalidRequest(f"{_flag(next(iter(detail)))} needs --face-detail (the face detailer is off without it).")

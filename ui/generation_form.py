@@ -8,7 +8,7 @@ keyed by the `GenerationRequest` field they edit, so a tab's handler receives na
     model, demo_note = model_row(manager, chosen, is_demo, prefix)
     fields, lora_picker, counters = prompt_fields(manager, last, prefix, model_name)
     fields |= sampling_fields(manager, settings, last, family, defaults, prefix)
-    fields |= hires_fields(manager, last, prefix, family) | detailer_fields(last, prefix)
+    fields |= hires_fields(manager, last, prefix, family) | refiner_fields(manager, last, prefix, family) | detailer_fields(last, prefix)
     wire_form(manager, model, fields, lora_picker, random_seed, reuse_seed, last_seed, token_counters=counters)
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pipelines.lora.tags import extract_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
-                               MAX_HIRES_SCALE, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, GenerationRequest)
-from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+                               MAX_HIRES_SCALE, MAX_REFINER_SWITCH, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, MIN_REFINER_SWITCH, GenerationRequest)
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, REFINER_NONE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, sampler_names, schedule_names
 from pipelines.upscale import list_upscalers
 from pipelines.vae_files import VAE_AUTOMATIC, vae_names
@@ -348,6 +348,37 @@ def hires_fields(manager: PipelineManager, last: dict, prefix: str = "", family:
             "hires_schedule_type": hires_schedule, "hires_checkpoint": hires_checkpoint}
 
 
+def refiner_fields(manager: PipelineManager, last: dict, prefix: str = "", family: Family = Family.SD15) -> dict:
+    """A1111's "Refiner": another model of the family takes over the denoise at "Switch at" of the steps."""
+    choices = manager.refiner_choices(family)
+    last_refiner = last.get("refiner_checkpoint") if last.get("refiner_checkpoint") in choices else REFINER_NONE
+    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}refiner_panel"):
+        with gr.Row():
+            checkpoint = gr.Dropdown(choices, value=last_refiner, label="Checkpoint", allow_custom_value=True, elem_id=f"{prefix}refiner_checkpoint",
+                                     info="another model of the same family takes over the last steps, then runs the hires pass")
+            switch_at = inputs.Slider(MIN_REFINER_SWITCH, MAX_REFINER_SWITCH, value=last.get("refiner_switch_at", 0.8), step=0.01,
+                                      label="Switch at", elem_id=f"{prefix}refiner_switch_at",
+                                      info="the share of the steps before the switch: 0.8 of 20 = 16 on the model, 4 on the refiner")
+    return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
+
+
+def wire_refiner(manager: PipelineManager, model: gr.Dropdown, refiner: gr.Dropdown) -> None:
+    """The refiner list follows the model's family (a choice the new list lacks goes back to None) and the models folder
+    (read again when the list is opened)."""
+
+    def choices_for(name, current=None, keep_value=True):
+        try:
+            choices = manager.refiner_choices(manager.entry(name).family)
+        except (LikenessError, TypeError):
+            return gr.update()
+        if not keep_value:
+            return gr.update(choices=choices)
+        return gr.update(choices=choices, value=current if current in choices else REFINER_NONE)
+
+    model.change(choices_for, [model, refiner], refiner, api_visibility="private", queue=False, preprocess=False)
+    refiner.focus(lambda name: choices_for(name, keep_value=False), model, refiner, api_visibility="private", queue=False, preprocess=False)
+
+
 def hires_sampler_choices(family: Family) -> list[str]:
     return [HIRES_SAME_SAMPLER, *sampler_names(family)]
 
@@ -516,6 +547,8 @@ def wire_form(manager: PipelineManager, model: gr.Dropdown, fields: dict, lora_p
                   preprocess=False)
     if "hires_sampler" in fields:
         wire_hires_sampling(manager, model, fields["hires_sampler"], fields["hires_schedule_type"], fields["hires_checkpoint"])
+    if "refiner_checkpoint" in fields:
+        wire_refiner(manager, model, fields["refiner_checkpoint"])
 
     def on_lora_pick(name, current_prompt):
         if not name:

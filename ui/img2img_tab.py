@@ -175,6 +175,7 @@ def build(manager: PipelineManager, settings, cancels: CancelRegistry, tabs: gr.
             sampling, random_seed, reuse_seed = generation_form.sampling_fields(manager, settings, last, family, start, PREFIX)
             fields |= sampling
             fields |= generation_form.hires_fields(manager, last, PREFIX, family)
+            fields |= generation_form.refiner_fields(manager, last, PREFIX, family)
             fields |= generation_form.detailer_fields(last, PREFIX)
         with gr.Column(scale=2):
             panel = generation_form.run_panel(PREFIX)

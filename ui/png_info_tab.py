@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, REFINER_NONE, SCHEDULE_TYPES
 from pipelines.errors import LikenessError
 from pipelines.families import Family
 from pipelines.images import read_embedded_text
@@ -15,6 +15,7 @@ from pipelines.lora.files import lora_hash
 from pipelines.lora.tags import parse_infotext_hashes
 from pipelines.manager import PipelineManager
 from pipelines.samplers import find_schedule_type, sampler_from_infotext, split_sampler_name
+from pipelines.request import MAX_REFINER_SWITCH, MIN_REFINER_SWITCH
 from pipelines.upscale import list_upscalers
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
@@ -56,7 +57,8 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Denoising strength": "hires_denoising", "Clip skip": "clip_skip", "Variation seed": "subseed",
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
               "Hires negative prompt": "hires_negative_prompt", "VAE": "vae", "Hires sampler": "hires_sampler",
-              "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w", "Hires checkpoint": "hires_checkpoint"}
+              "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w", "Hires checkpoint": "hires_checkpoint",
+              "Refiner": "refiner_checkpoint", "Refiner switch at": "refiner_switch_at", "Refiner switch by sampling steps": "refiner_switch_at"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
            ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
@@ -115,6 +117,7 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
         values["sampler"], values["schedule_type"], schedule_note = sampler_from_infotext(parsed["Sampler"], parsed.get("Schedule type"), family)
         notes += [schedule_note] if schedule_note else []
     values |= hires_values(parsed, manager, notes, family)
+    values |= refiner_values(parsed, manager, notes)
     values |= vae_values(parsed, manager, notes)
     if "Lora hashes" in parsed:  # the tags come back with the prompt; say which files differ from the image's
         notes += lora_hash_notes(parsed["Lora hashes"], manager)
@@ -171,6 +174,33 @@ def hires_checkpoint_values(text: str | None, manager: PipelineManager, notes: l
         return {"hires_checkpoint": name}
     notes.append(f"Hires checkpoint {name!r} is not installed; {HIRES_SAME_CHECKPOINT} was chosen.")
     return {"hires_checkpoint": HIRES_SAME_CHECKPOINT}
+
+
+def refiner_values(parsed: dict, manager: PipelineManager, notes: list[str]) -> dict:
+    """A1111's `Refiner: name [hash]` and `Refiner switch at` (written only when a refiner ran; none = None, as its
+    paste reads it). A1111 switches by the noise level unless `Refiner switch by sampling steps` says otherwise: then
+    the picture may differ a little here, where the switch is by steps (a note says so)."""
+    text = parsed.get("Refiner")
+    if not text:
+        return {"refiner_checkpoint": REFINER_NONE}
+    title = MODEL_TITLE.match(text.strip())
+    name = title.group("name") if title else text.strip()
+    values = {"refiner_checkpoint": name}
+    if manager is not None and name not in manager.model_names():
+        notes.append(f"Refiner {name!r} is not installed; {REFINER_NONE} was chosen.")
+        values = {"refiner_checkpoint": REFINER_NONE}
+    try:
+        switch_at = float(parsed.get("Refiner switch at", "0.8"))
+        if not MIN_REFINER_SWITCH <= switch_at <= MAX_REFINER_SWITCH:
+            raise ValueError(switch_at)
+        values["refiner_switch_at"] = switch_at
+    except ValueError:
+        notes.append(f"Refiner switch at {parsed['Refiner switch at']!r} is not a number from {MIN_REFINER_SWITCH:g} to {MAX_REFINER_SWITCH:g}; "
+                     "left as it was.")
+    if parsed.get("Refiner switch by sampling steps", "").strip().lower() != "true":
+        notes.append("The image's refiner switched at a noise level (A1111's default); Likeness switches after that share of the steps, "
+                     "so the picture may differ a little.")
+    return values
 
 
 def hires_sampling_values(parsed: dict, notes: list[str], family: Family | None = None) -> dict:

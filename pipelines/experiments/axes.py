@@ -110,6 +110,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("hires_sampler", "Hires sampler", "text", field="hires_sampler", choices=(HIRES_SAME_SAMPLER, *SAMPLER_NAMES),
             also_accepted=tuple(LEGACY_SAMPLER_NAMES)),
     Setting("hires_checkpoint", "Hires checkpoint", "text", field="hires_checkpoint"),  # a model of the family, or Use same checkpoint
+    Setting("refiner_checkpoint", "Refiner checkpoint", "text", field="refiner_checkpoint"),  # a model of the family, or None
+    Setting("refiner_switch_at", "Refiner switch at", "float", field="refiner_switch_at"),
     Setting("prompt_sr", "Prompt S/R", "search_replace", target="prompt", field="prompt_sr"),
     Setting("prompt_order", "Prompt order", "order", target="prompt", field="prompt_order"),
     Setting("styles", "Styles", "text", field="styles"),  # a style name added to the starting settings' styles, or None

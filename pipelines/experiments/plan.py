@@ -20,7 +20,7 @@ from pipelines.face.options import ID_WEIGHTS, FaceOptions
 from pipelines.images import open_input_image
 from pipelines.lora.tags import MAX_WEIGHT as MAX_LORA_WEIGHT
 from pipelines.lora.tags import extract_lora_tags, reweight_lora_tags
-from pipelines.request import IMAGE_FIELDS, GenerationRequest, hires_on, random_seed, validate_request
+from pipelines.request import IMAGE_FIELDS, GenerationRequest, hires_on, random_seed, refiner_name, validate_request
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, has_sampler
 
 AXIS_NAMES = ("X", "Y", "Z")
@@ -206,6 +206,7 @@ def build_plan(experiment: Experiment, manager, rng: random.Random | None = None
     _refuse_overlaps(axes)
     _refuse_idle_detailer(axes, base)
     _refuse_idle_hires(axes, base)
+    _refuse_idle_refiner(axes, base)
     cells = tuple(_cells(axes, base, face, manager, tuple(notes)))
     if face is not None:
         _require_face_files(cells, manager)
@@ -390,6 +391,8 @@ def _value_problem(setting: Setting, value, base: GenerationRequest, face: FaceO
         return problem
     if setting.key == "hires_checkpoint" and (problem := _hires_checkpoint_problem(value, base, manager)):
         return problem
+    if setting.key == "refiner_checkpoint" and (problem := _refiner_problem(value, base, manager)):
+        return problem
     if setting.key == "hires_upscaler":  # a name of this models folder's, checked now rather than failing its cells
         from pipelines.upscale import find_upscaler  # torch: not before an experiment file is read (the CLI reads it first)
 
@@ -412,6 +415,15 @@ def _hires_checkpoint_problem(name: str, base: GenerationRequest, manager) -> st
     """Why `name` cannot run the hires pass after the starting model's first pass (the manager's own check, now)."""
     try:
         manager.check_hires_checkpoint(replace(base, hires_checkpoint=name, hires_scale=max(base.hires_scale, 2.0)))
+    except LikenessError as error:
+        return str(error)
+    return None
+
+
+def _refiner_problem(name: str, base: GenerationRequest, manager) -> str | None:
+    """Why `name` cannot take over from the starting model (installed, of its family: the manager's own check, now)."""
+    try:
+        manager.check_refiner(replace(base, refiner_checkpoint=name))
     except LikenessError as error:
         return str(error)
     return None
@@ -495,6 +507,16 @@ def _refuse_idle_hires(axes: tuple[Axis, ...], base: GenerationRequest) -> None:
                                  "above 1 in the starting settings (hires_scale), or add a Hires scale axis.")
 
 
+def _refuse_idle_refiner(axes: tuple[Axis, ...], base: GenerationRequest) -> None:
+    """A Refiner switch at axis without a refiner in any cell would make a grid of identical pictures."""
+    chosen = refiner_name(base) is not None or any(a.setting.key == "refiner_checkpoint" and any(refiner_name(replace(base, refiner_checkpoint=v))
+                                                                                                for v in a.values) for a in axes)
+    for axis in axes:
+        if axis.setting.key == "refiner_switch_at" and not chosen:
+            raise InvalidRequest(f"The {axis.name} axis (Refiner switch at) changes nothing without a refiner: choose one in the starting "
+                                 "settings (refiner_checkpoint), or add a Refiner checkpoint axis.")
+
+
 def _cells(axes: tuple[Axis, ...], base: GenerationRequest, face: FaceOptions | None, manager, notes: tuple[str, ...]):
     """Every combination in grid order (X fastest), each checked as a whole request."""
     sampler_on_axis = any(a.setting.key == "sampler" for a in axes)
@@ -551,6 +573,8 @@ def axis_choices(key: str, manager, model: str | None = None) -> list[str]:
         return manager.model_names()
     if setting.key == "hires_checkpoint":
         return manager.hires_checkpoint_choices(family)
+    if setting.key == "refiner_checkpoint":
+        return manager.refiner_choices(family)
     if setting.key == "styles":
         return [NO_STYLE, *manager.styles.names()]
     if setting.key == "hires_upscaler":

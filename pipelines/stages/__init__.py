@@ -14,7 +14,9 @@ hires pass, VAE decode, face detail), then the batch's images are recorded (info
 A hires pass on another checkpoint (A1111's "Hires checkpoint") splits the run in two plans, one per model, so each
 model loads once whatever the batch count: `run_first_passes` denoises every batch on the first model, then
 `run_second_passes` runs the hires pass and the rest on the second (`GenerationPlan.first_model` names the first in the
-infotext; `step_base` puts the second plan's steps after all the first passes' in the readout).
+infotext; `step_base` puts the second plan's steps after all the first passes' in the readout). A refiner (A1111's) splits
+the run the same way, at the switch step: the first plan's denoise stops there (`stop_after`), the second's goes on
+from it on the refiner (`resume_at`, stages.refiner) and runs the rest.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class GenerationPlan:
     steps_per_batch: int = 0  # denoising steps one batch runs in all of this plan's passes
     step_base: int = 0  # the readout's steps before this plan's first batch (a second plan: the first passes')
     first_model: LoadedModel | None = None  # a second plan's: the model the first passes ran on (the infotext's Model)
+    stop_after: int | None = None  # a first plan with a refiner: the denoise stops after this step of the full schedule
+    resume_at: int | None = None  # its second plan: the refiner's denoise goes on from that step
 
     def batch_step_offset(self, batch_index: int) -> int:
         """The readout's step count before batch `batch_index` of this plan begins."""

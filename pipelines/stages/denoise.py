@@ -60,7 +60,8 @@ class Denoise:
         approximate = self._approximate
         start = time.perf_counter()
         resume = approximate.before_batch() if approximate else None
-        state.latents, info["detail"] = denoise_from_init(plan, state) if starts_from_init(plan) else (denoise_batch(plan, state, resume), "")
+        state.latents, info["detail"] = denoise_from_init(plan, state) if starts_from_init(plan) else \
+            (denoise_batch(plan, state, resume, stop_after=plan.stop_after), handover_note(plan).lstrip(", "))
         if approximate:
             info["detail"] = state.cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
         if stopped(plan, state):
@@ -85,8 +86,10 @@ def stopped(plan, state) -> bool:
     return False
 
 
-def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Resume | None = None, total: int | None = None):
-    """diffusers' callback_on_step_end: readout, hook step index, preview, Stop/Skip."""
+def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Resume | None = None, total: int | None = None,
+                  stop_after: int | None = None):
+    """diffusers' callback_on_step_end: readout, hook step index, preview, Stop/Skip; with `stop_after` the pipeline's
+    loop ends after that step of the full schedule (a refiner takes over there): its latents are returned as they are."""
     request, options = plan.request, plan.options
     total = total or request.steps
     completed = [0]  # sampler steps this pass has finished
@@ -103,7 +106,7 @@ def step_callback(plan, state, step_offset: int, start_step: int = 0, resume: Re
         if options.preview_every and done % options.preview_every == 0 and done < total:
             image = render_preview(options.live_preview, plan.model, tensors["latents"], state.height, state.width, plan.bus.publish)
             plan.bus.publish(PreviewReady(step_offset + done, image))
-        if options.cancel.interrupt_requested:
+        if options.cancel.interrupt_requested or (stop_after is not None and done >= stop_after):
             pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
@@ -140,12 +143,19 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
     latents = img2img_denoise(plan, state, init.latents, width=request.width, height=request.height, strength=request.denoising_strength,
                               steps=request.steps, step_offset=plan.batch_step_offset(state.batch_index),
                               mask=init.mask if request.mask is not None else None,
-                              masked_latents=init.masked_latents if init.masked_latents is not None else init.latents)
-    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})"
+                              masked_latents=init.masked_latents if init.masked_latents is not None else init.latents,
+                              stop_after=plan.stop_after)
+    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})" + handover_note(plan)
+
+
+def handover_note(plan) -> str:
+    """The first plan's denoise with a refiner: where it hands over."""
+    return f", the refiner takes over after step {plan.stop_after}" if plan.stop_after is not None else ""
 
 
 def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,
-                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None, scheduler=None, seed_noise: bool = True) -> torch.Tensor:
+                    mask=None, masked_latents: torch.Tensor | None = None, prompt=None, scheduler=None, seed_noise: bool = True,
+                    stop_after: int | None = None) -> torch.Tensor:
     """The last `int(steps * strength)` steps of a `steps`-step schedule from `init_latents` ((1 or B, C, h, w),
     pipeline convention, unpacked) at `width` x `height`, with diffusers' img2img or (with `mask`) inpaint
     pipeline on the loaded modules. `step_offset` is the readout's step count before this pass; `prompt` the
@@ -153,7 +163,7 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
     detailer. Returns the denoiser's latents (FLUX packed). With prompt editing, the pass counts its steps from
     0 (the steps it runs, as A1111's img2img does). `scheduler`: the pass's own (the hires sampler), else the loaded one.
     `seed_noise`: the noise follows the variation seed and Resize seed from (A1111's img2img and hires pass; not the
-    face detailer's crops)."""
+    face detailer's crops). `stop_after`: the step of the schedule after which a refiner takes over."""
     from pipelines.stages.init_image import refine_pipeline
 
     model, request, options = plan.model, plan.request, plan.options
@@ -188,7 +198,7 @@ def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, heig
             width=width,
             generator=generators(state.seeds),
             output_type="latent",
-            callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped, total=steps),
+            callback_on_step_end=step_callback(plan, state, step_offset - skipped, skipped, total=steps, stop_after=stop_after),
             callback_on_step_end_tensor_inputs=["latents"],
             **extra,
         ).images
@@ -314,11 +324,12 @@ def start_noise(plan, state, seed_generators: list[torch.Generator]) -> torch.Te
     return torch.cat(noises).to(plan.model.device)
 
 
-def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
+def denoise_batch(plan, state, resume: Resume | None = None, stop_after: int | None = None, step_offset: int | None = None) -> torch.Tensor:
     """Run the text-to-image denoiser for one batch.
 
-    With `resume` (the approximate cache) the run starts from kept latents after `resume.start_step`
-    steps, or keeps its own latents after the steps `resume.keep` names.
+    With `resume` (the approximate cache, a refiner) the run starts from kept latents after `resume.start_step`
+    steps, or keeps its own latents after the steps `resume.keep` names. `stop_after`: the step after which a
+    refiner takes over. `step_offset`: the readout's count before step 0 of the schedule (default: the batch's).
     """
     model, request, options = plan.model, plan.request, plan.options
     start_step = resume.start_step if resume else 0
@@ -341,7 +352,8 @@ def denoise_batch(plan, state, resume: Resume | None = None) -> torch.Tensor:
             generator=seed_generators,
             latents=start_latents,
             output_type="latent",
-            callback_on_step_end=step_callback(plan, state, plan.batch_step_offset(state.batch_index), start_step, resume),
+            callback_on_step_end=step_callback(plan, state, plan.batch_step_offset(state.batch_index) if step_offset is None else step_offset,
+                                               start_step, resume, stop_after=stop_after),
             callback_on_step_end_tensor_inputs=["latents"],
             **({"true_cfg_scale": options.true_cfg_scale} if uses_true_cfg(model, options) else {}),
         ).images

@@ -131,7 +131,7 @@ class HiresPass:
                                                 steps=total, step_offset=plan.batch_step_offset(state.batch_index) + first_steps,
                                                 prompt=self._prompt(plan, state, total), scheduler=hires_scheduler(model, request))
         state.batch_extra |= hires_infotext(request, choice.name)
-        if plan.first_model is not None:  # A1111's key: the checkpoint's name and short hash
+        if plan.first_model is not None and plan.resume_at is None:  # A1111's key (the checkpoint's name and short hash); not a refiner's
             state.batch_extra["Hires checkpoint"] = f"{model.name} [{model.model_hash}]" if model.model_hash else model.name
         own = " ".join(filter(None, (request.hires_sampler, request.hires_schedule_type)))
         info["detail"] = ((f"on {model.name}, " if plan.first_model is not None else "") +

@@ -193,6 +193,29 @@ def test_txt2img_hr_checkpoint_name_runs_the_hires_pass_on_that_model(api, share
     assert missing.status_code == 422 and "hr_checkpoint_name: No model 'sdxl_base_1.0'" in missing.json()["detail"]
 
 
+def test_txt2img_refiner_fields_and_script(api, shared_manager):
+    """A1111's refiner_checkpoint (a title, name or hash) and refiner_switch_at, or its Refiner script's args: the PNG
+    has A1111's Refiner keys; "None" is no refiner; an unknown model or a switch out of range is a 422 naming it."""
+    body = dict(BASE, steps=4)
+    title = next(m["title"] for m in api.get("/sdapi/v1/sd-models").json() if m["model_name"] == DEMO_MODEL_NAME)
+    refined = post(api, "txt2img", dict(body, refiner_checkpoint=title, refiner_switch_at=0.5))
+    assert refined.status_code == 200, refined.text
+    params = parse_infotext(png_of(refined.json()["images"][0]).info["parameters"])
+    assert params["Model"] == "tiny-sd15" and params["Refiner"].split(" [")[0] == DEMO_MODEL_NAME and params["Refiner switch at"] == "0.5"
+    assert not any("refiner" in w for w in json.loads(refined.json()["info"])["warnings"])
+    script = post(api, "txt2img", dict(body, alwayson_scripts={"Refiner": {"args": [True, DEMO_MODEL_NAME, 0.5]}}))
+    assert parse_infotext(png_of(script.json()["images"][0]).info["parameters"])["Refiner"] == params["Refiner"]
+    for name in (None, "", "None"):
+        request = mapping.prepare(Txt2ImgRequest(**dict(body, refiner_checkpoint=name)), shared_manager, mapping.ApiDefaults("tiny-sd15")).request
+        assert request.refiner_checkpoint == ""
+    off = post(api, "txt2img", dict(body, refiner_checkpoint=DEMO_MODEL_NAME, refiner_switch_at=0.5, alwayson_scripts={"refiner": {"args": [False]}}))
+    assert "Refiner" in parse_infotext(png_of(off.json()["images"][0]).info["parameters"])  # a disabled script leaves the body's
+    missing = post(api, "txt2img", dict(body, refiner_checkpoint="sd_xl_refiner_1.0"))
+    assert missing.status_code == 422 and "refiner_checkpoint: No model 'sd_xl_refiner_1.0'" in missing.json()["detail"]
+    out_of_range = post(api, "txt2img", dict(body, refiner_checkpoint=DEMO_MODEL_NAME, refiner_switch_at=0))
+    assert out_of_range.status_code == 422 and "Refiner switch at must be between 0.01 and 1" in out_of_range.json()["detail"]
+
+
 def test_face_detailer_fields_at_the_top_level(shared_manager):
     body = Txt2ImgRequest(**dict(BASE, face_detail=True, face_detail_strength=0.3, face_detail_steps=5, face_detail_faces=[1, 3],
                                  face_detail_prompt="a sharp face"))

@@ -242,6 +242,25 @@ def test_hires_checkpoint_axis(shared_manager):
         build_plan(experiment(("hires_checkpoint", DEMO_MODEL_NAME), base={"model": "tiny-sd15"}), shared_manager)
 
 
+def test_refiner_axes(shared_manager):
+    """A1111's Refiner checkpoint and Refiner switch at axes: a model of the starting model's family (or None), checked
+    at planning as the generation would; a switch axis without any refiner is refused (identical pictures)."""
+    plan = build_plan(experiment(("refiner_checkpoint", f"None, {DEMO_MODEL_NAME}"), ("refiner_switch_at", "0.5, 0.75"),
+                                 base={"model": "tiny-sd15", "steps": 4}), shared_manager)
+    assert [(c.request.refiner_checkpoint, c.request.refiner_switch_at) for c in plan.cells] == [
+        ("None", 0.5), (DEMO_MODEL_NAME, 0.5), ("None", 0.75), (DEMO_MODEL_NAME, 0.75)]
+    assert plan.cells[3].label == f"Refiner checkpoint: {DEMO_MODEL_NAME}, Refiner switch at: 0.75"
+    with pytest.raises(InvalidRequest, match=r"'tiny-sdxl' is not valid: The refiner 'tiny-sdxl' is Stable Diffusion XL"):
+        build_plan(experiment(("refiner_checkpoint", "tiny-sdxl"), base={"model": "tiny-sd15"}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"'nope' is not valid: The refiner 'nope' is not installed"):
+        build_plan(experiment(("refiner_checkpoint", "nope"), base={"model": "tiny-sd15"}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"The X axis \(Refiner switch at\) changes nothing without a refiner"):
+        build_plan(experiment(("refiner_switch_at", "0.5, 0.8"), base={"model": "tiny-sd15"}), shared_manager)
+    with pytest.raises(InvalidRequest, match=r"'1.5' is not valid: Refiner switch at must be between 0.01 and 1"):
+        build_plan(experiment(("refiner_switch_at", "0.5, 1.5"), base={"model": "tiny-sd15", "refiner_checkpoint": DEMO_MODEL_NAME}),
+                   shared_manager)
+
+
 def test_axis_choices_fill_an_axis_with_every_value_it_can_take(make_manager, tmp_path, model_zoo):
     from pipelines.experiments.plan import axis_choices, values_text
     from pipelines.samplers import sampler_names

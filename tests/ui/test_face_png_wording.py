@@ -89,6 +89,24 @@ def test_a_hires_checkpoint_comes_back_when_it_is_installed(manager):
     assert "Hires checkpoint" not in " ".join(unapplied_keys(hires + ", Hires checkpoint: x", GENERATE_FIELDS + ("hires_checkpoint",))[0])
 
 
+def test_a_refiner_comes_back_when_it_is_installed(manager):
+    """A1111's `Refiner: name [hash], Refiner switch at: 0.7`: the model when installed (else None, with a note), its
+    switch; one that switched by noise level (A1111's default: no `Refiner switch by sampling steps`) gets a note."""
+    by_steps = f", Refiner: {DEMO_MODEL_NAME} [0123abcd45], Refiner switch at: 0.7, Refiner switch by sampling steps: True"
+    values, notes = generate_form_values(A1111_TEXT + by_steps, manager, {})
+    assert (values["refiner_checkpoint"], values["refiner_switch_at"]) == (DEMO_MODEL_NAME, 0.7)
+    assert not any("Refiner" in note or "noise level" in note for note in notes)
+    values, notes = generate_form_values(A1111_TEXT + f", Refiner: {DEMO_MODEL_NAME}, Refiner switch at: 0.8", manager, {})
+    assert values["refiner_checkpoint"] == DEMO_MODEL_NAME and any("switched at a noise level" in note for note in notes)
+    values, notes = generate_form_values(A1111_TEXT + ", Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 2", manager, {})
+    assert values["refiner_checkpoint"] == "None" and "refiner_switch_at" not in values
+    assert "Refiner 'sd_xl_refiner_1.0' is not installed; None was chosen." in notes
+    assert any("Refiner switch at '2' is not a number from 0.01 to 1" in note for note in notes)
+    assert generate_form_values(A1111_TEXT, manager, {})[0]["refiner_checkpoint"] == "None"
+    fields = GENERATE_FIELDS + ("refiner_checkpoint", "refiner_switch_at")
+    assert not any(key.startswith("Refiner") for key in unapplied_keys(A1111_TEXT + by_steps, fields)[0])
+
+
 def test_an_image_without_clip_skip_sends_clip_skip_1(manager):
     """A1111 writes "Clip skip" only when it is not 1, and its paste sets 1 when the key is absent: so does Send."""
     values, _ = generate_form_values(A1111_TEXT.replace("Clip skip: 2, ", ""), manager, {})

@@ -39,7 +39,7 @@ from pipelines.infotext import MODEL_TITLE, parse_infotext
 from pipelines.outputs import png_with_parameters
 from pipelines.prompt_lines import check_requests, line_requests, parse_lines
 from pipelines.request import GenerationRequest, GenerationResult, shown
-from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, SCHEDULE_TYPES
+from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, REFINER_NONE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, find_sampler, find_schedule_type, sampler_names, samplers_for, split_sampler_name
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import VAE_AUTOMATIC, find_vae
@@ -77,6 +77,7 @@ SCRIPT_NAMES = {
     "approximate cache": "approximate_cache", "approximate_cache": "approximate_cache", "approx cache": "approximate_cache",
     "vae precision": "vae_precision", "vae_precision": "vae_precision", "vae dtype": "vae_precision",
     "adetailer": "adetailer", "after detailer": "adetailer",  # ADetailer's own format, run by the face detailer
+    "refiner": "refiner",  # A1111's built-in Refiner script: [enabled, checkpoint, switch at], as the body's refiner fields
 }
 # ADetailer's defaults (its adetailer/args.py) for the unit fields the face detailer takes.
 ADETAILER_STRENGTH = 0.4
@@ -87,7 +88,7 @@ ADETAILER_UNUSED_SWITCHES = ("ad_use_inpaint_width_height", "ad_use_cfg_scale", 
 UNSUPPORTED_DEFAULTS = {
     # The sampler options: None or A1111's option defaults (clients such as webuiapi always send those).
     "restore_faces": (None, False), "eta": (None, 1.0, 0.0), "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0),
-    "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None,),
+    "s_tmax": (None, 0.0), "s_tmin": (None, 0.0), "s_noise": (None, 1.0),
     "firstpass_image": (None, ""), "script_args": ([],), "infotext": (None, ""),
     # img2img: instruct-pix2pix's image CFG (webuiapi sends 1.5), A1111's mask rounding, the noise multiplier.
     "image_cfg_scale": (None, 1.0, 1.5), "mask_round": (True,), "initial_noise_multiplier": (None, 1.0), "latent_mask": (None, ""),
@@ -354,7 +355,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         name = SCRIPT_NAMES.get(raw_name.strip().lower()) if isinstance(raw_name, str) else None
         if name is None:
             raise InvalidRequest(f"always on script {shown(raw_name)} not found; Likeness has: pulid, deepcache, "
-                                 "flux block cache, approximate cache, vae precision, ADetailer (its face models).")
+                                 "flux block cache, approximate cache, vae precision, ADetailer (its face models), Refiner.")
         args, enabled = script_args(raw_name, script)
         if not enabled:
             continue
@@ -373,6 +374,9 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
             vae_dtype = values.get("vae_dtype", vae_dtype)
         elif name == "adetailer":
             fields |= adetailer_fields(args, warnings)
+        elif name == "refiner":
+            refiner = positional(raw_name, args, ("checkpoint", "switch_at"), {"checkpoint": "checkpoint", "switch_at": "switch_at"})
+            fields |= refiner_fields(manager, refiner.get("checkpoint"), refiner.get("switch_at"), f"alwayson_scripts.{raw_name}")
 
     prepared.request = GenerationRequest(
         model=model, prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, cfg_scale=body.cfg_scale,
@@ -386,6 +390,8 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         tiling=False if body.tiling is None else body.tiling, vae=vae,
     )
     fields |= detailer_fields(body, warnings)
+    if "refiner_checkpoint" not in fields:  # the Refiner script's args win over the body's fields, as in A1111
+        fields |= refiner_fields(manager, body.refiner_checkpoint, body.refiner_switch_at, "refiner_checkpoint")
     pictures = []
     if isinstance(body, Img2ImgRequest):
         pictures = init_pictures(body, manager.config.max_input_pixels)
@@ -400,6 +406,18 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         prepared.lines = [run for one in prepared.lines or [prepared.request] for run in picture_batch_runs(one, pictures)]
         prepared.request, prepared.init_pictures = prepared.lines[0], pictures
     return prepared
+
+
+def refiner_fields(manager, checkpoint, switch_at, where: str) -> dict:
+    """A1111's refiner: the checkpoint as sd_model_checkpoint takes it (title, name, file name or hash; None, "" or
+    "None" = no refiner) and its Switch at (None = A1111's 0.8; the request's check gives the range)."""
+    if checkpoint in (None, "", REFINER_NONE):
+        return {}
+    try:
+        name = find_model(manager, checkpoint)
+    except ModelNotFound as error:
+        raise InvalidRequest(f"{where}: {str(error).replace('sd_model_checkpoint', 'the refiner')}") from None
+    return {"refiner_checkpoint": name} | ({"refiner_switch_at": switch_at} if switch_at is not None else {})
 
 
 PROMPT_LINES_SCRIPT = "prompts from file or textbox"

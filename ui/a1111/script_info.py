@@ -6,11 +6,11 @@ clients read it to build `alwayson_scripts` / `script_args` lists. Here the same
 labels as its keys)."""
 from __future__ import annotations
 
-from pipelines.choices import ORTHO_MODES
+from pipelines.choices import ORTHO_MODES, REFINER_NONE
 from pipelines.face.options import MAX_ID_WEIGHT, MAX_PHOTOS, FaceOptions
 from pipelines.prompt_lines import POSITIONS
-from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_DEEPCACHE_BRANCH, MAX_DEEPCACHE_INTERVAL, MAX_STEPS,
-                               GenerationRequest)
+from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_DEEPCACHE_BRANCH, MAX_DEEPCACHE_INTERVAL, MAX_REFINER_SWITCH,
+                               MAX_STEPS, MIN_REFINER_SWITCH, GenerationRequest)
 from pipelines.vae import VAE_CHOICES
 from ui.a1111.mapping import ADETAILER_STRENGTH, PROMPT_LINES_SCRIPT, PULID_KEYS
 
@@ -49,6 +49,8 @@ def _always_on() -> dict[str, list[dict]]:
         # ADetailer's own format: an optional skip-img2img flag, then one object per unit (its face models run)
         "adetailer": [arg("ad_model", "face_yolov8n.pt"), arg("ad_prompt", ""), arg("ad_denoising_strength", ADETAILER_STRENGTH, 0, 1, 0.01),
                       arg("ad_mask_k_largest", 0, 0), arg("ad_use_steps", False), arg("ad_steps", 28, 1, MAX_STEPS, 1)],
+        # A1111's built-in Refiner: [enabled, checkpoint, switch at]
+        "refiner": [arg("checkpoint", REFINER_NONE), arg("switch_at", GenerationRequest.refiner_switch_at, MIN_REFINER_SWITCH, MAX_REFINER_SWITCH, 0.01)],
     }
 
 
