@@ -59,21 +59,21 @@ def test_generate_tab_runs_on_a_worker_and_redecode_says_why_not(page, worker_ap
     assert parse_infotext(Image.open(saved[-1]).info["parameters"])["Worker"].startswith("worker-")
     page.get_by_text("Re-decode the last latents").click()
     page.click("#redecode")
-    page.wait_for_function("document.querySelector('#redecode_info').innerText.includes('not available')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#redecode_info')?.innerText || '').includes('not available')", timeout=30000)
     assert "Ray workers" in page.inner_text("#redecode_info")
 
 
 def test_status_bar_and_models_tab_list_every_worker(page, worker_app):
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Workers 2')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('Workers 2')", timeout=30000)
     status = page.inner_text("#status")
     assert "worker-1 (cpu, " in status and "worker-2 (cpu, " in status
     page.get_by_role("tab", name="Models").click()
-    page.wait_for_function("document.querySelector('#models_workers').innerText.includes('worker-2')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#models_workers')?.innerText || '').includes('worker-2')", timeout=30000)
     table = page.inner_text("#models_workers")
     assert "worker-1" in table and "idle" in table
     page.click("#models_load")
-    page.wait_for_function("/worker-\\d: /.test(document.querySelector('#models_message').innerText)", timeout=120000)
-    page.wait_for_function(f"document.querySelector('#models_workers').innerText.includes('{DEMO_MODEL_NAME} (')", timeout=30000)
+    page.wait_for_function("/worker-\\d: /.test((document.querySelector('#models_message')?.innerText || ''))", timeout=120000)
+    page.wait_for_function(f"(document.querySelector('#models_workers')?.innerText || '').includes('{DEMO_MODEL_NAME} (')", timeout=30000)
     assert "worker-" in page.inner_text("#models_table")  # the catalog's "in memory" names the worker
 
 
@@ -104,8 +104,8 @@ def test_models_tab_queue_names_the_worker_running_each_job(page, worker_app):
     set_number(page, "width", 512)
     set_number(page, "height", 512)
     page.click("#generate")
-    page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
-    page.wait_for_function("/ · on worker-\\d \\(cpu\\)/.test(document.querySelector('#readout').innerText)", timeout=10000)
+    page.wait_for_function("/step \\d+/.test((document.querySelector('#readout')?.innerText || ''))", timeout=120000)
+    page.wait_for_function("/ · on worker-\\d \\(cpu\\)/.test((document.querySelector('#readout')?.innerText || ''))", timeout=10000)
     api_job = GenerationRequest(model=DEMO_MODEL_NAME, prompt="a blue square on grey", steps=150, width=512, height=512, seed=2)
     front = worker_app["front"]
 

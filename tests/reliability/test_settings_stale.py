@@ -30,7 +30,7 @@ def save(page, expect: str = "Saved") -> str:
     before = page.evaluate(MESSAGE_WORDS)
     page.click("#settings_save")
     handle = page.wait_for_function(
-        f"([old, want]) => {{ const raw = document.querySelector('#settings_message').innerText; const words = ({MESSAGE_WORDS})();"
+        f"([old, want]) => {{ const raw = (document.querySelector('#settings_message')?.innerText || ''); const words = ({MESSAGE_WORDS})();"
         " return words !== old && words.includes(want) && !/processing|queue: \\d+\\/\\d+|^\\s*[\\d.]+s\\b/.test(raw) && words; }",
         arg=[before, expect], timeout=15000)
     return handle.json_value()  # the text that met the wait, not a second read that may catch the next redraw

@@ -23,11 +23,11 @@ def test_models_tab_load_unload_and_refresh(page, live_app):
     page.get_by_role("tab", name="Models").click()
     assert DEMO_MODEL_NAME in page.inner_text("#models_table")
     page.click("#models_load")
-    page.wait_for_function("/loaded|already/.test(document.querySelector('#models_message').innerText)", timeout=60000)
+    page.wait_for_function("/loaded|already/.test((document.querySelector('#models_message')?.innerText || ''))", timeout=60000)
     assert any(r.name == DEMO_MODEL_NAME for r in manager.cache.records())
     assert "RAM" in page.inner_text("#models_table")
     page.click("#models_unload")
-    page.wait_for_function("document.querySelector('#models_message').innerText.includes('Unloaded')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#models_message')?.innerText || '').includes('Unloaded')", timeout=30000)
     assert not manager.cache.records()
 
     # The user drops a new model folder in, presses Refresh: it shows up in the table and in Generate.
@@ -35,7 +35,7 @@ def test_models_tab_load_unload_and_refresh(page, live_app):
     shutil.copytree(demo_model_dir(live_app["root"] / "cache"), copied)
     try:
         page.click("#models_refresh")
-        page.wait_for_function("document.querySelector('#models_table').innerText.includes('copied-demo')", timeout=30000)
+        page.wait_for_function("(document.querySelector('#models_table')?.innerText || '').includes('copied-demo')", timeout=30000)
         page.get_by_role("tab", name="Generate").click()
         page.click("#model input")
         assert page.get_by_role("option", name="copied-demo").count() == 1
@@ -60,7 +60,7 @@ def test_models_tab_queue_shows_this_process_running_the_tabs_job(page, live_app
     set_number(page, "height", 256)
     page.click("#generate")
     try:
-        page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
+        page.wait_for_function("/step \\d+/.test((document.querySelector('#readout')?.innerText || ''))", timeout=120000)
         page.get_by_role("tab", name="Models").click()
         page.wait_for_function("document.querySelector('#models_queue').innerText.includes('this process')", timeout=30000)
         keep_screenshot(page, "models_queue_in_process")
@@ -68,7 +68,7 @@ def test_models_tab_queue_shows_this_process_running_the_tabs_job(page, live_app
     finally:
         page.get_by_role("tab", name="Generate").click()
         page.click("#stop")
-        page.wait_for_function("document.querySelector('#readout').innerText.includes('Stopped')", timeout=60000)
+        page.wait_for_function("(document.querySelector('#readout')?.innerText || '').includes('Stopped')", timeout=60000)
     page.get_by_role("tab", name="Models").click()
     page.wait_for_function("!document.querySelector('#models_queue').innerText.includes('lighthouse')", timeout=30000)
 
@@ -77,13 +77,14 @@ def test_ctrl_enter_generates_and_seed_buttons(page):
     page.fill("#prompt textarea", "keyboard")
     quick_settings(page)
     page.locator("#seed input").fill("4242")
+    page.wait_for_function("window.likenessShortcuts === true", timeout=60000)  # the page's listener is in place
     page.locator("#prompt textarea").press("Control+Enter")
-    page.wait_for_selector("#breakdown table", timeout=60000)
+    page.wait_for_selector("#breakdown table", timeout=120000)
     assert "seeds 4242" in page.inner_text("#breakdown")
     page.click("#random_seed")
-    page.wait_for_function("document.querySelector('#seed input').value === '-1'", timeout=10000)
+    page.wait_for_function("(document.querySelector('#seed input')?.value || '') === '-1'", timeout=10000)
     page.click("#reuse_seed")
-    page.wait_for_function("document.querySelector('#seed input').value === '4242'", timeout=10000)
+    page.wait_for_function("(document.querySelector('#seed input')?.value || '') === '4242'", timeout=10000)
 
 
 def test_empty_number_field_gives_a_message(page):
@@ -91,7 +92,7 @@ def test_empty_number_field_gives_a_message(page):
     quick_settings(page)
     page.locator("#seed input").fill("")
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#readout').innerText.includes('Seed is empty')", timeout=20000)
+    page.wait_for_function("(document.querySelector('#readout')?.innerText || '').includes('Seed is empty')", timeout=20000)
 
 
 def test_corrupt_settings_file_is_kept_and_the_page_says_so(tmp_path, browser, live_app):

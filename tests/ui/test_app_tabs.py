@@ -37,7 +37,7 @@ def test_stop_mid_run_then_generate_again(page, live_app):
     start_long_run(page)
     reached = wait_for_step(page, 3)
     page.click("#stop")
-    page.wait_for_function("document.querySelector('#readout').innerText.includes('Stopped')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#readout')?.innerText || '').includes('Stopped')", timeout=30000)
     last = int(STEP.search(page.inner_text("#readout")).group(1)) if STEP.search(page.inner_text("#readout")) else reached
     assert last < 150, "the run was not interrupted"
     assert not any(r.locked for r in live_app["manager"].cache.records()), "the model stayed locked after Stop"
@@ -55,11 +55,11 @@ def test_png_info_round_trip_into_generate(page, live_app, tmp_path):
     ))
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#png_upload input[type=file]").set_input_files(result.images[0].path)
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30000)
     assert "round trip, with a comma" in page.inner_text("#png_table")
     page.click("#png_send")
     page.wait_for_selector("#prompt textarea", state="visible")
-    page.wait_for_function("document.querySelector('#prompt textarea').value === 'round trip, with a comma'", timeout=15000)
+    page.wait_for_function("(document.querySelector('#prompt textarea')?.value || '') === 'round trip, with a comma'", timeout=15000)
     assert page.input_value("#negative_prompt textarea") == "blurry"
     assert page.input_value("#steps input[type=number]") == "7"
     assert page.input_value("#cfg input[type=number]") == "5.5"
@@ -75,9 +75,9 @@ def test_png_info_bad_files_give_messages(page, tmp_path):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (32, 32), "red").save(plain)
     page.locator("#png_upload input[type=file]").set_input_files(str(plain))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('no generation parameters')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('no generation parameters')", timeout=30000)
     page.click("#png_send")
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Nothing to send')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Nothing to send')", timeout=15000)
 
 
 def test_setting_saved_and_back_after_restart(page, live_app, browser):
@@ -85,7 +85,7 @@ def test_setting_saved_and_back_after_restart(page, live_app, browser):
     field = page.locator("#setting_preview_every input")
     field.fill("3")
     page.click("#settings_save")
-    page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Saved')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#settings_message')?.innerText || '').includes('Saved')", timeout=15000)
     assert live_app["manager"].config.preview_every == 3, "the change did not apply to the running app"
     stored = json.loads((live_app["root"] / "settings.json").read_text())
     assert stored["preview_every"] == 3
@@ -93,7 +93,7 @@ def test_setting_saved_and_back_after_restart(page, live_app, browser):
     # Invalid values are refused with the field named, and nothing is written.
     field.fill("-4")
     page.click("#settings_save")
-    page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Not saved')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#settings_message')?.innerText || '').includes('Not saved')", timeout=15000)
     assert "Live preview every N steps" in page.inner_text("#settings_message")
     assert json.loads((live_app["root"] / "settings.json").read_text())["preview_every"] == 3
 
@@ -113,7 +113,7 @@ def test_settings_file_corrupted_or_deleted_while_running(page, live_app):
     show_settings(page)
     page.locator("#setting_preview_every input").fill("4")  # only changed fields are saved
     page.click("#settings_save")
-    page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Saved')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#settings_message')?.innerText || '').includes('Saved')", timeout=15000)
     assert isinstance(json.loads(path.read_text()), dict)
     path.unlink()
     page.get_by_role("tab", name="Generate").click()

@@ -22,27 +22,27 @@ def test_caches_tab_shows_stats_and_clears(page, live_app):
     for seed in (1, 2):  # the second run: a prompt-memo hit, and an approximate-cache hit on the same prompt
         page.locator("#seed input").fill(str(seed))
         page.click("#generate")
-        page.wait_for_function(f"document.querySelector('#breakdown') && document.querySelector('#breakdown').innerText.includes('seeds {seed}')",
+        page.wait_for_function(f"document.querySelector('#breakdown') && (document.querySelector('#breakdown')?.innerText || '').includes('seeds {seed}')",
                                timeout=90000)
     memo, approx = manager.prompt_memo.stats(), manager.approximate_cache().stats()
     assert memo.hits >= 1 and approx.hits == 1 and approx.entries >= 1
 
     page.get_by_role("tab", name="Caches").click()
-    page.wait_for_function("document.querySelector('#caches_table').innerText.includes('approximate latents')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#caches_table')?.innerText || '').includes('approximate latents')", timeout=30000)
     approx_row = row_of(page, "approximate latents")
     assert approx_row[1:3] == ["lcbfu", str(manager.approximate_cache().stats().entries)]
     assert approx_row[3].endswith("KiB") and approx_row[4:7] == ["1", "1", "50%"]
     assert "prompt embeddings" in page.inner_text("#caches_table")
 
     page.click("#clear_approximate_latents")
-    page.wait_for_function("document.querySelector('#caches_message').innerText.includes('Cleared approximate latents')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#caches_message')?.innerText || '').includes('Cleared approximate latents')", timeout=30000)
     assert manager.approximate_cache().stats().entries == 0
     assert manager.prompt_memo.stats().entries >= 1, "clearing one cache leaves the others"
 
     page.click("#clear_all_caches")
-    page.wait_for_function("document.querySelector('#caches_message').innerText.includes('Cleared every cache')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#caches_message')?.innerText || '').includes('Cleared every cache')", timeout=30000)
     assert all(cache.stats().entries == 0 for cache in manager.caches())
-    page.wait_for_function("document.querySelector('#caches_table').innerText.includes('0/64')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#caches_table')?.innerText || '').includes('0/64')", timeout=30000)
     assert row_of(page, "prompt embeddings")[2:4] == ["0/64", "0 B"]
 
 

@@ -22,7 +22,7 @@ def fill_values(page, elem_id: str, text: str) -> None:
 
 
 def progress_shows(page, text: str, timeout: int = 30000) -> None:
-    page.wait_for_function(f"document.querySelector('#exp_progress').innerText.includes({text!r})", timeout=timeout)
+    page.wait_for_function(f"(document.querySelector('#exp_progress')?.innerText || '').includes({text!r})", timeout=timeout)
 
 
 def test_two_by_two_grid_on_the_demo_model(page, live_app):
@@ -95,11 +95,11 @@ def test_fill_puts_every_choice_of_the_setting_in_the_values(page, live_app):
     choose(page, "exp_x_setting", "Sampler")
     page.click("#exp_x_fill")
     family = live_app["manager"].entry(DEMO_MODEL_NAME).family
-    page.wait_for_function("document.querySelector('#exp_x_values textarea').value.includes('Euler a')", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#exp_x_values textarea')?.value || '').includes('Euler a')", timeout=10_000)
     assert page.input_value("#exp_x_values textarea") == ", ".join(sampler_names(family))
     choose(page, "exp_y_setting", "Model")
     page.click("#exp_y_fill")
-    page.wait_for_function("document.querySelector('#exp_y_values textarea').value !== ''", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#exp_y_values textarea')?.value || '') !== ''", timeout=10_000)
     assert page.input_value("#exp_y_values textarea") == DEMO_MODEL_NAME
     choose(page, "exp_z_setting", "Steps")
     fill_values(page, "exp_z_values", "10-30 (+10)")

@@ -158,7 +158,7 @@ def test_png_info_and_history_send_to_extras(page, live_app, tmp_path):
     info.add_text("parameters", "a dropped picture\nSteps: 5, Seed: 3")
     noise_image(12, 12, seed=6).save(dropped, pnginfo=info)
     page.locator("#png_upload input[type=file]").set_input_files(str(dropped))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30_000)
     page.click("#png_send_extras")
     page.wait_for_function("(document.querySelector('#extras_message')?.innerText || '').includes('sent from PNG Info')", timeout=30_000)
     pick(page, "extras_upscaler", "Nearest")
@@ -187,7 +187,7 @@ def test_the_swap_button_swaps_width_and_height(page):
     page.fill("#height input[type=number]", "96")
     page.press("#height input[type=number]", "Tab")
     page.click("#swap_size")
-    page.wait_for_function("document.querySelector('#width input[type=number]').value === '96'", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#width input[type=number]')?.value || '') === '96'", timeout=10_000)
     assert page.input_value("#height input[type=number]") == "192"
 
 

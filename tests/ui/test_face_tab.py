@@ -90,7 +90,7 @@ def test_the_face_tab_shows_and_edits_the_prompt_it_draws(browser, face_app):
         face_prompt.press("End")
         face_prompt.press_sequentially(" at sea", delay=10)  # typed: no keystroke lost to the copy back
         face_negative.fill("")
-        page.wait_for_function("document.querySelector('#prompt textarea').value === 'a portrait of a sailor at sea'"
+        page.wait_for_function("(document.querySelector('#prompt textarea')?.value || '') === 'a portrait of a sailor at sea'"
                                " && document.querySelector('#negative_prompt textarea').value === ''", timeout=10_000)
         assert face_prompt.input_value() == "a portrait of a sailor at sea"
         page.locator("#face_photos input[type=file]").set_input_files(str(HANKS))
@@ -106,6 +106,6 @@ def test_the_face_tab_shows_and_edits_the_prompt_it_draws(browser, face_app):
         page.get_by_role("tab", name="Generate").click()
         page.locator("#prompt textarea").fill("a portrait at night")
         page.get_by_role("tab", name="Face").click()
-        page.wait_for_function("document.querySelector('#face_prompt textarea').value === 'a portrait at night'", timeout=10_000)
+        page.wait_for_function("(document.querySelector('#face_prompt textarea')?.value || '') === 'a portrait at night'", timeout=10_000)
     finally:
         page.context.close()

@@ -169,10 +169,10 @@ def test_esc_stops_a_run_in_the_img2img_tab_too(page, picture, paced_steps):
     page.wait_for_function("(document.querySelector('#i2i_message')?.innerText || '').includes('Size set')", timeout=30000)
     set_number(page, "i2i_steps", 150)  # 112 steps at strength 0.75, paced: 17 s at least; Esc ends it
     page.click("#i2i_generate")
-    page.wait_for_function("document.querySelector('#i2i_readout').innerText.includes('step')", timeout=60000)
+    page.wait_for_function("(document.querySelector('#i2i_readout')?.innerText || '').includes('step')", timeout=60000)
     shortcuts_ready(page)
     page.keyboard.press("Escape")
-    page.wait_for_function("document.querySelector('#i2i_readout').innerText.includes('Stopped')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#i2i_readout')?.innerText || '').includes('Stopped')", timeout=30000)
     assert not page.locator("#i2i_gallery img").count(), "the run ended with images: Esc did not stop it"
     keep_screenshot(page, "esc_stopped_img2img")
 
@@ -184,7 +184,7 @@ def test_no_gradio_settings_link_in_the_footer_and_one_line_status_bar(page, liv
     assert page.get_by_role("tab", name="Settings").count() == 1
     start_run(page, 2)
     page.wait_for_selector("#gallery img", timeout=60000)
-    page.wait_for_function("document.querySelector('#status').innerText.includes('last run')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('last run')", timeout=30000)
     lines = page.evaluate(STATUS_LINES)
     assert lines == 1, f"the status bar wraps to {lines} lines: {page.inner_text('#status')}"
     reuse = page.locator("#reuse_seed").bounding_box()
@@ -236,7 +236,7 @@ def test_a_style_saved_on_the_page_is_chosen_and_applied(page, live_app):
     assert page.input_value("#prompt textarea") == "a big red circle", "the style is applied to the run, not written into the box"
     # A1111's "apply the styles to the prompts": the words go into the boxes and the choice is cleared (not added twice).
     page.click("#apply_styles")
-    page.wait_for_function("document.querySelector('#prompt textarea').value === 'a big red circle on a white background'", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#prompt textarea')?.value || '') === 'a big red circle on a white background'", timeout=10_000)
     assert page.input_value("#negative_prompt textarea") == "blurry"
     assert page.locator("#styles").get_by_text("White background").count() == 0, "the written style is still chosen"
     assert "Wrote White background into the prompts." in page.inner_text("#style_message")

@@ -38,7 +38,7 @@ def test_a_demo_example_fills_the_prompt_size_steps_and_its_cfg(page, live_app):
     assert page.get_by_text(demo.EXAMPLE_PROMPTS[-1][:40]).count() == 1
     set_number(page, "cfg", 9)
     page.get_by_text(demo.EXAMPLE_PROMPTS[0]).first.click()
-    page.wait_for_function("document.querySelector('#prompt textarea').value.length > 0", timeout=10000)
+    page.wait_for_function("(document.querySelector('#prompt textarea')?.value || '').length > 0", timeout=10000)
     assert page.input_value("#prompt textarea") == demo.EXAMPLE_PROMPTS[0]
     assert float(page.input_value("#cfg input[type=number]")) == demo.DEFAULT_CFG
     assert int(page.input_value("#width input[type=number]")) == demo.DEFAULT_SIZE
@@ -87,7 +87,7 @@ def test_bad_number_gives_a_message_and_the_app_keeps_serving(page):
     set_number(page, "width", 100)  # not a multiple of 8
     set_number(page, "steps", 2)
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#readout').innerText.includes('multiple of 8')", timeout=30000)
+    page.wait_for_function("(document.querySelector('#readout')?.innerText || '').includes('multiple of 8')", timeout=30000)
     set_number(page, "width", 128)
     set_number(page, "height", 128)
     page.click("#generate")

@@ -114,7 +114,7 @@ def test_generate_then_page_filter_delete_undo_and_send(page, live_app):
 
     # The generated image: its parameters, and the full-size file behind the link.
     page.locator("#history_gallery .thumbnail-item").first.click()
-    page.wait_for_function("document.querySelector('#history_raw textarea').value.includes('Steps: 4')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#history_raw textarea')?.value || '').includes('Steps: 4')", timeout=15000)
     assert PROMPT in page.inner_text("#history_table")
     link = page.locator("#history_details a", has_text="Open full size")
     response = page.request.get(link.evaluate("a => a.href"))
@@ -150,17 +150,17 @@ def test_generate_then_page_filter_delete_undo_and_send(page, live_app):
     set_number(page, "steps", 9)  # changed, so the send must set it back
     open_history(page)
     page.locator("#history_gallery .thumbnail-item").first.click()
-    page.wait_for_function("document.querySelector('#history_raw textarea').value.includes('Steps: 4')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#history_raw textarea')?.value || '').includes('Steps: 4')", timeout=15000)
     page.click("#history_send")
     page.wait_for_selector("#prompt textarea", state="visible")
-    page.wait_for_function(f"document.querySelector('#prompt textarea').value === {PROMPT!r}", timeout=15000)
+    page.wait_for_function(f"(document.querySelector('#prompt textarea')?.value || '') === {PROMPT!r}", timeout=15000)
     assert page.input_value("#steps input[type=number]") == "4"
     keep_screenshot(page, "history_sent_to_generate")
 
     # Send to img2img: the picture and its parameters land on the img2img tab.
     open_history(page)
     page.locator("#history_gallery .thumbnail-item").first.click()
-    page.wait_for_function("document.querySelector('#history_raw textarea').value.includes('Steps: 4')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#history_raw textarea')?.value || '').includes('Steps: 4')", timeout=15000)
     page.click("#history_send_img2img")
     wait_for_text(page, "i2i_message", "Sent to img2img", timeout=15000)
     page.wait_for_selector("#i2i_image img", timeout=15000)  # the picture itself, not only its parameters

@@ -118,7 +118,11 @@ def run_and_wait(page, prefix: str = "i2i_", timeout: float = 120, running_shot:
         if not shot_taken and STEP.search(readout):
             shot(page, running_shot)
             shot_taken = True
-        if readout.startswith("⚠") or page.locator(f"#{prefix}breakdown table").count():
+        if readout.startswith("⚠"):
+            return readout
+        # The final update sets the breakdown and the readout together; on a loaded machine the page can show the table
+        # a moment before the readout's "done" (seen in a loaded run): both are waited for.
+        if page.locator(f"#{prefix}breakdown table").count() and readout.lstrip().startswith("done"):
             return readout
         time.sleep(0.2)
     raise AssertionError(f"the run never finished: {page.inner_text(f'#{prefix}readout')!r}")

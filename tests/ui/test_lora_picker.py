@@ -33,7 +33,7 @@ def test_pick_a_lora_inserts_its_tag_once_and_generation_applies_it(browser, lor
         page.fill("#prompt textarea", "a foggy harbour")
         choose(page, "lora_picker", "film_grain (SD 1.5)")
         page.wait_for_function(
-            "document.querySelector('#prompt textarea').value.endsWith('<lora:film_grain:1>')", timeout=15000)
+            "(document.querySelector('#prompt textarea')?.value || '').endsWith('<lora:film_grain:1>')", timeout=15000)
         assert page.input_value("#prompt textarea") == "a foggy harbour <lora:film_grain:1>"
         # The picker is back to empty, ready for the next pick.
         page.wait_for_function("document.querySelector('#lora_picker input').value === ''", timeout=15000)

@@ -38,7 +38,7 @@ def test_each_line_runs_and_the_pngs_say_so(page, live_app, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text('a red circle\n--prompt "a green star" --steps 3 --seed 7\n', encoding="utf-8")
     page.locator("#lines_upload input[type=file]").set_input_files(str(listing))
-    page.wait_for_function("document.querySelector('#lines_text textarea').value.includes('a green star')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#lines_text textarea')?.value || '').includes('a green star')", timeout=30_000)
     page.locator("#lines_iterate_seed input").check()
     before = pngs(live_app["root"])
     readout = run_lines(page)

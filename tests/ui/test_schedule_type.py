@@ -17,7 +17,7 @@ ALL_SCHEDULES = ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponenti
 def pick(page, elem_id: str, value: str) -> None:
     page.locator(f"#{elem_id} input").click()
     page.locator(f"#{elem_id}").get_by_role("option", name=value, exact=True).click()
-    page.wait_for_function(f"document.querySelector('#{elem_id} input').value === {value!r}", timeout=10_000)
+    page.wait_for_function(f"(document.querySelector('#{elem_id} input')?.value || '') === {value!r}", timeout=10_000)
 
 
 def offered(page, elem_id: str) -> list[str]:
@@ -31,7 +31,7 @@ def offered(page, elem_id: str) -> list[str]:
 
 def test_schedule_choices_follow_the_sampler_and_come_back_from_the_png(page, live_app):
     pick(page, "sampler", "DPM++ 2M")
-    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#schedule_type input')?.value || '') === 'Automatic'", timeout=10_000)
     assert offered(page, "schedule_type") == ALL_SCHEDULES
     pick(page, "schedule_type", "Exponential")
     made = generate_one(page, live_app, "a blue square on a schedule")
@@ -40,17 +40,17 @@ def test_schedule_choices_follow_the_sampler_and_come_back_from_the_png(page, li
     assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Exponential")
 
     pick(page, "sampler", "DDIM")  # it steps through timesteps, no Exponential: the choice goes back to Automatic
-    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#schedule_type input')?.value || '') === 'Automatic'", timeout=10_000)
     assert offered(page, "schedule_type") == ["Automatic", "Uniform", "SGM Uniform"]
 
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#png_upload input[type=file]").set_input_files(str(made))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30_000)
     page.click("#png_send")
-    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Exponential'", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#schedule_type input')?.value || '') === 'Exponential'", timeout=30_000)
     assert page.input_value("#sampler input") == "DPM++ 2M"
     pick(page, "sampler", "DDIM")  # the sent choices narrow again with the next sampler
-    page.wait_for_function("document.querySelector('#schedule_type input').value === 'Automatic'", timeout=10_000)
+    page.wait_for_function("(document.querySelector('#schedule_type input')?.value || '') === 'Automatic'", timeout=10_000)
 
 
 def test_the_hires_pass_runs_its_own_sampler(page, live_app):

@@ -46,7 +46,7 @@ def generate_one(page, live_app, prompt: str) -> Path:
 def pick_vae(page, name: str) -> None:
     page.locator("#vae input").click()  # opening it reads models/VAE again
     page.locator("#vae").get_by_role("option", name=name, exact=True).click()
-    page.wait_for_function(f"document.querySelector('#vae input').value === {name!r}", timeout=10_000)
+    page.wait_for_function(f"(document.querySelector('#vae input')?.value || '') === {name!r}", timeout=10_000)
 
 
 def test_pick_a_vae_file_generate_and_send_it_back(page, browser, live_app, vae_file):
@@ -62,18 +62,18 @@ def test_pick_a_vae_file_generate_and_send_it_back(page, browser, live_app, vae_
 
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#png_upload input[type=file]").set_input_files(str(made))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30_000)
     page.click("#png_send")
-    page.wait_for_function("document.querySelector('#vae input').value === 'demo-copy.safetensors'", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#vae input')?.value || '') === 'demo-copy.safetensors'", timeout=30_000)
     page = open_page(browser, live_app["url"])  # a fresh PNG Info drop box
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#png_upload input[type=file]").set_input_files(str(plain))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30_000)
     page.get_by_role("tab", name="Generate").click()
     pick_vae(page, "demo-copy.safetensors")  # not the value the send must set
     page.get_by_role("tab", name="PNG Info").click()
     page.click("#png_send")
-    page.wait_for_function("document.querySelector('#vae input').value === 'Automatic'", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#vae input')?.value || '') === 'Automatic'", timeout=30_000)
     page.context.close()
 
 

@@ -36,6 +36,6 @@ def test_resize_seed_from_runs_and_comes_back_from_the_png(page, live_app):
     set_number(page, "seed_resize_from_w", 0)
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#png_upload input[type=file]").set_input_files(str(newest))
-    page.wait_for_function("document.querySelector('#png_message').innerText.includes('Read')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#png_message')?.innerText || '').includes('Read')", timeout=30_000)
     page.click("#png_send")
-    page.wait_for_function("document.querySelector('#seed_resize_from_w input[type=number]').value === '64'", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#seed_resize_from_w input[type=number]')?.value || '') === '64'", timeout=30_000)

@@ -103,24 +103,24 @@ def test_fresh_page_shows_the_models_and_caches_as_they_are_now(browser, live_ap
     try:
         page.get_by_role("tab", name="Models").click()
         # At once: well under the Caches timer's 10 s, and the Models tab has no timer at all.
-        page.wait_for_function("document.querySelector('#models_table').innerText.includes('RAM')", timeout=4000)
+        page.wait_for_function("(document.querySelector('#models_table')?.innerText || '').includes('RAM')", timeout=4000)
         memory = text_of(page, "#models_memory")
         assert "RAM cache 0 B" not in memory and "RAM cache" in memory, memory
         assert re.search(r"\b\d+(\.\d)? (KiB|MiB|GiB)\b", text_of(page, "#models_table")), "the loaded model's size"
         shot(page, "polish_models_fresh_page")
 
         page.get_by_role("tab", name="Caches").click()
-        page.wait_for_function(f"document.querySelector('#caches_table').innerText.includes('{entries}/64')", timeout=4000)
+        page.wait_for_function(f"(document.querySelector('#caches_table')?.innerText || '').includes('{entries}/64')", timeout=4000)
         shot(page, "polish_caches_fresh_page")
 
         # Showing the tab again reads the figures again: the model unloaded elsewhere is gone.
         manager.unload(DEMO_MODEL_NAME)
         page.get_by_role("tab", name="Models").click()
-        page.wait_for_function("document.querySelector('#models_memory').innerText.includes('RAM cache 0 B')", timeout=4000)
+        page.wait_for_function("(document.querySelector('#models_memory')?.innerText || '').includes('RAM cache 0 B')", timeout=4000)
         assert "RAM" not in text_of(page, "#models_table")
         manager.prompt_memo.clear()
         page.get_by_role("tab", name="Caches").click()
-        page.wait_for_function("document.querySelector('#caches_table').innerText.includes('0/64')", timeout=4000)
+        page.wait_for_function("(document.querySelector('#caches_table')?.innerText || '').includes('0/64')", timeout=4000)
     finally:
         page.context.close()
 
@@ -240,7 +240,7 @@ def test_settings_sections_choices_sticky_save_and_the_bad_field_marked(page, li
     open_section(page, "generation")  # closed again: Save opens the section of the refused field
     page.wait_for_selector("#setting_preview_every input", state="hidden")
     page.click("#settings_save")
-    page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Not saved')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#settings_message')?.innerText || '').includes('Not saved')", timeout=15000)
     page.wait_for_selector("#setting_preview_every.setting-error", timeout=15000)
     page.wait_for_selector("#setting_preview_every input", state="visible", timeout=15000)
     assert "must be 0 (off) or more" in text_of(page, "#setting_preview_every .info-text")
@@ -253,7 +253,7 @@ def test_settings_sections_choices_sticky_save_and_the_bad_field_marked(page, li
 
     page.locator("#setting_preview_every input").fill("4")
     page.click("#settings_save")
-    page.wait_for_function("document.querySelector('#settings_message').innerText.includes('Saved')", timeout=15000)
+    page.wait_for_function("(document.querySelector('#settings_message')?.innerText || '').includes('Saved')", timeout=15000)
     page.wait_for_selector("#setting_preview_every.setting-error", state="detached", timeout=15000)
     assert settings.lora_fuse == "off" and settings.preview_every == 4
     stored = json.loads((live_app["root"] / "settings.json").read_text())

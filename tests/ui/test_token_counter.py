@@ -37,11 +37,11 @@ def test_a_count_does_not_wait_behind_a_running_generation(page, live_app):
     set_number(page, "steps", 150)
     page.fill("#prompt textarea", "a red circle")
     page.click("#generate")
-    page.wait_for_function("/step \\d+/.test(document.querySelector('#readout').innerText)", timeout=120000)
+    page.wait_for_function("/step \\d+/.test((document.querySelector('#readout')?.innerText || ''))", timeout=120000)
     page.fill("#prompt textarea", "a big yellow star at the top right")
     shows(page, "#prompt_tokens", live_app["manager"].prompt_tokens(DEMO_MODEL_NAME, "a big yellow star at the top right").label())
     readout = page.inner_text("#readout")  # "denoise · elapsed 2.1 s / step 41/150 ..." while it runs; "done · ..." after
     step = re.search(r"step (\d+)/150", readout)
     assert step and int(step.group(1)) < 150 and not readout.lower().startswith("done"), f"the count came after the run: {readout!r}"
     page.click("#stop")  # the run is not this test's subject: stopped, or done if it ended first on a busy machine
-    page.wait_for_function("/Stopped|done/.test(document.querySelector('#readout').innerText)", timeout=120000)
+    page.wait_for_function("/Stopped|done/.test((document.querySelector('#readout')?.innerText || ''))", timeout=120000)
