@@ -462,10 +462,16 @@ def second_checkpoint(request: GenerationRequest) -> str | None:
     return name
 
 
+def starts_from_init_image(request: GenerationRequest) -> bool:
+    """img2img at strength 1 is text-to-image (A1111 keeps a trace of the image there; "1 ignores it"
+    is what the slider promises); inpainting always starts from the image (the unmasked part is kept)."""
+    return request.init_image is not None and (request.mask is not None or request.denoising_strength < 1)
+
+
 def first_pass_steps(request: GenerationRequest) -> int:
     """The steps the first pass's denoise runs: all of them for text-to-image; img2img's and inpainting's are A1111's
-    and diffusers' `int(steps * strength)` (img2img at strength 1 is text-to-image: stages.denoise.starts_from_init)."""
-    if request.init_image is not None and (request.mask is not None or request.denoising_strength < 1):
+    and diffusers' `int(steps * strength)`."""
+    if starts_from_init_image(request):
         return min(int(request.steps * request.denoising_strength), request.steps)
     return request.steps
 

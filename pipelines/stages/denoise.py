@@ -13,7 +13,7 @@ from pipelines.families import Family
 from pipelines.generate import uses_true_cfg
 from pipelines.hooks import attached, hook_cache_keys
 from pipelines.preview.live import render_preview
-from pipelines.request import conditioning_key
+from pipelines.request import conditioning_key, starts_from_init_image
 from pipelines.samplers import seed_step_noise
 from pipelines.stages.prepare import EncodedPrompt
 from pipelines.telemetry import Notice, PreviewReady
@@ -123,13 +123,7 @@ def step_finished(pipeline, call_index: int) -> bool:
 
 
 def starts_from_init(plan) -> bool:
-    return starts_from_init_request(plan.request)
-
-
-def starts_from_init_request(request) -> bool:
-    """img2img at strength 1 is text-to-image (A1111 keeps a trace of the image there; "1 ignores it"
-    is what the slider promises); inpainting always starts from the image (the unmasked part is kept)."""
-    return request.init_image is not None and (request.mask is not None or request.denoising_strength < 1)
+    return starts_from_init_image(plan.request)
 
 
 def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
