@@ -299,14 +299,21 @@ def arm_then(listener, cancels: CancelRegistry, readout: gr.Markdown | None = No
         cancels.arm(session)
         return queue_readout(cancels, manager, session), gr.Timer(active=True)
 
-    def watch(request: gr.Request):
-        session = session_id(request)
-        if cancels.queue_position(session) is None:  # started, stopped or refused: the run's own readout takes over
-            return gr.update(), gr.Timer(active=False)
-        return queue_readout(cancels, manager, session), gr.update()
+    def watch(shown: str | None, request: gr.Request):
+        return queue_tick(cancels, manager, session_id(request), shown)
 
-    timer.tick(watch, None, [readout, timer], queue=False, api_visibility="private")
+    timer.tick(watch, readout, [readout, timer], queue=False, api_visibility="private")
     return listener(arm_and_watch, None, [readout, timer], queue=False, api_visibility="private")
+
+
+def queue_tick(cancels: CancelRegistry, manager: PipelineManager | None, session: str, shown: str | None) -> tuple:
+    """One tick of the queue readout's timer: (the readout's update, the timer's). Off once the job started (its own
+    readout takes over); otherwise only a change is sent: a tick's answer can reach the page after the run's own last
+    readout (a run refused at once, on a loaded machine), and the same "starting…" again would then hide its message."""
+    if cancels.queue_position(session) is None:
+        return gr.update(), gr.Timer(active=False)
+    text = queue_readout(cancels, manager, session)
+    return (gr.update() if text == shown else text), gr.update()
 
 
 def queue_readout(cancels: CancelRegistry, manager: PipelineManager | None, session: str):

@@ -1,9 +1,11 @@
 """ui/session.py without a browser: what the live preview sends, and the readout of a job waiting in the queue."""
 from __future__ import annotations
 
+import gradio as gr
+
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.request import GenerationRequest
-from ui.session import CancelRegistry, queue_markdown, stream_generation
+from ui.session import CancelRegistry, queue_markdown, queue_tick, stream_generation
 
 
 def test_gradio_rewrites_a_resent_picture_in_place_so_a_reader_can_get_less_than_promised(tmp_path):
@@ -105,3 +107,19 @@ def test_queue_readout_names_the_place_and_the_job_ahead():
     assert "2 jobs ahead of yours" in queue_markdown(3, "an API txt2img job", progress)
     assert queue_markdown(1, None, None) == "**starting…**"
     assert "waiting for the job ahead to start" in queue_markdown(2, None, None)
+
+
+def test_a_queue_tick_sends_only_a_change_and_stops_once_the_job_started():
+    """The timer's answer can reach the page after the run's own last readout (a run refused at once, on a loaded
+    machine: seen in a browser test): the same "starting…" again is no update, so it cannot hide the run's message."""
+    cancels = CancelRegistry()
+    cancels.arm("waiting")
+    readout, timer = queue_tick(cancels, None, "waiting", None)
+    assert readout == "**starting…**"
+    readout, timer = queue_tick(cancels, None, "waiting", "**starting…**")
+    assert readout == gr.update() and timer == gr.update()
+    cancels.arm("behind")
+    assert "yours is next" not in queue_tick(cancels, None, "behind", "**starting…**")[0]  # a change is sent
+    cancels.claim("waiting")
+    readout, timer = queue_tick(cancels, None, "waiting", "**starting…**")
+    assert readout == gr.update() and timer.active is False
