@@ -15,10 +15,13 @@ from tests.tiny_models import build_tiny_sd15, copy_model, save_tiny_pipeline, t
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, model_zoo):
+def models(tmp_path_factory, model_zoo, tiny_pipes):
     """Each family's tiny model and a twin (the same weights under another name); another SD 1.5 model with other
-    weights; so a refiner that is the twin must give the one-model picture, bit for bit."""
+    weights; a LoRA of the SD 1.5 architecture; so a refiner that is the twin must give the one-model picture, bit for bit."""
+    from tests.lora.make_loras import write_lora
+
     root = tmp_path_factory.mktemp("refiner-models")
+    write_lora(root / "Lora", "sd15-kohya", tiny_pipes["sd15"], "sd15", "kohya", seed=1)
     for family in ("sd15", "sdxl", "flux"):
         copy_model(model_zoo[family], root, f"tiny-{family}")
         copy_model(model_zoo[family], root, f"twin-{family}")
@@ -47,6 +50,20 @@ def test_a_refiner_with_the_same_weights_continues_the_schedule_exactly(manager,
     assert params["Model"] == f"tiny-{family}" and params["Refiner"] == f"twin-{family}"
     assert params["Refiner switch at"] == "0.6" and params["Refiner switch by sampling steps"] == "True"
     assert "Refiner" not in parse_infotext(alone.images[0].infotext)
+
+
+def test_the_prompts_lora_applies_on_both_models(manager):
+    """The prompt's LoRA goes on the refiner too: with the twin, the LoRA picture is the one-model LoRA picture (a
+    refiner without it would not be), and the plain picture differs from it. Fused or not is the fuse policy's call
+    for each model (the same computation up to float rounding): a pixel may differ by one."""
+    tagged = dict(seed=3, steps=5, save=False, prompt="a lighthouse <lora:sd15-kohya:1>")
+    alone = manager.generate(tiny_request("sd15", **tagged))
+    refined = manager.generate(tiny_request("sd15", **tagged, refiner_checkpoint="twin-sd15", refiner_switch_at=0.6))
+    assert np.abs(pixels(alone) - pixels(refined)).max() <= 1
+    plain = manager.generate(tiny_request("sd15", seed=3, steps=5, save=False, prompt="a lighthouse", refiner_checkpoint="twin-sd15",
+                                          refiner_switch_at=0.6))
+    assert np.abs(pixels(plain) - pixels(refined)).mean() > 1
+    assert "sd15-kohya" in parse_infotext(refined.images[0].infotext)["Lora hashes"]
 
 
 def test_the_refiner_takes_the_last_steps_each_model_loaded_once(manager):
