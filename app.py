@@ -288,6 +288,9 @@ def add_refine_options(gen: argparse.ArgumentParser) -> None:
                        "(A1111's Hires checkpoint; default: --model)")
     hires.add_argument("--hires-schedule-type", type=schedule_type, metavar="TYPE",
                        help="the second pass's own schedule type (default: --schedule-type's)")
+    gen.add_argument("--token-merging", type=float, metavar="R", dest="token_merging_ratio",
+                     help="A1111's Token merging ratio (ToMe, SD 1.5 / SDXL): the share of the tokens merged before each "
+                          "full-resolution self-attention, 0-0.75 (default 0 = off); faster at large sizes")
     refiner = gen.add_argument_group("refiner (A1111's: another model of the family takes over the last steps)")
     refiner.add_argument("--refiner", metavar="MODEL", help="an installed model of --model's family that runs the steps after --refiner-switch-at "
                          "and what follows (hires pass, decode, face detailer)")

@@ -247,6 +247,7 @@ def infotext_params(model: LoadedModel, request, seed: int, vae_label: str, stag
         "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}" if request.seed_resize_from_w > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,  # A1111 writes it only when it is not 1
         "Tiling": True if request.tiling else None,  # A1111's key and spelling, only when on
+        "Token merging ratio": f"{request.token_merging_ratio:g}" if request.token_merging_ratio > 0 else None,  # A1111's, only when on
         "Version": APP_VERSION,
         "VAE dtype": vae_label,
         "Denoiser dtype": dtype_name(model.dtype),

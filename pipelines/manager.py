@@ -38,6 +38,7 @@ from pipelines.hooks.lora import AppliedLora, LoraHook, PassLoras
 from pipelines.hooks.pulid_flux import PulidFluxConfig, PulidFluxHook
 from pipelines.hooks.pulid_sdxl import PulidSdxlConfig, PulidSdxlHook
 from pipelines.hooks.tiling import TilingHook
+from pipelines.hooks.token_merging import TokenMergingHook
 from pipelines.images import MAX_PHOTO_PIXELS, check_input_pixels
 from pipelines.jobs import JobView, LocalJobs
 from pipelines.metrics import psnr
@@ -580,7 +581,8 @@ class PipelineManager:
             raise InvalidRequest(f"{model.name} is an inpainting model (a 9-channel UNet): it needs an init image and a mask. "
                                  "Use the img2img tab's inpaint mode, or a text-to-image model.")
         model.pipe.scheduler = find_sampler(model.family, request.sampler).make(model.base_scheduler_config, request.schedule_type, model.family)
-        options.hooks += self._cache_hooks(model, request, options) + ([TilingHook()] if request.tiling else [])
+        options.hooks += self._cache_hooks(model, request, options) + ([TilingHook()] if request.tiling else []) + \
+            ([TokenMergingHook(float(request.token_merging_ratio))] if request.token_merging_ratio > 0 else [])
         prepare = [TextEncode(), ImgEncode()]
         if face is not None:
             prepare.insert(0, FaceEmbed(lambda: self._face_hook(model, face), face, lambda: self.face.last_provider))

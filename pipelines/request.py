@@ -113,6 +113,9 @@ class GenerationRequest:
     # what follows (hires pass, decode, face detailer). "" or "None" = no refiner. A split run, as the hires checkpoint.
     refiner_checkpoint: str = ""
     refiner_switch_at: float = 0.8
+    # A1111's "Token merging ratio" (ToMe, the tomesd package): the share of the tokens merged before each self-attention
+    # of the UNet's full-resolution blocks, every pass; 0 = off. SD 1.5 and SDXL (pipelines/hooks/token_merging.py).
+    token_merging_ratio: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-friendly: images as their size and content digest."""
@@ -130,6 +133,7 @@ class GenerationRequest:
 IMAGE_FIELDS = ("init_image", "mask")
 MIN_HIRES_SCALE, MAX_HIRES_SCALE = 1.0, 4.0
 MIN_REFINER_SWITCH, MAX_REFINER_SWITCH = 0.01, 1.0  # A1111's Switch at slider
+MAX_TOKEN_MERGING = 0.75  # tomesd's most with 2x2 patches: one token of four is a destination, the other three can merge
 MAX_MASK_BLUR = 64
 MAX_FULL_RES_PADDING = 256
 
@@ -228,6 +232,7 @@ def validate_request(request: GenerationRequest, family: Family, rng: random.Ran
     refiner_problems, refiner_notes, refiner = validate_refiner(request, family)
     problems += refiner_problems
     warnings += refiner_notes
+    problems += token_merging_problems(request, family)
     problems += variation + resize_problems + tiling_problems(request, family) + cache_problems(request, family) + \
         text_problems(request) + validate_second_passes(request) + hires_problems
     warnings += variation_notes + resize_notes + hires_notes
@@ -399,6 +404,16 @@ def validate_seed_resize(request: GenerationRequest, family: Family) -> tuple[li
 def is_name_list(value) -> bool:
     """A list or tuple of names (styles): text alone is one name spelt out, not a list."""
     return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+def token_merging_problems(request, family: Family) -> list[str]:
+    ratio = request.token_merging_ratio
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio <= MAX_TOKEN_MERGING:  # NaN fails too
+        return [f"Token merging ratio must be between 0 (off) and {MAX_TOKEN_MERGING:g}, got {shown(ratio)}."]
+    if ratio > 0 and family is Family.FLUX:
+        return ["Token merging works on SD 1.5 and SDXL (it merges the tokens of the UNet's transformer blocks); FLUX.1's "
+                "transformer has none of them. Set Token merging ratio to 0 for FLUX.1 models."]
+    return []
 
 
 def tiling_problems(request, family: Family) -> list[str]:

@@ -169,6 +169,14 @@ def test_refiner(capsys, models, tmp_path, demo_cache_dir):
     assert not list((tmp_path / "outputs").rglob("*.png"))[1:], "a refused run wrote a file"
 
 
+def test_token_merging(capsys, models, tmp_path, demo_cache_dir):
+    result = run_json(capsys, models, tmp_path, demo_cache_dir, "--token-merging", "0.5")
+    assert parse_infotext(saved(result).info["parameters"])["Token merging ratio"] == "0.5"
+    assert result["request"]["token_merging_ratio"] == 0.5
+    code, _out, err = run(capsys, models, tmp_path, demo_cache_dir, "--token-merging", "0.9")
+    assert code == 2 and "Token merging ratio must be between 0 (off) and 0.75, got 0.9" in err and "Traceback" not in err
+
+
 def test_face_detailer(capsys, models, files, tmp_path, demo_cache_dir):
     result = run_json(capsys, models, tmp_path, demo_cache_dir, "--face-detail", "--face-detail-strength", "0.5", "--face-detail-steps", "2",
                       "--face-detail-faces", "1", "--face-detail-prompt", "a sharp face")

@@ -182,7 +182,7 @@ def cmd_generate(manager: PipelineManager, args) -> int:
         flux_cache_threshold=args.flux_cache_threshold, approximate_cache=args.approx_cache, save=not args.no_save,
         clip_skip=args.clip_skip, styles=tuple(args.style), subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling,
         vae=args.vae, schedule_type=args.schedule_type, seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1],
-        **refine_fields(args, manager),
+        token_merging_ratio=args.token_merging_ratio if args.token_merging_ratio is not None else 0.0, **refine_fields(args, manager),
     )
     face = face_options(args)
     cancel = CancelToken()

@@ -107,7 +107,7 @@ def build(manager: PipelineManager, settings, store, cancels: CancelRegistry) ->
             face_detail=False, face_detail_strength=0.4, face_detail_steps=0, face_detail_prompt="", face_detail_faces="", clip_skip=1,
             styles=(), subseed=-1, subseed_strength=0.0, tiling=False, hires_prompt="", hires_negative_prompt="", vae="Automatic",
             schedule_type="Automatic", hires_sampler="", hires_schedule_type="", seed_resize_from_w=0, seed_resize_from_h=0,
-            hires_checkpoint="", refiner_checkpoint="", refiner_switch_at=0.8, request: gr.Request = None):
+            hires_checkpoint="", refiner_checkpoint="", refiner_switch_at=0.8, token_merging_ratio=0.0, request: gr.Request = None):
         values = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         unchanged = (gr.update(),) * 2  # the before/after pairs and the selected image
         try:

@@ -24,7 +24,8 @@ from pipelines.lora.tags import extract_lora_tags
 from pipelines.manager import PipelineManager
 from pipelines.prompts.styles import STYLES_FILE
 from pipelines.request import (DEEPCACHE_SCHEDULES, FLUX_CACHE_CHOICES, MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP,
-                               MAX_HIRES_SCALE, MAX_REFINER_SWITCH, MAX_SEED, MAX_STEPS, MIN_HIRES_SCALE, MIN_REFINER_SWITCH, GenerationRequest)
+                               MAX_HIRES_SCALE, MAX_REFINER_SWITCH, MAX_SEED, MAX_STEPS, MAX_TOKEN_MERGING, MIN_HIRES_SCALE, MIN_REFINER_SWITCH,
+                               GenerationRequest)
 from pipelines.choices import HIRES_SAME_CHECKPOINT, HIRES_SAME_SAMPLER, HIRES_SAME_SCHEDULE, REFINER_NONE, SCHEDULE_TYPES
 from pipelines.samplers import AUTOMATIC, sampler_names, schedule_names
 from pipelines.upscale import list_upscalers
@@ -100,7 +101,8 @@ def coerce_form(values: dict) -> GenerationRequest:
             raise LikenessError(f"{name.replace('_', ' ').capitalize()} is empty; enter a number.")
         if isinstance(value, float) and value.is_integer():
             cleaned[name] = int(value)
-    for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength", "subseed_strength"):
+    for name in ("cfg_scale", "denoising_strength", "hires_scale", "hires_denoising", "face_detail_strength", "subseed_strength",
+                 "refiner_switch_at", "token_merging_ratio"):
         if name in cleaned and cleaned[name] is None:
             raise LikenessError(f"{name.replace('_', ' ').capitalize().replace('Cfg', 'CFG')} is empty; enter a number.")
     if "styles" in cleaned:  # a multiselect sends a list (or None when cleared)
@@ -285,6 +287,11 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
                                              elem_id=f"{prefix}deepcache_branch")
             deepcache_schedule = gr.Radio(list(DEEPCACHE_SCHEDULES), value=last.get("deepcache_schedule", "uniform"),
                                           label="Schedule", elem_id=f"{prefix}deepcache_schedule")
+    with gr.Accordion("Token merging (SD 1.5 / SDXL)", open=False, elem_id=f"{prefix}token_merging_panel"):
+        token_merging_ratio = inputs.Slider(0, MAX_TOKEN_MERGING, value=last.get("token_merging_ratio", 0.0), step=0.05,
+                                            label="Token merging ratio (0 = off)", elem_id=f"{prefix}token_merging_ratio",
+                                            info="A1111's ToMe: the share of the tokens merged before each full-resolution "
+                                                 "self-attention; faster at large sizes, the picture changes a little")
     with gr.Accordion("Block cache (FLUX.1)", open=False):
         with gr.Row():
             flux_cache = gr.Radio(list(FLUX_CACHE_CHOICES), value=last.get("flux_cache", "off"), label="Cache", elem_id=f"{prefix}flux_cache")
@@ -302,7 +309,8 @@ def sampling_fields(manager: PipelineManager, settings, last: dict, family: Fami
               "deepcache_interval": deepcache_interval, "deepcache_branch": deepcache_branch, "deepcache_schedule": deepcache_schedule,
               "flux_cache": flux_cache, "flux_cache_threshold": flux_cache_threshold, "approximate_cache": approximate_cache,
               "clip_skip": clip_skip, "subseed": subseed, "subseed_strength": subseed_strength, "tiling": tiling, "vae": vae,
-              "schedule_type": schedule_type, "seed_resize_from_w": seed_resize_w, "seed_resize_from_h": seed_resize_h}
+              "schedule_type": schedule_type, "seed_resize_from_w": seed_resize_w, "seed_resize_from_h": seed_resize_h,
+              "token_merging_ratio": token_merging_ratio}
     return fields, random_seed, reuse_seed
 
 

@@ -58,10 +58,12 @@ KEY_FIELDS = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps":
               "Variation seed strength": "subseed_strength", "Tiling": "tiling", "Hires prompt": "hires_prompt",
               "Hires negative prompt": "hires_negative_prompt", "VAE": "vae", "Hires sampler": "hires_sampler",
               "Hires schedule type": "hires_schedule_type", "Seed resize from": "seed_resize_from_w", "Hires checkpoint": "hires_checkpoint",
-              "Refiner": "refiner_checkpoint", "Refiner switch at": "refiner_switch_at", "Refiner switch by sampling steps": "refiner_switch_at"}
+              "Refiner": "refiner_checkpoint", "Refiner switch at": "refiner_switch_at", "Refiner switch by sampling steps": "refiner_switch_at",
+              "Token merging ratio": "token_merging_ratio"}
 
 NUMBERS = (("steps", "Steps", int), ("cfg_scale", "CFG scale", float), ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
-           ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float))
+           ("clip_skip", "Clip skip", int), ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float),
+           ("token_merging_ratio", "Token merging ratio", float))
 # Hires fix numbers, read only when the image had hires fix ("Denoising strength" alone is img2img's).
 HIRES_NUMBERS = (("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int), ("hires_denoising", "Denoising strength", float))
 
@@ -96,6 +98,8 @@ def generate_form_values(text: str, manager: PipelineManager, current: dict) -> 
         values["clip_skip"] = 1
     if "Variation seed strength" not in parsed:  # written only when on: none means off
         values["subseed_strength"] = 0.0
+    if "Token merging ratio" not in parsed:  # likewise (A1111's key)
+        values["token_merging_ratio"] = 0.0
     values |= seed_resize_values(parsed.get("Seed resize from"), notes)
     values["tiling"] = parsed.get("Tiling", "").strip().lower() == "true"  # A1111 writes "Tiling: True" only when on
     # Written only when they differ from the main prompts: absent means "the main prompt" (A1111's paste clears them too).

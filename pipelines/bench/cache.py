@@ -9,6 +9,7 @@
     hit rate for a scene asked again in other words vs a new scene, and the share of denoise steps
     saved; and the faiss HNSW lookup time at 1k / 10k / 100k random 768-d entries (target < 1 ms at 100k).
 (d) The prompt memo: text encoding on a miss against a hit.
+(e) A1111's Token merging ratio (tomesd) on the mid-size UNet: speedup over no merging and PSNR, as (a).
 """
 from __future__ import annotations
 
@@ -59,14 +60,12 @@ def reference_helper():
     return DeepCacheSDHelper
 
 
-def deepcache_section(quick: bool) -> dict:
+def mid_size_pipe():
+    """The mid-size SD-like pipeline (bench_models) with SD 1.5's DDIM settings, for (a) and (e)."""
     from diffusers import DDIMScheduler
 
     from pipelines.demo_model import build_tiny_sd15_pipeline
-    from pipelines.hooks import HookContext, attached
-    from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
 
-    size, steps = (256, 10) if quick else (512, 20)
     pipe = build_tiny_sd15_pipeline(seed=bench_models.MID_SEED, unet_channels=bench_models.MID_UNET_CHANNELS,
                                     cross_attention_dim=bench_models.MID_CROSS_ATTENTION, text_layers=bench_models.MID_TEXT_LAYERS,
                                     sd15_block_layout=True)
@@ -75,19 +74,34 @@ def deepcache_section(quick: bool) -> dict:
     # both caches alike, measured), which says nothing about the caches.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mid_size_run(pipe, size: int, step_count: int, hooks=()) -> tuple[np.ndarray, float]:
+    """One generation of the mid-size pipeline with `hooks` attached: the decoded image (uint8) and its seconds."""
+    from pipelines.hooks import HookContext, attached
+
+    context = HookContext(step_count, size, size, 1)
+
+    def advance(_pipe, index, _t, tensors):
+        context.step_index = index + 1
+        return tensors
+
+    with attached(pipe, list(hooks), context), torch.no_grad():
+        start = time.perf_counter()
+        image = pipe(PROMPT, num_inference_steps=step_count, guidance_scale=7.5, width=size, height=size, output_type="np",
+                     generator=torch.Generator().manual_seed(SEED), callback_on_step_end=advance).images[0]
+        return (image * 255).round().astype(np.uint8), time.perf_counter() - start
+
+
+def deepcache_section(quick: bool) -> dict:
+    from pipelines.hooks.deepcache import DeepCacheConfig, DeepCacheHook
+
+    size, steps = (256, 10) if quick else (512, 20)
+    pipe = mid_size_pipe()
 
     def generate(hooks=(), step_count=steps):
-        context = HookContext(step_count, size, size, 1)
-
-        def advance(_pipe, index, _t, tensors):
-            context.step_index = index + 1
-            return tensors
-
-        with attached(pipe, list(hooks), context), torch.no_grad():
-            start = time.perf_counter()
-            image = pipe(PROMPT, num_inference_steps=step_count, guidance_scale=7.5, width=size, height=size, output_type="np",
-                         generator=torch.Generator().manual_seed(SEED), callback_on_step_end=advance).images[0]
-            return (image * 255).round().astype(np.uint8), time.perf_counter() - start
+        return mid_size_run(pipe, size, step_count, hooks)
 
     say(f"  [a] mid-size UNet {'/'.join(map(str, bench_models.MID_UNET_CHANNELS))}, {size}x{size}, {steps} DDIM steps (SD 1.5's settings), "
         f"CFG 7.5, seed {SEED}")
@@ -118,6 +132,39 @@ def deepcache_section(quick: bool) -> dict:
     gc.collect()
     return {"size": size, "steps": steps, "baseline_seconds": base_seconds, "baseline_again_seconds": again_seconds,
             "baseline_repeatable": bool(np.array_equal(again, baseline)), "rows": rows, "reference_installed": helper_class is not None}
+
+
+TOKEN_MERGING_RATIOS = (0.3, 0.5)
+
+
+def token_merging_section(quick: bool) -> dict:
+    """A1111's Token merging ratio (tomesd, A1111's settings) on the mid-size UNet: speedup over no merging, each
+    against an unmerged run made just before it, and PSNR of the decoded image against the unmerged one."""
+    from pipelines.hooks.token_merging import TokenMergingHook
+
+    size, steps = (256, 10) if quick else (512, 20)
+    pipe = mid_size_pipe()
+    say(f"  [e] mid-size UNet, {size}x{size} ({(size // 8) ** 2} tokens at full resolution), {steps} DDIM steps, CFG 7.5, seed {SEED}")
+    mid_size_run(pipe, size, 2)  # warm-up
+    baseline, _ = mid_size_run(pipe, size, steps)
+    rows = []
+    for merged_share in TOKEN_MERGING_RATIOS:
+        _, base_seconds = mid_size_run(pipe, size, steps)
+        merged, merged_seconds = mid_size_run(pipe, size, steps, [TokenMergingHook(merged_share)])
+        rows.append({"ratio": merged_share, "baseline_seconds": base_seconds, "seconds": merged_seconds,
+                     "speedup": base_seconds / merged_seconds, "psnr": psnr(baseline, merged)})
+        say(f"      ratio {merged_share:g}: unmerged {base_seconds:.2f} s, merged {merged_seconds:.2f} s")
+    del pipe
+    gc.collect()
+    return {"size": size, "steps": steps, "rows": rows}
+
+
+def token_merging_report(data: dict) -> list[str]:
+    lines = [f"  mid-size UNet, {data['size']}x{data['size']}, {data['steps']} DDIM steps; PSNR of the decoded image vs unmerged"]
+    lines.append(table(["ratio", "unmerged", "merged", "speedup", "PSNR"],
+                   [[f"{row['ratio']:g}", seconds(row["baseline_seconds"]), seconds(row["seconds"]), ratio(row["speedup"]),
+                     f"{row['psnr']:.1f} dB"] for row in data["rows"]]))
+    return lines
 
 
 def deepcache_report(data: dict) -> list[str]:
@@ -389,6 +436,7 @@ def run(manager, json_file: Path | None = None, quick: bool = False) -> int:
     figures["approximate"] = approximate_section(manager, quick)
     figures["lookup"] = lookup_section(quick)
     figures["memo"] = memo_section(quick)
+    figures["token_merging"] = token_merging_section(quick)
 
     say(heading("(a) DeepCache: ours vs the reference package (speedup over no cache, PSNR vs uncached)"))
     for line in deepcache_report(figures["deepcache"]):
@@ -401,5 +449,8 @@ def run(manager, json_file: Path | None = None, quick: bool = False) -> int:
         say(line)
     say(heading("(d) Prompt memo"))
     for line in memo_report(figures["memo"]):
+        say(line)
+    say(heading("(e) Token merging (tomesd, A1111's settings)"))
+    for line in token_merging_report(figures["token_merging"]):
         say(line)
     return finish_suite(figures, started, json_file, say)

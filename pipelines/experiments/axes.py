@@ -89,6 +89,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("cfg_scale", "CFG scale", "float", field="cfg_scale"),
     Setting("clip_skip", "Clip skip", "int", field="clip_skip"),
     Setting("tiling", "Tiling", "bool", field="tiling"),
+    Setting("token_merging_ratio", "Token merging ratio", "float", field="token_merging_ratio"),
     Setting("vae", "SD VAE", "text", field="vae"),
     Setting("seed", "Seed", "int", field="seed"),
     Setting("subseed", "Variation seed", "int", field="subseed"),

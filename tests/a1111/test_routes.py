@@ -229,6 +229,15 @@ def test_options_map_onto_likeness(api_app):
     refused = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13})
     assert refused.status_code == 422 and "from 1 to 12" in refused.json()["detail"]
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+    # A1111's token_merging_ratio: the default of later requests (their PNG says it), or one request's override.
+    assert client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.5}).json()["applied"] == ["token_merging_ratio"]
+    assert client.get("/sdapi/v1/options").json()["token_merging_ratio"] == 0.5
+    assert "Token merging ratio: 0.5" in png_of(client.post("/sdapi/v1/txt2img", json=QUICK).json()["images"][0]).info["parameters"]
+    assert client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.9}).status_code == 422
+    client.post("/sdapi/v1/options", json={"token_merging_ratio": 0})
+    once = client.post("/sdapi/v1/txt2img", json=dict(QUICK, override_settings={"token_merging_ratio": 0.25}))
+    assert "Token merging ratio: 0.25" in png_of(once.json()["images"][0]).info["parameters"]
+    assert "Token merging ratio" not in png_of(client.post("/sdapi/v1/txt2img", json=QUICK).json()["images"][0]).info["parameters"]
 
 
 def test_png_info_reads_back_the_infotext(api_app):

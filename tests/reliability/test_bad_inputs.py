@@ -290,7 +290,8 @@ FORM = [DEMO_MODEL_NAME, "a cat", "", 2, 7.0, 1, 64, 64, "Euler", 1, 1, "auto", 
         1, [], -1, 0.0, False, "", "", "Automatic",  # clip skip 1, no styles, no variation seed, no tiling, no hires prompts, own VAE
         "Automatic", "", "", 0, 0,  # schedule type; hires sampler and schedule type: the first pass's; no seed resize
         "",  # hires checkpoint: the first pass's
-        "None", 0.8]  # no refiner
+        "None", 0.8,  # no refiner
+        0.0]  # no token merging
 FORM_INDEX = {"model": 0, "prompt": 1, "steps": 3, "cfg_scale": 4, "seed": 5, "width": 6, "sampler": 8, "batch_size": 9,
               "schedule_type": 35}
 

@@ -52,7 +52,8 @@ def form(**changes) -> dict:
                   face_detail_steps=0, face_detail_prompt="", face_detail_faces="", clip_skip=1, styles=[],
                   subseed=-1, subseed_strength=0.0, tiling=False, hires_prompt="", hires_negative_prompt="", vae="Automatic",
                   schedule_type="Automatic", hires_sampler="", hires_schedule_type="", seed_resize_from_w=0, seed_resize_from_h=0,
-                  hires_checkpoint="", refiner_checkpoint="None", refiner_switch_at=0.8)
+                  hires_checkpoint="", refiner_checkpoint="None", refiner_switch_at=0.8,
+                  token_merging_ratio=0.0)
     values.update(changes)
     assert list(values) == list(FORM_FIELDS)
     return values

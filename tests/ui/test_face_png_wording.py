@@ -107,6 +107,13 @@ def test_a_refiner_comes_back_when_it_is_installed(manager):
     assert not any(key.startswith("Refiner") for key in unapplied_keys(A1111_TEXT + by_steps, fields)[0])
 
 
+def test_token_merging_comes_back_and_none_written_is_off(manager):
+    assert generate_form_values(A1111_TEXT + ", Token merging ratio: 0.3", manager, {})[0]["token_merging_ratio"] == 0.3
+    assert generate_form_values(A1111_TEXT, manager, {})[0]["token_merging_ratio"] == 0.0
+    settings, _ = unapplied_keys(A1111_TEXT + ", Token merging ratio: 0.3", GENERATE_FIELDS + ("token_merging_ratio",))
+    assert not any(key.startswith("Token merging") for key in settings)
+
+
 def test_an_image_without_clip_skip_sends_clip_skip_1(manager):
     """A1111 writes "Clip skip" only when it is not 1, and its paste sets 1 when the key is absent: so does Send."""
     values, _ = generate_form_values(A1111_TEXT.replace("Clip skip: 2, ", ""), manager, {})

@@ -108,6 +108,7 @@ class ApiDefaults:
     vae_dtype: str = "auto"
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers
     vae: str = VAE_AUTOMATIC  # A1111's sd_vae: Automatic or a file of models/VAE
+    token_merging_ratio: float = 0.0  # A1111's token_merging_ratio (0 = off)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Prepared:
     keep_vae: bool = False
     keep_clip_skip: bool = False
     keep_sd_vae: bool = False
+    keep_token_merging: bool = False
     lines: list = field(default_factory=list)  # "Prompts from file or textbox": one request per line (the first is `request`)
     # Several init_images (decoded): `lines` holds a run per picture and batch; A1111 reports their number as the batch size
     init_pictures: list = field(default_factory=list)
@@ -324,6 +326,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
 
     prepared = Prepared(GenerationRequest(model=defaults.model, prompt=""), warnings=warnings)
     model, vae_dtype, clip_skip, vae = defaults.model, defaults.vae_dtype, defaults.clip_skip, defaults.vae
+    token_merging = defaults.token_merging_ratio
     overrides = body.override_settings or {}
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
@@ -340,6 +343,9 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         elif key == "CLIP_stop_at_last_layers" and value is not None:
             clip_skip = value  # the request's check names a value that is not 1-12
             prepared.keep_clip_skip = not body.override_settings_restore_afterwards
+        elif key == "token_merging_ratio" and value is not None:
+            token_merging = value  # the request's check names a value out of range
+            prepared.keep_token_merging = not body.override_settings_restore_afterwards
         elif key == "samples_format" and isinstance(value, str) and value.lower() == "png":
             pass
         else:
@@ -387,7 +393,7 @@ def prepare(body: Txt2ImgRequest | Img2ImgRequest, manager, defaults: ApiDefault
         # A1111's -1 (its default) is off, as 0 is here
         seed_resize_from_w=max(body.seed_resize_from_w, 0) if isinstance(body.seed_resize_from_w, int) else body.seed_resize_from_w,
         seed_resize_from_h=max(body.seed_resize_from_h, 0) if isinstance(body.seed_resize_from_h, int) else body.seed_resize_from_h,
-        tiling=False if body.tiling is None else body.tiling, vae=vae,
+        tiling=False if body.tiling is None else body.tiling, vae=vae, token_merging_ratio=token_merging,
     )
     fields |= detailer_fields(body, warnings)
     if "refiner_checkpoint" not in fields:  # the Refiner script's args win over the body's fields, as in A1111

@@ -39,7 +39,7 @@ from pipelines.generate import CancelToken
 from pipelines.images import MAX_TEXT_CHARS, open_image, read_embedded_text
 from pipelines.infotext import parse_infotext
 from pipelines.jobs import tagged
-from pipelines.request import MAX_CLIP_SKIP
+from pipelines.request import MAX_CLIP_SKIP, MAX_TOKEN_MERGING
 from pipelines.upscale import LATENT, list_upscalers
 from pipelines.vae import VAE_CHOICES
 from pipelines.vae_files import vae_files
@@ -386,6 +386,8 @@ def run_generation(context: ApiContext, body: models.Txt2ImgRequest | models.Img
             context.defaults.clip_skip = prepared.request.clip_skip
         if prepared.keep_sd_vae:
             context.defaults.vae = prepared.request.vae
+        if prepared.keep_token_merging:
+            context.defaults.token_merging_ratio = prepared.request.token_merging_ratio
     warnings = list(dict.fromkeys(prepared.warnings + (result.warnings if result else []) + notes))  # a run per picture says it once
     encoded = [mapping.encode_png(item.image, item.infotext) for item in images] if body.send_images else []
     if img2img and body.include_init_images and body.send_images:  # A1111 appends the init image after the results
@@ -461,6 +463,7 @@ def current_options(context: ApiContext) -> dict:
         "sd_checkpoint_hash": sha,
         "sd_vae": defaults.vae,
         "CLIP_stop_at_last_layers": defaults.clip_skip,
+        "token_merging_ratio": defaults.token_merging_ratio,
         "show_progress_every_n_steps": preview,
         "live_previews_enable": preview > 0,
         "live_previews_image_format": "png",
@@ -511,6 +514,10 @@ def apply_options(context: ApiContext, req: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIP_SKIP:
                 raise InvalidRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}.")
             changes.append(lambda value=value: setattr(defaults, "clip_skip", value))
+        elif key == "token_merging_ratio":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TOKEN_MERGING:
+                raise InvalidRequest(f"token_merging_ratio must be between 0 (off) and {MAX_TOKEN_MERGING:g}, got {value!r}.")
+            changes.append(lambda value=value: setattr(defaults, "token_merging_ratio", float(value)))
         elif key == "samples_format" and isinstance(value, str) and value.lower() == "png":
             pass
         else:

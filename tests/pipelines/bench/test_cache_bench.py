@@ -16,3 +16,25 @@ def test_demo_prompt_stream_rephrases_earlier_scenes_in_the_demo_vocabulary():
     known = scenes.known_words()
     for prompt, _ in stream:
         assert set(prompt.replace(",", " ").split()) <= known, prompt
+
+
+def test_the_token_merging_rows_measure_both_ratios(monkeypatch):
+    """Section (e) on a small pipeline with attention at full resolution: a row per ratio, each with its own unmerged
+    run, the merged picture close to the unmerged one but not the same, and the table printed."""
+    from pipelines.bench import cache
+    from pipelines.demo_model import build_tiny_sd15_pipeline
+
+    def small_pipe():
+        pipe = build_tiny_sd15_pipeline(seed=5, unet_channels=(32, 64, 64), sd15_block_layout=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    monkeypatch.setattr(cache, "mid_size_pipe", small_pipe)
+    monkeypatch.setattr(cache, "say", lambda text="": None)
+    data = cache.token_merging_section(quick=True)
+    assert [row["ratio"] for row in data["rows"]] == list(cache.TOKEN_MERGING_RATIOS)
+    for row in data["rows"]:
+        assert row["seconds"] > 0 and row["baseline_seconds"] > 0 and row["speedup"] == row["baseline_seconds"] / row["seconds"]
+        assert 10 < row["psnr"] < float("inf"), row
+    report = "\n".join(cache.token_merging_report(data))
+    assert all(f"{row['psnr']:.1f} dB" in report for row in data["rows"]) and "speedup" in report
