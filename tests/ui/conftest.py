@@ -87,6 +87,23 @@ def show_settings(page) -> None:
     page.wait_for_selector("#setting_preview_every input", state="visible")
 
 
+def click_for_outcome(page, button: str, readout: str, pattern: str, timeout_ms: int) -> str:
+    """Click `button`, then `readout`'s settled text once it shows an outcome matching `pattern` (a JS regex) written
+    after the click: the readout still shows the last run's outcome when the button is pressed again, and a wait that
+    matched it would read the new run half way (seen on a loaded machine). A MutationObserver set before the click says
+    the readout changed since (a run always writes "starting…" first), so the same outcome twice is waited for too."""
+    page.evaluate("""(selector) => {
+        window.__likenessOutcome?.disconnect();
+        window.__likenessChanged = false;
+        window.__likenessOutcome = new MutationObserver(() => { window.__likenessChanged = true; });
+        window.__likenessOutcome.observe(document.querySelector(selector), {subtree: true, childList: true, characterData: true});
+    }""", readout)
+    page.click(button)
+    page.wait_for_function("""([selector, pattern]) => window.__likenessChanged
+        && new RegExp(pattern).test(document.querySelector(selector)?.innerText || '')""", arg=[readout, pattern], timeout=timeout_ms)
+    return settled_text(page, readout)
+
+
 def settled_text(page, selector: str, timeout_ms: int = 30_000) -> str:
     """An element's text once Gradio's progress timer ("0.1s") has left it: the run's last readout, without the timer
     that shows in it for a moment after the event ends (seen in CI on a busy machine)."""

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.extras import EXTRAS_FOLDER
-from tests.ui.conftest import keep_screenshot, settled_text
+from tests.ui.conftest import click_for_outcome, keep_screenshot, settled_text
 from tests.ui.test_generate_tab import generate_small
 from tests.upscale import tiny_state, write_esrgan
 from tests.upscale.test_upscalers import noise_image
@@ -31,9 +31,7 @@ def show_extras(page) -> None:
 
 
 def upscale_and_wait(page) -> str:
-    page.click("#extras_run")
-    page.wait_for_function("/Done|⚠|Stopped/.test(document.querySelector('#extras_readout')?.innerText || '')", timeout=120_000)
-    return settled_text(page, "#extras_readout")
+    return click_for_outcome(page, "#extras_run", "#extras_readout", "Done|⚠|Stopped", 120_000)
 
 
 def pick(page, elem_id: str, value: str) -> None:

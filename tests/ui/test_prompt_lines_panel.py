@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.infotext import parse_infotext
-from tests.ui.conftest import keep_screenshot, settled_text
+from tests.ui.conftest import click_for_outcome, keep_screenshot, settled_text
 from tests.ui.test_generate_tab import set_number
 
 
@@ -23,9 +23,7 @@ def open_panel(page) -> None:
 
 
 def run_lines(page, timeout_ms: int = 180_000) -> str:
-    page.click("#lines_generate")
-    page.wait_for_function("/Done:|⚠|Stopped/.test(document.querySelector('#readout')?.innerText || '')", timeout=timeout_ms)
-    return settled_text(page, "#readout")
+    return click_for_outcome(page, "#lines_generate", "#readout", "Done:|⚠|Stopped", timeout_ms)
 
 
 def test_each_line_runs_and_the_pngs_say_so(page, live_app, tmp_path):
