@@ -90,16 +90,20 @@ def show_settings(page) -> None:
 def click_for_outcome(page, button: str, readout: str, pattern: str, timeout_ms: int) -> str:
     """Click `button`, then `readout`'s settled text once it shows an outcome matching `pattern` (a JS regex) written
     after the click: the readout still shows the last run's outcome when the button is pressed again, and a wait that
-    matched it would read the new run half way (seen on a loaded machine). A MutationObserver set before the click says
-    the readout changed since (a run always writes "starting…" first), so the same outcome twice is waited for too."""
-    page.evaluate("""(selector) => {
+    matched it would read the new run half way (seen on a loaded machine). A MutationObserver set before the click
+    notes when the readout stops matching (a run always writes "starting…" first; Gradio's progress timer alone keeps
+    the old text), and only a match after that counts, so the same outcome twice is waited for too."""
+    page.evaluate("""([selector, pattern]) => {
         window.__likenessOutcome?.disconnect();
-        window.__likenessChanged = false;
-        window.__likenessOutcome = new MutationObserver(() => { window.__likenessChanged = true; });
-        window.__likenessOutcome.observe(document.querySelector(selector), {subtree: true, childList: true, characterData: true});
-    }""", readout)
+        const element = document.querySelector(selector), outcome = new RegExp(pattern);
+        window.__likenessLeft = !outcome.test(element.innerText || '');
+        window.__likenessOutcome = new MutationObserver(() => {
+            if (!outcome.test(element.innerText || '')) window.__likenessLeft = true;
+        });
+        window.__likenessOutcome.observe(element, {subtree: true, childList: true, characterData: true});
+    }""", [readout, pattern])
     page.click(button)
-    page.wait_for_function("""([selector, pattern]) => window.__likenessChanged
+    page.wait_for_function("""([selector, pattern]) => window.__likenessLeft
         && new RegExp(pattern).test(document.querySelector(selector)?.innerText || '')""", arg=[readout, pattern], timeout=timeout_ms)
     return settled_text(page, readout)
 
