@@ -61,7 +61,7 @@ class Denoise:
         start = time.perf_counter()
         resume = approximate.before_batch() if approximate else None
         state.latents, info["detail"] = denoise_from_init(plan, state) if starts_from_init(plan) else \
-            (denoise_batch(plan, state, resume, stop_after=plan.stop_after), handover_note(plan).lstrip(", "))
+            (denoise_batch(plan, state, resume, stop_after=plan.stop_after), handover_note(plan))
         if approximate:
             info["detail"] = state.cache_notes["approx cache"] = options.infotext_extra["Approx cache"] = approximate.note(resume)
         if stopped(plan, state):
@@ -139,12 +139,13 @@ def denoise_from_init(plan, state) -> tuple[torch.Tensor, str]:
                               mask=init.mask if request.mask is not None else None,
                               masked_latents=init.masked_latents if init.masked_latents is not None else init.latents,
                               stop_after=plan.stop_after)
-    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})" + handover_note(plan)
+    return latents, f"{request.mode}: {steps} of {request.steps} steps (strength {request.denoising_strength:g})" + \
+        (f", {handover_note(plan)}" if plan.stop_after is not None else "")
 
 
 def handover_note(plan) -> str:
-    """The first plan's denoise with a refiner: where it hands over."""
-    return f", the refiner takes over after step {plan.stop_after}" if plan.stop_after is not None else ""
+    """The first plan's denoise with a refiner: where it hands over ("" without one)."""
+    return f"the refiner takes over after step {plan.stop_after}" if plan.stop_after is not None else ""
 
 
 def img2img_denoise(plan, state, init_latents: torch.Tensor, *, width: int, height: int, strength: float, steps: int, step_offset: int,

@@ -3,15 +3,13 @@ since the page opened, when it is opened), a run records A1111's Refiner keys an
 sampler it cannot take over from is a message."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image
 
 from pipelines.catalog import DEMO_MODEL_NAME
 from pipelines.infotext import parse_infotext
-from tests.tiny_models import copy_model
 from tests.ui.conftest import keep_screenshot
 from tests.ui.test_generate_tab import set_number
+from tests.ui.test_hires_checkpoint_ui import add_models_then_list
 from tests.ui.test_schedule_type import offered, pick
 from tests.ui.test_sd_vae import generate_one
 
@@ -22,14 +20,7 @@ def test_pick_a_refiner_run_and_a_sampler_it_cannot_take_over_from(page, live_ap
     assert page.input_value("#refiner_checkpoint input") == "None"
     assert page.input_value("#refiner_switch_at input[type=number]") == "0.8"
     assert offered(page, "refiner_checkpoint") == ["None", DEMO_MODEL_NAME]
-    copy_model(model_zoo["sd15"], Path(live_app["root"]) / "models", "tiny-sd15")  # SD 1.5 too; an SDXL one would not be offered
-    copy_model(model_zoo["sdxl"], Path(live_app["root"]) / "models", "tiny-sdxl")
-    live_app["manager"].refresh()
-    page.locator("#refiner_checkpoint input").click()  # opening it reads the models again
-    page.locator("#refiner_checkpoint").get_by_role("option", name="tiny-sd15", exact=True).wait_for(timeout=10_000)
-    page.keyboard.press("Escape")
-    page.locator("#refiner_checkpoint input").blur()
-    listed = offered(page, "refiner_checkpoint")
+    listed = add_models_then_list(page, live_app, model_zoo, "refiner_checkpoint")
     assert listed[0] == "None" and sorted(listed[1:]) == sorted([DEMO_MODEL_NAME, "tiny-sd15"])
     pick(page, "refiner_checkpoint", "tiny-sd15")
     set_number(page, "refiner_switch_at", 0.5)
